@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make lab` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: install lab test browser demo bench clean
+
+$(STAMP): pyproject.toml $(wildcard package.json)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+# Chromium from Debian's packages for the real-browser tests (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
+
+lab: install
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/quickstart.ipynb
+
+test: install browser
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/python -m cloudbutton_jupyter.demo
+
+bench: install
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build node_modules cloudbutton_jupyter/labextension lib tsconfig.tsbuildinfo

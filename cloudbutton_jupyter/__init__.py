@@ -1,0 +1,1 @@
+"""cloudbutton-jupyter: the distribution front door."""

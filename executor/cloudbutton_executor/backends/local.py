@@ -1,0 +1,237 @@
+"""Local worker processes with AWS Lambda's semantics.
+
+- Each invocation sees only its event; workers are separate processes that
+  read everything from storage (nothing is inherited from the host).
+- Enforced per-invocation timeout (the process is killed) and memory limit
+  (RLIMIT_AS, set by the runtime), a concurrency limit (one dispatcher thread
+  per worker slot), warm reuse of processes with cold starts marked, a fresh
+  scratch dir per invocation.
+- A worker that dies (signal, exit, segfault) ends its invocation with an
+  error naming what happened; the slot starts a fresh process next time.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from .. import local_runtime
+from ..errors import TaskTimeoutError, WorkerDiedError
+
+_pools: dict[tuple, "LocalBackend"] = {}
+_pools_lock = threading.Lock()
+
+
+def get_local_backend(workers: int | None = None, **_ignored) -> "LocalBackend":
+    """A process-wide pool per concurrency level, so warm workers are reused
+    across executors (as Lambda reuses warm containers across invocations)."""
+    workers = int(workers or os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1 (got {workers})")
+    with _pools_lock:
+        pool = _pools.get((workers,))
+        if pool is None or pool.closed:
+            pool = _pools[(workers,)] = LocalBackend(workers)
+        return pool
+
+
+@atexit.register
+def _shutdown_all():
+    for pool in list(_pools.values()):
+        pool.shutdown()
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"worker process was killed by {name}"
+    return f"worker process exited with code {returncode} before finishing the task"
+
+
+def _worker_env(workers: int) -> dict:
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {k: v for k, v in os.environ.items()
+           if k in ("PATH", "HOME", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "TZ", "SYSTEMROOT")
+           or k.startswith("AWS_")}  # the local stand-in for a worker's execution role
+    env.update({
+        "PYTHONPATH": pkg_parent,
+        "PYTHONUNBUFFERED": "1",
+        "CLOUDBUTTON_WORKER": "local",
+        # One BLAS/OpenMP pool per worker, sized so workers don't oversubscribe cores.
+        "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+        "NUMEXPR_NUM_THREADS": threads, "VECLIB_MAXIMUM_THREADS": threads,
+    })
+    return env
+
+
+class _Process:
+    """One warm worker process."""
+
+    def __init__(self, env: dict, cwd: str):
+        self.popen = subprocess.Popen(
+            [sys.executable, "-s", "-c",
+             "from cloudbutton_executor.local_runtime import main; main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=cwd,
+            start_new_session=True)
+        self.out_fd = self.popen.stdout.fileno()
+        self._buf = b""
+
+    def send(self, event: dict) -> None:
+        self.popen.stdin.write(local_runtime.encode_message(event))
+        self.popen.stdin.flush()
+
+    def recv(self, deadline: float):
+        """The response, or None if the process died; raises TimeoutError at the deadline."""
+        header = local_runtime._HEADER
+        while True:
+            if len(self._buf) >= header.size:
+                (n,) = header.unpack_from(self._buf)
+                if len(self._buf) >= header.size + n:
+                    body = self._buf[header.size:header.size + n]
+                    self._buf = self._buf[header.size + n:]
+                    return local_runtime.json.loads(body)
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.out_fd], [], [], min(remaining, 1.0))
+            if ready:
+                chunk = os.read(self.out_fd, 1 << 16)
+                if not chunk:
+                    return None
+                self._buf += chunk
+
+    def kill(self) -> int:
+        try:
+            self.popen.kill()
+        except ProcessLookupError:
+            pass
+        return self.popen.wait()
+
+    def close(self) -> None:
+        try:
+            self.popen.stdin.close()
+        except Exception:
+            pass
+        try:
+            self.popen.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.closed = False
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._running: dict[int, tuple[dict, _Process]] = {}  # slot -> (event, process)
+        self._killed: set[int] = set()
+        self._env = _worker_env(workers)
+        self._cwd = self._env.get("HOME") or "/"
+        if not os.path.isdir(self._cwd):
+            self._cwd = "/"
+        self._threads = [threading.Thread(target=self._slot, args=(i,), daemon=True,
+                                          name=f"cloudbutton-local-{i}") for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    # Invocation -------------------------------------------------------------
+    def invoke(self, events: list[dict], listener) -> None:
+        with self._cond:
+            if self.closed:
+                raise RuntimeError("the local backend has been shut down")
+            self._queue.extend((e, listener) for e in events)
+            self._cond.notify(len(events))
+
+    def cancel_job(self, job_id: str) -> None:
+        """Drop the job's queued events and kill its running workers."""
+        with self._cond:
+            self._queue = collections.deque(x for x in self._queue if x[0]["job_id"] != job_id)
+            for slot, (event, proc) in list(self._running.items()):
+                if event["job_id"] == job_id:
+                    self._killed.add(slot)
+                    try:
+                        proc.popen.kill()
+                    except ProcessLookupError:
+                        pass
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+
+    def status(self) -> dict:
+        return {"backend": "local", "workers": self.workers, "ok": not self.closed}
+
+    # One slot = one concurrent worker --------------------------------------
+    def _slot(self, slot: int) -> None:
+        proc: _Process | None = None
+        idle_since = time.time()
+        while True:
+            with self._cond:
+                while not self._queue and not self.closed:
+                    self._cond.wait(timeout=60)
+                    if proc is not None and not self._queue and time.time() - idle_since > 600:
+                        proc.close()  # reclaim an idle warm worker, like Lambda does
+                        proc = None
+                if self.closed:
+                    if proc is not None:
+                        proc.close()
+                    return
+                event, listener = self._queue.popleft()
+            if proc is None or proc.popen.poll() is not None:
+                proc = _Process(self._env, self._cwd)
+            with self._cond:
+                self._running[slot] = (event, proc)
+            try:
+                listener.on_start(event)
+                timeout = float(event.get("timeout") or 900)
+                try:
+                    proc.send(event)
+                    response = proc.recv(time.time() + timeout)
+                except TimeoutError:
+                    proc.kill()
+                    proc = None
+                    listener.on_failure(event, TaskTimeoutError(
+                        f"task {event['task']} exceeded its timeout of {timeout:g} s and was killed",
+                        event["task"]))
+                    continue
+                except (BrokenPipeError, OSError):
+                    response = None
+                if response is None:
+                    code = proc.kill()
+                    proc = None
+                    with self._cond:
+                        cancelled = slot in self._killed
+                    listener.on_failure(event, WorkerDiedError(
+                        "job cancelled: worker killed" if cancelled else
+                        f"task {event['task']}: {_describe_exit(code)}"
+                        + (f" (memory limit {event['memory_mb']} MB)"
+                           if code == -signal.SIGKILL and event.get("memory_mb") else ""),
+                        event["task"]))
+                elif response.get("state") == "handler_error":
+                    listener.on_failure(event, WorkerDiedError(
+                        f"task {event['task']}: worker handler failed: {response.get('error')}",
+                        event["task"]))
+                else:
+                    listener.on_done(event, response)
+            except Exception as exc:  # a listener bug must not kill the slot
+                print(f"cloudbutton: local backend slot {slot}: {exc!r}", file=sys.stderr)
+            finally:
+                with self._cond:
+                    self._running.pop(slot, None)
+                    self._killed.discard(slot)
+                idle_since = time.time()

@@ -1,0 +1,70 @@
+"""Exceptions a task can end with, besides the user's own."""
+from __future__ import annotations
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's traceback text; set as ``__cause__`` of a re-raised
+    remote exception so Python prints it above the local one (as
+    ``concurrent.futures.ProcessPoolExecutor`` does)."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return f'\n"""\n{self.tb.rstrip()}\n"""'
+
+
+class RemoteError(Exception):
+    """A remote exception whose own type could not travel back (not picklable)."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = ""):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = traceback
+
+    def __reduce__(self):
+        return (RemoteError, (self.type_name, self.message, self.remote_traceback))
+
+
+class InfrastructureError(Exception):
+    """The task did not run to completion for a reason outside the user's code."""
+
+    kind = "infrastructure"
+
+    def __init__(self, message: str, task_id: str | None = None):
+        super().__init__(message)
+        self.task_id = task_id
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.task_id))
+
+
+class TaskTimeoutError(InfrastructureError, TimeoutError):
+    kind = "timeout"
+
+
+class OutOfMemoryError(InfrastructureError, MemoryError):
+    kind = "oom"
+
+
+class WorkerDiedError(InfrastructureError):
+    """The worker process was killed by a signal or exited mid-task."""
+
+    kind = "died"
+
+
+class LostInvocationError(InfrastructureError):
+    """The invocation never produced a result (dropped event, lost container)."""
+
+    kind = "lost"
+
+
+class VersionMismatchError(RuntimeError):
+    """The deployed worker runs other versions than the host."""
+
+
+INFRA_ERRORS = {cls.kind: cls for cls in
+                (InfrastructureError, TaskTimeoutError, OutOfMemoryError, WorkerDiedError,
+                 LostInvocationError)}

@@ -1,0 +1,69 @@
+"""Futures and the waiting vocabulary of ``concurrent.futures``."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError
+
+ANY_COMPLETED = FIRST_COMPLETED  # Lithops' name for the same thing
+
+__all__ = ["TaskFuture", "wait", "as_completed", "get_result", "ALL_COMPLETED", "ANY_COMPLETED",
+           "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError"]
+
+
+class TaskFuture(cf.Future):
+    """A ``concurrent.futures.Future`` for one item of a job.
+
+    ``stats`` holds the task's timestamps (host_submit, worker_start,
+    setup_done, compute_start, compute_done, result_stored, host_seen,
+    host_fetched), cold_start, peak_mem_mb and flops; ``stdout`` what it
+    printed; ``task_id`` the invocation that ran it.
+    """
+
+    def __init__(self, job_id: str, index: int):
+        super().__init__()
+        self.job_id = job_id
+        self.index = index
+        self.task_id: str | None = None
+        self.stats: dict = {}
+        self.stdout: str = ""
+        self.attempts = 0
+        self.error_info: dict | None = None  # type, message, traceback of a failure
+
+    @property
+    def state(self) -> str:
+        """queued, running, done, failed or cancelled."""
+        if self.cancelled():
+            return "cancelled"
+        if self.done():
+            return "failed" if self.exception() is not None else "done"
+        return "running" if self.running() else "queued"
+
+    def __repr__(self):
+        return f"<TaskFuture {self.job_id}[{self.index}] {self.state}>"
+
+
+def _futures(fs):
+    if isinstance(fs, cf.Future):
+        return [fs]
+    return list(fs)
+
+
+def wait(fs, return_when=ALL_COMPLETED, timeout=None):
+    """Like ``concurrent.futures.wait``; ``fs`` may be a Job, a future or futures."""
+    return cf.wait(_futures(fs), timeout=timeout, return_when=return_when)
+
+
+def as_completed(fs, timeout=None):
+    """Like ``concurrent.futures.as_completed``; ``fs`` may be a Job."""
+    return cf.as_completed(_futures(fs), timeout=timeout)
+
+
+def get_result(fs, timeout=None):
+    """Results in order; a single future gives its result. Raises the first failure."""
+    if isinstance(fs, cf.Future):
+        return fs.result(timeout)
+    futures = _futures(fs)
+    done, not_done = cf.wait(futures, timeout=timeout)
+    if not_done:
+        raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} tasks not done after {timeout} s")
+    return [f.result() for f in futures]

@@ -1,0 +1,469 @@
+"""A running job: its futures, its dispatch plan and its completion logic.
+
+The job turns backend callbacks (or, for backends that cannot call back, the
+statuses found in storage) into finished futures. Storage is the source of
+truth: a future finishes only from a stored status, and a failure the host
+detects is stored first (first write wins, so a late real result beats it).
+"""
+from __future__ import annotations
+
+import base64
+import collections.abc
+import concurrent.futures as cf
+import json
+import threading
+import time
+
+from . import protocol
+from .batching import AutoBatcher
+from .errors import (INFRA_ERRORS, InfrastructureError, LostInvocationError, RemoteError,
+                     RemoteTraceback)
+from .storage import CountingView
+from .futures import TaskFuture, get_result, wait
+from .worker import read_results
+
+# AWS Lambda list prices (x86, us-east-1) used for cost estimates.
+LAMBDA_GB_SECOND_USD = 0.0000166667
+LAMBDA_REQUEST_USD = 0.20 / 1_000_000
+S3_PUT_USD = 0.005 / 1000
+S3_GET_USD = 0.0004 / 1000
+
+
+class Job(collections.abc.Sequence):
+    """A list of ``TaskFuture`` (one per input item) with ``job_id``, ``cancel()`` and ``stats``."""
+
+    def __init__(self, *, job_id, backend, storage, prefix, function_key, function_name,
+                 payloads, chunksize, timeout, retries, memory_mb, auto_target_s, concurrency,
+                 label=None, reduce=None):
+        self.job_id = job_id
+        self.backend = backend
+        self.storage = CountingView(storage)  # counts this job's host requests
+        self.prefix = prefix
+        self.function_key = function_key
+        self.function_name = function_name
+        self.label = label
+        self.timeout = timeout
+        self.retries = retries
+        self.memory_mb = memory_mb
+        self.chunksize = chunksize
+        self.futures = [TaskFuture(job_id, i) for i in range(len(payloads))]
+        self.created = time.time()
+        self.finished_at: float | None = None
+        self.cancelled = False
+        self.retried = 0
+        self.throttled = 0
+        self._payloads = payloads
+        self._storage_desc = storage.describe()
+        self._reduce = reduce
+        self._lock = threading.RLock()
+        self._next_item = 0
+        self._inflight: dict[str, dict] = {}  # task id -> event
+        self._attempts: dict[str, int] = {}
+        self._task_stats: dict[str, dict] = {}
+        self._worker_requests = collections.Counter()
+        self._data_offsets: list[int] | None = None
+        self._data_uploaded = False
+        self._batcher = AutoBatcher(auto_target_s, concurrency) if chunksize == "auto" else None
+        self._window = max(2, 2 * concurrency)
+        self._done_event = threading.Event()
+        self.attached = False  # re-attached from storage: statuses are polled, nothing dispatched
+        self._deadline: float | None = None
+        self.monitor_error: Exception | None = None
+        self._listeners: list = []
+        if not self.futures:
+            self._finish()
+
+    # Sequence protocol ----------------------------------------------------
+    def __getitem__(self, i):
+        return self.futures[i]
+
+    def __len__(self):
+        return len(self.futures)
+
+    def __repr__(self):
+        c = self.counts()
+        return (f"<Job {self.job_id} {self.function_name} {len(self)} tasks: "
+                + ", ".join(f"{v} {k}" for k, v in c.items() if v) + ">")
+
+    # Public API -------------------------------------------------------------
+    def result(self, timeout=None) -> list:
+        """All results in input order; raises the first failure."""
+        return get_result(self.futures, timeout=timeout)
+
+    def results(self, timeout=None) -> list:
+        """All outcomes in input order: a result, or the exception the task ended with."""
+        wait(self.futures, timeout=timeout)
+        return [f.exception() if f.exception() is not None else f.result()
+                if not f.cancelled() else cf.CancelledError() for f in self.futures]
+
+    def wait(self, timeout=None) -> bool:
+        """Block until every task has ended; False on timeout."""
+        return self._done_event.wait(timeout)
+
+    def done(self) -> bool:
+        return self._done_event.is_set()
+
+    def add_listener(self, fn) -> None:
+        """``fn(job)`` is called (from a worker thread) whenever a task ends."""
+        self._listeners.append(fn)
+
+    def cancel(self) -> int:
+        """Stop the job: no more invocations, running workers told to stop.
+        Returns the number of tasks cancelled."""
+        with self._lock:
+            if self.cancelled or self.done():
+                return 0
+            self.cancelled = True
+            self._inflight.clear()
+        try:
+            self.storage.put(protocol.cancel_key(self.prefix, self.job_id), b"cancelled")
+        finally:
+            self.backend.cancel_job(self.job_id)
+        n = 0
+        for f in self.futures:
+            if not f.done():
+                if not f.cancel():  # already running: end it as cancelled anyway
+                    try:
+                        f.set_exception(cf.CancelledError(f"job {self.job_id} was cancelled"))
+                    except cf.InvalidStateError:
+                        continue
+                n += 1
+        self._finish()
+        return n
+
+    def counts(self) -> dict:
+        c = {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+        for f in self.futures:
+            c[f.state] += 1
+        c["retried"] = self.retried
+        c["throttled"] = self.throttled
+        return c
+
+    @property
+    def stats(self) -> dict:
+        """Counts, timings, FLOPs, storage requests and an estimated Lambda cost."""
+        c = self.counts()
+        end = self.finished_at or time.time()
+        elapsed = end - self.created
+        ended = c["done"] + c["failed"]
+        flops = sum(f.stats.get("flops", 0) or 0 for f in self.futures)
+        with self._lock:
+            task_stats = list(self._task_stats.values())
+            worker_req = dict(self._worker_requests)
+            host_req = dict(self.storage.counts)
+        total_req = sum(worker_req.values()) + sum(host_req.values())
+        gb_s = sum(max(0.001, (t.get("result_stored") or 0) - (t.get("worker_start") or 0))
+                   for t in task_stats if t.get("worker_start")) * (self.memory_mb or 1024) / 1024
+        puts = worker_req.get("PUT", 0) + host_req.get("PUT", 0)
+        gets = total_req - puts
+        cost = (gb_s * LAMBDA_GB_SECOND_USD + len(task_stats) * LAMBDA_REQUEST_USD
+                + puts * S3_PUT_USD + gets * S3_GET_USD)
+        rate = ended / elapsed if elapsed > 0 else 0.0
+        remaining = len(self) - ended - c["cancelled"]
+        return {
+            "job_id": self.job_id, "backend": self.backend.name, "function": self.function_name,
+            "tasks": len(self), "invocations": len(task_stats), **c,
+            "elapsed_s": elapsed, "tasks_per_s": rate,
+            "eta_s": (remaining / rate) if rate > 0 and remaining else (0.0 if not remaining else None),
+            "flops": flops, "gflops": flops / elapsed / 1e9 if elapsed > 0 else 0.0,
+            "requests": {"host": host_req, "workers": worker_req, "total": total_req,
+                         "per_task": total_req / len(self) if len(self) else 0.0},
+            "gb_seconds": gb_s, "cost_usd": cost,
+        }
+
+    # Dispatch ---------------------------------------------------------------
+    def _start(self) -> None:
+        self._write_manifest()
+        self._dispatch_more()
+
+    def _write_manifest(self) -> None:
+        from . import __version__
+
+        manifest = {
+            "v": protocol.PROTOCOL_VERSION, "job_id": self.job_id, "created": self.created,
+            "backend": self.backend.name, "function": self.function_name,
+            "function_key": self.function_key, "label": self.label, "n_items": len(self),
+            "chunksize": self.chunksize, "timeout": self.timeout, "memory_mb": self.memory_mb,
+            "retries": self.retries, "executor_version": __version__,
+        }
+        self.storage.put(protocol.manifest_key(self.prefix, self.job_id),
+                         json.dumps(manifest, indent=1).encode())
+
+    def _plan_sizes(self) -> list[int]:
+        """Sizes of the invocations to send now."""
+        with self._lock:
+            remaining = len(self) - self._next_item
+            if remaining <= 0 or self.cancelled:
+                return []
+            if self._batcher is None:
+                return [min(self.chunksize, remaining - k)
+                        for k in range(0, remaining, self.chunksize)]
+            sizes = []
+            free = self._window - len(self._inflight)
+            while free > 0 and remaining > 0:
+                n = self._batcher.next_size(remaining)
+                sizes.append(n)
+                remaining -= n
+                free -= 1
+            return sizes
+
+    def _dispatch_more(self) -> None:
+        events = []
+        with self._lock:
+            for n in self._plan_sizes():
+                start = self._next_item
+                self._next_item += n
+                tid = protocol.task_id(start, start + n)
+                event = self._event(tid, start, start + n)
+                self._inflight[tid] = event
+                self._attempts[tid] = 0
+                for f in self.futures[start:start + n]:
+                    f.task_id = tid
+                    f.stats["host_submit"] = event["host_submit"]
+                events.append(event)
+        if events:
+            self.backend.invoke(events, self)
+
+    def _event(self, tid, start, stop) -> dict:
+        if self._reduce is not None:
+            data = {"offsets": [0, 0], "inline": ""}
+        else:
+            blobs = self._payloads[start:stop]
+            size = sum(len(b) for b in blobs)
+            if size <= protocol.INLINE_EVENT_BYTES:
+                offs = [0]
+                for b in blobs:
+                    offs.append(offs[-1] + len(b))
+                data = {"inline": base64.b64encode(b"".join(blobs)).decode(), "offsets": offs}
+            else:
+                base = self._ensure_data_uploaded()
+                data = {"key": protocol.data_key(self.prefix, self.job_id),
+                        "start": base[start], "stop": base[stop],
+                        "offsets": [base[i] - base[start] for i in range(start, stop + 1)]}
+        event = {
+            "v": protocol.PROTOCOL_VERSION, "job_id": self.job_id, "prefix": self.prefix,
+            "storage": self._storage_desc, "function_key": self.function_key,
+            "task": tid, "data": data, "host_submit": time.time(), "attempt": 0,
+            "timeout": self._invocation_timeout(stop - start), "memory_mb": self.memory_mb,
+        }
+        if self._reduce is not None:
+            event["reduce"] = self._reduce
+        return event
+
+    def _invocation_timeout(self, n_items: int) -> float:
+        # ``timeout`` is per item; a batch gets the sum, capped by the backend (Lambda: 900 s).
+        cap = getattr(self.backend, "max_timeout", None)
+        t = self.timeout * n_items
+        return min(t, cap) if cap else t
+
+    def _ensure_data_uploaded(self) -> list[int]:
+        with self._lock:
+            if not self._data_uploaded:
+                offs = [0]
+                for b in self._payloads:
+                    offs.append(offs[-1] + len(b))
+                self.storage.put(protocol.data_key(self.prefix, self.job_id),
+                                 b"".join(self._payloads))
+                self._data_offsets = offs
+                self._data_uploaded = True
+            return self._data_offsets
+
+    # Backend listener -----------------------------------------------------
+    def on_start(self, event) -> None:
+        now = time.time()
+        start, stop = protocol.task_range(event["task"])
+        for f in self.futures[start:stop]:
+            f.stats.setdefault("host_start_seen", now)
+            if not f.done() and not f.running():
+                f.set_running_or_notify_cancel()
+
+    def on_done(self, event, response) -> None:
+        if response.get("state") == "cancelled" or self.cancelled:
+            return
+        self._collect(event["task"], host_seen=time.time())
+
+    def on_failure(self, event, error: InfrastructureError) -> None:
+        if self.cancelled:
+            return
+        tid = event["task"]
+        with self._lock:
+            attempts = self._attempts.get(tid, 0)
+            retry = attempts < self.retries and tid in self._inflight
+            if retry:
+                self._attempts[tid] = attempts + 1
+                self.retried += 1
+        if retry:
+            again = dict(event, attempt=attempts + 1, host_submit=time.time())
+            self.backend.invoke([again], self)
+            return
+        self._store_failure(event, error)
+        self._collect(tid, host_seen=time.time())
+
+    def _store_failure(self, event, error: InfrastructureError) -> None:
+        tid = event["task"]
+        start, stop = protocol.task_range(tid)
+        record = {"type": type(error).__name__, "kind": error.kind, "message": str(error),
+                  "traceback": ""}
+        status = {
+            "v": protocol.PROTOCOL_VERSION, "job_id": self.job_id, "task": tid, "state": "error",
+            "attempt": event.get("attempt", 0), "written_by": "host",
+            "infra": {"kind": error.kind, "message": str(error)},
+            "items": [{"i": i, "ok": False, "error": record} for i in range(start, stop)],
+            "stats": {"host_submit": event.get("host_submit")},
+        }
+        self.storage.put_if_absent(protocol.status_key(self.prefix, self.job_id, tid),
+                                   json.dumps(status).encode())
+
+    # Completion -------------------------------------------------------------
+    def _collect(self, tid: str, host_seen: float, status: dict | None = None) -> None:
+        with self._lock:
+            if tid in self._task_stats or (not self.attached and tid not in self._inflight):
+                return  # a duplicate notice, or cancelled
+            self._task_stats[tid] = {}  # claimed: applied once
+        if status is None:
+            status = json.loads(self.storage.get(protocol.status_key(self.prefix, self.job_id, tid)))
+        with self._lock:
+            self._inflight.pop(tid, None)
+        self._apply_status(status, host_seen)
+        if self._batcher is not None and "infra" not in status:
+            st = status["stats"]
+            self._batcher.record(len(status["items"]), st["compute_done"] - st["worker_start"])
+        self._dispatch_more()
+        self._maybe_finish()
+
+    def _apply_status(self, status: dict, host_seen: float) -> None:
+        tid = status["task"]
+        st = status.get("stats", {})
+        with self._lock:
+            self._task_stats[tid] = st
+            self._worker_requests.update(st.get("requests", {}))
+        if "infra" in status:
+            outcomes = [(False, None)] * len(status["items"])
+        else:
+            outcomes = read_results(self.storage, self.prefix, self.job_id, status)
+        fetched = time.time()
+        for rec, (ok, value) in zip(status["items"], outcomes):
+            f = self.futures[rec["i"]]
+            f.task_id = tid
+            f.attempts = status.get("attempt", 0) + 1
+            f.stdout = rec.get("stdout", "")
+            f.stats.update({
+                "host_submit": st.get("host_submit", f.stats.get("host_submit")),
+                "worker_start": st.get("worker_start"), "setup_done": st.get("setup_done"),
+                "compute_start": rec.get("t0"), "compute_done": rec.get("t1"),
+                "result_stored": st.get("result_stored"), "host_seen": host_seen,
+                "host_fetched": fetched, "cold_start": st.get("cold_start"),
+                "peak_mem_mb": st.get("peak_mem_mb"), "flops": rec.get("flops", 0),
+            })
+            if f.done():
+                continue
+            if ok:
+                f.set_result(value)
+                continue
+            err = rec.get("error", {})
+            f.error_info = err
+            if "infra" in status:
+                cls = INFRA_ERRORS.get(status["infra"]["kind"], InfrastructureError)
+                exc = cls(status["infra"]["message"], tid)
+            else:
+                exc = value if isinstance(value, BaseException) else RemoteError(
+                    err.get("type", "Exception"), err.get("message", ""), err.get("traceback", ""))
+                if err.get("traceback"):
+                    exc.__cause__ = RemoteTraceback(err["traceback"])
+            try:
+                f.set_exception(exc)
+            except cf.InvalidStateError:
+                pass
+        for fn in list(self._listeners):
+            try:
+                fn(self)
+            except Exception:
+                pass
+
+    def _maybe_finish(self) -> None:
+        if all(f.done() for f in self.futures):
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self._done_event.is_set():
+            self.finished_at = time.time()
+            self._done_event.set()
+            for fn in list(self._listeners):
+                try:
+                    fn(self)
+                except Exception:
+                    pass
+
+    # Storage polling (backends that cannot call back, and re-attached jobs) --
+    def poll_storage(self) -> int:
+        """Collect the statuses that appeared in storage; returns how many."""
+        with self._lock:
+            if not self._inflight and not self.attached:
+                return 0
+            pending = set(self._inflight)
+            applied = set(self._task_stats)
+        keys = self.storage.list(protocol.tasks_prefix(self.prefix, self.job_id))
+        seen = time.time()
+        n = 0
+        for key in keys:
+            tid = protocol.task_id_from_status_key(key)
+            if tid and tid not in applied and (self.attached or tid in pending):
+                self._collect(tid, host_seen=seen)
+                n += 1
+        return n
+
+    def attach_existing(self, deadline: float) -> None:
+        """Follow a job started elsewhere (another kernel) through storage only."""
+        self.attached = True
+        self._deadline = deadline
+        self._next_item = len(self)
+        if self.storage.exists(protocol.cancel_key(self.prefix, self.job_id)):
+            self.poll_storage()
+            self.cancel()
+            return
+        self.poll_storage()
+
+    def check_deadlines(self) -> None:
+        """End invocations that can no longer finish (lost events, dead hosts)."""
+        now = time.time()
+        if self.attached:
+            if self._deadline is not None and now > self._deadline and not self.done():
+                self._end_uncovered_as_lost()
+            return
+        grace = getattr(self.backend, "deadline_grace_s", None)
+        if grace is None:  # the backend enforces timeouts itself and always calls back
+            return
+        with self._lock:
+            late = [e for e in self._inflight.values()
+                    if now > e["host_submit"] + e["timeout"] + grace]
+        for event in late:
+            self.on_failure(event, LostInvocationError(
+                f"task {event['task']} produced no result within its timeout of "
+                f"{event['timeout']:g} s + {grace:g} s", event["task"]))
+
+    def _end_uncovered_as_lost(self) -> None:
+        missing = [f.index for f in self.futures if not f.done()]
+        runs, start = [], None
+        for k, i in enumerate(missing):
+            if start is None:
+                start = i
+            if k + 1 == len(missing) or missing[k + 1] != i + 1:
+                runs.append((start, i + 1))
+                start = None
+        for a, b in runs:
+            tid = protocol.task_id(a, b)
+            err = LostInvocationError(
+                f"items {a}..{b - 1} of job {self.job_id} have no result and their deadline passed",
+                tid)
+            self._store_failure({"task": tid, "attempt": 0}, err)
+            self._collect(tid, host_seen=time.time())
+
+    def check_cancel_marker(self) -> bool:
+        """Cancel the job if someone else (the Jupyter panel) wrote its cancel marker."""
+        if self.done() or self.cancelled:
+            return False
+        marked = self.storage.exists(protocol.cancel_key(self.prefix, self.job_id))
+        if marked:
+            self.cancel()
+        return marked
+

@@ -1,0 +1,324 @@
+"""Object storage: one small interface, a local directory and S3.
+
+Every implementation counts its requests (the S3 request count per task is a
+cost the job reports). ``describe()`` returns what a worker needs to reach the
+same storage; it never contains credentials (workers use their own role).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import uuid
+
+
+class NotFound(KeyError):
+    """The key does not exist in storage."""
+
+
+def default_local_root() -> str:
+    explicit = os.environ.get("CLOUDBUTTON_STORAGE_DIR")
+    if explicit:
+        return explicit
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "cloudbutton")
+
+
+class Storage:
+    """Key/value object storage with byte-range reads and first-write-wins puts."""
+
+    kind = "abstract"
+
+    def __init__(self):
+        self._counts = collections.Counter()
+        self._count_lock = threading.Lock()
+
+    def _count(self, op: str, n: int = 1) -> None:
+        with self._count_lock:
+            self._counts[op] += n
+
+    @property
+    def request_counts(self) -> dict:
+        with self._count_lock:
+            return dict(self._counts)
+
+    # The interface -------------------------------------------------------
+    def put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` unless ``key`` exists; True if this call wrote it."""
+        raise NotImplementedError
+
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
+        """Bytes of ``key``, or of its ``[start, stop)`` slice."""
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
+    def children(self, prefix: str) -> list[str]:
+        """Names one level below ``prefix`` (like ``ls``), e.g. the job ids under ``jobs/``."""
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> int:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+class LocalStorage(Storage):
+    kind = "local"
+
+    def __init__(self, root: str | None = None):
+        super().__init__()
+        self.root = os.path.abspath(root or default_local_root())
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid storage key {key!r}")
+        return os.path.join(self.root, key)
+
+    def _write_tmp(self, path: str, data: bytes) -> str:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        return tmp
+
+    def put(self, key, data):
+        self._count("PUT")
+        path = self._path(key)
+        os.replace(self._write_tmp(path, data), path)
+
+    def put_if_absent(self, key, data):
+        self._count("PUT")
+        path = self._path(key)
+        if os.path.exists(path):
+            return False
+        tmp = self._write_tmp(path, data)
+        try:
+            os.link(tmp, path)  # atomic and fails if the key exists: first write wins
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def get(self, key, start=None, stop=None):
+        self._count("GET")
+        try:
+            with open(self._path(key), "rb") as f:
+                if start is None:
+                    return f.read()
+                f.seek(start)
+                return f.read((stop - start) if stop is not None else -1)
+        except FileNotFoundError:
+            raise NotFound(key) from None
+
+    def exists(self, key):
+        self._count("HEAD")
+        return os.path.exists(self._path(key))
+
+    def list(self, prefix):
+        self._count("LIST")
+        base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for name in files:
+                if not name.endswith(".tmp"):
+                    key = name if rel == "." else f"{rel}/{name}"
+                    if key.startswith(prefix):
+                        out.append(key)
+        return sorted(out)
+
+    def children(self, prefix):
+        self._count("LIST")
+        try:
+            return sorted(n for n in os.listdir(self._path(prefix.rstrip("/"))) if not n.endswith(".tmp"))
+        except FileNotFoundError:
+            return []
+
+    def delete_prefix(self, prefix):
+        keys = self.list(prefix)
+        for key in keys:
+            self._count("DELETE")
+            try:
+                os.unlink(self._path(key))
+            except FileNotFoundError:
+                pass
+        # Remove emptied directories below the prefix.
+        base = self._path(prefix.rstrip("/"))
+        if os.path.isdir(base):
+            for dirpath, _dirs, _files in sorted(os.walk(base), key=lambda t: -len(t[0])):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+        return len(keys)
+
+    def describe(self):
+        return {"kind": "local", "root": self.root}
+
+
+class S3Storage(Storage):
+    kind = "s3"
+
+    def __init__(self, bucket: str, region: str | None = None, endpoint_url: str | None = None,
+                 max_pool_connections: int = 64, session=None):
+        super().__init__()
+        if not bucket:
+            raise ValueError("S3 storage needs a bucket name")
+        self.bucket = bucket
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self._max_pool = max_pool_connections
+        self._session = session
+        self._client = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+
+                    session = self._session or boto3.session.Session()
+                    self._client = session.client(
+                        "s3", region_name=self.region, endpoint_url=self.endpoint_url,
+                        config=Config(retries={"mode": "standard", "max_attempts": 8},
+                                      max_pool_connections=self._max_pool))
+        return self._client
+
+    def _is_missing(self, err) -> bool:
+        code = err.response.get("Error", {}).get("Code", "")
+        return code in ("NoSuchKey", "404", "NotFound")
+
+    def put(self, key, data):
+        self._count("PUT")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def put_if_absent(self, key, data):
+        from botocore.exceptions import ClientError
+
+        self._count("PUT")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise
+
+    def get(self, key, start=None, stop=None):
+        from botocore.exceptions import ClientError
+
+        self._count("GET")
+        kwargs = {"Bucket": self.bucket, "Key": key}
+        if start is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
+        try:
+            return self.client.get_object(**kwargs)["Body"].read()
+        except ClientError as err:
+            if self._is_missing(err):
+                raise NotFound(key) from None
+            raise
+
+    def exists(self, key):
+        from botocore.exceptions import ClientError
+
+        self._count("HEAD")
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as err:
+            if self._is_missing(err):
+                return False
+            raise
+
+    def list(self, prefix, start_after: str | None = None):
+        out = []
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            self._count("LIST")
+            resp = self.client.list_objects_v2(**kwargs)
+            out.extend(obj["Key"] for obj in resp.get("Contents", []))
+            if not resp.get("IsTruncated"):
+                return out
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+    def children(self, prefix):
+        prefix = prefix.rstrip("/") + "/"
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+        out = []
+        while True:
+            self._count("LIST")
+            resp = self.client.list_objects_v2(**kwargs)
+            out.extend(p["Prefix"][len(prefix):].rstrip("/") for p in resp.get("CommonPrefixes", []))
+            out.extend(o["Key"][len(prefix):] for o in resp.get("Contents", []))
+            if not resp.get("IsTruncated"):
+                return sorted(out)
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+    def delete_prefix(self, prefix):
+        keys = self.list(prefix)
+        for i in range(0, len(keys), 1000):
+            self._count("DELETE")
+            self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+        return len(keys)
+
+    def describe(self):
+        desc = {"kind": "s3", "bucket": self.bucket}
+        if self.region:
+            desc["region"] = self.region
+        if self.endpoint_url:
+            desc["endpoint_url"] = self.endpoint_url
+        return desc
+
+
+def storage_from_description(desc: dict) -> Storage:
+    """Rebuild a storage from ``describe()`` output (what an event carries)."""
+    kind = desc.get("kind")
+    if kind == "local":
+        return LocalStorage(desc["root"])
+    if kind == "s3":
+        return S3Storage(desc["bucket"], region=desc.get("region"),
+                         endpoint_url=desc.get("endpoint_url"))
+    raise ValueError(f"unknown storage kind {kind!r}")
+
+
+class CountingView:
+    """A view of a storage that counts the requests made through it (one job's share)."""
+
+    _OPS = {"put": "PUT", "put_if_absent": "PUT", "get": "GET", "exists": "HEAD", "list": "LIST",
+            "children": "LIST"}
+
+    def __init__(self, storage: Storage):
+        self.inner = storage
+        self.counts = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        op = self._OPS.get(name)
+        if op is None:
+            return attr
+
+        def counted(*args, **kwargs):
+            with self._lock:
+                self.counts[op] += 1
+            return attr(*args, **kwargs)
+
+        return counted

@@ -1,0 +1,249 @@
+"""The one worker handler: ``handler(event, context)``.
+
+Lambda calls it; the local backend's worker processes call the same function.
+It needs only its event: everything else (function, inputs) comes from
+storage, and everything it produces (results, stats, stdout) goes to storage.
+The event never carries credentials: storage is reached with the worker's own
+role (on Lambda) or the local filesystem.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import pickle
+import sys
+import time
+import traceback
+
+from . import context as _context
+from . import protocol
+from .errors import OutOfMemoryError, RemoteError
+from .storage import NotFound, storage_from_description
+
+_PROCESS_START = time.time()
+_invocations = 0
+_functions: dict[str, object] = {}  # warm containers keep function blobs
+_storages: dict[str, object] = {}
+
+
+def _storage(desc: dict):
+    key = json.dumps(desc, sort_keys=True)
+    st = _storages.get(key)
+    if st is None:
+        st = _storages[key] = storage_from_description(desc)
+    return st
+
+
+def _peak_mem_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # pragma: no cover - not on Linux
+        return 0.0
+
+
+def _error_record(exc: BaseException) -> dict:
+    return {
+        "type": type(exc).__qualname__,
+        "module": type(exc).__module__,
+        "message": str(exc)[:2000],
+        "traceback": "".join(traceback.format_exception(exc))[-20000:],
+    }
+
+
+def _picklable_exception(exc: BaseException, record: dict) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RemoteError(record["type"], record["message"], record["traceback"])
+
+
+class _Tee(io.TextIOBase):
+    """Captures a task's prints while keeping them visible in the worker's log."""
+
+    def __init__(self, stream):
+        self.buf = io.StringIO()
+        self.stream = stream
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if self.buf.tell() < protocol.STDOUT_LIMIT:
+            self.buf.write(s)
+        if self.stream is not None:
+            try:
+                self.stream.write(s)
+            except Exception:
+                pass
+        return len(s)
+
+    def flush(self):
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except Exception:
+                pass
+
+
+def _load_inputs(storage, event) -> list[bytes]:
+    data = event["data"]
+    if "inline" in data:
+        blob = base64.b64decode(data["inline"])
+    else:
+        blob = storage.get(data["key"], data["start"], data["stop"])
+    offs = data["offsets"]
+    return [blob[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
+
+
+def _load_reduce_inputs(storage, event) -> list[bytes]:
+    """A reduce task's input: the results of another job's tasks, in order."""
+    spec = event["reduce"]
+    values = []
+    for tid in spec["tasks"]:
+        status = json.loads(storage.get(protocol.status_key(event["prefix"], spec["job_id"], tid)))
+        for ok, value in _read_results(storage, event["prefix"], spec["job_id"], tid, status):
+            if not ok:
+                raise value
+            values.append(value)
+    return [pickle.dumps(((values,), {}))]
+
+
+def _read_results(storage, prefix, job_id, tid, status):
+    res = status["result"]
+    if "inline" in res:
+        blob = base64.b64decode(res["inline"])
+    else:
+        blob = storage.get(protocol.result_key(prefix, job_id, tid))
+    return pickle.loads(blob)
+
+
+def handler(event, context=None):
+    global _invocations
+    worker_start = time.time()
+    cold = _invocations == 0
+    _invocations += 1
+    prefix, job_id, tid = event["prefix"], event["job_id"], event["task"]
+    storage = _storage(event["storage"])
+    counts_before = storage.request_counts
+
+    if storage.exists(protocol.cancel_key(prefix, job_id)):
+        return {"task": tid, "state": "cancelled"}
+
+    fkey = event["function_key"]
+    fn = _functions.get(fkey)
+    if fn is None:
+        import cloudpickle
+
+        fn = _functions[fkey] = cloudpickle.loads(storage.get(fkey))
+    inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
+    setup_done = time.time()
+
+    items, outcomes = [], []
+    real_stdout = sys.stdout
+    first = protocol.task_range(tid)[0]
+    for i, raw in enumerate(inputs):
+        tee = _Tee(real_stdout)
+        rec = {"i": first + i, "t0": time.time()}
+        _context._reset()
+        try:
+            args, kwargs = pickle.loads(raw)
+            with contextlib.redirect_stdout(tee):
+                value = fn(*args, **kwargs)
+            rec["ok"] = True
+            outcomes.append((True, value))
+        except MemoryError as exc:
+            limit = event.get("memory_mb")
+            oom = OutOfMemoryError(
+                f"task exceeded the memory limit of {limit} MB" if limit else "task ran out of memory",
+                tid)
+            oom.__cause__ = exc
+            rec["ok"] = False
+            rec["error"] = _error_record(oom)
+            rec["error"]["kind"] = "oom"
+            outcomes.append((False, oom))
+        except BaseException as exc:  # the user's exception, whatever it is
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)) and not isinstance(exc, Exception):
+                exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
+            rec["ok"] = False
+            rec["error"] = _error_record(exc)
+            outcomes.append((False, _picklable_exception(exc, rec["error"])))
+        rec["t1"] = time.time()
+        rec["flops"] = _context._reset()
+        out = tee.buf.getvalue()
+        if out:
+            rec["stdout"] = out
+        items.append(rec)
+    compute_done = time.time()
+
+    import cloudpickle  # results may be instances of classes defined inside the task
+
+    try:
+        blob = cloudpickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        blob = cloudpickle.dumps([_safe_outcome(o, items[k]) for k, o in enumerate(outcomes)],
+                                 protocol=pickle.HIGHEST_PROTOCOL)
+    status = {
+        "v": protocol.PROTOCOL_VERSION,
+        "job_id": job_id,
+        "task": tid,
+        "state": "done" if all(r["ok"] for r in items) else "error",
+        "attempt": event.get("attempt", 0),
+        "items": items,
+        "stats": {
+            "host_submit": event.get("host_submit"),
+            "worker_start": worker_start,
+            "setup_done": setup_done,
+            "compute_done": compute_done,
+            "cold_start": cold,
+            "runtime_start": _PROCESS_START,
+            "peak_mem_mb": round(_peak_mem_mb(), 1),
+            "request_id": getattr(context, "aws_request_id", None),
+            "pid": os.getpid(),
+        },
+    }
+    if len(blob) <= protocol.INLINE_RESULT_BYTES:
+        status["result"] = {"inline": base64.b64encode(blob).decode()}
+    else:
+        storage.put_if_absent(protocol.result_key(prefix, job_id, tid), blob)
+        status["result"] = {"key": protocol.result_key(prefix, job_id, tid), "bytes": len(blob)}
+    counts = storage.request_counts
+    # The status PUT itself is counted here, before it happens, so the count is complete.
+    worker_requests = {k: counts.get(k, 0) - counts_before.get(k, 0) for k in counts}
+    worker_requests["PUT"] = worker_requests.get("PUT", 0) + 1
+    status["stats"]["requests"] = {k: v for k, v in worker_requests.items() if v}
+    status["stats"]["result_stored"] = time.time()
+    written = storage.put_if_absent(protocol.status_key(prefix, job_id, tid),
+                                    json.dumps(status, separators=(",", ":")).encode())
+    return {"task": tid, "state": status["state"], "written": written}
+
+
+def _safe_outcome(outcome, rec):
+    ok, value = outcome
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(value)
+        return outcome
+    except Exception as exc:
+        msg = f"the task's result of type {type(value).__qualname__} cannot be pickled: {exc}"
+        rec["ok"] = False
+        rec["error"] = {"type": "RemoteError", "module": __name__, "message": msg, "traceback": ""}
+        return (False, RemoteError("PicklingError", msg))
+
+
+def read_status(storage, prefix: str, job_id: str, tid: str) -> dict | None:
+    try:
+        return json.loads(storage.get(protocol.status_key(prefix, job_id, tid)))
+    except NotFound:
+        return None
+
+
+def read_results(storage, prefix: str, job_id: str, status: dict):
+    """The (ok, value) outcomes of a stored task, in item order."""
+    return _read_results(storage, prefix, job_id, status["task"], status)
