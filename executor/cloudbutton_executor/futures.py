@@ -35,7 +35,10 @@ class TaskFuture(cf.Future):
         if self.cancelled():
             return "cancelled"
         if self.done():
-            return "failed" if self.exception() is not None else "done"
+            exc = self.exception()
+            if isinstance(exc, CancelledError):  # was already running when its job was cancelled
+                return "cancelled"
+            return "failed" if exc is not None else "done"
         return "running" if self.running() else "queued"
 
     def __repr__(self):

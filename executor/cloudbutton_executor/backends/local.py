@@ -34,10 +34,12 @@ def get_local_backend(workers: int | None = None, **_ignored) -> "LocalBackend":
     workers = int(workers or os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
+    env = _worker_env(workers)
+    key = (workers, tuple(sorted(env.items())))  # new credentials or paths: new workers
     with _pools_lock:
-        pool = _pools.get((workers,))
+        pool = _pools.get(key)
         if pool is None or pool.closed:
-            pool = _pools[(workers,)] = LocalBackend(workers)
+            pool = _pools[key] = LocalBackend(workers, env)
         return pool
 
 
@@ -131,14 +133,14 @@ class _Process:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, env: dict | None = None):
         self.workers = workers
         self.closed = False
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._running: dict[int, tuple[dict, _Process]] = {}  # slot -> (event, process)
         self._killed: set[int] = set()
-        self._env = _worker_env(workers)
+        self._env = env or _worker_env(workers)
         self._cwd = self._env.get("HOME") or "/"
         if not os.path.isdir(self._cwd):
             self._cwd = "/"

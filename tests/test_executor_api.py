@@ -1,0 +1,240 @@
+"""The futures API over real local worker processes."""
+import concurrent.futures as cf
+import os
+import random
+import sys
+import time
+
+import pytest
+
+import cloudbutton_executor as cb
+from cloudbutton_executor import (ALL_COMPLETED, ANY_COMPLETED, FIRST_EXCEPTION, Executor,
+                                  RemoteError, SerializationError, report_flops)
+
+
+def slow_square(x):
+    time.sleep(random.random() * 0.05)
+    return x * x
+
+
+def test_results_in_input_order(ex):
+    job = ex.map(slow_square, range(30))
+    assert job.result(timeout=60) == [x * x for x in range(30)]
+    assert len(job) == 30 and job.job_id and all(isinstance(f, cf.Future) for f in job)
+    assert job.done() and job.stats["done"] == 30
+
+
+def test_iterdata_forms_and_extra_args(ex):
+    def f(a, b=10, c=100):
+        return a + b + c
+
+    assert ex.map(f, [1, (1, 2), {"a": 1, "c": 3}]).result() == [111, 103, 14]
+    assert ex.map(f, [1, 2], extra_args=(5,)).result() == [106, 107]
+    assert ex.map(f, [1, (2,)], extra_args={"c": 0}).result() == [11, 12]
+
+
+def test_remote_exception_keeps_type_and_traceback(ex):
+    def fails(x):
+        if x == 2:
+            raise KeyError(f"missing {x}")
+        return x
+
+    job = ex.map(fails, range(4))
+    cf.wait(job.futures)
+    assert [f.result() for i, f in enumerate(job) if i != 2] == [0, 1, 3]
+    with pytest.raises(KeyError) as info:
+        job[2].result()
+    cause = info.value.__cause__
+    assert isinstance(cause, cb.errors.RemoteTraceback)
+    assert "in fails" in cause.tb and "KeyError: 'missing 2'" in cause.tb
+    assert job[2].error_info["type"] == "KeyError"
+    assert job.stats["failed"] == 1
+
+
+class Unpicklable(Exception):
+    def __init__(self, handle):
+        super().__init__("custom failure")
+        self.handle = handle
+
+    def __reduce__(self):
+        raise TypeError("no pickling for you")
+
+
+def test_unpicklable_exception_comes_back_as_remote_error(ex):
+    def fails(_):
+        raise Unpicklable(lambda: 1)
+
+    with pytest.raises(RemoteError, match="Unpicklable: custom failure") as info:
+        ex.call_async(fails, 1).result(timeout=30)
+    assert "no pickling" not in str(info.value) and "raise Unpicklable" in info.value.remote_traceback
+
+
+def test_empty_and_bad_iterdata(ex):
+    job = ex.map(slow_square, [])
+    assert len(job) == 0 and job.done() and job.result() == []
+    with pytest.raises(TypeError, match="iterable.*got int"):
+        ex.map(slow_square, 42)
+    with pytest.raises(TypeError, match="got a str"):
+        ex.map(slow_square, "abc")
+    with pytest.raises(TypeError, match="callable"):
+        ex.map(42, [1])
+    with pytest.raises(ValueError, match="chunksize"):
+        ex.map(slow_square, [1], chunksize=0)
+
+
+def test_unpicklable_argument_is_named_before_upload(ex, storage):
+    import threading
+
+    lock = threading.Lock()
+    before = set(storage.list("cloudbutton/jobs/"))
+    with pytest.raises(SerializationError, match=r"iterdata\[1\].*_thread.lock|_thread.lock.*iterdata\[1\]"):
+        ex.map(slow_square, [1, lock, 3])
+    assert set(storage.list("cloudbutton/jobs/")) == before
+
+
+CONNECTION = None
+
+
+def test_unpicklable_global_is_named(ex):
+    global CONNECTION
+    import sqlite3
+
+    CONNECTION = sqlite3.connect(":memory:")
+
+    def query(x):
+        return CONNECTION.execute("select ?", (x,)).fetchone()
+
+    with pytest.raises(SerializationError, match=r"global 'CONNECTION'.*sqlite3.Connection"):
+        ex.map(query, [1])
+
+
+REBOUND = 1
+
+
+def test_rebound_global_is_shipped_fresh(ex):
+    global REBOUND
+
+    def read(_):
+        return REBOUND
+
+    assert ex.map(read, [0]).result() == [1]
+    REBOUND = 2
+    assert ex.map(read, [0]).result() == [2]
+
+
+def test_stdout_and_flops_land_in_stats(ex):
+    def work(x):
+        print("working on", x)
+        report_flops(1e6 * x)
+        return x
+
+    job = ex.map(work, [1, 2])
+    job.result()
+    assert job[1].stdout == "working on 2\n"
+    assert job[1].stats["flops"] == 2e6
+    assert job.stats["flops"] == 3e6
+    s = job[0].stats
+    order = ["host_submit", "worker_start", "setup_done", "compute_start", "compute_done",
+             "result_stored", "host_seen", "host_fetched"]
+    assert all(s[a] <= s[b] for a, b in zip(order, order[1:])), s
+    assert s["peak_mem_mb"] > 5
+
+
+def test_chunksize_and_auto_batching(ex):
+    job = ex.map(slow_square, range(20), chunksize=6)
+    assert job.result() == [x * x for x in range(20)]
+    assert job.stats["invocations"] == 4
+    assert {f.task_id for f in job} == {"000000-000006", "000006-000012", "000012-000018",
+                                       "000018-000020"}
+    job = ex.map(abs, range(-3000, 0), chunksize="auto")
+    assert job.result() == list(range(3000, 0, -1))
+    assert job.stats["invocations"] < 300, job.stats["invocations"]
+
+
+def test_call_async_and_map_reduce(ex):
+    assert ex.call_async(pow, 2, 10).result(timeout=30) == 1024
+    fut = ex.map_reduce(slow_square, range(10), sum)
+    assert fut.result(timeout=60) == sum(x * x for x in range(10))
+    assert fut.map_job.done()
+
+    def broken(x):
+        raise ValueError("map failed")
+
+    with pytest.raises(ValueError, match="map failed"):
+        ex.map_reduce(broken, [1, 2], sum).result(timeout=60)
+    assert ex.map_reduce(slow_square, [], sum).result(timeout=60) == 0
+
+
+def test_wait_and_as_completed_vocabulary(ex):
+    def nap(t):
+        time.sleep(t)
+        if t < 0.05:
+            raise RuntimeError("early failure")
+        return t
+
+    job = ex.map(nap, [0.01, 1.5, 1.5])
+    done, not_done = cb.wait(job, return_when=FIRST_EXCEPTION, timeout=30)
+    assert job[0] in done and job[0].exception() is not None
+    done, _ = cb.wait(job, return_when=ANY_COMPLETED, timeout=30)
+    assert done
+    done, not_done = ex.wait(job, return_when=ALL_COMPLETED, timeout=30)
+    assert not not_done
+    assert sorted(f.index for f in cb.as_completed(job, timeout=30)) == [0, 1, 2]
+    # The stdlib functions work on our futures too.
+    assert len(cf.wait(job.futures).done) == 3
+    with pytest.raises(RuntimeError):
+        cb.get_result(job)
+    assert job.results()[1:] == [1.5, 1.5]
+
+
+def test_retries_rerun_infrastructure_failures(ex, tmp_path):
+    marker = str(tmp_path / "crashed-once")
+
+    def crash_once(x):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(3)
+        return x
+
+    job = ex.map(crash_once, [7], retries=1)
+    assert job.result(timeout=60) == [7]
+    assert job.retried == 1 and job[0].attempts == 2
+
+
+def test_reattach_collects_without_rerunning(ex, storage, tmp_path):
+    log = tmp_path / "runs.log"
+
+    def logged(x):
+        with open(log, "a") as f:
+            f.write(f"{x}\n")
+        return x * 3
+
+    job = ex.map(logged, range(5), chunksize=2)
+    job.result()
+    runs = log.read_text()
+    with Executor(workers=2, storage=storage) as other:
+        again = other.attach(job.job_id)
+        assert again.result(timeout=30) == [0, 3, 6, 9, 12]
+        assert [j["job_id"] for j in other.jobs()][0] == job.job_id
+    assert log.read_text() == runs
+    with pytest.raises(KeyError):
+        ex.attach("20000101-000000-abcdef")
+    with pytest.raises(ValueError):
+        ex.attach("../../etc")
+
+
+def test_executor_context_waits_and_refuses_after_shutdown(storage):
+    with Executor(workers=2, storage=storage) as ex:
+        job = ex.map(slow_square, range(4))
+    assert job.done()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        ex.map(slow_square, [1])
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="backend"):
+        Executor(backend="k8s")
+    with pytest.raises(ValueError, match="workers"):
+        Executor(workers=0)
+    with pytest.raises(ValueError, match="timeout"):
+        Executor(timeout=-1)

@@ -1,0 +1,205 @@
+"""Lambda's semantics in the local backend: isolation, limits, crashes, cancel."""
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from cloudbutton_executor import (Executor, OutOfMemoryError, TaskTimeoutError, WorkerDiedError,
+                                  protocol, worker)
+from cloudbutton_executor.backends.local import get_local_backend
+
+
+def test_timeout_kills_the_task_and_others_finish(ex):
+    def nap(t):
+        time.sleep(t)
+        return t
+
+    start = time.time()
+    job = ex.map(nap, [30, 0.1, 0.1], timeout=1)
+    with pytest.raises(TaskTimeoutError, match="timeout of 1 s"):
+        job[0].result(timeout=20)
+    assert [f.result(timeout=20) for f in job[1:]] == [0.1, 0.1]
+    assert time.time() - start < 10
+    status = json.loads(ex.storage.get(protocol.status_key("cloudbutton", job.job_id, job[0].task_id)))
+    assert status["infra"]["kind"] == "timeout"  # stored: a re-attach sees the same end
+
+
+def test_memory_limit_ends_task_as_out_of_memory(ex):
+    def hog(mb):
+        blob = bytearray(mb * 1024 * 1024)
+        return len(blob)
+
+    job = ex.map(hog, [800, 10], memory_mb=256)
+    with pytest.raises(OutOfMemoryError, match="memory limit of 256 MB"):
+        job[0].result(timeout=30)
+    assert job[1].result(timeout=30) == 10 * 1024 * 1024
+
+
+def _sigkill(_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exit(_):
+    os._exit(7)
+
+
+def _segfault(_):
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@pytest.mark.parametrize("fn, reason", [
+    (_sigkill, "killed by SIGKILL"),
+    (_exit, "exited with code 7"),
+    (_segfault, "killed by SIGSEGV"),
+])
+def test_dying_worker_names_what_happened(ex, fn, reason):
+    start = time.time()
+    job = ex.map(fn, [1])
+    ok = ex.map(abs, [-1, -2])
+    with pytest.raises(WorkerDiedError, match=reason):
+        job[0].result(timeout=20)
+    assert ok.result(timeout=20) == [1, 2]
+    assert time.time() - start < 10
+
+
+def test_cancel_stops_queued_work_and_kills_running_workers(ex, tmp_path):
+    started = tmp_path / "started"
+
+    def long_task(x):
+        with open(started, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(60)
+
+    job = ex.map(long_task, range(10))
+    deadline = time.time() + 20
+    while (not started.exists() or len(started.read_text().split()) < 2) and time.time() < deadline:
+        time.sleep(0.05)
+    pids = [int(p) for p in started.read_text().split()]
+    t = time.time()
+    assert job.cancel() == 10
+    assert job.done() and all(f.cancelled() or f.exception() for f in job)
+    assert ex.storage.exists(protocol.cancel_key("cloudbutton", job.job_id))
+    while any(_alive(p) for p in pids) and time.time() - t < 5:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids), "running workers were not killed"
+    assert len(started.read_text().split()) == 2  # queued tasks never started
+    assert ex.map(abs, [-5]).result(timeout=20) == [5]  # the pool recovers
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_cancel_marker_written_by_someone_else_cancels_the_job(ex):
+    job = ex.map(time.sleep, [30, 30, 30])
+    time.sleep(0.3)
+    ex.storage.put(protocol.cancel_key("cloudbutton", job.job_id), b"from the panel")
+    assert job.wait(timeout=5)
+    assert job.cancelled and job.counts()["cancelled"] == 3
+
+
+def test_local_module_travels_by_value(ex, tmp_path, monkeypatch):
+    moddir = tmp_path / "project"
+    moddir.mkdir()
+    (moddir / "mylocalmod.py").write_text(textwrap.dedent("""
+        import sys
+        FACTOR = 6
+        def scale(x):
+            return x * FACTOR, [p for p in sys.path if 'project' in p], 'mylocalmod' in sys.modules
+    """))
+    monkeypatch.syspath_prepend(str(moddir))
+    import mylocalmod
+
+    try:
+        results = ex.map(mylocalmod.scale, [1, 2]).result(timeout=30)
+    finally:
+        sys.modules.pop("mylocalmod", None)
+    assert results == [(6, [], False), (12, [], False)]
+
+
+def test_worker_sees_only_its_event(ex, monkeypatch):
+    monkeypatch.setenv("HOST_ONLY_SECRET", "do-not-leak")
+
+    def probe(_):
+        import tempfile
+
+        scratch = tempfile.gettempdir()
+        open(os.path.join(scratch, "x"), "w").close()
+        return {"env": dict(os.environ), "cwd": os.getcwd(), "scratch": scratch,
+                "modules": "cloudbutton_magic" in sys.modules}
+
+    a, b = ex.map(probe, [1, 2]).result(timeout=30)
+    assert "HOST_ONLY_SECRET" not in a["env"]
+    assert a["scratch"] != b["scratch"] and a["cwd"] == a["scratch"]
+    assert not os.path.exists(a["scratch"])  # each invocation's /tmp is removed after it
+    assert a["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert not a["modules"]
+
+
+def test_cold_start_then_warm_reuse(storage):
+    get_local_backend(workers=1).shutdown()  # a fresh pool: the first invocation is cold
+    with Executor(workers=1, storage=storage) as ex:
+        first = ex.map(os.getpid, [()]).result()[0]
+        job = ex.map(os.getpid, [(), ()])
+        assert job.result() == [first, first]
+    assert job[0].stats["cold_start"] is False
+
+
+def test_concurrency_limit(storage):
+    def nap(_):
+        t0 = time.time()
+        time.sleep(0.3)
+        return t0, time.time()
+
+    with Executor(workers=2, storage=storage) as ex:
+        spans = ex.map(nap, range(6)).result(timeout=30)
+    most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    assert most <= 2
+
+
+def test_duplicate_delivery_yields_one_result(ex):
+    def noisy(_):
+        import uuid
+
+        return uuid.uuid4().hex
+
+    job = ex.map(noisy, [0])
+    first = job.result(timeout=30)[0]
+    key = protocol.status_key("cloudbutton", job.job_id, job[0].task_id)
+    stored = ex.storage.get(key)
+    # Deliver the same event again, through a real worker process.
+    event = job._event(job[0].task_id, 0, 1)
+    responses = []
+
+    class Listener:
+        def on_start(self, e):
+            pass
+
+        def on_done(self, e, r):
+            responses.append(r)
+
+        def on_failure(self, e, err):
+            responses.append(err)
+
+    ex.backend.invoke([event, event], Listener())
+    deadline = time.time() + 20
+    while len(responses) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert [r["written"] for r in responses] == [False, False]
+    assert ex.storage.get(key) == stored
+    status = worker.read_status(ex.storage, "cloudbutton", job.job_id, job[0].task_id)
+    assert worker.read_results(ex.storage, "cloudbutton", job.job_id, status) == [(True, first)]
