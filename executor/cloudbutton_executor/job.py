@@ -17,7 +17,7 @@ import time
 from . import protocol
 from .batching import AutoBatcher
 from .errors import (INFRA_ERRORS, InfrastructureError, LostInvocationError, RemoteError,
-                     RemoteTraceback)
+                     RemoteTraceback, TaskTimeoutError)
 from .storage import CountingView
 from .futures import TaskFuture, get_result, wait
 from .worker import read_results
@@ -59,6 +59,8 @@ class Job(collections.abc.Sequence):
         self._next_item = 0
         self._inflight: dict[str, dict] = {}  # task id -> event
         self._attempts: dict[str, int] = {}
+        self._clock_start: dict[str, float] = {}  # task id -> when its deadline clock started
+        self._backups: dict[str, int] = {}  # task id -> backup invocations sent (presumed lost)
         self._task_stats: dict[str, dict] = {}
         self._worker_requests = collections.Counter()
         self._data_offsets: list[int] | None = None
@@ -70,6 +72,7 @@ class Job(collections.abc.Sequence):
         self._deadline: float | None = None
         self.monitor_error: Exception | None = None
         self._listeners: list = []
+        self._done_cursor = 0  # every future before it is done (see _maybe_finish)
         if not self.futures:
             self._finish()
 
@@ -93,8 +96,15 @@ class Job(collections.abc.Sequence):
     def results(self, timeout=None) -> list:
         """All outcomes in input order: a result, or the exception the task ended with."""
         wait(self.futures, timeout=timeout)
-        return [f.exception() if f.exception() is not None else f.result()
-                if not f.cancelled() else cf.CancelledError() for f in self.futures]
+        out = []
+        for f in self.futures:
+            if f.cancelled():
+                out.append(cf.CancelledError(f"job {self.job_id} was cancelled"))
+            elif not f.done():
+                out.append(cf.TimeoutError(f"task {f.index} had not finished"))
+            else:
+                out.append(f.exception() if f.exception() is not None else f.result())
+        return out
 
     def wait(self, timeout=None) -> bool:
         """Block until every task has ended; False on timeout."""
@@ -122,7 +132,10 @@ class Job(collections.abc.Sequence):
         n = 0
         for f in self.futures:
             if not f.done():
-                if not f.cancel():  # already running: end it as cancelled anyway
+                if f.cancel():
+                    # Moves CANCELLED to CANCELLED_AND_NOTIFIED, which is what wait() counts as done.
+                    f.set_running_or_notify_cancel()
+                else:  # already running: end it as cancelled anyway
                     try:
                         f.set_exception(cf.CancelledError(f"job {self.job_id} was cancelled"))
                     except cf.InvalidStateError:
@@ -196,8 +209,14 @@ class Job(collections.abc.Sequence):
             if remaining <= 0 or self.cancelled:
                 return []
             if self._batcher is None:
-                return [min(self.chunksize, remaining - k)
-                        for k in range(0, remaining, self.chunksize)]
+                sizes = [min(self.chunksize, remaining - k)
+                         for k in range(0, remaining, self.chunksize)]
+                # Backends without their own queue (Lambda) get only about their concurrency
+                # at once, so an invocation's deadline clock starts when it can really run.
+                cap = getattr(self.backend, "max_inflight", None)
+                if cap:
+                    sizes = sizes[:max(0, cap - len(self._inflight))]
+                return sizes
             sizes = []
             free = self._window - len(self._inflight)
             while free > 0 and remaining > 0:
@@ -292,8 +311,13 @@ class Job(collections.abc.Sequence):
             if retry:
                 self._attempts[tid] = attempts + 1
                 self.retried += 1
+                self._clock_start.pop(tid, None)  # a retry gets a fresh deadline
         if retry:
             again = dict(event, attempt=attempts + 1, host_submit=time.time())
+            again.pop("invoked_at", None)
+            with self._lock:
+                if tid in self._inflight:
+                    self._inflight[tid] = again
             self.backend.invoke([again], self)
             return
         self._store_failure(event, error)
@@ -381,7 +405,13 @@ class Job(collections.abc.Sequence):
                 pass
 
     def _maybe_finish(self) -> None:
-        if all(f.done() for f in self.futures):
+        # Futures never become undone, so a cursor past the done prefix makes
+        # this amortised O(1) per task instead of O(tasks) (O(N^2) per job).
+        futures, i = self.futures, self._done_cursor
+        while i < len(futures) and futures[i].done():
+            i += 1
+        self._done_cursor = i
+        if i == len(futures):
             self._finish()
 
     def _finish(self) -> None:
@@ -402,7 +432,11 @@ class Job(collections.abc.Sequence):
                 return 0
             pending = set(self._inflight)
             applied = set(self._task_stats)
-        keys = self.storage.list(protocol.tasks_prefix(self.prefix, self.job_id))
+        tasks_prefix = protocol.tasks_prefix(self.prefix, self.job_id)
+        # Every task before the first pending one is collected: list only from there on
+        # (one LIST page per poll instead of re-reading the whole job).
+        start_after = tasks_prefix + min(pending) if pending and not self.attached else None
+        keys = self.storage.list(tasks_prefix, start_after=start_after)
         seen = time.time()
         n = 0
         for key in keys:
@@ -433,13 +467,68 @@ class Job(collections.abc.Sequence):
         grace = getattr(self.backend, "deadline_grace_s", None)
         if grace is None:  # the backend enforces timeouts itself and always calls back
             return
+        lost_after = getattr(self.backend, "lost_after_s", None)
+        if lost_after is not None:
+            self._send_backups(now, lost_after)
         with self._lock:
-            late = [e for e in self._inflight.values()
-                    if now > e["host_submit"] + e["timeout"] + grace]
+            late = []
+            for tid, e in self._inflight.items():
+                start = self._clock_start.get(tid)
+                if start is None:
+                    # Backends that report acceptance (Lambda, after throttling) start the clock then.
+                    start = e.get("invoked_at") if getattr(self.backend, "reports_invoked_at", False) \
+                        else e["host_submit"]
+                    if start is None:
+                        continue  # not accepted yet: the backend bounds that wait itself
+                    self._clock_start[tid] = start
+                if now > start + e["timeout"] + grace:
+                    late.append(e)
         for event in late:
-            self.on_failure(event, LostInvocationError(
-                f"task {event['task']} produced no result within its timeout of "
-                f"{event['timeout']:g} s + {grace:g} s", event["task"]))
+            if lost_after is not None:
+                # Lost events were already re-sent as backups: silence past the timeout
+                # means the task ran too long or its runtime died.
+                err = TaskTimeoutError(
+                    f"task {event['task']} produced no result within the timeout of "
+                    f"{event['timeout']:g} s (+ {grace:g} s grace): it ran too long, its runtime "
+                    "died, or its invocations were lost", event["task"])
+            else:
+                err = LostInvocationError(
+                    f"task {event['task']} produced no result within its timeout of "
+                    f"{event['timeout']:g} s + {grace:g} s", event["task"])
+            self.on_failure(event, err)
+
+    def _send_backups(self, now: float, lost_after: float) -> None:
+        """Re-send invocations presumed lost (Lambda may drop async events; nothing tells us).
+
+        An invocation is presumed lost when it has been silent for ``lost_after`` s plus
+        twice the slowest submit-to-stored time of this job's finished tasks. The backup
+        is a new attempt of the same task: if the original was only slow, the first
+        stored status wins and the other is ignored. Bounded by ``backend.redeliveries``.
+        """
+        budget = getattr(self.backend, "redeliveries", 0)
+        backups = []
+        with self._lock:
+            if not self._inflight or self.cancelled:
+                return
+            latencies = [st["result_stored"] - st["host_submit"] for st in self._task_stats.values()
+                         if st.get("result_stored") and st.get("host_submit")]
+            if not latencies:
+                return  # nothing to compare with yet: the timeout deadline still applies
+            limit = lost_after + 2 * max(latencies)
+            for tid, e in list(self._inflight.items()):
+                sent = e.get("invoked_at")
+                if sent is None or now - sent < limit or self._backups.get(tid, 0) >= budget:
+                    continue
+                self._backups[tid] = self._backups.get(tid, 0) + 1
+                self.retried += 1
+                if tid not in self._clock_start:
+                    self._clock_start[tid] = sent  # a backup does not extend the deadline
+                again = dict(e, attempt=e.get("attempt", 0) + 1, host_submit=now)
+                again.pop("invoked_at", None)
+                self._inflight[tid] = again
+                backups.append(again)
+        if backups:
+            self.backend.invoke(backups, self)
 
     def _end_uncovered_as_lost(self) -> None:
         missing = [f.index for f in self.futures if not f.done()]

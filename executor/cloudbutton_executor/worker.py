@@ -27,6 +27,7 @@ _PROCESS_START = time.time()
 _invocations = 0
 _functions: dict[str, object] = {}  # warm containers keep function blobs
 _storages: dict[str, object] = {}
+_no_cancel_seen: dict[str, float] = {}  # job id -> when this container last found no cancel marker
 
 
 def _storage(desc: dict):
@@ -46,12 +47,24 @@ def _peak_mem_mb() -> float:
         return 0.0
 
 
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback of the user's code: our own frames (handler, cell runner) are dropped."""
+    te = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in te.stack if not os.path.abspath(f.filename).startswith(_OWN_DIR + os.sep)]
+    if frames:
+        te.stack = traceback.StackSummary.from_list(frames)
+    return "".join(te.format())
+
+
 def _error_record(exc: BaseException) -> dict:
     return {
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
         "message": str(exc)[:2000],
-        "traceback": "".join(traceback.format_exception(exc))[-20000:],
+        "traceback": _format_traceback(exc)[-20000:],
     }
 
 
@@ -132,8 +145,16 @@ def handler(event, context=None):
     storage = _storage(event["storage"])
     counts_before = storage.request_counts
 
-    if storage.exists(protocol.cancel_key(prefix, job_id)):
-        return {"task": tid, "state": "cancelled"}
+    # An event may allow a warm container to trust a recent "not cancelled" answer for
+    # ``cancel_check_ttl`` seconds (Lambda: saves one HEAD per task; the host also stops
+    # sending a cancelled job's events). Without it, every task checks.
+    ttl = event.get("cancel_check_ttl")
+    seen = _no_cancel_seen.get(job_id)
+    if ttl is None or seen is None or worker_start - seen > ttl:
+        if storage.exists(protocol.cancel_key(prefix, job_id)):
+            return {"task": tid, "state": "cancelled"}
+        if ttl is not None:
+            _no_cancel_seen[job_id] = worker_start
 
     fkey = event["function_key"]
     fn = _functions.get(fkey)

@@ -1,0 +1,257 @@
+"""Which parts of the notebook's namespace a cell needs, and whether they may travel.
+
+The cell's source is analysed (AST + symtable) for the names it reads before
+binding them; only those globals are shipped, never the whole ``user_ns``
+(which holds unpicklable things and is large). cloudpickle then follows what
+the shipped functions reference.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import os
+import re
+import symtable
+import types
+from dataclasses import dataclass, field
+
+from cloudbutton_executor import serialize
+
+WARN_TOTAL_BYTES = 50 * 1024 * 1024
+
+_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b")
+_AWS_SECRET = re.compile(r"^[A-Za-z0-9/+]{40}$")
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|private_key", re.I)
+
+
+class CaptureError(ValueError):
+    """A cell cannot be shipped; the message names the variable and suggests a fix."""
+
+
+@dataclass
+class CaptureReport:
+    rows: list = field(default_factory=list)  # {"name", "type", "size"}
+    warnings: list = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(r["size"] for r in self.rows)
+
+    def to_text(self) -> str:
+        lines = [f"{'name':<20} {'type':<28} {'size':>10}"]
+        for r in self.rows:
+            lines.append(f"{r['name']:<20} {r['type'][:28]:<28} {_human(r['size']):>10}")
+        lines.append(f"{'total':<20} {'':<28} {_human(self.total):>10}")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _type_name(obj) -> str:
+    if isinstance(obj, types.ModuleType):
+        return f"module {obj.__name__}"
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+# Free-name analysis ------------------------------------------------------------
+_CONDITIONAL = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With, ast.AsyncWith,
+                ast.Match) if hasattr(ast, "Match") else (ast.If, ast.For, ast.While, ast.Try, ast.With)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp,
+           ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _top_level_loads_and_stores(stmt):
+    """Names this statement reads and binds at module level, nested scopes excluded."""
+    loads, stores = [], []
+
+    def visit(node):
+        if isinstance(node, ast.Name):
+            (loads if isinstance(node.ctx, ast.Load) else stores).append(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for d in node.decorator_list:
+                visit(d)
+            if not isinstance(node, ast.ClassDef):
+                for d in node.args.defaults + [d for d in node.args.kw_defaults if d]:
+                    visit(d)
+            else:
+                for b in node.bases:
+                    visit(b)
+            stores.append(node.name)
+            return
+        elif isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            # The first iterable of a comprehension is evaluated in the enclosing scope.
+            if not isinstance(node, ast.Lambda):
+                visit(node.generators[0].iter)
+            return
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name != "*":
+                    stores.append((alias.asname or alias.name).partition(".")[0])
+            return
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            stores.append(node.name)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            loads.append(node.target.id)
+        if isinstance(node, ast.Assign):  # right side is evaluated before the targets
+            visit(node.value)
+            for t in node.targets:
+                visit(t)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(stmt)
+    return loads, stores
+
+
+def _nested_globals(code: str) -> set:
+    """Module-level names read from inside functions, lambdas, classes, comprehensions."""
+    out = set()
+
+    def walk(table):
+        for child in table.get_children():
+            for sym in child.get_symbols():
+                if sym.is_referenced() and sym.is_global():
+                    out.add(sym.get_name())
+            walk(child)
+
+    walk(symtable.symtable(code, "<cell>", "exec"))
+    return out
+
+
+def analyse(code: str) -> tuple[list, list]:
+    """(names the cell reads from outside, names it binds at module level).
+
+    A name counts as read from outside unless an unconditional top-level
+    statement binds it before its first read.
+    """
+    tree = ast.parse(code, "<cell>", "exec")
+    bound: set = set()
+    reads: list = []
+    assigned: list = []
+    for stmt in tree.body:
+        loads, stores = _top_level_loads_and_stores(stmt)
+        for name in loads:
+            if name not in bound and name not in reads:
+                reads.append(name)
+        for name in stores:
+            if name not in assigned:
+                assigned.append(name)
+        if not isinstance(stmt, _CONDITIONAL):
+            bound.update(stores)
+    for name in sorted(_nested_globals(code)):
+        if name not in bound and name not in reads:
+            reads.append(name)
+    return reads, assigned
+
+
+# Secrets -----------------------------------------------------------------------
+def looks_like_secret(value, _depth: int = 0) -> str | None:
+    """Why ``value`` looks like it carries a credential, or None."""
+    if isinstance(value, str):
+        if _AWS_KEY_ID.search(value):
+            return "it contains an AWS access key id"
+        if _AWS_SECRET.match(value) and re.search(r"[A-Z]", value) and re.search(r"[a-z]", value) \
+                and re.search(r"[0-9/+]", value) and not re.fullmatch(r"[0-9a-fA-F]{40}", value):
+            return "it looks like an AWS secret access key"
+        return None
+    if isinstance(value, os._Environ):
+        return "it is os.environ"
+    if serialize._is_secret_type(value):
+        return f"it is a {_type_name(value)}, which carries AWS credentials"
+    if _depth >= 2:
+        return None
+    if isinstance(value, dict):
+        keys = {k for k in value.keys() if isinstance(k, str)}
+        if {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & keys:
+            return "it holds AWS credentials (AWS_SECRET_ACCESS_KEY)"
+        if len(keys) >= 8 and len(keys & set(os.environ)) >= 0.8 * len(keys) and "PATH" in keys:
+            return "it is a copy of os.environ"
+        items = list(value.items())[:200]
+        for k, v in items:
+            why = looks_like_secret(v, _depth + 1)
+            if why:
+                return f"{why} (at key {k!r})"
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for i, v in enumerate(list(value)[:200]):
+            why = looks_like_secret(v, _depth + 1)
+            if why:
+                return f"{why} (at index {i})"
+    return None
+
+
+# Capture -----------------------------------------------------------------------
+def capture(code: str, user_ns: dict, exclude=(), measure: bool = True) -> tuple[dict, CaptureReport]:
+    """The globals ``code`` needs from ``user_ns``, checked, with a size report.
+
+    Raises CaptureError naming the culprit for an undefined, unpicklable or
+    secret-bearing name.
+    """
+    reads, assigned = analyse(code)
+    nested_assigned = set(assigned)
+    captured, report = {}, CaptureReport()
+    undefined = []
+    for name in reads:
+        if name in exclude:
+            continue
+        if name in user_ns:
+            captured[name] = user_ns[name]
+        elif not hasattr(builtins, name) and name not in nested_assigned:
+            undefined.append(name)
+    if undefined:
+        raise CaptureError(
+            f"the cell reads {', '.join(repr(n) for n in undefined)} but "
+            f"{'it is' if len(undefined) == 1 else 'they are'} not defined in the notebook")
+    check_and_measure(captured, report, measure)
+    return captured, report
+
+
+def check_and_measure(captured: dict, report: CaptureReport, measure: bool = True) -> None:
+    for name, value in captured.items():
+        why = looks_like_secret(value)
+        if why:
+            raise CaptureError(
+                f"refusing to ship variable {name!r}: {why}. Credentials never leave this machine; "
+                "create clients inside the cell (workers use their own role).")
+        if isinstance(value, str) and _SECRET_NAME.search(name) and len(value) >= 12:
+            raise CaptureError(
+                f"refusing to ship variable {name!r}: its name says it holds a secret. "
+                "Read it inside the task from the worker's own configuration instead.")
+        size = 0
+        if measure and not isinstance(value, types.ModuleType):
+            try:
+                size = len(serialize.dumps(value, f"variable {name!r}"))
+            except serialize.SecretError as err:
+                raise CaptureError(f"refusing to ship variable {name!r}: {err}") from None
+            except serialize.SerializationError as err:
+                raise CaptureError(
+                    f"cannot ship variable {name!r} ({_type_name(value)}): {err}. "
+                    f"Create it inside the cell instead, or pass what it holds (e.g. a path or "
+                    f"plain data).") from None
+        report.rows.append({"name": name, "type": _type_name(value), "size": size})
+    if report.total > WARN_TOTAL_BYTES:
+        report.warnings.append(
+            f"the captured variables total {_human(report.total)}: every task downloads them; "
+            "consider passing large data through the iterable or reading it inside the task")
+
+
+def function_globals(fn) -> dict:
+    """Globals a notebook function reads (for the line form ``%cloud map f xs``)."""
+    code = getattr(fn, "__code__", None)
+    g = getattr(fn, "__globals__", {})
+    if code is None:
+        return {}
+    names, stack = set(), [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return {n: g[n] for n in sorted(names) if n in g}

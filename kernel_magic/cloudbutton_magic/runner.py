@@ -1,0 +1,270 @@
+"""The real work behind the magics: evaluate, capture, submit, watch, collect.
+
+Kept apart from IPython's magic machinery so it can be driven directly: it
+needs only an IPython shell (for ``user_ns``, ``ev`` and ``transform_cell``).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime
+from dataclasses import dataclass, field
+
+from IPython.core.error import UsageError
+
+from cloudbutton_executor import Executor, SerializationError, protocol
+from cloudbutton_executor.cell import CellTask
+from cloudbutton_executor.executor import list_jobs
+
+from . import capture as cap
+
+DEFAULTS = {"backend": "local", "workers": None, "memory_mb": None, "timeout": None,
+            "chunksize": 1, "retries": 0}
+_CASTS = {"backend": str, "workers": int, "memory_mb": int, "timeout": float, "retries": int,
+          "chunksize": lambda v: v if v == "auto" else int(v)}
+
+
+def file_settings() -> dict:
+    """Defaults from the config file the Jupyter panel writes (read at every run)."""
+    try:
+        from cloudbutton_executor.config import load_config
+    except ImportError:
+        return {}
+    try:
+        conf = load_config() or {}
+    except Exception as err:  # a broken config file must be reported, not crash the run
+        print(f"cloudbutton: ignoring the config file: {err}")
+        return {}
+    return {k: conf[k] for k in DEFAULTS if conf.get(k) is not None}
+
+
+@dataclass
+class MapRequest:
+    iterable: str
+    name: str | None = "item"
+    func: str | None = None        # line form: a function already defined
+    body: str | None = None        # cell form: the cell's code
+    out: str = "results"
+    options: dict = field(default_factory=dict)
+    noblock: bool = False
+    dry_run: bool = False
+    raise_: bool = False
+
+
+class CloudRunner:
+    def __init__(self, shell):
+        self.shell = shell
+        self.overrides: dict = {}     # %cloud config key=value, for this session
+        self.jobs: dict = {}          # this kernel's jobs by id
+        self._executors: dict = {}
+
+    # Settings -----------------------------------------------------------------
+    def settings(self, **cli) -> dict:
+        merged = {**DEFAULTS, **file_settings(), **self.overrides}
+        merged.update({k: v for k, v in cli.items() if v is not None})
+        return merged
+
+    def configure(self, assignments: list[str]) -> None:
+        for text in assignments:
+            key, sep, value = text.partition("=")
+            if not sep or key not in DEFAULTS:
+                raise UsageError(f"%cloud config takes key=value with key in {', '.join(DEFAULTS)}; "
+                                 f"got {text!r}")
+            try:
+                parsed = None if value in ("", "none", "None") else _CASTS[key](value)
+            except ValueError:
+                raise UsageError(f"%cloud config: bad value for {key}: {value!r}") from None
+            if key == "backend" and parsed not in ("local", "lambda"):
+                raise UsageError(f"%cloud config: backend must be local or lambda, got {value!r}")
+            self.overrides[key] = parsed
+        current = self.settings()
+        for key in DEFAULTS:
+            source = "session" if key in self.overrides else "default"
+            print(f"{key:<10} = {current[key]!s:<10} ({source})")
+
+    def executor(self, settings: dict) -> Executor:
+        key = (settings["backend"], settings["workers"])
+        ex = self._executors.get(key)
+        if ex is None:
+            ex = self._executors[key] = Executor(settings["backend"], workers=settings["workers"])
+        return ex
+
+    # %%cloud map / %cloud map -----------------------------------------------------
+    def map(self, req: MapRequest):
+        settings = self.settings(**req.options)
+        values = self._evaluate_iterable(req.iterable)
+        report = cap.CaptureReport()
+        if req.body is not None:
+            code = self._python_code(req.body)
+            try:
+                captured, report = cap.capture(code, self.shell.user_ns, exclude={req.name})
+                fn = CellTask(code, captured, name=req.name)
+            except (cap.CaptureError, SyntaxError) as err:
+                raise UsageError(str(err)) from None
+            calls = [(v,) for v in values]
+        else:
+            try:
+                fn = self.shell.ev(req.func)
+            except Exception as err:
+                raise UsageError(f"FUNC {req.func!r} is not defined in the notebook: {err}") from None
+            if not callable(fn):
+                raise UsageError(f"FUNC {req.func!r} is a {type(fn).__name__}, not a function")
+            try:
+                cap.check_and_measure(cap.function_globals(fn), report)
+            except cap.CaptureError as err:
+                raise UsageError(str(err)) from None
+            calls = values
+        if req.dry_run:
+            print(f"would run {len(calls)} tasks on the {settings['backend']} backend "
+                  f"(chunksize {settings['chunksize']}); captured:")
+            print(report.to_text())
+            return None
+        job = self._submit(fn, calls, settings)
+        return self._follow(job, report, out=req.out, noblock=req.noblock, raise_=req.raise_)
+
+    # %%cloud run ------------------------------------------------------------------
+    def run(self, body: str, out: str | None, options: dict, dry_run: bool = False):
+        settings = self.settings(**options)
+        code = self._python_code(body)
+        try:
+            captured, report = cap.capture(code, self.shell.user_ns)
+            _, assigned = cap.analyse(code)
+            fn = CellTask(code, captured, name=None, mode="assigned", assigned=assigned)
+        except (cap.CaptureError, SyntaxError) as err:
+            raise UsageError(str(err)) from None
+        if dry_run:
+            print("would run the cell once on the", settings["backend"], "backend; captured:")
+            print(report.to_text())
+            return None
+        job = self._submit(fn, [()], {**settings, "chunksize": 1})
+        self._follow(job, report, out=None, noblock=False, raise_=True)
+        value = job[0].result()
+        if "__value__" in value:
+            if out:
+                self.shell.user_ns[out] = value["__value__"]
+            return value["__value__"]
+        skipped = {k: v for k, v in value.items() if type(v).__name__ == "_NotShipped"}
+        self.shell.user_ns.update({k: v for k, v in value.items() if k not in skipped})
+        if out:
+            self.shell.user_ns[out] = {k: v for k, v in value.items() if k not in skipped}
+        for k, v in skipped.items():
+            print(f"cloudbutton: {k!r} was not brought back: {v!r}")
+        return None
+
+    # Jobs ---------------------------------------------------------------------------
+    def print_jobs(self, n: int = 10) -> None:
+        ex = self.executor(self.settings())
+        rows = list_jobs(ex.storage, ex.prefix, n)
+        if not rows:
+            print("no jobs yet")
+            return
+        print(f"{'job id':<24} {'created (UTC)':<20} {'backend':<8} {'tasks':>6} {'ended':>6}  what")
+        for m in rows:
+            ended = self._ended_items(ex, m["job_id"])
+            created = datetime.datetime.utcfromtimestamp(m["created"]).strftime("%Y-%m-%d %H:%M:%S")
+            what = m.get("label") or m.get("function", "")
+            print(f"{m['job_id']:<24} {created:<20} {m['backend']:<8} {m['n_items']:>6} {ended:>6}  {what}")
+
+    @staticmethod
+    def _ended_items(ex, job_id) -> int:
+        keys = ex.storage.list(protocol.tasks_prefix(ex.prefix, job_id))
+        tids = {protocol.task_id_from_status_key(k) for k in keys} - {None}
+        return sum(b - a for a, b in map(protocol.task_range, tids))
+
+    def attach(self, job_id: str, out: str = "results"):
+        ex = self.executor(self.settings())
+        try:
+            job = ex.attach(job_id)
+        except (KeyError, ValueError) as err:
+            raise UsageError(str(err).strip("'\"")) from None
+        return self._follow(job, None, out=out, noblock=False, raise_=False)
+
+    def cancel(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            n = job.cancel()
+            print(f"cancelled job {job_id} ({n} tasks had not finished)")
+            return
+        if not protocol.JOB_ID_RE.match(job_id):
+            raise UsageError(f"not a job id: {job_id!r}")
+        ex = self.executor(self.settings())
+        if not ex.storage.exists(protocol.manifest_key(ex.prefix, job_id)):
+            raise UsageError(f"no job {job_id} in {ex.storage.describe()}")
+        ex.storage.put(protocol.cancel_key(ex.prefix, job_id), b"cancelled with %cloud cancel")
+        print(f"asked job {job_id} to cancel (its kernel stops it within a second)")
+
+    # Internals -----------------------------------------------------------------------
+    def _evaluate_iterable(self, expr: str) -> list:
+        try:
+            value = self.shell.ev(expr)
+        except NameError as err:
+            raise UsageError(f"the iterable {expr!r} is not defined in the notebook ({err})") from None
+        except Exception as err:
+            raise UsageError(f"evaluating the iterable {expr!r} failed: {type(err).__name__}: {err}") from None
+        if isinstance(value, (str, bytes)):
+            raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}; "
+                             "wrap it in a list to run one task on it")
+        try:
+            return list(value)
+        except TypeError:
+            raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}, which is not "
+                             "iterable") from None
+
+    def _python_code(self, body: str) -> str:
+        code = self.shell.transform_cell(body)
+        if "get_ipython()" in code and "get_ipython()" not in body:
+            lineno = next(i for i, line in enumerate(code.splitlines(), 1) if "get_ipython()" in line)
+            raise UsageError(f"line {lineno} of the cell uses IPython syntax (a magic or shell "
+                             "escape), which cannot run on the workers")
+        try:
+            compile(code, "<cell>", "exec")
+        except SyntaxError as err:
+            raise UsageError(f"syntax error in the cell, line {err.lineno}: {err.msg}") from None
+        return code
+
+    def _submit(self, fn, calls, settings):
+        from .magics import notebook_label
+
+        ex = self.executor(settings)
+        try:
+            job = ex.map(fn, calls, chunksize=settings["chunksize"], timeout=settings["timeout"],
+                         retries=settings["retries"], memory_mb=settings["memory_mb"],
+                         label=notebook_label(self.shell))
+        except (SerializationError, ValueError, TypeError) as err:
+            raise UsageError(str(err)) from None
+        self.jobs[job.job_id] = job
+        return job
+
+    def _follow(self, job, report, *, out, noblock, raise_):
+        from .widget import make_progress
+
+        view = make_progress(job, capture_report=report)
+        view.display()
+        if noblock:
+            if out:
+                self.shell.user_ns[out] = job
+            view.start_background()
+            return None
+        try:
+            while not job.wait(0.2):
+                view.update()
+        except KeyboardInterrupt:
+            job.cancel()
+            view.finish()
+            if out:
+                self.shell.user_ns[out] = job.results()
+            print(f"job {job.job_id} cancelled; finished results are in {out!r}" if out else
+                  f"job {job.job_id} cancelled")
+            raise
+        view.finish()
+        outcomes = job.results()
+        if out:
+            self.shell.user_ns[out] = outcomes
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures and out:
+            print(f"{len(failures)} of {len(outcomes)} tasks failed; their exceptions are in {out!r}")
+        if failures and (raise_ or len(failures) == len(outcomes)):
+            first = failures[0]
+            if isinstance(first, cf.CancelledError):
+                return None
+            raise first
+        return None

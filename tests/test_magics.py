@@ -1,0 +1,260 @@
+"""Every %cloud magic and option, driven through a real IPython shell and real workers."""
+import _thread
+import os
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from cloudbutton_executor import protocol
+from cloudbutton_magic.magics import CloudMagics, split_expression
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "no-config.yaml"))
+    shell = InteractiveShell.instance()
+    magics = CloudMagics(shell)
+    shell.register_magics(magics)
+    shell.runner = magics.runner
+    saved = dict(shell.user_ns)
+    shell.run_cell("%cloud config workers=2")
+    yield shell
+    shell.user_ns.clear()
+    shell.user_ns.update(saved)
+
+
+def cell(ip, line, body):
+    return ip.run_cell_magic("cloud", line, textwrap.dedent(body))
+
+
+def n_jobs(ip):
+    ex = ip.runner.executor(ip.runner.settings())
+    return len(ex.jobs(1000))
+
+
+def test_split_expression():
+    assert split_expression("xs[:3] as x -o out") == ("xs[:3]", "as x -o out")
+    assert split_expression("range(n - 1) --chunksize auto") == ("range(n - 1)", "--chunksize auto")
+    assert split_expression("[a, b] ") == ("[a, b]", "")
+    assert split_expression("{'as': 1}.keys() as k") == ("{'as': 1}.keys()", "as k")
+
+
+def test_map_binds_element_and_collects_last_expression_in_order(ip):
+    ip.user_ns["xs"] = [3, 1, 2]
+    assert cell(ip, "map xs as x", "y = x * 10\ny + 1") is None
+    assert ip.user_ns["results"] == [31, 11, 21]
+    cell(ip, "map range(3) -o squares", "item ** 2")
+    assert ip.user_ns["squares"] == [0, 1, 4]
+    cell(ip, "map [1, 2] -o nothing", "z = item")  # no last expression: None
+    assert ip.user_ns["nothing"] == [None, None]
+    cell(ip, "map [1] -o quiet", "item;")
+    assert ip.user_ns["quiet"] == [None]
+
+
+def test_options_reach_the_job(ip):
+    cell(ip, "map range(40) as i --chunksize auto --timeout 30 --memory 512 --retries 1 --workers 2",
+         "i")
+    job = list(ip.runner.jobs.values())[-1]
+    assert ip.user_ns["results"] == list(range(40))
+    assert (job.chunksize, job.timeout, job.memory_mb, job.retries) == ("auto", 30, 512, 1)
+    cell(ip, "map range(4) --chunksize 2", "item")
+    job = list(ip.runner.jobs.values())[-1]
+    assert job.stats["invocations"] == 2
+
+
+def test_namespace_capture_cases(ip, tmp_path, monkeypatch):
+    moddir = tmp_path / "mods"
+    moddir.mkdir()
+    (moddir / "nb_helpers.py").write_text("OFFSET = 100\ndef shift(v):\n    return v + OFFSET\n")
+    monkeypatch.syspath_prepend(str(moddir))
+    ip.run_cell(textwrap.dedent("""
+        import numpy as np
+        import nb_helpers as h
+        def inner(v):
+            return v * 2
+        def outer(v):
+            return inner(v) + 1
+        square = lambda v: v * v
+        def make_scaler(k):
+            def scale(v):
+                return v * k
+            return scale
+        triple = make_scaler(3)
+        conn_made_inside = None
+    """))
+    try:
+        cell(ip, "map [1, 4]", """
+            import sys
+            (float(np.sqrt(item)), outer(item), square(item), triple(item), h.shift(item),
+             any('mods' in p for p in sys.path))
+        """)
+    finally:
+        sys.modules.pop("nb_helpers", None)
+    assert ip.user_ns["results"] == [(1.0, 3, 1, 3, 101, False), (2.0, 9, 16, 12, 104, False)]
+
+
+def test_only_free_names_are_shipped(ip):
+    import sqlite3
+
+    ip.user_ns["conn"] = sqlite3.connect(":memory:")  # unpicklable, but the cell makes its own
+    ip.user_ns["unused"] = threading.Lock()
+    cell(ip, "map [1, 2]", """
+        import sqlite3
+        conn = sqlite3.connect(":memory:")
+        conn.execute("select ?", (item,)).fetchone()[0]
+    """)
+    assert ip.user_ns["results"] == [1, 2]
+
+
+def test_unpicklable_global_is_named_and_nothing_is_submitted(ip):
+    import sqlite3
+
+    ip.user_ns["conn"] = sqlite3.connect(":memory:")
+    before = n_jobs(ip)
+    with pytest.raises(UsageError, match=r"'conn' \(sqlite3.Connection\).*inside the cell"):
+        cell(ip, "map [1]", "conn.execute('select 1')")
+    assert n_jobs(ip) == before
+
+
+@pytest.mark.parametrize("value, why", [
+    ("AKIA" + "Q" * 16, "access key id"),
+    ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "secret access key"),
+    ("ENV", "os.environ"),
+    ("SESSION", "carries AWS credentials"),
+])
+def test_secret_bearing_globals_are_refused(ip, value, why):
+    import boto3
+
+    if value == "ENV":
+        value = dict(os.environ)
+        value.setdefault("PATH", "/bin")
+        why = "copy of os.environ"
+    elif value == "SESSION":
+        value = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y",
+                                      region_name="us-east-1")
+    ip.user_ns["leaky"] = value
+    with pytest.raises(UsageError, match=f"'leaky'.*{why}"):
+        cell(ip, "map [1]", "leaky")
+    assert n_jobs(ip) == 0
+
+
+def test_rebound_name_ships_new_value(ip):
+    ip.user_ns["k"] = 1
+    cell(ip, "map [0]", "item + k")
+    ip.user_ns["k"] = 5
+    cell(ip, "map [0]", "item + k")
+    assert ip.user_ns["results"] == [5]
+
+
+@pytest.mark.parametrize("line, body, message", [
+    ("map xs --bogus 1", "item", "unrecognized arguments: --bogus"),
+    ("map undefined_name", "item", "'undefined_name' is not defined"),
+    ("map 42", "item", "int, which is not iterable"),
+    ("map 'abc'", "item", "is a str"),
+    ("map [1]", "x = (\n", "syntax error in the cell, line 1"),
+    ("map [1]", "!ls", "IPython syntax"),
+    ("map [1] --chunksize 0", "item", "positive integer"),
+    ("map [1] as 3x", "item", "variable name"),
+    ("map [1]", "item + not_defined_anywhere", "'not_defined_anywhere'.*not defined"),
+    ("frobnicate", "item", "unknown %cloud sub-command"),
+])
+def test_bad_input_is_reported_and_nothing_is_submitted(ip, line, body, message):
+    with pytest.raises(UsageError, match=message):
+        cell(ip, line, body)
+    assert n_jobs(ip) == 0
+
+
+def test_failures_are_kept_in_results_unless_all_fail_or_raise(ip, capsys):
+    cell(ip, "map [1, 0, 2]", "10 // item")
+    out = ip.user_ns["results"]
+    assert out[0] == 10 and out[2] == 5 and isinstance(out[1], ZeroDivisionError)
+    assert "1 of 3 tasks failed" in capsys.readouterr().out
+    with pytest.raises(ZeroDivisionError) as info:
+        cell(ip, "map [1, 0] --raise", "10 // item")
+    assert "10 // item" in info.value.__cause__.tb  # the remote traceback is attached
+    with pytest.raises(ZeroDivisionError):
+        cell(ip, "map [0, 0]", "1 // item")
+
+
+def test_cloud_run_brings_assigned_names_back(ip):
+    ip.user_ns["base"] = 4
+    assert cell(ip, "run", "import math\nroot = math.sqrt(base)\nfour = base") is None
+    assert ip.user_ns["root"] == 2.0 and ip.user_ns["four"] == 4
+    assert "math" in ip.user_ns
+    assert cell(ip, "run -o last", "base * 10") == 40
+    assert ip.user_ns["last"] == 40
+    with pytest.raises(UsageError, match="needs a cell body"):
+        ip.run_line_magic("cloud", "run")
+
+
+def test_line_form_maps_a_defined_function(ip):
+    ip.run_cell("def add(a, b=1):\n    return a + b")
+    ip.run_line_magic("cloud", "map add [1, (2, 3)] -o sums")
+    assert ip.user_ns["sums"] == [2, 5]
+    with pytest.raises(UsageError, match="not a function"):
+        ip.run_line_magic("cloud", "map 3 [1]")
+
+
+def test_noblock_returns_the_job(ip):
+    cell(ip, "map range(5) --noblock -o job", "item * 2")
+    job = ip.user_ns["job"]
+    assert job.result(timeout=30) == [0, 2, 4, 6, 8]
+
+
+def test_dry_run_reports_capture_and_submits_nothing(ip, capsys):
+    ip.user_ns["data"] = list(range(1000))
+    cell(ip, "map [1] --dry-run", "sum(data) + item")
+    out = capsys.readouterr().out
+    assert "would run 1 tasks" in out and "data" in out and "list" in out and "total" in out
+    assert n_jobs(ip) == 0
+
+
+def test_jobs_attach_cancel_config(ip, capsys):
+    cell(ip, "map range(3) -o first", "item + 1")
+    job_id = list(ip.runner.jobs)[-1]
+    ip.run_line_magic("cloud", "jobs")
+    out = capsys.readouterr().out
+    assert job_id in out and "local" in out
+    fresh = CloudMagics(ip)  # a new kernel session: nothing in memory
+    ip.register_magics(fresh)
+    ip.run_line_magic("cloud", f"attach {job_id} -o again")
+    assert ip.user_ns["again"] == [1, 2, 3]
+    with pytest.raises(UsageError, match="no job"):
+        ip.run_line_magic("cloud", "attach 20000101-000000-000000")
+    with pytest.raises(UsageError, match="not a job id"):
+        ip.run_line_magic("cloud", "cancel nonsense")
+    ip.run_line_magic("cloud", f"cancel {job_id}")
+    ex = fresh.runner.executor(fresh.runner.settings())
+    assert ex.storage.exists(protocol.cancel_key(ex.prefix, job_id))
+    ip.run_line_magic("cloud", "config chunksize=auto backend=local")
+    assert "chunksize  = auto" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="key=value"):
+        ip.run_line_magic("cloud", "config colour=blue")
+    with pytest.raises(UsageError, match="backend must be"):
+        ip.run_line_magic("cloud", "config backend=k8s")
+
+
+def test_interrupt_cancels_the_job(ip):
+    timer = threading.Timer(1.5, _thread.interrupt_main)
+    timer.start()
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        cell(ip, "map range(6)", "import time\ntime.sleep(30)")
+    timer.cancel()
+    job = list(ip.runner.jobs.values())[-1]
+    assert job.cancelled and job.counts()["cancelled"] == 6
+    assert time.time() - start < 10
+
+
+def test_text_progress_outside_a_notebook(ip, capsys):
+    cell(ip, "map range(4)", "print('hello from', item)\nitem")
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "4 done" in text or "4/4" in text
+    assert "hello from 2" in text
