@@ -7,10 +7,14 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: install lab test browser demo bench clean
 
-$(STAMP): pyproject.toml $(wildcard package.json)
+$(STAMP): pyproject.toml $(wildcard package.json) $(wildcard labextension/src/*.ts labextension/style/* labextension/schema/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
+	# The build hook runs `jlpm install` and builds the labextension (needs node >= 18).
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# Dev mode: the environment's labextension dir links to the built copy in the tree
+	# (it runs `jupyter-builder`, found on the venv's PATH).
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter labextension develop --overwrite . >/dev/null
 	touch $@
 
 install: $(STAMP)

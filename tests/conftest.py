@@ -4,7 +4,7 @@ import tempfile
 import pytest
 
 # Plugins contributed by the suites of each layer.
-pytest_plugins = []
+pytest_plugins = ["aws_fixtures"]
 
 
 def pytest_configure(config):

@@ -11,7 +11,7 @@ import weakref
 from . import protocol, serialize
 from .backends import get_backend
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
-from .job import Job
+from .job import Job, _gc_paused
 from .storage import LocalStorage, NotFound, Storage
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -71,7 +71,7 @@ class Executor:
     """
 
     def __init__(self, backend: str = "local", *, workers: int | None = None,
-                 storage: Storage | None = None, prefix: str = "cloudbutton",
+                 storage: Storage | None = None, prefix: str | None = None,
                  timeout: float | None = None, memory_mb: int | None = None, retries: int = 0,
                  auto_batch_target_s: float | None = None, **backend_options):
         if backend not in ("local", "lambda"):
@@ -79,7 +79,6 @@ class Executor:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.backend_name = backend
-        self.prefix = prefix.strip("/") or "cloudbutton"
         self.timeout = _positive("timeout", timeout) or DEFAULT_TIMEOUT_S
         self.memory_mb = _positive("memory_mb", memory_mb) or DEFAULT_MEMORY_MB[backend]
         self.retries = int(retries)
@@ -91,6 +90,9 @@ class Executor:
         else:
             self.backend = get_backend("lambda", workers=workers, storage=storage, **backend_options)
             self.storage = self.backend.storage
+        # Lambda's IAM policy only grants its configured prefix: default to it.
+        prefix = prefix if prefix is not None else getattr(self.backend, "prefix", None)
+        self.prefix = (prefix or "cloudbutton").strip("/") or "cloudbutton"
         self.concurrency = self.backend.workers
         self._uploaded: set[str] = set()
         self._jobs: list[Job] = []
@@ -124,8 +126,9 @@ class Executor:
         """
         if not callable(fn):
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
-        items = _check_iterdata(iterdata)
-        calls = [_as_call(x, extra_args) for x in items]
+        with _gc_paused():  # bulk allocation: see job._gc_paused
+            items = _check_iterdata(iterdata)
+            calls = [_as_call(x, extra_args) for x in items]
         return self._submit(fn, calls, chunksize=_check_chunksize(chunksize), timeout=timeout,
                             retries=retries, memory_mb=memory_mb, label=label)
 
@@ -263,18 +266,33 @@ class Executor:
                 self._monitor.start()
 
 
+_MONITOR_LINGER_S = 5.0  # an idle monitor waits this long for the next job before exiting
+
+
 def _monitor_loop(ref):
     last_cancel_check = 0.0
+    idle_since = None
     while True:
         ex = ref()
         if ex is None:
             return
         jobs = [j for j in ex._jobs if not j.done()]
         poll = getattr(ex.backend, "poll_interval", None)
-        del ex
-        if not jobs:
-            return
         now = time.time()
+        if not jobs:
+            # Linger: starting a thread per map() costs a GIL hand-off that can take
+            # milliseconds while the backend's threads are busy.
+            idle_since = idle_since or now
+            if now - idle_since > _MONITOR_LINGER_S:
+                with ex._lock:
+                    if all(j.done() for j in ex._jobs):
+                        ex._monitor = None  # decided under the lock _ensure_monitor takes
+                        return
+            del ex
+            time.sleep(poll or 0.25)
+            continue
+        idle_since = None
+        del ex
         check_cancel = now - last_cancel_check > 0.5
         if check_cancel:
             last_cancel_check = now

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import collections.abc
 import concurrent.futures as cf
+import gc
 import json
 import threading
 import time
 
-from . import protocol
+from . import protocol, serialize
 from .batching import AutoBatcher
 from .errors import (INFRA_ERRORS, InfrastructureError, LostInvocationError, RemoteError,
                      RemoteTraceback, TaskTimeoutError)
@@ -27,6 +28,53 @@ LAMBDA_GB_SECOND_USD = 0.0000166667
 LAMBDA_REQUEST_USD = 0.20 / 1_000_000
 S3_PUT_USD = 0.005 / 1000
 S3_GET_USD = 0.0004 / 1000
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _fetch_pool() -> cf.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="cloudbutton-fetch")
+        return _pool
+
+
+_PENDING = "PENDING"  # concurrent.futures' state name of a future not yet running
+assert getattr(cf._base, "PENDING", _PENDING) == _PENDING
+_DONE_STATES = frozenset({"FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED"})
+
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_we_disabled = False
+
+
+class _gc_paused:
+    """Pause the cyclic GC while creating or finishing many futures at once.
+
+    Each future is a handful of GC-tracked objects; with tens of thousands of
+    them alive, collections triggered in the middle of a bulk loop rescan all of
+    them and cost more than the loop itself. Re-enabled (if it was enabled) when
+    the last concurrent user leaves."""
+
+    def __enter__(self):
+        global _gc_depth, _gc_we_disabled
+        with _gc_lock:
+            if _gc_depth == 0 and gc.isenabled():
+                gc.disable()
+                _gc_we_disabled = True
+            _gc_depth += 1
+
+    def __exit__(self, *exc):
+        global _gc_depth, _gc_we_disabled
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_we_disabled:
+                _gc_we_disabled = False
+                gc.enable()
+        return False
 
 
 class Job(collections.abc.Sequence):
@@ -46,7 +94,8 @@ class Job(collections.abc.Sequence):
         self.retries = retries
         self.memory_mb = memory_mb
         self.chunksize = chunksize
-        self.futures = [TaskFuture(job_id, i) for i in range(len(payloads))]
+        with _gc_paused():
+            self.futures = [TaskFuture(job_id, i) for i in range(len(payloads))]
         self.created = time.time()
         self.finished_at: float | None = None
         self.cancelled = False
@@ -73,6 +122,8 @@ class Job(collections.abc.Sequence):
         self.monitor_error: Exception | None = None
         self._listeners: list = []
         self._done_cursor = 0  # every future before it is done (see _maybe_finish)
+        self._values = [None] * len(self.futures)  # results as set, for result()
+        self._n_ok = 0  # how many futures got their result through _apply_item
         if not self.futures:
             self._finish()
 
@@ -91,7 +142,14 @@ class Job(collections.abc.Sequence):
     # Public API -------------------------------------------------------------
     def result(self, timeout=None) -> list:
         """All results in input order; raises the first failure."""
-        return get_result(self.futures, timeout=timeout)
+        # The job's own done event instead of cf.wait(), which would lock and
+        # unlock every one of the (possibly 10,000s of) futures twice.
+        if not self._done_event.wait(timeout):
+            return get_result(self.futures, timeout=0)  # raises the usual TimeoutError
+        with self._lock:
+            if self._n_ok == len(self.futures):  # every future got its value from us
+                return list(self._values)
+        return [f.result() for f in self.futures]
 
     def results(self, timeout=None) -> list:
         """All outcomes in input order: a result, or the exception the task ended with."""
@@ -253,7 +311,7 @@ class Job(collections.abc.Sequence):
                 offs = [0]
                 for b in blobs:
                     offs.append(offs[-1] + len(b))
-                data = {"inline": base64.b64encode(b"".join(blobs)).decode(), "offsets": offs}
+                data = {"inline": base64.b64encode(serialize.join(blobs)).decode(), "offsets": offs}
             else:
                 base = self._ensure_data_uploaded()
                 data = {"key": protocol.data_key(self.prefix, self.job_id),
@@ -281,8 +339,11 @@ class Job(collections.abc.Sequence):
                 offs = [0]
                 for b in self._payloads:
                     offs.append(offs[-1] + len(b))
-                self.storage.put(protocol.data_key(self.prefix, self.job_id),
-                                 b"".join(self._payloads))
+                key = protocol.data_key(self.prefix, self.job_id)
+                if hasattr(self.storage.inner, "put_parts"):  # no joined copy of all inputs
+                    self.storage.put_parts(key, serialize.flatten(self._payloads))
+                else:
+                    self.storage.put(key, serialize.join(self._payloads))
                 self._data_offsets = offs
                 self._data_uploaded = True
             return self._data_offsets
@@ -293,7 +354,12 @@ class Job(collections.abc.Sequence):
         start, stop = protocol.task_range(event["task"])
         for f in self.futures[start:stop]:
             f.stats.setdefault("host_start_seen", now)
-            if not f.done() and not f.running():
+            # Only a pending future moves to running (a retry finds it running
+            # already). Reading the state without its lock saves two lock round
+            # trips per item; only this method makes a future running, and a
+            # future cancelled meanwhile is what set_running_or_notify_cancel()
+            # expects anyway.
+            if f._state == _PENDING:
                 f.set_running_or_notify_cancel()
 
     def on_done(self, event, response) -> None:
@@ -366,49 +432,79 @@ class Job(collections.abc.Sequence):
         else:
             outcomes = read_results(self.storage, self.prefix, self.job_id, status)
         fetched = time.time()
-        for rec, (ok, value) in zip(status["items"], outcomes):
-            f = self.futures[rec["i"]]
-            f.task_id = tid
-            f.attempts = status.get("attempt", 0) + 1
-            f.stdout = rec.get("stdout", "")
-            f.stats.update({
-                "host_submit": st.get("host_submit", f.stats.get("host_submit")),
-                "worker_start": st.get("worker_start"), "setup_done": st.get("setup_done"),
-                "compute_start": rec.get("t0"), "compute_done": rec.get("t1"),
-                "result_stored": st.get("result_stored"), "host_seen": host_seen,
-                "host_fetched": fetched, "cold_start": st.get("cold_start"),
-                "peak_mem_mb": st.get("peak_mem_mb"), "flops": rec.get("flops", 0),
-            })
-            if f.done():
-                continue
-            if ok:
-                f.set_result(value)
-                continue
-            err = rec.get("error", {})
-            f.error_info = err
-            if "infra" in status:
-                cls = INFRA_ERRORS.get(status["infra"]["kind"], InfrastructureError)
-                exc = cls(status["infra"]["message"], tid)
-            else:
-                exc = value if isinstance(value, BaseException) else RemoteError(
-                    err.get("type", "Exception"), err.get("message", ""), err.get("traceback", ""))
-                if err.get("traceback"):
-                    exc.__cause__ = RemoteTraceback(err["traceback"])
-            try:
-                f.set_exception(exc)
-            except cf.InvalidStateError:
-                pass
+        attempts = status.get("attempt", 0) + 1
+        common = {  # the task's share of every item's stats, built once per task
+            "worker_start": st.get("worker_start"), "setup_done": st.get("setup_done"),
+            "result_stored": st.get("result_stored"), "host_seen": host_seen,
+            "host_fetched": fetched, "cold_start": st.get("cold_start"),
+            "peak_mem_mb": st.get("peak_mem_mb"),
+        }
+        with _gc_paused():
+            self._apply_items(status, tid, st, outcomes, attempts, common)
         for fn in list(self._listeners):
             try:
                 fn(self)
             except Exception:
                 pass
 
+    def _apply_items(self, status, tid, st, outcomes, attempts, common) -> None:
+        futures, values, n_ok = self.futures, self._values, 0
+        try:
+            for rec, (ok, value) in zip(status["items"], outcomes):
+                n_ok += self._apply_item(rec, ok, value, status, tid, st, attempts, common,
+                                         futures, values)
+        finally:
+            with self._lock:
+                self._n_ok += n_ok
+
+    def _apply_item(self, rec, ok, value, status, tid, st, attempts, common, futures, values) -> int:
+        """Finish one item's future; 1 if it got its value (counted for result())."""
+        f = futures[rec["i"]]
+        f.task_id = tid
+        f.attempts = attempts
+        f.stdout = rec.get("stdout", "")
+        stats = f.stats
+        stats["host_submit"] = st.get("host_submit", stats.get("host_submit"))
+        stats.update(common)
+        stats["compute_start"] = rec.get("t0")
+        stats["compute_done"] = rec.get("t1")
+        stats["flops"] = rec.get("flops", 0)
+        if ok:
+            try:
+                f.set_result(value)
+            except cf.InvalidStateError:  # already ended (cancelled)
+                pass
+            else:
+                values[f.index] = value
+                return 1
+            return 0
+        if f.done():
+            return 0
+        err = rec.get("error", {})
+        f.error_info = err
+        if "infra" in status:
+            cls = INFRA_ERRORS.get(status["infra"]["kind"], InfrastructureError)
+            exc = cls(status["infra"]["message"], tid)
+        else:
+            exc = value if isinstance(value, BaseException) else RemoteError(
+                err.get("type", "Exception"), err.get("message", ""), err.get("traceback", ""))
+            if err.get("traceback"):
+                exc.__cause__ = RemoteTraceback(err["traceback"])
+        try:
+            f.set_exception(exc)
+        except cf.InvalidStateError:
+            pass
+        return 0
+
     def _maybe_finish(self) -> None:
         # Futures never become undone, so a cursor past the done prefix makes
         # this amortised O(1) per task instead of O(tasks) (O(N^2) per job).
-        futures, i = self.futures, self._done_cursor
-        while i < len(futures) and futures[i].done():
+        # The state is read without each future's lock (a future never leaves
+        # a done state); the last step re-checks with done() under its lock.
+        futures, i, n = self.futures, self._done_cursor, len(self.futures)
+        while i < n and futures[i]._state in _DONE_STATES:
+            i += 1
+        while i < n and futures[i].done():
             i += 1
         self._done_cursor = i
         if i == len(futures):
@@ -438,13 +534,18 @@ class Job(collections.abc.Sequence):
         start_after = tasks_prefix + min(pending) if pending and not self.attached else None
         keys = self.storage.list(tasks_prefix, start_after=start_after)
         seen = time.time()
-        n = 0
-        for key in keys:
-            tid = protocol.task_id_from_status_key(key)
-            if tid and tid not in applied and (self.attached or tid in pending):
-                self._collect(tid, host_seen=seen)
-                n += 1
-        return n
+        new = [tid for tid in map(protocol.task_id_from_status_key, keys)
+               if tid and tid not in applied and (self.attached or tid in pending)]
+        if len(new) > 1:
+            # Fetch the new statuses concurrently: on S3 each GET is a round trip, and
+            # one at a time they would cap how many tasks per second the host can see.
+            key = lambda tid: protocol.status_key(self.prefix, self.job_id, tid)  # noqa: E731
+            futs = [_fetch_pool().submit(self.storage.get, key(tid)) for tid in new]
+            for tid, fut in zip(new, futs):
+                self._collect(tid, host_seen=seen, status=json.loads(fut.result()))
+        elif new:
+            self._collect(new[0], host_seen=seen)
+        return len(new)
 
     def attach_existing(self, deadline: float) -> None:
         """Follow a job started elsewhere (another kernel) through storage only."""
@@ -501,7 +602,7 @@ class Job(collections.abc.Sequence):
         """Re-send invocations presumed lost (Lambda may drop async events; nothing tells us).
 
         An invocation is presumed lost when it has been silent for ``lost_after`` s plus
-        twice the slowest submit-to-stored time of this job's finished tasks. The backup
+        twice the 90th percentile submit-to-stored time of this job's finished tasks. The backup
         is a new attempt of the same task: if the original was only slow, the first
         stored status wins and the other is ignored. Bounded by ``backend.redeliveries``.
         """
@@ -514,7 +615,8 @@ class Job(collections.abc.Sequence):
                          if st.get("result_stored") and st.get("host_submit")]
             if not latencies:
                 return  # nothing to compare with yet: the timeout deadline still applies
-            limit = lost_after + 2 * max(latencies)
+            latencies.sort()
+            limit = lost_after + 2 * latencies[int(0.9 * (len(latencies) - 1))]
             for tid, e in list(self._inflight.items()):
                 sent = e.get("invoked_at")
                 if sent is None or now - sent < limit or self._backups.get(tid, 0) >= budget:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import struct
 import sys
 import tempfile
 import time
-import uuid
 
 _HEADER = struct.Struct(">I")
+_random = random.Random()
 
 
 def read_message(stream):
@@ -39,7 +40,7 @@ class Context:
     """The subset of Lambda's context object that handlers use."""
 
     def __init__(self, timeout_s: float, memory_mb: int | None):
-        self.aws_request_id = uuid.uuid4().hex
+        self.aws_request_id = f"{_random.getrandbits(128):032x}"  # uuid4's entropy, no syscall
         self.function_name = "cloudbutton-local"
         self.memory_limit_in_mb = memory_mb
         self._deadline = time.time() + timeout_s
@@ -72,26 +73,50 @@ def main() -> None:
 
     home = os.getcwd()
     scratch_root = os.environ.get("CLOUDBUTTON_SCRATCH") or tempfile.gettempdir()
-    while True:
-        event = read_message(events)
-        if event is None:
-            return
-        scratch = tempfile.mkdtemp(prefix="invocation-", dir=scratch_root)
-        os.chdir(scratch)
-        os.environ["TMPDIR"] = scratch
-        tempfile.tempdir = scratch
-        try:
-            _set_memory_limit(event.get("memory_mb"))
-            response = handler(event, Context(event.get("timeout") or 900, event.get("memory_mb")))
-        except BaseException as exc:  # an infrastructure failure of the handler itself
-            response = {"task": event.get("task"), "state": "handler_error",
-                        "error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            _set_memory_limit(None)
-            os.chdir(home)
-            tempfile.tempdir = None
+    scratch = None
+    try:
+        while True:
+            event = read_message(events)
+            if event is None:
+                return
+            scratch = _serve(event, handler, replies, home, scratch_root, scratch)
+    finally:
+        if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-        replies.write(encode_message(response))
+
+
+def _serve(event, handler, replies, home, scratch_root, scratch):
+    """Run one invocation; returns the (empty) scratch dir the next one may reuse."""
+    if scratch is None:
+        scratch = tempfile.mkdtemp(prefix="invocation-", dir=scratch_root)
+    os.chdir(scratch)
+    os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = scratch
+    try:
+        _set_memory_limit(event.get("memory_mb"))
+        response = handler(event, Context(event.get("timeout") or 900, event.get("memory_mb")))
+    except BaseException as exc:  # an infrastructure failure of the handler itself
+        response = {"task": event.get("task"), "state": "handler_error",
+                    "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        _set_memory_limit(None)  # the runtime itself must not run out between invocations
+        os.chdir(home)
+        tempfile.tempdir = None
+        # An invocation that left its scratch dir empty hands an equally fresh
+        # one to the next (rmtree + mkdtemp cost more than a small task).
+        if not _is_empty_dir(scratch):
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch = None
+    replies.write(encode_message(response))
+    return scratch
+
+
+def _is_empty_dir(path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None and not os.path.islink(path)
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ _no_cancel_seen: dict[str, float] = {}  # job id -> when this container last fou
 
 
 def _storage(desc: dict):
-    key = json.dumps(desc, sort_keys=True)
+    key = tuple(sorted(desc.items()))
     st = _storages.get(key)
     if st is None:
         st = _storages[key] = storage_from_description(desc)
@@ -111,7 +111,8 @@ def _load_inputs(storage, event) -> list[bytes]:
     else:
         blob = storage.get(data["key"], data["start"], data["stop"])
     offs = data["offsets"]
-    return [blob[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
+    view = memoryview(blob)  # slices without copying (pickle.loads takes any buffer)
+    return [view[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
 
 
 def _load_reduce_inputs(storage, event) -> list[bytes]:
@@ -166,10 +167,9 @@ def handler(event, context=None):
     setup_done = time.time()
 
     items, outcomes = [], []
-    real_stdout = sys.stdout
+    tee = _Tee(sys.stdout)  # one capture for the batch, emptied after each item
     first = protocol.task_range(tid)[0]
     for i, raw in enumerate(inputs):
-        tee = _Tee(real_stdout)
         rec = {"i": first + i, "t0": time.time()}
         _context._reset()
         try:
@@ -196,19 +196,13 @@ def handler(event, context=None):
             outcomes.append((False, _picklable_exception(exc, rec["error"])))
         rec["t1"] = time.time()
         rec["flops"] = _context._reset()
-        out = tee.buf.getvalue()
-        if out:
-            rec["stdout"] = out
+        if tee.buf.tell():
+            rec["stdout"] = tee.buf.getvalue()
+            tee.buf = io.StringIO()
         items.append(rec)
     compute_done = time.time()
 
-    import cloudpickle  # results may be instances of classes defined inside the task
-
-    try:
-        blob = cloudpickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        blob = cloudpickle.dumps([_safe_outcome(o, items[k]) for k, o in enumerate(outcomes)],
-                                 protocol=pickle.HIGHEST_PROTOCOL)
+    blob = _dump_outcomes(outcomes, items)
     status = {
         "v": protocol.PROTOCOL_VERSION,
         "job_id": job_id,
@@ -242,6 +236,24 @@ def handler(event, context=None):
     written = storage.put_if_absent(protocol.status_key(prefix, job_id, tid),
                                     json.dumps(status, separators=(",", ":")).encode())
     return {"task": tid, "state": status["state"], "written": written}
+
+
+def _dump_outcomes(outcomes, items) -> bytes:
+    # Plain pickle first: it is several times cheaper than cloudpickle for the
+    # usual results, and it refuses (rather than mis-pickles) what it cannot
+    # name: classes and functions defined inside the task, which exist only in
+    # this worker, fail its lookup-by-name check and go through cloudpickle.
+    try:
+        return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    import cloudpickle  # results may be instances of classes defined inside the task
+
+    try:
+        return cloudpickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps([_safe_outcome(o, items[k]) for k, o in enumerate(outcomes)],
+                                 protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _safe_outcome(outcome, rec):

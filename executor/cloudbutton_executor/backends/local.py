@@ -2,6 +2,9 @@
 
 - Each invocation sees only its event; workers are separate processes that
   read everything from storage (nothing is inherited from the host).
+- A worker gets its next event as soon as it has answered the previous one,
+  before the host processes that answer (pipelining: the host's share of a
+  task overlaps the worker's next task); a worker still has at most one event.
 - Enforced per-invocation timeout (the process is killed) and memory limit
   (RLIMIT_AS, set by the runtime), a concurrency limit (one dispatcher thread
   per worker slot), warm reuse of processes with cold starts marked, a fresh
@@ -179,39 +182,77 @@ class LocalBackend:
         return {"backend": "local", "workers": self.workers, "ok": not self.closed}
 
     # One slot = one concurrent worker --------------------------------------
-    def _slot(self, slot: int) -> None:
-        proc: _Process | None = None
-        idle_since = time.time()
-        while True:
-            with self._cond:
-                while not self._queue and not self.closed:
-                    self._cond.wait(timeout=60)
-                    if proc is not None and not self._queue and time.time() - idle_since > 600:
-                        proc.close()  # reclaim an idle warm worker, like Lambda does
-                        proc = None
-                if self.closed:
-                    if proc is not None:
-                        proc.close()
-                    return
-                event, listener = self._queue.popleft()
-            if proc is None or proc.popen.poll() is not None:
-                proc = _Process(self._env, self._cwd)
+    def _next(self, block: bool):
+        """The next queued (event, listener), or None (closed, or empty and not blocking)."""
+        with self._cond:
+            while block and not self._queue and not self.closed:
+                self._cond.wait(timeout=60)
+                if not self._queue:
+                    return None  # let the slot check idleness
+            if self.closed or not self._queue:
+                return None
+            return self._queue.popleft()
+
+    def _begin(self, slot: int, item, proc: "_Process") -> "_Process":
+        """Mark ``item`` running on ``proc`` and send it; a process found dead
+        before the event reached it is replaced (the event is not lost)."""
+        event, listener = item
+        with self._cond:
+            self._running[slot] = (event, proc)
+            self._killed.discard(slot)
+        try:
+            listener.on_start(event)
+        except Exception as exc:  # a listener bug must not kill the slot
+            print(f"cloudbutton: local backend slot {slot}: {exc!r}", file=sys.stderr)
+        try:
+            proc.send(event)
+        except (BrokenPipeError, OSError):
+            proc.kill()
+            proc = _Process(self._env, self._cwd)
             with self._cond:
                 self._running[slot] = (event, proc)
             try:
-                listener.on_start(event)
+                proc.send(event)
+            except (BrokenPipeError, OSError):
+                pass  # a fresh process that cannot take one event: recv() reports it
+        return proc
+
+    def _slot(self, slot: int) -> None:
+        proc: _Process | None = None
+        idle_since = time.time()
+        sent = None  # (event, listener, deadline) already written to proc
+        while True:
+            if sent is None:
+                item = self._next(block=True)
+                if item is None:
+                    if self.closed:
+                        if proc is not None:
+                            proc.close()
+                        return
+                    if proc is not None and time.time() - idle_since > 600:
+                        proc.close()  # reclaim an idle warm worker, like Lambda does
+                        proc = None
+                    continue
+                event, listener = item
+                if proc is None:
+                    proc = _Process(self._env, self._cwd)
                 timeout = float(event.get("timeout") or 900)
+                proc = self._begin(slot, item, proc)
+                sent = (event, listener, time.time() + timeout)
+            event, listener, deadline = sent
+            sent = None
+            try:
                 try:
-                    proc.send(event)
-                    response = proc.recv(time.time() + timeout)
+                    response = proc.recv(deadline)
                 except TimeoutError:
                     proc.kill()
                     proc = None
+                    timeout = float(event.get("timeout") or 900)
                     listener.on_failure(event, TaskTimeoutError(
                         f"task {event['task']} exceeded its timeout of {timeout:g} s and was killed",
                         event["task"]))
                     continue
-                except (BrokenPipeError, OSError):
+                except OSError:
                     response = None
                 if response is None:
                     code = proc.kill()
@@ -224,7 +265,25 @@ class LocalBackend:
                         + (f" (memory limit {event['memory_mb']} MB)"
                            if code == -signal.SIGKILL and event.get("memory_mb") else ""),
                         event["task"]))
-                elif response.get("state") == "handler_error":
+                    continue
+                # Pipelining: the worker is free, so hand it the next queued event
+                # before this response is processed (the host's share of a task
+                # then overlaps the worker's next one instead of idling it).
+                nxt = self._next(block=False)
+                if nxt is not None:
+                    t_next = float(nxt[0].get("timeout") or 900)
+                    try:
+                        proc = self._begin(slot, nxt, proc)
+                        sent = (nxt[0], nxt[1], time.time() + t_next)
+                    except Exception:  # e.g. no process could be started: requeue it
+                        with self._cond:
+                            self._queue.appendleft(nxt)
+                            self._running.pop(slot, None)
+                        proc = None
+                else:
+                    with self._cond:
+                        self._running.pop(slot, None)
+                if response.get("state") == "handler_error":
                     listener.on_failure(event, WorkerDiedError(
                         f"task {event['task']}: worker handler failed: {response.get('error')}",
                         event["task"]))
@@ -233,7 +292,8 @@ class LocalBackend:
             except Exception as exc:  # a listener bug must not kill the slot
                 print(f"cloudbutton: local backend slot {slot}: {exc!r}", file=sys.stderr)
             finally:
-                with self._cond:
-                    self._running.pop(slot, None)
-                    self._killed.discard(slot)
+                if sent is None:
+                    with self._cond:
+                        self._running.pop(slot, None)
+                        self._killed.discard(slot)
                 idle_since = time.time()

@@ -1,0 +1,174 @@
+"""Overheads of the Lambda backend, measured without AWS.
+
+1. Submitting 1,000 async invocations to an invoke endpoint that adds 20 ms per
+   request (a separate process, so it does not share the host's GIL).
+   Target: <= 0.5 s.
+2. Through the full test chain (moto S3 over HTTP + the awslambdaric emulator
+   running the deployed zip): median time from result stored to host seen
+   (target <= 0.3 s) and S3 requests per task at chunksize 1 (target <= 3) and
+   with chunksize="auto" on tiny tasks (target <= 0.1).
+
+Usage: python benchmarks/lambda_overheads.py [--invocations 1000] [--latency 0.02]
+Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # the emulator lives with the tests
+
+_ENDPOINT = r'''
+import http.server, socketserver, sys, time
+LAT = float(sys.argv[1])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(LAT)
+        self.send_response(202); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True; request_queue_size = 1024
+s = S(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+'''
+
+
+class _Listener:
+    def __init__(self, n):
+        self.n, self.throttled, self.failures = n, 0, []
+
+    def on_failure(self, event, err):
+        self.failures.append(err)
+
+
+def bench_submit(n: int, latency: float, fast: bool, threads: int) -> float:
+    from cloudbutton_executor.backends.aws_lambda import LambdaBackend
+    from cloudbutton_executor.storage import LocalStorage
+
+    proc = subprocess.Popen([sys.executable, "-c", _ENDPOINT, str(latency)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIABENCHMARKDUMMY01")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "benchmark-dummy-secret")
+        be = LambdaBackend(storage=LocalStorage(tempfile.mkdtemp()), config={
+            "region": "us-east-1", "bucket": "bench-bucket",
+            "lambda": {"invoke_threads": threads, "fast_invoke": fast},
+            "endpoints": {"lambda": f"http://127.0.0.1:{port}"}})
+        events = [{"job_id": "bench", "task": f"{i:06d}-{i + 1:06d}", "prefix": "p", "data": {"inline": "x" * 200}}
+                  for i in range(n)]
+        listener = _Listener(n)
+        be.invoke(events[:threads], listener)  # open the connections first (a warm host)
+        _wait(events[:threads])
+        for e in events:
+            e.pop("invoked_at", None)
+        t0 = time.perf_counter()
+        be.invoke(events, listener)
+        _wait(events)
+        took = time.perf_counter() - t0
+        assert not listener.failures, listener.failures[:3]
+        be.shutdown()
+        return took
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _wait(events):
+    while not all("invoked_at" in e for e in events):
+        time.sleep(0.002)
+
+
+def bench_chain(tasks: int, tiny: int) -> dict:
+    """Median stored->seen and requests/task through moto + the awslambdaric emulator."""
+    import logging
+
+    import yaml
+    from moto.server import ThreadedMotoServer
+
+    import aws_fixtures
+    from cloudbutton_executor import Executor, config
+    from cloudbutton_executor.backends.aws_lambda import deploy
+    from lambda_emulator import LambdaEmulator
+
+    os.environ.update(aws_fixtures.HOST_CREDS)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request
+    port = aws_fixtures._free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    url = f"http://127.0.0.1:{port}"
+    root = tempfile.mkdtemp(prefix="cb-bench-")
+    emu = LambdaEmulator(url, os.path.join(root, "emu"), concurrency=6)
+    try:
+        data = aws_fixtures.config_dict(url, url, emu.url)
+        # Production defaults for polling; only the endpoints and concurrency are local.
+        for k in ("poll_interval", "deadline_grace", "lost_after", "redeliveries"):
+            data["lambda"].pop(k)
+        path = os.path.join(root, "config.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(data, f)
+        deploy(config.load(path))
+        out = {}
+        with Executor(backend="lambda", config_path=path, timeout=60) as ex:
+            ex.map(abs, range(12)).result(timeout=120)  # warm the runtimes
+            job = ex.map(lambda x: x * x, range(tasks))
+            job.result(timeout=300)
+            lags = [f.stats["host_seen"] - f.stats["result_stored"] for f in job]
+            out["seen_median"] = statistics.median(lags)
+            out["seen_p90"] = statistics.quantiles(lags, n=10)[-1]
+            out["req_1"] = job.stats["requests"]["per_task"]
+            out["req_1_detail"] = job.stats["requests"]
+            out["tasks_per_s"] = tasks / job.stats["elapsed_s"]
+            job = ex.map(lambda x: x + 1, range(tiny), chunksize="auto")
+            job.result(timeout=300)
+            out["req_auto"] = job.stats["requests"]["per_task"]
+            out["auto_invocations"] = job.stats["invocations"]
+        return out
+    finally:
+        emu.close()
+        moto.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--invocations", type=int, default=1000)
+    ap.add_argument("--latency", type=float, default=0.02, help="seconds added per invoke request")
+    ap.add_argument("--threads", type=int, default=96, help="invoke threads")
+    ap.add_argument("--tasks", type=int, default=200)
+    ap.add_argument("--tiny", type=int, default=5000, help="tiny tasks for the auto-batching row")
+    args = ap.parse_args()
+    fast = min(bench_submit(args.invocations, args.latency, True, args.threads) for _ in range(3))
+    slow = bench_submit(args.invocations, args.latency, False, args.threads)
+    chain = bench_chain(args.tasks, args.tiny)
+    ms = int(args.latency * 1000)
+    rows = [
+        (f"submit {args.invocations} invocations, {ms} ms endpoint latency, {args.threads} threads",
+         f"{fast:.3f} s", "<= 0.5 s", "yes" if fast <= 0.5 else "NO"),
+        ("  same through boto3 `client.invoke` (fast_invoke: false)", f"{slow:.3f} s", "-", "-"),
+        ("median result stored -> host seen (poll 0.2 s)", f"{chain['seen_median']:.3f} s", "<= 0.3 s",
+         "yes" if chain["seen_median"] <= 0.3 else "NO"),
+        ("  p90 result stored -> host seen", f"{chain['seen_p90']:.3f} s", "-", "-"),
+        (f"S3 requests per task, chunksize 1 ({args.tasks} tasks)", f"{chain['req_1']:.2f}", "<= 3",
+         "yes" if chain["req_1"] <= 3 else "NO"),
+        (f"S3 requests per task, chunksize auto ({args.tiny} tiny tasks, "
+         f"{chain['auto_invocations']} invocations)", f"{chain['req_auto']:.3f}", "<= 0.1",
+         "yes" if chain["req_auto"] <= 0.1 else "NO"),
+        ("tasks/s through the emulator (6 runtimes, 2 cores)", f"{chain['tasks_per_s']:.0f}", "-", "-"),
+    ]
+    print("| measurement | value | target | met |\n|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    d = chain["req_1_detail"]
+    print(f"\nchunksize 1 requests: host {d['host']}, workers {d['workers']}")
+
+
+if __name__ == "__main__":
+    main()

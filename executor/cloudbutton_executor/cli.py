@@ -1,0 +1,207 @@
+"""The ``cloudbutton`` command: deploy the Lambda worker, inspect it, list and clean jobs.
+
+AWS-CLI style: ``cloudbutton [--config FILE] [--profile P] [--region R] COMMAND [options]``.
+Credentials come from the standard AWS chain, never from our config.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+
+from . import config as _config
+from . import protocol
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cloudbutton",
+        description="Deploy and inspect the cloudbutton AWS Lambda worker; list and clean jobs. "
+                    "Configuration: ~/.cloudbutton/config.yaml or $CLOUDBUTTON_CONFIG; "
+                    "credentials: the standard AWS chain (AWS_PROFILE, ~/.aws, environment).")
+    p.add_argument("--config", metavar="FILE", help="config file (default: $CLOUDBUTTON_CONFIG "
+                   "or ~/.cloudbutton/config.yaml)")
+    p.add_argument("--profile", help="AWS profile (default: AWS_PROFILE or the config's)")
+    p.add_argument("--region", help="AWS region (default: the config's, AWS_REGION or the profile's)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser("deploy", help="create or update the bucket, IAM role and Lambda function",
+                       description="Create or update, idempotently: the S3 bucket, an IAM role "
+                       "with access only to the project's prefix and its logs, and the worker "
+                       "Lambda function (a zip of cloudbutton_executor + cloudpickle). Running it "
+                       "again changes nothing unless something differs.")
+    d.add_argument("--memory", type=int, metavar="MB", help="function memory in MB (128-10240)")
+    d.add_argument("--timeout", type=int, metavar="S", help="function timeout in seconds (1-900)")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--requirements", metavar="FILE",
+                   help="pip requirements installed into a Lambda layer (built for manylinux2014_x86_64)")
+    g.add_argument("--image-uri", metavar="URI", help="deploy a container image instead of the zip")
+
+    s = sub.add_parser("status", help="credentials, deployed function and version check",
+                       description="Show whether credentials are found, whether the worker "
+                       "function is deployed and whether its versions match this host.")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    j = sub.add_parser("jobs", help="recent jobs from their manifests in S3",
+                       description="List recent jobs (newest first) with their progress.")
+    j.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    j.add_argument("--json", action="store_true", help="print JSON")
+
+    c = sub.add_parser("clean", help="delete a job's objects, or all jobs older than a duration",
+                       description="Delete stored jobs: one (--job ID) or every job older than "
+                       "a duration (--older-than 7d; units s, m, h, d; a bare number means days).")
+    cg = c.add_mutually_exclusive_group(required=True)
+    cg.add_argument("--job", metavar="ID", help="job id (as `cloudbutton jobs` shows)")
+    cg.add_argument("--older-than", metavar="D", help="e.g. 30m, 12h, 7d")
+    c.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+    return p
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not m:
+        raise ValueError(f"--older-than {text!r}: expected a duration like 30m, 12h or 7d")
+    return float(m.group(1)) * _UNITS[m.group(2) or "d"]
+
+
+def _load_config(args) -> _config.Config:
+    cfg = _config.load(args.config)
+    if args.profile:
+        cfg.profile = args.profile
+    if args.region:
+        cfg.region = args.region
+    return cfg
+
+
+def _backend(cfg):
+    from .backends.aws_lambda import LambdaBackend
+
+    return LambdaBackend(config=cfg)
+
+
+def cmd_deploy(args, out) -> int:
+    from .backends.aws_lambda import deploy
+
+    cfg = _load_config(args)
+    print(f"Deploying {cfg.lambda_.function_name} (config: {cfg.path or 'defaults'})", file=out)
+    actions = deploy(cfg, memory=args.memory, timeout=args.timeout,
+                     requirements=args.requirements, image_uri=args.image_uri, out=out)
+    changed = [a for a in actions if a[0] != "unchanged"]
+    print("Nothing to do: everything is up to date." if not changed
+          else f"Done: {len(changed)} change(s).", file=out)
+    return 0
+
+
+def cmd_status(args, out) -> int:
+    st = _backend(_load_config(args)).status()
+    if args.json:
+        print(json.dumps(st, indent=1, sort_keys=True), file=out)
+        return 0 if st.get("ok") else 1
+    creds = f"found ({st['credentials_source']})" if st["credentials"] else "NOT FOUND"
+    lines = [("credentials", creds), ("region", st["region"]), ("bucket", st["bucket"]),
+             ("prefix", st["prefix"]), ("function", st["function"]),
+             ("deployed", {True: "yes", False: "no", None: "unknown"}[st.get("deployed")])]
+    if st.get("deployed"):
+        lines += [("memory/timeout", f"{st['memory']} MB / {st['timeout']} s"),
+                  ("versions", "match" if st["versions_match"] else "DIFFER"),
+                  ("host", json.dumps(st["host_versions"], sort_keys=True)),
+                  ("deployed", json.dumps(st["deployed_versions"], sort_keys=True))]
+    lines.append(("status", st["message"]))
+    for k, v in lines:
+        print(f"{k:>15}: {v}", file=out)
+    return 0 if st.get("ok") else 1
+
+
+def _job_rows(storage, prefix, limit):
+    from .executor import list_jobs
+
+    rows = []
+    for m in list_jobs(storage, prefix, limit):
+        keys = storage.list(protocol.tasks_prefix(prefix, m["job_id"]))
+        statuses = sum(1 for k in keys if protocol.task_id_from_status_key(k))
+        cancelled = storage.exists(protocol.cancel_key(prefix, m["job_id"]))
+        rows.append({"job_id": m["job_id"], "created": m.get("created"), "function": m.get("function"),
+                     "label": m.get("label"), "items": m.get("n_items"), "tasks_stored": statuses,
+                     "cancelled": cancelled})
+    return rows
+
+
+def cmd_jobs(args, out) -> int:
+    if args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    be = _backend(_load_config(args))
+    rows = _job_rows(be.storage, be.prefix, args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=1), file=out)
+        return 0
+    if not rows:
+        print(f"no jobs under s3://{be.storage.bucket}/{be.prefix}/jobs/", file=out)
+        return 0
+    print(f"{'JOB ID':<23} {'CREATED (UTC)':<19} {'ITEMS':>6} {'STORED':>6}  FUNCTION", file=out)
+    for r in rows:
+        created = datetime.datetime.fromtimestamp(r["created"] or 0, datetime.timezone.utc)
+        extra = " [cancelled]" if r["cancelled"] else ""
+        label = f" ({r['label']})" if r["label"] else ""
+        print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>6} {r['tasks_stored']:>6}  "
+              f"{r['function']}{label}{extra}", file=out)
+    return 0
+
+
+def _job_created(job_id: str) -> float:
+    dt = datetime.datetime.strptime(job_id[:15], "%Y%m%d-%H%M%S")
+    return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def cmd_clean(args, out) -> int:
+    be = _backend(_load_config(args))
+    st, prefix = be.storage, be.prefix
+    if args.job:
+        if not protocol.JOB_ID_RE.match(args.job):
+            raise ValueError(f"--job {args.job!r} is not a job id (like 20260101-120000-abcdef)")
+        victims = [args.job]
+        if not st.list(protocol.job_prefix(prefix, args.job) + "/"):
+            print(f"no job {args.job} under s3://{st.bucket}/{prefix}/jobs/", file=out)
+            return 1
+    else:
+        age = parse_duration(args.older_than)
+        cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - age
+        victims = [j for j in st.children(f"{prefix}/jobs/")
+                   if protocol.JOB_ID_RE.match(j) and _job_created(j) < cutoff]
+    total = 0
+    for job_id in victims:
+        if args.dry_run:
+            n = len(st.list(protocol.job_prefix(prefix, job_id) + "/"))
+        else:
+            n = st.delete_prefix(protocol.job_prefix(prefix, job_id) + "/")
+        total += n
+        print(f"{'would delete' if args.dry_run else 'deleted'} {job_id} ({n} objects)", file=out)
+    print(f"{len(victims)} job(s), {total} object(s){' (dry run)' if args.dry_run else ''}", file=out)
+    return 0
+
+
+COMMANDS = {"deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
+
+
+def main(argv=None, out=None) -> int:
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, out)
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        print(f"cloudbutton {args.command}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    except Exception as exc:  # botocore errors: say which call failed, no stack dump
+        if type(exc).__module__.startswith("botocore"):
+            print(f"cloudbutton {args.command}: AWS error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

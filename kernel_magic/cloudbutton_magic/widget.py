@@ -1,0 +1,506 @@
+"""Live progress of a job: a widget in a notebook, a tqdm line elsewhere.
+
+    view = make_progress(job, capture_report=report)
+    view.display()
+    while not job.wait(0.2):
+        view.update()          # cheap; renders at most 5 times a second
+    view.finish()
+
+or ``view.start_background()`` for a job that runs while the user works on.
+
+ipykernel 7 routes a message by the parent header in the sending thread's
+context. Updates therefore come from the cell's own loop, or from a thread
+started inside a copy of the cell's context (``start_background``).
+"""
+from __future__ import annotations
+
+import contextvars
+import html
+import os
+import sys
+import threading
+import time
+
+from .widget_state import JobTracker, error_line
+
+MIN_INTERVAL_S = 0.2      # at most 5 renders a second
+STDOUT_TAIL_CHARS = 32_000  # what the widget keeps of the tasks' stdout
+MAX_FAILURES_LISTED = 50
+TEXT_STDOUT_CHARS = 200_000
+
+__all__ = ["JobWidget", "TextProgress", "make_progress", "widgets_available"]
+
+
+def widgets_available() -> bool:
+    """True inside an IPython kernel (a notebook) with ipywidgets and jupyter_bokeh.
+
+    Terminal IPython and plain scripts have no ``kernel``; they get TextProgress.
+    ``CLOUDBUTTON_PROGRESS=text`` forces text anywhere.
+    """
+    if os.environ.get("CLOUDBUTTON_PROGRESS", "").lower() == "text":
+        return False
+    ipy_mod = sys.modules.get("IPython")
+    if ipy_mod is None:  # not imported: certainly not running in a kernel
+        return False
+    try:
+        ip = ipy_mod.get_ipython()
+    except Exception:
+        return False
+    if ip is None or getattr(ip, "kernel", None) is None:
+        return False
+    try:
+        import bokeh  # noqa: F401
+        import ipywidgets  # noqa: F401
+        import jupyter_bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_progress(job, capture_report=None, *, force_text: bool = False):
+    """A JobWidget in a notebook kernel with widgets, else a TextProgress."""
+    if not force_text and widgets_available():
+        return JobWidget(job, capture_report=capture_report)
+    return TextProgress(job, capture_report=capture_report)
+
+
+def normalize_report(report) -> dict | None:
+    """The capture report as {rows: [{name, type, size}], total, warnings}.
+
+    Accepts the lead's object (``.rows``, ``.total``, ``.warnings``) or a dict;
+    a row's size may be called ``size`` or ``size_bytes``.
+    """
+    if report is None:
+        return None
+    get = report.get if isinstance(report, dict) else (lambda k, d=None: getattr(report, k, d))
+    rows = []
+    for r in get("rows", None) or []:
+        r = r if isinstance(r, dict) else vars(r)
+        size = r.get("size", r.get("size_bytes", 0)) or 0
+        rows.append({"name": str(r.get("name", "?")), "type": str(r.get("type", "")),
+                     "size": int(size)})
+    total = get("total", None)
+    if total is None:
+        total = get("total_bytes", None)
+    if total is None:
+        total = sum(r["size"] for r in rows)
+    warnings = [str(w) for w in (get("warnings", None) or [])]
+    return {"rows": rows, "total": int(total), "warnings": warnings}
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def fmt_seconds(s) -> str:
+    if s is None:
+        return "—"
+    if s < 10:
+        return f"{s:.2f} s"
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(s), 60)
+    return f"{m}m{sec:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
+def fmt_cost(usd: float) -> str:
+    return f"${usd:.2g}" if usd < 0.01 else f"${usd:,.2f}"
+
+
+def _prefix_lines(index: int, text: str) -> str:
+    return "".join(f"[{index}] {line}\n" for line in text.rstrip("\n").split("\n"))
+
+
+class _Progress:
+    """What both views share: throttling, the tracker and the background thread."""
+
+    def __init__(self, job, capture_report=None, *, min_interval: float = MIN_INTERVAL_S):
+        self.job = job
+        self.report = normalize_report(capture_report)
+        self.tracker = JobTracker(job)
+        self.min_interval = min_interval
+        self.renders = 0
+        self.update_cpu_s = 0.0  # thread CPU spent rendering (for the benchmark)
+        self.finished = False
+        self._last = -1e9
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # The lead's API -----------------------------------------------------------
+    def update(self, force: bool = False) -> bool:
+        """Refresh if the last refresh is older than ``min_interval``; True if it did."""
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval:
+            return False
+        if not self._lock.acquire(blocking=force):
+            return False  # the other thread is rendering right now
+        try:
+            if self.finished:
+                return False
+            self._last = now
+            c0 = time.thread_time()
+            self._render(final=False)
+            self.update_cpu_s += time.thread_time() - c0
+            self.renders += 1
+            return True
+        finally:
+            self._lock.release()
+
+    def finish(self) -> None:
+        """Final refresh: final counts, failures, stdout; stops the background thread."""
+        self._stop.set()
+        with self._lock:
+            if self.finished:
+                return
+            self.finished = True
+            c0 = time.thread_time()
+            self._render(final=True)
+            self.update_cpu_s += time.thread_time() - c0
+            self.renders += 1
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+
+    def start_background(self, interval: float | None = None) -> threading.Thread:
+        """Update from a daemon thread until the job ends, then ``finish()``.
+
+        The thread runs in a copy of the calling cell's context, where ipykernel 7
+        keeps the cell's parent header, so its messages land in this cell.
+        """
+        interval = interval or self.min_interval
+        ctx = contextvars.copy_context()
+        parent = _kernel_parent()
+
+        def loop():
+            _adopt_parent(parent)
+            while not self._stop.is_set():
+                if self.job.wait(interval):
+                    break
+                self.update()
+            if not self.finished:
+                self.finish()
+
+        self._thread = threading.Thread(target=ctx.run, args=(loop,), daemon=True,
+                                        name=f"cloudbutton-progress-{self.job.job_id}")
+        self._thread.start()
+        return self._thread
+
+    def _render(self, final: bool) -> None:
+        raise NotImplementedError
+
+    def state_text(self) -> str:
+        if self.job.cancelled:
+            return "cancelled"
+        if self.job.done():
+            return "finished"
+        return "stopped" if self.finished else "running"
+
+
+def _kernel_parent():
+    """(kernel, parent message) of the current cell, or (None, None) outside a kernel."""
+    ipy_mod = sys.modules.get("IPython")
+    ip = ipy_mod.get_ipython() if ipy_mod is not None else None
+    kernel = getattr(ip, "kernel", None)
+    if kernel is None or not hasattr(kernel, "get_parent"):
+        return None, None
+    try:
+        return kernel, kernel.get_parent()
+    except Exception:
+        return kernel, None
+
+
+def _adopt_parent(captured) -> None:
+    """Make sure the thread's messages carry the captured cell's parent header."""
+    kernel, parent = captured
+    if kernel is None or not parent:
+        return
+    try:
+        current = kernel.get_parent()
+    except Exception:
+        current = None
+    want = parent.get("header", {}).get("msg_id")
+    if current and current.get("header", {}).get("msg_id") == want:
+        return  # the copied context already carries it (ipykernel 7)
+    try:
+        ident = kernel._get_shell_context_var(kernel._shell_parent_ident)
+    except Exception:
+        ident = b""
+    try:
+        kernel.set_parent(ident, parent)
+    except Exception:  # another kernel implementation: messages may land in a later cell
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Text progress (plain scripts, terminal IPython)
+# ---------------------------------------------------------------------------
+class TextProgress(_Progress):
+    """A tqdm bar with counts as postfix; failures and stdout printed at the end."""
+
+    def __init__(self, job, capture_report=None, *, file=None, out=None,
+                 min_interval: float = MIN_INTERVAL_S):
+        super().__init__(job, capture_report, min_interval=min_interval)
+        self.file = file        # the bar (default: stderr)
+        self.out = out          # failures, stdout and summary (default: stdout)
+        self.bar = None
+        self._stdout: list[tuple[int, str]] = []
+        self._failures: list[tuple[int, str, dict]] = []
+
+    def display(self) -> None:
+        with self._lock:
+            if self.bar is not None:
+                return
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(self.job), desc=f"job {self.job.job_id}", unit="task",
+                            file=self.file if self.file is not None else sys.stderr,
+                            mininterval=self.min_interval, dynamic_ncols=True, leave=True)
+            rep = self.report
+            if rep and rep["warnings"]:
+                for w in rep["warnings"]:
+                    self._print(f"warning: {w}")
+
+    def _print(self, text: str) -> None:
+        out = self.out if self.out is not None else sys.stdout
+        if self.bar is not None:
+            self.bar.clear()
+        print(text, file=out, flush=True)
+
+    def _render(self, final: bool) -> None:
+        if self.bar is None:
+            self.display()
+        d = self.tracker.poll()
+        if final and self.tracker.needs_reconcile:
+            self.tracker.reconcile()
+        self._stdout.extend(d.stdout)
+        self._failures.extend(d.failures)
+        t = self.tracker
+        self.bar.update(t.ended - self.bar.n)
+        c = t.counts
+        self.bar.set_postfix_str(f"{c['done']} done, {c['failed']} failed, {t.running} running, "
+                                 f"{t.queued} queued" + (f", {c['cancelled']} cancelled"
+                                                         if c["cancelled"] else ""),
+                                 refresh=False)  # close() or the next update() redraws
+        if final:
+            self.bar.close()
+            self._print_summary()
+
+    def _print_summary(self) -> None:
+        out = []
+        if self._stdout:
+            out.append("--- task stdout ---")
+            text = "".join(_prefix_lines(i, s) for i, s in sorted(self._stdout))
+            if len(text) > TEXT_STDOUT_CHARS:
+                out.append(f"[... {len(text) - TEXT_STDOUT_CHARS} earlier characters; "
+                           "see job[i].stdout]")
+                text = text[-TEXT_STDOUT_CHARS:]
+            out.append(text.rstrip("\n"))
+        for i, tid, info in sorted(self._failures, key=lambda x: x[0])[:MAX_FAILURES_LISTED]:
+            out.append(f"--- item {i} failed (task {tid}): {error_line(info)}")
+            if info.get("traceback"):
+                out.append(info["traceback"].rstrip("\n"))
+        if len(self._failures) > MAX_FAILURES_LISTED:
+            out.append(f"... and {len(self._failures) - MAX_FAILURES_LISTED} more failures")
+        c, hs = self.tracker.counts, self.tracker.header_stats()
+        line = (f"job {self.job.job_id} {self.state_text()}: {c['done']} done, {c['failed']} failed"
+                + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
+                + f" in {fmt_seconds(hs['elapsed_s'])}")
+        if hs["flops"]:
+            line += f", {hs['gflops']:.2f} GFLOPS effective"
+        out.append(line)
+        self._print("\n".join(out))
+
+
+# ---------------------------------------------------------------------------
+# The notebook widget
+# ---------------------------------------------------------------------------
+_BOKEHJS_SESSIONS: set = set()  # frontend connections BokehJS was published to
+
+
+def _ensure_bokehjs() -> None:
+    """Publish BokehJS inline (the page has no CDN access offline), once per frontend.
+
+    A reloaded page (or a second notebook on the same kernel) is a new client
+    session without BokehJS: the parent header's ``session`` tells them apart.
+    """
+    _, parent = _kernel_parent()
+    session = ((parent or {}).get("header") or {}).get("session") or "-"
+    if session in _BOKEHJS_SESSIONS:
+        return
+    from bokeh.io.notebook import load_notebook
+    from bokeh.resources import Resources
+
+    # Only the core bundle (1.3 MB): the plots use no bokeh widgets, tables or GL.
+    load_notebook(Resources(mode="inline", components=["bokeh"]), hide_banner=True)
+    _BOKEHJS_SESSIONS.add(session)
+
+
+CSS = """<style>
+.cloudbutton-header {font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.5}
+.cloudbutton-header .cb-counts {font-weight: 600}
+.cloudbutton-header .cb-state {font-weight: 600; padding: 0 4px; border-radius: 3px}
+.cloudbutton-bar {display: flex; height: 12px; width: 100%; background: #e6e6e6;
+                  border-radius: 3px; overflow: hidden}
+.cloudbutton-stdout pre, .cloudbutton-failures pre {max-height: 240px; overflow: auto;
+                                                    font-size: 12px; margin: 2px 0}
+</style>"""
+
+STATE_COLOURS = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4",
+                 "cancelled": "#7f7f7f", "queued": "#c7c7c7"}
+
+
+class JobWidget(_Progress):
+    """ipywidgets box: header, stacked progress bar, bokeh timeline + GFLOPS, stdout, failures."""
+
+    def __init__(self, job, capture_report=None, *, min_interval: float = MIN_INTERVAL_S):
+        import ipywidgets as w
+        from jupyter_bokeh import BokehModel
+
+        from .plots import JobPlots
+
+        super().__init__(job, capture_report, min_interval=min_interval)
+        t = self.tracker
+        self.plots = JobPlots(t.n, t.per_item, t.stride)
+        self.header = w.HTML()
+        self.header.add_class("cloudbutton-header")
+        self.bar = w.HTML()
+        self.bokeh = BokehModel(self.plots.layout)
+        self.stdout = w.HTML()
+        self.stdout.add_class("cloudbutton-stdout")
+        self.failures = w.HTML()
+        self.failures.add_class("cloudbutton-failures")
+        children = [w.HTML(CSS), self.header, self.bar, self.bokeh, self.stdout, self.failures]
+        self.report_box = None
+        if self.report is not None:
+            self.report_box = w.Accordion(children=[w.HTML(self._report_html())],
+                                          titles=(self._report_title(),), selected_index=None)
+            children.append(self.report_box)
+        self.box = w.VBox(children)
+        self.box.add_class("cloudbutton-job-widget")
+        self._stdout_parts: list[str] = []
+        self._stdout_chars = 0
+        self._stdout_dropped = 0
+        self._failed: list[tuple[int, str, dict]] = []
+        self._header_stats = None
+        self._render_text()
+
+    # Display ------------------------------------------------------------------
+    def display(self) -> None:
+        from IPython.display import display
+
+        _ensure_bokehjs()
+        display(self.box)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.box._repr_mimebundle_(**kwargs)
+
+    # Rendering ----------------------------------------------------------------
+    def _render(self, final: bool) -> None:
+        t = self.tracker
+        d = t.poll()
+        if final and t.needs_reconcile:
+            t.reconcile()
+        self.plots.push_rows(d.rows)
+        if t.series.total_flops and not self.plots.flops_mode:
+            self.plots.set_mode(True)
+        hs = t.header_stats()
+        if final and self.job.done():
+            try:  # the exact cost, S3 requests included: one O(n) pass, only at the end
+                hs["cost_usd"] = self.job.stats["cost_usd"]
+            except Exception:  # a display must never fail the cell; keep the estimate
+                pass
+        self._header_stats = hs
+        self.plots.push_series(t.series.series(hs["elapsed_s"], self.plots.flops_mode),
+                               t.series.version)
+        if d.stdout:
+            self._add_stdout(d.stdout)
+        if d.failures:
+            self._failed.extend(d.failures)
+            self.failures.value = self._failures_html()
+        self._render_text()
+        if final:
+            # Keep the final figure in the saved widget state (a reopened notebook shows it).
+            self.bokeh.render_bundle = type(self.bokeh)._model_to_traits(self.plots.layout)
+
+    def _render_text(self) -> None:
+        t = self.tracker
+        c = t.counts
+        hs = self._header_stats or t.header_stats()
+        state = self.state_text()
+        counts = (f"{c['done']} done · {c['failed']} failed · {t.running} running · "
+                  f"{t.queued} queued · {c['cancelled']} cancelled · "
+                  f"{getattr(self.job, 'retried', 0)} retried")
+        if getattr(self.job, "throttled", 0):
+            counts += f" · {self.job.throttled} throttled"
+        backend = getattr(getattr(self.job, "backend", None), "name", "?")
+        cost = fmt_cost(hs["cost_usd"])
+        cost = f"{cost} on Lambda" if backend == "lambda" else f"≈ {cost} on Lambda"
+        rate = (f"{hs['gflops']:.2f} GFLOPS" if hs["flops"] else "")
+        parts = [f"elapsed {fmt_seconds(hs['elapsed_s'])}",
+                 f"ETA {fmt_seconds(hs['eta_s']) if state == 'running' else '—'}",
+                 f"{hs['tasks_per_s']:.1f} tasks/s", rate, cost]
+        colour = {"finished": "#2ca02c", "cancelled": "#7f7f7f", "running": "#1f77b4"}.get(
+            state, "#d62728")
+        self.header.value = (
+            f"<div><b>job {html.escape(self.job.job_id)}</b> · {html.escape(backend)} · "
+            f"{len(self.job)} tasks · <span class='cb-state' style='color:{colour}'>{state}</span>"
+            + (f" · <span style='color:#d62728'>{c['failed']} failed</span>" if c["failed"] else "")
+            + f"</div><div class='cb-counts'>{counts}</div>"
+            f"<div>{' · '.join(p for p in parts if p)}</div>")
+        n = max(1, t.n)
+        segs = [("done", c["done"]), ("failed", c["failed"]), ("running", t.running),
+                ("cancelled", c["cancelled"]), ("queued", t.queued)]
+        self.bar.value = "<div class='cloudbutton-bar' title='{}'>{}</div>".format(
+            html.escape(counts),
+            "".join(f"<div class='cb-{s}' style='width:{100 * k / n:.3f}%;"
+                    f"background:{STATE_COLOURS[s]}'></div>" for s, k in segs if k))
+
+    def _add_stdout(self, chunks) -> None:
+        for i, text in sorted(chunks):
+            part = _prefix_lines(i, text)
+            self._stdout_parts.append(part)
+            self._stdout_chars += len(part)
+        # Keep only the tail: resending a growing pre would make the browser sluggish.
+        while self._stdout_chars > STDOUT_TAIL_CHARS and len(self._stdout_parts) > 1:
+            self._stdout_chars -= len(self._stdout_parts[0])
+            self._stdout_dropped += 1
+            self._stdout_parts.pop(0)
+        note = (f"<div><i>{self._stdout_dropped} earlier task outputs not shown "
+                "(all are in job[i].stdout)</i></div>" if self._stdout_dropped else "")
+        self.stdout.value = (f"<details open><summary>stdout of tasks</summary>{note}"
+                             f"<pre>{html.escape(''.join(self._stdout_parts))}</pre></details>")
+
+    def _failures_html(self) -> str:
+        failed = sorted(self._failed, key=lambda x: x[0])
+        items = []
+        for i, tid, info in failed[:MAX_FAILURES_LISTED]:
+            tb = info.get("traceback") or ""
+            items.append(f"<details><summary>[{i}] task {html.escape(str(tid))}: "
+                         f"{html.escape(error_line(info))}</summary>"
+                         f"<pre>{html.escape(tb or 'no remote traceback')}</pre></details>")
+        more = (f"<div>... and {len(failed) - MAX_FAILURES_LISTED} more</div>"
+                if len(failed) > MAX_FAILURES_LISTED else "")
+        return (f"<div style='color:#d62728;font-weight:600'>{len(failed)} failed</div>"
+                + "".join(items) + more)
+
+    def _report_title(self) -> str:
+        r = self.report
+        warn = f", {len(r['warnings'])} warning(s)" if r["warnings"] else ""
+        n = len(r["rows"])
+        return f"Captured: {n} name{'' if n == 1 else 's'}, {fmt_bytes(r['total'])}{warn}"
+
+    def _report_html(self) -> str:
+        r = self.report
+        rows = "".join(f"<tr><td>{html.escape(x['name'])}</td><td>{html.escape(x['type'])}</td>"
+                       f"<td style='text-align:right'>{fmt_bytes(x['size'])}</td></tr>"
+                       for x in r["rows"])
+        warns = "".join(f"<div style='color:#b35900'>⚠ {html.escape(wn)}</div>"
+                        for wn in r["warnings"])
+        return (f"{warns}<table class='cloudbutton-capture'><tr><th>name</th><th>type</th>"
+                f"<th>pickled size</th></tr>{rows}<tr><td><b>total</b></td><td></td>"
+                f"<td style='text-align:right'><b>{fmt_bytes(r['total'])}</b></td></tr></table>")

@@ -1,0 +1,444 @@
+"""The live progress views, driven by real jobs on real local workers."""
+import json
+import math
+import os
+import queue
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from cloudbutton_executor import protocol, report_flops
+from cloudbutton_magic.widget import (JobWidget, TextProgress, make_progress, normalize_report,
+                                      widgets_available)
+from cloudbutton_magic.widget_state import JobTracker
+
+def follow(view, job, poll=0.02):
+    """The lead's waiting loop."""
+    while not job.wait(poll):
+        view.update()
+    view.finish()
+    return view
+
+
+def noisy(x):
+    import time
+
+    time.sleep(0.05)
+    print(f"hello {x}")
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x * 2
+
+
+def flopper(x):
+    import time
+
+    time.sleep(0.1)
+    report_flops(2e9)
+    return x
+
+
+def slow_flopper(x):
+    import time
+
+    time.sleep(0.25)
+    report_flops(1e9)
+    return x
+
+
+def sleepy(x):
+    import time
+
+    time.sleep(x)
+    return x
+
+
+def cols(view):
+    return view.plots.timeline_source.data
+
+
+# --- JobWidget ----------------------------------------------------------------------
+def test_widget_counts_timeline_stdout_failures(ex):
+    job = ex.map(noisy, range(12))
+    view = follow(JobWidget(job), job)
+    d = cols(view)
+    assert len(d["task"]) == 12
+    assert sorted(d["bottom"]) == list(range(12))
+    by_item = {b: k for k, b in enumerate(d["bottom"])}
+    for f in job.futures:
+        k = by_item[f.index]
+        assert d["task"][k] == f.task_id
+        assert d["submit"][k] <= d["start"][k] <= d["setup"][k] <= d["c0"][k] < d["c1"][k] <= d["fetched"][k]
+        assert 0.04 <= d["compute_s"][k] < 5
+        for seg in ("queue_s", "setup_s", "return_s"):
+            assert 0 <= d[seg][k] < 5
+        assert d["cold"][k] in ("yes", "no")
+    assert all(math.isnan(x) == (c == "no") for x, c in zip(d["cold_x"], d["cold"], strict=True))
+    k3 = by_item[3]
+    assert d["state"][k3] == "failed" and d["compute_color"][k3] == "#d62728"
+    assert d["error"][k3] == "ValueError: bad item 3"
+    assert all(d["error"][k] == "" for k in range(12) if k != k3)
+
+    header = view.header.value
+    assert "11 done · 1 failed · 0 running · 0 queued · 0 cancelled · 0 retried" in header
+    assert "finished" in header and job.job_id in header and "local" in header
+    assert "on Lambda" in header and "$" in header
+    assert "cloudbutton-header" in view.header._dom_classes
+    assert "cloudbutton-job-widget" in view.box._dom_classes
+    assert "width:" in view.bar.value and "#d62728" in view.bar.value  # a failed segment
+
+    for i in range(12):
+        assert f"[{i}] hello {i}\n" in view.stdout.value
+    assert "1 failed" in view.failures.value
+    assert "<details>" in view.failures.value and "ValueError: bad item 3" in view.failures.value
+    assert "raise ValueError" in view.failures.value  # the remote traceback
+    assert view.report_box is None
+
+
+def test_cold_starts_are_marked(storage):
+    from cloudbutton_executor import Executor
+
+    # Local worker pools are shared per concurrency level: 3 slots is a pool no other test warms.
+    with Executor(workers=3, storage=storage, timeout=60) as ex3:
+        job = ex3.map(sleepy, [0.2] * 6)
+        view = follow(JobWidget(job), job)
+    d = cols(view)
+    cold_rows = [k for k, c in enumerate(d["cold"]) if c == "yes"]
+    pids = {f.stats.get("cold_start") for f in job.futures}
+    assert pids == {True, False}  # fresh processes ran first, then were reused warm
+    assert 1 <= len(cold_rows) <= 3
+    for k in cold_rows:
+        assert d["cold_x"][k] == d["start"][k] and d["cold_y"][k] == d["bottom"][k] + 0.5
+
+
+def test_gflops_series_from_report_flops(ex):
+    n = 10
+    job = ex.map(flopper, range(n))
+    view = follow(JobWidget(job), job)
+    s = view.plots.series_source.data
+    dt = view.tracker.series.dt
+    assert view.plots.flops_mode
+    assert "GFLOPS" in view.plots.rates.title.text and view.plots.rates.yaxis.axis_label == "GFLOPS"
+    assert [i.label.value for i in view.plots.rates.legend[0].items] == [
+        "effective (cumulative)", "in flight"]
+    assert view.tracker.series.total_flops == pytest.approx(n * 2e9)
+    assert len(s["x_end"]) == len(s["eff"]) == len(s["inst"]) >= 2
+    # effective = cumulative FLOPs / elapsed: at the end, all FLOPs over the last bin's end
+    assert s["eff"][-1] * s["x_end"][-1] * 1e9 == pytest.approx(n * 2e9, rel=1e-6)
+    # in flight integrates back to the total, and never exceeds 2 workers at their rate
+    assert sum(s["inst"]) * dt * 1e9 == pytest.approx(n * 2e9, rel=1e-6)
+    rates = [f.stats["flops"] / (f.stats["compute_done"] - f.stats["compute_start"]) / 1e9
+             for f in job.futures]
+    assert max(s["inst"]) <= 2 * max(rates) * 1.001
+    assert max(s["inst"]) >= min(rates) * 0.5
+    assert "GFLOPS" in view.header.value
+
+
+def test_tasks_per_second_when_no_flops(ex):
+    job = ex.map(sleepy, [0.05] * 8)
+    view = follow(JobWidget(job), job)
+    s = view.plots.series_source.data
+    assert not view.plots.flops_mode
+    assert "tasks/s" in view.plots.rates.title.text and "FLOPs" in view.plots.rates.title.text
+    assert view.plots.rates.yaxis.axis_label == "tasks/s"
+    assert sum(s["inst"]) * view.tracker.series.dt == pytest.approx(8)
+    assert s["eff"][-1] * s["x_end"][-1] == pytest.approx(8)
+    assert "GFLOPS" not in view.header.value
+
+
+def test_updates_are_throttled(ex):
+    job = ex.map(sleepy, [5.0, 5.0])
+    view = JobWidget(job)
+    t0 = time.monotonic()
+    calls = 0
+    while time.monotonic() - t0 < 1.0:
+        view.update()
+        calls += 1
+    renders = view.renders
+    assert calls > 1000
+    assert 4 <= renders <= 6
+    assert "0 done" in view.header.value and "running" in view.header.value
+    job.cancel()
+    view.finish()
+    assert view.renders == renders + 1
+    assert "2 cancelled" in view.header.value
+
+
+def test_series_are_patched_and_streamed_not_recreated(ex):
+    job = ex.map(slow_flopper, range(12))  # about 1.5 s: several renders even on a loaded machine
+    view = JobWidget(job)
+    events = []  # what the BokehModel forwards to the browser
+    view.plots.layout.document.on_change(lambda e: events.append(type(e).__name__))
+    follow(view, job)
+    assert view.renders >= 3, (view.renders, view.tracker.header_stats(), events)
+    assert events.count("ColumnsStreamedEvent") >= 2  # timeline rows and new bins
+    # a full resend of a source happens only when switching to FLOPs mode or doubling the bin width
+    replaced = [e for e in events if e == "ColumnDataChangedEvent"]
+    assert len(replaced) <= 2 + view.tracker.series.version, events
+
+
+def test_large_job_draws_sampled_invocation_rows(ex):
+    n = 5000
+    job = ex.map(lambda x: x, range(n), chunksize="auto")
+    view = follow(JobWidget(job), job)
+    d = cols(view)
+    tasks = {f.task_id for f in job.futures}
+    assert not view.tracker.per_item and view.tracker.stride == 3
+    assert "one row per invocation" in view.plots.timeline.title.text
+    assert 1 <= len(d["task"]) <= 2000
+    assert set(d["task"]) <= tasks and len(set(d["task"])) == len(d["task"])
+    for tid, bottom in zip(d["task"], d["bottom"]):
+        a, b = protocol.task_range(tid)
+        assert bottom == a
+        assert -(-a // 3) * 3 < b  # holds a sampled item
+    # every invocation holding a multiple of the stride is drawn
+    expected = {t for t in tasks if -(-protocol.task_range(t)[0] // 3) * 3 < protocol.task_range(t)[1]}
+    assert set(d["task"]) == expected
+    assert f"{n} done" in view.header.value
+
+
+def test_tracker_samples_one_row_per_invocation(ex):
+    job = ex.map(lambda x: x, range(45))
+    tracker = JobTracker(job, max_rows=10)  # stride 5 over 45 single-item invocations
+    job.wait(60)
+    rows = tracker.poll().rows
+    assert tracker.stride == 5
+    assert sorted(r["bottom"] for r in rows) == list(range(0, 45, 5))
+    assert tracker.counts["done"] == 45 and tracker.invocations == 45
+    assert tracker.gb_seconds > 0
+
+
+def test_cancelled_job_says_so(ex):
+    job = ex.map(sleepy, [0.05] + [2.0] * 6)
+    view = JobWidget(job)
+    job[0].result(timeout=30)
+    view.update(force=True)
+    job.cancel()
+    view.finish()
+    c = view.tracker.counts
+    assert c["cancelled"] >= 4 and c["done"] >= 1
+    assert "cancelled" in view.header.value.split("cb-state")[1][:60]
+    assert f"{c['cancelled']} cancelled" in view.header.value
+
+
+def test_interrupt_inside_update_keeps_final_counts_exact(ex):
+    job = ex.map(sleepy, [0.05] * 10)
+    view = JobWidget(job)
+    job.wait(30)
+    take = view.tracker._take
+
+    def interrupted(f, delta):  # Ctrl-C lands while the first ended future is being taken
+        view.tracker._take = take
+        raise KeyboardInterrupt
+
+    view.tracker._take = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        view.update()
+    view.finish()
+    assert "10 done · 0 failed · 0 running · 0 queued" in view.header.value
+
+
+class Report:
+    def __init__(self, rows, warnings=()):
+        self.rows = rows
+        self.warnings = list(warnings)
+
+    @property
+    def total(self):
+        return sum(r["size"] for r in self.rows)
+
+
+def test_capture_report_collapsed(ex):
+    job = ex.map(lambda x: x, range(3))
+    rep = Report([{"name": "df", "type": "DataFrame", "size": 3 * 2**20},
+                  {"name": "f", "type": "function", "size": 1200}],
+                 ["captured 3.0 MB: more than the threshold"])
+    view = follow(JobWidget(job, capture_report=rep), job)
+    acc = view.report_box
+    assert acc.selected_index is None  # collapsed
+    assert acc.titles[0].startswith("Captured: 2 names, 3.0 MB") and "1 warning" in acc.titles[0]
+    body = acc.children[0].value
+    assert "df" in body and "DataFrame" in body and "1.2 KB" in body and "threshold" in body
+
+    as_dict = normalize_report({"rows": [{"name": "a", "type": "int", "size_bytes": 28}],
+                                "total": 28, "warnings": []})
+    assert as_dict == {"rows": [{"name": "a", "type": "int", "size": 28}], "total": 28,
+                       "warnings": []}
+    assert normalize_report(rep)["total"] == 3 * 2**20 + 1200
+
+
+def test_background_updates_then_finishes(ex):
+    job = ex.map(sleepy, [0.3] * 8)
+    view = JobWidget(job)
+    thread = view.start_background(interval=0.05)
+    thread.join(30)
+    assert not thread.is_alive() and view.finished
+    assert view.renders >= 3, (view.renders, view.tracker.header_stats())
+    assert "8 done" in view.header.value and "finished" in view.header.value
+    assert len(cols(view)["task"]) == 8
+
+
+# --- choosing the view, TextProgress -----------------------------------------------
+def test_plain_process_gets_text_progress(ex):
+    job = ex.map(lambda x: x, range(2))
+    assert not widgets_available()
+    assert isinstance(make_progress(job), TextProgress)
+    assert isinstance(make_progress(job, force_text=True), TextProgress)
+    job.wait(30)
+
+
+def test_terminal_ipython_gets_text_progress(ex):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.instance()  # a shell without a kernel, like terminal IPython
+    job = ex.map(lambda x: x, range(2))
+    assert not widgets_available()
+    assert isinstance(make_progress(job), TextProgress)
+    job.wait(30)
+
+
+def test_text_progress_in_a_plain_script(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        from cloudbutton_executor import Executor
+        from cloudbutton_executor.storage import LocalStorage
+        from cloudbutton_magic.widget import make_progress
+
+        def work(x):
+            import time
+            time.sleep(0.05)
+            print("line from", x)
+            if x == 2:
+                raise KeyError("missing " + str(x))
+            return x
+
+        if __name__ == "__main__":
+            with Executor(workers=2, storage=LocalStorage({str(tmp_path / 's')!r})) as ex:
+                job = ex.map(work, range(5))
+                view = make_progress(job, capture_report={{"rows": [], "total": 0,
+                                                           "warnings": ["a warning"]}})
+                print("VIEW", type(view).__name__)
+                view.display()
+                while not job.wait(0.05):
+                    view.update()
+                view.finish()
+    """))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       check=False, env=env, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    out, err = p.stdout, p.stderr
+    assert "VIEW TextProgress" in out
+    assert "warning: a warning" in out
+    assert "[2] line from 2" in out and "[4] line from 4" in out
+    assert "item 2 failed" in out and "KeyError" in out and 'raise KeyError("missing "' in out
+    assert "finished: 4 done, 1 failed" in out
+    assert "5/5" in err and "4 done, 1 failed" in err  # the tqdm bar with its postfix
+    assert "<" not in out.replace("<module>", "")  # plain text, no HTML
+
+
+# --- in a real kernel -----------------------------------------------------------------
+NOTEBOOK_CELLS = [
+    """
+import os, time
+from cloudbutton_executor import Executor, report_flops
+from cloudbutton_executor.storage import LocalStorage
+from cloudbutton_magic.widget import make_progress, JobWidget, widgets_available
+ex = Executor(workers=2, storage=LocalStorage(os.environ["CB_WIDGET_TEST_STORAGE"]))
+def work(x):
+    time.sleep(0.1)
+    report_flops(1e9)
+    print("out", x)
+    return x
+""",
+    """
+job = ex.map(work, range(6))
+report = {"rows": [{"name": "work", "type": "function", "size": 900}], "total": 900, "warnings": []}
+view = make_progress(job, capture_report=report)
+view.display()
+while not job.wait(0.1):
+    view.update()
+view.finish()
+print(type(view).__name__, widgets_available(), len(view.plots.timeline_source.data["task"]))
+""",
+]
+
+
+def test_notebook_shows_widget_with_bokeh_model(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in NOTEBOOK_CELLS]
+    os.environ["CB_WIDGET_TEST_STORAGE"] = str(tmp_path / "storage")
+    try:
+        NotebookClient(nb, kernel_name="python3", timeout=120, resources={
+            "metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        os.environ.pop("CB_WIDGET_TEST_STORAGE", None)
+    outputs = nb.cells[1].outputs
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "JobWidget True 6" in text
+    views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1
+    # BokehJS is published inline (no CDN) before the widget
+    js = [o for o in outputs if "application/javascript" in o.get("data", {})]
+    assert js and "cdn.bokeh.org" not in js[0]["data"]["application/javascript"][:2000]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    root = state[views[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]]
+    assert "cloudbutton-job-widget" in root["state"]["_dom_classes"]
+    bokeh = [m for m in state.values() if m["model_name"] == "BokehModel"]
+    assert len(bokeh) == 1
+    bundle = json.loads(bokeh[0]["state"]["render_bundle"])
+    doc = json.dumps(bundle["docs_json"])
+    assert "ColumnDataSource" in doc and "Effective GFLOPS" in doc
+    assert doc.count('"000005-000006"') >= 1  # the final rows are in the saved state
+    headers = [m["state"]["value"] for m in state.values()
+               if "cloudbutton-header" in m["state"].get("_dom_classes", [])]
+    assert len(headers) == 1 and "6 done · 0 failed · 0 running · 0 queued" in headers[0]
+
+
+def test_background_thread_messages_land_in_their_cell(tmp_path):
+    """ipykernel 7: the --noblock thread's comm messages carry its own cell's parent."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3",
+                              env=dict(os.environ, CB_WIDGET_TEST_STORAGE=str(tmp_path / "s")))
+    try:
+        kc.execute(textwrap.dedent(NOTEBOOK_CELLS[0]) + "\nimport bokeh.plotting, ipywidgets, jupyter_bokeh")
+        assert kc.get_shell_msg(timeout=60)["content"]["status"] == "ok"
+        cell_a = kc.execute(textwrap.dedent("""
+            job = ex.map(lambda x: time.sleep(0.5), range(8))  # about 2 s: outlives cell A
+            view = make_progress(job)
+            view.display()
+            view.start_background()
+            print("A ends with job done:", job.done())
+        """))
+        assert kc.get_shell_msg(timeout=60)["content"]["status"] == "ok"
+        cell_b = kc.execute("view._thread.join(60)\nprint('B done')")
+        assert kc.get_shell_msg(timeout=90)["content"]["status"] == "ok"
+        msgs = []
+        while True:  # iopub is ordered: everything up to B's idle status
+            msg = kc.get_iopub_msg(timeout=30)
+            msgs.append(msg)
+            if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                    and msg["parent_header"].get("msg_id") == cell_b):
+                break
+        out_a = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream"
+                        and m["parent_header"].get("msg_id") == cell_a)
+        assert "A ends with job done: False" in out_a
+        parents = []
+        for msg in msgs:
+            if msg["msg_type"] == "comm_msg":
+                value = msg["content"].get("data", {}).get("state", {}).get("value", "")
+                if " done · " in value:
+                    parents.append((msg["parent_header"].get("msg_id"), value))
+        assert len(parents) >= 4
+        assert any("8 done" in v for _, v in parents)  # the final state, sent while B ran
+        assert {p for p, _ in parents} == {cell_a}, (cell_a, cell_b)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
