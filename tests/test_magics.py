@@ -125,7 +125,7 @@ def test_unpicklable_global_is_named_and_nothing_is_submitted(ip):
 @pytest.mark.parametrize("value, why", [
     ("AKIA" + "Q" * 16, "access key id"),
     ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "secret access key"),
-    ("ENV", "os.environ"),
+    ("ENV", "os.environ|AWS credentials"),
     ("SESSION", "carries AWS credentials"),
 ])
 def test_secret_bearing_globals_are_refused(ip, value, why):
@@ -134,7 +134,7 @@ def test_secret_bearing_globals_are_refused(ip, value, why):
     if value == "ENV":
         value = dict(os.environ)
         value.setdefault("PATH", "/bin")
-        why = "copy of os.environ"
+        why = "(copy of os.environ|AWS credentials)"
     elif value == "SESSION":
         value = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y",
                                       region_name="us-east-1")
@@ -258,3 +258,26 @@ def test_text_progress_outside_a_notebook(ip, capsys):
     text = captured.out + captured.err
     assert "4 done" in text or "4/4" in text
     assert "hello from 2" in text
+
+
+def test_defaults_saved_by_the_panel_apply_to_the_next_run(ip, tmp_path, monkeypatch, capsys):
+    from cloudbutton_executor import config
+    from cloudbutton_jupyter.manager import CloudManager
+
+    path = tmp_path / "config.yaml"
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(path))
+    saved = CloudManager(config_file=str(path)).put_config(
+        {"backend": "local", "chunksize": "auto", "retries": 1, "region": "eu-west-1"})
+    assert "warning" not in saved  # the Lambda side reads the same file
+    assert config.load().region == "eu-west-1"
+    ip.runner.overrides.pop("workers", None)
+    cell(ip, "map range(30)", "item")
+    job = list(ip.runner.jobs.values())[-1]
+    assert (job.chunksize, job.retries) == ("auto", 1)
+    cell(ip, "map range(3) --chunksize 1", "item")  # an option beats the file
+    assert list(ip.runner.jobs.values())[-1].chunksize == 1
+    path.write_text("chunksize: 0\n")
+    with pytest.raises(config.ConfigError, match="chunksize"):
+        config.load()
+    cell(ip, "map range(2)", "item")  # a broken file is reported, and the run goes on
+    assert "ignoring the config file" in capsys.readouterr().out

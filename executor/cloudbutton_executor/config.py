@@ -19,6 +19,13 @@ Example::
       invoke_threads: 96         # threads sending invocations
     endpoints:                   # only for emulators (moto, LocalStack)
       s3: http://127.0.0.1:5000
+    # Run defaults (the Jupyter panel writes these; %%cloud options override them):
+    backend: local               # or lambda
+    workers: null                # local: CPU count
+    memory_mb: null
+    timeout: null
+    chunksize: 1                 # or auto
+    retries: 0
 """
 from __future__ import annotations
 
@@ -31,6 +38,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                 "access_key", "secret_key", "secret_access_key", "session_token", "password"}
+
+
+# Defaults for runs, shared by the magic and the Jupyter panel.
+RUN_DEFAULT_KEYS = {"backend": str, "workers": int, "memory_mb": int, "timeout": float,
+                    "chunksize": (int, str), "retries": int}
 
 
 class ConfigError(ValueError):
@@ -62,6 +74,7 @@ class Config:
     prefix: str = "cloudbutton"
     lambda_: LambdaConfig = dataclasses.field(default_factory=LambdaConfig)
     endpoints: dict = dataclasses.field(default_factory=dict)
+    defaults: dict = dataclasses.field(default_factory=dict)  # run defaults (RUN_DEFAULT_KEYS)
     path: str | None = None  # where it was read from (None: defaults only)
 
     @property
@@ -134,7 +147,7 @@ def from_dict(data: dict, path: str | None = None) -> Config:
         raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
     _check_secrets(data, where)
     cfg = Config(path=path)
-    known = {"region", "profile", "bucket", "prefix", "lambda", "endpoints"}
+    known = {"region", "profile", "bucket", "prefix", "lambda", "endpoints", *RUN_DEFAULT_KEYS}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -155,6 +168,22 @@ def from_dict(data: dict, path: str | None = None) -> Config:
                                             for v in eps.values()):
         raise ConfigError(f"{where}: 'endpoints' must map service names to http(s) URLs")
     cfg.endpoints = dict(eps)
+    for key, kind in RUN_DEFAULT_KEYS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if key == "backend":
+            ok = value in ("local", "lambda")
+        elif key == "chunksize":
+            ok = value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        elif key == "timeout":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        elif ok:
+            ok = value >= (0 if key == "retries" else 1)
+        if not ok:
+            raise ConfigError(f"{where}: bad value for {key}: {value!r}")
+        cfg.defaults[key] = value
     validate(cfg)
     return cfg
 
@@ -197,3 +226,9 @@ def load(path: str | None = None) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return from_dict(data, path)
+
+
+def load_config() -> dict:
+    """The run defaults of the config file (backend, workers, memory_mb, timeout, chunksize,
+    retries): what ``%%cloud`` uses when an option is not given."""
+    return dict(load().defaults)

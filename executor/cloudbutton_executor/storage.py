@@ -6,6 +6,7 @@ same storage; it never contains credentials (workers use their own role).
 """
 from __future__ import annotations
 
+import abc
 import collections
 import os
 import threading
@@ -23,7 +24,7 @@ def default_local_root() -> str:
     return os.path.join(cache, "cloudbutton")
 
 
-class Storage:
+class Storage(abc.ABC):
     """Key/value object storage with byte-range reads and first-write-wins puts."""
 
     kind = "abstract"
@@ -42,33 +43,37 @@ class Storage:
             return dict(self._counts)
 
     # The interface -------------------------------------------------------
+    @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+        """Store ``data`` at ``key``, replacing what was there."""
 
+    @abc.abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Store ``data`` unless ``key`` exists; True if this call wrote it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
         """Bytes of ``key``, or of its ``[start, stop)`` slice."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def exists(self, key: str) -> bool:
-        raise NotImplementedError
+        """Whether ``key`` exists."""
 
+    @abc.abstractmethod
     def list(self, prefix: str, start_after: str | None = None) -> list[str]:
         """Keys under ``prefix`` in order; only those after ``start_after`` if given."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def children(self, prefix: str) -> list[str]:
         """Names one level below ``prefix`` (like ``ls``), e.g. the job ids under ``jobs/``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> int:
-        raise NotImplementedError
+        """Delete every key under ``prefix``; returns how many."""
 
+    @abc.abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        """What a worker needs to reach this storage (never credentials)."""
 
 
 class LocalStorage(Storage):

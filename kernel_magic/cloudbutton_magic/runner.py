@@ -25,9 +25,11 @@ _CASTS = {"backend": str, "workers": int, "memory_mb": int, "timeout": float, "r
 
 def file_settings() -> dict:
     """Defaults from the config file the Jupyter panel writes (read at every run)."""
-    try:
-        from cloudbutton_executor.config import load_config
-    except ImportError:
+    import os
+
+    from cloudbutton_executor.config import config_path, load_config
+
+    if not os.path.exists(config_path()):
         return {}
     try:
         conf = load_config() or {}

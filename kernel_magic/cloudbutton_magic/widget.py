@@ -14,6 +14,7 @@ started inside a copy of the cell's context (``start_background``).
 """
 from __future__ import annotations
 
+import abc
 import contextvars
 import html
 import os
@@ -115,7 +116,7 @@ def _prefix_lines(index: int, text: str) -> str:
     return "".join(f"[{index}] {line}\n" for line in text.rstrip("\n").split("\n"))
 
 
-class _Progress:
+class _Progress(abc.ABC):
     """What both views share: throttling, the tracker and the background thread."""
 
     def __init__(self, job, capture_report=None, *, min_interval: float = MIN_INTERVAL_S):
@@ -190,8 +191,9 @@ class _Progress:
         self._thread.start()
         return self._thread
 
+    @abc.abstractmethod
     def _render(self, final: bool) -> None:
-        raise NotImplementedError
+        """Draw the current state (``final``: the job has ended)."""
 
     def state_text(self) -> str:
         if self.job.cancelled:

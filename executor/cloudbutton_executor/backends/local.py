@@ -79,6 +79,25 @@ def _worker_env(workers: int) -> dict:
     return env
 
 
+_log_file = None
+
+
+def worker_log_path() -> str:
+    """Where local workers' own output goes: the local stand-in for Lambda's CloudWatch logs.
+    (Tasks' prints are captured per task into their stats; echoing them into the
+    kernel's stderr as well would show every line twice in the notebook.)"""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"cloudbutton-workers-{os.getpid()}.log")
+
+
+def _worker_log():
+    global _log_file
+    if _log_file is None or _log_file.closed:
+        _log_file = open(worker_log_path(), "ab", buffering=0)
+    return _log_file
+
+
 class _Process:
     """One warm worker process."""
 
@@ -86,7 +105,7 @@ class _Process:
         self.popen = subprocess.Popen(
             [sys.executable, "-s", "-c",
              "from cloudbutton_executor.local_runtime import main; main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=cwd,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=_worker_log(), env=env, cwd=cwd,
             start_new_session=True)
         self.out_fd = self.popen.stdout.fileno()
         self._buf = b""
