@@ -102,6 +102,17 @@ def forward(target: tuple[str, int], method: str, path: str, headers, body: byte
         conn.close()
 
 
+def relay(h, status: int, headers, data: bytes) -> None:
+    """Send an upstream answer back through request handler ``h``."""
+    h.send_response(status)
+    for k, v in headers:
+        h.send_header(k, v)
+    h.send_header("Content-Length", str(len(data)))
+    h.end_headers()
+    if data and h.command != "HEAD":
+        h.wfile.write(data)
+
+
 class _ProxyHandler(_Quiet):
     proxy = None  # set by ForwardingProxy
 
@@ -142,13 +153,7 @@ class ForwardingProxy:
         status, headers, data = forward(self.target, h.command, h.path, h.headers, body)
         if fault:
             return self._error(h, code)
-        h.send_response(status)
-        for k, v in headers:
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        if data and h.command != "HEAD":
-            h.wfile.write(data)
+        relay(h, status, headers, data)
 
     @staticmethod
     def _error(h, code):
@@ -414,14 +419,7 @@ class _InvokeAPI(_Quiet):
         m = re.fullmatch(r"/2015-03-31/functions/([^/?]+)/invocations(\?.*)?", self.path)
         if self.command == "POST" and m:
             return self.emu.handle_invoke(self, urllib.parse.unquote(m.group(1)), body)
-        status, headers, data = forward(self.emu.moto_target, self.command, self.path, self.headers, body)
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if data and self.command != "HEAD":
-            self.wfile.write(data)
+        relay(self, *forward(self.emu.moto_target, self.command, self.path, self.headers, body))
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _any
 
