@@ -79,6 +79,9 @@ class JobPlots:
                             color="#1f77b4", legend_label=TASKS_LABELS["eff"])
         self._inst = gf.line("x_mid", "inst", source=self.series_source, line_width=1.5,
                              color="#2ca02c", legend_label=TASKS_LABELS["inst"])
+        # Markers too: a job shorter than one bin has a single point, which a line can't draw.
+        gf.scatter("x_end", "eff", source=self.series_source, size=5, color="#1f77b4")
+        gf.scatter("x_mid", "inst", source=self.series_source, size=4, color="#2ca02c")
         gf.add_tools(HoverTool(renderers=[self._eff, self._inst], mode="vline",
                                tooltips=[("t", "@x_end{0.0} s"), ("effective", "@eff{0.000}"),
                                          ("in flight / interval", "@inst{0.000}")]))

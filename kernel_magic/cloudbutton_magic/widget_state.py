@@ -75,7 +75,7 @@ class RateSeries:
     changes when that happens so the plot knows to resend instead of patch.
     """
 
-    def __init__(self, max_bins: int = 240, dt: float = 0.25):
+    def __init__(self, max_bins: int = 240, dt: float = 0.05):
         if max_bins % 2:
             raise ValueError("max_bins must be even (bins merge in pairs)")
         self.max_bins = max_bins
