@@ -88,7 +88,7 @@ def lambda_emulator(moto_endpoint, tmp_path_factory):
 def config_dict(moto_endpoint, s3_url, lambda_url, **lambda_overrides) -> dict:
     lam = {"function_name": FUNCTION, "memory": 512, "timeout": 30, "workers": CONCURRENCY,
            "invoke_threads": 16, "poll_interval": 0.1, "deadline_grace": 3, "lost_after": 1.5,
-           "redeliveries": 3, "throttle_retry_s": 60}
+           "redeliveries": 5, "throttle_retry_s": 60}
     lam.update(lambda_overrides)
     return {"region": REGION, "bucket": BUCKET, "prefix": PREFIX, "lambda": lam,
             "endpoints": {"s3": s3_url, "lambda": lambda_url, "iam": moto_endpoint,

@@ -570,7 +570,7 @@ class Job(collections.abc.Sequence):
             return
         lost_after = getattr(self.backend, "lost_after_s", None)
         if lost_after is not None:
-            self._send_backups(now, lost_after)
+            self._send_backups(now, lost_after, grace)
         with self._lock:
             late = []
             for tid, e in self._inflight.items():
@@ -598,13 +598,14 @@ class Job(collections.abc.Sequence):
                     f"{event['timeout']:g} s + {grace:g} s", event["task"])
             self.on_failure(event, err)
 
-    def _send_backups(self, now: float, lost_after: float) -> None:
+    def _send_backups(self, now: float, lost_after: float, grace: float) -> None:
         """Re-send invocations presumed lost (Lambda may drop async events; nothing tells us).
 
         An invocation is presumed lost when it has been silent for ``lost_after`` s plus
         twice the 90th percentile submit-to-stored time of this job's finished tasks. The backup
         is a new attempt of the same task: if the original was only slow, the first
-        stored status wins and the other is ignored. Bounded by ``backend.redeliveries``.
+        stored status wins and the other is ignored. Bounded by ``backend.redeliveries``,
+        and spaced so that all of them fit before the task's deadline (backups don't move it).
         """
         budget = getattr(self.backend, "redeliveries", 0)
         backups = []
@@ -619,7 +620,8 @@ class Job(collections.abc.Sequence):
             limit = lost_after + 2 * latencies[int(0.9 * (len(latencies) - 1))]
             for tid, e in list(self._inflight.items()):
                 sent = e.get("invoked_at")
-                if sent is None or now - sent < limit or self._backups.get(tid, 0) >= budget:
+                wait = min(limit, max(lost_after, (e["timeout"] + grace) / (budget + 1)))
+                if sent is None or now - sent < wait or self._backups.get(tid, 0) >= budget:
                     continue
                 self._backups[tid] = self._backups.get(tid, 0) + 1
                 self.retried += 1
