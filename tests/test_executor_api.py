@@ -2,7 +2,6 @@
 import concurrent.futures as cf
 import os
 import random
-import sys
 import time
 
 import pytest

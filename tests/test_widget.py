@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import queue
 import subprocess
 import sys
 import textwrap
