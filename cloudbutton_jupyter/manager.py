@@ -318,14 +318,13 @@ class CloudManager:
         end = None
         flops = 0
         mem = manifest.get("memory_mb") or 1024
-        for st in statuses.values():
-            for rec in st.get("items", []):
-                covered.add(rec.get("i"))
-                if rec.get("ok"):
-                    done += 1
-                else:
-                    failed += 1
-                flops += rec.get("flops") or 0
+        for tid, st in statuses.items():
+            a, b = protocol.task_range(tid)
+            covered.update(range(a, b))
+            n_failed = len(protocol.item_errors(st))
+            failed += n_failed
+            done += b - a - n_failed
+            flops += protocol.item_flops(st)
             s = st.get("stats") or {}
             if s.get("worker_start") and s.get("result_stored"):
                 gb_s += max(0.001, s["result_stored"] - s["worker_start"]) * mem / 1024
@@ -418,23 +417,23 @@ class CloudManager:
             s = st.get("stats") or {}
             rel = {k: (s[k] - created) if isinstance(s.get(k), (int, float)) else None
                    for k in ("host_submit", "worker_start", "setup_done", "compute_done", "result_stored")}
-            items = st.get("items", [])
+            a, b = protocol.task_range(tid)
+            errors = protocol.item_errors(st)
+            stdout = protocol.item_stdout(st)
             tasks.append({
-                "task": tid, "items": list(protocol.task_range(tid)), "state": _task_state(st),
-                "ok": sum(1 for r in items if r.get("ok")), "failed": sum(1 for r in items if not r.get("ok")),
+                "task": tid, "items": [a, b], "state": _task_state(st),
+                "ok": b - a - len(errors), "failed": len(errors),
                 "attempt": st.get("attempt", 0), "cold_start": s.get("cold_start"),
                 "peak_mem_mb": s.get("peak_mem_mb"), "requests": s.get("requests"),
                 "infra": st.get("infra"), "t": rel,
             })
-            for r in items:
-                if not r.get("ok"):
-                    err = r.get("error") or {}
-                    failures.append({
-                        "i": r.get("i"), "task": tid, "type": err.get("type", "Error"),
-                        "message": err.get("message", ""), "kind": err.get("kind"),
-                        "traceback": (err.get("traceback") or "")[-TRACEBACK_LIMIT:],
-                        "stdout": (r.get("stdout") or "")[-2000:],
-                    })
+            for i, err in sorted(errors.items()):
+                failures.append({
+                    "i": i, "task": tid, "type": err.get("type", "Error"),
+                    "message": err.get("message", ""), "kind": err.get("kind"),
+                    "traceback": (err.get("traceback") or "")[-TRACEBACK_LIMIT:],
+                    "stdout": stdout.get(i, "")[-2000:],
+                })
         out.update(tasks_detail=tasks, failures=failures, manifest=manifest)
         return out
 

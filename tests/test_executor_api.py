@@ -1,5 +1,6 @@
 """The futures API over real local worker processes."""
 import concurrent.futures as cf
+import json
 import os
 import random
 import time
@@ -139,6 +140,37 @@ def test_stdout_and_flops_land_in_stats(ex):
     assert s["peak_mem_mb"] > 5
 
 
+def test_batched_status_is_columnar_and_v1_statuses_still_read(ex, storage):
+    """One status per invocation; its items column-wise (small and fast for big batches)."""
+    from cloudbutton_executor import protocol
+
+    def work(x):
+        if x == 4:
+            print("four")
+            raise KeyError(x)
+        report_flops(x)
+        return x
+
+    job = ex.map(work, range(6), chunksize=3)
+    assert job.results()[:4] == [0, 1, 2, 3]
+    st = json.loads(storage.get(protocol.status_key(ex.prefix, job.job_id, "000003-000006")))
+    cols = st["items"]
+    assert st["state"] == "error" and len(cols["t0_us"]) == len(cols["t1_us"]) == 3
+    assert all(0 <= a <= b for a, b in zip(cols["t0_us"], cols["t1_us"]))
+    assert list(cols["errors"]) == ["4"] and cols["errors"]["4"]["type"] == "KeyError"
+    assert cols["stdout"] == {"4": "four\n"} and cols["flops"] == {"3": 3, "5": 5}
+    assert protocol.item_errors(st).keys() == {4} and protocol.item_flops(st) == 8
+    assert job[4].stdout == "four\n" and job.stats["flops"] == 11
+    # Statuses written by version 1 workers (one record per item) read the same.
+    v1 = {"task": "000003-000005", "items": [
+        {"i": 3, "ok": True, "t0": 10.0, "t1": 10.5, "flops": 3},
+        {"i": 4, "ok": False, "t0": 10.5, "t1": 11.0, "stdout": "four\n", "error": {"type": "KeyError"}}]}
+    assert protocol.item_columns(v1) == {"base": 10.0, "t0_us": [0, 500000], "t1_us": [500000, 1000000],
+                                         "errors": {"4": {"type": "KeyError"}}, "flops": {"3": 3},
+                                         "stdout": {"4": "four\n"}}
+    assert protocol.item_errors(v1) == {4: {"type": "KeyError"}} and protocol.item_stdout(v1) == {4: "four\n"}
+
+
 def test_chunksize_and_auto_batching(ex):
     job = ex.map(slow_square, range(20), chunksize=6)
     assert job.result() == [x * x for x in range(20)]
@@ -184,6 +216,54 @@ def test_wait_and_as_completed_vocabulary(ex):
     with pytest.raises(RuntimeError):
         cb.get_result(job)
     assert job.results()[1:] == [1.5, 1.5]
+
+
+def test_futures_taken_before_during_and_after_the_run_agree(ex, tmp_path):
+    """A job keeps every item's outcome; futures are made on request and kept in step."""
+    gate = str(tmp_path / "go")
+
+    def held(x):
+        while x == 5 and not os.path.exists(gate):
+            time.sleep(0.01)
+        if x == 7:
+            raise ValueError("seven")
+        print("item", x)
+        return x * 10
+
+    job = ex.map(held, range(10))
+    early = job[5]  # taken while item 5 is queued or running
+    assert not early.done() and early.state in ("queued", "running")
+    assert job[-5] is early and job[2:4] == [job[2], job[3]]
+    with pytest.raises(IndexError, match="no task 10"):
+        job[10]
+    done, not_done = cf.wait([early, job[0]], return_when=cf.FIRST_COMPLETED, timeout=30)
+    assert job[0] in done and early in not_done
+    open(gate, "w").close()
+    assert early.result(timeout=30) == 50 and early.stdout == "item 5\n"
+    job.wait(30)
+    late = job[9]  # made after the end: already done, with its stats
+    assert late.done() and late.result() == 90 and late.stats["compute_done"] >= late.stats["compute_start"]
+    assert isinstance(job[7].exception(), ValueError) and job[7].state == "failed"
+    assert job[7].error_info["type"] == "ValueError" and "seven" in job[7].error_info["message"]
+    assert [f.index for f in cf.as_completed(job, timeout=5)] and len(job.futures) == 10
+    assert job.counts()["done"] == 9 and job.counts()["failed"] == 1
+    with pytest.raises(ValueError, match="seven"):
+        job.result()
+    with pytest.raises(ValueError, match="seven"):
+        cb.get_result(job)
+
+
+def test_cancel_reaches_futures_made_before_and_after(ex):
+    job = ex.map(time.sleep, [0.5] * 2 + [5] * 20)
+    before = job[21]
+    assert job.cancel() == 22 - job.counts()["done"] - job.counts()["failed"]
+    after = job[20]
+    assert before.cancelled() and after.cancelled()  # queued ones: cancelled as futures are
+    assert all(f.done() for f in job) and job.done()
+    assert all(f.state == "cancelled" for f in job[2:])
+    with pytest.raises(cf.CancelledError):
+        job.result()
+    assert job.results()[-1].__class__ is cf.CancelledError
 
 
 def test_retries_rerun_infrastructure_failures(ex, tmp_path):

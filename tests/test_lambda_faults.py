@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from aws_fixtures import BUCKET, PREFIX, REGION
+from cloudbutton_executor import protocol
 from lambda_emulator import Faults
 
 N = 200
@@ -42,8 +43,9 @@ def run_200(lambda_ex, moto_endpoint, timeout=150):
     # Exactly once: one stored status per task, all written by a worker, each item once.
     assert len(statuses) == N
     assert all(st.get("written_by") != "host" and st["state"] == "done" for st in statuses.values())
-    items = sorted(rec["i"] for st in statuses.values() for rec in st["items"])
-    assert items == list(range(N))
+    ranges = [protocol.task_range(st["task"]) for st in statuses.values()]
+    assert all(len(st["items"]["t0_us"]) == b - a for st, (a, b) in zip(statuses.values(), ranges))
+    assert sorted(i for a, b in ranges for i in range(a, b)) == list(range(N))
     assert job.monitor_error is None
     return job, elapsed
 

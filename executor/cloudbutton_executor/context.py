@@ -13,7 +13,3 @@ def report_flops(n: float) -> None:
         raise ValueError(f"report_flops: a FLOP count cannot be negative (got {n!r})")
     _flops[0] += n
 
-
-def _reset() -> float:
-    n, _flops[0] = _flops[0], 0
-    return n

@@ -149,13 +149,12 @@ class Executor:
         outer: cf.Future = cf.Future()
 
         def run_reduce():
-            map_job.wait()
-            failed = [f for f in map_job.futures if f.cancelled() or f.exception() is not None]
-            if failed:
-                f = failed[0]
-                outer.set_exception(f.exception() if not f.cancelled() else cf.CancelledError())
+            try:
+                map_job.result()
+            except BaseException as exc:  # the first failed (or cancelled) item
+                outer.set_exception(exc)
                 return
-            tasks = sorted({f.task_id for f in map_job.futures})
+            tasks = map_job.task_ids()
             try:
                 job = self._submit_blob(reduce_blob, getattr(reduce_fn, "__name__", "reduce"),
                                         [b""], chunksize=1,
@@ -164,7 +163,7 @@ class Executor:
             except BaseException as exc:  # storage errors must reach the caller
                 outer.set_exception(exc)
 
-        if not map_job.futures:
+        if not len(map_job):
             self._submit_blob(reduce_blob, "reduce", [serialize.dumps((([],), {}), "reduce input")],
                               chunksize=1)[0].add_done_callback(lambda f: _chain(f, outer))
         else:

@@ -13,33 +13,44 @@ __all__ = ["TaskFuture", "wait", "as_completed", "get_result", "ALL_COMPLETED", 
 class TaskFuture(cf.Future):
     """A ``concurrent.futures.Future`` for one item of a job.
 
-    ``stats`` holds the task's timestamps (host_submit, worker_start,
+    ``stats`` holds the item's timestamps (host_submit, worker_start,
     setup_done, compute_start, compute_done, result_stored, host_seen,
     host_fetched), cold_start, peak_mem_mb and flops; ``stdout`` what it
-    printed; ``task_id`` the invocation that ran it.
+    printed; ``task_id`` the invocation that ran it. They are read from the
+    job, which holds every item's outcome.
     """
 
-    def __init__(self, job_id: str, index: int):
+    def __init__(self, job, index: int):
         super().__init__()
-        self.job_id = job_id
+        self.job = job
+        self.job_id = job.job_id
         self.index = index
-        self.task_id: str | None = None
-        self.stats: dict = {}
-        self.stdout: str = ""
-        self.attempts = 0
-        self.error_info: dict | None = None  # type, message, traceback of a failure
+
+    @property
+    def task_id(self) -> str | None:
+        return self.job.item_task(self.index)
+
+    @property
+    def stats(self) -> dict:
+        return self.job.item_stats(self.index)
+
+    @property
+    def stdout(self) -> str:
+        return self.job.item_stdout(self.index)
+
+    @property
+    def attempts(self) -> int:
+        return self.job.item_attempts(self.index)
+
+    @property
+    def error_info(self) -> dict | None:
+        """type, message and traceback of the item's failure."""
+        return self.job.item_error_info(self.index)
 
     @property
     def state(self) -> str:
         """queued, running, done, failed or cancelled."""
-        if self.cancelled():
-            return "cancelled"
-        if self.done():
-            exc = self.exception()
-            if isinstance(exc, CancelledError):  # was already running when its job was cancelled
-                return "cancelled"
-            return "failed" if exc is not None else "done"
-        return "running" if self.running() else "queued"
+        return self.job.item_state(self.index)
 
     def __repr__(self):
         return f"<TaskFuture {self.job_id}[{self.index}] {self.state}>"
@@ -64,6 +75,8 @@ def as_completed(fs, timeout=None):
 def get_result(fs, timeout=None):
     """Results in order; a single future gives its result. Raises the first failure."""
     if isinstance(fs, cf.Future):
+        return fs.result(timeout)
+    if hasattr(fs, "item_state"):  # a Job: it holds the results already, no futures needed
         return fs.result(timeout)
     futures = _futures(fs)
     done, not_done = cf.wait(futures, timeout=timeout)

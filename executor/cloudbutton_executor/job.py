@@ -8,6 +8,7 @@ detects is stored first (first write wins, so a late real result beats it).
 from __future__ import annotations
 
 import base64
+import bisect
 import collections.abc
 import concurrent.futures as cf
 import gc
@@ -20,7 +21,7 @@ from .batching import AutoBatcher
 from .errors import (INFRA_ERRORS, InfrastructureError, LostInvocationError, RemoteError,
                      RemoteTraceback, TaskTimeoutError)
 from .storage import CountingView
-from .futures import TaskFuture, get_result, wait
+from .futures import TaskFuture
 from .worker import read_results
 
 # AWS Lambda list prices (x86, us-east-1) used for cost estimates.
@@ -44,7 +45,18 @@ def _fetch_pool() -> cf.ThreadPoolExecutor:
 
 _PENDING = "PENDING"  # concurrent.futures' state name of a future not yet running
 assert getattr(cf._base, "PENDING", _PENDING) == _PENDING
-_DONE_STATES = frozenset({"FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED"})
+
+# An item's state, one byte each in ``Job._state``. Items only move forward
+# (queued -> running -> an end state) and an end state is final.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING = range(6)
+STATE_NAMES = ("queued", "running", "done", "failed", "cancelled", "cancelled")
+_TO_RUNNING = (bytes([QUEUED]), bytes([RUNNING]))
+# cancel(): queued items end cancelled, running ones cancelled while running.
+_CANCEL_TABLE = bytes([CANCELLED, CANCELLED_RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING])
+_CANCEL_TABLE += bytes(range(len(_CANCEL_TABLE), 256))
+
+_FINAL_FUTURE_STATES = frozenset({"FINISHED", "CANCELLED_AND_NOTIFIED"})
+_cancel_sync_lock = threading.RLock()
 
 _gc_lock = threading.Lock()
 _gc_depth = 0
@@ -52,12 +64,11 @@ _gc_we_disabled = False
 
 
 class _gc_paused:
-    """Pause the cyclic GC while creating or finishing many futures at once.
+    """Pause the cyclic GC while allocating many objects at once.
 
-    Each future is a handful of GC-tracked objects; with tens of thousands of
-    them alive, collections triggered in the middle of a bulk loop rescan all of
-    them and cost more than the loop itself. Re-enabled (if it was enabled) when
-    the last concurrent user leaves."""
+    With tens of thousands of GC-tracked objects alive, collections triggered
+    in the middle of a bulk loop rescan all of them and cost more than the loop
+    itself. Re-enabled (if it was enabled) when the last concurrent user leaves."""
 
     def __enter__(self):
         global _gc_depth, _gc_we_disabled
@@ -78,7 +89,14 @@ class _gc_paused:
 
 
 class Job(collections.abc.Sequence):
-    """A list of ``TaskFuture`` (one per input item) with ``job_id``, ``cancel()`` and ``stats``."""
+    """A list of ``TaskFuture`` (one per input item) with ``job_id``, ``cancel()`` and ``stats``.
+
+    Outcomes live in the job (one state byte and one value per item); the
+    future of an item is made when someone first asks for it and kept in step
+    from then on. A job of 10,000 tiny items thus costs no 10,000 futures (each
+    with its own lock and condition) unless they are used, and ``result()``
+    hands back the values it already holds.
+    """
 
     def __init__(self, *, job_id, backend, storage, prefix, function_key, function_name,
                  payloads, chunksize, timeout, retries, memory_mb, auto_target_s, concurrency,
@@ -94,8 +112,17 @@ class Job(collections.abc.Sequence):
         self.retries = retries
         self.memory_mb = memory_mb
         self.chunksize = chunksize
-        with _gc_paused():
-            self.futures = [TaskFuture(job_id, i) for i in range(len(payloads))]
+        self._n = n = len(payloads)
+        self._state = bytearray(n)  # QUEUED .. CANCELLED_RUNNING per item
+        self._values: list = [None] * n  # a result, or the exception a failed item raises
+        self._n_ended = 0
+        self._futs: dict[int, TaskFuture] = {}  # the futures made so far
+        self._task_starts: list[int] = []  # sorted first items of the known tasks
+        self._task_at: dict[int, tuple[str, int]] = {}  # first item -> (task id, stop)
+        self._task_host: dict[str, dict] = {}  # task id -> host-side times and attempts
+        self._task_items: dict[str, dict] = {}  # task id -> the status's item columns
+        self._error_info: dict[int, dict] = {}  # item -> type, message, traceback of its failure
+        self._flops = 0.0
         self.created = time.time()
         self.finished_at: float | None = None
         self.cancelled = False
@@ -121,47 +148,66 @@ class Job(collections.abc.Sequence):
         self._deadline: float | None = None
         self.monitor_error: Exception | None = None
         self._listeners: list = []
-        self._done_cursor = 0  # every future before it is done (see _maybe_finish)
-        self._values = [None] * len(self.futures)  # results as set, for result()
-        self._n_ok = 0  # how many futures got their result through _apply_item
-        if not self.futures:
+        if not n:
             self._finish()
 
     # Sequence protocol ----------------------------------------------------
     def __getitem__(self, i):
-        return self.futures[i]
+        if isinstance(i, slice):
+            return [self._future(k) for k in range(*i.indices(self._n))]
+        k = i + self._n if i < 0 else i
+        if not 0 <= k < self._n:
+            raise IndexError(f"job {self.job_id} has {self._n} tasks, no task {i}")
+        return self._future(k)
 
     def __len__(self):
-        return len(self.futures)
+        return self._n
+
+    def __iter__(self):
+        return iter(self.futures)
 
     def __repr__(self):
         c = self.counts()
         return (f"<Job {self.job_id} {self.function_name} {len(self)} tasks: "
                 + ", ".join(f"{v} {k}" for k, v in c.items() if v) + ">")
 
+    @property
+    def futures(self) -> list[TaskFuture]:
+        """Every item's future, in input order (made now if not yet)."""
+        with self._lock:
+            missing = [i for i in range(self._n) if i not in self._futs] \
+                if len(self._futs) < self._n else []
+            with _gc_paused():
+                for i in missing:
+                    self._futs[i] = TaskFuture(self, i)
+            futs = self._futs
+        for i in missing:
+            self._sync(futs[i])
+        return [futs[i] for i in range(self._n)]
+
     # Public API -------------------------------------------------------------
     def result(self, timeout=None) -> list:
         """All results in input order; raises the first failure."""
-        # The job's own done event instead of cf.wait(), which would lock and
-        # unlock every one of the (possibly 10,000s of) futures twice.
         if not self._done_event.wait(timeout):
-            return get_result(self.futures, timeout=0)  # raises the usual TimeoutError
-        with self._lock:
-            if self._n_ok == len(self.futures):  # every future got its value from us
-                return list(self._values)
-        return [f.result() for f in self.futures]
+            raise cf.TimeoutError(f"{self._n - self._n_ended} of {self._n} tasks not done "
+                                  f"after {timeout} s")
+        state = self._state
+        if state.count(DONE) == self._n:
+            return list(self._values)
+        first = next(i for i, s in enumerate(state) if s != DONE)
+        return self._future(first).result()  # raises what that item ended with
 
     def results(self, timeout=None) -> list:
         """All outcomes in input order: a result, or the exception the task ended with."""
-        wait(self.futures, timeout=timeout)
+        self._done_event.wait(timeout)
         out = []
-        for f in self.futures:
-            if f.cancelled():
+        for i, s in enumerate(self._state):
+            if s == DONE or s == FAILED:
+                out.append(self._values[i])
+            elif s >= CANCELLED:
                 out.append(cf.CancelledError(f"job {self.job_id} was cancelled"))
-            elif not f.done():
-                out.append(cf.TimeoutError(f"task {f.index} had not finished"))
             else:
-                out.append(f.exception() if f.exception() is not None else f.result())
+                out.append(cf.TimeoutError(f"task {i} had not finished"))
         return out
 
     def wait(self, timeout=None) -> bool:
@@ -187,28 +233,23 @@ class Job(collections.abc.Sequence):
             self.storage.put(protocol.cancel_key(self.prefix, self.job_id), b"cancelled")
         finally:
             self.backend.cancel_job(self.job_id)
-        n = 0
-        for f in self.futures:
-            if not f.done():
-                if f.cancel():
-                    # Moves CANCELLED to CANCELLED_AND_NOTIFIED, which is what wait() counts as done.
-                    f.set_running_or_notify_cancel()
-                else:  # already running: end it as cancelled anyway
-                    try:
-                        f.set_exception(cf.CancelledError(f"job {self.job_id} was cancelled"))
-                    except cf.InvalidStateError:
-                        continue
-                n += 1
+        with self._lock:
+            state = self._state
+            n = state.count(QUEUED) + state.count(RUNNING)
+            state[:] = state.translate(_CANCEL_TABLE)
+            self._n_ended += n
+            futs = list(self._futs.values())
+        for f in futs:
+            self._sync(f)
         self._finish()
         return n
 
     def counts(self) -> dict:
-        c = {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
-        for f in self.futures:
-            c[f.state] += 1
-        c["retried"] = self.retried
-        c["throttled"] = self.throttled
-        return c
+        state = self._state
+        return {"queued": state.count(QUEUED), "running": state.count(RUNNING),
+                "done": state.count(DONE), "failed": state.count(FAILED),
+                "cancelled": state.count(CANCELLED) + state.count(CANCELLED_RUNNING),
+                "retried": self.retried, "throttled": self.throttled}
 
     @property
     def stats(self) -> dict:
@@ -217,7 +258,7 @@ class Job(collections.abc.Sequence):
         end = self.finished_at or time.time()
         elapsed = end - self.created
         ended = c["done"] + c["failed"]
-        flops = sum(f.stats.get("flops", 0) or 0 for f in self.futures)
+        flops = self._flops
         with self._lock:
             task_stats = list(self._task_stats.values())
             worker_req = dict(self._worker_requests)
@@ -241,6 +282,125 @@ class Job(collections.abc.Sequence):
                          "per_task": total_req / len(self) if len(self) else 0.0},
             "gb_seconds": gb_s, "cost_usd": cost,
         }
+
+    def task_ids(self) -> list[str]:
+        """The tasks (invocations) known so far, in item order."""
+        with self._lock:
+            return [self._task_at[a][0] for a in self._task_starts]
+
+    # One item, without making its future ------------------------------------
+    def item_state(self, i: int) -> str:
+        """queued, running, done, failed or cancelled."""
+        return STATE_NAMES[self._state[i]]
+
+    def item_task(self, i: int) -> str | None:
+        """The task (invocation) that runs or ran item ``i``; None while it is queued."""
+        starts = self._task_starts
+        k = bisect.bisect_right(starts, i) - 1
+        if k < 0:
+            return None
+        tid, stop = self._task_at[starts[k]]
+        return tid if i < stop else None
+
+    def item_stats(self, i: int) -> dict:
+        """Item ``i``'s timestamps (see ``TaskFuture.stats``)."""
+        tid = self.item_task(i)
+        if tid is None:
+            return {}
+        host = self._task_host.get(tid) or {}
+        out = {"host_submit": host.get("host_submit")}
+        if "host_start_seen" in host:
+            out["host_start_seen"] = host["host_start_seen"]
+        st = self._task_stats.get(tid)
+        if not st:  # not (completely) collected yet
+            return out
+        out.update(worker_start=st.get("worker_start"), setup_done=st.get("setup_done"),
+                   result_stored=st.get("result_stored"), host_seen=host.get("host_seen"),
+                   host_fetched=host.get("host_fetched"), cold_start=st.get("cold_start"),
+                   peak_mem_mb=st.get("peak_mem_mb"), compute_start=None, compute_done=None,
+                   flops=0)
+        cols = self._task_items.get(tid) or {}
+        t0, t1 = cols.get("t0_us"), cols.get("t1_us")
+        k = i - protocol.task_range(tid)[0]
+        if t0 and t1 and k < len(t0):
+            base = cols.get("base") or 0.0
+            out["compute_start"] = base + t0[k] / 1e6
+            out["compute_done"] = base + t1[k] / 1e6
+        out["flops"] = (cols.get("flops") or {}).get(str(i), 0)
+        return out
+
+    def item_stdout(self, i: int) -> str:
+        tid = self.item_task(i)
+        cols = self._task_items.get(tid) if tid else None
+        return (cols.get("stdout") or {}).get(str(i), "") if cols else ""
+
+    def item_error_info(self, i: int) -> dict | None:
+        """Type, message and traceback of item ``i``'s failure; None if it did not fail."""
+        return self._error_info.get(i)
+
+    def item_attempts(self, i: int) -> int:
+        tid = self.item_task(i)
+        return (self._task_host.get(tid) or {}).get("attempts", 0) if tid else 0
+
+    # Futures, made on demand and kept in step with the item states ------------
+    def _future(self, i: int) -> TaskFuture:
+        f = self._futs.get(i)
+        if f is None:
+            with self._lock:
+                f = self._futs.get(i)
+                if f is None:
+                    f = self._futs[i] = TaskFuture(self, i)
+            # After registering: a change made before it is seen here, any later
+            # one syncs this future itself. Syncing twice is harmless.
+            self._sync(f)
+        return f
+
+    def _futures_in(self, a: int, b: int) -> list:
+        """The futures made so far for items [a, b) (call with the lock held)."""
+        futs = self._futs
+        if not futs:
+            return []
+        if b - a > len(futs):
+            return [f for i, f in futs.items() if a <= i < b]
+        return [futs[i] for i in range(a, b) if i in futs]
+
+    def _sync(self, f: TaskFuture) -> None:
+        """Bring a future to its item's state (idempotent; safe from any thread)."""
+        i = f.index
+        s = self._state[i]
+        if s == QUEUED:
+            return
+        if f._state in _FINAL_FUTURE_STATES:
+            return
+        try:
+            if s == RUNNING:
+                if f._state == _PENDING:
+                    f.set_running_or_notify_cancel()
+            elif s == DONE:
+                f.set_result(self._values[i])
+            elif s == FAILED:
+                f.set_exception(self._values[i])
+            elif s == CANCELLED and f._state != "RUNNING":
+                # cancel() then the notify: two steps, which two threads must not interleave.
+                with _cancel_sync_lock:
+                    if f.cancel() and f._state == "CANCELLED":
+                        f.set_running_or_notify_cancel()  # -> CANCELLED_AND_NOTIFIED, as wait() needs
+            else:  # cancelled while running
+                f.set_exception(cf.CancelledError(f"job {self.job_id} was cancelled"))
+        except (cf.InvalidStateError, RuntimeError):
+            pass  # another thread brought it there first
+
+    def _add_task(self, tid: str) -> None:
+        """Record which items a task covers (call with the lock held)."""
+        a, b = protocol.task_range(tid)
+        if self._task_at.get(a, (None,))[0] == tid:
+            return
+        if a not in self._task_at:
+            if not self._task_starts or a > self._task_starts[-1]:
+                self._task_starts.append(a)  # the usual case: tasks are made in item order
+            else:
+                bisect.insort(self._task_starts, a)
+        self._task_at[a] = (tid, b)
 
     # Dispatch ---------------------------------------------------------------
     def _start(self) -> None:
@@ -294,9 +454,8 @@ class Job(collections.abc.Sequence):
                 event = self._event(tid, start, start + n)
                 self._inflight[tid] = event
                 self._attempts[tid] = 0
-                for f in self.futures[start:start + n]:
-                    f.task_id = tid
-                    f.stats["host_submit"] = event["host_submit"]
+                self._add_task(tid)
+                self._task_host[tid] = {"host_submit": event["host_submit"]}
                 events.append(event)
         if events:
             self.backend.invoke(events, self)
@@ -350,17 +509,15 @@ class Job(collections.abc.Sequence):
 
     # Backend listener -----------------------------------------------------
     def on_start(self, event) -> None:
-        now = time.time()
-        start, stop = protocol.task_range(event["task"])
-        for f in self.futures[start:stop]:
-            f.stats.setdefault("host_start_seen", now)
-            # Only a pending future moves to running (a retry finds it running
-            # already). Reading the state without its lock saves two lock round
-            # trips per item; only this method makes a future running, and a
-            # future cancelled meanwhile is what set_running_or_notify_cancel()
-            # expects anyway.
-            if f._state == _PENDING:
-                f.set_running_or_notify_cancel()
+        tid = event["task"]
+        a, b = protocol.task_range(tid)
+        with self._lock:
+            self._task_host.setdefault(tid, {}).setdefault("host_start_seen", time.time())
+            # Only queued items move to running (a retry finds them running already).
+            self._state[a:b] = self._state[a:b].replace(*_TO_RUNNING)
+            futs = self._futures_in(a, b)
+        for f in futs:
+            self._sync(f)
 
     def on_done(self, event, response) -> None:
         if response.get("state") == "cancelled" or self.cancelled:
@@ -391,14 +548,11 @@ class Job(collections.abc.Sequence):
 
     def _store_failure(self, event, error: InfrastructureError) -> None:
         tid = event["task"]
-        start, stop = protocol.task_range(tid)
-        record = {"type": type(error).__name__, "kind": error.kind, "message": str(error),
-                  "traceback": ""}
         status = {
             "v": protocol.PROTOCOL_VERSION, "job_id": self.job_id, "task": tid, "state": "error",
             "attempt": event.get("attempt", 0), "written_by": "host",
-            "infra": {"kind": error.kind, "message": str(error)},
-            "items": [{"i": i, "ok": False, "error": record} for i in range(start, stop)],
+            "infra": {"type": type(error).__name__, "kind": error.kind, "message": str(error)},
+            "items": {},  # every item failed with the infrastructure error
             "stats": {"host_submit": event.get("host_submit")},
         }
         self.storage.put_if_absent(protocol.status_key(self.prefix, self.job_id, tid),
@@ -417,97 +571,73 @@ class Job(collections.abc.Sequence):
         self._apply_status(status, host_seen)
         if self._batcher is not None and "infra" not in status:
             st = status["stats"]
-            self._batcher.record(len(status["items"]), st["compute_done"] - st["worker_start"])
+            a, b = protocol.task_range(tid)
+            self._batcher.record(b - a, st["compute_done"] - st["worker_start"])
         self._dispatch_more()
         self._maybe_finish()
 
     def _apply_status(self, status: dict, host_seen: float) -> None:
         tid = status["task"]
+        a, b = protocol.task_range(tid)
         st = status.get("stats", {})
-        with self._lock:
-            self._task_stats[tid] = st
-            self._worker_requests.update(st.get("requests", {}))
-        if "infra" in status:
-            outcomes = [(False, None)] * len(status["items"])
-        else:
-            outcomes = read_results(self.storage, self.prefix, self.job_id, status)
+        infra = status.get("infra")
+        outcomes = None if infra else read_results(self.storage, self.prefix, self.job_id, status)
         fetched = time.time()
-        attempts = status.get("attempt", 0) + 1
-        common = {  # the task's share of every item's stats, built once per task
-            "worker_start": st.get("worker_start"), "setup_done": st.get("setup_done"),
-            "result_stored": st.get("result_stored"), "host_seen": host_seen,
-            "host_fetched": fetched, "cold_start": st.get("cold_start"),
-            "peak_mem_mb": st.get("peak_mem_mb"),
-        }
-        with _gc_paused():
-            self._apply_items(status, tid, st, outcomes, attempts, common)
+        errors = protocol.item_errors(status)
+        cols = {} if infra else protocol.item_columns(status)
+        with self._lock:
+            self._add_task(tid)
+            host = self._task_host.setdefault(tid, {})
+            host.update(host_seen=host_seen, host_fetched=fetched, attempts=status.get("attempt", 0) + 1)
+            if st.get("host_submit") is not None:
+                host["host_submit"] = st["host_submit"]  # the attempt whose status won
+            self._task_stats[tid] = st
+            self._task_items[tid] = cols
+            self._worker_requests.update(st.get("requests", {}))
+            self._flops += sum((cols.get("flops") or {}).values())
+            self._end_items(tid, a, b, outcomes, errors, infra)
+            futs = self._futures_in(a, b)
+        for f in futs:
+            self._sync(f)
         for fn in list(self._listeners):
             try:
                 fn(self)
             except Exception:
                 pass
 
-    def _apply_items(self, status, tid, st, outcomes, attempts, common) -> None:
-        futures, values, n_ok = self.futures, self._values, 0
-        try:
-            for rec, (ok, value) in zip(status["items"], outcomes):
-                n_ok += self._apply_item(rec, ok, value, status, tid, st, attempts, common,
-                                         futures, values)
-        finally:
-            with self._lock:
-                self._n_ok += n_ok
-
-    def _apply_item(self, rec, ok, value, status, tid, st, attempts, common, futures, values) -> int:
-        """Finish one item's future; 1 if it got its value (counted for result())."""
-        f = futures[rec["i"]]
-        f.task_id = tid
-        f.attempts = attempts
-        f.stdout = rec.get("stdout", "")
-        stats = f.stats
-        stats["host_submit"] = st.get("host_submit", stats.get("host_submit"))
-        stats.update(common)
-        stats["compute_start"] = rec.get("t0")
-        stats["compute_done"] = rec.get("t1")
-        stats["flops"] = rec.get("flops", 0)
-        if ok:
-            try:
-                f.set_result(value)
-            except cf.InvalidStateError:  # already ended (cancelled)
-                pass
+    def _end_items(self, tid, a, b, outcomes, errors, infra) -> None:
+        """Store the outcomes of items [a, b) that have not ended yet (lock held)."""
+        state, values = self._state, self._values
+        seg = state[a:b]
+        n_open = seg.count(QUEUED) + seg.count(RUNNING)
+        if not n_open:
+            return
+        if not errors and n_open == b - a:  # the usual case: every item succeeded, all at once
+            values[a:b] = [v for _ok, v in outcomes]
+            state[a:b] = bytes([DONE]) * (b - a)
+            self._n_ended += b - a
+            return
+        for k, i in enumerate(range(a, b)):
+            if state[i] > RUNNING:
+                continue  # ended already (cancelled): the first end state stays
+            self._n_ended += 1
+            if i not in errors:
+                values[i], state[i] = outcomes[k][1], DONE
+                continue
+            err = errors[i]
+            self._error_info[i] = err
+            if infra:
+                exc = INFRA_ERRORS.get(infra.get("kind"), InfrastructureError)(infra.get("message", ""), tid)
             else:
-                values[f.index] = value
-                return 1
-            return 0
-        if f.done():
-            return 0
-        err = rec.get("error", {})
-        f.error_info = err
-        if "infra" in status:
-            cls = INFRA_ERRORS.get(status["infra"]["kind"], InfrastructureError)
-            exc = cls(status["infra"]["message"], tid)
-        else:
-            exc = value if isinstance(value, BaseException) else RemoteError(
-                err.get("type", "Exception"), err.get("message", ""), err.get("traceback", ""))
-            if err.get("traceback"):
-                exc.__cause__ = RemoteTraceback(err["traceback"])
-        try:
-            f.set_exception(exc)
-        except cf.InvalidStateError:
-            pass
-        return 0
+                value = outcomes[k][1]
+                exc = value if isinstance(value, BaseException) else RemoteError(
+                    err.get("type", "Exception"), err.get("message", ""), err.get("traceback", ""))
+                if err.get("traceback"):
+                    exc.__cause__ = RemoteTraceback(err["traceback"])
+            values[i], state[i] = exc, FAILED
 
     def _maybe_finish(self) -> None:
-        # Futures never become undone, so a cursor past the done prefix makes
-        # this amortised O(1) per task instead of O(tasks) (O(N^2) per job).
-        # The state is read without each future's lock (a future never leaves
-        # a done state); the last step re-checks with done() under its lock.
-        futures, i, n = self.futures, self._done_cursor, len(self.futures)
-        while i < n and futures[i]._state in _DONE_STATES:
-            i += 1
-        while i < n and futures[i].done():
-            i += 1
-        self._done_cursor = i
-        if i == len(futures):
+        if self._n_ended >= self._n:
             self._finish()
 
     def _finish(self) -> None:
@@ -635,7 +765,7 @@ class Job(collections.abc.Sequence):
             self.backend.invoke(backups, self)
 
     def _end_uncovered_as_lost(self) -> None:
-        missing = [f.index for f in self.futures if not f.done()]
+        missing = [i for i, s in enumerate(self._state) if s <= RUNNING]
         runs, start = [], None
         for k, i in enumerate(missing):
             if start is None:

@@ -11,7 +11,8 @@ import os
 import re
 import time
 
-PROTOCOL_VERSION = 1
+# 2: a status's "items" is columnar (see ``item_columns``); 1 had one record per item.
+PROTOCOL_VERSION = 2
 
 JOB_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 TASK_ID_RE = re.compile(r"^\d{6}-\d{6}$")
@@ -76,6 +77,55 @@ def task_id_from_status_key(key: str) -> str | None:
     if len(parts) == 3 and parts[2] == "status.json" and TASK_ID_RE.match(parts[1]):
         return parts[1]
     return None
+
+
+# Statuses -------------------------------------------------------------------------
+# A status's "items" describes the items of its task column-wise, so a batch of
+# thousands of tiny items stays a small, fast JSON document:
+#   {"base": t, "t0_us": [...], "t1_us": [...],     compute start/end, µs after base
+#    "errors": {"<i>": record}, "flops": {"<i>": n}, "stdout": {"<i>": text}}
+# Only failed items have an error record; flops and stdout only where non-empty.
+# A host-written status (an infrastructure failure) has "infra" and empty "items":
+# all of its items failed with that error.
+
+def item_columns(status: dict) -> dict:
+    """The columnar "items" of a status, whatever the version that wrote it."""
+    items = status.get("items") or {}
+    if isinstance(items, list):  # version 1: one record per item
+        base = min((r["t0"] for r in items if r.get("t0") is not None), default=0.0)
+        cols = {"base": base, "errors": {}, "flops": {}, "stdout": {}}
+        if all(r.get("t0") is not None and r.get("t1") is not None for r in items):
+            cols["t0_us"] = [round((r["t0"] - base) * 1e6) for r in items]
+            cols["t1_us"] = [round((r["t1"] - base) * 1e6) for r in items]
+        for r in items:
+            key = str(r.get("i"))
+            if not r.get("ok"):
+                cols["errors"][key] = r.get("error") or {}
+            if r.get("flops"):
+                cols["flops"][key] = r["flops"]
+            if r.get("stdout"):
+                cols["stdout"][key] = r["stdout"]
+        return cols
+    return items
+
+
+def item_errors(status: dict) -> dict[int, dict]:
+    """Item index -> error record, for every failed item of a status."""
+    infra = status.get("infra")
+    if infra is not None:
+        record = {"type": infra.get("type", "InfrastructureError"), "kind": infra.get("kind"),
+                  "message": infra.get("message", ""), "traceback": ""}
+        return dict.fromkeys(range(*task_range(status["task"])), record)
+    return {int(k): v for k, v in (item_columns(status).get("errors") or {}).items()}
+
+
+def item_flops(status: dict) -> float:
+    """The FLOPs the items of a status reported, summed."""
+    return sum((item_columns(status).get("flops") or {}).values())
+
+
+def item_stdout(status: dict) -> dict[int, str]:
+    return {int(k): v for k, v in (item_columns(status).get("stdout") or {}).items()}
 
 
 def now() -> float:
