@@ -10,7 +10,7 @@ kernel does to produce them (polling, bokeh serialization, JSON) is measured.
 Prints a Markdown table. Columns:
 - update CPU: thread CPU inside ``view.update()`` + ``view.finish()``
 - per render: mean / max thread CPU of one render
-- build: CPU to construct the view (tracker callbacks, bokeh document)
+- build: CPU to construct the view (tracker, bokeh document)
 - to browser: messages and bytes the widgets would send over the comm
 - process CPU: the whole process (executor threads included), with the view
   and, for reference, the same job with no view at all
@@ -113,14 +113,14 @@ def run(ex, fn, n, poll, kind, comms):
         cpu += renders[-1]
     wall = time.perf_counter() - wall0
     proc = time.process_time() - cpu0
-    assert all(f.done() for f in job.futures)
+    assert job.done() and job.counts()["done"] == n
     if view is not None:
         assert view.tracker.counts["done"] == n, view.tracker.counts
     msgs, size = comms.totals()
     return {"wall": wall, "proc": proc, "renders": len(renders), "calls": calls, "cpu": cpu,
             "mean": sum(renders) / len(renders) if renders else 0.0,
             "max": max(renders) if renders else 0.0, "build": build, "msgs": msgs, "bytes": size,
-            "invocations": len({f.task_id for f in job.futures})}
+            "invocations": len(job.task_ids())}
 
 
 def main():

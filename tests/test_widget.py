@@ -229,7 +229,7 @@ def test_interrupt_inside_update_keeps_final_counts_exact(ex):
     job.wait(30)
     take = view.tracker._take
 
-    def interrupted(f, delta):  # Ctrl-C lands while the first ended future is being taken
+    def interrupted(*args):  # Ctrl-C lands while the first ended task is being taken
         view.tracker._take = take
         raise KeyboardInterrupt
 

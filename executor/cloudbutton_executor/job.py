@@ -123,6 +123,7 @@ class Job(collections.abc.Sequence):
         self._task_items: dict[str, dict] = {}  # task id -> the status's item columns
         self._error_info: dict[int, dict] = {}  # item -> type, message, traceback of its failure
         self._flops = 0.0
+        self._ended_log: list[tuple[str | None, int, int]] = []  # see ended_tasks()
         self.created = time.time()
         self.finished_at: float | None = None
         self.cancelled = False
@@ -238,6 +239,7 @@ class Job(collections.abc.Sequence):
             n = state.count(QUEUED) + state.count(RUNNING)
             state[:] = state.translate(_CANCEL_TABLE)
             self._n_ended += n
+            self._ended_log.append((None, 0, self._n))
             futs = list(self._futs.values())
         for f in futs:
             self._sync(f)
@@ -282,6 +284,13 @@ class Job(collections.abc.Sequence):
                          "per_task": total_req / len(self) if len(self) else 0.0},
             "gb_seconds": gb_s, "cost_usd": cost,
         }
+
+    def ended_tasks(self, since: int = 0) -> list[tuple[str | None, int, int]]:
+        """What ended, in order, from position ``since`` of the log on: ``(task id, first
+        item, stop)`` when a task's status was applied, ``(None, 0, len)`` for cancel().
+        Progress views follow a job with it instead of a callback per future."""
+        with self._lock:
+            return self._ended_log[since:]
 
     def task_ids(self) -> list[str]:
         """The tasks (invocations) known so far, in item order."""
@@ -596,6 +605,7 @@ class Job(collections.abc.Sequence):
             self._worker_requests.update(st.get("requests", {}))
             self._flops += sum((cols.get("flops") or {}).values())
             self._end_items(tid, a, b, outcomes, errors, infra)
+            self._ended_log.append((tid, a, b))
             futs = self._futures_in(a, b)
         for f in futs:
             self._sync(f)

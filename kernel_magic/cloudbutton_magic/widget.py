@@ -277,8 +277,6 @@ class TextProgress(_Progress):
         if self.bar is None:
             self.display()
         d = self.tracker.poll()
-        if final and self.tracker.needs_reconcile:
-            self.tracker.reconcile()
         self._stdout.extend(d.stdout)
         self._failures.extend(d.failures)
         t = self.tracker
@@ -405,8 +403,6 @@ class JobWidget(_Progress):
     def _render(self, final: bool) -> None:
         t = self.tracker
         d = t.poll()
-        if final and t.needs_reconcile:
-            t.reconcile()
         self.plots.push_rows(d.rows)
         if t.series.total_flops and not self.plots.flops_mode:
             self.plots.set_mode(True)

@@ -3,14 +3,13 @@
 Pure Python (plus numpy): no ipywidgets, bokeh or IPython here, so the text
 progress and the tests can use it anywhere.
 
-Why incremental: ``job.counts()`` and ``job.stats`` walk every future and take
-its lock (about 20 and 35 ms for 10,000 tasks), too much for five refreshes a
-second. The tracker learns about ended futures from their done callbacks and
-only looks at futures that were dispatched and have not ended yet.
+Why incremental: the views refresh five times a second. The tracker follows
+the job's log of ended tasks (``job.ended_tasks``) and only looks at the items
+of tasks that ended since the last poll; counts come from the job's per-item
+state bytes, which are cheap to count.
 """
 from __future__ import annotations
 
-import collections
 import math
 import threading
 import time
@@ -57,12 +56,12 @@ def error_line(info) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def failure_info(f) -> dict:
-    """{type, message, traceback} of a failed future, from the remote record if any."""
-    info = getattr(f, "error_info", None)
+def failure_info(job, i: int) -> dict:
+    """{type, message, traceback} of a failed item, from the remote record if any."""
+    info = job.item_error_info(i)
     if info:
         return info
-    exc = f.exception() if f.done() and not f.cancelled() else None
+    exc = job[i].exception(timeout=0) if job.item_state(i) == "failed" else None
     return {"type": type(exc).__name__ if exc else "Error", "message": str(exc or ""),
             "traceback": ""}
 
@@ -167,24 +166,13 @@ class JobTracker:
         self.stride = 1 if self.per_item else math.ceil(self.n / max_rows)
         self.counts = {"done": 0, "failed": 0, "cancelled": 0}
         self.running = 0
-        self.rows_drawn = 0
         self.invocations = 0
         self.gb_seconds = 0.0
         self.series = RateSeries(max_bins=max_bins)
         self._memory_gb = (getattr(job, "memory_mb", None) or 1024) / 1024
-        self._ended = collections.deque()          # indices, appended from executor threads
-        self._dispatch_ptr = 0
-        self._inflight: set[int] = set()           # dispatched, not ended
-        self._seen_tasks: set[str] = set()
-        self._states: dict[int, str] = {}          # final state of each ended item
-        self._waiting_tasks: set[str] = set()      # sampled invocations not fully ended yet
+        self._cursor = 0                      # position in job.ended_tasks()
+        self._taken = bytearray(self.n)       # 1 once an ended item was taken into the views
         self._lock = threading.Lock()
-        self.needs_reconcile = False
-        for f in job.futures:
-            f.add_done_callback(self._on_done)
-
-    def _on_done(self, f) -> None:
-        self._ended.append(f.index)  # deque.append is atomic: safe from any thread
 
     @property
     def ended(self) -> int:
@@ -195,99 +183,63 @@ class JobTracker:
         return max(0, self.n - self.ended - self.running)
 
     def poll(self) -> Delta:
+        """What ended since the last poll. Counts are always exact (read from the
+        job), even when an interrupt broke off the previous poll midway."""
         with self._lock:
-            try:
-                return self._poll()
-            except BaseException:  # e.g. Ctrl-C mid-way: counts may miss a future
-                self.needs_reconcile = True
-                raise
+            delta = Delta()
+            for tid, a, b in self.job.ended_tasks(self._cursor):
+                self._cursor += 1
+                self._take(tid, a, b, delta)
+            c = self.job.counts()
+            self.counts = {k: c[k] for k in ("done", "failed", "cancelled")}
+            self.running = c["running"]
+            return delta
 
-    def _poll(self) -> Delta:
-        futures = self.job.futures
-        delta = Delta()
-        # Futures are dispatched in index order: follow the frontier of assigned task ids.
-        while self._dispatch_ptr < self.n and futures[self._dispatch_ptr].task_id is not None:
-            if not futures[self._dispatch_ptr].done():
-                self._inflight.add(self._dispatch_ptr)
-            self._dispatch_ptr += 1
-        while self._ended:
-            i = self._ended.popleft()
-            self._inflight.discard(i)
-            self._take(futures[i], delta)
-        for tid in list(self._waiting_tasks):
-            self._maybe_invocation_row(tid, delta)
-        self.running = sum(1 for i in self._inflight if futures[i].running())
-        return delta
-
-    def reconcile(self) -> None:
-        """Recount every future's state (O(n); the final refresh does it if a poll broke).
-
-        A KeyboardInterrupt landing inside ``poll()`` can drop an ended future
-        between the queue and the counts; the final numbers must still be exact.
-        """
-        with self._lock:
-            counts = {"done": 0, "failed": 0, "cancelled": 0}
-            running = 0
-            for f in self.job.futures:
-                st = f.state
-                if st in counts:
-                    counts[st] += 1
-                    self._states[f.index] = st
-                elif st == "running":
-                    running += 1
-            self.counts = counts
-            self.running = running
-            self.needs_reconcile = False
-
-    def _take(self, f, delta: Delta) -> None:
-        state = f.state
-        self._states[f.index] = state
-        self.counts[state] = self.counts.get(state, 0) + 1
-        delta.ended += 1
-        st = f.stats
-        if f.stdout:
-            delta.stdout.append((f.index, f.stdout))
-        if state == "failed":
-            delta.failures.append((f.index, f.task_id, failure_info(f)))
-        if state == "cancelled" and st.get("worker_start") is None:
-            return  # never ran: nothing to time or bill
-        tid = f.task_id
-        if tid and tid not in self._seen_tasks and st.get("host_submit") is not None:
-            self._seen_tasks.add(tid)
+    def _take(self, tid: str | None, a: int, b: int, delta: Delta) -> None:
+        """The items of one ended task (or of a cancel, ``tid`` None) into the delta."""
+        job, taken = self.job, self._taken
+        state = job.item_state
+        new = [i for i in range(a, b) if not taken[i] and state(i) not in ("queued", "running")]
+        if not new:
+            return
+        for i in new:
+            taken[i] = 1
+            delta.ended += 1
+        if tid is None:
+            return  # cancelled: never ran, nothing to time or bill
+        st = job.item_stats(new[0])
+        if st.get("host_submit") is not None:
             self.invocations += 1
             if st.get("worker_start"):
                 self.gb_seconds += max(0.001, (st.get("result_stored") or st.get("compute_done")
                                                or st["worker_start"]) - st["worker_start"]) \
                     * self._memory_gb
-            if not self.per_item and self._sampled(tid):
-                self._waiting_tasks.add(tid)
         t0 = self.t0
-        end = st.get("compute_done") or st.get("host_seen") or time.time()
-        c0, c1 = st.get("compute_start"), st.get("compute_done")
-        self.series.add(end - t0, st.get("flops") or 0,
-                        None if c0 is None else c0 - t0, None if c1 is None else c1 - t0)
-        if self.per_item:
-            delta.rows.append(self._row([f], f.index, f.index + 1, tid or f"item {f.index}"))
+        for i in new:
+            s = job.item_stats(i) if i != new[0] else st
+            out = job.item_stdout(i)
+            if out:
+                delta.stdout.append((i, out))
+            if state(i) == "failed":
+                delta.failures.append((i, tid, failure_info(job, i)))
+            end = s.get("compute_done") or s.get("host_seen") or time.time()
+            c0, c1 = s.get("compute_start"), s.get("compute_done")
+            self.series.add(end - t0, s.get("flops") or 0,
+                            None if c0 is None else c0 - t0, None if c1 is None else c1 - t0)
+            if self.per_item:
+                delta.rows.append(self._row(i, i + 1, tid))
+        if not self.per_item and self._sampled(tid):
+            delta.rows.append(self._row(a, b, tid))
 
     def _sampled(self, tid: str) -> bool:
         a, b = protocol.task_range(tid)
         return -(-a // self.stride) * self.stride < b
 
-    def _maybe_invocation_row(self, tid: str, delta: Delta) -> None:
-        a, b = protocol.task_range(tid)
-        fs = self.job.futures[a:b]
-        # The job applies a status item by item: wait until the last one has ended.
-        if not fs[-1].done():
-            return
-        self._waiting_tasks.discard(tid)
-        delta.rows.append(self._row(fs, a, b, tid))
-
-    def _row(self, fs, a: int, b: int, tid: str) -> dict:
-        t0 = self.t0
-        first, last = fs[0].stats, fs[-1].stats
-        # Final states as recorded when each future ended (f.state takes three locks).
-        states = [self._states.get(f.index) or f.state for f in fs]
-        failed = [f for f, s in zip(fs, states, strict=True) if s == "failed"]
+    def _row(self, a: int, b: int, tid: str) -> dict:
+        job, t0 = self.job, self.t0
+        first, last = job.item_stats(a), job.item_stats(b - 1)
+        states = [job.item_state(i) for i in range(a, b)]
+        failed = [i for i, s in zip(range(a, b), states) if s == "failed"]
         submit = first.get("host_submit")
         start = first.get("worker_start")
         setup = first.get("setup_done")
@@ -302,7 +254,7 @@ class JobTracker:
         def rel(t):
             return NAN if t is None or t0 is None else t - t0
 
-        if len(fs) == 1:
+        if len(states) == 1:
             state = states[0]
         else:
             state = "failed" if failed else states[-1]
@@ -314,11 +266,11 @@ class JobTracker:
             "compute_color": COMPUTE_FAILED if failed else COMPUTE_OK,
             "cold_x": rel(start) if cold else NAN, "cold_y": (a + b) / 2 if cold else NAN,
             "task": tid, "items": str(a) if b - a == 1 else f"{a}..{b - 1} ({b - a})",
-            "state": state if len(fs) == 1 or not n_failed else f"{n_failed} failed",
+            "state": state if len(states) == 1 or not n_failed else f"{n_failed} failed",
             "queue_s": _dur(submit, start), "setup_s": _dur(start, setup),
             "compute_s": _dur(c0, c1), "return_s": _dur(c1, fetched),
             "cold": "yes" if cold else "no",
-            "error": error_line(failure_info(failed[0])) if failed else "",
+            "error": error_line(failure_info(job, failed[0])) if failed else "",
         }
 
     def header_stats(self, now: float | None = None) -> dict:
