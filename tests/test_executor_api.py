@@ -31,6 +31,9 @@ def test_iterdata_forms_and_extra_args(ex):
     assert ex.map(f, [1, (1, 2), {"a": 1, "c": 3}]).result() == [111, 103, 14]
     assert ex.map(f, [1, 2], extra_args=(5,)).result() == [106, 107]
     assert ex.map(f, [1, (2,)], extra_args={"c": 0}).result() == [11, 12]
+    # Scalars of every kind (the pre-pickled fast path), big bytes among them.
+    scalars = [1, 2.5, 1j, "s", b"b" * (1 << 16), None, True]
+    assert ex.map(repr, scalars).result() == [repr(x) for x in scalars]
 
 
 def test_remote_exception_keeps_type_and_traceback(ex):

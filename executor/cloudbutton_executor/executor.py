@@ -127,9 +127,10 @@ class Executor:
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
         with _gc_paused():  # bulk allocation: see job._gc_paused
             items = _check_iterdata(iterdata)
-            calls = [_as_call(x, extra_args) for x in items]
-        return self._submit(fn, calls, chunksize=_check_chunksize(chunksize), timeout=timeout,
-                            retries=retries, memory_mb=memory_mb, label=label)
+            payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
+            calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
+        return self._submit(fn, calls, payloads=payloads, chunksize=_check_chunksize(chunksize),
+                            timeout=timeout, retries=retries, memory_mb=memory_mb, label=label)
 
     def call_async(self, fn, *args, **kwargs) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
@@ -171,13 +172,16 @@ class Executor:
         outer.map_job = map_job
         return outer
 
-    def _submit(self, fn, calls, *, chunksize, timeout=None, retries=None, memory_mb=None, label=None):
+    def _submit(self, fn, calls, *, payloads=None, chunksize, timeout=None, retries=None,
+                memory_mb=None, label=None):
+        """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         blob = serialize.dumps(fn, f"function {name}")
-        payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
-            if len(calls) < 64 else self._dumps_many(calls)
+        if payloads is None:
+            payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
+                if len(calls) < 64 else self._dumps_many(calls)
         return self._submit_blob(blob, name, payloads, chunksize=chunksize, timeout=timeout,
                                  retries=retries, memory_mb=memory_mb, label=label)
 

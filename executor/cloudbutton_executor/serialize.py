@@ -228,6 +228,18 @@ def dumps(obj, label: str = "object") -> bytes:
             raise SerializationError(f"cannot ship {culprit}: {err}") from err
 
 
+def dumps_scalar_calls(items: list) -> list[bytes] | None:
+    """The payloads ``((x,), {})`` of a map over small scalars, or None if ``items`` holds
+    anything else. The common case of big maps, without building the calls first."""
+    scalars = _SCALARS
+    if not all(type(x) in scalars for x in items):
+        return None
+    if any(type(x) is bytes and len(x) >= _BIG for x in items):
+        return None  # big bytes go through dumps_each, which does not copy them
+    dumps, proto, no_kwargs = pickle.dumps, pickle.HIGHEST_PROTOCOL, {}
+    return [dumps(((x,), no_kwargs), proto) for x in items]
+
+
 def dumps_each(objs) -> list[bytes]:
     """Pickle many objects in one by-value registration (raises SerializationError)."""
     objs = objs if isinstance(objs, (list, tuple)) else list(objs)
