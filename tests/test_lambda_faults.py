@@ -109,3 +109,72 @@ def test_boto3_invoke_path_under_throttling(deployed, lambda_config, lambda_emul
         assert job.result(timeout=120) == [x * x for x in range(60)]
     assert faults.counts["throttled"] > 0
     lambda_emulator.reset(Faults())
+
+
+class ForwardProxy:
+    """A plain HTTP forward proxy (absolute-URI requests), counting what it forwards."""
+
+    def __init__(self):
+        import collections
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        seen = self.seen = collections.Counter()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self):
+                url = urllib.parse.urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items()
+                           if not k.lower().startswith("proxy-") and k.lower() != "connection"}
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+                conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""),
+                             body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                seen["invoke" if "/invocations" in url.path else "other"] += 1
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_proxy_in_the_environment_carries_the_invocations(deployed, lambda_config, lambda_emulator,
+                                                             monkeypatch):
+    """Behind HTTP(S)_PROXY the host invokes through the proxy (boto3's path), and the job runs."""
+    from cloudbutton_executor import Executor
+
+    lambda_emulator.reset(Faults())
+    proxy = ForwardProxy()
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, proxy.url)
+    try:
+        with Executor(backend="lambda", config_path=lambda_config, timeout=20) as ex:
+            assert ex.backend.config.lambda_.fast_invoke  # the default: the proxy decides
+            job = ex.map(square_slowly, range(12))
+            assert job.result(timeout=120) == [x * x for x in range(12)]
+    finally:
+        proxy.close()
+    assert proxy.seen["invoke"] >= 12 and proxy.seen["other"] > 0  # invokes, and S3 too

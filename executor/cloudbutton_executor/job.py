@@ -404,12 +404,13 @@ class Job(collections.abc.Sequence):
         a, b = protocol.task_range(tid)
         if self._task_at.get(a, (None,))[0] == tid:
             return
-        if a not in self._task_at:
+        known = a in self._task_at
+        self._task_at[a] = (tid, b)  # before the start is listed: item_task() reads unlocked
+        if not known:
             if not self._task_starts or a > self._task_starts[-1]:
                 self._task_starts.append(a)  # the usual case: tasks are made in item order
             else:
                 bisect.insort(self._task_starts, a)
-        self._task_at[a] = (tid, b)
 
     # Dispatch ---------------------------------------------------------------
     def _start(self) -> None:

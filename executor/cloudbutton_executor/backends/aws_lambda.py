@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -476,6 +477,15 @@ class SigV4Signer:
         return out
 
 
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment routes ``url`` through (``HTTPS_PROXY``, ``NO_PROXY``...)."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return proxy
+    return None
+
+
 class _FastInvoker:
     """Signed ``Invoke`` requests over keep-alive connections, one per thread.
 
@@ -690,9 +700,11 @@ class LambdaBackend:
         if self._invoker is None:
             with self._invoker_lock:
                 if self._invoker is None:
-                    if self.config.lambda_.fast_invoke:
-                        endpoint = self.config.endpoints.get("lambda") or \
-                            self.config.client("lambda", self.session).meta.endpoint_url
+                    endpoint = self.config.endpoints.get("lambda") or \
+                        self.config.client("lambda", self.session).meta.endpoint_url
+                    # The fast path talks to the endpoint directly; behind a proxy (HTTPS_PROXY,
+                    # NO_PROXY) boto3 goes, which knows how to use one.
+                    if self.config.lambda_.fast_invoke and not _proxy_for(endpoint):
                         self._invoker = _FastInvoker(self.session, self.region, endpoint,
                                                      self.function_name)
                     else:
