@@ -1,6 +1,7 @@
 """Lambda's semantics in the local backend: isolation, limits, crashes, cancel."""
 import json
 import os
+import random
 import signal
 import sys
 import textwrap
@@ -102,6 +103,17 @@ def _alive(pid):
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_cancel_never_kills_the_next_jobs_tasks(ex):
+    """A worker killed by a cancel just after it answered must not take the next job's
+    event with it (before the fix, about 1 in 10 of these rounds lost a task)."""
+    for _ in range(60):
+        a = ex.map(abs, range(300))
+        time.sleep(random.random() * 0.02)
+        a.cancel()
+        outcomes = ex.map(abs, range(-4, 0)).results(timeout=30)
+        assert outcomes == [4, 3, 2, 1], outcomes
 
 
 def test_cancel_marker_written_by_someone_else_cancels_the_job(ex):

@@ -109,6 +109,7 @@ class _Process:
             start_new_session=True)
         self.out_fd = self.popen.stdout.fileno()
         self._buf = b""
+        self.doomed = False  # killed by cancel_job: never to be handed another event
 
     def send(self, event: dict) -> None:
         self.popen.stdin.write(local_runtime.encode_message(event))
@@ -186,6 +187,7 @@ class LocalBackend:
             for slot, (event, proc) in list(self._running.items()):
                 if event["job_id"] == job_id:
                     self._killed.add(slot)
+                    proc.doomed = True
                     try:
                         proc.popen.kill()
                     except ProcessLookupError:
@@ -217,8 +219,18 @@ class LocalBackend:
         before the event reached it is replaced (the event is not lost)."""
         event, listener = item
         with self._cond:
-            self._running[slot] = (event, proc)
-            self._killed.discard(slot)
+            # A cancel may have killed this process just after it answered its last
+            # event: it must not take this one (another job's, perhaps) down with it.
+            doomed = proc.doomed
+            if not doomed:
+                self._running[slot] = (event, proc)
+                self._killed.discard(slot)
+        if doomed:
+            proc.kill()
+            proc = _Process(self._env, self._cwd)
+            with self._cond:
+                self._running[slot] = (event, proc)
+                self._killed.discard(slot)
         try:
             listener.on_start(event)
         except Exception as exc:  # a listener bug must not kill the slot
