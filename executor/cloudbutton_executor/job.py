@@ -1,9 +1,9 @@
-"""A running job: its futures, its dispatch plan and its completion logic.
+"""A running job: its items' outcomes, its futures, its dispatch plan and its completion logic.
 
 The job turns backend callbacks (or, for backends that cannot call back, the
-statuses found in storage) into finished futures. Storage is the source of
-truth: a future finishes only from a stored status, and a failure the host
-detects is stored first (first write wins, so a late real result beats it).
+statuses found in storage) into ended items and finished futures. Storage is
+the source of truth: an item ends only from a stored status, and a failure the
+host detects is stored first (first write wins, so a late real result beats it).
 """
 from __future__ import annotations
 
