@@ -166,18 +166,18 @@ def handler(event, context=None):
     inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     setup_done = time.time()
 
-    outcomes, errors, flops, stdout, t0_us, t1_us, base = _run_items(fn, inputs, tid, event)
+    first = protocol.task_range(tid)[0]
+    outcomes, items = _run_items(fn, inputs, first, tid, event)
     compute_done = time.time()
 
-    blob = _dump_outcomes(outcomes, errors, protocol.task_range(tid)[0])
+    blob = _dump_outcomes(outcomes, items["errors"], first)  # may add errors (unpicklable results)
     status = {
         "v": protocol.PROTOCOL_VERSION,
         "job_id": job_id,
         "task": tid,
-        "state": "error" if errors else "done",
+        "state": "error" if items["errors"] else "done",
         "attempt": event.get("attempt", 0),
-        "items": {"base": base, "t0_us": t0_us, "t1_us": t1_us,
-                  "errors": errors, "flops": flops, "stdout": stdout},
+        "items": items,
         "stats": {
             "host_submit": event.get("host_submit"),
             "worker_start": worker_start,
@@ -206,12 +206,12 @@ def handler(event, context=None):
     return {"task": tid, "state": status["state"], "written": written}
 
 
-def _run_items(fn, inputs, tid, event):
-    """Run the task's items in order; their outcomes and the status's item columns.
+def _run_items(fn, inputs, first: int, tid: str, event):
+    """Run the task's items in order: their (ok, value) outcomes and the status's
+    item columns (see ``protocol.item_columns``).
 
     Kept lean: a batch of tiny items spends most of its time here, so the
     per-item work is a few attribute reads, two clock reads and an unpickle."""
-    first = protocol.task_range(tid)[0]
     outcomes, errors, flops, stdout, t0_us, t1_us = [], {}, {}, {}, [], []
     tee = _Tee(sys.stdout)  # one capture for the batch, emptied after each item
     buf = tee.buf
@@ -245,7 +245,8 @@ def _run_items(fn, inputs, tid, event):
             if buf.tell():
                 stdout[str(first + k)] = buf.getvalue()
                 buf = tee.buf = io.StringIO()
-    return outcomes, errors, flops, stdout, t0_us, t1_us, base
+    return outcomes, {"base": base, "t0_us": t0_us, "t1_us": t1_us,
+                      "errors": errors, "flops": flops, "stdout": stdout}
 
 
 def _dump_outcomes(outcomes, errors, first: int) -> bytes:
