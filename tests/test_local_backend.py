@@ -194,7 +194,7 @@ def test_duplicate_delivery_yields_one_result(ex):
     key = protocol.status_key("cloudbutton", job.job_id, job[0].task_id)
     stored = ex.storage.get(key)
     # Deliver the same event again, through a real worker process.
-    event = job._event(job[0].task_id, 0, 1)
+    event = job.dispatcher.event(job[0].task_id, 0, 1)
     responses = []
 
     class Listener:

@@ -10,9 +10,10 @@ import datetime
 import json
 import re
 import sys
+import time
 
+from . import catalog, protocol
 from . import config as _config
-from . import protocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,8 +24,10 @@ def _parser() -> argparse.ArgumentParser:
                     "credentials: the standard AWS chain (AWS_PROFILE, ~/.aws, environment).")
     p.add_argument("--config", metavar="FILE", help="config file (default: $CLOUDBUTTON_CONFIG "
                    "or ~/.cloudbutton/config.yaml)")
-    p.add_argument("--profile", help="AWS profile (default: AWS_PROFILE or the config's)")
-    p.add_argument("--region", help="AWS region (default: the config's, AWS_REGION or the profile's)")
+    p.add_argument("--profile", type=_config.SETTINGS["profile"].argparse_type(),
+                   help="AWS profile (default: AWS_PROFILE or the config's)")
+    p.add_argument("--region", type=_config.SETTINGS["region"].argparse_type(),
+                   help="AWS region (default: the config's, AWS_REGION or the profile's)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -33,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                        "with access only to the project's prefix and its logs, and the worker "
                        "Lambda function (a zip of cloudbutton_executor + cloudpickle). Running it "
                        "again changes nothing unless something differs.")
-    d.add_argument("--memory", type=int, metavar="MB", help="function memory in MB (128-10240)")
-    d.add_argument("--timeout", type=int, metavar="S", help="function timeout in seconds (1-900)")
+    for key, metavar in (("memory", "MB"), ("timeout", "S")):
+        s = _config.LAMBDA[f"lambda.{key}"]
+        d.add_argument(f"--{key}", type=s.argparse_type(), metavar=metavar,
+                       help=f"{s.help} ({s.describe()})")
     g = d.add_mutually_exclusive_group()
     g.add_argument("--requirements", metavar="FILE",
                    help="pip requirements installed into a Lambda layer (built for manylinux2014_x86_64)")
@@ -47,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
     j = sub.add_parser("jobs", help="recent jobs from their manifests in S3",
                        description="List recent jobs (newest first) with their progress.")
-    j.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    j.add_argument("--limit", type=_LIMIT.argparse_type(), default=20, metavar="N",
+                   help="how many (default 20)")
     j.add_argument("--json", action="store_true", help="print JSON")
 
     c = sub.add_parser("clean", help="delete a job's objects, or all jobs older than a duration",
@@ -61,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_LIMIT = _config.Setting("--limit", int, 20, "how many jobs", low=1, high=1000)
 
 
 def parse_duration(text: str) -> float:
@@ -119,37 +126,36 @@ def cmd_status(args, out) -> int:
 
 
 def _job_rows(storage, prefix, limit):
-    from .executor import list_jobs
-
+    """One row per recent job: what its manifest says and what its statuses add up to
+    (the same summary the Jupyter panel shows)."""
     rows = []
-    for m in list_jobs(storage, prefix, limit):
-        keys = storage.list(protocol.tasks_prefix(prefix, m["job_id"]))
-        statuses = sum(1 for k in keys if protocol.task_id_from_status_key(k))
-        cancelled = storage.exists(protocol.cancel_key(prefix, m["job_id"]))
+    now = time.time()
+    for m in catalog.manifests(storage, prefix, limit):
+        s = catalog.summary(storage, prefix, m, now)
         rows.append({"job_id": m["job_id"], "created": m.get("created"), "function": m.get("function"),
-                     "label": m.get("label"), "items": m.get("n_items"), "tasks_stored": statuses,
-                     "cancelled": cancelled})
+                     "label": m.get("label"), "items": m.get("n_items"), "tasks_stored": s["tasks"],
+                     "state": s["state"], "done": s["counts"]["done"], "failed": s["counts"]["failed"],
+                     "cancelled": s["state"] == "cancelled", "cost_usd": s["cost_usd"]})
     return rows
 
 
 def cmd_jobs(args, out) -> int:
-    if args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     be = _backend(_load_config(args))
     rows = _job_rows(be.storage, be.prefix, args.limit)
     if args.json:
         print(json.dumps(rows, indent=1), file=out)
         return 0
     if not rows:
-        print(f"no jobs under s3://{be.storage.bucket}/{be.prefix}/jobs/", file=out)
+        print(f"no jobs under s3://{be.storage.bucket}/{protocol.jobs_prefix(be.prefix)}", file=out)
         return 0
-    print(f"{'JOB ID':<23} {'CREATED (UTC)':<19} {'ITEMS':>6} {'STORED':>6}  FUNCTION", file=out)
+    print(f"{'JOB ID':<23} {'CREATED (UTC)':<19} {'ITEMS':>6} {'DONE':>6} {'FAILED':>6} "
+          f"{'STATE':<9} {'COST':>9}  FUNCTION", file=out)
     for r in rows:
         created = datetime.datetime.fromtimestamp(r["created"] or 0, datetime.timezone.utc)
-        extra = " [cancelled]" if r["cancelled"] else ""
         label = f" ({r['label']})" if r["label"] else ""
-        print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>6} {r['tasks_stored']:>6}  "
-              f"{r['function']}{label}{extra}", file=out)
+        print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>6} {r['done']:>6} "
+              f"{r['failed']:>6} {r['state']:<9} ${r['cost_usd']:>8.4f}  {r['function']}{label}",
+              file=out)
     return 0
 
 
@@ -166,13 +172,13 @@ def cmd_clean(args, out) -> int:
             raise ValueError(f"--job {args.job!r} is not a job id (like 20260101-120000-abcdef)")
         victims = [args.job]
         if not st.list(protocol.job_prefix(prefix, args.job) + "/"):
-            print(f"no job {args.job} under s3://{st.bucket}/{prefix}/jobs/", file=out)
+            print(f"no job {args.job} under s3://{st.bucket}/{protocol.jobs_prefix(prefix)}",
+                  file=out)
             return 1
     else:
         age = parse_duration(args.older_than)
         cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - age
-        victims = [j for j in st.children(f"{prefix}/jobs/")
-                   if protocol.JOB_ID_RE.match(j) and _job_created(j) < cutoff]
+        victims = [j for j in catalog.job_ids(st, prefix) if _job_created(j) < cutoff]
     total = 0
     for job_id in victims:
         if args.dry_run:

@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import threading
 import time
 import weakref
 
-from . import protocol, serialize
-from .backends import get_backend
+from . import catalog, config, protocol, serialize
+from .backends import Backend, create
+from .dispatch import JobSpec
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
-from .job import Job, _gc_paused
+from .job import Job, new_job
+from .outcomes import gc_paused
 from .storage import LocalStorage, NotFound, Storage
 
+log = logging.getLogger("cloudbutton.executor")
+
 DEFAULT_TIMEOUT_S = 300.0
-DEFAULT_MEMORY_MB = {"local": 2048, "lambda": 1024}
-# Target duration of one auto-sized batch: enough to amortise the invocation overhead.
-DEFAULT_AUTO_TARGET_S = {"local": 0.05, "lambda": 1.0}
 
 
 def _as_call(item, extra_args):
@@ -46,53 +48,54 @@ def _check_iterdata(iterdata) -> list:
                         f"got {type(iterdata).__name__!s}") from None
 
 
-def _check_chunksize(chunksize):
-    if chunksize == "auto":
-        return chunksize
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be a positive integer or 'auto', got {chunksize!r}")
-    return chunksize
-
-
-def _positive(name, value, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value
-
-
 class Executor:
-    """Runs functions on stateless workers: ``local`` processes (default) or AWS ``lambda``.
+    """Runs functions on stateless workers: ``local`` processes (default), AWS ``lambda``,
+    or any ``Backend`` instance.
 
     >>> with Executor() as ex:
     ...     ex.map(lambda x: x + 1, range(10)).result()
     """
 
-    def __init__(self, backend: str = "local", *, workers: int | None = None,
+    def __init__(self, backend: str | Backend = "local", *, workers: int | None = None,
                  storage: Storage | None = None, prefix: str | None = None,
                  timeout: float | None = None, memory_mb: int | None = None, retries: int = 0,
                  auto_batch_target_s: float | None = None, **backend_options):
-        if backend not in ("local", "lambda"):
-            raise ValueError(f"unknown backend {backend!r}: choose 'local' or 'lambda'")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        self.backend_name = backend
-        self.timeout = _positive("timeout", timeout) or DEFAULT_TIMEOUT_S
-        self.memory_mb = _positive("memory_mb", memory_mb) or DEFAULT_MEMORY_MB[backend]
-        self.retries = int(retries)
-        self.auto_batch_target_s = _positive("auto_batch_target_s", auto_batch_target_s) \
-            or DEFAULT_AUTO_TARGET_S[backend]
-        if backend == "local":
-            self.storage = storage or LocalStorage()
-            self.backend = get_backend("local", workers=workers)
+        where = "Executor(): "
+        if isinstance(backend, Backend):
+            if workers is not None or backend_options:
+                raise TypeError("workers and backend options configure a backend made by name; "
+                                f"this {backend.name} backend is made already")
+            self.backend = backend
+        elif isinstance(backend, str):
+            config.check("backend", backend, where)
+            config.check("workers", workers, where)
+            if backend == "lambda":
+                self.backend = create("lambda", workers=workers, storage=storage, **backend_options)
+            else:
+                if backend_options:
+                    raise TypeError(f"unknown option(s) for the local backend: "
+                                    f"{', '.join(sorted(backend_options))}")
+                self.backend = create(backend, workers=workers)
         else:
-            self.backend = get_backend("lambda", workers=workers, storage=storage, **backend_options)
-            self.storage = self.backend.storage
+            raise TypeError(f"backend must be a name ('local' or 'lambda') or a Backend, "
+                            f"got {type(backend).__name__}")
+        self.backend_name = self.backend.name
+        limits = self.backend.limits
+        self.timeout = config.check("timeout", timeout, where) or DEFAULT_TIMEOUT_S
+        self.memory_mb = config.check("memory_mb", memory_mb, where) or limits.default_memory_mb
+        self.retries = config.check("retries", retries, where)
+        if auto_batch_target_s is not None and (
+                isinstance(auto_batch_target_s, bool) or not isinstance(auto_batch_target_s, (int, float))
+                or auto_batch_target_s <= 0):
+            raise ValueError(f"{where}auto_batch_target_s must be a positive number of seconds, "
+                             f"got {auto_batch_target_s!r}")
+        self.auto_batch_target_s = auto_batch_target_s or limits.auto_batch_target_s
+        # A backend whose workers reach one storage (Lambda: its bucket) decides it.
+        self.storage = self.backend.storage or storage or LocalStorage()
         # Lambda's IAM policy only grants its configured prefix: default to it.
-        prefix = prefix if prefix is not None else getattr(self.backend, "prefix", None)
+        prefix = prefix if prefix is not None else self.backend.prefix
         self.prefix = (prefix or "cloudbutton").strip("/") or "cloudbutton"
-        self.concurrency = self.backend.workers
+        self.concurrency = limits.concurrency
         self._uploaded: set[str] = set()
         self._jobs: list[Job] = []
         self._lock = threading.Lock()
@@ -125,18 +128,19 @@ class Executor:
         """
         if not callable(fn):
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
-        with _gc_paused():  # bulk allocation: see job._gc_paused
+        options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
+                                    memory_mb=memory_mb)
+        with gc_paused():  # bulk allocation: see outcomes.gc_paused
             items = _check_iterdata(iterdata)
             payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
             calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        return self._submit(fn, calls, payloads=payloads, chunksize=_check_chunksize(chunksize),
-                            timeout=timeout, retries=retries, memory_mb=memory_mb, label=label)
+        return self._submit(fn, calls, payloads=payloads, label=label, **options)
 
     def call_async(self, fn, *args, **kwargs) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
         if not callable(fn):
             raise TypeError(f"call_async() needs a callable, got {type(fn).__name__}")
-        return self._submit(fn, [(args, kwargs)], chunksize=1)[0]
+        return self._submit(fn, [(args, kwargs)], **self._job_options())[0]
 
     def map_reduce(self, map_fn, iterdata, reduce_fn, **map_options) -> cf.Future:
         """Map, then run ``reduce_fn(list_of_results)`` remotely on the stored results.
@@ -158,22 +162,30 @@ class Executor:
             tasks = map_job.task_ids()
             try:
                 job = self._submit_blob(reduce_blob, getattr(reduce_fn, "__name__", "reduce"),
-                                        [b""], chunksize=1,
-                                        reduce={"job_id": map_job.job_id, "tasks": tasks})
+                                        [b""], reduce={"job_id": map_job.job_id, "tasks": tasks},
+                                        **self._job_options())
                 job[0].add_done_callback(lambda f: _chain(f, outer))
             except BaseException as exc:  # storage errors must reach the caller
                 outer.set_exception(exc)
 
         if not len(map_job):
             self._submit_blob(reduce_blob, "reduce", [serialize.dumps((([],), {}), "reduce input")],
-                              chunksize=1)[0].add_done_callback(lambda f: _chain(f, outer))
+                              **self._job_options())[0].add_done_callback(lambda f: _chain(f, outer))
         else:
             threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
         outer.map_job = map_job
         return outer
 
-    def _submit(self, fn, calls, *, payloads=None, chunksize, timeout=None, retries=None,
-                memory_mb=None, label=None):
+    def _job_options(self, *, chunksize=1, timeout=None, retries=None, memory_mb=None) -> dict:
+        """A job's options, checked (the config schema names a bad one), with the
+        executor's defaults for those not given."""
+        where = "map(): "
+        return {"chunksize": config.check("chunksize", chunksize, where),
+                "timeout": config.check("timeout", timeout, where) or self.timeout,
+                "retries": self.retries if retries is None else config.check("retries", retries, where),
+                "memory_mb": config.check("memory_mb", memory_mb, where) or self.memory_mb}
+
+    def _submit(self, fn, calls, *, payloads=None, label=None, **options):
         """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
@@ -182,8 +194,7 @@ class Executor:
         if payloads is None:
             payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
                 if len(calls) < 64 else self._dumps_many(calls)
-        return self._submit_blob(blob, name, payloads, chunksize=chunksize, timeout=timeout,
-                                 retries=retries, memory_mb=memory_mb, label=label)
+        return self._submit_blob(blob, name, payloads, label=label, **options)
 
     @staticmethod
     def _dumps_many(calls) -> list[bytes]:
@@ -195,27 +206,23 @@ class Executor:
                 serialize.dumps(call, f"iterdata[{i}]")
             raise
 
-    def _submit_blob(self, blob, name, payloads, *, chunksize, timeout=None, retries=None,
-                     memory_mb=None, label=None, reduce=None) -> Job:
+    def _submit_blob(self, blob, name, payloads, *, chunksize, timeout, retries, memory_mb,
+                     label=None, reduce=None) -> Job:
         fkey = protocol.function_key(self.prefix, serialize.digest(blob))
         if fkey not in self._uploaded:
             if not self.storage.exists(fkey):
                 self.storage.put(fkey, blob)
             self._uploaded.add(fkey)
-        if hasattr(self.backend, "check_ready"):
-            self.backend.check_ready()
-        job = Job(job_id=protocol.new_job_id(), backend=self.backend, storage=self.storage,
-                  prefix=self.prefix, function_key=fkey, function_name=name, payloads=payloads,
-                  chunksize=chunksize,
-                  timeout=_positive("timeout", timeout) or self.timeout,
-                  retries=self.retries if retries is None else int(retries),
-                  memory_mb=_positive("memory_mb", memory_mb) or self.memory_mb,
-                  auto_target_s=self.auto_batch_target_s, concurrency=self.concurrency,
-                  label=label, reduce=reduce)
+        self.backend.check_ready()
+        spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
+                       function_name=name, n_items=len(payloads), chunksize=chunksize,
+                       timeout=timeout, retries=retries, memory_mb=memory_mb, created=time.time(),
+                       label=label, reduce=reduce, batch_target_s=self.auto_batch_target_s)
+        job = new_job(spec, self.backend, self.storage, payloads)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done()] + [job]
         if payloads:
-            job._start()
+            job.dispatcher.start()
             self._ensure_monitor()
         return job
 
@@ -246,14 +253,9 @@ class Executor:
             manifest = json.loads(self.storage.get(protocol.manifest_key(self.prefix, job_id)))
         except NotFound:
             raise KeyError(f"no job {job_id} in {self.storage.describe()}") from None
-        job = Job(job_id=job_id, backend=self.backend, storage=self.storage, prefix=self.prefix,
-                  function_key=manifest["function_key"], function_name=manifest["function"],
-                  payloads=[b""] * manifest["n_items"], chunksize=manifest["chunksize"],
-                  timeout=manifest["timeout"], retries=0, memory_mb=manifest["memory_mb"],
-                  auto_target_s=self.auto_batch_target_s, concurrency=self.concurrency,
-                  label=manifest.get("label"))
-        job.created = manifest["created"]
-        job.attach_existing(deadline=manifest["created"] + manifest["timeout"] * manifest["n_items"] + 60)
+        job = new_job(JobSpec.from_manifest(manifest, self.prefix), self.backend, self.storage,
+                      payloads=None)
+        job.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
         with self._lock:
             self._jobs.append(job)
         self._ensure_monitor()
@@ -269,17 +271,18 @@ class Executor:
 
 
 _MONITOR_LINGER_S = 5.0  # an idle monitor waits this long for the next job before exiting
+_TICK_S = 0.25  # between ticks, for backends that report every end themselves
 
 
 def _monitor_loop(ref):
-    last_cancel_check = 0.0
+    """Tick every unfinished job of the executor (cancel markers, polling, deadlines)."""
     idle_since = None
     while True:
         ex = ref()
         if ex is None:
             return
         jobs = [j for j in ex._jobs if not j.done()]
-        poll = getattr(ex.backend, "poll_interval", None)
+        pause = ex.backend.limits.poll_interval_s or _TICK_S
         now = time.time()
         if not jobs:
             # Linger: starting a thread per map() costs a GIL hand-off that can take
@@ -291,23 +294,13 @@ def _monitor_loop(ref):
                         ex._monitor = None  # decided under the lock _ensure_monitor takes
                         return
             del ex
-            time.sleep(poll or 0.25)
+            time.sleep(pause)
             continue
         idle_since = None
         del ex
-        check_cancel = now - last_cancel_check > 0.5
-        if check_cancel:
-            last_cancel_check = now
         for job in jobs:
-            try:
-                if check_cancel and job.check_cancel_marker():
-                    continue
-                if poll or job.attached:
-                    job.poll_storage()
-                job.check_deadlines()
-            except Exception as exc:  # keep monitoring the other jobs
-                job.monitor_error = exc
-        time.sleep(poll or 0.25)
+            job.dispatcher.tick()  # records its own errors: the other jobs go on
+        time.sleep(pause)
 
 
 def _chain(src: cf.Future, dst: cf.Future) -> None:
@@ -319,13 +312,6 @@ def _chain(src: cf.Future, dst: cf.Future) -> None:
         dst.set_result(src.result())
 
 
-def list_jobs(storage, prefix: str, limit: int = 20) -> list[dict]:
-    ids = [j for j in storage.children(f"{prefix}/jobs/") if protocol.JOB_ID_RE.match(j)]
-    ids.sort(reverse=True)  # job ids start with their UTC creation time
-    out = []
-    for job_id in ids[:limit]:
-        try:
-            out.append(json.loads(storage.get(protocol.manifest_key(prefix, job_id))))
-        except (NotFound, ValueError):
-            continue
-    return out
+def list_jobs(storage: Storage, prefix: str, limit: int = 20) -> list[dict]:
+    """Manifests of the newest jobs under ``prefix``, newest first."""
+    return catalog.manifests(storage, prefix, limit)

@@ -10,6 +10,8 @@ import abc
 import collections
 import os
 import threading
+from collections.abc import Iterable
+from typing import Any
 
 
 class NotFound(KeyError):
@@ -46,6 +48,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key``, replacing what was there."""
+
+    def put_parts(self, key: str, parts: Iterable[bytes | memoryview]) -> None:
+        """``put(key, b"".join(parts))``; a storage that can write the parts one after
+        another does so without the joined copy."""
+        self.put(key, b"".join(parts))
 
     @abc.abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -348,26 +355,49 @@ def storage_from_description(desc: dict) -> Storage:
     raise ValueError(f"unknown storage kind {kind!r}")
 
 
-class CountingView:
+class CountingView(Storage):
     """A view of a storage that counts the requests made through it (one job's share)."""
 
-    _OPS = {"put": "PUT", "put_parts": "PUT", "put_if_absent": "PUT", "get": "GET", "exists": "HEAD", "list": "LIST",
-            "children": "LIST"}
-
     def __init__(self, storage: Storage):
+        super().__init__()
         self.inner = storage
-        self.counts = collections.Counter()
-        self._lock = threading.Lock()
+        self.kind = storage.kind
 
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        op = self._OPS.get(name)
-        if op is None:
-            return attr
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.request_counts
 
-        def counted(*args, **kwargs):
-            with self._lock:
-                self.counts[op] += 1
-            return attr(*args, **kwargs)
+    def put(self, key: str, data: bytes) -> None:
+        self._count("PUT")
+        self.inner.put(key, data)
 
-        return counted
+    def put_parts(self, key: str, parts: Iterable[bytes | memoryview]) -> None:
+        self._count("PUT")
+        self.inner.put_parts(key, parts)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        self._count("PUT")
+        return self.inner.put_if_absent(key, data)
+
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
+        self._count("GET")
+        return self.inner.get(key, start, stop)
+
+    def exists(self, key: str) -> bool:
+        self._count("HEAD")
+        return self.inner.exists(key)
+
+    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+        self._count("LIST")
+        return self.inner.list(prefix, start_after)
+
+    def children(self, prefix: str) -> list[str]:
+        self._count("LIST")
+        return self.inner.children(prefix)
+
+    def delete_prefix(self, prefix: str) -> int:
+        self._count("DELETE")
+        return self.inner.delete_prefix(prefix)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()

@@ -68,7 +68,7 @@ def make_progress(job, capture_report=None, *, force_text: bool = False):
 def normalize_report(report) -> dict | None:
     """The capture report as {rows: [{name, type, size}], total, warnings}.
 
-    Accepts the lead's object (``.rows``, ``.total``, ``.warnings``) or a dict;
+    Accepts a ``CaptureReport`` (``.rows``, ``.total``, ``.warnings``) or a dict;
     a row's size may be called ``size`` or ``size_bytes``.
     """
     if report is None:
@@ -132,7 +132,7 @@ class _Progress(abc.ABC):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # The lead's API -----------------------------------------------------------
+    # What a caller drives ------------------------------------------------------
     def update(self, force: bool = False) -> bool:
         """Refresh if the last refresh is older than ``min_interval``; True if it did."""
         now = time.monotonic()
@@ -195,6 +195,11 @@ class _Progress(abc.ABC):
     def _render(self, final: bool) -> None:
         """Draw the current state (``final``: the job has ended)."""
 
+    def error_text(self) -> str:
+        """The job's last monitoring or listener error, one line ('' if none)."""
+        err = self.job.monitor_error
+        return f"{type(err).__name__}: {err}".splitlines()[0][:300] if err is not None else ""
+
     def state_text(self) -> str:
         if self.job.cancelled:
             return "cancelled"
@@ -252,6 +257,7 @@ class TextProgress(_Progress):
         self.bar = None
         self._stdout: list[tuple[int, str]] = []
         self._failures: list[tuple[int, str, dict]] = []
+        self._error_shown = ""
 
     def display(self) -> None:
         with self._lock:
@@ -279,6 +285,10 @@ class TextProgress(_Progress):
         d = self.tracker.poll()
         self._stdout.extend(d.stdout)
         self._failures.extend(d.failures)
+        error = self.error_text()
+        if error and error != self._error_shown:
+            self._error_shown = error
+            self._print(f"cloudbutton: following job {self.job.job_id} met an error: {error}")
         t = self.tracker
         self.bar.update(t.ended - self.bar.n)
         c = t.counts
@@ -431,11 +441,10 @@ class JobWidget(_Progress):
         hs = self._header_stats or t.header_stats()
         state = self.state_text()
         counts = (f"{c['done']} done · {c['failed']} failed · {t.running} running · "
-                  f"{t.queued} queued · {c['cancelled']} cancelled · "
-                  f"{getattr(self.job, 'retried', 0)} retried")
-        if getattr(self.job, "throttled", 0):
+                  f"{t.queued} queued · {c['cancelled']} cancelled · {self.job.retried} retried")
+        if self.job.throttled:
             counts += f" · {self.job.throttled} throttled"
-        backend = getattr(getattr(self.job, "backend", None), "name", "?")
+        backend = self.job.backend.name
         cost = fmt_cost(hs["cost_usd"])
         cost = f"{cost} on Lambda" if backend == "lambda" else f"≈ {cost} on Lambda"
         rate = (f"{hs['gflops']:.2f} GFLOPS" if hs["flops"] else "")
@@ -444,6 +453,10 @@ class JobWidget(_Progress):
                  f"{hs['tasks_per_s']:.1f} tasks/s", rate, cost]
         colour = {"finished": "#2ca02c", "cancelled": "#7f7f7f", "running": "#1f77b4"}.get(
             state, "#d62728")
+        error = self.error_text()
+        if error:
+            parts.append(f"<span class='cb-error' style='color:#d62728'>error: "
+                         f"{html.escape(error)}</span>")
         self.header.value = (
             f"<div><b>job {html.escape(self.job.job_id)}</b> · {html.escape(backend)} · "
             f"{len(self.job)} tasks · <span class='cb-state' style='color:{colour}'>{state}</span>"

@@ -18,6 +18,7 @@ timeout + ``deadline_grace_s`` ends as a timeout error.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import http.client
@@ -38,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import config as _config
 from ..errors import InfrastructureError, VersionMismatchError
 from ..storage import S3Storage
+from .base import Backend, BackendLimits
 
 HANDLER = "cloudbutton_executor.worker.handler"
 VERSIONS_ENV = "CLOUDBUTTON_VERSIONS"
@@ -639,11 +641,14 @@ def _retry_after(info: dict, headers: dict) -> float | None:
     return None
 
 
-class LambdaBackend:
+# Lambda's documented limit for an asynchronous invocation's payload.
+ASYNC_PAYLOAD_LIMIT_BYTES = 256 * 1024
+
+
+class LambdaBackend(Backend):
     """Runs events on the deployed worker function; see the module docstring."""
 
     name = "lambda"
-    reports_invoked_at = True  # the job starts deadline clocks when Lambda accepted the event
 
     def __init__(self, workers: int | None = None, storage=None, config=None,
                  config_path: str | None = None, session=None, **options):
@@ -677,14 +682,16 @@ class LambdaBackend:
                                 endpoint_url=cfg.endpoints.get("s3"),
                                 max_pool_connections=max(16, lam.invoke_threads), session=self.session)
         self.storage = storage
-        # What the job reads (see Job): poll S3 for statuses, bound deadlines, keep in-flight
-        # invocations near the concurrency so a silent one is noticed.
-        self.poll_interval = lam.poll_interval
-        self.deadline_grace_s = lam.deadline_grace
-        self.lost_after_s = lam.lost_after
-        self.redeliveries = lam.redeliveries
-        self.max_timeout = lam.timeout
-        self.max_inflight = 2 * self.workers
+        # Workers never call back: the dispatcher polls S3 for statuses, bounds deadlines,
+        # re-sends events presumed lost, and keeps in-flight invocations near the
+        # concurrency so that a silent one is noticed.
+        self._limits = BackendLimits(
+            concurrency=self.workers, max_timeout_s=lam.timeout,
+            payload_limit_bytes=ASYNC_PAYLOAD_LIMIT_BYTES, max_inflight=2 * self.workers,
+            can_stop_running=False, calls_back=False, poll_interval_s=lam.poll_interval,
+            deadline_grace_s=lam.deadline_grace, lost_after_s=lam.lost_after,
+            redeliveries=lam.redeliveries, reports_accepted=True,
+            default_memory_mb=lam.memory, auto_batch_target_s=1.0, architecture="x86_64")
         self._threads = lam.invoke_threads
         self._pool = ThreadPoolExecutor(max_workers=lam.invoke_threads, thread_name_prefix="cloudbutton-invoke")
         self._invoker = None
@@ -693,6 +700,10 @@ class LambdaBackend:
         self._count_lock = threading.Lock()
         self._ready_at = 0.0
         self.invocations = 0
+
+    @property
+    def limits(self) -> BackendLimits:
+        return self._limits
 
     # Invocation -----------------------------------------------------------------
     @property
@@ -730,13 +741,12 @@ class LambdaBackend:
                     return
                 try:
                     inv.invoke(payload)
-                    event["invoked_at"] = time.time()
                     with self._count_lock:
                         self.invocations += 1
+                    listener.on_accepted(event, time.time())
                     return
                 except _Throttled as thr:
-                    with self._count_lock:
-                        listener.throttled = getattr(listener, "throttled", 0) + 1
+                    listener.on_throttled(event, thr.retry_after)
                     # Honour retryAfterSeconds, else exponential backoff; bounded in total.
                     delay = thr.retry_after if thr.retry_after is not None else 0.1 * 2 ** min(attempt, 6)
                     delay *= 1 + 0.25 * random.random()
@@ -782,7 +792,9 @@ class LambdaBackend:
             raise VersionMismatchError(
                 f"the deployed Lambda function {self.function_name} runs other versions than this "
                 f"host ({'; '.join(problems)}): run `cloudbutton deploy` to update it")
-        self.max_timeout = int(conf.get("Timeout") or self.max_timeout)
+        deployed_timeout = conf.get("Timeout")
+        if deployed_timeout:
+            self._limits = dataclasses.replace(self._limits, max_timeout_s=float(deployed_timeout))
         self._ready_at = time.time()
 
     def status(self) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import os
 import select
 import signal
@@ -25,13 +26,16 @@ import threading
 import time
 
 from .. import local_runtime
-from ..errors import TaskTimeoutError, WorkerDiedError
+from ..errors import LostInvocationError, TaskTimeoutError, WorkerDiedError
+from .base import Backend, BackendLimits
+
+log = logging.getLogger("cloudbutton.local")
 
 _pools: dict[tuple, "LocalBackend"] = {}
 _pools_lock = threading.Lock()
 
 
-def get_local_backend(workers: int | None = None, **_ignored) -> "LocalBackend":
+def get_local_backend(workers: int | None = None) -> "LocalBackend":
     """A process-wide pool per concurrency level, so warm workers are reused
     across executors (as Lambda reuses warm containers across invocations)."""
     workers = int(workers or os.cpu_count() or 1)
@@ -153,11 +157,17 @@ class _Process:
             self.kill()
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, workers: int, env: dict | None = None):
         self.workers = workers
+        self._limits = BackendLimits(
+            concurrency=workers, max_timeout_s=None, payload_limit_bytes=None, max_inflight=None,
+            can_stop_running=True, calls_back=True, poll_interval_s=None,
+            deadline_grace_s=None,  # each slot kills its worker at the timeout and says so
+            lost_after_s=None, redeliveries=0, reports_accepted=False,
+            default_memory_mb=2048, auto_batch_target_s=0.05)
         self.closed = False
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
@@ -171,6 +181,10 @@ class LocalBackend:
                                           name=f"cloudbutton-local-{i}") for i in range(workers)]
         for t in self._threads:
             t.start()
+
+    @property
+    def limits(self) -> BackendLimits:
+        return self._limits
 
     # Invocation -------------------------------------------------------------
     def invoke(self, events: list[dict], listener) -> None:
@@ -196,8 +210,16 @@ class LocalBackend:
     def shutdown(self) -> None:
         with self._cond:
             self.closed = True
+            dropped = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
+        for event, listener in dropped:  # never sent to a worker: lost, not left hanging
+            try:
+                listener.on_lost(event, LostInvocationError(
+                    f"task {event['task']}: the local backend was shut down before running it",
+                    event["task"]))
+            except Exception:
+                log.exception("a listener failed on a lost event of job %s", event.get("job_id"))
 
     def status(self) -> dict:
         return {"backend": "local", "workers": self.workers, "ok": not self.closed}
@@ -233,8 +255,8 @@ class LocalBackend:
                 self._killed.discard(slot)
         try:
             listener.on_start(event)
-        except Exception as exc:  # a listener bug must not kill the slot
-            print(f"cloudbutton: local backend slot {slot}: {exc!r}", file=sys.stderr)
+        except Exception:  # a listener bug must not kill the slot
+            log.exception("local backend slot %d: the listener failed on a started event", slot)
         try:
             proc.send(event)
         except (BrokenPipeError, OSError):
@@ -320,8 +342,8 @@ class LocalBackend:
                         event["task"]))
                 else:
                     listener.on_done(event, response)
-            except Exception as exc:  # a listener bug must not kill the slot
-                print(f"cloudbutton: local backend slot {slot}: {exc!r}", file=sys.stderr)
+            except Exception:  # a listener bug must not kill the slot
+                log.exception("local backend slot %d: the listener failed on an ended event", slot)
             finally:
                 if sent is None:
                     with self._cond:
