@@ -120,6 +120,19 @@ def ended_items(task_ids: Iterable[str]) -> int:
     return sum(b - a for a, b in map(protocol.task_range, set(task_ids)))
 
 
+def stored_state(manifest: Mapping[str, Any], ended: int, failed: int | None, cancelled: bool,
+                 now: float) -> str:
+    """done, failed, ended (all items have a status; failures not counted), cancelled,
+    lost (nobody can finish it any more) or running."""
+    if ended >= int(manifest.get("n_items", 0)):
+        return "ended" if failed is None else ("failed" if failed else "done")
+    if cancelled:
+        return "cancelled"
+    if now > protocol.lost_deadline(manifest):
+        return "lost"
+    return "running"
+
+
 def stored_job_summary(manifest: Mapping[str, Any], statuses: Mapping[str, Mapping[str, Any]],
                        cancel: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
     """A job as its storage tells it (the panel and the CLI, which never unpickle):
@@ -145,15 +158,10 @@ def stored_job_summary(manifest: Mapping[str, Any], statuses: Mapping[str, Mappi
             end = max(end or 0.0, t_end)
     remaining = max(0, n - len(covered))
     created = manifest.get("created") or now
-    if remaining == 0:
-        state = "failed" if failed else "done"
-    elif cancel is not None:
-        state = "cancelled"
-        end = cancel.get("at") or end
-    elif now > protocol.lost_deadline(manifest):
-        state = "lost"  # nobody can finish it now
-    else:
-        state = "running"
+    state = stored_state(manifest, len(covered), failed, cancel is not None, now)
+    if state == "cancelled":
+        end = (cancel or {}).get("at") or end
+    elif state == "running":
         end = None
     stats = job_stats(n_items=n, counts={"done": done, "failed": failed}, created=created,
                       end=end or now, usage=usage, flops=flops,

@@ -73,3 +73,17 @@ def summary(storage: Storage, prefix: str, job_manifest: dict[str, Any], now: fl
     job_id = job_manifest["job_id"]
     return accounting.stored_job_summary(job_manifest, statuses(storage, prefix, job_id, cache),
                                          cancel_info(storage, prefix, job_id), now)
+
+
+def brief(storage: Storage, prefix: str, job_manifest: dict[str, Any], now: float) -> dict[str, Any]:
+    """What a listing of many jobs shows, from the keys only (one LIST and one HEAD per
+    job, no status read): items, stored tasks, items ended, and the state."""
+    job_id = job_manifest["job_id"]
+    tids = stored_task_ids(storage, prefix, job_id)
+    ended = accounting.ended_items(tids)
+    cancelled = storage.exists(protocol.cancel_key(prefix, job_id))
+    return {"job_id": job_id, "created": job_manifest.get("created"),
+            "function": job_manifest.get("function"), "label": job_manifest.get("label"),
+            "backend": job_manifest.get("backend"), "items": job_manifest.get("n_items"),
+            "tasks_stored": len(tids), "ended": ended,
+            "state": accounting.stored_state(job_manifest, ended, None, cancelled, now)}

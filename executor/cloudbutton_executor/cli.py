@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=_LIMIT.argparse_type(), default=20, metavar="N",
                    help="how many (default 20)")
     j.add_argument("--json", action="store_true", help="print JSON")
+    j.add_argument("--cost", action="store_true",
+                   help="read every stored status too: failures and the Lambda and S3 bill "
+                        "(one GET per stored task)")
 
     c = sub.add_parser("clean", help="delete a job's objects, or all jobs older than a duration",
                        description="Delete stored jobs: one (--job ID) or every job older than "
@@ -125,37 +128,39 @@ def cmd_status(args, out) -> int:
     return 0 if st.get("ok") else 1
 
 
-def _job_rows(storage, prefix, limit):
-    """One row per recent job: what its manifest says and what its statuses add up to
-    (the same summary the Jupyter panel shows)."""
-    rows = []
+def _job_rows(storage, prefix, limit, cost=False):
+    """One row per recent job, from its keys (``catalog.brief``); with ``cost``, from its
+    statuses too (failures and the bill, the summary the Jupyter panel shows)."""
     now = time.time()
+    rows = []
     for m in catalog.manifests(storage, prefix, limit):
-        s = catalog.summary(storage, prefix, m, now)
-        rows.append({"job_id": m["job_id"], "created": m.get("created"), "function": m.get("function"),
-                     "label": m.get("label"), "items": m.get("n_items"), "tasks_stored": s["tasks"],
-                     "state": s["state"], "done": s["counts"]["done"], "failed": s["counts"]["failed"],
-                     "cancelled": s["state"] == "cancelled", "cost_usd": s["cost_usd"]})
+        row = catalog.brief(storage, prefix, m, now)
+        if cost:
+            s = catalog.summary(storage, prefix, m, now)
+            row.update(state=s["state"], done=s["counts"]["done"], failed=s["counts"]["failed"],
+                       gb_seconds=s["gb_seconds"], cost_usd=s["cost_usd"])
+        rows.append(row)
     return rows
 
 
 def cmd_jobs(args, out) -> int:
     be = _backend(_load_config(args))
-    rows = _job_rows(be.storage, be.prefix, args.limit)
+    rows = _job_rows(be.storage, be.prefix, args.limit, cost=args.cost)
     if args.json:
         print(json.dumps(rows, indent=1), file=out)
         return 0
     if not rows:
         print(f"no jobs under s3://{be.storage.bucket}/{protocol.jobs_prefix(be.prefix)}", file=out)
         return 0
-    print(f"{'JOB ID':<23} {'CREATED (UTC)':<19} {'ITEMS':>6} {'DONE':>6} {'FAILED':>6} "
-          f"{'STATE':<9} {'COST':>9}  FUNCTION", file=out)
+    cost_head = f" {'FAILED':>6} {'COST':>9}" if args.cost else ""
+    print(f"{'JOB ID':<23} {'CREATED (UTC)':<19} {'ITEMS':>7} {'ENDED':>7} {'STATE':<9}{cost_head}"
+          "  FUNCTION", file=out)
     for r in rows:
         created = datetime.datetime.fromtimestamp(r["created"] or 0, datetime.timezone.utc)
         label = f" ({r['label']})" if r["label"] else ""
-        print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>6} {r['done']:>6} "
-              f"{r['failed']:>6} {r['state']:<9} ${r['cost_usd']:>8.4f}  {r['function']}{label}",
-              file=out)
+        cost = f" {r['failed']:>6} ${r['cost_usd']:>8.4f}" if args.cost else ""
+        print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>7} {r['ended']:>7} "
+              f"{r['state']:<9}{cost}  {r['function']}{label}", file=out)
     return 0
 
 

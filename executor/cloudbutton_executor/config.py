@@ -404,7 +404,7 @@ def validate(cfg: Config) -> Config:
     where = f"{cfg.path}: " if cfg.path else "config: "
     for key, s in AWS.items():
         s.check(getattr(cfg, key), where)
-    for key, s in LAMBDA.items():
+    for s in LAMBDA.values():
         s.check(getattr(cfg.lambda_, s.name), where)
     check_endpoints(cfg.endpoints, where)
     check_run(cfg.defaults, where)

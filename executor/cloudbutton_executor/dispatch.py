@@ -421,7 +421,7 @@ class Dispatcher:
                 return self.storage.get(protocol.status_key(spec.prefix, spec.job_id, tid))
 
             futs = [_fetch_pool().submit(fetch, tid) for tid in new]
-            for tid, fut in zip(new, futs):
+            for tid, fut in zip(new, futs, strict=True):
                 self._collect(tid, seen, status=json.loads(fut.result()))
         elif new:
             self._collect(new[0], seen)

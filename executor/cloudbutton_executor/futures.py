@@ -8,8 +8,17 @@ from typing import Any, Protocol
 
 ANY_COMPLETED = FIRST_COMPLETED  # Lithops' name for the same thing
 
-__all__ = ["TaskFuture", "wait", "as_completed", "get_result", "ALL_COMPLETED", "ANY_COMPLETED",
-           "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError"]
+__all__ = [
+    "ALL_COMPLETED",
+    "ANY_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "CancelledError",
+    "TaskFuture",
+    "as_completed",
+    "get_result",
+    "wait",
+]
 
 
 class ItemRecords(Protocol):
@@ -99,7 +108,7 @@ def get_result(fs: Any, timeout: float | None = None) -> Any:
     if isinstance(fs, Job):  # it holds the results already, no futures needed
         return fs.result(timeout)
     futures = _futures(fs)
-    done, not_done = cf.wait(futures, timeout=timeout)
+    _, not_done = cf.wait(futures, timeout=timeout)
     if not_done:
         raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} tasks not done after {timeout} s")
     return [f.result() for f in futures]

@@ -128,7 +128,7 @@ class OutcomeStore:
         self._done.wait(timeout)
         out: list[Any] = []
         for i, s in enumerate(self._state):
-            if s == DONE or s == FAILED:
+            if s in (DONE, FAILED):
                 out.append(self._values[i])
             elif s >= CANCELLED:
                 out.append(cf.CancelledError(f"job {self.job_id} was cancelled"))

@@ -170,7 +170,7 @@ def looks_like_secret(value, _depth: int = 0) -> str | None:
     if _depth >= 2:
         return None
     if isinstance(value, dict):
-        keys = {k for k in value.keys() if isinstance(k, str)}
+        keys = {k for k in value if isinstance(k, str)}
         if {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & keys:
             return "it holds AWS credentials (AWS_SECRET_ACCESS_KEY)"
         if len(keys) >= 8 and len(keys & set(os.environ)) >= 0.8 * len(keys) and "PATH" in keys:

@@ -158,19 +158,19 @@ class CloudRunner:
     # Jobs ---------------------------------------------------------------------------
     def print_jobs(self, n: int = 10) -> None:
         ex = self.executor(self.settings())
-        rows = [catalog.summary(ex.storage, ex.prefix, m, time.time())
+        now = time.time()
+        rows = [catalog.brief(ex.storage, ex.prefix, m, now)
                 for m in catalog.manifests(ex.storage, ex.prefix, n)]
         if not rows:
             print("no jobs yet")
             return
-        print(f"{'job id':<24} {'created (UTC)':<20} {'backend':<8} {'tasks':>6} {'ended':>6} "
+        print(f"{'job id':<24} {'created (UTC)':<20} {'backend':<8} {'tasks':>7} {'ended':>7} "
               f"{'state':<9}  what")
         for r in rows:
-            ended = r["counts"]["done"] + r["counts"]["failed"]
             created = datetime.datetime.fromtimestamp(r["created"], datetime.timezone.utc)
-            what = r["notebook"] or r["function"] or ""
+            what = r["label"] or r["function"] or ""
             print(f"{r['job_id']:<24} {created:%Y-%m-%d %H:%M:%S} {r['backend']:<8} "
-                  f"{r['n_items']:>6} {ended:>6} {r['state']:<9}  {what}")
+                  f"{r['items']:>7} {r['ended']:>7} {r['state']:<9}  {what}")
 
     def attach(self, job_id: str, out: str = "results"):
         ex = self.executor(self.settings())
@@ -202,7 +202,8 @@ class CloudRunner:
         except NameError as err:
             raise UsageError(f"the iterable {expr!r} is not defined in the notebook ({err})") from None
         except Exception as err:
-            raise UsageError(f"evaluating the iterable {expr!r} failed: {type(err).__name__}: {err}") from None
+            raise UsageError(f"evaluating the iterable {expr!r} failed: "
+                             f"{type(err).__name__}: {err}") from None
         if isinstance(value, (str, bytes)):
             raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}; "
                              "wrap it in a list to run one task on it")

@@ -29,7 +29,7 @@ STDOUT_TAIL_CHARS = 32_000  # what the widget keeps of the tasks' stdout
 MAX_FAILURES_LISTED = 50
 TEXT_STDOUT_CHARS = 200_000
 
-__all__ = ["JobWidget", "TextProgress", "make_progress", "widgets_available"]
+__all__ = ["JobWidget", "TextProgress", "make_progress", "watch", "widgets_available"]
 
 
 def widgets_available() -> bool:
@@ -63,6 +63,17 @@ def make_progress(job, capture_report=None, *, force_text: bool = False):
     if not force_text and widgets_available():
         return JobWidget(job, capture_report=capture_report)
     return TextProgress(job, capture_report=capture_report)
+
+
+def watch(job, capture_report=None):
+    """Show a job's live progress (what ``%%cloud map`` shows) and block until it ends;
+    returns the job. For jobs made with the Python API in a notebook."""
+    view = make_progress(job, capture_report=capture_report)
+    view.display()
+    while not job.wait(MIN_INTERVAL_S):
+        view.update()
+    view.finish()
+    return job
 
 
 def normalize_report(report) -> dict | None:

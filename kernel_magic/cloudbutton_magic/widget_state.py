@@ -138,7 +138,7 @@ class RateSeries:
 class Delta:
     """What changed since the previous poll."""
 
-    __slots__ = ("ended", "rows", "stdout", "failures")
+    __slots__ = ("ended", "failures", "rows", "stdout")
 
     def __init__(self):
         self.ended = 0          # futures newly ended
@@ -229,7 +229,7 @@ class JobTracker:
         job, t0 = self.job, self.t0
         first, last = job.item_stats(a), job.item_stats(b - 1)
         states = [job.item_state(i) for i in range(a, b)]
-        failed = [i for i, s in zip(range(a, b), states) if s == "failed"]
+        failed = [i for i, s in zip(range(a, b), states, strict=True) if s == "failed"]
         submit = first.get("host_submit")
         start = first.get("worker_start")
         setup = first.get("setup_done")

@@ -31,11 +31,11 @@ from .base import Backend, BackendLimits
 
 log = logging.getLogger("cloudbutton.local")
 
-_pools: dict[tuple, "LocalBackend"] = {}
+_pools: dict[tuple, LocalBackend] = {}
 _pools_lock = threading.Lock()
 
 
-def get_local_backend(workers: int | None = None) -> "LocalBackend":
+def get_local_backend(workers: int | None = None) -> LocalBackend:
     """A process-wide pool per concurrency level, so warm workers are reused
     across executors (as Lambda reuses warm containers across invocations)."""
     workers = int(workers or os.cpu_count() or 1)
@@ -98,7 +98,7 @@ def worker_log_path() -> str:
 def _worker_log():
     global _log_file
     if _log_file is None or _log_file.closed:
-        _log_file = open(worker_log_path(), "ab", buffering=0)
+        _log_file = open(worker_log_path(), "ab", buffering=0)  # noqa: SIM115 - open for the process's life
     return _log_file
 
 
@@ -236,7 +236,7 @@ class LocalBackend(Backend):
                 return None
             return self._queue.popleft()
 
-    def _begin(self, slot: int, item, proc: "_Process") -> "_Process":
+    def _begin(self, slot: int, item, proc: _Process) -> _Process:
         """Mark ``item`` running on ``proc`` and send it; a process found dead
         before the event reached it is replaced (the event is not lost)."""
         event, listener = item
