@@ -120,7 +120,7 @@ def ended_items(task_ids: Iterable[str]) -> int:
     return sum(b - a for a, b in map(protocol.task_range, set(task_ids)))
 
 
-def stored_state(manifest: Mapping[str, Any], ended: int, failed: int | None, cancelled: bool,
+def stored_state(manifest: dict[str, Any], ended: int, failed: int | None, cancelled: bool,
                  now: float) -> str:
     """done, failed, ended (all items have a status; failures not counted), cancelled,
     lost (nobody can finish it any more) or running."""
@@ -133,7 +133,7 @@ def stored_state(manifest: Mapping[str, Any], ended: int, failed: int | None, ca
     return "running"
 
 
-def stored_job_summary(manifest: Mapping[str, Any], statuses: Mapping[str, Mapping[str, Any]],
+def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[str, Any]],
                        cancel: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
     """A job as its storage tells it (the panel and the CLI, which never unpickle):
     state, counts, progress, duration and cost from the manifest, the task statuses and

@@ -11,6 +11,8 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from . import catalog, protocol
 from . import config as _config
@@ -37,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                        "Lambda function (a zip of cloudbutton_executor + cloudpickle). Running it "
                        "again changes nothing unless something differs.")
     for key, metavar in (("memory", "MB"), ("timeout", "S")):
-        s = _config.LAMBDA[f"lambda.{key}"]
-        d.add_argument(f"--{key}", type=s.argparse_type(), metavar=metavar,
-                       help=f"{s.help} ({s.describe()})")
+        setting = _config.LAMBDA[f"lambda.{key}"]
+        d.add_argument(f"--{key}", type=setting.argparse_type(), metavar=metavar,
+                       help=f"{setting.help} ({setting.describe()})")
     g = d.add_mutually_exclusive_group()
     g.add_argument("--requirements", metavar="FILE",
                    help="pip requirements installed into a Lambda layer (built for manylinux2014_x86_64)")
@@ -80,7 +82,7 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "d"]
 
 
-def _load_config(args) -> _config.Config:
+def _load_config(args: argparse.Namespace) -> _config.Config:
     cfg = _config.load(args.config)
     if args.profile:
         cfg.profile = args.profile
@@ -89,13 +91,13 @@ def _load_config(args) -> _config.Config:
     return cfg
 
 
-def _backend(cfg):
+def _backend(cfg: _config.Config) -> Any:
     from .backends.aws_lambda import LambdaBackend
 
     return LambdaBackend(config=cfg)
 
 
-def cmd_deploy(args, out) -> int:
+def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     from .backends.aws_lambda import deploy
 
     cfg = _load_config(args)
@@ -108,7 +110,7 @@ def cmd_deploy(args, out) -> int:
     return 0
 
 
-def cmd_status(args, out) -> int:
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     st = _backend(_load_config(args)).status()
     if args.json:
         print(json.dumps(st, indent=1, sort_keys=True), file=out)
@@ -128,7 +130,7 @@ def cmd_status(args, out) -> int:
     return 0 if st.get("ok") else 1
 
 
-def _job_rows(storage, prefix, limit, cost=False):
+def _job_rows(storage: Any, prefix: str, limit: int, cost: bool = False) -> list[dict[str, Any]]:
     """One row per recent job, from its keys (``catalog.brief``); with ``cost``, from its
     statuses too (failures and the bill, the summary the Jupyter panel shows)."""
     now = time.time()
@@ -143,7 +145,7 @@ def _job_rows(storage, prefix, limit, cost=False):
     return rows
 
 
-def cmd_jobs(args, out) -> int:
+def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     be = _backend(_load_config(args))
     rows = _job_rows(be.storage, be.prefix, args.limit, cost=args.cost)
     if args.json:
@@ -169,7 +171,7 @@ def _job_created(job_id: str) -> float:
     return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def cmd_clean(args, out) -> int:
+def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     be = _backend(_load_config(args))
     st, prefix = be.storage, be.prefix
     if args.job:
@@ -196,10 +198,10 @@ def cmd_clean(args, out) -> int:
     return 0
 
 
-COMMANDS = {"deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
+COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {"deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
 
 
-def main(argv=None, out=None) -> int:
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     try:

@@ -7,6 +7,11 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 from . import catalog, config, protocol, serialize
 from .backends import Backend, create
@@ -21,8 +26,10 @@ log = logging.getLogger("cloudbutton.executor")
 DEFAULT_TIMEOUT_S = 300.0
 
 
-def _as_call(item, extra_args):
+def _as_call(item: Any, extra_args: tuple[Any, ...] | dict[str, Any] | None) -> Call:
     """iterdata element -> (args, kwargs): tuples are positional args, dicts kwargs."""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     if isinstance(item, dict):
         args, kwargs = (), dict(item)
     elif isinstance(item, tuple):
@@ -37,7 +44,7 @@ def _as_call(item, extra_args):
     return args, kwargs
 
 
-def _check_iterdata(iterdata) -> list:
+def _check_iterdata(iterdata: Iterable[Any]) -> list[Any]:
     if isinstance(iterdata, (str, bytes)):
         raise TypeError(f"iterdata must be an iterable of task inputs, got a {type(iterdata).__name__}; "
                         "wrap a single input in a list: [value]")
@@ -59,8 +66,9 @@ class Executor:
     def __init__(self, backend: str | Backend = "local", *, workers: int | None = None,
                  storage: Storage | None = None, prefix: str | None = None,
                  timeout: float | None = None, memory_mb: int | None = None, retries: int = 0,
-                 auto_batch_target_s: float | None = None, **backend_options):
+                 auto_batch_target_s: float | None = None, **backend_options: Any):
         where = "Executor(): "
+        self.backend: Backend
         if isinstance(backend, Backend):
             if workers is not None or backend_options:
                 raise TypeError("workers and backend options configure a backend made by name; "
@@ -103,12 +111,12 @@ class Executor:
         self._closed = False
 
     # concurrent.futures-style context management ----------------------------
-    def __enter__(self):
+    def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
-        return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._closed = True
@@ -119,8 +127,10 @@ class Executor:
                 job.wait()
 
     # Submission -------------------------------------------------------------
-    def map(self, fn, iterdata, *, extra_args=None, chunksize=1, timeout=None, retries=None,
-            memory_mb=None, label=None) -> Job:
+    def map(self, fn: Callable[..., Any], iterdata: Iterable[Any], *,
+            extra_args: tuple[Any, ...] | dict[str, Any] | None = None,
+            chunksize: int | str = 1, timeout: float | None = None, retries: int | None = None,
+            memory_mb: int | None = None, label: str | None = None) -> Job:
         """Run ``fn`` once per element of ``iterdata``; returns a ``Job`` of futures in input order.
 
         Elements may be scalars (``fn(x)``), tuples (``fn(*t)``) or dicts (``fn(**d)``);
@@ -136,13 +146,14 @@ class Executor:
             calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
         return self._submit(fn, calls, payloads=payloads, label=label, **options)
 
-    def call_async(self, fn, *args, **kwargs) -> cf.Future:
+    def call_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
         if not callable(fn):
             raise TypeError(f"call_async() needs a callable, got {type(fn).__name__}")
         return self._submit(fn, [(args, kwargs)], **self._job_options())[0]
 
-    def map_reduce(self, map_fn, iterdata, reduce_fn, **map_options) -> cf.Future:
+    def map_reduce(self, map_fn: Callable[..., Any], iterdata: Iterable[Any],
+                   reduce_fn: Callable[[list[Any]], Any], **map_options: Any) -> MapReduceFuture:
         """Map, then run ``reduce_fn(list_of_results)`` remotely on the stored results.
 
         Returns the reduce task's future; it fails with the first map failure.
@@ -151,9 +162,9 @@ class Executor:
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
         map_job = self.map(map_fn, iterdata, **map_options)
         reduce_blob = serialize.dumps(reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
-        outer: cf.Future = cf.Future()
+        outer = MapReduceFuture(map_job)
 
-        def run_reduce():
+        def run_reduce() -> None:
             try:
                 map_job.result()
             except BaseException as exc:  # the first failed (or cancelled) item
@@ -173,10 +184,10 @@ class Executor:
                               **self._job_options())[0].add_done_callback(lambda f: _chain(f, outer))
         else:
             threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
-        outer.map_job = map_job
         return outer
 
-    def _job_options(self, *, chunksize=1, timeout=None, retries=None, memory_mb=None) -> dict:
+    def _job_options(self, *, chunksize: int | str = 1, timeout: float | None = None,
+                     retries: int | None = None, memory_mb: int | None = None) -> dict[str, Any]:
         """A job's options, checked (the config schema names a bad one), with the
         executor's defaults for those not given."""
         where = "map(): "
@@ -185,19 +196,22 @@ class Executor:
                 "retries": self.retries if retries is None else config.check("retries", retries, where),
                 "memory_mb": config.check("memory_mb", memory_mb, where) or self.memory_mb}
 
-    def _submit(self, fn, calls, *, payloads=None, label=None, **options):
+    def _submit(self, fn: Callable[..., Any], calls: list[Call] | None, *,
+                payloads: list[bytes] | None = None, label: str | None = None,
+                **options: Any) -> Job:
         """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         blob = serialize.dumps(fn, f"function {name}")
         if payloads is None:
+            assert calls is not None
             payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
                 if len(calls) < 64 else self._dumps_many(calls)
         return self._submit_blob(blob, name, payloads, label=label, **options)
 
     @staticmethod
-    def _dumps_many(calls) -> list[bytes]:
+    def _dumps_many(calls: list[Call]) -> list[bytes]:
         # One pickling pass for many inputs; on failure find and name the culprit.
         try:
             return serialize.dumps_each(calls)
@@ -206,8 +220,9 @@ class Executor:
                 serialize.dumps(call, f"iterdata[{i}]")
             raise
 
-    def _submit_blob(self, blob, name, payloads, *, chunksize, timeout, retries, memory_mb,
-                     label=None, reduce=None) -> Job:
+    def _submit_blob(self, blob: bytes, name: str, payloads: list[bytes], *, chunksize: int | str,
+                     timeout: float, retries: int, memory_mb: int, label: str | None = None,
+                     reduce: dict[str, Any] | None = None) -> Job:
         fkey = protocol.function_key(self.prefix, serialize.digest(blob))
         if fkey not in self._uploaded:
             if not self.storage.exists(fkey):
@@ -227,17 +242,19 @@ class Executor:
         return job
 
     # Waiting ----------------------------------------------------------------
-    def wait(self, fs, return_when=ALL_COMPLETED, timeout=None):
+    def wait(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]], return_when: str = ALL_COMPLETED,
+             timeout: float | None = None) -> cf._base.DoneAndNotDoneFutures[Any]:
         return wait(fs, return_when=return_when, timeout=timeout)
 
-    def as_completed(self, fs, timeout=None):
+    def as_completed(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]],
+                     timeout: float | None = None) -> Iterator[cf.Future[Any]]:
         return as_completed(fs, timeout=timeout)
 
-    def get_result(self, fs, timeout=None):
+    def get_result(self, fs: Any, timeout: float | None = None) -> Any:
         return get_result(fs, timeout=timeout)
 
     # Jobs in storage ----------------------------------------------------------
-    def jobs(self, limit: int = 20) -> list[dict]:
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Manifests of recent jobs in this storage, newest first."""
         return list_jobs(self.storage, self.prefix, limit)
 
@@ -262,7 +279,7 @@ class Executor:
         return job
 
     # Monitoring: cancel markers (the panel), storage polling, deadlines -------
-    def _ensure_monitor(self):
+    def _ensure_monitor(self) -> None:
         with self._lock:
             if self._monitor is None or not self._monitor.is_alive():
                 self._monitor = threading.Thread(target=_monitor_loop, args=(weakref.ref(self),),
@@ -274,7 +291,7 @@ _MONITOR_LINGER_S = 5.0  # an idle monitor waits this long for the next job befo
 _TICK_S = 0.25  # between ticks, for backends that report every end themselves
 
 
-def _monitor_loop(ref):
+def _monitor_loop(ref: weakref.ReferenceType[Executor]) -> None:
     """Tick every unfinished job of the executor (cancel markers, polling, deadlines)."""
     idle_since = None
     while True:
@@ -303,7 +320,15 @@ def _monitor_loop(ref):
         time.sleep(pause)
 
 
-def _chain(src: cf.Future, dst: cf.Future) -> None:
+class MapReduceFuture(cf.Future[Any]):
+    """The future of a map_reduce's reduce task; ``map_job`` is the map's Job."""
+
+    def __init__(self, map_job: Job):
+        super().__init__()
+        self.map_job = map_job
+
+
+def _chain(src: cf.Future[Any], dst: cf.Future[Any]) -> None:
     if src.cancelled():
         dst.cancel()
     elif src.exception() is not None:
@@ -312,6 +337,6 @@ def _chain(src: cf.Future, dst: cf.Future) -> None:
         dst.set_result(src.result())
 
 
-def list_jobs(storage: Storage, prefix: str, limit: int = 20) -> list[dict]:
+def list_jobs(storage: Storage, prefix: str, limit: int = 20) -> list[dict[str, Any]]:
     """Manifests of the newest jobs under ``prefix``, newest first."""
     return catalog.manifests(storage, prefix, limit)

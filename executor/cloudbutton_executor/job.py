@@ -50,6 +50,15 @@ class Job(Sequence[TaskFuture]):
         return self.spec.function_name
 
     @property
+    def function_key(self) -> str:
+        """Where the pickled function is stored (content-addressed)."""
+        return self.spec.function_key
+
+    @property
+    def prefix(self) -> str:
+        return self.spec.prefix
+
+    @property
     def label(self) -> str | None:
         return self.spec.label
 

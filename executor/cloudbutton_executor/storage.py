@@ -7,6 +7,7 @@ same storage; it never contains credentials (workers use their own role).
 from __future__ import annotations
 
 import abc
+import builtins
 import collections
 import os
 import threading
@@ -31,8 +32,8 @@ class Storage(abc.ABC):
 
     kind = "abstract"
 
-    def __init__(self):
-        self._counts = collections.Counter()
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
 
     def _count(self, op: str, n: int = 1) -> None:
@@ -40,7 +41,7 @@ class Storage(abc.ABC):
             self._counts[op] += n
 
     @property
-    def request_counts(self) -> dict:
+    def request_counts(self) -> dict[str, int]:
         with self._count_lock:
             return dict(self._counts)
 
@@ -67,11 +68,11 @@ class Storage(abc.ABC):
         """Whether ``key`` exists."""
 
     @abc.abstractmethod
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         """Keys under ``prefix`` in order; only those after ``start_after`` if given."""
 
     @abc.abstractmethod
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         """Names one level below ``prefix`` (like ``ls``), e.g. the job ids under ``jobs/``."""
 
     @abc.abstractmethod
@@ -79,7 +80,7 @@ class Storage(abc.ABC):
         """Delete every key under ``prefix``; returns how many."""
 
     @abc.abstractmethod
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """What a worker needs to reach this storage (never credentials)."""
 
 
@@ -95,7 +96,7 @@ class LocalStorage(Storage):
             raise ValueError(f"invalid storage key {key!r}")
         return os.path.join(self.root, key)
 
-    def _write_tmp(self, path: str, data: bytes) -> str:
+    def _write_tmp(self, path: str, data: bytes | Iterable[bytes | memoryview]) -> str:
         tmp = f"{path}.{os.urandom(16).hex()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -115,18 +116,18 @@ class LocalStorage(Storage):
         os.close(fd)
         return tmp
 
-    def put(self, key, data):
+    def put(self, key: str, data: bytes) -> None:
         self._count("PUT")
         path = self._path(key)
         os.replace(self._write_tmp(path, data), path)
 
-    def put_parts(self, key: str, parts) -> None:
+    def put_parts(self, key: str, parts: Iterable[bytes | memoryview]) -> None:
         """``put(key, b"".join(parts))`` without building the joined copy."""
         self._count("PUT")
         path = self._path(key)
         os.replace(self._write_tmp(path, parts), path)
 
-    def put_if_absent(self, key, data):
+    def put_if_absent(self, key: str, data: bytes) -> bool:
         self._count("PUT")
         path = self._path(key)
         tmp = self._write_tmp(path, data)
@@ -138,7 +139,7 @@ class LocalStorage(Storage):
         finally:
             os.unlink(tmp)
 
-    def get(self, key, start=None, stop=None):
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
         self._count("GET")
         try:
             fd = os.open(self._path(key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -153,11 +154,11 @@ class LocalStorage(Storage):
         finally:
             os.close(fd)
 
-    def exists(self, key):
+    def exists(self, key: str) -> bool:
         self._count("HEAD")
         return os.path.exists(self._path(key))
 
-    def list(self, prefix, start_after=None):
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         self._count("LIST")
         base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
         out = []
@@ -170,14 +171,14 @@ class LocalStorage(Storage):
                         out.append(key)
         return sorted(out)
 
-    def children(self, prefix):
+    def children(self, prefix: str) -> builtins.list[str]:
         self._count("LIST")
         try:
             return sorted(n for n in os.listdir(self._path(prefix.rstrip("/"))) if not n.endswith(".tmp"))
         except FileNotFoundError:
             return []
 
-    def delete_prefix(self, prefix):
+    def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         for key in keys:
             self._count("DELETE")
@@ -195,7 +196,7 @@ class LocalStorage(Storage):
                     pass
         return len(keys)
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {"kind": "local", "root": self.root}
 
 
@@ -226,7 +227,7 @@ class S3Storage(Storage):
     kind = "s3"
 
     def __init__(self, bucket: str, region: str | None = None, endpoint_url: str | None = None,
-                 max_pool_connections: int = 64, session=None):
+                 max_pool_connections: int = 64, session: Any = None):
         super().__init__()
         if not bucket:
             raise ValueError("S3 storage needs a bucket name")
@@ -235,11 +236,11 @@ class S3Storage(Storage):
         self.endpoint_url = endpoint_url
         self._max_pool = max_pool_connections
         self._session = session
-        self._client = None
+        self._client: Any = None
         self._client_lock = threading.Lock()
 
     @property
-    def client(self):
+    def client(self) -> Any:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
@@ -253,15 +254,15 @@ class S3Storage(Storage):
                                       max_pool_connections=self._max_pool))
         return self._client
 
-    def _is_missing(self, err) -> bool:
+    def _is_missing(self, err: Any) -> bool:
         code = err.response.get("Error", {}).get("Code", "")
         return code in ("NoSuchKey", "404", "NotFound")
 
-    def put(self, key, data):
+    def put(self, key: str, data: bytes) -> None:
         self._count("PUT")
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
-    def put_if_absent(self, key, data):
+    def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
         self._count("PUT")
@@ -274,7 +275,7 @@ class S3Storage(Storage):
                 return False
             raise
 
-    def get(self, key, start=None, stop=None):
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
         from botocore.exceptions import ClientError
 
         self._count("GET")
@@ -282,13 +283,13 @@ class S3Storage(Storage):
         if start is not None:
             kwargs["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
         try:
-            return self.client.get_object(**kwargs)["Body"].read()
+            return bytes(self.client.get_object(**kwargs)["Body"].read())
         except ClientError as err:
             if self._is_missing(err):
                 raise NotFound(key) from None
             raise
 
-    def exists(self, key):
+    def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         self._count("HEAD")
@@ -300,8 +301,8 @@ class S3Storage(Storage):
                 return False
             raise
 
-    def list(self, prefix, start_after: str | None = None):
-        out = []
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
+        out: builtins.list[str] = []
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
@@ -313,10 +314,10 @@ class S3Storage(Storage):
                 return out
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
 
-    def children(self, prefix):
+    def children(self, prefix: str) -> builtins.list[str]:
         prefix = prefix.rstrip("/") + "/"
         kwargs = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
-        out = []
+        out: builtins.list[str] = []
         while True:
             self._count("LIST")
             resp = self.client.list_objects_v2(**kwargs)
@@ -326,7 +327,7 @@ class S3Storage(Storage):
                 return sorted(out)
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
 
-    def delete_prefix(self, prefix):
+    def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         for i in range(0, len(keys), 1000):
             self._count("DELETE")
@@ -335,8 +336,8 @@ class S3Storage(Storage):
                 Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
         return len(keys)
 
-    def describe(self):
-        desc = {"kind": "s3", "bucket": self.bucket}
+    def describe(self) -> dict[str, Any]:
+        desc: dict[str, Any] = {"kind": "s3", "bucket": self.bucket}
         if self.region:
             desc["region"] = self.region
         if self.endpoint_url:
@@ -344,7 +345,7 @@ class S3Storage(Storage):
         return desc
 
 
-def storage_from_description(desc: dict) -> Storage:
+def storage_from_description(desc: dict[str, Any]) -> Storage:
     """Rebuild a storage from ``describe()`` output (what an event carries)."""
     kind = desc.get("kind")
     if kind == "local":
@@ -387,11 +388,11 @@ class CountingView(Storage):
         self._count("HEAD")
         return self.inner.exists(key)
 
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         self._count("LIST")
         return self.inner.list(prefix, start_after)
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         self._count("LIST")
         return self.inner.children(prefix)
 
