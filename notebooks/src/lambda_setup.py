@@ -104,14 +104,21 @@ print(job.result())
 # %% [markdown] id="4-what-it-costs"
 # ## 4. What it costs
 #
-# Lambda bills requests ($0.20 per million) and GB-seconds (memory × duration,
-# about $0.0000167 per GB-s on x86); S3 bills requests ($0.005 per 1,000 PUTs,
-# $0.0004 per 1,000 GETs). Every job's `stats` counts its invocations, its
-# storage requests (host and workers) and its GB-seconds, and estimates the
-# bill; the widget shows the same estimate while a job runs, also on the
-# local backend ("≈ $… on Lambda"), so you know before moving.
+# Lambda bills requests and GB-seconds (memory × duration, cold starts' INIT
+# included, at a lower price on arm64); S3 bills requests (PUT and LIST at one
+# price, GET and HEAD at a tenth of it). Every job's `stats` counts its
+# invocations, its storage requests (host and workers) and its GB-seconds, and
+# prices them with the project's one cost model; the widget shows the same
+# estimate while a job runs, also on the local backend ("≈ $… on Lambda"), so
+# you know before moving. The prices, with their source:
 
 # %% id="costs"
+from cloudbutton_executor.accounting import PRICES
+
+print(f"Lambda: ${PRICES.lambda_request * 1e6:.2f} per million requests, "
+      f"${PRICES.lambda_gb_second['x86_64']:.10f} per GB-s on x86_64; S3: "
+      f"${PRICES.s3_request['PUT'] * 1000:.4f} per 1,000 PUT or LIST, "
+      f"${PRICES.s3_request['GET'] * 1000:.4f} per 1,000 GET ({PRICES.region}, {PRICES.checked})")
 st = job.stats
 print(f"{st['invocations']} invocations, {st['requests']['total']} storage requests "
       f"({st['requests']['per_task']:.1f} per task), {st['gb_seconds']:.3f} GB-s: ${st['cost_usd']:.6f}")
