@@ -127,9 +127,9 @@ def deployed(lambda_config):
 
 @pytest.fixture
 def lambda_ex(deployed, lambda_config, lambda_emulator, s3_proxy):
-    from lambda_emulator import Faults
-
     from cloudbutton_executor import Executor
+
+    from lambda_emulator import Faults
 
     lambda_emulator.reset(Faults())
     s3_proxy.error_rate = 0.0

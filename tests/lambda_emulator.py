@@ -273,7 +273,7 @@ class _RuntimeAPI(_Quiet):
 
 
 class Sandbox:
-    def __init__(self, emulator: LambdaEmulator, index: int):
+    def __init__(self, emulator: "LambdaEmulator", index: int):
         self.emu = emulator
         self.index = index
         self.inbox: queue.Queue = queue.Queue(maxsize=1)

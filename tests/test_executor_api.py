@@ -8,15 +8,8 @@ import time
 import pytest
 
 import cloudbutton_executor as cb
-from cloudbutton_executor import (
-    ALL_COMPLETED,
-    ANY_COMPLETED,
-    FIRST_EXCEPTION,
-    Executor,
-    RemoteError,
-    SerializationError,
-    report_flops,
-)
+from cloudbutton_executor import (ALL_COMPLETED, ANY_COMPLETED, FIRST_EXCEPTION, Executor,
+                                  RemoteError, SerializationError, report_flops)
 
 
 def slow_square(x):

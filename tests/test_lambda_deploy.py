@@ -8,16 +8,12 @@ import zipfile
 
 import boto3
 import pytest
-from aws_fixtures import BUCKET, FUNCTION, PREFIX, REGION, config_dict, write_config
 
+from aws_fixtures import BUCKET, FUNCTION, PREFIX, REGION, config_dict, write_config
 from cloudbutton_executor import Executor, VersionMismatchError, config
 from cloudbutton_executor.backends import aws_lambda
-from cloudbutton_executor.backends.aws_lambda import (
-    NotDeployedError,
-    build_function_zip,
-    deploy,
-    host_versions,
-)
+from cloudbutton_executor.backends.aws_lambda import (NotDeployedError, build_function_zip, deploy,
+                                                      host_versions)
 
 
 def lam_client(moto_endpoint):

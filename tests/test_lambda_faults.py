@@ -9,10 +9,10 @@ import time
 
 import boto3
 import pytest
-from aws_fixtures import BUCKET, PREFIX, REGION
-from lambda_emulator import Faults
 
+from aws_fixtures import BUCKET, PREFIX, REGION
 from cloudbutton_executor import protocol
+from lambda_emulator import Faults
 
 N = 200
 

@@ -7,11 +7,11 @@ import time
 
 import boto3
 import pytest
-from aws_fixtures import BUCKET, HOST_CREDS, PREFIX, REGION, config_dict, write_config
-from lambda_emulator import ROLE_ENV
 
+from aws_fixtures import BUCKET, HOST_CREDS, PREFIX, REGION, config_dict, write_config
 from cloudbutton_executor import Executor, TaskTimeoutError, config
 from cloudbutton_executor.backends.aws_lambda import deploy
+from lambda_emulator import ROLE_ENV
 
 
 def test_deployed_zip_is_what_runs(lambda_ex, lambda_emulator):
@@ -21,9 +21,8 @@ def test_deployed_zip_is_what_runs(lambda_ex, lambda_emulator):
         import os
         import sys
 
-        import cloudpickle
-
         import cloudbutton_executor
+        import cloudpickle
 
         return cloudbutton_executor.__file__, cloudpickle.__file__, os.environ["AWS_LAMBDA_FUNCTION_NAME"], \
             "awslambdaric" in sys.modules

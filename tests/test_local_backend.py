@@ -9,14 +9,8 @@ import time
 
 import pytest
 
-from cloudbutton_executor import (
-    Executor,
-    OutOfMemoryError,
-    TaskTimeoutError,
-    WorkerDiedError,
-    protocol,
-    worker,
-)
+from cloudbutton_executor import (Executor, OutOfMemoryError, TaskTimeoutError, WorkerDiedError,
+                                  protocol, worker)
 from cloudbutton_executor.backends.local import get_local_backend
 
 

@@ -10,15 +10,9 @@ import time
 import pytest
 
 from cloudbutton_executor import protocol, report_flops
-from cloudbutton_magic.widget import (
-    JobWidget,
-    TextProgress,
-    make_progress,
-    normalize_report,
-    widgets_available,
-)
+from cloudbutton_magic.widget import (JobWidget, TextProgress, make_progress, normalize_report,
+                                      widgets_available)
 from cloudbutton_magic.widget_state import JobTracker
-
 
 def follow(view, job, poll=0.02):
     """The waiting loop of `%%cloud map` (runner._follow)."""

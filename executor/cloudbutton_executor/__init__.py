@@ -5,53 +5,20 @@ with Lambda's semantics (the default), with the vocabulary of
 ``concurrent.futures``.
 """
 from .context import report_flops
-from .errors import (
-                     InfrastructureError,
-                     LostInvocationError,
-                     OutOfMemoryError,
-                     RemoteError,
-                     TaskTimeoutError,
-                     VersionMismatchError,
-                     WorkerDiedError,
-)
+from .errors import (InfrastructureError, LostInvocationError, OutOfMemoryError, RemoteError,
+                     TaskTimeoutError, VersionMismatchError, WorkerDiedError)
 from .executor import Executor
-from .futures import (
-                     ALL_COMPLETED,
-                     ANY_COMPLETED,
-                     FIRST_COMPLETED,
-                     FIRST_EXCEPTION,
-                     CancelledError,
-                     TaskFuture,
-                     as_completed,
-                     get_result,
-                     wait,
-)
+from .futures import (ALL_COMPLETED, ANY_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
+                      CancelledError, TaskFuture, as_completed, get_result, wait)
 from .job import Job
 from .serialize import SecretError, SerializationError
 
 __version__ = "0.1.0"
 
 __all__ = [
-                     "ALL_COMPLETED",
-                     "ANY_COMPLETED",
-                     "FIRST_COMPLETED",
-                     "FIRST_EXCEPTION",
-                     "CancelledError",
-                     "Executor",
-                     "InfrastructureError",
-                     "Job",
-                     "LostInvocationError",
-                     "OutOfMemoryError",
-                     "RemoteError",
-                     "SecretError",
-                     "SerializationError",
-                     "TaskFuture",
-                     "TaskTimeoutError",
-                     "VersionMismatchError",
-                     "WorkerDiedError",
-                     "__version__",
-                     "as_completed",
-                     "get_result",
-                     "report_flops",
-                     "wait",
+    "Executor", "Job", "TaskFuture", "report_flops", "wait", "as_completed", "get_result",
+    "ALL_COMPLETED", "ANY_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
+    "InfrastructureError", "TaskTimeoutError", "OutOfMemoryError", "WorkerDiedError",
+    "LostInvocationError", "RemoteError", "VersionMismatchError", "SerializationError",
+    "SecretError", "__version__",
 ]

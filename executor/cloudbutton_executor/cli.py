@@ -198,7 +198,8 @@ def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {"deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
+COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:

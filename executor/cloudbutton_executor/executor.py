@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-Call = tuple[tuple[Any, ...], dict[str, Any]]
-
 from . import catalog, config, protocol, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
@@ -22,6 +20,8 @@ from .outcomes import gc_paused
 from .storage import LocalStorage, NotFound, Storage
 
 log = logging.getLogger("cloudbutton.executor")
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]  # one task's (args, kwargs)
 
 DEFAULT_TIMEOUT_S = 300.0
 

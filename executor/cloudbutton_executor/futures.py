@@ -8,17 +8,8 @@ from typing import Any, Protocol
 
 ANY_COMPLETED = FIRST_COMPLETED  # Lithops' name for the same thing
 
-__all__ = [
-    "ALL_COMPLETED",
-    "ANY_COMPLETED",
-    "FIRST_COMPLETED",
-    "FIRST_EXCEPTION",
-    "CancelledError",
-    "TaskFuture",
-    "as_completed",
-    "get_result",
-    "wait",
-]
+__all__ = ["TaskFuture", "wait", "as_completed", "get_result", "ALL_COMPLETED", "ANY_COMPLETED",
+           "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError"]
 
 
 class ItemRecords(Protocol):

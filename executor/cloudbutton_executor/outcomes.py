@@ -369,7 +369,12 @@ class OutcomeStore:
             exc: BaseException
             if infra:
                 kind = INFRA_ERRORS.get(infra.get("kind") or "", InfrastructureError)
-                exc = kind(infra.get("message", ""), tid)
+                infra_exc = kind(infra.get("message", ""), tid)
+                if infra.get("missing_module"):  # a worker that could not import it (setup)
+                    infra_exc.missing_module = infra["missing_module"]  # type: ignore[attr-defined]
+                if infra.get("traceback"):
+                    infra_exc.__cause__ = RemoteTraceback(infra["traceback"])
+                exc = infra_exc
             else:
                 value = outcomes[k][1] if outcomes is not None else None
                 exc = value if isinstance(value, BaseException) else RemoteError(

@@ -181,7 +181,7 @@ class Pieces:
     referenced, not copied (a copy of 100 MB of inputs costs more than the
     rest of the submission). ``len()`` is the pickle's size in bytes."""
 
-    __slots__ = ("nbytes", "parts")
+    __slots__ = ("parts", "nbytes")
 
     def __init__(self, parts):
         self.parts = parts
@@ -293,7 +293,7 @@ def find_culprit(obj, label: str, _depth: int = 0) -> str:
             if name in obj.__globals__:
                 children.append((f"global {name!r} used by {obj.__qualname__}()",
                                  obj.__globals__[name]))
-        for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or (), strict=False):
+        for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
             try:
                 children.append((f"closure variable {name!r} of {obj.__qualname__}()",
                                  cell.cell_contents))

@@ -268,7 +268,7 @@ def _dump_outcomes(outcomes, errors, first: int) -> bytes:
 
 
 def _safe_outcome(outcome, errors, i):
-    _ok, value = outcome
+    ok, value = outcome
     import cloudpickle
 
     try:
