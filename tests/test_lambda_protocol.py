@@ -104,7 +104,8 @@ def test_no_credentials_in_any_event_or_object(lambda_ex, lambda_emulator, moto_
         import os
 
         print("task", len(x))
-        assert "AWS_SECRET_ACCESS_KEY" in os.environ  # the runtime has its role...
+        if "AWS_SECRET_ACCESS_KEY" not in os.environ:  # the runtime has its role...
+            raise RuntimeError("no role")  # (no assert: pytest's rewrite is not on Lambda)
         if len(x) == 3:
             raise ValueError("boom")
         return x * 2 if len(x) > 10 else len(x)
