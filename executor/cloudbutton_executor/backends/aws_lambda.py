@@ -278,7 +278,8 @@ class Deployer:
         if layer and layer.get("arn") in [ly["Arn"] for ly in conf.get("Layers", [])]:
             self._did("unchanged", f"layer {layer['arn'].rsplit(':', 2)[-2]}:{layer['arn'].rsplit(':', 1)[-1]}",
                       "kept (deploy --sync or --requirements replaces it)")
-            return layer
+            return dict(layer, modules=manifest.get("modules", {}), pins=manifest.get("pins", {}),
+                        fallbacks=manifest.get("fallbacks", {}))
         return None
 
     def _s3(self):
