@@ -62,6 +62,7 @@ class LambdaConfig:
     invoke_threads: int = 96
     fast_invoke: bool = True              # signed HTTP invokes without botocore's per-call overhead
                                           # (boto3 is used anyway behind an HTTP(S)_PROXY)
+    invoke_timeout: float = 5.0           # s per invoke try (connect + answer), then retried
     poll_interval: float = 0.2            # s between LISTs of a running job's statuses
     deadline_grace: float = 20.0          # s after the timeout before the host declares a timeout
     lost_after: float = 30.0              # s before a silent invocation may be presumed lost
