@@ -355,6 +355,7 @@ class Sandbox:
         self.spec_key = None
         self.init_error = None
         self.cold_starts = 0
+        self.cpus: list[int] = []
         self.server = _serve(_RuntimeAPI, on_error=emulator.error, sandbox=self)
         self.port = self.server.server_address[1]
         self.log_path = os.path.join(emulator.root, f"sandbox-{index}.log")
@@ -383,10 +384,28 @@ class Sandbox:
 
     # Lifecycle
     def _cpus(self, spec: FunctionSpec) -> list[int]:
-        cores = sorted(os.sched_getaffinity(0))
+        cores = self.emu.host_cores
         n = max(1, min(len(cores), -(-spec.memory // MB_PER_VCPU)))
         first = (self.index * n) % len(cores)
         return [cores[(first + k) % len(cores)] for k in range(n)]
+
+    def _place(self, spec: FunctionSpec) -> None:
+        """Run this invocation on the cores the other running sandboxes use least: Lambda
+        gives each execution environment its own vCPUs, which on a small host is the
+        closest we get (the runtime's thread counts were fixed by its affinity at start)."""
+        cores = sorted(self.emu.host_cores)
+        n = max(1, min(len(cores), -(-spec.memory // MB_PER_VCPU)))
+        with self.emu._lock:
+            use = {c: 0 for c in cores}
+            for other in self.emu.sandboxes:
+                if other is not self and other.current is not None:
+                    for c in other.cpus:
+                        use[c] = use.get(c, 0) + 1
+            self.cpus = sorted(sorted(cores, key=lambda c: (use[c], c))[:n])
+        try:
+            os.sched_setaffinity(self.proc.pid, self.cpus)
+        except OSError:
+            pass
 
     def _start(self, spec: FunctionSpec):
         self._kill()
@@ -460,6 +479,7 @@ class Sandbox:
         if self.proc is None or self.proc.poll() is not None or self.spec_key != spec.key:
             self._start(spec)
         self.current = inv
+        self._place(spec)
         self.inbox.put(inv)
         proc = self.proc
         # Wait for the runtime to pick it up (its init counts against the timeout, as on Lambda).
@@ -558,6 +578,7 @@ class LambdaEmulator:
         self.python = python or os.path.realpath(sys.executable)
         self.isolate = namespaces_available() if isolate is None else isolate
         self.passthrough_env = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+        self.host_cores = sorted(os.sched_getaffinity(0))
         self.region = region
         self.concurrency = concurrency
         self.faults = faults or Faults()
