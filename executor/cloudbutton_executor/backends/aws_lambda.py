@@ -26,7 +26,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -124,28 +123,6 @@ def executor_code_sha256() -> str:
     with zipfile.ZipFile(buf, "w") as zf:
         _add_tree(zf, pkg, "cloudbutton_executor")
     return hashlib.sha256(buf.getvalue()).hexdigest()
-
-
-def build_layer_zip(requirements: str, python: str | None = None) -> bytes:
-    """Extra packages for Lambda's platform, installed under ``python/`` (a layer's layout).
-    pip options (index, find-links) come from pip's own config or PIP_* variables."""
-    if not os.path.isfile(requirements):
-        raise FileNotFoundError(f"requirements file {requirements!r} does not exist")
-    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
-    with tempfile.TemporaryDirectory(prefix="cloudbutton-layer-") as tmp:
-        target = os.path.join(tmp, "python")
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--platform", "manylinux2014_x86_64", "--implementation", "cp",
-               "--python-version", python, "--only-binary=:all:", "--target", target,
-               "-r", requirements]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building the layer from {requirements} failed:\n"
-                               f"{' '.join(cmd)}\n{proc.stderr.strip() or proc.stdout.strip()}")
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            _add_tree(zf, target, "python")
-        return buf.getvalue()
 
 
 def b64sha256(data: bytes) -> str:
