@@ -38,13 +38,23 @@ def _parser() -> argparse.ArgumentParser:
                        "with access only to the project's prefix and its logs, and the worker "
                        "Lambda function (a zip of cloudbutton_executor + cloudpickle). Running it "
                        "again changes nothing unless something differs.")
-    for key, metavar in (("memory", "MB"), ("timeout", "S")):
+    for key, flag, metavar in (("memory", "--memory", "MB"), ("timeout", "--timeout", "S"),
+                               ("architecture", "--arch", None)):
         setting = _config.LAMBDA[f"lambda.{key}"]
-        d.add_argument(f"--{key}", type=setting.argparse_type(), metavar=metavar,
-                       help=f"{setting.help} ({setting.describe()})")
+        d.add_argument(flag, dest=key if key != "architecture" else "arch",
+                       type=setting.argparse_type(), choices=setting.choices or None,
+                       metavar=metavar, help=f"{setting.help} ({setting.describe()})")
+    d.add_argument("--sync", action="store_true",
+                   help="deploy, as a layer, the packages your Lambda jobs import (recorded by each "
+                        "job's pre-flight check), pinned to this environment's versions")
+    d.add_argument("--modules", metavar="M,M", type=lambda t: [m for m in t.split(",") if m],
+                   default=[], help="also these importable modules (e.g. numpy,sklearn)")
+    d.add_argument("--requirements", metavar="FILE",
+                   help="pip requirements added to the layer (exact pins win over --sync)")
     g = d.add_mutually_exclusive_group()
-    g.add_argument("--requirements", metavar="FILE",
-                   help="pip requirements installed into a Lambda layer (built for manylinux2014_x86_64)")
+    g.add_argument("--image", action="store_true",
+                   help="the container-image path: a Dockerfile on the public Lambda Python image "
+                        "with the same pins, built and pushed to ECR (or the commands printed)")
     g.add_argument("--image-uri", metavar="URI", help="deploy a container image instead of the zip")
 
     s = sub.add_parser("status", help="credentials, deployed function and version check",
@@ -102,8 +112,9 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
 
     cfg = _load_config(args)
     print(f"Deploying {cfg.lambda_.function_name} (config: {cfg.path or 'defaults'})", file=out)
-    actions = deploy(cfg, memory=args.memory, timeout=args.timeout,
-                     requirements=args.requirements, image_uri=args.image_uri, out=out)
+    actions = deploy(cfg, memory=args.memory, timeout=args.timeout, requirements=args.requirements,
+                     image_uri=args.image_uri, sync=args.sync, modules=args.modules, arch=args.arch,
+                     image=args.image, out=out)
     changed = [a for a in actions if a[0] != "unchanged"]
     print("Nothing to do: everything is up to date." if not changed
           else f"Done: {len(changed)} change(s).", file=out)
@@ -208,6 +219,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     try:
         return COMMANDS[args.command](args, out)
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        if type(exc).__name__ == "ImageRequired":  # the commands to run are the answer
+            print(f"cloudbutton {args.command}: {exc}", file=out)
+            return 3
         print(f"cloudbutton {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
     except Exception as exc:  # botocore errors: say which call failed, no stack dump

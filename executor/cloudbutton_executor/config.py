@@ -23,6 +23,7 @@ Example::
       function_name: cloudbutton-worker
       memory: 1024               # MB
       timeout: 300               # s, at most 900
+      architecture: x86_64       # or arm64
       workers: 100               # concurrent invocations per job
       invoke_threads: 96         # threads sending invocations
     endpoints:                   # only for emulators (moto, LocalStack)
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 DEFAULT_PATH = os.path.join("~", ".cloudbutton", "config.yaml")
 CONFIG_ENV = "CLOUDBUTTON_CONFIG"
 BACKENDS = ("local", "lambda")
+ARCHITECTURES = ("x86_64", "arm64")
 LAMBDA_MAX_TIMEOUT_S = 900  # Lambda's documented maximum
 _SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                 "access_key", "secret_key", "secret_access_key", "session_token", "password"}
@@ -213,10 +215,14 @@ class LambdaConfig:
                                      nullable=True, **_NAME)
     memory: int = setting(1024, int, "function memory in MB", low=128, high=10_240)
     timeout: int = setting(300, int, "function timeout in s", low=1, high=LAMBDA_MAX_TIMEOUT_S)
+    architecture: str = setting("x86_64", str, "CPU architecture (arm64: Graviton); wheels are "
+                                "chosen to match", choices=ARCHITECTURES)
     workers: int = setting(100, int, "concurrent invocations per job", low=1, high=10_000)
     invoke_threads: int = setting(96, int, "threads sending invocations", low=1, high=1024)
     fast_invoke: bool = setting(True, bool, "signed HTTP invokes without botocore's per-call "
                                 "overhead (boto3 is used anyway behind an HTTP(S)_PROXY)")
+    invoke_timeout: float = setting(5.0, float, "s per invoke try (connect + answer), then "
+                                    "retried", low=0.1, high=60)
     poll_interval: float = setting(0.2, float, "s between LISTs of a running job's statuses",
                                    low=0.01, high=60)
     deadline_grace: float = setting(20.0, float, "s after the timeout before the host declares "

@@ -7,11 +7,11 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, protocol, serialize
+from . import catalog, config, job_modules, protocol, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
@@ -22,8 +22,6 @@ from .storage import LocalStorage, NotFound, Storage
 log = logging.getLogger("cloudbutton.executor")
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]  # one task's (args, kwargs)
-
-DEFAULT_TIMEOUT_S = 300.0
 
 
 def _as_call(item: Any, extra_args: tuple[Any, ...] | dict[str, Any] | None) -> Call:
@@ -89,8 +87,10 @@ class Executor:
                             f"got {type(backend).__name__}")
         self.backend_name = self.backend.name
         limits = self.backend.limits
-        self.timeout = config.check("timeout", timeout, where) or DEFAULT_TIMEOUT_S
-        self.memory_mb = config.check("memory_mb", memory_mb, where) or limits.default_memory_mb
+        # None: what the backend runs by default (Lambda: the deployed timeout and memory),
+        # decided by its check_job at each submission.
+        self.timeout: float | None = config.check("timeout", timeout, where)
+        self.memory_mb: int | None = config.check("memory_mb", memory_mb, where)
         self.retries = config.check("retries", retries, where)
         if auto_batch_target_s is not None and (
                 isinstance(auto_batch_target_s, bool) or not isinstance(auto_batch_target_s, (int, float))
@@ -161,7 +161,8 @@ class Executor:
         if not callable(reduce_fn):
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
         map_job = self.map(map_fn, iterdata, **map_options)
-        reduce_blob = serialize.dumps(reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
+        reduce_blob, reduce_modules = job_modules.dumps_with_modules(
+            reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
         outer = MapReduceFuture(map_job)
 
         def run_reduce() -> None:
@@ -174,14 +175,15 @@ class Executor:
             try:
                 job = self._submit_blob(reduce_blob, getattr(reduce_fn, "__name__", "reduce"),
                                         [b""], reduce={"job_id": map_job.job_id, "tasks": tasks},
-                                        **self._job_options())
+                                        modules=reduce_modules, **self._job_options())
                 job[0].add_done_callback(lambda f: _chain(f, outer))
             except BaseException as exc:  # storage errors must reach the caller
                 outer.set_exception(exc)
 
         if not len(map_job):
             self._submit_blob(reduce_blob, "reduce", [serialize.dumps((([],), {}), "reduce input")],
-                              **self._job_options())[0].add_done_callback(lambda f: _chain(f, outer))
+                              modules=reduce_modules, **self._job_options()
+                              )[0].add_done_callback(lambda f: _chain(f, outer))
         else:
             threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
         return outer
@@ -203,12 +205,12 @@ class Executor:
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        blob = serialize.dumps(fn, f"function {name}")
+        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}")
         if payloads is None:
             assert calls is not None
             payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
                 if len(calls) < 64 else self._dumps_many(calls)
-        return self._submit_blob(blob, name, payloads, label=label, **options)
+        return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
 
     @staticmethod
     def _dumps_many(calls: list[Call]) -> list[bytes]:
@@ -221,14 +223,18 @@ class Executor:
             raise
 
     def _submit_blob(self, blob: bytes, name: str, payloads: list[bytes], *, chunksize: int | str,
-                     timeout: float, retries: int, memory_mb: int, label: str | None = None,
-                     reduce: dict[str, Any] | None = None) -> Job:
+                     timeout: float | None, retries: int, memory_mb: int | None,
+                     label: str | None = None, reduce: dict[str, Any] | None = None,
+                     modules: Collection[str] = ()) -> Job:
+        # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as
+        # asked; it decides the memory and timeout the job runs with.
+        fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
+        memory_mb, timeout = fit["memory_mb"], fit["timeout"]
         fkey = protocol.function_key(self.prefix, serialize.digest(blob))
         if fkey not in self._uploaded:
             if not self.storage.exists(fkey):
                 self.storage.put(fkey, blob)
             self._uploaded.add(fkey)
-        self.backend.check_ready()
         spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
                        function_name=name, n_items=len(payloads), chunksize=chunksize,
                        timeout=timeout, retries=retries, memory_mb=memory_mb, created=time.time(),

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Backend, BackendLimits, Event, InvocationListener
+from .base import Backend, BackendLimits, Event, InvocationListener, JobFit
 
 BACKENDS = ("local", "lambda")
 
-__all__ = ["BACKENDS", "Backend", "BackendLimits", "Event", "InvocationListener", "create"]
+__all__ = ["BACKENDS", "Backend", "BackendLimits", "Event", "InvocationListener", "JobFit", "create"]
 
 
 def create(name: str, **options: Any) -> Backend:

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from ..errors import InfrastructureError
     from ..storage import Storage
 
 Event = dict[str, Any]
+DEFAULT_TIMEOUT_S = 300.0  # a task's timeout when neither the user nor the backend sets one
+
+
+class JobFit(TypedDict):
+    """What a job runs with on a backend (``Backend.check_job``)."""
+
+    memory_mb: int
+    timeout: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +103,15 @@ class Backend(abc.ABC):
 
     def check_ready(self) -> None:  # noqa: B027 - optional: most backends are always ready
         """Raise if a job cannot run now (e.g. the deployed worker differs from the host)."""
+
+    def check_job(self, *, modules: Collection[str], memory_mb: int | None,
+                  timeout: float | None) -> JobFit:
+        """Pre-flight, before anything is uploaded: raise (naming what and how to fix it)
+        if the backend cannot run a job that imports ``modules`` with this memory and
+        timeout per item (None: the backend's defaults); else what the job runs with."""
+        self.check_ready()
+        return {"memory_mb": memory_mb or self.limits.default_memory_mb,
+                "timeout": timeout if timeout is not None else DEFAULT_TIMEOUT_S}
 
     @abc.abstractmethod
     def status(self) -> dict[str, Any]:
