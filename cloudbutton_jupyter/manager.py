@@ -89,7 +89,7 @@ class CloudManager:
         self._lock = threading.Lock()
         # Statuses are final (first write wins), so each is read once and kept.
         self._status_cache: dict[tuple[str, str], dict] = {}
-        self._lambda_cache = None
+        self._lambda_cache: tuple[str, Any] | None = None
         self._manifests: dict[tuple[str, str], dict] = {}
         self._finished: dict[tuple[str, str], dict] = {}
 

@@ -70,7 +70,8 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.
 
 def _top_level_loads_and_stores(stmt):
     """Names this statement reads and binds at module level, nested scopes excluded."""
-    loads, stores = [], []
+    loads: list[str] = []
+    stores: list[str] = []
 
     def visit(node):
         if isinstance(node, ast.Name):

@@ -133,7 +133,7 @@ class CloudRunner:
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
             _, assigned = cap.analyse(code)
-            fn = CellTask(code, captured, name=None, mode="assigned", assigned=assigned)
+            fn = CellTask(code, captured, name=None, mode="assigned", assigned=tuple(assigned))
         except (cap.CaptureError, SyntaxError) as err:
             raise UsageError(str(err)) from None
         if dry_run:

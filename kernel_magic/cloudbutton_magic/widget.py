@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 from .widget_state import JobTracker, error_line
 
@@ -85,7 +86,7 @@ def normalize_report(report) -> dict | None:
     if report is None:
         return None
     get = report.get if isinstance(report, dict) else (lambda k, d=None: getattr(report, k, d))
-    rows = []
+    rows: list[dict] = []
     for r in get("rows", None) or []:
         r = r if isinstance(r, dict) else vars(r)
         size = r.get("size", r.get("size_bytes", 0)) or 0
@@ -265,7 +266,7 @@ class TextProgress(_Progress):
         super().__init__(job, capture_report, min_interval=min_interval)
         self.file = file        # the bar (default: stderr)
         self.out = out          # failures, stdout and summary (default: stdout)
-        self.bar = None
+        self.bar: Any = None  # the tqdm bar, made by display()
         self._stdout: list[tuple[int, str]] = []
         self._failures: list[tuple[int, str, dict]] = []
         self._error_shown = ""
@@ -407,7 +408,7 @@ class JobWidget(_Progress):
         self._stdout_chars = 0
         self._stdout_dropped = 0
         self._failed: list[tuple[int, str, dict]] = []
-        self._header_stats = None
+        self._header_stats: dict | None = None
         self._render_text()
 
     # Display ------------------------------------------------------------------
@@ -512,12 +513,14 @@ class JobWidget(_Progress):
 
     def _report_title(self) -> str:
         r = self.report
+        assert r is not None  # only shown with a capture report
         warn = f", {len(r['warnings'])} warning(s)" if r["warnings"] else ""
         n = len(r["rows"])
         return f"Captured: {n} name{'' if n == 1 else 's'}, {fmt_bytes(r['total'])}{warn}"
 
     def _report_html(self) -> str:
         r = self.report
+        assert r is not None
         rows = "".join(f"<tr><td>{html.escape(x['name'])}</td><td>{html.escape(x['type'])}</td>"
                        f"<td style='text-align:right'>{fmt_bytes(x['size'])}</td></tr>"
                        for x in r["rows"])
