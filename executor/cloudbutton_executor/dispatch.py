@@ -100,7 +100,8 @@ class Dispatcher:
     """
 
     def __init__(self, spec: JobSpec, store: OutcomeStore, backend: Backend, storage: Storage,
-                 payloads: Sequence[bytes] | None, clock: Callable[[], float] = time.time):
+                 payloads: Sequence[serialize.Payload] | None,
+                 clock: Callable[[], float] = time.time):
         self.spec = spec
         self.store = store
         self.backend = backend

@@ -37,7 +37,7 @@ class InfrastructureError(Exception):
         super().__init__(message)
         self.task_id = task_id
 
-    def __reduce__(self) -> tuple[type[InfrastructureError], tuple[str, str | None]]:
+    def __reduce__(self) -> tuple[type[InfrastructureError], tuple[str | None, ...]]:
         return (type(self), (str(self), self.task_id))
 
 
@@ -73,7 +73,7 @@ class WorkerSetupError(InfrastructureError):
         super().__init__(message, task_id)
         self.missing_module = missing_module
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[InfrastructureError], tuple[str | None, ...]]:
         return (type(self), (str(self), self.task_id, self.missing_module))
 
 

@@ -199,7 +199,7 @@ class Executor:
                 "memory_mb": config.check("memory_mb", memory_mb, where) or self.memory_mb}
 
     def _submit(self, fn: Callable[..., Any], calls: list[Call] | None, *,
-                payloads: list[bytes] | None = None, label: str | None = None,
+                payloads: list[serialize.Payload] | None = None, label: str | None = None,
                 **options: Any) -> Job:
         """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
         if self._closed:
@@ -213,7 +213,7 @@ class Executor:
         return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
 
     @staticmethod
-    def _dumps_many(calls: list[Call]) -> list[bytes]:
+    def _dumps_many(calls: list[Call]) -> list[serialize.Payload]:
         # One pickling pass for many inputs; on failure find and name the culprit.
         try:
             return serialize.dumps_each(calls)
@@ -222,7 +222,7 @@ class Executor:
                 serialize.dumps(call, f"iterdata[{i}]")
             raise
 
-    def _submit_blob(self, blob: bytes, name: str, payloads: list[bytes], *, chunksize: int | str,
+    def _submit_blob(self, blob: bytes, name: str, payloads: list[serialize.Payload], *, chunksize: int | str,
                      timeout: float | None, retries: int, memory_mb: int | None,
                      label: str | None = None, reduce: dict[str, Any] | None = None,
                      modules: Collection[str] = ()) -> Job:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
-from . import accounting
+from . import accounting, serialize
 from .backends.base import Backend
 from .dispatch import Dispatcher, JobSpec
 from .futures import TaskFuture
@@ -19,7 +19,8 @@ from .outcomes import OutcomeStore
 from .storage import Storage
 
 
-def new_job(spec: JobSpec, backend: Backend, storage: Storage, payloads: Sequence[bytes] | None,
+def new_job(spec: JobSpec, backend: Backend, storage: Storage,
+            payloads: Sequence[serialize.Payload] | None,
             clock: Callable[[], float] = time.time) -> Job:
     """A job of ``spec`` on ``backend``: nothing is sent until ``job.dispatcher.start()``
     (or ``follow()`` for a job started elsewhere)."""

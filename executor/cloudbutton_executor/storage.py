@@ -223,7 +223,7 @@ def _read_all(fd: int, start: int) -> bytes:
     return _read_range(fd, start, os.fstat(fd).st_size - start)
 
 
-def _conditional_puts(client) -> None:
+def _conditional_puts(client: Any) -> None:
     """Let ``put_object(IfNoneMatch="*")`` work on botocore releases older than S3's
     conditional writes (Aug 2024) -- such as the one Lambda's Python runtimes bundle:
     the parameter is taken out before validation and sent as the header it stands for."""
@@ -231,11 +231,11 @@ def _conditional_puts(client) -> None:
     if "IfNoneMatch" in shape.members:
         return
 
-    def take(params, context, **_):
+    def take(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         if "IfNoneMatch" in params:
             context["cloudbutton_if_none_match"] = params.pop("IfNoneMatch")
 
-    def add(request, **_):
+    def add(request: Any, **_: Any) -> None:
         value = request.context.get("cloudbutton_if_none_match")
         if value is not None:
             request.headers["If-None-Match"] = value
