@@ -222,7 +222,8 @@ def test_events_queued_when_the_backend_shuts_down_end_as_lost(storage):
     from cloudbutton_executor.backends.local import LocalBackend
 
     backend = LocalBackend(1)  # its own pool (not the process-wide one), given as an instance
-    with Executor(backend=backend, storage=storage, timeout=30) as ex:
+    ex = Executor(backend=backend, storage=storage, timeout=30)
+    try:
         job = ex.map(time.sleep, [1.0, 0, 0])  # the first keeps the only worker busy
         deadline = time.time() + 20
         while job.item_state(0) != "running":
@@ -230,6 +231,8 @@ def test_events_queued_when_the_backend_shuts_down_end_as_lost(storage):
             time.sleep(0.01)
         backend.shutdown()
         outcomes = job.results(timeout=20)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
     assert outcomes[0] is None  # it was running: it finished
     for lost in outcomes[1:]:  # never sent to a worker: ended at once, not left hanging
         assert isinstance(lost, LostInvocationError) and "shut down before running it" in str(lost)
