@@ -159,17 +159,6 @@ def test_bad_requirements_file_is_named(deployed, lambda_config, tmp_path):
         deploy(config.load(lambda_config), requirements=str(tmp_path / "nope.txt"))
 
 
-def test_image_uri_deploys_an_image_function(deployed, moto_endpoint, s3_proxy, lambda_emulator, tmp_path):
-    uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/cloudbutton:1"
-    path = write_config(tmp_path / "image.yaml", config_dict(
-        moto_endpoint, s3_proxy.url, lambda_emulator.url, function_name="cb-image"))
-    deploy(config.load(path), image_uri=uri)
-    fn = lam_client(moto_endpoint).get_function(FunctionName="cb-image")
-    assert fn["Configuration"]["PackageType"] == "Image"
-    assert fn["Code"]["ImageUri"] == uri
-    assert {v for v, _, _ in deploy(config.load(path), image_uri=uri)} == {"unchanged"}
-
-
 def test_config_rejects_credentials_and_unknown_keys(tmp_path):
     p = write_config(tmp_path / "bad.yaml", {"aws_secret_access_key": "x", "bucket": "b-b-b"})
     with pytest.raises(config.ConfigError, match="aws_secret_access_key.*AWS chain"):

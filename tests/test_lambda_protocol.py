@@ -191,7 +191,7 @@ def test_fast_invoke_signature_is_botocores(token):
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from cloudbutton_executor.backends.aws_lambda import SigV4Signer
+    from cloudbutton_executor.backends.aws_lambda.invoke import SigV4Signer
 
     creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
     host, path = "lambda.eu-west-1.amazonaws.com", "/2015-03-31/functions/my%3Afn/invocations"
@@ -215,7 +215,7 @@ def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch)
     import boto3
 
     from cloudbutton_executor import InfrastructureError
-    from cloudbutton_executor.backends.aws_lambda import _FastInvoker
+    from cloudbutton_executor.backends.aws_lambda.invoke import FastInvoker
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -223,7 +223,7 @@ def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch)
     try:
         session = boto3.session.Session(aws_access_key_id="AKIAHOSTDUMMYKEY0001",
                                         aws_secret_access_key="x" * 40, region_name=REGION)
-        inv = _FastInvoker(session, REGION, f"http://127.0.0.1:{silent.getsockname()[1]}", "fn",
+        inv = FastInvoker(session, REGION, f"http://127.0.0.1:{silent.getsockname()[1]}", "fn",
                            timeout_s=0.3)
         t0 = time.time()
         with pytest.raises(InfrastructureError, match="could not reach Lambda"):
