@@ -207,8 +207,12 @@ def test_task_code_never_sees_the_host_environment(lambda_ex, lambda_emulator):
         import sys
         import tempfile
 
+        import boto3
+        import botocore
+
         seen = {"path": list(sys.path), "prefix": sys.prefix,
-                "isolation": os.environ.get("CB_EMULATOR_ISOLATION"), "tmp": tempfile.gettempdir()}
+                "isolation": os.environ.get("CB_EMULATOR_ISOLATION"), "tmp": tempfile.gettempdir(),
+                "sdk": {"boto3": boto3.__version__, "botocore": botocore.__version__}}
         for name in ("IPython", "numpy", "pytest", "moto"):  # on the host, not on Lambda
             try:
                 importlib.import_module(name)
@@ -245,6 +249,10 @@ def test_task_code_never_sees_the_host_environment(lambda_ex, lambda_emulator):
     assert seen["task_root"] == "read-only" and seen["tmp_cap"] in ("OSError", "IOError")
     if lambda_emulator.isolate:
         assert seen["isolation"] == "namespace"
+    # The worker runs on the oldest SDK we expect a runtime to bundle (packaging.RUNTIMES' floor).
+    from cloudbutton_executor.packaging import RUNTIMES, runtime_for_host
+
+    assert seen["sdk"] == RUNTIMES[runtime_for_host()].sdk
 
 
 def test_memory_other_than_deployed_is_refused(lambda_ex, deployed):
