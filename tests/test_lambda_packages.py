@@ -415,17 +415,24 @@ def test_the_image_path_end_to_end_without_docker(deployed, moto_endpoint, s3_pr
     assert res[0][2].startswith(images) and checked[1].startswith(images) and checked[2].startswith(images)
     assert manifest["image_uri"] == uri and manifest["package_type"] == "Image"
     assert manifest["modules"]["numpy"]["version"] == res[0][1] == record["modules"]["numpy"]["version"]
-    # Unchanged: the same command changes nothing; a plain deploy keeps the image.
+    # Unchanged: the same command changes nothing; a plain deploy keeps the image; so does
+    # --sync with the same packages, and the calendar does not block an image function.
     assert {v for v, _, _ in deploy(config.load(path), image_uri=uri)} == {"unchanged"}
     assert {v for v, _, _ in deploy(config.load(path))} == {"unchanged"}
+    for blocked in (deploy(config.load(path), today=r.block_update),
+                    deploy(config.load(path), modules=["numpy"], today=r.block_update)):
+        assert {v for v, _, _ in blocked} == {"unchanged", "warning"}, blocked
+        assert lam_client(moto_endpoint).get_function(FunctionName="cb-img")["Code"]["ImageUri"] == uri
     # Lambda refuses an image that was never pushed (the emulator models it).
     with pytest.raises(Exception, match="Source image .*:nope does not exist"):
         deploy(config.load(path), image_uri=uri.rsplit(":", 1)[0] + ":nope")
-    # And a function's package type cannot change.
+    # And a function's package type cannot change: said before anything is built.
     zpath = write_config(tmp_path / "zip.yaml", config_dict(
         moto_endpoint, s3_proxy.url, lambda_emulator.url, function_name="cb-worker"))
-    with pytest.raises(RuntimeError, match="cb-worker is a zip function .* delete it first"):
-        deploy(config.load(zpath), image_uri=uri)
+    for kwargs in ({"image_uri": uri}, {"image": True, "modules": ["numpy"]}):
+        with pytest.raises(RuntimeError, match="cb-worker is a zip function .* delete it first"):
+            deploy(config.load(zpath), **kwargs)
+    assert not os.path.exists(os.path.join(os.path.dirname(ctx), "cb-worker"))
 
 
 def test_packages_over_the_unzipped_limit_take_the_image_path(deployed, moto_endpoint, s3_proxy,

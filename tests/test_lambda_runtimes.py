@@ -1,5 +1,5 @@
 """The runtime calendar: AWS blocks creating, then updating, zip functions on a deprecated
-Python runtime. The deploy refuses first (before any AWS call), saying when and the two ways
+Python runtime. The deploy refuses first (before anything is created or changed), saying when and the two ways
 out; status and the pre-flight check say the same. Tested against packaging.RUNTIMES' dates
 with an injected "today" (the emulator itself waives the calendar: see lambda_emulator)."""
 import datetime
@@ -61,14 +61,17 @@ def _counting_config(tmp_path, moto_endpoint, lambda_emulator, **lam):
     return write_config(tmp_path / "calendar.yaml", data), proxies
 
 
-def test_deploy_refuses_a_blocked_zip_runtime_before_any_aws_call(
+def test_deploy_refuses_a_blocked_zip_runtime_before_changing_anything(
         deployed, moto_endpoint, lambda_emulator, tmp_path):
+    """The refusal costs one read-only call (is the function an image? those are never
+    blocked): no STS, IAM or S3 request, nothing created or changed."""
     r = RUNTIMES[HOST]
     path, proxies = _counting_config(tmp_path, moto_endpoint, lambda_emulator)
     try:
         with pytest.raises(RuntimeBlockedError) as info:
             deploy(config.load(path), today=r.block_update)
-        assert sum(p.requests for p in proxies.values()) == 0  # not one AWS request
+        assert proxies["lambda"].methods == {"GET": 1}
+        assert sum(p.requests for k, p in proxies.items() if k != "lambda") == 0
     finally:
         for p in proxies.values():
             p.close()

@@ -2,11 +2,11 @@
 backend needs: the bucket, the worker's IAM role, the packages (a layer, or a
 container image), the function, and its async invoke configuration.
 
-Before any AWS call it checks the runtime calendar (``packaging.RUNTIMES``): AWS
-refuses to create, then to update, zip functions on a deprecated runtime, so the
-deploy refuses first, saying when and the two ways out (a container image on the
-same Python, or a newer Python); ``lambda.runtime_calendar: waive`` turns that into
-a warning for endpoints that are not AWS.
+First it checks the runtime calendar (``packaging.RUNTIMES``): AWS refuses to create,
+then to update, zip functions on a deprecated runtime, so the deploy refuses first,
+before anything is created or changed, saying when and the two ways out (a container
+image on the same Python, or a newer Python); ``lambda.runtime_calendar: waive`` turns
+that into a warning for endpoints that are not AWS.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class Deployer:
         self._out = out
         self.today = today or packaging.utc_today()
         self.bucket = cfg.bucket or ""
+        self.existing_type: str | None = None  # the function's package type, once looked up
 
     def _did(self, verb: str, what: str, detail: str = "") -> None:
         self.actions.append((verb, what, detail))
@@ -92,22 +93,26 @@ class Deployer:
         self.ensure_bucket(self.bucket)
         role_arn = self.ensure_role(self.bucket, account, partition)
         current = self.current_packages()
-        if image_uri is None and not image and current is not None and current.get("image_uri") \
-                and pins is None:
+        # A function's package type is fixed: an image function's packages go into an image.
+        as_image = image or bool(image_uri) or self.existing_type == "Image"
+        if as_image:
+            self.check_package_type("Image")
+        if image_uri is None and not image and pins is None and current and current.get("image_uri"):
             image_uri = current["image_uri"]  # a plain deploy keeps the deployed image
         packages: dict[str, Any] | None
         if image_uri:
             packages = self.image_record(image_uri, runtime, arch)
-        elif image:
+        elif as_image:
             if pins is None:  # the same packages as deployed, now in an image
                 pins = dict((current or {}).get("requested") or {})
-            image_uri, packages = self.ensure_image(pins, runtime, arch, account)
+            image_uri, packages = self.ensure_image(pins, runtime, arch, account, current)
         elif pins is None:  # neither --sync nor --requirements: keep what is deployed
             packages = current if current and current.get("arn") else None
         elif pins:
             packages = self.ensure_layer(pins, runtime, arch)
             if packages is None:  # over the unzipped limit: the image path
-                image_uri, packages = self.ensure_image(pins, runtime, arch, account)
+                self.check_package_type("Image")
+                image_uri, packages = self.ensure_image(pins, runtime, arch, account, current)
         else:
             packages = None
         manifest = self.deployment_manifest(runtime, arch, packages, image_uri)
@@ -118,16 +123,20 @@ class Deployer:
 
     # The runtime calendar --------------------------------------------------------
     def check_calendar(self, runtime: str, image: bool) -> None:
-        """Refuse (before any AWS call) a zip runtime AWS no longer lets us deploy; warn for
-        a deprecated one. Between "create blocked" and "update blocked", an existing zip
-        function on this runtime may still be updated: one read finds out, before anything
-        is created or changed."""
+        """Refuse a zip runtime AWS no longer lets us deploy; warn for a deprecated one. The
+        calendar is read before any AWS call; only a refusal costs one read (before anything
+        is created or changed): the function may be an image, or, between "create blocked"
+        and "update blocked", an existing zip function AWS still lets us update."""
         level, why = packaging.calendar_check(runtime, self.today, image=image)
-        if level == "refuse" and packaging.runtime_phase(runtime, self.today) == "create blocked":
+        if level == "refuse":
+            # One read: an image function stays one (never blocked), and between the two block
+            # dates an existing zip function on this runtime may still be updated.
             conf = self.function_configuration()
-            exists = conf is not None and conf.get("PackageType", "Zip") == "Zip" \
-                and conf.get("Runtime") == runtime
-            level, why = packaging.calendar_check(runtime, self.today, exists=exists)
+            if conf is not None and conf.get("PackageType") == "Image":
+                level, why = packaging.calendar_check(runtime, self.today, image=True)
+            elif packaging.runtime_phase(runtime, self.today) == "create blocked":
+                exists = conf is not None and conf.get("Runtime") == runtime
+                level, why = packaging.calendar_check(runtime, self.today, exists=exists)
         if level == "refuse":
             if self.cfg.lambda_.runtime_calendar == "waive":
                 self._did("waived", f"runtime calendar for {runtime}",
@@ -173,8 +182,10 @@ class Deployer:
         try:
             fn = lam.get_function(FunctionName=self.cfg.lambda_.function_name)
         except lam.exceptions.ResourceNotFoundException:
+            self.existing_type = None
             return None
         conf = fn.get("Configuration", {})
+        self.existing_type = conf.get("PackageType", "Zip")
         env = conf.get("Environment", {}).get("Variables", {})
         manifest = read_manifest(self._s3(), self.bucket, self.cfg.prefix,
                                  self.cfg.lambda_.function_name, env.get(MANIFEST_ENV))
@@ -256,15 +267,19 @@ class Deployer:
     def _image_record_key(self, tag: str) -> str:
         return deployments_key(self.cfg.prefix, f"images/{tag}.json")
 
-    def ensure_image(self, pins: dict[str, str | None], runtime: str, arch: str,
-                     account: str) -> tuple[str, dict[str, Any]]:
+    def ensure_image(self, pins: dict[str, str | None], runtime: str, arch: str, account: str,
+                     current: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """The image URI and what it holds: the build context written (packages resolved
-        like a layer's), its record stored; built and pushed to ECR when a docker daemon
-        answers, else ImageRequired with the exact commands (the function is not changed)."""
+        like a layer's), its record stored; the deployed image if it has the same tag (same
+        packages and function code); else built and pushed to ECR when a docker daemon
+        answers, or ImageRequired with the exact commands (the function is not changed)."""
         ctx = image.write_context(self.image_build_dir(), pins, runtime, arch, build_function_zip(),
                                   log=lambda m: self._did("warning", m))
         self._did("unchanged" if ctx.reused else "built", f"image build context {ctx.path}",
                   f"{len(ctx.record['pins'])} packages, tag {ctx.tag}")
+        deployed = (current or {}).get("image_uri")
+        if deployed and image.uri_tag(deployed) == ctx.tag:
+            return deployed, ctx.record
         self._s3().put_object(Bucket=self.bucket, Key=self._image_record_key(ctx.tag),
                               Body=json.dumps(ctx.record, sort_keys=True).encode())
         repository = self.cfg.lambda_.function_name
@@ -435,13 +450,8 @@ class Deployer:
                       + (image_uri if image_uri else f"zip {len(code or b'') // 1024} KiB"))
             return
         conf = current["Configuration"]
-        have_type = conf.get("PackageType", "Zip")
-        if have_type != package_type:
-            raise RuntimeError(
-                f"the Lambda function {name} is a {have_type.lower()} function and Lambda cannot "
-                f"change a function's package type to {package_type.lower()}: delete it first "
-                f"(`aws lambda delete-function --function-name {name} --region {self.region}`) "
-                "or set another lambda.function_name, then deploy again")
+        self.existing_type = conf.get("PackageType", "Zip")
+        self.check_package_type(package_type)
         if image_uri:
             code_changed = current.get("Code", {}).get("ImageUri") != image_uri
         else:
@@ -471,6 +481,17 @@ class Deployer:
         elif not code_changed:
             self._did("unchanged", f"Lambda function {name}",
                       image_uri or f"code sha256 {conf.get('CodeSha256', '')[:12]}...")
+
+    def check_package_type(self, wanted: str) -> None:
+        """Lambda cannot turn a zip function into an image function or back: say how to
+        proceed before anything is built for the other type."""
+        have, name = self.existing_type, self.cfg.lambda_.function_name
+        if have is not None and have != wanted:
+            raise RuntimeError(
+                f"the Lambda function {name} is a {have.lower()} function and Lambda cannot "
+                f"change a function's package type to {wanted.lower()}: delete it first "
+                f"(`aws lambda delete-function --function-name {name} --region {self.region}`) "
+                "or set another lambda.function_name, then deploy again")
 
     def ensure_async_config(self) -> None:
         """No Lambda retries (the client owns them) and a short maximum event age: an
