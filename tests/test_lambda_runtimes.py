@@ -1,7 +1,8 @@
 """The runtime calendar: AWS blocks creating, then updating, zip functions on a deprecated
-Python runtime. The deploy refuses first (before anything is created or changed), saying when and the two ways
-out; status and the pre-flight check say the same. Tested against packaging.RUNTIMES' dates
-with an injected "today" (the emulator itself waives the calendar: see lambda_emulator)."""
+Python runtime. The deploy refuses first (before anything is created or changed), saying
+when and the two ways out; status and the pre-flight check say the same. Tested against
+packaging.RUNTIMES' dates with an injected "today" (the emulator itself waives the
+calendar: see lambda_emulator)."""
 import datetime
 import sys
 
