@@ -47,7 +47,8 @@ def test_the_phases_and_what_each_allows():
     assert level == "warn" and "public.ecr.aws/lambda/python:3.11 gets no more security patches" in why
     # The ways out name the newer runtimes still supported that day.
     assert "python3.12, python3.13, python3.14" in calendar_check("python3.11", r.block_update)[1]
-    assert "python3.12," not in calendar_check("python3.12", RUNTIMES["python3.12"].block_update)[1]
+    late = RUNTIMES["python3.12"].deprecated  # python3.12 is deprecated too by then: not offered
+    assert "(supported now: python3.13, python3.14)" in calendar_check("python3.11", late)[1]
 
 
 def _counting_config(tmp_path, moto_endpoint, lambda_emulator, **lam):
