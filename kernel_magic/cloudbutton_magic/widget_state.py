@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - older executor
     LAMBDA_GB_SECOND_USD, LAMBDA_REQUEST_USD = 0.0000166667, 0.20 / 1_000_000
 
 NAN = float("nan")
+SMOOTH_MIN_BINS = 2  # the tasks/s line is smoothed over at least this many bins (sigma)
 COMPUTE_OK = "#2ca02c"
 COMPUTE_FAILED = "#d62728"
 
@@ -136,9 +137,30 @@ class RateSeries:
             inst = self.flops_run[:n] / dt / 1e9
         else:
             eff = np.cumsum(self.tasks_done[:n]) / x_end
-            inst = self.tasks_done[:n] / dt
+            inst = self._moving_rate(self.tasks_done[:n], dt)
         return {"x_end": x_end, "x_mid": x_mid, "eff": eff, "inst": inst}
 
+    @staticmethod
+    def _moving_rate(counts: np.ndarray, dt: float) -> np.ndarray:
+        """Completions per second, smoothed with a Gaussian window that fits the job.
+
+        Completions are discrete: per bin they read as a 0/N/0 sawtooth. The window's
+        width (sigma) is a twelfth of the time plotted so far, so a 3-second job and a
+        1-hour job both show their trend. Near the ends the weights are renormalised
+        over the bins that exist (the future is unknown), so the last point is not
+        dragged towards zero.
+        """
+        n = len(counts)
+        sigma = max(SMOOTH_MIN_BINS, n / 12)
+        half = int(3 * sigma)
+        x = np.arange(-half, half + 1)
+        kernel = np.exp(-0.5 * (x / sigma) ** 2)
+        # Before the start there were no completions (zeros that count); after the last
+        # bin nothing is known yet (left out of the weights).
+        padded = np.concatenate((np.zeros(half), counts))
+        total = np.convolve(padded, kernel, mode="full")[2 * half:2 * half + n]
+        weight = np.convolve(np.ones(n + half), kernel, mode="full")[2 * half:2 * half + n]
+        return total / weight / dt
 
 class Delta:
     """What changed since the previous poll."""
