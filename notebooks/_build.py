@@ -20,19 +20,6 @@ import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Shared by the notebooks that drive jobs through the Python API.
-WATCH = '''\
-from cloudbutton_magic.widget import make_progress
-
-def watch(job):
-    """Show a job's live widget (what %%cloud map shows) and block until the job ends."""
-    view = make_progress(job)
-    view.display()
-    while not job.wait(0.2):
-        view.update()
-    view.finish()
-    return job'''
-
 SCALE = '''\
 import os
 # CLOUDBUTTON_DEMO_SCALE=small: the sizes CI uses (seconds); unset: the full local demo.
@@ -178,7 +165,7 @@ print(f"{TASKS} tasks x {LOOPCNT} products of {N}x{N} matrices = "
 
     std_devs = np.linspace(1, 10, TASKS)
     """),
-    code(WATCH),
+    code("%load_ext cloudbutton_jupyter  # the magics, and a Job shows its live widget"),
     md("""
     Run it and watch the timeline (one row per task) and the GFLOPS plot:
     *effective* GFLOPS (all FLOPs of the finished tasks divided by the time since
@@ -187,9 +174,10 @@ print(f"{TASKS} tasks x {LOOPCNT} products of {N}x{N} matrices = "
     """),
     code("""
     ex = Executor(BACKEND)
-    job = watch(ex.map(big_flops, std_devs))
-    sums = job.result()
+    job = ex.map(big_flops, std_devs)
+    job  # a Job as the last expression shows its live widget; the cell does not wait
     """),
+    code("sums = job.result()  # waits for every task"),
     md("""
     ## The phases of a task
 
@@ -286,7 +274,7 @@ NOTEBOOKS["monte_carlo"] = [
 
 TASKS = 8 if SMALL else 32
 SAMPLES = 200_000 if SMALL else 2_000_000   # per task'''),
-    code(WATCH),
+    code("%load_ext cloudbutton_jupyter  # the magics, and a Job shows its live widget"),
     md("""
     ## π
 
@@ -308,7 +296,7 @@ SAMPLES = 200_000 if SMALL else 2_000_000   # per task'''),
     ex = Executor()
     seeds = list(range(TASKS))
     pi_future = ex.map_reduce(count_inside, seeds, estimate_pi)
-    watch(pi_future.map_job)
+    display(pi_future.map_job)  # the map job's live widget
     pi_hat = pi_future.result()
     print(f"pi ≈ {pi_hat:.5f} from {TASKS * SAMPLES:,} points (error {pi_hat - np.pi:+.5f})")
     """),
@@ -347,7 +335,7 @@ SAMPLES = 200_000 if SMALL else 2_000_000   # per task'''),
         return S0 * Phi(d1) - K * math.exp(-r * T) * Phi(d2)
 
     option_future = ex.map_reduce(payoff_sums, seeds, price_from_sums)
-    watch(option_future.map_job)
+    display(option_future.map_job)
     mc = option_future.result()
     exact = black_scholes_call(S0, K, r, sigma, T)
     print(f"Monte Carlo: {mc['price']:.4f} ± {mc['stderr']:.4f} ({mc['paths']:,} paths)")

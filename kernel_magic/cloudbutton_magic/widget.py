@@ -517,12 +517,17 @@ class JobView(_Progress):
         t = self.tracker
         if self.rows:
             hs = self._header_stats or t.header_stats()
-            imgs = [static_plots.timeline_png(self.rows, self._timeline_title()),
-                    static_plots.rates_png(t.series.series(hs["elapsed_s"], self.flops_mode),
-                                           FLOPS_LABELS if self.flops_mode else TASKS_LABELS)]
-            parts.extend(f"<img class='cloudbutton-plot' alt='{alt}' style='max-width: 100%' "
+            series = t.series.series(hs["elapsed_s"], self.flops_mode)
+            labels = FLOPS_LABELS if self.flops_mode else TASKS_LABELS
+            plots = [("timeline", self._timeline_title(), len(self.rows),
+                      static_plots.timeline_png(self.rows, self._timeline_title())),
+                     ("rates", labels["title"], len(series["x_end"]),
+                      static_plots.rates_png(series, labels))]
+            # alt: the plot's title; data-points: how many rows or points it drew.
+            parts.extend(f"<img class='cloudbutton-plot cloudbutton-{kind}' alt='{html.escape(title)}' "
+                         f"data-points='{points}' style='max-width: 100%' "
                          f"src='data:image/png;base64,{png}'/>"
-                         for alt, png in zip(("timeline", "rates"), imgs) if png)
+                         for kind, title, points, png in plots if png)
         else:
             parts.append(f"<div class='cloudbutton-empty' style='{FONT}; color: #616161'>"
                          f"{html.escape(self.empty_sentence())}</div>")
