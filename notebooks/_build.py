@@ -165,7 +165,7 @@ print(f"{TASKS} tasks x {LOOPCNT} products of {N}x{N} matrices = "
 
     std_devs = np.linspace(1, 10, TASKS)
     """),
-    code("%load_ext cloudbutton_jupyter  # the magics, and a Job shows its live widget"),
+    code("# The magics; and a Job shows its live widget\n%load_ext cloudbutton_jupyter"),
     md("""
     Run it and watch the timeline (one row per task) and the GFLOPS plot:
     *effective* GFLOPS (all FLOPs of the finished tasks divided by the time since
@@ -274,7 +274,7 @@ NOTEBOOKS["monte_carlo"] = [
 
 TASKS = 8 if SMALL else 32
 SAMPLES = 200_000 if SMALL else 2_000_000   # per task'''),
-    code("%load_ext cloudbutton_jupyter  # the magics, and a Job shows its live widget"),
+    code("# The magics; and a Job shows its live widget\n%load_ext cloudbutton_jupyter"),
     md("""
     ## π
 

@@ -450,7 +450,7 @@ def test_a_job_displays_itself(tmp_path):
              "cancelled = ex.map(lambda x: time.sleep(5), range(3))\n"
              "cancelled.cancel()\ncancelled"]
     nb = run_cells(cells, tmp_path)
-    live = [o for o in nb.cells[1].outputs if o["data"]]  # the emptied BokehJS output aside
+    live = [o for o in nb.cells[1].outputs if o["data"].get("text/plain")]  # BokehJS emptied
     assert len(live) == 1 and "text/html" in live[0]["data"]
     assert "application/vnd.jupyter.widget-view+json" not in live[0]["data"]  # updated at the end
     assert "4 done · 0 failed" in live[0]["data"]["text/html"]

@@ -352,7 +352,7 @@ def _ensure_bokehjs() -> None:
         handle = display({JS_MIME_TYPE: _loading_js(bundle, None, 5000, register_mime=True),
                           LOAD_MIME_TYPE: _loading_js(bundle, None, 5000, register_mime=False)},
                          raw=True, display_id=True)
-        handle.update({}, raw=True)
+        handle.update({"text/plain": ""}, raw=True)
     except (ImportError, AttributeError, TypeError):  # bokeh moved its internals: plain load
         from bokeh.io.notebook import load_notebook
 
