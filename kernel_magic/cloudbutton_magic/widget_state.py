@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - older executor
     LAMBDA_GB_SECOND_USD, LAMBDA_REQUEST_USD = 0.0000166667, 0.20 / 1_000_000
 
 NAN = float("nan")
-SMOOTH_MIN_BINS = 2  # the tasks/s line is smoothed over at least this many bins (sigma)
+SMOOTH_MIN_BINS = 1  # the tasks/s line is smoothed over at least this many bins (sigma)
 COMPUTE_OK = "#2ca02c"
 COMPUTE_FAILED = "#d62728"
 
