@@ -480,7 +480,9 @@ class JobView(_Progress):
             counts += f" · {self.job.throttled} throttled"
         backend = getattr(getattr(self.job, "backend", None), "name", "?")
         cost = fmt_cost(hs["cost_usd"])
-        cost = f"{cost} on Lambda" if backend == "lambda" else f"≈ {cost} on Lambda"
+        if backend != "lambda" and not cost.startswith("<"):
+            cost = f"≈ {cost}"  # an estimate: what these tasks would cost on Lambda
+        cost = f"{cost} on Lambda"
         rate = (f"{hs['gflops']:.2f} GFLOPS" if hs["flops"] else "")
         parts = [f"elapsed {fmt_seconds(hs['elapsed_s'])}",
                  f"ETA {fmt_seconds(hs['eta_s']) if state == 'running' else '—'}",
