@@ -80,7 +80,7 @@ def execute(path: Path, out_dir: Path, timeout: float = 900) -> tuple[object, fl
     nb = nbformat.read(path, as_version=4)
     # No widget state: a finished job's output is its static rendering, and the state of
     # the closed widgets would only weigh the notebook down.
-    client = NotebookClient(nb, kernel_name="python3", timeout=timeout,
+    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, store_widget_state=False,
                             resources={"metadata": {"path": str(path.parent)}})
     error = None
     out_dir.mkdir(parents=True, exist_ok=True)

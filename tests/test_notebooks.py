@@ -116,6 +116,16 @@ def test_make_demo_writes_notebooks_html_and_summary(demo):
         assert nb_path.stat().st_size > 0 and html_path.stat().st_size > 0
         html = html_path.read_text(encoding="utf-8")
         assert "<html" in html and MARK.strip() in html  # outputs made it into the export
+    # The jobs show in the HTML as images (their static rendering), without widgets.
+    page = (out_dir / "quickstart.html").read_text(encoding="utf-8")
+    assert page.count("class='cloudbutton-plot") == 4  # two %%cloud jobs, two plots each
+    saved = nbformat.read(out_dir / "quickstart.ipynb", as_version=4)
+    assert "widgets" not in saved.metadata
+    assert (out_dir / "quickstart.ipynb").stat().st_size < 200_000
+    # What ran is the committed notebook, not the working file.
+    committed = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:notebooks/quickstart.ipynb"],
+                               capture_output=True, check=True).stdout
+    assert (out_dir / "src" / "notebooks" / "quickstart.ipynb").read_bytes() == committed
     para = proc.stdout.strip().splitlines()[-1]
     assert "GFLOPS effective" in para and "peak in flight" in para, para
     assert "results correct" in para and str(out_dir) in para, para

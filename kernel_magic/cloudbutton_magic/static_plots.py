@@ -34,8 +34,9 @@ def _finite(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def timeline_png(rows: list[dict], title: str) -> str | None:
-    """Base64 PNG of the timeline (one bar per row, coloured by phase), or None without rows."""
+def timeline_png(rows: list[dict], title: str, elapsed: float | None = None) -> str | None:
+    """Base64 PNG of the timeline (one bar per row, coloured by phase), or None without rows.
+    ``elapsed``: the job's length, so the time axis matches the rate plot's."""
     if not rows:
         return None
     from matplotlib.lines import Line2D
@@ -66,7 +67,7 @@ def timeline_png(rows: list[dict], title: str) -> str | None:
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xlabel(TIME_AXIS)
     ax.set_ylabel("item index")
-    ax.set_xlim(left=0)
+    ax.set_xlim(left=0, right=elapsed if elapsed else None)
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=len(handles),
               fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)

@@ -521,8 +521,11 @@ class JobView(_Progress):
             hs = self._header_stats or t.header_stats()
             series = t.series.series(hs["elapsed_s"], self.flops_mode)
             labels = FLOPS_LABELS if self.flops_mode else TASKS_LABELS
-            plots = [("timeline", self._timeline_title(), len(self.rows),
-                      static_plots.timeline_png(self.rows, self._timeline_title())),
+            title = self._timeline_title()
+            if t.counts["cancelled"]:
+                title += f"; {t.counts['cancelled']} cancelled items never ran"
+            plots = [("timeline", title, len(self.rows),
+                      static_plots.timeline_png(self.rows, title, hs["elapsed_s"])),
                      ("rates", labels["title"], len(series["x_end"]),
                       static_plots.rates_png(series, labels))]
             # alt: the plot's title; data-points: how many rows or points it drew.
