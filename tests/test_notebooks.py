@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -54,8 +55,6 @@ def summary(nb) -> dict:
 def job_widgets(nb) -> list[dict]:
     """Per job shown, in order: what its output keeps once the job has ended (the static
     rendering: header HTML, the PNG plots and how many rows and points they drew)."""
-    import re
-
     out = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
@@ -118,7 +117,8 @@ def test_make_demo_writes_notebooks_html_and_summary(demo):
         assert "<html" in html and MARK.strip() in html  # outputs made it into the export
     # The jobs show in the HTML as images (their static rendering), without widgets.
     page = (out_dir / "quickstart.html").read_text(encoding="utf-8")
-    assert page.count("class='cloudbutton-plot") == 4  # two %%cloud jobs, two plots each
+    plots = re.findall(r"""class=["']cloudbutton-plot [^>]*src=["']data:image/png;base64,""", page)
+    assert len(plots) == 4  # two %%cloud jobs, two plots each
     saved = nbformat.read(out_dir / "quickstart.ipynb", as_version=4)
     assert "widgets" not in saved.metadata
     assert (out_dir / "quickstart.ipynb").stat().st_size < 200_000

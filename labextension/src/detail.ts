@@ -4,7 +4,14 @@
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 import { IJobDetail, ITaskDetail } from './api';
-import { basename, clipped, formatDuration, formatUsd, h } from './dom';
+import {
+  basename,
+  clipped,
+  countsText,
+  formatDuration,
+  formatUsd,
+  h
+} from './dom';
 
 const SVG = 'http://www.w3.org/2000/svg';
 // The widget's phases (kernel_magic/cloudbutton_magic/plots.py SEGMENTS).
@@ -58,15 +65,7 @@ export class JobDetail extends Widget {
     if (job.job_id !== this._jobId) {
       return;
     }
-    const c = job.counts;
-    const counts = [
-      `${c.done}/${job.n_items} done`,
-      c.failed ? `${c.failed} failed` : '',
-      c.cancelled ? `${c.cancelled} cancelled` : '',
-      c.lost ? `${c.lost} lost` : ''
-    ]
-      .filter(Boolean)
-      .join(' · ');
+    const counts = countsText(job);
     const what = basename(job.notebook) || job.function || '';
     const failures = job.failures
       .slice(0, 20)

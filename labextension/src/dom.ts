@@ -75,6 +75,22 @@ export function formatDuration(s: number | null | undefined): string {
     : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
+/** "12/40 done · 3 failed · 25 cancelled": a cancelled item is never counted as failed. */
+export function countsText(job: {
+  n_items: number;
+  counts: { done: number; failed: number; cancelled: number; lost: number };
+}): string {
+  const c = job.counts;
+  return [
+    `${c.done}/${job.n_items} done`,
+    c.failed ? `${c.failed} failed` : '',
+    c.cancelled ? `${c.cancelled} cancelled` : '',
+    c.lost ? `${c.lost} lost` : ''
+  ]
+    .filter(Boolean)
+    .join(' · ');
+}
+
 export function basename(path: string | null | undefined): string {
   return path ? path.split('/').pop() || path : '';
 }

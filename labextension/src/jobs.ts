@@ -8,6 +8,7 @@ import { JobDetail } from './detail';
 import {
   basename,
   clipped,
+  countsText,
   formatDuration,
   formatUsd,
   h,
@@ -19,18 +20,6 @@ import {
 export function jobOfNotebook(job: IJobSummary, path: string): boolean {
   const label = job.notebook ?? '';
   return label === path || label.endsWith('/' + path);
-}
-
-function countsText(job: IJobSummary): string {
-  const c = job.counts;
-  return [
-    `${c.done}/${job.n_items} done`,
-    c.failed ? `${c.failed} failed` : '',
-    c.cancelled ? `${c.cancelled} cancelled` : '',
-    c.lost ? `${c.lost} lost` : ''
-  ]
-    .filter(Boolean)
-    .join(' · ');
 }
 
 /** The list of jobs, newest first. */
