@@ -395,6 +395,24 @@ def test_saved_notebook_and_its_html_show_the_jobs_offline(page, lab, browser, t
     size = (lab["tmp"] / "root" / "demo.ipynb").stat().st_size
     assert size < 400_000, size
 
+    # Reopened elsewhere (untrusted: its signature does not match), with a new kernel, the
+    # lab still shows the plots: they are images in sanitised HTML, not widgets.
+    nb.metadata["reopened"] = True
+    nbformat.write(nb, lab["tmp"] / "root" / "reopened.ipynb")
+    pg = page.context.new_page()
+    try:
+        pg.goto(f"{lab['base']}/lab/tree/reopened.ipynb?token={lab['token']}")
+        imgs = pg.locator(".jp-NotebookPanel:visible .jp-Cell").nth(1).locator(
+            ".jp-OutputArea-output img")
+        imgs.first.wait_for(timeout=60_000)
+        assert imgs.count() == 2
+        for i in range(2):
+            assert imgs.nth(i).evaluate("img => img.complete && img.naturalWidth > 300")
+        pg.locator(".jp-NotebookPanel:visible .jp-Cell").nth(1).screenshot(
+            path=str(ARTIFACTS / "reopened-untrusted.png"))
+    finally:
+        pg.close()
+
     body, _ = HTMLExporter().from_notebook_node(nb)
     html_path = tmp_path / "demo.html"
     html_path.write_text(body, encoding="utf-8")
