@@ -59,7 +59,8 @@ def _notebook() -> dict:
                                     "language": "python"}},
         "cells": [code("xs = list(range(20))"),
                   code("x * x"),
-                  code("import time\ntime.sleep(1 if x < 2 else 30)\nx")],
+                  code("import time\ntime.sleep(1 if x < 2 else 30)\nx"),
+                  code("y = x\nz = (x +* 1)\nz")],
     }
 
 
@@ -220,8 +221,7 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     panel.locator(".cb-run").click()
 
     out = _cell(page, 1).locator(".jp-OutputArea")
-    widget = out.locator(".cloudbutton-job-widget")
-    widget.wait_for(timeout=60_000)
+    # A 20-item job may end before the live widget is seen: its header, live or static.
     out.locator(".cloudbutton-header:has-text('20 done')").wait_for(timeout=90_000)
     # The cell's source is not rewritten.
     assert "%%cloud" not in _cell(page, 1).locator(".jp-InputArea").inner_text()
@@ -373,6 +373,24 @@ def test_cancel_long_job_while_kernel_is_busy(page, lab):
     page.wait_for_timeout(500)
     panel.screenshot(path=str(ARTIFACTS / "browser-panel-cancelled.png"))
     _cell(page, 2).screenshot(path=str(ARTIFACTS / "browser-widget-cancelled.png"))
+
+
+def test_syntax_error_names_the_users_own_line(page, lab):
+    """The panel adds the %%cloud line the user's cell does not have: the error still
+    names the line as the user sees it, with a caret under the culprit."""
+    panel = _open_panel(page)
+    panel.locator(".cb-iterable").fill("xs")
+    panel.locator(".cb-as").fill("x")
+    _select_cell(page, 3)
+    panel.locator(".cb-run").click()
+    out = _cell(page, 3).locator(".jp-OutputArea")
+    out.locator("text=syntax error in the cell").wait_for(timeout=30_000)
+    text = out.inner_text()
+    assert "syntax error in the cell, line 2: invalid syntax" in text, text
+    lines = text.splitlines()
+    k = next(i for i, line in enumerate(lines) if line.strip() == "z = (x +* 1)")
+    assert lines[k + 1].index("^") == lines[k].index("*")
+    _wait_kernel_idle(page)
 
 
 def test_saved_notebook_and_its_html_show_the_jobs_offline(page, lab, browser, tmp_path):

@@ -39,6 +39,18 @@ def file_settings() -> dict:
     return {k: conf[k] for k in DEFAULTS if conf.get(k) is not None}
 
 
+def body_first_line(shell) -> int:
+    """The line number the magic's body has in the cell the user sees: 2 under a typed
+    ``%%cloud`` line; what the Cloud panel says (its execute request's metadata) when it
+    runs a cell that has no magic line of its own."""
+    kernel = getattr(shell, "kernel", None)
+    try:
+        value = (kernel.get_parent() or {}).get("metadata", {}).get("cloudbutton_first_line")
+    except Exception:  # no kernel (terminal IPython), or another kernel implementation
+        value = None
+    return value if isinstance(value, int) and value >= 1 else 2
+
+
 @dataclass
 class MapRequest:
     iterable: str
@@ -96,7 +108,7 @@ class CloudRunner:
         values = self._evaluate_iterable(req.iterable)
         report = cap.CaptureReport()
         if req.body is not None:
-            code = self._python_code(req.body)
+            code = self._python_code(req.body, body_first_line(self.shell))
             try:
                 captured, report = cap.capture(code, self.shell.user_ns, exclude={req.name})
                 fn = CellTask(code, captured, name=req.name)
@@ -126,7 +138,7 @@ class CloudRunner:
     # %%cloud run ------------------------------------------------------------------
     def run(self, body: str, out: str | None, options: dict, dry_run: bool = False):
         settings = self.settings(**options)
-        code = self._python_code(body)
+        code = self._python_code(body, body_first_line(self.shell))
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
             _, assigned = cap.analyse(code)
