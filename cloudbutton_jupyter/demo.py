@@ -47,7 +47,7 @@ def committed_notebooks(dest: Path) -> Path:
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", b"") or b""
         raise SystemExit(f"make demo runs the notebooks as committed in git, and `git archive` "
-                         f"failed in {root}: {detail.decode(errors='replace').strip() or err}")
+                         f"failed in {root}: {detail.decode(errors='replace').strip() or err}") from None
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         archive.extractall(dest, filter="data")
     return dest / "notebooks"

@@ -569,7 +569,6 @@ class JobView(_Progress):
         return (f"<details open class='cloudbutton-stdout'><summary>stdout of tasks</summary>{note}"
                 f"<pre style='{PRE}'>{html.escape(''.join(self._stdout_parts))}</pre></details>")
 
-
     def _add_stdout(self, chunks) -> None:
         for i, text in sorted(chunks):
             part = _prefix_lines(i, text)
