@@ -124,7 +124,8 @@ def run(ex, fn, n, poll, kind, comms):
         t0 = time.thread_time()
         static_kb = len(view.static_html()) / 1024
         static_cpu = time.thread_time() - t0
-    return {"static_cpu": static_cpu, "static_kb": static_kb,"wall": wall, "proc": proc, "renders": len(renders), "calls": calls, "cpu": cpu,
+    return {"static_cpu": static_cpu, "static_kb": static_kb, "wall": wall, "proc": proc,
+            "renders": len(renders), "calls": calls, "cpu": cpu,
             "mean": sum(renders) / len(renders) if renders else 0.0,
             "max": max(renders) if renders else 0.0, "build": build, "msgs": msgs, "bytes": size,
             "invocations": len(job.task_ids())}

@@ -72,8 +72,9 @@ def describe_syntax_error(err: SyntaxError, first_line: int = 1) -> str:
     if text.strip():
         indent = len(text) - len(text.lstrip())
         start = max(err.offset or 1, indent + 1)
-        end = err.end_offset if (err.end_lineno in (None, err.lineno)
-                                 and (err.end_offset or 0) > start) else start + 1
+        end = start + 1
+        if err.end_lineno in (None, err.lineno) and err.end_offset and err.end_offset > start:
+            end = err.end_offset
         out += f"\n    {text.strip()}\n    {' ' * (start - 1 - indent)}{'^' * (end - start)}"
     return out
 
@@ -87,7 +88,8 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.
 
 def _top_level_loads_and_stores(stmt):
     """Names this statement reads and binds at module level, nested scopes excluded."""
-    loads, stores = [], []
+    loads: list[str] = []
+    stores: list[str] = []
 
     def visit(node):
         if isinstance(node, ast.Name):
@@ -187,7 +189,7 @@ def looks_like_secret(value, _depth: int = 0) -> str | None:
     if _depth >= 2:
         return None
     if isinstance(value, dict):
-        keys = {k for k in value.keys() if isinstance(k, str)}
+        keys = {k for k in value if isinstance(k, str)}
         if {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & keys:
             return "it holds AWS credentials (AWS_SECRET_ACCESS_KEY)"
         if len(keys) >= 8 and len(keys & set(os.environ)) >= 0.8 * len(keys) and "PATH" in keys:

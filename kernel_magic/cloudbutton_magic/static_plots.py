@@ -45,7 +45,7 @@ def timeline_png(rows: list[dict], title: str, elapsed: float | None = None) -> 
     from matplotlib.collections import PolyCollection
 
     fig, ax = _figure(3.2)
-    handles = []
+    handles: list = []  # legend entries: patches and the cold-start marker
     boxes, colours = [], []
     for left, right, colour, label in SEGMENTS:
         for r in rows:
