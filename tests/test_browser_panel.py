@@ -59,8 +59,9 @@ def _notebook() -> dict:
                                     "language": "python"}},
         "cells": [code("xs = list(range(20))"),
                   code("x * x"),
-                  code("import time\ntime.sleep(1 if x < 2 else 30)\nx"),
-                  code("y = x\nz = (x +* 1)\nz")],
+                  code("import time\ntime.sleep(4 if x < 2 else 30)\nx"),
+                  code("y = x\nz = (x +* 1)\nz"),
+                  code("%%cloud map range(6) --memory 10240\nimport time\ntime.sleep(0.3)\nitem")],
     }
 
 
@@ -390,6 +391,29 @@ def test_syntax_error_names_the_users_own_line(page, lab):
     lines = text.splitlines()
     k = next(i for i, line in enumerate(lines) if line.strip() == "z = (x +* 1)")
     assert lines[k + 1].index("^") == lines[k].index("*")
+    _wait_kernel_idle(page)
+
+
+def test_widget_and_panel_show_the_same_cost_and_time(page, lab):
+    """One job, one truth: the cell and the panel compute elapsed time and cost with the
+    same code (accounting) from the same statuses, and write money the same way."""
+    import re
+
+    _select_cell(page, 4)
+    page.keyboard.press("Shift+Enter")
+    out = _cell(page, 4).locator(".jp-OutputArea")
+    header = out.locator(".cloudbutton-job .cloudbutton-header")
+    header.wait_for(timeout=60_000)
+    text = header.inner_text()
+    widget_cost = re.search(r"(< )?\$[0-9.,]+(?= on Lambda)", text).group(0)
+    widget_time = re.search(r"elapsed ([0-9.]+) s", text).group(1)
+    assert widget_cost.startswith("$0.000")  # about 6 x 0.3 s x 10 GB: a few hundredths of a cent
+    job_id = re.search(r"job (\d{8}-\d{6}-\w+)", text).group(1)
+    panel = _open_panel(page)
+    row = panel.locator(f".cb-job[data-job-id='{job_id}']")
+    row.wait_for(timeout=30_000)
+    assert row.locator(".cb-job-cost").inner_text() == widget_cost
+    assert row.locator(".cb-job-duration").inner_text() == f"{widget_time} s"
     _wait_kernel_idle(page)
 
 

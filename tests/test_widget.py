@@ -303,6 +303,27 @@ def test_background_updates_then_finishes(ex):
     assert len(cols(view)["task"]) == 8
 
 
+def test_widget_and_panel_say_the_same_cost_and_elapsed_time(ex, storage, monkeypatch, tmp_path):
+    """The cell's numbers are the panel's: same records (the statuses), same code
+    (accounting), same money format; elapsed ends at the last status stored, not when
+    this host happened to see it."""
+    from cloudbutton_executor.units import format_usd
+    from cloudbutton_jupyter.manager import CloudManager
+    from cloudbutton_magic.widget import fmt_cost, fmt_seconds
+
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "none.yaml"))
+    job = ex.map(sleepy, [0.25] * 6, memory_mb=10240)
+    view = follow(JobWidget(job), job)
+    (panel,) = CloudManager(storage=storage).list_jobs()
+    hs = view._header_stats
+    assert hs["cost_usd"] == pytest.approx(panel["cost_usd"], rel=1e-12)
+    assert fmt_cost(hs["cost_usd"]) == format_usd(panel["cost_usd"])
+    assert format_usd(panel["cost_usd"]).startswith("$0.000")  # not "< $0.0001": a real check
+    assert hs["elapsed_s"] == pytest.approx(panel["duration_s"], abs=1e-6)
+    assert fmt_seconds(hs["elapsed_s"]) in view.header.value
+    assert f"{format_usd(panel['cost_usd'])} on Lambda" in view.header.value
+
+
 # --- choosing the view, TextProgress -----------------------------------------------
 def test_plain_process_gets_text_progress(ex):
     job = ex.map(lambda x: x, range(2))
