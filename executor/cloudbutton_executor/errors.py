@@ -28,6 +28,31 @@ class RemoteError(Exception):
         return (RemoteError, (self.type_name, self.message, self.remote_traceback))
 
 
+class ExceptionByState:
+    """Pickles as ``exc`` rebuilt from its type, ``args`` and ``__dict__`` without calling
+    ``__init__``: for exception classes whose ``__init__`` signature differs from their
+    ``args`` (``pickle`` would call ``cls(*args)`` and fail). Unpickling gives the exception."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        if type(exc).__reduce__ is not BaseException.__reduce__:
+            raise TypeError(f"{type(exc).__qualname__} defines its own __reduce__")
+        return _rebuild_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
+
+
+def _rebuild_exception(cls, args, state):
+    exc = cls.__new__(cls)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
+
+
 class InfrastructureError(Exception):
     """The task did not run to completion for a reason outside the user's code."""
 

@@ -22,6 +22,8 @@ import types
 
 import cloudpickle
 
+from .sources import code_source, restore_code
+
 # Our own packages are installed wherever the user put them (often an editable
 # checkout); they must never be shipped by value.
 _OWN_PACKAGES = {"cloudbutton_executor", "cloudbutton_magic", "cloudbutton_jupyter"}
@@ -57,8 +59,25 @@ def _is_secret_type(obj) -> bool:
     return False
 
 
+class _CodeAsIs:
+    """A code object to reduce with cloudpickle's own code reducer."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code):
+        self.code = code
+
+
 class _GuardedPickler(cloudpickle.Pickler):
     def reducer_override(self, obj):
+        t = type(obj)
+        if t is types.CodeType:
+            # By-value code (only that reaches a code object's reducer) travels with its
+            # file name and source lines: see sources.py.
+            first, lines = code_source(obj)
+            return restore_code, (_CodeAsIs(obj), obj.co_filename, first, lines)
+        if t is _CodeAsIs:
+            return self.dispatch_table[types.CodeType](obj.code)
         if _is_secret_type(obj):
             raise SecretError(
                 f"refusing to ship a {_type_name(obj)}: it carries AWS credentials. "
