@@ -5,7 +5,7 @@ with Lambda's semantics (the default), with the vocabulary of
 ``concurrent.futures``.
 """
 from .context import report_flops
-from .errors import (InfrastructureError, LostInvocationError, OutOfMemoryError, RemoteError,
+from .errors import (InfrastructureError, JobCancelled, LostInvocationError, OutOfMemoryError, RemoteError,
                      TaskTimeoutError, VersionMismatchError, WorkerDiedError)
 from .executor import Executor
 from .futures import (ALL_COMPLETED, ANY_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
@@ -19,6 +19,6 @@ __all__ = [
     "Executor", "Job", "TaskFuture", "report_flops", "wait", "as_completed", "get_result",
     "ALL_COMPLETED", "ANY_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
     "InfrastructureError", "TaskTimeoutError", "OutOfMemoryError", "WorkerDiedError",
-    "LostInvocationError", "RemoteError", "VersionMismatchError", "SerializationError",
+    "LostInvocationError", "RemoteError", "JobCancelled", "VersionMismatchError", "SerializationError",
     "SecretError", "__version__",
 ]

@@ -86,6 +86,14 @@ class LostInvocationError(InfrastructureError):
     kind = "lost"
 
 
+class JobCancelled(KeyboardInterrupt):
+    """Ctrl-C cancelled jobs while the host waited for them; the message counts the outcome
+    ("cancelled: 12 of 40 done, 28 cancelled"). See interrupt.py."""
+
+    def _render_traceback_(self):  # IPython shows this instead of a traceback
+        return [str(self)]
+
+
 class VersionMismatchError(RuntimeError):
     """The deployed worker runs other versions than the host."""
 

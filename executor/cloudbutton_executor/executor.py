@@ -9,7 +9,9 @@ import weakref
 
 from . import protocol, serialize
 from .backends import get_backend
+from .errors import JobCancelled
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
+from .interrupt import cancel_jobs, cancel_on_interrupt
 from .job import Job, _gc_paused
 from .storage import LocalStorage, NotFound, Storage
 
@@ -104,6 +106,13 @@ class Executor:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, JobCancelled):
+            # Ctrl-C anywhere in the block: cancel what runs, say so in one line.
+            cancelled = cancel_jobs(list(self._jobs))
+            self.shutdown(wait=False, cancel_futures=True)
+            if cancelled is not None:
+                raise cancelled from None
+            return False
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
         return False
 
@@ -215,8 +224,9 @@ class Executor:
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done()] + [job]
         if payloads:
-            job._start()
-            self._ensure_monitor()
+            with cancel_on_interrupt(job):  # never leave a started job unknown to the caller
+                job._start()
+                self._ensure_monitor()
         return job
 
     # Waiting ----------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError
 
+from .interrupt import cancel_on_interrupt
+
 ANY_COMPLETED = FIRST_COMPLETED  # Lithops' name for the same thing
 
 __all__ = ["TaskFuture", "wait", "as_completed", "get_result", "ALL_COMPLETED", "ANY_COMPLETED",
@@ -25,6 +27,15 @@ class TaskFuture(cf.Future):
         self.job = job
         self.job_id = job.job_id
         self.index = index
+
+    def result(self, timeout=None):
+        """Like ``Future.result``; Ctrl-C while waiting cancels the job (see interrupt.py)."""
+        with cancel_on_interrupt(self.job):
+            return super().result(timeout)
+
+    def exception(self, timeout=None):
+        with cancel_on_interrupt(self.job):
+            return super().exception(timeout)
 
     @property
     def task_id(self) -> str | None:
@@ -62,9 +73,18 @@ def _futures(fs):
     return list(fs)
 
 
+def _jobs_of(fs) -> list:
+    """The jobs behind ``fs`` (a Job, or futures of jobs), for cancelling on Ctrl-C."""
+    if hasattr(fs, "item_state"):
+        return [fs]
+    return list({id(j): j for j in (getattr(f, "job", None) for f in fs) if j is not None}.values())
+
+
 def wait(fs, return_when=ALL_COMPLETED, timeout=None):
     """Like ``concurrent.futures.wait``; ``fs`` may be a Job, a future or futures."""
-    return cf.wait(_futures(fs), timeout=timeout, return_when=return_when)
+    futures = _futures(fs)
+    with cancel_on_interrupt(*_jobs_of(futures)):
+        return cf.wait(futures, timeout=timeout, return_when=return_when)
 
 
 def as_completed(fs, timeout=None):
@@ -79,7 +99,8 @@ def get_result(fs, timeout=None):
     if hasattr(fs, "item_state"):  # a Job: it holds the results already, no futures needed
         return fs.result(timeout)
     futures = _futures(fs)
-    done, not_done = cf.wait(futures, timeout=timeout)
+    with cancel_on_interrupt(*_jobs_of(futures)):
+        done, not_done = cf.wait(futures, timeout=timeout)
     if not_done:
         raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} tasks not done after {timeout} s")
     return [f.result() for f in futures]

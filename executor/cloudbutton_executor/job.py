@@ -22,6 +22,7 @@ from .errors import (INFRA_ERRORS, InfrastructureError, LostInvocationError, Rem
                      RemoteTraceback, TaskTimeoutError)
 from .storage import CountingView
 from .futures import TaskFuture
+from .interrupt import cancel_on_interrupt
 from .worker import read_results
 
 # AWS Lambda list prices (x86, us-east-1) used for cost estimates.
@@ -188,8 +189,10 @@ class Job(collections.abc.Sequence):
 
     # Public API -------------------------------------------------------------
     def result(self, timeout=None) -> list:
-        """All results in input order; raises the first failure."""
-        if not self._done_event.wait(timeout):
+        """All results in input order; raises the first failure. Ctrl-C cancels the job."""
+        with cancel_on_interrupt(self):
+            ended = self._done_event.wait(timeout)
+        if not ended:
             raise cf.TimeoutError(f"{self._n - self._n_ended} of {self._n} tasks not done "
                                   f"after {timeout} s")
         state = self._state
@@ -200,7 +203,8 @@ class Job(collections.abc.Sequence):
 
     def results(self, timeout=None) -> list:
         """All outcomes in input order: a result, or the exception the task ended with."""
-        self._done_event.wait(timeout)
+        with cancel_on_interrupt(self):
+            self._done_event.wait(timeout)
         out = []
         for i, s in enumerate(self._state):
             if s == DONE or s == FAILED:

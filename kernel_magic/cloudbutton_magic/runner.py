@@ -13,7 +13,9 @@ from IPython.core.error import UsageError
 
 from cloudbutton_executor import Executor, SerializationError, protocol
 from cloudbutton_executor.cell import CellTask
+from cloudbutton_executor.errors import JobCancelled
 from cloudbutton_executor.executor import list_jobs
+from cloudbutton_executor.interrupt import cancel_jobs
 
 from . import capture as cap
 
@@ -237,26 +239,31 @@ class CloudRunner:
         return job
 
     def _follow(self, job, report, *, out, noblock, raise_):
-        from .widget import make_progress
+        view = None
+        try:  # from the first line: the job runs already, and Ctrl-C may come at any time
+            from .widget import make_progress
 
-        view = make_progress(job, capture_report=report)
-        view.display()
-        if noblock:
-            if out:
-                self.shell.user_ns[out] = job
-            view.start_background()
-            return None
-        try:
+            view = make_progress(job, capture_report=report)
+            view.display()
+            if noblock:
+                if out:
+                    self.shell.user_ns[out] = job
+                view.start_background()
+                return None
             while not job.wait(0.2):
                 view.update()
-        except KeyboardInterrupt:
-            job.cancel()
-            view.finish()
+        except KeyboardInterrupt as exc:
+            # Ctrl-C / kernel interrupt: cancel the job, keep what finished, and end the
+            # cell with one line (JobCancelled renders as its message in IPython).
+            cancelled = exc if isinstance(exc, JobCancelled) else cancel_jobs([job])
+            if view is not None:
+                view.finish()
             if out:
                 self.shell.user_ns[out] = job.results()
-            print(f"job {job.job_id} cancelled; finished results are in {out!r}" if out else
-                  f"job {job.job_id} cancelled")
-            raise
+            if cancelled is None:
+                raise
+            note = f"; finished results are in {out!r}" if out else ""
+            raise JobCancelled(f"{cancelled}{note} (job {job.job_id})") from None
         view.finish()
         outcomes = job.results()
         if out:
