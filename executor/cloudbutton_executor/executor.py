@@ -13,12 +13,33 @@ from .errors import JobCancelled
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
 from .interrupt import cancel_jobs, cancel_on_interrupt
 from .job import Job, _gc_paused
+from .lease import BackendLease
 from .storage import LocalStorage, NotFound, Storage
 
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_MB = {"local": 2048, "lambda": 1024}
 # Target duration of one auto-sized batch: enough to amortise the invocation overhead.
 DEFAULT_AUTO_TARGET_S = {"local": 0.05, "lambda": 1.0}
+# Lithops' backend names for ours.
+BACKEND_ALIASES = {"localhost": "local", "aws_lambda": "lambda"}
+# Lithops map_reduce() options with no equivalent here, and why.
+_UNSUPPORTED_MAP_REDUCE = {
+    "spawn_reducer": "the reduce starts once every map task has ended",
+    "extra_env": "workers see only their event; pass values as arguments",
+    "obj_chunk_size": "no storage-object partitioning", "obj_chunk_number": "no storage-object partitioning",
+    "obj_newline": "no storage-object partitioning", "obj_reduce_by_key": "no storage-object partitioning",
+    "include_modules": "local modules travel by value automatically",
+    "exclude_modules": "local modules travel by value automatically",
+}
+
+
+def _alias(name, value, alias, alias_value):
+    """``value``, or the Lithops-named ``alias_value``; both given is an error."""
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise TypeError(f"give {name} or its Lithops name {alias}, not both")
+    return alias_value
 
 
 def _as_call(item, extra_args):
@@ -74,7 +95,18 @@ class Executor:
     def __init__(self, backend: str = "local", *, workers: int | None = None,
                  storage: Storage | None = None, prefix: str | None = None,
                  timeout: float | None = None, memory_mb: int | None = None, retries: int = 0,
-                 auto_batch_target_s: float | None = None, **backend_options):
+                 auto_batch_target_s: float | None = None, runtime_memory: int | None = None,
+                 max_workers: int | None = None, **backend_options):
+        backend = BACKEND_ALIASES.get(backend, backend)
+        memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
+        workers = _alias("workers", workers, "max_workers", max_workers)
+        if backend == "local" and backend_options:
+            raise TypeError(f"unknown Executor option(s): {', '.join(sorted(backend_options))} "
+                            "(the local backend takes workers, storage, prefix, timeout, memory_mb, "
+                            "retries, auto_batch_target_s)")
+        if storage is not None and not isinstance(storage, Storage):
+            raise TypeError(f"storage must be a Storage object (LocalStorage, S3Storage), "
+                            f"got {type(storage).__name__} {storage!r}")
         if backend not in ("local", "lambda"):
             raise ValueError(f"unknown backend {backend!r}: choose 'local' or 'lambda'")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -100,6 +132,11 @@ class Executor:
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._closed = False
+        self._uncollected: list[tuple[Job, bool]] = []  # (job, from call_async): see get_result()
+        self._reduces: list[cf.Future] = []
+        # The backend lives while this executor or one of its jobs needs it (see lease.py).
+        self._lease = BackendLease(self.backend)
+        weakref.finalize(self, self._lease.drop_owner)
 
     # concurrent.futures-style context management ----------------------------
     def __enter__(self):
@@ -117,21 +154,36 @@ class Executor:
         return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new work. ``cancel_futures``: cancel every unfinished job (queued items and
+        running workers alike). ``wait``: return once every job has ended and the
+        backend's threads and processes are gone; else they go when the jobs end."""
         self._closed = True
-        for job in list(self._jobs):
-            if cancel_futures:
+        jobs = list(self._jobs)
+        if cancel_futures:
+            for job in jobs:
                 job.cancel()
-            elif wait:
+        if wait:
+            for job in jobs:
                 job.wait()
+            cf.wait(list(self._reduces))
+            for job in jobs:
+                self._lease._job_event(job)  # don't leave it to the job's listener thread
+        monitor = self._monitor
+        if wait and monitor is not None and monitor is not threading.current_thread():
+            monitor.join()
+        self._lease.drop_owner(wait=wait)
 
     # Submission -------------------------------------------------------------
     def map(self, fn, iterdata, *, extra_args=None, chunksize=1, timeout=None, retries=None,
-            memory_mb=None, label=None) -> Job:
+            memory_mb=None, label=None, runtime_memory=None) -> Job:
         """Run ``fn`` once per element of ``iterdata``; returns a ``Job`` of futures in input order.
 
         Elements may be scalars (``fn(x)``), tuples (``fn(*t)``) or dicts (``fn(**d)``);
-        ``extra_args`` (tuple or dict) is appended to every call.
+        ``extra_args`` (tuple or dict) is appended to every call. ``runtime_memory`` is
+        Lithops' name for ``memory_mb``; ``chunksize=None`` (Lithops' default) means 1.
         """
+        memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
+        chunksize = 1 if chunksize is None else chunksize
         if not callable(fn):
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
         with _gc_paused():  # bulk allocation: see job._gc_paused
@@ -141,22 +193,48 @@ class Executor:
         return self._submit(fn, calls, payloads=payloads, chunksize=_check_chunksize(chunksize),
                             timeout=timeout, retries=retries, memory_mb=memory_mb, label=label)
 
-    def call_async(self, fn, *args, **kwargs) -> cf.Future:
+    def call_async(self, fn, /, *args, **kwargs) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
         if not callable(fn):
             raise TypeError(f"call_async() needs a callable, got {type(fn).__name__}")
-        return self._submit(fn, [(args, kwargs)], chunksize=1)[0]
+        return self._submit(fn, [(args, kwargs)], chunksize=1, single=True)[0]
 
-    def map_reduce(self, map_fn, iterdata, reduce_fn, **map_options) -> cf.Future:
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        """``concurrent.futures`` name of ``call_async``."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
+        return self._submit(fn, [(args, kwargs)], chunksize=1, single=True)[0]
+
+    def map_reduce(self, map_fn, iterdata, reduce_fn, *, extra_args=None, chunksize=None,
+                   timeout=None, retries=None, memory_mb=None, map_runtime_memory=None,
+                   reduce_runtime_memory=None, label=None, **unsupported) -> cf.Future:
         """Map, then run ``reduce_fn(list_of_results)`` remotely on the stored results.
 
-        Returns the reduce task's future; it fails with the first map failure.
+        Returns the reduce task's future; it fails with the first map failure. Options
+        apply to the map; ``map_runtime_memory``/``reduce_runtime_memory`` (Lithops'
+        names) set each phase's memory, ``memory_mb`` both.
         """
+        if unsupported:
+            raise TypeError("map_reduce() does not take " + "; ".join(
+                f"{k} ({_UNSUPPORTED_MAP_REDUCE[k]})" if k in _UNSUPPORTED_MAP_REDUCE else k
+                for k in sorted(unsupported)))
         if not callable(reduce_fn):
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
-        map_job = self.map(map_fn, iterdata, **map_options)
+        reduce_memory = reduce_runtime_memory or memory_mb
+        map_job = self.map(map_fn, iterdata, extra_args=extra_args, chunksize=chunksize,
+                           timeout=timeout, retries=retries, label=label,
+                           memory_mb=map_runtime_memory or memory_mb)
+        # get_result() collects the reduce's value, not the map's results.
+        self._uncollected = [u for u in self._uncollected if u[0] is not map_job]
         reduce_blob = serialize.dumps(reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
         outer: cf.Future = cf.Future()
+        # The reduce is submitted later, from a thread: the backend must outlive a shutdown.
+        lease = self._lease
+        lease.hold()
+        outer.add_done_callback(lambda _f: lease.let_go())
+        self._reduces = [f for f in self._reduces if not f.done()] + [outer]
+        self._uncollected.append((outer, True))
+        reduce_options = dict(timeout=timeout, memory_mb=reduce_memory, track=False)
 
         def run_reduce():
             try:
@@ -167,7 +245,7 @@ class Executor:
             tasks = map_job.task_ids()
             try:
                 job = self._submit_blob(reduce_blob, getattr(reduce_fn, "__name__", "reduce"),
-                                        [b""], chunksize=1,
+                                        [b""], chunksize=1, **reduce_options,
                                         reduce={"job_id": map_job.job_id, "tasks": tasks})
                 job[0].add_done_callback(lambda f: _chain(f, outer))
             except BaseException as exc:  # storage errors must reach the caller
@@ -175,14 +253,14 @@ class Executor:
 
         if not len(map_job):
             self._submit_blob(reduce_blob, "reduce", [serialize.dumps((([],), {}), "reduce input")],
-                              chunksize=1)[0].add_done_callback(lambda f: _chain(f, outer))
+                              chunksize=1, **reduce_options)[0].add_done_callback(lambda f: _chain(f, outer))
         else:
             threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
         outer.map_job = map_job
         return outer
 
     def _submit(self, fn, calls, *, payloads=None, chunksize, timeout=None, retries=None,
-                memory_mb=None, label=None):
+                memory_mb=None, label=None, single=False):
         """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
@@ -192,7 +270,7 @@ class Executor:
             payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
                 if len(calls) < 64 else self._dumps_many(calls)
         return self._submit_blob(blob, name, payloads, chunksize=chunksize, timeout=timeout,
-                                 retries=retries, memory_mb=memory_mb, label=label)
+                                 retries=retries, memory_mb=memory_mb, label=label, single=single)
 
     @staticmethod
     def _dumps_many(calls) -> list[bytes]:
@@ -205,7 +283,7 @@ class Executor:
             raise
 
     def _submit_blob(self, blob, name, payloads, *, chunksize, timeout=None, retries=None,
-                     memory_mb=None, label=None, reduce=None) -> Job:
+                     memory_mb=None, label=None, reduce=None, single=False, track=True) -> Job:
         fkey = protocol.function_key(self.prefix, serialize.digest(blob))
         if fkey not in self._uploaded:
             if not self.storage.exists(fkey):
@@ -223,6 +301,9 @@ class Executor:
                   label=label, reduce=reduce)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done()] + [job]
+            if track and self.track_uncollected:
+                self._uncollected.append((job, single))
+        self._lease.hold(job)
         if payloads:
             with cancel_on_interrupt(job):  # never leave a started job unknown to the caller
                 job._start()
@@ -230,14 +311,51 @@ class Executor:
         return job
 
     # Waiting ----------------------------------------------------------------
-    def wait(self, fs, return_when=ALL_COMPLETED, timeout=None):
+    track_uncollected = True  # keep jobs for get_result()/wait() without futures (PyWren, Lithops)
+
+    def _uncollected_futures(self, what: str) -> list:
+        if not self._uncollected:
+            raise ValueError(f"{what}() without futures collects this executor's calls not yet "
+                             "collected, and there are none: call map(), call_async() or "
+                             "map_reduce() first, or pass the futures")
+        futures = []
+        for job, _single in self._uncollected:
+            futures.extend([job] if isinstance(job, cf.Future) else job.futures)
+        return futures
+
+    def wait(self, fs=None, return_when=ALL_COMPLETED, timeout=None):
+        """``concurrent.futures.wait``; without ``fs``, over this executor's futures not yet
+        collected by ``get_result()``."""
+        if fs is None:
+            fs = self._uncollected_futures("wait")
         return wait(fs, return_when=return_when, timeout=timeout)
 
-    def as_completed(self, fs, timeout=None):
+    def as_completed(self, fs=None, timeout=None):
+        if fs is None:
+            fs = self._uncollected_futures("as_completed")
         return as_completed(fs, timeout=timeout)
 
-    def get_result(self, fs, timeout=None):
-        return get_result(fs, timeout=timeout)
+    def get_result(self, fs=None, timeout=None):
+        """Results of ``fs`` in order (raises the first failure). Without ``fs``: the results
+        of this executor's calls not yet collected, in submission order, which are then
+        collected; a lone ``call_async``/``map_reduce`` gives its value, not a list (Lithops)."""
+        if fs is not None:
+            value = get_result(fs, timeout=timeout)
+            jobs = {id(j) for j in ([fs] if isinstance(fs, Job) else
+                                    [getattr(f, "job", f) for f in _as_list(fs)])}
+            self._uncollected = [u for u in self._uncollected if id(u[0]) not in jobs]
+            return value
+        pending = list(self._uncollected)
+        self._uncollected_futures("get_result")
+        if len(pending) == 1 and pending[0][1]:
+            (single, _), = pending
+            value = get_result(single if isinstance(single, cf.Future) else single[0], timeout=timeout)
+        else:
+            value = get_result([f for job, _ in pending
+                                for f in ([job] if isinstance(job, cf.Future) else job.futures)],
+                               timeout=timeout)
+        self._uncollected = [u for u in self._uncollected if u not in pending]
+        return value
 
     # Jobs in storage ----------------------------------------------------------
     def jobs(self, limit: int = 20) -> list[dict]:
@@ -263,6 +381,7 @@ class Executor:
                   auto_target_s=self.auto_batch_target_s, concurrency=self.concurrency,
                   label=manifest.get("label"))
         job.created = manifest["created"]
+        self._lease.hold(job)
         job.attach_existing(deadline=manifest["created"] + manifest["timeout"] * manifest["n_items"] + 60)
         with self._lock:
             self._jobs.append(job)
@@ -295,7 +414,7 @@ def _monitor_loop(ref):
             # Linger: starting a thread per map() costs a GIL hand-off that can take
             # milliseconds while the backend's threads are busy.
             idle_since = idle_since or now
-            if now - idle_since > _MONITOR_LINGER_S:
+            if ex._closed or now - idle_since > _MONITOR_LINGER_S:
                 with ex._lock:
                     if all(j.done() for j in ex._jobs):
                         ex._monitor = None  # decided under the lock _ensure_monitor takes
@@ -318,6 +437,10 @@ def _monitor_loop(ref):
             except Exception as exc:  # keep monitoring the other jobs
                 job.monitor_error = exc
         time.sleep(poll or 0.25)
+
+
+def _as_list(fs) -> list:
+    return [fs] if isinstance(fs, cf.Future) else list(fs)
 
 
 def _chain(src: cf.Future, dst: cf.Future) -> None:

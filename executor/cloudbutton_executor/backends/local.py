@@ -31,9 +31,13 @@ _pools: dict[tuple, "LocalBackend"] = {}
 _pools_lock = threading.Lock()
 
 
-def get_local_backend(workers: int | None = None, **_ignored) -> "LocalBackend":
+def get_local_backend(workers: int | None = None, **options) -> "LocalBackend":
     """A process-wide pool per concurrency level, so warm workers are reused
-    across executors (as Lambda reuses warm containers across invocations)."""
+    across the executors that hold it at the same time (as Lambda reuses warm
+    containers). Each call takes one hold; ``release()`` gives it back, and the
+    last release shuts the pool down: no thread or process outlives its users."""
+    if options:
+        raise TypeError(f"unknown option(s) for the local backend: {', '.join(sorted(options))}")
     workers = int(workers or os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
@@ -43,11 +47,14 @@ def get_local_backend(workers: int | None = None, **_ignored) -> "LocalBackend":
         pool = _pools.get(key)
         if pool is None or pool.closed:
             pool = _pools[key] = LocalBackend(workers, env)
+            pool._key = key
+        pool._holds += 1
         return pool
 
 
 @atexit.register
 def _shutdown_all():
+    # The interpreter is exiting: running tasks cannot report to anyone any more.
     for pool in list(_pools.values()):
         pool.shutdown()
 
@@ -167,6 +174,8 @@ class LocalBackend:
         self._cwd = self._env.get("HOME") or "/"
         if not os.path.isdir(self._cwd):
             self._cwd = "/"
+        self._key = None  # its key in the process-wide _pools
+        self._holds = 0  # executors holding it (see get_local_backend)
         self._threads = [threading.Thread(target=self._slot, args=(i,), daemon=True,
                                           name=f"cloudbutton-local-{i}") for i in range(workers)]
         for t in self._threads:
@@ -193,11 +202,43 @@ class LocalBackend:
                     except ProcessLookupError:
                         pass
 
-    def shutdown(self) -> None:
+    def release(self, wait: bool = True) -> None:
+        """Give back one hold; the last one shuts the pool down (and, with ``wait``,
+        joins its threads and worker processes)."""
+        with _pools_lock:
+            self._holds -= 1
+            if self._holds > 0:
+                return
+            if _pools.get(self._key) is self:
+                del _pools[self._key]
+        self.shutdown(wait=wait)
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Take no more events; kill running workers, let idle ones exit (their stdin closes).
+        ``wait``: return once every slot thread (and so its process) has ended."""
         with self._cond:
             self.closed = True
             self._queue.clear()
+            for slot, (_event, proc) in list(self._running.items()):
+                self._killed.add(slot)
+                proc.doomed = True
+                try:
+                    proc.popen.kill()
+                except ProcessLookupError:
+                    pass
             self._cond.notify_all()
+        if wait:
+            self.join()
+
+    def join(self) -> None:
+        """After shutdown: wait until every slot thread (and so its process) has ended.
+        A pool still held by another executor is not shut down: nothing to wait for."""
+        if not self.closed:
+            return
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join()
 
     def status(self) -> dict:
         return {"backend": "local", "workers": self.workers, "ok": not self.closed}
