@@ -355,6 +355,15 @@ class Job(collections.abc.Sequence):
         tid = self.item_task(i)
         return (self._task_host.get(tid) or {}).get("attempts", 0) if tid else 0
 
+    def forget(self, i: int) -> None:
+        """Drop the job's references to item ``i``'s value and future (its state stays): for
+        callers that take each result once (``CloudPoolExecutor.map``), so that a result
+        lives only as long as they keep it."""
+        with self._lock:
+            if self._state[i] > RUNNING:
+                self._values[i] = None
+                self._futs.pop(i, None)
+
     # Futures, made on demand and kept in step with the item states ------------
     def _future(self, i: int) -> TaskFuture:
         f = self._futs.get(i)
