@@ -15,7 +15,6 @@ The host uses dummy credentials (HOST_CREDS); runtimes get other dummy values
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -30,17 +29,35 @@ FUNCTION = "cb-worker"
 CONCURRENCY = 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Wheels the tests download (the emulator's runtime, the layers deploy builds) are kept
+# here, git-ignored: the first run on a fresh clone downloads, later ones build offline.
+CACHE_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "lambda")
+WHEEL_CACHE = os.path.join(CACHE_ROOT, "wheels")
+
+
+def start_moto():
+    """A ThreadedMotoServer on a port the OS chose and that stays bound (no race)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
+def emulator_runtime():
+    """(runtime name, its runtime dir) for the host's Python."""
+    from cloudbutton_executor.packaging import runtime_for_host
+
+    from lambda_emulator import build_runtime_dir
+
+    runtime = runtime_for_host()
+    return runtime, build_runtime_dir(runtime, CACHE_ROOT)
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real moto server over HTTP on 127.0.0.1 (S3, IAM, STS, Lambda control plane)."""
-    from moto.server import ThreadedMotoServer
-
     # Never reach a real account from the tests, whatever the developer's environment holds.
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         os.environ.pop(k, None)
@@ -48,10 +65,9 @@ def moto_endpoint():
     os.environ["AWS_DEFAULT_REGION"] = REGION
     os.environ["AWS_CONFIG_FILE"] = os.devnull
     os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
+    os.environ.setdefault("CLOUDBUTTON_WHEEL_CACHE", WHEEL_CACHE)
+    server, url = start_moto()
+    yield url
     server.stop()
 
 
@@ -76,13 +92,34 @@ def s3_proxy(moto_endpoint):
 
 
 @pytest.fixture(scope="session")
-def lambda_emulator(moto_endpoint, tmp_path_factory):
+def lambda_emulator(moto_endpoint):
+    import shutil
+    import tempfile
+
     from lambda_emulator import LambdaEmulator
 
-    emu = LambdaEmulator(moto_endpoint, str(tmp_path_factory.mktemp("lambda-emulator")),
-                         region=REGION, concurrency=CONCURRENCY)
+    runtime, runtime_dir = emulator_runtime()
+    root = tempfile.mkdtemp(prefix="cb-lambda-emulator-")
+    emu = LambdaEmulator(moto_endpoint, root, runtime_dir, runtime, region=REGION,
+                         concurrency=CONCURRENCY)
     yield emu
     emu.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _emulator_errors_fail_the_test(request):
+    """Anything unexpected inside the emulator (a slot's exception, a runtime dying on
+    its own) fails the test during which it happened."""
+    if "lambda_emulator" not in request.fixturenames:
+        yield
+        return
+    emu = request.getfixturevalue("lambda_emulator")
+    emu.take_errors()
+    yield
+    errors = emu.take_errors()
+    if errors:
+        pytest.fail("the Lambda emulator reported:\n" + "\n---\n".join(errors), pytrace=False)
 
 
 def config_dict(moto_endpoint, s3_url, lambda_url, **lambda_overrides) -> dict:
