@@ -8,6 +8,7 @@ have none of the user's files.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -139,3 +140,32 @@ def test_source_lines_and_exception_types_travel(which, tmp_path):
     assert mod["type"] == "AssertionError"
     assert "gonemod.py\", line 2, in check" in mod["tb"]
     assert "assert x < 0, f'{x} is not negative'" in mod["tb"], mod["tb"]
+
+
+def test_in_a_notebook_the_traceback_names_the_cell_and_shows_its_line(tmp_path):
+    """Real kernel (ipykernel's cell file names), a notebook function and a %%cloud cell."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in (
+        "%load_ext cloudbutton_jupyter\n%cloud config workers=1",
+        "def noisy(x):\n    y = x * 2\n    raise ValueError(f'bad {y}')",
+        "from cloudbutton_executor import Executor\n"
+        "with Executor(workers=1) as ex:\n"
+        "    try:\n        ex.call_async(noisy, 1).result()\n"
+        "    except ValueError as e:\n        print(e.__cause__)",
+        "%%cloud map [1] as x\nz = x + 1\nraise KeyError(z)",
+    )]
+    env = dict(os.environ, CLOUDBUTTON_STORAGE_DIR=str(tmp_path / "s"),
+               CLOUDBUTTON_CONFIG=str(tmp_path / "none.yaml"))
+    client = NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=env)
+    printed = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert 'File "Cell In[2] (' in printed and "line 3, in noisy" in printed, printed
+    assert "raise ValueError(f'bad {y}')" in printed, printed
+    error = next(o for o in nb.cells[3].outputs if o.output_type == "error")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))  # IPython's colours
+    assert error["ename"] == "KeyError"
+    assert "<cloud-cell In[4] " in text and "raise KeyError(z)" in text, text

@@ -170,7 +170,7 @@ class Executor:
                 job.wait()
             cf.wait(list(self._reduces))
             for job in jobs:
-                self._lease._job_event(job)  # don't leave it to the job's listener thread
+                self._lease.job_ended(job)  # don't leave it to the job's listener thread
         monitor = self._monitor
         if wait and monitor is not None and monitor is not threading.current_thread():
             monitor.join()

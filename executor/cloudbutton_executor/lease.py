@@ -32,11 +32,11 @@ class BackendLease:
             if job is not None:
                 self._jobs.add(id(job))
         if job is not None:
-            job.add_listener(self._job_event)
+            job.add_listener(self.job_ended)
             if job.done():  # ended before the listener was added
-                self._job_event(job)
+                self.job_ended(job)
 
-    def _job_event(self, job) -> None:
+    def job_ended(self, job) -> None:
         if not job.done():
             return
         with self._lock:

@@ -22,7 +22,7 @@ import types
 
 import cloudpickle
 
-from .sources import code_source, restore_code
+from .sources import code_source, restore_code, shipped_name
 
 # Our own packages are installed wherever the user put them (often an editable
 # checkout); they must never be shipped by value.
@@ -75,7 +75,7 @@ class _GuardedPickler(cloudpickle.Pickler):
             # By-value code (only that reaches a code object's reducer) travels with its
             # file name and source lines: see sources.py.
             first, lines = code_source(obj)
-            return restore_code, (_CodeAsIs(obj), obj.co_filename, first, lines)
+            return restore_code, (_CodeAsIs(obj), shipped_name(obj.co_filename), first, lines)
         if t is _CodeAsIs:
             return self.dispatch_table[types.CodeType](obj.code)
         if _is_secret_type(obj):

@@ -13,6 +13,7 @@ not depend on the cloudpickle version on either side.
 from __future__ import annotations
 
 import linecache
+import sys
 import types
 
 _shipped: set[str] = set()  # file names whose linecache entry this module made
@@ -24,6 +25,21 @@ def code_source(code: types.CodeType) -> tuple[int, tuple[str, ...]]:
     last = max((line for _, _, line in code.co_lines() if line is not None), default=first)
     lines = linecache.getlines(code.co_filename)
     return first, tuple(lines[first - 1:last])
+
+
+def shipped_name(filename: str) -> str:
+    """The file name by-value code travels under. For a notebook cell it says which cell,
+    as IPython's own tracebacks do, and stays unique (warm workers serve many kernels):
+    ``Cell In[3] (/tmp/ipykernel_42/1234.py)``. Host side only; IPython is never imported
+    here, only asked if the host runs it."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    name_of = getattr(getattr(shell, "compile", None), "format_code_name", None)
+    try:
+        label = name_of(filename) if name_of is not None else None
+    except Exception:
+        label = None
+    return f"{label[0]} {label[1]} ({filename})" if label else filename
 
 
 def restore_code(code: types.CodeType, filename: str, first: int, lines: tuple) -> types.CodeType:

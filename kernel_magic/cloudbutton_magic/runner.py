@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime
+import sys
 from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
@@ -101,7 +102,7 @@ class CloudRunner:
             code = self._python_code(req.body)
             try:
                 captured, report = cap.capture(code, self.shell.user_ns, exclude={req.name})
-                fn = CellTask(code, captured, name=req.name)
+                fn = CellTask(code, captured, name=req.name, label=self._cell_label())
             except (cap.CaptureError, SyntaxError) as err:
                 raise UsageError(str(err)) from None
             calls = [(v,) for v in values]
@@ -132,7 +133,8 @@ class CloudRunner:
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
             _, assigned = cap.analyse(code)
-            fn = CellTask(code, captured, name=None, mode="assigned", assigned=assigned)
+            fn = CellTask(code, captured, name=None, mode="assigned", assigned=assigned,
+                          label=self._cell_label())
         except (cap.CaptureError, SyntaxError) as err:
             raise UsageError(str(err)) from None
         if dry_run:
@@ -212,6 +214,18 @@ class CloudRunner:
         except TypeError:
             raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}, which is not "
                              "iterable") from None
+
+    def _cell_label(self) -> str | None:
+        """The running cell's name as IPython's tracebacks give it ("In[5]"): the caller
+        frame whose file IPython's compiler knows as a cell."""
+        name_of = getattr(getattr(self.shell, "compile", None), "format_code_name", None)
+        frame = sys._getframe(1)
+        while frame is not None and name_of is not None:
+            label = name_of(frame.f_code.co_filename)
+            if label:
+                return label[1]
+            frame = frame.f_back
+        return None
 
     def _python_code(self, body: str) -> str:
         code = self.shell.transform_cell(body)

@@ -193,14 +193,19 @@ class LocalBackend:
         """Drop the job's queued events and kill its running workers."""
         with self._cond:
             self._queue = collections.deque(x for x in self._queue if x[0]["job_id"] != job_id)
-            for slot, (event, proc) in list(self._running.items()):
-                if event["job_id"] == job_id:
-                    self._killed.add(slot)
-                    proc.doomed = True
-                    try:
-                        proc.popen.kill()
-                    except ProcessLookupError:
-                        pass
+            self._kill_running(lambda event: event["job_id"] == job_id)
+
+    def _kill_running(self, which) -> None:
+        """Kill the workers running an event for which ``which(event)`` holds (lock held);
+        their processes are never handed another event."""
+        for slot, (event, proc) in list(self._running.items()):
+            if which(event):
+                self._killed.add(slot)
+                proc.doomed = True
+                try:
+                    proc.popen.kill()
+                except ProcessLookupError:
+                    pass
 
     def release(self, wait: bool = True) -> None:
         """Give back one hold; the last one shuts the pool down (and, with ``wait``,
@@ -219,13 +224,7 @@ class LocalBackend:
         with self._cond:
             self.closed = True
             self._queue.clear()
-            for slot, (_event, proc) in list(self._running.items()):
-                self._killed.add(slot)
-                proc.doomed = True
-                try:
-                    proc.popen.kill()
-                except ProcessLookupError:
-                    pass
+            self._kill_running(lambda event: True)
             self._cond.notify_all()
         if wait:
             self.join()
