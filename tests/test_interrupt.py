@@ -69,20 +69,32 @@ def work(x):
 """
 
 
-def test_ctrl_c_in_a_plain_script(tmp_path):
+MAIN = {
+    "with-result": """
+        with Executor(workers=2, storage=storage) as ex:
+            print(ex.map(work, range({N})).result())
+    """,
+    "as-completed": """
+        ex = Executor(workers=2, storage=storage)  # no with: the wait itself cancels
+        for f in as_completed(ex.map(work, range({N}))):
+            print(f.result())
+    """,
+}
+
+
+@pytest.mark.parametrize("main", sorted(MAIN))
+def test_ctrl_c_in_a_plain_script(tmp_path, main):
     marks = tmp_path / "marks"
     marks.mkdir()
     script = tmp_path / "run.py"
     script.write_text(TASK + textwrap.dedent(f"""
         import sys
-        from cloudbutton_executor import Executor
+        from cloudbutton_executor import Executor, as_completed
         from cloudbutton_executor.storage import LocalStorage
         MARKS = sys.argv[1]
+        storage = LocalStorage({str(tmp_path / 's')!r})
         if __name__ == "__main__":
-            with Executor(workers=2, storage=LocalStorage({str(tmp_path / 's')!r})) as ex:
-                print(ex.map(work, range({N})).result())
-            print("not reached")
-    """))
+    """) + textwrap.indent(textwrap.dedent(MAIN[main].format(N=N)), "    ") + '    print("not reached")\n')
     proc = subprocess.Popen([sys.executable, str(script), str(marks)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
     try:

@@ -88,8 +88,23 @@ def wait(fs, return_when=ALL_COMPLETED, timeout=None):
 
 
 def as_completed(fs, timeout=None):
-    """Like ``concurrent.futures.as_completed``; ``fs`` may be a Job."""
-    return cf.as_completed(_futures(fs), timeout=timeout)
+    """Like ``concurrent.futures.as_completed``; ``fs`` may be a Job. Ctrl-C while it waits
+    cancels the jobs."""
+    futures = _futures(fs)
+    return _cancelling(cf.as_completed(futures, timeout=timeout), _jobs_of(futures))
+
+
+def _cancelling(it, jobs):
+    box = []
+    while True:
+        with cancel_on_interrupt(*jobs):
+            for f in it:
+                box.append(f)
+                break
+            else:
+                return
+        del f
+        yield box.pop()  # no local keeps the future while the caller has it
 
 
 def get_result(fs, timeout=None):
