@@ -8,6 +8,11 @@ is a pip constraints file: ``make install`` passes it both as ``-c`` (the
 environment) and as ``--build-constraint`` (the isolated build), so every
 install resolves to the same versions until the lock is refreshed. The
 package's own dependency ranges in pyproject.toml stay open for users.
+
+Why pip constraints rather than uv or pip-tools: pip's own resolver, nothing more to
+install, and pip (>= 25.3) applies a constraints file to isolated builds too. The lock
+holds the versions for the Python and platform it was made on (see its header); needs
+Python >= 3.11 (tomllib).
 """
 from __future__ import annotations
 
