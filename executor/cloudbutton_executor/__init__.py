@@ -22,6 +22,5 @@ __all__ = [
     "ALL_COMPLETED", "ANY_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
     "InfrastructureError", "TaskTimeoutError", "OutOfMemoryError", "WorkerDiedError",
     "LostInvocationError", "WorkerSetupError", "MissingPackageError", "RemoteError", "JobCancelled",
-    "VersionMismatchError", "SerializationError",
-    "SecretError", "__version__",
+    "VersionMismatchError", "SerializationError", "SecretError", "__version__",
 ]

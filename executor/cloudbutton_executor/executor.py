@@ -3,23 +3,29 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator
+from types import TracebackType
+from typing import Any
 
-from . import job_modules, protocol, serialize
-from .backends import get_backend
+from . import catalog, config, job_modules, protocol, serialize
+from .backends import Backend, create
+from .dispatch import JobSpec
 from .errors import JobCancelled
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
 from .interrupt import cancel_jobs, cancel_on_interrupt
-from .job import Job, _gc_paused
+from .job import Job, new_job
 from .lease import BackendLease
+from .outcomes import gc_paused
 from .storage import LocalStorage, NotFound, Storage
 
-DEFAULT_TIMEOUT_S = 300.0
-DEFAULT_MEMORY_MB = {"local": 2048, "lambda": 1024}
-# Target duration of one auto-sized batch: enough to amortise the invocation overhead.
-DEFAULT_AUTO_TARGET_S = {"local": 0.05, "lambda": 1.0}
+log = logging.getLogger("cloudbutton.executor")
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]  # one task's (args, kwargs)
+
 # Lithops' backend names for ours.
 BACKEND_ALIASES = {"localhost": "local", "aws_lambda": "lambda"}
 # Lithops map_reduce() options with no equivalent here, and why.
@@ -33,7 +39,7 @@ _UNSUPPORTED_MAP_REDUCE = {
 }
 
 
-def _alias(name, value, alias, alias_value):
+def _alias(name: str, value: Any, alias: str, alias_value: Any) -> Any:
     """``value``, or the Lithops-named ``alias_value``; both given is an error."""
     if alias_value is None:
         return value
@@ -42,8 +48,10 @@ def _alias(name, value, alias, alias_value):
     return alias_value
 
 
-def _as_call(item, extra_args):
+def _as_call(item: Any, extra_args: tuple[Any, ...] | dict[str, Any] | None) -> Call:
     """iterdata element -> (args, kwargs): tuples are positional args, dicts kwargs."""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     if isinstance(item, dict):
         args, kwargs = (), dict(item)
     elif isinstance(item, tuple):
@@ -58,7 +66,7 @@ def _as_call(item, extra_args):
     return args, kwargs
 
 
-def _check_iterdata(iterdata) -> list:
+def _check_iterdata(iterdata: Iterable[Any]) -> list[Any]:
     if isinstance(iterdata, (str, bytes)):
         raise TypeError(f"iterdata must be an iterable of task inputs, got a {type(iterdata).__name__}; "
                         "wrap a single input in a list: [value]")
@@ -69,92 +77,90 @@ def _check_iterdata(iterdata) -> list:
                         f"got {type(iterdata).__name__!s}") from None
 
 
-def _check_chunksize(chunksize):
-    if chunksize == "auto":
-        return chunksize
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be a positive integer or 'auto', got {chunksize!r}")
-    return chunksize
-
-
-def _positive(name, value, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value
-
-
 class Executor:
-    """Runs functions on stateless workers: ``local`` processes (default) or AWS ``lambda``.
+    """Runs functions on stateless workers: ``local`` processes (default), AWS ``lambda``,
+    or any ``Backend`` instance.
 
     >>> with Executor() as ex:
     ...     ex.map(lambda x: x + 1, range(10)).result()
     """
 
-    def __init__(self, backend: str = "local", *, workers: int | None = None,
+    def __init__(self, backend: str | Backend = "local", *, workers: int | None = None,
                  storage: Storage | None = None, prefix: str | None = None,
                  timeout: float | None = None, memory_mb: int | None = None, retries: int = 0,
                  auto_batch_target_s: float | None = None, runtime_memory: int | None = None,
-                 max_workers: int | None = None, **backend_options):
-        backend = BACKEND_ALIASES.get(backend, backend)
+                 max_workers: int | None = None, **backend_options: Any):
+        where = "Executor(): "
+        if isinstance(backend, str):
+            backend = BACKEND_ALIASES.get(backend, backend)
         memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
         workers = _alias("workers", workers, "max_workers", max_workers)
-        if backend == "local" and backend_options:
-            raise TypeError(f"unknown Executor option(s): {', '.join(sorted(backend_options))} "
-                            "(the local backend takes workers, storage, prefix, timeout, memory_mb, "
-                            "retries, auto_batch_target_s)")
         if storage is not None and not isinstance(storage, Storage):
-            raise TypeError(f"storage must be a Storage object (LocalStorage, S3Storage), "
+            raise TypeError(f"{where}storage must be a Storage object (LocalStorage, S3Storage), "
                             f"got {type(storage).__name__} {storage!r}")
-        if backend not in ("local", "lambda"):
-            raise ValueError(f"unknown backend {backend!r}: choose 'local' or 'lambda'")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        self.backend_name = backend
-        # Lambda: None means the deployed Timeout (read at submit, see _submit_blob).
-        self.timeout = _positive("timeout", timeout) or (None if backend == "lambda" else DEFAULT_TIMEOUT_S)
-        # Lambda: None means the deployed MemorySize (read at submit, see _submit_blob).
-        self.memory_mb = _positive("memory_mb", memory_mb) or \
-            (None if backend == "lambda" else DEFAULT_MEMORY_MB[backend])
-        self.retries = int(retries)
-        self.auto_batch_target_s = _positive("auto_batch_target_s", auto_batch_target_s) \
-            or DEFAULT_AUTO_TARGET_S[backend]
-        if backend == "local":
-            self.storage = storage or LocalStorage()
-            self.backend = get_backend("local", workers=workers)
+        self.backend: Backend
+        if isinstance(backend, Backend):
+            if workers is not None or backend_options:
+                raise TypeError("workers and backend options configure a backend made by name; "
+                                f"this {backend.name} backend is made already")
+            self.backend = backend
+        elif isinstance(backend, str):
+            config.check("backend", backend, where)
+            config.check("workers", workers, where)
+            if backend == "lambda":
+                self.backend = create("lambda", workers=workers, storage=storage, **backend_options)
+            else:
+                if backend_options:
+                    raise TypeError(f"unknown option(s) for the local backend: "
+                                    f"{', '.join(sorted(backend_options))}")
+                self.backend = create(backend, workers=workers)
         else:
-            self.backend = get_backend("lambda", workers=workers, storage=storage, **backend_options)
-            self.storage = self.backend.storage
+            raise TypeError(f"backend must be a name ('local' or 'lambda') or a Backend, "
+                            f"got {type(backend).__name__}")
+        self.backend_name = self.backend.name
+        limits = self.backend.limits
+        # None: what the backend runs by default (Lambda: the deployed timeout and memory),
+        # decided by its check_job at each submission.
+        self.timeout: float | None = config.check("timeout", timeout, where)
+        self.memory_mb: int | None = config.check("memory_mb", memory_mb, where)
+        self.retries = config.check("retries", retries, where)
+        if auto_batch_target_s is not None and (
+                isinstance(auto_batch_target_s, bool) or not isinstance(auto_batch_target_s, (int, float))
+                or auto_batch_target_s <= 0):
+            raise ValueError(f"{where}auto_batch_target_s must be a positive number of seconds, "
+                             f"got {auto_batch_target_s!r}")
+        self.auto_batch_target_s = auto_batch_target_s or limits.auto_batch_target_s
+        # A backend whose workers reach one storage (Lambda: its bucket) decides it.
+        self.storage = self.backend.storage or storage or LocalStorage()
         # Lambda's IAM policy only grants its configured prefix: default to it.
-        prefix = prefix if prefix is not None else getattr(self.backend, "prefix", None)
+        prefix = prefix if prefix is not None else self.backend.prefix
         self.prefix = (prefix or "cloudbutton").strip("/") or "cloudbutton"
-        self.concurrency = self.backend.workers
+        self.concurrency = limits.concurrency
         self._uploaded: set[str] = set()
         self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._closed = False
-        self._uncollected: list[tuple[Job, bool]] = []  # (job, from call_async): see get_result()
-        self._reduces: list[cf.Future] = []
+        self._uncollected: list[tuple[Any, bool]] = []  # (job or future, single call): get_result()
+        self._reduces: list[cf.Future[Any]] = []
         # The backend lives while this executor or one of its jobs needs it (see lease.py).
-        self._lease = BackendLease(self.backend)
+        self._lease = BackendLease(self.backend, owned=isinstance(backend, str))
         weakref.finalize(self, self._lease.drop_owner)
 
     # concurrent.futures-style context management ----------------------------
-    def __enter__(self):
+    def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, JobCancelled):
             # Ctrl-C anywhere in the block: cancel what runs, say so in one line.
             cancelled = cancel_jobs(list(self._jobs))
             self.shutdown(wait=False, cancel_futures=True)
             if cancelled is not None:
                 raise cancelled from None
-            return False
+            return
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
-        return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new work. ``cancel_futures``: cancel every unfinished job (queued items and
@@ -177,8 +183,11 @@ class Executor:
         self._lease.drop_owner(wait=wait)
 
     # Submission -------------------------------------------------------------
-    def map(self, fn, iterdata, *, extra_args=None, chunksize=1, timeout=None, retries=None,
-            memory_mb=None, label=None, runtime_memory=None) -> Job:
+    def map(self, fn: Callable[..., Any], iterdata: Iterable[Any], *,
+            extra_args: tuple[Any, ...] | dict[str, Any] | None = None,
+            chunksize: int | str | None = 1, timeout: float | None = None, retries: int | None = None,
+            memory_mb: int | None = None, label: str | None = None,
+            runtime_memory: int | None = None) -> Job:
         """Run ``fn`` once per element of ``iterdata``; returns a ``Job`` of futures in input order.
 
         Elements may be scalars (``fn(x)``), tuples (``fn(*t)``) or dicts (``fn(**d)``);
@@ -189,28 +198,33 @@ class Executor:
         chunksize = 1 if chunksize is None else chunksize
         if not callable(fn):
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
-        with _gc_paused():  # bulk allocation: see job._gc_paused
+        options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
+                                    memory_mb=memory_mb)
+        with gc_paused():  # bulk allocation: see outcomes.gc_paused
             items = _check_iterdata(iterdata)
             payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
             calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        return self._submit(fn, calls, payloads=payloads, chunksize=_check_chunksize(chunksize),
-                            timeout=timeout, retries=retries, memory_mb=memory_mb, label=label)
+        return self._submit(fn, calls, payloads=payloads, label=label, **options)
 
-    def call_async(self, fn, /, *args, **kwargs) -> cf.Future:
+    def call_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
         if not callable(fn):
             raise TypeError(f"call_async() needs a callable, got {type(fn).__name__}")
-        return self._submit(fn, [(args, kwargs)], chunksize=1, single=True)[0]
+        return self._submit(fn, [(args, kwargs)], single=True, **self._job_options())[0]
 
-    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """``concurrent.futures`` name of ``call_async``."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
-        return self._submit(fn, [(args, kwargs)], chunksize=1, single=True)[0]
+        return self._submit(fn, [(args, kwargs)], single=True, **self._job_options())[0]
 
-    def map_reduce(self, map_fn, iterdata, reduce_fn, *, extra_args=None, chunksize=None,
-                   timeout=None, retries=None, memory_mb=None, map_runtime_memory=None,
-                   reduce_runtime_memory=None, label=None, **unsupported) -> cf.Future:
+    def map_reduce(self, map_fn: Callable[..., Any], iterdata: Iterable[Any],
+                   reduce_fn: Callable[[list[Any]], Any], *,
+                   extra_args: tuple[Any, ...] | dict[str, Any] | None = None,
+                   chunksize: int | str | None = None, timeout: float | None = None,
+                   retries: int | None = None, memory_mb: int | None = None,
+                   map_runtime_memory: int | None = None, reduce_runtime_memory: int | None = None,
+                   label: str | None = None, **unsupported: Any) -> MapReduceFuture:
         """Map, then run ``reduce_fn(list_of_results)`` remotely on the stored results.
 
         Returns the reduce task's future; it fails with the first map failure. Options
@@ -223,24 +237,24 @@ class Executor:
                 for k in sorted(unsupported)))
         if not callable(reduce_fn):
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
-        reduce_memory = reduce_runtime_memory or memory_mb
         map_job = self.map(map_fn, iterdata, extra_args=extra_args, chunksize=chunksize,
                            timeout=timeout, retries=retries, label=label,
                            memory_mb=map_runtime_memory or memory_mb)
         # get_result() collects the reduce's value, not the map's results.
         self._uncollected = [u for u in self._uncollected if u[0] is not map_job]
+        reduce_options = dict(self._job_options(timeout=timeout, memory_mb=reduce_runtime_memory or memory_mb),
+                              track=False)
         reduce_blob, reduce_modules = job_modules.dumps_with_modules(
             reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
-        outer: cf.Future = cf.Future()
+        outer = MapReduceFuture(map_job)
         # The reduce is submitted later, from a thread: the backend must outlive a shutdown.
         lease = self._lease
         lease.hold()
         outer.add_done_callback(lambda _f: lease.let_go())
         self._reduces = [f for f in self._reduces if not f.done()] + [outer]
         self._uncollected.append((outer, True))
-        reduce_options = dict(timeout=timeout, memory_mb=reduce_memory, track=False)
 
-        def run_reduce():
+        def run_reduce() -> None:
             try:
                 map_job.result()
             except BaseException as exc:  # the first failed (or cancelled) item
@@ -249,37 +263,46 @@ class Executor:
             tasks = map_job.task_ids()
             try:
                 job = self._submit_blob(reduce_blob, getattr(reduce_fn, "__name__", "reduce"),
-                                        [b""], chunksize=1, modules=reduce_modules, **reduce_options,
-                                        reduce={"job_id": map_job.job_id, "tasks": tasks})
+                                        [b""], reduce={"job_id": map_job.job_id, "tasks": tasks},
+                                        modules=reduce_modules, **reduce_options)
                 job[0].add_done_callback(lambda f: _chain(f, outer))
             except BaseException as exc:  # storage errors must reach the caller
                 outer.set_exception(exc)
 
         if not len(map_job):
             self._submit_blob(reduce_blob, "reduce", [serialize.dumps((([],), {}), "reduce input")],
-                              chunksize=1, modules=reduce_modules,
-                              **reduce_options)[0].add_done_callback(lambda f: _chain(f, outer))
+                              modules=reduce_modules, **reduce_options
+                              )[0].add_done_callback(lambda f: _chain(f, outer))
         else:
             threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
-        outer.map_job = map_job
         return outer
 
-    def _submit(self, fn, calls, *, payloads=None, chunksize, timeout=None, retries=None,
-                memory_mb=None, label=None, single=False):
+    def _job_options(self, *, chunksize: int | str = 1, timeout: float | None = None,
+                     retries: int | None = None, memory_mb: int | None = None) -> dict[str, Any]:
+        """A job's options, checked (the config schema names a bad one), with the
+        executor's defaults for those not given."""
+        where = "map(): "
+        return {"chunksize": config.check("chunksize", chunksize, where),
+                "timeout": config.check("timeout", timeout, where) or self.timeout,
+                "retries": self.retries if retries is None else config.check("retries", retries, where),
+                "memory_mb": config.check("memory_mb", memory_mb, where) or self.memory_mb}
+
+    def _submit(self, fn: Callable[..., Any], calls: list[Call] | None, *,
+                payloads: list[serialize.Payload] | None = None, label: str | None = None,
+                **options: Any) -> Job:
         """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         blob, modules = job_modules.dumps_with_modules(fn, f"function {name}")
         if payloads is None:
+            assert calls is not None
             payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
                 if len(calls) < 64 else self._dumps_many(calls)
-        return self._submit_blob(blob, name, payloads, chunksize=chunksize, timeout=timeout,
-                                 retries=retries, memory_mb=memory_mb, label=label, modules=modules,
-                                 single=single)
+        return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
 
     @staticmethod
-    def _dumps_many(calls) -> list[bytes]:
+    def _dumps_many(calls: list[Call]) -> list[serialize.Payload]:
         # One pickling pass for many inputs; on failure find and name the culprit.
         try:
             return serialize.dumps_each(calls)
@@ -288,30 +311,24 @@ class Executor:
                 serialize.dumps(call, f"iterdata[{i}]")
             raise
 
-    def _submit_blob(self, blob, name, payloads, *, chunksize, timeout=None, retries=None,
-                     memory_mb=None, label=None, reduce=None, modules=(), single=False,
-                     track=True) -> Job:
-        timeout = _positive("timeout", timeout) or self.timeout
-        memory_mb = _positive("memory_mb", memory_mb) or self.memory_mb
-        # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as asked.
-        if hasattr(self.backend, "check_job"):
-            fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
-            memory_mb, timeout = fit["memory_mb"], fit["timeout"]
-        elif hasattr(self.backend, "check_ready"):
-            self.backend.check_ready()
+    def _submit_blob(self, blob: bytes, name: str, payloads: list[serialize.Payload], *, chunksize: int | str,
+                     timeout: float | None, retries: int, memory_mb: int | None,
+                     label: str | None = None, reduce: dict[str, Any] | None = None,
+                     modules: Collection[str] = (), single: bool = False, track: bool = True) -> Job:
+        # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as
+        # asked; it decides the memory and timeout the job runs with.
+        fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
+        memory_mb, timeout = fit["memory_mb"], fit["timeout"]
         fkey = protocol.function_key(self.prefix, serialize.digest(blob))
         if fkey not in self._uploaded:
             if not self.storage.exists(fkey):
                 self.storage.put(fkey, blob)
             self._uploaded.add(fkey)
-        job = Job(job_id=protocol.new_job_id(), backend=self.backend, storage=self.storage,
-                  prefix=self.prefix, function_key=fkey, function_name=name, payloads=payloads,
-                  chunksize=chunksize,
-                  timeout=timeout,
-                  retries=self.retries if retries is None else int(retries),
-                  memory_mb=memory_mb,
-                  auto_target_s=self.auto_batch_target_s, concurrency=self.concurrency,
-                  label=label, reduce=reduce)
+        spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
+                       function_name=name, n_items=len(payloads), chunksize=chunksize,
+                       timeout=timeout, retries=retries, memory_mb=memory_mb, created=time.time(),
+                       label=label, reduce=reduce, batch_target_s=self.auto_batch_target_s)
+        job = new_job(spec, self.backend, self.storage, payloads)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done()] + [job]
             if track and self.track_uncollected:
@@ -319,59 +336,58 @@ class Executor:
         self._lease.hold(job)
         if payloads:
             with cancel_on_interrupt(job):  # never leave a started job unknown to the caller
-                job._start()
+                job.dispatcher.start()
                 self._ensure_monitor()
         return job
 
     # Waiting ----------------------------------------------------------------
     track_uncollected = True  # keep jobs for get_result()/wait() without futures (PyWren, Lithops)
 
-    def _uncollected_futures(self, what: str) -> list:
+    @staticmethod
+    def _futures_of(entry: Any) -> list[cf.Future[Any]]:
+        return [entry] if isinstance(entry, cf.Future) else list(entry.futures)
+
+    def _uncollected_futures(self, what: str) -> list[cf.Future[Any]]:
         if not self._uncollected:
             raise ValueError(f"{what}() without futures collects this executor's calls not yet "
                              "collected, and there are none: call map(), call_async() or "
                              "map_reduce() first, or pass the futures")
-        futures = []
-        for job, _single in self._uncollected:
-            futures.extend([job] if isinstance(job, cf.Future) else job.futures)
-        return futures
+        return [f for entry, _single in self._uncollected for f in self._futures_of(entry)]
 
-    def wait(self, fs=None, return_when=ALL_COMPLETED, timeout=None):
+    def wait(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]] | None = None,
+             return_when: str = ALL_COMPLETED,
+             timeout: float | None = None) -> cf._base.DoneAndNotDoneFutures[Any]:
         """``concurrent.futures.wait``; without ``fs``, over this executor's futures not yet
         collected by ``get_result()``."""
-        if fs is None:
-            fs = self._uncollected_futures("wait")
-        return wait(fs, return_when=return_when, timeout=timeout)
+        return wait(self._uncollected_futures("wait") if fs is None else fs,
+                    return_when=return_when, timeout=timeout)
 
-    def as_completed(self, fs=None, timeout=None):
-        if fs is None:
-            fs = self._uncollected_futures("as_completed")
-        return as_completed(fs, timeout=timeout)
+    def as_completed(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]] | None = None,
+                     timeout: float | None = None) -> Iterator[cf.Future[Any]]:
+        return as_completed(self._uncollected_futures("as_completed") if fs is None else fs,
+                            timeout=timeout)
 
-    def get_result(self, fs=None, timeout=None):
+    def get_result(self, fs: Any = None, timeout: float | None = None) -> Any:
         """Results of ``fs`` in order (raises the first failure). Without ``fs``: the results
         of this executor's calls not yet collected, in submission order, which are then
         collected; a lone ``call_async``/``map_reduce`` gives its value, not a list (Lithops)."""
         if fs is not None:
             value = get_result(fs, timeout=timeout)
-            jobs = {id(j) for j in ([fs] if isinstance(fs, Job) else
-                                    [getattr(f, "job", f) for f in _as_list(fs)])}
-            self._uncollected = [u for u in self._uncollected if id(u[0]) not in jobs]
+            given = [fs] if isinstance(fs, (Job, cf.Future)) else list(fs)
+            ids = {id(getattr(getattr(f, "_records", None), "job", None) or f) for f in given}
+            self._uncollected = [u for u in self._uncollected if id(u[0]) not in ids]
             return value
         pending = list(self._uncollected)
-        self._uncollected_futures("get_result")
+        futures = self._uncollected_futures("get_result")
         if len(pending) == 1 and pending[0][1]:
-            (single, _), = pending
-            value = get_result(single if isinstance(single, cf.Future) else single[0], timeout=timeout)
+            value = get_result(futures[0], timeout=timeout)
         else:
-            value = get_result([f for job, _ in pending
-                                for f in ([job] if isinstance(job, cf.Future) else job.futures)],
-                               timeout=timeout)
+            value = get_result(futures, timeout=timeout)
         self._uncollected = [u for u in self._uncollected if u not in pending]
         return value
 
     # Jobs in storage ----------------------------------------------------------
-    def jobs(self, limit: int = 20) -> list[dict]:
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Manifests of recent jobs in this storage, newest first."""
         return list_jobs(self.storage, self.prefix, limit)
 
@@ -387,22 +403,17 @@ class Executor:
             manifest = json.loads(self.storage.get(protocol.manifest_key(self.prefix, job_id)))
         except NotFound:
             raise KeyError(f"no job {job_id} in {self.storage.describe()}") from None
-        job = Job(job_id=job_id, backend=self.backend, storage=self.storage, prefix=self.prefix,
-                  function_key=manifest["function_key"], function_name=manifest["function"],
-                  payloads=[b""] * manifest["n_items"], chunksize=manifest["chunksize"],
-                  timeout=manifest["timeout"], retries=0, memory_mb=manifest["memory_mb"],
-                  auto_target_s=self.auto_batch_target_s, concurrency=self.concurrency,
-                  label=manifest.get("label"))
-        job.created = manifest["created"]
+        job = new_job(JobSpec.from_manifest(manifest, self.prefix), self.backend, self.storage,
+                      payloads=None)
         self._lease.hold(job)
-        job.attach_existing(deadline=manifest["created"] + manifest["timeout"] * manifest["n_items"] + 60)
+        job.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
         with self._lock:
             self._jobs.append(job)
         self._ensure_monitor()
         return job
 
     # Monitoring: cancel markers (the panel), storage polling, deadlines -------
-    def _ensure_monitor(self):
+    def _ensure_monitor(self) -> None:
         with self._lock:
             if self._monitor is None or not self._monitor.is_alive():
                 self._monitor = threading.Thread(target=_monitor_loop, args=(weakref.ref(self),),
@@ -411,17 +422,18 @@ class Executor:
 
 
 _MONITOR_LINGER_S = 5.0  # an idle monitor waits this long for the next job before exiting
+_TICK_S = 0.25  # between ticks, for backends that report every end themselves
 
 
-def _monitor_loop(ref):
-    last_cancel_check = 0.0
+def _monitor_loop(ref: weakref.ReferenceType[Executor]) -> None:
+    """Tick every unfinished job of the executor (cancel markers, polling, deadlines)."""
     idle_since = None
     while True:
         ex = ref()
         if ex is None:
             return
         jobs = [j for j in ex._jobs if not j.done()]
-        poll = getattr(ex.backend, "poll_interval", None)
+        pause = ex.backend.limits.poll_interval_s or _TICK_S
         now = time.time()
         if not jobs:
             # Linger: starting a thread per map() costs a GIL hand-off that can take
@@ -433,30 +445,24 @@ def _monitor_loop(ref):
                         ex._monitor = None  # decided under the lock _ensure_monitor takes
                         return
             del ex
-            time.sleep(poll or 0.25)
+            time.sleep(pause)
             continue
         idle_since = None
         del ex
-        check_cancel = now - last_cancel_check > 0.5
-        if check_cancel:
-            last_cancel_check = now
         for job in jobs:
-            try:
-                if check_cancel and job.check_cancel_marker():
-                    continue
-                if poll or job.attached:
-                    job.poll_storage()
-                job.check_deadlines()
-            except Exception as exc:  # keep monitoring the other jobs
-                job.monitor_error = exc
-        time.sleep(poll or 0.25)
+            job.dispatcher.tick()  # records its own errors: the other jobs go on
+        time.sleep(pause)
 
 
-def _as_list(fs) -> list:
-    return [fs] if isinstance(fs, cf.Future) else list(fs)
+class MapReduceFuture(cf.Future[Any]):
+    """The future of a map_reduce's reduce task; ``map_job`` is the map's Job."""
+
+    def __init__(self, map_job: Job):
+        super().__init__()
+        self.map_job = map_job
 
 
-def _chain(src: cf.Future, dst: cf.Future) -> None:
+def _chain(src: cf.Future[Any], dst: cf.Future[Any]) -> None:
     if src.cancelled():
         dst.cancel()
     elif src.exception() is not None:
@@ -465,13 +471,6 @@ def _chain(src: cf.Future, dst: cf.Future) -> None:
         dst.set_result(src.result())
 
 
-def list_jobs(storage, prefix: str, limit: int = 20) -> list[dict]:
-    ids = [j for j in storage.children(f"{prefix}/jobs/") if protocol.JOB_ID_RE.match(j)]
-    ids.sort(reverse=True)  # job ids start with their UTC creation time
-    out = []
-    for job_id in ids[:limit]:
-        try:
-            out.append(json.loads(storage.get(protocol.manifest_key(prefix, job_id))))
-        except (NotFound, ValueError):
-            continue
-    return out
+def list_jobs(storage: Storage, prefix: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Manifests of the newest jobs under ``prefix``, newest first."""
+    return catalog.manifests(storage, prefix, limit)

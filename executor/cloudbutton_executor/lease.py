@@ -2,19 +2,24 @@
 
 ``Executor.shutdown()`` (or the executor being garbage-collected) lets go of the
 executor's hold; each job lets go when it ends. The last one releases the
-backend: the local pool's slot threads and worker processes end when no
-executor holds it (``LocalBackend.release``), Lambda's invoker threads stop.
-So ``shutdown(wait=False)`` never pulls the workers from under a running job,
-and ``shutdown(wait=True)`` leaves no thread or process behind.
+backend (``Backend.release``): the local pool's slot threads and worker
+processes end once no executor holds it, Lambda's invoker threads stop. So
+``shutdown(wait=False)`` never pulls the workers from under a running job, and
+``shutdown(wait=True)`` leaves no thread or process behind. A backend the
+caller made and passed in is theirs: it is never released here.
 """
 from __future__ import annotations
 
 import threading
+from typing import Any
+
+from .backends.base import Backend
 
 
 class BackendLease:
-    def __init__(self, backend):
+    def __init__(self, backend: Backend, owned: bool = True):
         self.backend = backend
+        self.owned = owned
         self._lock = threading.Lock()
         self._holds = 1  # the executor's own
         self._owner_held = True
@@ -22,7 +27,7 @@ class BackendLease:
         self.released = False
         self._released = threading.Event()
 
-    def hold(self, job=None) -> None:
+    def hold(self, job: Any = None) -> None:
         """One more holder: ``job`` until it ends (a job listener lets go), or a caller
         that lets go itself with ``let_go()``."""
         with self._lock:
@@ -36,7 +41,8 @@ class BackendLease:
             if job.done():  # ended before the listener was added
                 self.job_ended(job)
 
-    def job_ended(self, job) -> None:
+    def job_ended(self, job: Any) -> None:
+        """A job's listener (and ``shutdown``): let go once for a job that has ended."""
         if not job.done():
             return
         with self._lock:
@@ -54,10 +60,8 @@ class BackendLease:
         if first:
             self.let_go()
         # A job's own let-go runs just after it is marked done: give it a moment.
-        if wait and self._released.wait(10):
-            join = getattr(self.backend, "join", None)
-            if join is not None:
-                join()
+        if wait and self.owned and self._released.wait(10):
+            self.backend.join()
 
     def let_go(self) -> None:
         with self._lock:
@@ -66,9 +70,6 @@ class BackendLease:
             if last:
                 self.released = True
         if last:
-            release = getattr(self.backend, "release", None)
-            if release is not None:
-                release(wait=False)  # may run on a backend thread: joining is drop_owner's
-            else:
-                self.backend.shutdown()
+            if self.owned:
+                self.backend.release(wait=False)  # may run on a backend thread: joining is drop_owner's
             self._released.set()
