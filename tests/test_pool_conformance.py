@@ -20,7 +20,7 @@ import weakref
 import pytest
 
 import cloudbutton_executor as cb
-from cloudbutton_executor import CloudPoolExecutor, Executor
+from cloudbutton_executor import CloudPoolExecutor
 
 
 def mul(x, y):

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import cloudpickle
 import pytest
@@ -108,7 +107,7 @@ def _run(python, tmp_path) -> dict:
     p = subprocess.run([python, str(script), str(tmp_path / "mods"), str(tmp_path / "storage")],
                        capture_output=True, text=True, timeout=180, cwd=str(tmp_path))
     assert p.returncode == 0, p.stdout + p.stderr
-    line = next(l for l in p.stdout.splitlines() if l.startswith("RESULT"))
+    line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])
 
 

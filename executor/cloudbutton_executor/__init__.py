@@ -18,7 +18,8 @@ from .serialize import SecretError, SerializationError
 __version__ = "0.1.0"
 
 __all__ = [
-    "Executor", "CloudPoolExecutor", "Job", "TaskFuture", "report_flops", "wait", "as_completed", "get_result",
+    "Executor", "CloudPoolExecutor", "Job", "TaskFuture", "report_flops", "wait", "as_completed",
+    "get_result",
     "ALL_COMPLETED", "ANY_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
     "InfrastructureError", "TaskTimeoutError", "OutOfMemoryError", "WorkerDiedError",
     "LostInvocationError", "WorkerSetupError", "MissingPackageError", "RemoteError", "JobCancelled",

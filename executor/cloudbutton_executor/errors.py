@@ -1,6 +1,8 @@
 """Exceptions a task can end with, besides the user's own."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class RemoteTraceback(Exception):
     """Carries the worker's traceback text; set as ``__cause__`` of a re-raised
@@ -38,14 +40,15 @@ class ExceptionByState:
     def __init__(self, exc: BaseException):
         self.exc = exc
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         exc = self.exc
         if type(exc).__reduce__ is not BaseException.__reduce__:
             raise TypeError(f"{type(exc).__qualname__} defines its own __reduce__")
         return _rebuild_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
 
 
-def _rebuild_exception(cls, args, state):
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                       state: dict[str, Any]) -> BaseException:
     exc = cls.__new__(cls)
     exc.args = args
     if state:
@@ -90,7 +93,7 @@ class JobCancelled(KeyboardInterrupt):
     """Ctrl-C cancelled jobs while the host waited for them; the message counts the outcome
     ("cancelled: 12 of 40 done, 28 cancelled"). See interrupt.py."""
 
-    def _render_traceback_(self):  # IPython shows this instead of a traceback
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
         return [str(self)]
 
 

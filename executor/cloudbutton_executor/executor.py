@@ -242,8 +242,8 @@ class Executor:
                            memory_mb=map_runtime_memory or memory_mb)
         # get_result() collects the reduce's value, not the map's results.
         self._uncollected = [u for u in self._uncollected if u[0] is not map_job]
-        reduce_options = dict(self._job_options(timeout=timeout, memory_mb=reduce_runtime_memory or memory_mb),
-                              track=False)
+        reduce_memory = reduce_runtime_memory or memory_mb
+        reduce_options = dict(self._job_options(timeout=timeout, memory_mb=reduce_memory), track=False)
         reduce_blob, reduce_modules = job_modules.dumps_with_modules(
             reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
         outer = MapReduceFuture(map_job)

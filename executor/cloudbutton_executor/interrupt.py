@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any
 
 from .errors import JobCancelled
 
-_previous_hook = None
+_previous_hook: Any = None
 
 
-def summary(jobs) -> str:
+def summary(jobs: Iterable[Any]) -> str:
     """"cancelled: 12 of 40 done, 28 cancelled" over ``jobs`` (failed counted when any)."""
     n = done = failed = cancelled = 0
     for job in jobs:
@@ -32,7 +35,7 @@ def summary(jobs) -> str:
             + f", {cancelled} cancelled")
 
 
-def cancel_jobs(jobs, note: str = "") -> JobCancelled | None:
+def cancel_jobs(jobs: Iterable[Any]) -> JobCancelled | None:
     """Cancel the unfinished ``jobs``; the JobCancelled to raise, or None if all had ended."""
     hit = [j for j in jobs if not j.done()]
     for job in hit:
@@ -40,11 +43,11 @@ def cancel_jobs(jobs, note: str = "") -> JobCancelled | None:
     if not hit:
         return None
     _install_excepthook()
-    return JobCancelled(summary(hit) + note)
+    return JobCancelled(summary(hit))
 
 
 @contextlib.contextmanager
-def cancel_on_interrupt(*jobs):
+def cancel_on_interrupt(*jobs: Any) -> Iterator[None]:
     """Turn a KeyboardInterrupt inside the block into cancelling ``jobs`` + JobCancelled."""
     try:
         yield
@@ -67,7 +70,8 @@ def _install_excepthook() -> None:
     sys.excepthook = _excepthook
 
 
-def _excepthook(etype, value, tb):
+def _excepthook(etype: type[BaseException], value: BaseException,
+                tb: TracebackType | None) -> None:
     if isinstance(value, JobCancelled):
         print(value, file=sys.stderr)
     else:

@@ -17,15 +17,19 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
 
 from .executor import Executor
+from .job import Job
 
 _live: "weakref.WeakSet[CloudPoolExecutor]" = weakref.WeakSet()
 _exit_registered = False
 
 
 class CloudPoolExecutor(cf.Executor):
-    def __init__(self, max_workers: int | None = None, *, backend: str = "local", **options):
+    def __init__(self, max_workers: int | None = None, *, backend: str = "local", **options: Any):
         if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
                                         or max_workers <= 0):
             raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
@@ -33,10 +37,11 @@ class CloudPoolExecutor(cf.Executor):
         self.executor.track_uncollected = False  # nobody calls get_result() here: keep nothing
         _finish_at_exit(self)
 
-    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         return self.executor.submit(fn, *args, **kwargs)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int | str = 1) -> Iterator[Any]:
         """Like ``Executor.map`` of ``concurrent.futures``: every call is submitted now (one
         job; ``chunksize`` calls per invocation, or ``"auto"``); the results come in order
         as they are iterated, ``timeout`` counting from this call. A failed call raises
@@ -50,14 +55,16 @@ class CloudPoolExecutor(cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool | None:
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C cancels (see interrupt.py)
-            return self.executor.__exit__(exc_type, exc, tb)
-        self.shutdown(wait=True)  # as concurrent.futures does, whatever else was raised
-        return False
+            self.executor.__exit__(exc_type, exc, tb)
+        else:
+            self.shutdown(wait=True)  # as concurrent.futures does, whatever else was raised
+        return None
 
 
-def _finish_at_exit(pool) -> None:
+def _finish_at_exit(pool: CloudPoolExecutor) -> None:
     """As concurrent.futures' pools do, the interpreter's exit waits for work submitted
     and never shut down, unless it exits because of Ctrl-C: then that work is cancelled.
     (threading's exit hook runs before atexit's, where the local backend stops.)"""
@@ -80,7 +87,7 @@ def _at_exit() -> None:
         pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
 
-def _results(job, end):
+def _results(job: Job, end: float | None) -> Iterator[Any]:
     try:
         for i in range(len(job)):
             yield _take(job, i, end)  # no local holds the value while the caller has it
@@ -89,7 +96,7 @@ def _results(job, end):
             job.cancel()
 
 
-def _take(job, i, end):
+def _take(job: Job, i: int, end: float | None) -> Any:
     try:
         return job[i].result(None if end is None else end - time.monotonic())
     finally:

@@ -16,7 +16,7 @@ import linecache
 import sys
 import types
 
-_shipped: set[str] = set()  # file names whose linecache entry this module made
+_shipped: dict[str, list[str]] = {}  # file name -> the lines registered for it
 
 
 def code_source(code: types.CodeType) -> tuple[int, tuple[str, ...]]:
@@ -42,23 +42,22 @@ def shipped_name(filename: str) -> str:
     return f"{label[0]} {label[1]} ({filename})" if label else filename
 
 
-def restore_code(code: types.CodeType, filename: str, first: int, lines: tuple) -> types.CodeType:
+def restore_code(code: types.CodeType, filename: str, first: int,
+                 lines: tuple[str, ...]) -> types.CodeType:
     """Worker side: ``code`` under its real file name, its lines registered for tracebacks."""
     register_lines(filename, first, lines)
     return code.replace(co_filename=filename)  # nested code objects are restored one by one
 
 
-def register_lines(filename: str, first: int, lines) -> None:
+def register_lines(filename: str, first: int, lines: tuple[str, ...] | list[str]) -> None:
     if not lines:
         return
-    entry = linecache.cache.get(filename)
     # Merge with spans registered before (other functions of the same file); an entry
     # read from a file on this machine is replaced: the host's source is the truth.
-    have = list(entry[2]) if entry is not None and filename in _shipped else []
+    have = _shipped.setdefault(filename, [])
     stop = first - 1 + len(lines)
     if len(have) < stop:
         have.extend(["\n"] * (stop - len(have)))
     have[first - 1:stop] = lines
     # mtime None: linecache.checkcache() leaves the entry alone (there is no file to stat).
     linecache.cache[filename] = (sum(map(len, have)), None, have, filename)
-    _shipped.add(filename)

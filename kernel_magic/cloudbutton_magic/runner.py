@@ -10,6 +10,7 @@ import datetime
 import os
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
@@ -221,7 +222,7 @@ class CloudRunner:
         """The running cell's name as IPython's tracebacks give it ("In[5]"): the caller
         frame whose file IPython's compiler knows as a cell."""
         name_of = getattr(getattr(self.shell, "compile", None), "format_code_name", None)
-        frame = sys._getframe(1)
+        frame: types.FrameType | None = sys._getframe(1)
         while frame is not None and name_of is not None:
             label = name_of(frame.f_code.co_filename)
             if label:

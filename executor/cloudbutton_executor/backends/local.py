@@ -63,7 +63,7 @@ def get_local_backend(workers: int | None = None, **options: Any) -> LocalBacken
 def _shutdown_all() -> None:
     # The interpreter is exiting: running tasks cannot report to anyone any more.
     for pool in list(_pools.values()):
-        pool.shutdown()
+        pool.shutdown(kill_running=True)
 
 
 def _describe_exit(returncode: int) -> str:
@@ -190,7 +190,7 @@ class LocalBackend(Backend):
         self._cwd = self._env.get("HOME") or "/"
         if not os.path.isdir(self._cwd):
             self._cwd = "/"
-        self._key = None  # its key in the process-wide _pools
+        self._key: tuple[Any, ...] = ()  # its key in the process-wide _pools
         self._holds = 0  # executors holding it (see get_local_backend)
         self._threads = [threading.Thread(target=self._slot, args=(i,), daemon=True,
                                           name=f"cloudbutton-local-{i}") for i in range(workers)]
@@ -238,14 +238,16 @@ class LocalBackend(Backend):
                 del _pools[self._key]
         self.shutdown(wait=wait)
 
-    def shutdown(self, wait: bool = False) -> None:
-        """Take no more events; kill running workers, let idle ones exit (their stdin closes).
-        ``wait``: return once every slot thread (and so its process) has ended."""
+    def shutdown(self, wait: bool = False, kill_running: bool = False) -> None:
+        """Take no more events: queued ones end as lost, running ones finish (or are killed,
+        with ``kill_running``), idle workers exit (their stdin closes). ``wait``: return
+        once every slot thread (and so its process) has ended."""
         with self._cond:
             self.closed = True
             dropped = list(self._queue)
             self._queue.clear()
-            self._kill_running(lambda event: True)
+            if kill_running:
+                self._kill_running(lambda event: True)
             self._cond.notify_all()
         for event, listener in dropped:  # never sent to a worker: lost, not left hanging
             try:
