@@ -95,6 +95,7 @@ class CloudRunner:
         ex = self._executors.get(key)
         if ex is None:
             ex = self._executors[key] = Executor(settings["backend"], workers=settings["workers"])
+            ex.track_uncollected = False  # the runner keeps its jobs itself (self.jobs)
         return ex
 
     # %%cloud map / %cloud map -----------------------------------------------------
