@@ -3,6 +3,7 @@ import os
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 from IPython.core.error import UsageError
