@@ -9,12 +9,15 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import threading
 import time
 
 # 2: a status's "items" is columnar (see ``item_columns``); 1 had one record per item.
 PROTOCOL_VERSION = 2
 
-JOB_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+# YYYYMMDD-HHMMSSmmm-xxxxxx: UTC creation time to the millisecond, then 6 random hex digits,
+# so ids sort by creation time. Ids of earlier versions lack the milliseconds.
+JOB_ID_RE = re.compile(r"^\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6}$")
 TASK_ID_RE = re.compile(r"^\d{6}-\d{6}$")
 
 # A result (or a batch of results) at most this big travels inside status.json.
@@ -25,9 +28,24 @@ INLINE_EVENT_BYTES = 96 * 1024
 STDOUT_LIMIT = 64 * 1024
 
 
+_last_job_ms = 0
+_job_id_lock = threading.Lock()
+
+
 def new_job_id() -> str:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return now.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex()
+    """A new job id; ids made by one process are strictly increasing (newest sorts last)."""
+    global _last_job_ms
+    with _job_id_lock:
+        ms = max(time.time_ns() // 1_000_000, _last_job_ms + 1)
+        _last_job_ms = ms
+    stamp = datetime.datetime.fromtimestamp(ms // 1000, datetime.timezone.utc)
+    return f"{stamp:%Y%m%d-%H%M%S}{ms % 1000:03d}-{os.urandom(3).hex()}"
+
+
+def job_created(job_id: str) -> float:
+    """The creation time (UTC, to the second) a job id starts with."""
+    stamp = datetime.datetime.strptime(job_id[:15], "%Y%m%d-%H%M%S")
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def task_id(start: int, stop: int) -> str:
