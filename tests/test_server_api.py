@@ -138,7 +138,6 @@ async def test_jobs_list_and_detail(jp_fetch, executor):
     assert code == 200 and jobs == []
     first = executor.map(square, range(6), label="analysis.ipynb")
     assert first.result(timeout=60) == [x * x for x in range(6)]
-    time.sleep(1.1)  # job ids have a one-second clock: keep the order unambiguous
     second = executor.map(fails_on_three, range(5), chunksize=2)
     second.wait(60)
 
@@ -205,20 +204,6 @@ async def test_cancel_finished_job_is_a_conflict(jp_fetch, executor):
     job.result(timeout=60)
     assert "already finished" in await expect_error(jp_fetch, 409, "jobs", job.job_id, "cancel",
                                                      method="POST", body="")
-
-
-@pytest.mark.parametrize("method, parts", [
-    ("GET", ("config",)), ("PUT", ("config",)), ("GET", ("backend", "status")),
-    ("GET", ("jobs",)), ("GET", ("jobs", "20240101-000000-abcdef")),
-    ("POST", ("jobs", "20240101-000000-abcdef", "cancel")),
-])
-async def test_every_route_needs_a_token(jp_fetch, cb_env, method, parts):
-    body = "{}" if method in ("PUT", "POST") else None
-    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
-        await jp_fetch("cloudbutton", *parts, method=method, body=body,
-                       headers={"Authorization": "token wrong"})
-    assert info.value.code == 403
-    assert not os.path.exists(os.environ["CLOUDBUTTON_CONFIG"])  # a rejected PUT wrote nothing
 
 
 def test_manager_without_server(tmp_path, monkeypatch):
