@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import hermetic
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -59,7 +61,8 @@ def _notebook() -> dict:
                                     "language": "python"}},
         "cells": [code("xs = list(range(20))"),
                   code("x * x"),
-                  code("import time\ntime.sleep(30)\nx")],
+                  code("import time\ntime.sleep(30)\nx"),
+                  code("print('squares:', results)")],
     }
 
 
@@ -80,7 +83,7 @@ def running_lab(tmp: Path, server_extension: bool = True):
         (config_dir / "jupyter_server_config.json").write_text(
             json.dumps({"ServerApp": {"jpserver_extensions": {"cloudbutton_jupyter": False}}}))
     port, token = _free_port(), uuid.uuid4().hex
-    env = dict(os.environ,
+    env = hermetic.environ(tmp,  # module-scoped: before the per-test hermetic environment
                CLOUDBUTTON_STORAGE_DIR=str(tmp / "storage"),
                CLOUDBUTTON_CONFIG=str(tmp / "config.yaml"),
                JUPYTER_CONFIG_DIR=str(config_dir),
@@ -215,9 +218,11 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     panel.locator(".cb-run").click()
     panel.locator(".cb-run-message.cb-error:has-text('not defined')").wait_for()
 
+    # The run itself: the notebook toolbar's cloud button, on the selected cell.
     panel.locator(".cb-iterable").fill("xs")
     _select_cell(page, 1)
-    panel.locator(".cb-run").click()
+    page.locator(".jp-NotebookPanel:visible .jp-NotebookPanel-toolbar "
+                 "[data-jp-item-name='cloudbutton-run'] button").click()
 
     out = _cell(page, 1).locator(".jp-OutputArea")
     widget = out.locator(".cloudbutton-job-widget")
@@ -230,7 +235,7 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     row = panel.locator(".cb-job.cb-state-done").first
     row.wait_for(timeout=30_000)
     assert "20/20 done" in row.inner_text()
-    assert "demo.ipynb" in row.inner_text() or "local" in row.inner_text()
+    assert "demo.ipynb" in row.inner_text() and "local" in row.inner_text()
 
     # The job's detail view: one row per task and a timeline.
     row.click()
@@ -243,10 +248,16 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     page.screenshot(path=str(ARTIFACTS / "browser-lab.png"))
     row.click()  # close the detail view
 
-    # The results are in the notebook namespace.
     jobs = json.loads(urllib.request.urlopen(
         f"{lab['base']}/cloudbutton/jobs?token={lab['token']}").read())
     assert jobs[0]["state"] == "done" and jobs[0]["n_items"] == 20
+
+    # The results are in the notebook's namespace: a cell run after the job prints them.
+    _select_cell(page, 3)
+    page.keyboard.press("Shift+Enter")
+    printed = _cell(page, 3).locator(".jp-OutputArea-output:has-text('squares:')")
+    printed.wait_for(timeout=30_000)
+    assert printed.inner_text().strip() == f"squares: {[x * x for x in range(20)]}"
 
 
 def test_cancel_long_job_while_kernel_is_busy(page, lab):
