@@ -14,6 +14,7 @@ The host uses dummy credentials (HOST_CREDS); runtimes get other dummy values
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -28,6 +29,26 @@ BUCKET = "cb-lambda-tests"
 PREFIX = "cbtest"
 FUNCTION = "cb-worker"
 CONCURRENCY = 6
+# The host's AWS environment while a test talks to moto; set per test (``aws_env``) and
+# restored after it, so tests that do not ask for AWS never see these credentials.
+AWS_ENV = {**HOST_CREDS, "AWS_DEFAULT_REGION": REGION}
+
+
+@contextlib.contextmanager
+def aws_environment(extra: dict | None = None):
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(k, raising=False)
+        for k, v in {**AWS_ENV, "AWS_CONFIG_FILE": os.devnull,
+                     "AWS_SHARED_CREDENTIALS_FILE": os.devnull, **(extra or {})}.items():
+            mp.setenv(k, v)
+        yield
+
+
+@pytest.fixture
+def aws_env():
+    with aws_environment():
+        yield
 
 
 def _free_port() -> int:
@@ -41,13 +62,6 @@ def moto_endpoint():
     """A real moto server over HTTP on 127.0.0.1 (S3, IAM, STS, Lambda control plane)."""
     from moto.server import ThreadedMotoServer
 
-    # Never reach a real account from the tests, whatever the developer's environment holds.
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        os.environ.pop(k, None)
-    os.environ.update(HOST_CREDS)
-    os.environ["AWS_DEFAULT_REGION"] = REGION
-    os.environ["AWS_CONFIG_FILE"] = os.devnull
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -56,7 +70,7 @@ def moto_endpoint():
 
 
 @pytest.fixture
-def s3_bucket(moto_endpoint):
+def s3_bucket(moto_endpoint, aws_env):
     import uuid
 
     import boto3
@@ -104,25 +118,31 @@ def write_config(path, data) -> str:
 
 
 @pytest.fixture(scope="session")
-def lambda_config(moto_endpoint, s3_proxy, lambda_emulator, tmp_path_factory):
-    path = write_config(tmp_path_factory.mktemp("cbconfig") / "config.yaml",
+def lambda_config_file(moto_endpoint, s3_proxy, lambda_emulator, tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("cbconfig") / "config.yaml",
                         config_dict(moto_endpoint, s3_proxy.url, lambda_emulator.url))
-    old = os.environ.get("CLOUDBUTTON_CONFIG")
-    os.environ["CLOUDBUTTON_CONFIG"] = path
-    yield path
-    if old is None:
-        os.environ.pop("CLOUDBUTTON_CONFIG", None)
-    else:
-        os.environ["CLOUDBUTTON_CONFIG"] = old
+
+
+@pytest.fixture
+def lambda_config(lambda_config_file, aws_env, monkeypatch):
+    """The emulator's config file, as ``$CLOUDBUTTON_CONFIG`` for this test only."""
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", lambda_config_file)
+    return lambda_config_file
 
 
 @pytest.fixture(scope="session")
-def deployed(lambda_config):
-    """The first deploy's actions (``cloudbutton deploy`` against moto)."""
+def first_deploy(lambda_config_file):
     from cloudbutton_executor import config
     from cloudbutton_executor.backends.aws_lambda import deploy
 
-    return deploy(config.load(lambda_config))
+    with aws_environment():
+        return deploy(config.load(lambda_config_file))
+
+
+@pytest.fixture
+def deployed(first_deploy, aws_env):
+    """The first deploy's actions (``cloudbutton deploy`` against moto, once per run)."""
+    return first_deploy
 
 
 @pytest.fixture

@@ -1,15 +1,58 @@
 import os
+import shutil
 import tempfile
 
 import pytest
 
+import hermetic
+
 # Plugins contributed by the suites of each layer.
 pytest_plugins = ["aws_fixtures"]
 
+_session_tmp = {}
+
 
 def pytest_configure(config):
-    # Keep every test's jobs out of the user's cache dir.
-    os.environ.setdefault("CLOUDBUTTON_STORAGE_DIR", tempfile.mkdtemp(prefix="cloudbutton-tests-"))
+    # Everything the run writes to "the temp dir" (worker logs, kernels' and Chromium's
+    # files, scratch dirs) lands in one directory removed at the end: nothing left in /tmp.
+    # Subprocesses inherit TMPDIR; this process's tempfile module is pointed there too.
+    root = tempfile.mkdtemp(prefix="cloudbutton-testrun-")
+    _session_tmp.update(root=root, env=os.environ.get("TMPDIR"), tempdir=tempfile.tempdir)
+    os.environ["TMPDIR"] = root
+    tempfile.tempdir = root
+
+
+def pytest_unconfigure(config):
+    if "root" not in _session_tmp:
+        return
+    from cloudbutton_executor.backends import local
+
+    local._shutdown_all()  # the workers' log is open inside the directory
+    if _session_tmp["env"] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = _session_tmp["env"]
+    tempfile.tempdir = _session_tmp["tempdir"]
+    shutil.rmtree(_session_tmp.pop("root"), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(tmp_path, monkeypatch):
+    """Every test: its own config file and job cache, no AWS account, and the process
+    environment exactly as it was afterwards (whatever the test or a fixture changed)."""
+    saved = dict(os.environ)
+    private = tmp_path / "hermetic"
+    private.mkdir()
+    for var, value in hermetic.settings(private).items():
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    yield
+    monkeypatch.undo()
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture

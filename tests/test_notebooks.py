@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import hermetic
+
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
 
@@ -127,7 +129,8 @@ def test_committed_notebooks_are_generated_and_clean():
 def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     out_dir = tmp / "build" / "demo"
-    env = dict(os.environ, CLOUDBUTTON_STORAGE_DIR=str(tmp / "storage"))
+    # Module-scoped, so set up before the per-test hermetic environment: make its own.
+    env = hermetic.environ(tmp, CLOUDBUTTON_STORAGE_DIR=str(tmp / "storage"))
     env.pop("CLOUDBUTTON_DEMO_SCALE", None)  # --scale small must set it
     proc = subprocess.run([sys.executable, "-m", "cloudbutton_jupyter.demo", "--scale", "small",
                            "--out", str(out_dir)], capture_output=True, text=True, env=env,
