@@ -155,7 +155,8 @@ def test_task_over_the_lambda_timeout_ends_as_timeout_error(
         with pytest.raises(TaskTimeoutError, match="timeout of 3 s"):
             fut.result(timeout=60)
         took = time.time() - t0
-    assert took < 3 + 30 and took >= 3
+    # Ended at the function's timeout, seen by the host within its grace (3 s) plus polling.
+    assert 3 <= took < 3 + 3 + 2, took
     deadline = time.time() + 15
     while lambda_emulator.counts["timeouts"] < 1 and time.time() < deadline:
         time.sleep(0.1)
@@ -225,7 +226,7 @@ def test_every_event_lost_still_ends_by_the_timeout(
         lambda_emulator.reset()
     assert all(isinstance(o, TaskTimeoutError) for o in outcomes), outcomes
     assert "lost" in str(outcomes[0])
-    assert faults.counts["dropped"] == 3 and 3 <= took < 3 + 3 + 10
+    assert faults.counts["dropped"] == 3 and 3 <= took < 3 + 3 + 2, took
 
 
 def test_status_without_credentials(lambda_config, monkeypatch):

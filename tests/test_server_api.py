@@ -51,6 +51,13 @@ def sleepy(x):
     return x
 
 
+def stored(storage, job_id):
+    """A job's manifest and statuses, read from storage."""
+    manifest = json.loads(storage.get(protocol.manifest_key("cloudbutton", job_id)))
+    keys = storage.list(protocol.tasks_prefix("cloudbutton", job_id))
+    return manifest, [json.loads(storage.get(k)) for k in keys if protocol.task_id_from_status_key(k)]
+
+
 async def get_json(jp_fetch, *parts, **kwargs):
     response = await jp_fetch("cloudbutton", *parts, **kwargs)
     return response.code, json.loads(response.body)
@@ -129,7 +136,12 @@ async def test_backend_status_local_and_lambda(jp_fetch, cb_env):
     # Lambda without AWS: never a 500, the reason is shown.
     code, st = await get_json(jp_fetch, "backend", "status", params={"backend": "lambda"})
     assert code == 200 and st["backend"] == "lambda" and st["ok"] is False
-    assert st.get("error") or st.get("message")
+    assert "no AWS region configured" in st["error"] and "config.yaml" in st["error"]
+    # With a region but no credentials anywhere (the tests' environment has none).
+    await get_json(jp_fetch, "config", method="PUT", body=json.dumps({"region": "eu-west-1"}))
+    code, st = await get_json(jp_fetch, "backend", "status", params={"backend": "lambda"})
+    assert code == 200 and st["ok"] is False and st["region"] == "eu-west-1"
+    assert st["error"] == "NoCredentialsError: Unable to locate credentials", st
     await expect_error(jp_fetch, 400, "backend", "status", params={"backend": "gcp"})
 
 
@@ -146,7 +158,16 @@ async def test_jobs_list_and_detail(jp_fetch, executor):
     done, failed = jobs[1], jobs[0]
     assert done["state"] == "done" and done["counts"]["done"] == 6 and done["progress"] == 1.0
     assert done["notebook"] == "analysis.ipynb" and done["backend"] == "local"
-    assert done["cost_usd"] > 0 and done["duration_s"] > 0 and done["finished"]
+    assert done["finished"] and done["cost_usd"] > 0  # the cost itself: see the cost model's tests
+    # Duration and GB-seconds, from what the job stored: created -> last result stored,
+    # and each invocation's worker_start -> result_stored at the job's memory.
+    manifest, statuses = stored(executor.storage, first.job_id)
+    stats = [st["stats"] for st in statuses]
+    assert done["duration_s"] == pytest.approx(
+        max(s["result_stored"] for s in stats) - manifest["created"])
+    assert done["gb_seconds"] == pytest.approx(sum(
+        max(0.001, s["result_stored"] - s["worker_start"]) for s in stats)
+        * (manifest["memory_mb"] or 1024) / 1024)
     assert failed["state"] == "failed" and failed["counts"] == {
         "done": 4, "failed": 1, "pending": 0, "cancelled": 0, "lost": 0}
 
