@@ -83,7 +83,7 @@ def running_lab(tmp: Path, server_extension: bool = True):
         (config_dir / "jupyter_server_config.json").write_text(
             json.dumps({"ServerApp": {"jpserver_extensions": {"cloudbutton_jupyter": False}}}))
     port, token = _free_port(), uuid.uuid4().hex
-    env = hermetic.environ(tmp,  # module-scoped: before the per-test hermetic environment
+    env = hermetic.environ(tmp,  # the lab's own config, cache and (no) AWS account
                CLOUDBUTTON_STORAGE_DIR=str(tmp / "storage"),
                CLOUDBUTTON_CONFIG=str(tmp / "config.yaml"),
                JUPYTER_CONFIG_DIR=str(config_dir),
@@ -117,9 +117,10 @@ def running_lab(tmp: Path, server_extension: bool = True):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("lab")) as info:
+@pytest.fixture
+def lab(tmp_path):
+    """A lab of its own per test: no test sees another's jobs, whatever the order."""
+    with running_lab(tmp_path) as info:
         yield info
 
 
@@ -142,7 +143,7 @@ def open_notebook(browser, lab):
     return pg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lab_ui(browser, lab):
     pg = open_notebook(browser, lab)
     errors = []
@@ -261,6 +262,8 @@ def test_run_cell_over_list_from_the_panel(page, lab):
 
 
 def test_cancel_long_job_while_kernel_is_busy(page, lab):
+    _cell(page, 0).wait_for()
+    _wait_kernel_idle(page)
     panel = _open_panel(page)
     panel.locator(".cb-iterable").fill("range(50)")
     panel.locator(".cb-as").fill("x")

@@ -2,7 +2,6 @@
 (job ids start with their UTC creation time), on S3 (a real moto server over HTTP)."""
 import datetime
 import io
-import os
 
 import pytest
 
@@ -93,4 +92,3 @@ def test_job_created_reads_the_id():
         2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc).timestamp()
     assert protocol.job_created("20240102-030405-abcdef") == protocol.job_created(
         "20240102-030405999-abcdef")
-    assert os.environ.get("AWS_ACCESS_KEY_ID") is None  # no AWS outside the fixtures that ask
