@@ -137,6 +137,14 @@ def test_local_storage_details(tmp_path, monkeypatch):
     (tmp_path / "root" / "p" / "half.0123.tmp").write_bytes(b"being written")
     assert st.list("p/") == ["p/joined", "p/once"] and st.children("p/") == ["joined", "once"]
     assert st.get("p/joined", 2, 2) == b"" and st.get("p/joined", 4, 100) == b"ef"
+    st.put("top", b"t")  # a key at the root
+    assert st.list("") == ["p/joined", "p/once", "q/view", "top"]
+    assert st.children("") == ["p", "q", "top"]
+    # Objects are plain files: readable, never executable (mode 0o666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    for key in ("top", "p/once", "p/joined"):
+        assert os.stat(tmp_path / "root" / key).st_mode & 0o777 == 0o666 & ~umask
     assert st.get("p/joined", None, 2) == b"abcdef"  # no start: the whole object
     for bad in ["/etc/passwd", "../x", "p/../../x", "p/.."]:
         with pytest.raises(ValueError, match="invalid storage key"):
@@ -154,6 +162,33 @@ def test_local_storage_details(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert LocalStorage().root == str(tmp_path / "home" / ".cache" / "cloudbutton")
+
+
+def test_concurrent_first_writes_into_a_new_directory(tmp_path):
+    """Writers racing to create the same new directory all succeed."""
+    import threading
+
+    st = LocalStorage(str(tmp_path))
+    for round_ in range(10):
+        barrier = threading.Barrier(8)
+        errors = []
+
+        def write(i):
+            barrier.wait()
+            try:
+                if i % 2:
+                    st.put(f"r{round_}/deep/k{i}", b"x")
+                else:
+                    st.put_if_absent(f"r{round_}/deep/k{i}", b"x")
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(st.list(f"r{round_}/")) == 8
 
 
 def test_a_failed_write_leaves_nothing(tmp_path):
@@ -190,12 +225,12 @@ def test_s3_details(moto_endpoint, s3_bucket):
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: client.put_object(Bucket=s3_bucket, Key=k, Body=b""), keys))
-    client.put_object(Bucket=s3_bucket, Key="many/zz/deeper", Body=b"")
-    assert st.list("many/") == keys + ["many/zz/deeper"]
+    client.put_object(Bucket=s3_bucket, Key="many/ZZX/deeper", Body=b"")
+    assert st.list("many/") == keys + ["many/ZZX/deeper"]
     assert st.request_counts == {"LIST": 2}
-    assert st.children("many") == [k.split("/")[1] for k in keys] + ["zz"]
+    assert st.children("many") == [k.split("/")[1] for k in keys] + ["ZZX"]
     assert st.request_counts == {"LIST": 4}
-    assert st.list("many/", start_after="many/00999") == ["many/01000", "many/zz/deeper"]
+    assert st.list("many/", start_after="many/00999") == ["many/01000", "many/ZZX/deeper"]
     assert st.delete_prefix("many/") == 1002
     assert st.request_counts["DELETE"] == 2 and st.list("many/") == []
     # Errors other than a missing key are not mistaken for one.
@@ -229,7 +264,8 @@ def test_counting_view_counts_only_its_own_requests(tmp_path):
     view.exists("a")
     view.list("")
     view.children("")
+    assert view.list("", start_after="a") == ["b"]  # keyword arguments reach the storage
     st.get("a")  # not through the view
-    assert view.counts == {"PUT": 3, "GET": 1, "HEAD": 1, "LIST": 2}
+    assert view.counts == {"PUT": 3, "GET": 1, "HEAD": 1, "LIST": 3}
     assert view.root == st.root and view.inner is st and view.describe() == st.describe()
     assert st.request_counts["GET"] == 2
