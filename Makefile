@@ -51,7 +51,8 @@ MUTATE_TESTS ?= tests/test_storage.py tests/test_capture_secrets.py tests/test_m
 	tests/test_server_auth.py tests/test_server_api.py tests/test_cli_clean.py
 
 mutate: install
-	$(BIN)/python -m pip install -q -e ".[mutate]"
+	# The `mutate` extra's packages, without rebuilding the project itself.
+	$(BIN)/python -m pip install -q $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['mutate']))")
 	$(BIN)/python tools/mutate.py --tests $(MUTATE_TESTS) -- $(MUTATE_MODULES)
 
 clean:
