@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 
 import pytest
 
@@ -29,48 +28,81 @@ BUCKET = "cb-lambda-tests"
 PREFIX = "cbtest"
 FUNCTION = "cb-worker"
 CONCURRENCY = 6
-# The host's AWS environment while a test talks to moto; set per test (``aws_env``) and
-# restored after it, so tests that do not ask for AWS never see these credentials.
+
+
+# Wheels the tests download (the emulator's runtime, the layers deploy builds) are kept
+# here, git-ignored: the first run on a fresh clone downloads, later ones build offline.
+CACHE_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "lambda")
+WHEEL_CACHE = os.path.join(CACHE_ROOT, "wheels")
+
+
+# The host's AWS environment while a test talks to moto. Set for each test that uses moto
+# (_aws_environment_for_moto_users) and restored after it, never for the whole session:
+# a test that does not use moto sees no credentials.
 AWS_ENV = {**HOST_CREDS, "AWS_DEFAULT_REGION": REGION}
 
 
 @contextlib.contextmanager
-def aws_environment(extra: dict | None = None):
+def aws_environment():
     with pytest.MonkeyPatch.context() as mp:
         for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
             mp.delenv(k, raising=False)
         for k, v in {**AWS_ENV, "AWS_CONFIG_FILE": os.devnull,
-                     "AWS_SHARED_CREDENTIALS_FILE": os.devnull, **(extra or {})}.items():
+                     "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
             mp.setenv(k, v)
+        if "CLOUDBUTTON_WHEEL_CACHE" not in os.environ:
+            mp.setenv("CLOUDBUTTON_WHEEL_CACHE", WHEEL_CACHE)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _aws_environment_for_moto_users(request, hermetic_environment):
+    """AWS_ENV for the tests that use moto (directly or through another fixture), and
+    ``$CLOUDBUTTON_CONFIG`` pointing at the emulator's config for those that use it."""
+    if "moto_endpoint" not in request.fixturenames:
+        yield
+        return
+    with aws_environment(), pytest.MonkeyPatch.context() as mp:
+        if "lambda_config" in request.fixturenames:
+            mp.setenv("CLOUDBUTTON_CONFIG", request.getfixturevalue("lambda_config"))
         yield
 
 
 @pytest.fixture
-def aws_env():
-    with aws_environment():
-        yield
+def aws_env(moto_endpoint):
+    """Ask for AWS_ENV without using moto otherwise."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_moto():
+    """A ThreadedMotoServer on a port the OS chose and that stays bound (no race)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
+def emulator_runtime():
+    """(runtime name, its runtime dir) for the host's Python."""
+    from cloudbutton_executor.packaging import runtime_for_host
+
+    from lambda_emulator import build_runtime_dir
+
+    runtime = runtime_for_host()
+    return runtime, build_runtime_dir(runtime, CACHE_ROOT)
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real moto server over HTTP on 127.0.0.1 (S3, IAM, STS, Lambda control plane)."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
+    server, url = start_moto()
+    yield url
     server.stop()
 
 
 @pytest.fixture
-def s3_bucket(moto_endpoint, aws_env):
+def s3_bucket(moto_endpoint):
     import uuid
 
     import boto3
@@ -90,13 +122,34 @@ def s3_proxy(moto_endpoint):
 
 
 @pytest.fixture(scope="session")
-def lambda_emulator(moto_endpoint, tmp_path_factory):
+def lambda_emulator(moto_endpoint):
+    import shutil
+    import tempfile
+
     from lambda_emulator import LambdaEmulator
 
-    emu = LambdaEmulator(moto_endpoint, str(tmp_path_factory.mktemp("lambda-emulator")),
-                         region=REGION, concurrency=CONCURRENCY)
+    runtime, runtime_dir = emulator_runtime()
+    root = tempfile.mkdtemp(prefix="cb-lambda-emulator-")
+    emu = LambdaEmulator(moto_endpoint, root, runtime_dir, runtime, region=REGION,
+                         concurrency=CONCURRENCY)
     yield emu
     emu.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _emulator_errors_fail_the_test(request):
+    """Anything unexpected inside the emulator (a slot's exception, a runtime dying on
+    its own) fails the test during which it happened."""
+    if "lambda_emulator" not in request.fixturenames:
+        yield
+        return
+    emu = request.getfixturevalue("lambda_emulator")
+    emu.take_errors()
+    yield
+    errors = emu.take_errors()
+    if errors:
+        pytest.fail("the Lambda emulator reported:\n" + "\n---\n".join(errors), pytrace=False)
 
 
 def config_dict(moto_endpoint, s3_url, lambda_url, **lambda_overrides) -> dict:
@@ -118,31 +171,20 @@ def write_config(path, data) -> str:
 
 
 @pytest.fixture(scope="session")
-def lambda_config_file(moto_endpoint, s3_proxy, lambda_emulator, tmp_path_factory):
+def lambda_config(moto_endpoint, s3_proxy, lambda_emulator, tmp_path_factory):
+    """The emulator's config file; ``$CLOUDBUTTON_CONFIG`` during each test that uses it."""
     return write_config(tmp_path_factory.mktemp("cbconfig") / "config.yaml",
                         config_dict(moto_endpoint, s3_proxy.url, lambda_emulator.url))
 
 
-@pytest.fixture
-def lambda_config(lambda_config_file, aws_env, monkeypatch):
-    """The emulator's config file, as ``$CLOUDBUTTON_CONFIG`` for this test only."""
-    monkeypatch.setenv("CLOUDBUTTON_CONFIG", lambda_config_file)
-    return lambda_config_file
-
-
 @pytest.fixture(scope="session")
-def first_deploy(lambda_config_file):
+def deployed(lambda_config):
+    """The first deploy's actions (``cloudbutton deploy`` against moto)."""
     from cloudbutton_executor import config
     from cloudbutton_executor.backends.aws_lambda import deploy
 
-    with aws_environment():
-        return deploy(config.load(lambda_config_file))
-
-
-@pytest.fixture
-def deployed(first_deploy, aws_env):
-    """The first deploy's actions (``cloudbutton deploy`` against moto, once per run)."""
-    return first_deploy
+    with aws_environment():  # session-scoped: set up before the test's own environment
+        return deploy(config.load(lambda_config))
 
 
 @pytest.fixture

@@ -1,23 +1,39 @@
-"""A local Lambda data plane for tests: runs the *deployed* zip through AWS's awslambdaric.
+"""A local Lambda data plane for tests: runs the *deployed* zip and layers through AWS's
+awslambdaric, in sandboxes that see only what Lambda would.
 
 - ``ForwardingProxy``: an HTTP reverse proxy (to moto) with a fault hook; used as the
   S3 endpoint that injects 500/503, and as the fallback of the emulator's endpoint.
 - ``LambdaEmulator``: serves ``POST /2015-03-31/functions/{name}/invocations``
-  (``X-Amz-Invocation-Type: Event`` -> 202) and forwards every other Lambda API
-  call to moto, so one ``endpoints.lambda`` URL serves deploy and invoke. The
-  function's code, handler, layers, environment, timeout and async retry config
-  are read from moto's control plane (what ``cloudbutton deploy`` created).
-- ``Sandbox``: one concurrency slot = one ``python -m awslambdaric <handler>``
-  process fed by its own small Runtime API server; warm reuse, cold start when
-  the code or configuration changed, killed at the function timeout.
+  (``X-Amz-Invocation-Type: Event`` -> 202, payloads over the async limit -> 413),
+  ``GET /2016-08-19/account-settings/`` (its concurrency), and forwards every other
+  Lambda API call to moto, so one ``endpoints.lambda`` URL serves deploy and invoke.
+  The function's code, handler, runtime, architecture, layers, memory, /tmp size,
+  environment, timeout and async config (retries, maximum event age) are read from
+  moto's control plane (what ``cloudbutton deploy`` created).
+- Async semantics: accepted events wait in one queue for a free concurrency slot
+  (as many slots as the account concurrency); an event older than the function's
+  ``MaximumEventAgeInSeconds`` when a slot frees up is discarded, never run.
+- ``Sandbox``: one concurrency slot = one bare interpreter (``python -I -S``, see
+  ``lambda_sandbox_boot.py``) whose ``sys.path`` holds only the standard library, the
+  runtime dir (awslambdaric and the boto3/botocore the Lambda runtime bundles), the
+  unpacked function zip (task root) and the unpacked layers (an /opt-like dir); the
+  memory limit as RLIMIT_AS, the vCPUs Lambda gives that memory as CPU affinity, a
+  size-capped tmpfs as scratch dir and read-only code (in a private mount namespace
+  when the OS allows it). Warm reuse, cold start when the code or configuration
+  changed, killed at the function timeout.
 - ``Faults``: drop / duplicate / throttle (429 + retryAfterSeconds) / latency /
-  kill-mid-task, with counters so tests can check the faults really happened.
+  kill-mid-task, seeded, with counters so tests can check the faults really happened.
+- Anything unexpected inside the emulator (a slot's exception, a server handler's
+  error, a runtime that dies on its own) lands in ``errors``; the test fixtures fail
+  the test that caused it.
 
 Runtime processes get dummy credentials through their environment (the
 "execution role"); events never carry any.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import http.client
 import http.server
 import io
@@ -37,6 +53,12 @@ import urllib.parse
 import uuid
 import zipfile
 
+# Lambda's documented limits the emulator enforces (developer guide, "Lambda quotas").
+ASYNC_PAYLOAD_LIMIT = 1024 * 1024     # asynchronous invocation payload (was 256 KB until 2025)
+DEFAULT_EVENT_AGE_S = 6 * 3600        # MaximumEventAgeInSeconds when none is configured
+MB_PER_VCPU = 1769                    # Lambda gives one vCPU per 1,769 MB of memory
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 ACCOUNT = "123456789012"
 ROLE_ENV = {  # the runtime's "execution role" (dummy values the leak scan looks for)
     "AWS_ACCESS_KEY_ID": "ASIAEMULATORROLE0001",
@@ -49,16 +71,26 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
+    on_error = None  # called with a description of an unexpected handler exception
 
     def handle_error(self, request, client_address):
         # Killed runtimes and closed client connections are part of the game here.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        if self.on_error is not None:
+            import traceback
+
+            self.on_error(f"{type(self.RequestHandlerClass).__name__} handler: "
+                          f"{''.join(traceback.format_exception(exc))[-2000:]}")
+        else:
             super().handle_error(request, client_address)
 
 
-def _serve(handler_cls, **attrs) -> _Server:
+def _serve(handler_cls, on_error=None, **attrs) -> _Server:
     handler = type(handler_cls.__name__, (handler_cls,), attrs)
-    server = _Server(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)  # port 0: the OS picks it, and it stays bound
+    server.on_error = on_error
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
                      name=f"{handler_cls.__name__}-{server.server_address[1]}").start()
     return server
@@ -198,32 +230,48 @@ class FunctionSpec:
         self.package_type = getattr(fn, "package_type", "Zip")
         self.timeout = float(fn.timeout)
         self.memory = int(fn.memory_size)
+        self.tmp_mb = int(getattr(fn, "ephemeral_storage", 512) or 512)
+        self.arch = (getattr(fn, "architectures", None) or ["x86_64"])[0]
         self.env = dict(fn.environment_vars or {})
         cfgs = getattr(fn, "event_invoke_config", []) or []
-        self.max_retries = cfgs[0].config.get("MaximumRetryAttempts", 2) if cfgs else 2
+        # moto appends each put: the last one is the configuration in force.
+        conf = cfgs[-1].config if cfgs else {}
+        self.max_retries = conf.get("MaximumRetryAttempts", 2)
+        self.max_event_age = float(conf.get("MaximumEventAgeInSeconds", DEFAULT_EVENT_AGE_S))
         self.code_sha = fn.code_sha_256
         layer_arns = [ly["Arn"] for ly in (fn.layers or [])]
-        self.key = (self.code_sha, self.handler, self.runtime, self.timeout, self.memory,
+        self.key = (self.code_sha, self.handler, self.runtime, self.timeout, self.memory, self.tmp_mb,
                     tuple(sorted(self.env.items())), tuple(layer_arns))
         if self.package_type != "Zip":
-            self.task_root, self.layer_dirs = None, []
+            self.task_root, self.opt = None, None
             return
-        self.task_root = _unzip(fn.code_bytes, os.path.join(root, "code", _safe(self.code_sha)))
-        self.layer_dirs = []
+        self.task_root = _unzip([fn.code_bytes], os.path.join(root, "code", _safe(self.code_sha)))
+        # Lambda extracts every layer, in order, into one /opt (later layers win).
+        blobs, shas = [], []
         for arn in layer_arns:
             lv = backend.layers_versions_by_arn(arn)
-            self.layer_dirs.append(_unzip(lv.code_bytes, os.path.join(root, "layers", _safe(lv.code_sha_256))))
+            blobs.append(lv.code_bytes)
+            shas.append(lv.code_sha_256)
+        self.opt = _unzip(blobs, os.path.join(root, "opt", _safe("-".join(shas) or "none"))) if blobs else None
 
 
 def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "_", s)[:64]
+    return re.sub(r"[^A-Za-z0-9]", "_", s)[:64] + ("" if len(s) <= 64 else uuid.uuid5(uuid.NAMESPACE_OID, s).hex[:12])
 
 
-def _unzip(data: bytes, dest: str) -> str:
+def _unzip(blobs: list[bytes], dest: str) -> str:
+    """Unpack ``blobs`` in order into ``dest`` (once), file modes kept, then read-only."""
     if not os.path.isdir(dest):
         tmp = f"{dest}.{uuid.uuid4().hex}"
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            zf.extractall(tmp)
+        os.makedirs(tmp)
+        for data in blobs:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                for info in zf.infolist():
+                    path = zf.extract(info, tmp)
+                    mode = (info.external_attr >> 16) & 0o777
+                    if mode and not info.is_dir():
+                        os.chmod(path, mode)
+        _read_only(tmp)
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -231,9 +279,34 @@ def _unzip(data: bytes, dest: str) -> str:
     return dest
 
 
+def _read_only(root: str) -> None:
+    """Lambda's code dirs are read-only (also enforced by a read-only bind mount when
+    the sandbox runs in its own mount namespace, since file modes do not stop root)."""
+    for dirpath, dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode & 0o555)
+        os.chmod(dirpath, 0o555)
+
+
+def _writable(root: str) -> None:
+    for dirpath, dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o755)
+
+
+def namespaces_available() -> bool:
+    """Whether a sandbox can have its own mount namespace (root, or a permissive kernel)."""
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True) \
+        if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
 class Invocation:
-    def __init__(self, spec: FunctionSpec, payload: bytes, request_id: str, attempt: int = 0):
+    def __init__(self, spec: FunctionSpec, payload: bytes, request_id: str, attempt: int = 0,
+                 enqueued_at: float | None = None):
         self.spec, self.payload, self.request_id, self.attempt = spec, payload, request_id, attempt
+        self.enqueued_at = time.time() if enqueued_at is None else enqueued_at  # event age counts from acceptance
         self.taken = threading.Event()
         self.done = threading.Event()
         self.outcome = None  # ("response"|"error", body)
@@ -282,9 +355,12 @@ class Sandbox:
         self.spec_key = None
         self.init_error = None
         self.cold_starts = 0
-        self.server = _serve(_RuntimeAPI, sandbox=self)
+        self.cpus: list[int] = []
+        self.server = _serve(_RuntimeAPI, on_error=emulator.error, sandbox=self)
         self.port = self.server.server_address[1]
-        self.log = open(os.path.join(emulator.root, f"sandbox-{index}.log"), "ab")
+        self.log_path = os.path.join(emulator.root, f"sandbox-{index}.log")
+        self.log = open(self.log_path, "ab")
+        self.tmp = os.path.join(emulator.root, f"tmp-{index}")
         self.thread = threading.Thread(target=self._loop, daemon=True, name=f"sandbox-{index}")
         self.thread.start()
 
@@ -307,32 +383,65 @@ class Sandbox:
             inv.done.set()
 
     # Lifecycle
+    def _cpus(self, spec: FunctionSpec) -> list[int]:
+        cores = self.emu.host_cores
+        n = max(1, min(len(cores), -(-spec.memory // MB_PER_VCPU)))
+        first = (self.index * n) % len(cores)
+        return [cores[(first + k) % len(cores)] for k in range(n)]
+
+    def _place(self, spec: FunctionSpec) -> None:
+        """Run this invocation on the cores the other running sandboxes use least: Lambda
+        gives each execution environment its own vCPUs, which on a small host is the
+        closest we get (the runtime's thread counts were fixed by its affinity at start)."""
+        cores = sorted(self.emu.host_cores)
+        n = max(1, min(len(cores), -(-spec.memory // MB_PER_VCPU)))
+        with self.emu._lock:
+            use = {c: 0 for c in cores}
+            for other in self.emu.sandboxes:
+                if other is not self and other.current is not None:
+                    for c in other.cpus:
+                        use[c] = use.get(c, 0) + 1
+            self.cpus = sorted(sorted(cores, key=lambda c: (use[c], c))[:n])
+        try:
+            os.sched_setaffinity(self.proc.pid, self.cpus)
+        except OSError:
+            pass
+
     def _start(self, spec: FunctionSpec):
         self._kill()
         self.inbox = queue.Queue(maxsize=1)
+        if os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)  # a fresh execution environment
+        os.makedirs(self.tmp, mode=0o1777, exist_ok=True)
+        emu = self.emu
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
-        pythonpath = [spec.task_root] + [os.path.join(d, "python") for d in spec.layer_dirs]
-        tmp = os.path.join(self.emu.root, f"tmp-{self.index}")
-        os.makedirs(tmp, exist_ok=True)
+        # A quirk of this machine's processors, not of Lambda: older OpenBLAS builds need it.
+        env.update({k: os.environ[k] for k in emu.passthrough_env if k in os.environ})
         env.update(spec.env)
-        env.update(self.emu.role_env)
+        env.update(emu.role_env)
+        readonly = [spec.task_root, emu.runtime_dir] + ([spec.opt] if spec.opt else [])
         env.update({
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.port}",
-            "LAMBDA_TASK_ROOT": spec.task_root, "_HANDLER": spec.handler,
-            "PYTHONPATH": os.pathsep.join(pythonpath), "PYTHONUNBUFFERED": "1",
+            "LAMBDA_TASK_ROOT": spec.task_root, "LAMBDA_RUNTIME_DIR": emu.runtime_dir,
+            "_HANDLER": spec.handler, "PYTHONUNBUFFERED": "1",
             "AWS_LAMBDA_FUNCTION_NAME": spec.name, "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
-            "AWS_REGION": self.emu.region, "AWS_DEFAULT_REGION": self.emu.region,
-            "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}", "HOME": tmp, "TMPDIR": tmp,
+            "AWS_REGION": emu.region, "AWS_DEFAULT_REGION": emu.region,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}", "HOME": self.tmp, "TMPDIR": self.tmp,
+            "CB_EMULATOR_SANDBOX": json.dumps({
+                "task_root": spec.task_root, "opt": [spec.opt] if spec.opt else [],
+                "runtime_dir": emu.runtime_dir, "handler": spec.handler, "memory_mb": spec.memory,
+                "tmp": self.tmp, "tmp_mb": spec.tmp_mb, "readonly": readonly,
+                "isolate": emu.isolate, "cpus": self._cpus(spec)}),
         })
-        self.proc = subprocess.Popen([sys.executable, "-m", "awslambdaric", spec.handler],
+        self.proc = subprocess.Popen([emu.python, "-I", "-S", os.path.join(HERE, "lambda_sandbox_boot.py")],
                                      cwd=spec.task_root, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.spec_key = spec.key
         self.init_error = None
         self.cold_starts += 1
-        self.emu.count("cold_starts")
+        emu.count("cold_starts")
 
     def _kill(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -345,42 +454,67 @@ class Sandbox:
 
     def _loop(self):
         while not self.emu.stopped:
-            try:
-                inv = self.emu.queue.get(timeout=0.2)
-            except queue.Empty:
+            inv = self.emu.next_event()
+            if inv is None:
                 continue
             try:
                 self._run(inv)
-            except Exception as exc:  # keep the slot alive; record for debugging
-                self.emu.errors.append(repr(exc))
+            except Exception:  # keep the slot alive; the test that caused it fails
+                import traceback
+
+                self.emu.error(f"sandbox {self.index}: {traceback.format_exc()[-2000:]}")
+                self.current = None
         self._kill()
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - 1500))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def _run(self, inv: Invocation):
         spec = inv.spec
         if self.proc is None or self.proc.poll() is not None or self.spec_key != spec.key:
             self._start(spec)
         self.current = inv
+        self._place(spec)
         self.inbox.put(inv)
         proc = self.proc
         # Wait for the runtime to pick it up (its init counts against the timeout, as on Lambda).
         deadline = time.time() + spec.timeout
         while not inv.taken.wait(0.05):
             if proc.poll() is not None or time.time() > deadline:
+                died = proc.poll() is not None
                 self._drain()
-                return self._failed(inv, "init failed" if proc.poll() is not None else "init timeout")
+                self.emu.error(f"sandbox {self.index}: runtime {'exited during init' if died else 'init timeout'}"
+                               f" ({self.init_error or b''!r}); log tail:\n{self._log_tail()}")
+                return self._failed(inv, "init failed" if died else "init timeout")
         deadline = time.time() + spec.timeout
         kill_at = None
-        if self.emu.faults.roll(self.emu.faults.kill):
-            lo, hi = self.emu.faults.kill_after
-            kill_at = time.time() + random.uniform(lo, hi)
+        faults = self.emu.faults
+        if faults.roll(faults.kill):
+            lo, hi = faults.kill_after
+            with faults.lock:
+                kill_at = time.time() + faults.rng.uniform(lo, hi)
         while not inv.done.wait(0.01):
             now = time.time()
             if kill_at is not None and now >= kill_at:
-                self.emu.faults.count("killed")
+                faults.count("killed")
                 self._kill()
                 return self._failed(inv, "killed")
             if proc.poll() is not None:
-                return self._failed(inv, f"runtime exited with {proc.returncode}")
+                code = proc.returncode
+                self.proc = None
+                if code == -signal.SIGKILL or code == 137:
+                    # Out of memory (RLIMIT_AS makes Python raise first; a native allocation can
+                    # still take the process down): Lambda reports "Runtime exited", so do we.
+                    self.emu.count("runtime_exits")
+                else:
+                    self.emu.error(f"sandbox {self.index}: runtime exited with {code} mid-invocation; "
+                                   f"log tail:\n{self._log_tail()}")
+                return self._failed(inv, f"runtime exited with {code}")
             if now > deadline:
                 self._kill()  # Lambda ends the invocation at the function timeout
                 self.emu.count("timeouts")
@@ -419,32 +553,58 @@ class _InvokeAPI(_Quiet):
         m = re.fullmatch(r"/2015-03-31/functions/([^/?]+)/invocations(\?.*)?", self.path)
         if self.command == "POST" and m:
             return self.emu.handle_invoke(self, urllib.parse.unquote(m.group(1)), body)
+        if self.command == "GET" and self.path.rstrip("/") == "/2016-08-19/account-settings":
+            return self.emu.account_settings(self)
         relay(self, *forward(self.emu.moto_target, self.command, self.path, self.headers, body))
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _any
 
 
 class LambdaEmulator:
-    def __init__(self, moto_url: str, root: str, region: str = "us-east-1", concurrency: int = 4,
-                 faults: Faults | None = None, role_env: dict | None = None):
+    """``runtime_dir``: awslambdaric and the runtime's bundled SDK, installed for ``runtime``
+    (see ``build_runtime_dir``); only that runtime's functions can run."""
+
+    def __init__(self, moto_url: str, root: str, runtime_dir: str, runtime: str,
+                 region: str = "us-east-1", concurrency: int = 4, faults: Faults | None = None,
+                 role_env: dict | None = None, python: str | None = None, isolate: bool | None = None):
         u = urllib.parse.urlsplit(moto_url)
         self.moto_target = (u.hostname, u.port)
         self.root = root
         os.makedirs(root, exist_ok=True)
+        os.chmod(root, 0o755)
+        self.runtime_dir = runtime_dir
+        self.runtime = runtime
+        # The real interpreter behind the venv: with -I -S it sees only its standard library.
+        self.python = python or os.path.realpath(sys.executable)
+        self.isolate = namespaces_available() if isolate is None else isolate
+        self.passthrough_env = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+        self.host_cores = sorted(os.sched_getaffinity(0))
         self.region = region
+        self.concurrency = concurrency
         self.faults = faults or Faults()
         self.role_env = dict(role_env or ROLE_ENV)
-        self.queue: queue.Queue = queue.Queue()
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
         self.stopped = False
         self.errors: list[str] = []
         self.payloads: list[bytes] = []  # every accepted event, for the credential scan
         self.results: list[tuple[str, str, bytes]] = []  # (request id, kind, body)
-        self.counts = {"cold_starts": 0, "timeouts": 0, "invocations_run": 0, "async_retries": 0}
+        self.counts = {"cold_starts": 0, "timeouts": 0, "invocations_run": 0, "async_retries": 0,
+                       "expired": 0, "runtime_exits": 0, "max_queued": 0}
         self._lock = threading.Lock()
         self._specs: dict[tuple, FunctionSpec] = {}
         self.sandboxes = [Sandbox(self, i) for i in range(concurrency)]
-        self.server = _serve(_InvokeAPI, emu=self)
+        self.server = _serve(_InvokeAPI, on_error=self.error, emu=self)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            self.errors.append(text)
+
+    def take_errors(self) -> list[str]:
+        with self._lock:
+            out, self.errors[:] = list(self.errors), []
+        return out
 
     def count(self, what, n=1):
         with self._lock:
@@ -464,12 +624,25 @@ class LambdaEmulator:
             fn = backend.get_function(name)
         except Exception:
             return None
-        key = (fn.function_arn, fn.code_sha_256, fn.last_modified)
+        cfgs = getattr(fn, "event_invoke_config", []) or []
+        key = (fn.function_arn, fn.code_sha_256, fn.last_modified, len(cfgs))
         with self._lock:
             spec = self._specs.get(key)
-            if spec is None:
-                spec = self._specs[key] = FunctionSpec(fn, backend, self.root)
+        if spec is None:
+            spec = FunctionSpec(fn, backend, self.root)
+            with self._lock:
+                self._specs[key] = spec
         return spec
+
+    def account_settings(self, h):
+        """GetAccountSettings: moto has none; the data plane knows its concurrency."""
+        body = {"AccountLimit": {"ConcurrentExecutions": self.concurrency,
+                                 "UnreservedConcurrentExecutions": self.concurrency,
+                                 "CodeSizeUnzipped": 262144000, "CodeSizeZipped": 52428800,
+                                 "TotalCodeSize": 80530636800},
+                "AccountUsage": {"FunctionCount": len({s.name for s in self._specs.values()}),
+                                 "TotalCodeSize": 0}}
+        h._reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
     def handle_invoke(self, h: _InvokeAPI, name: str, body: bytes):
         faults = self.faults
@@ -480,16 +653,20 @@ class LambdaEmulator:
             return self._error(h, 404, "ResourceNotFoundException", f"Function not found: {name}")
         if spec.package_type != "Zip":
             return self._error(h, 400, "InvalidRuntimeException", "the emulator runs zip functions only")
-        want = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        if spec.runtime != want:
+        if spec.runtime != self.runtime:
             return self._error(h, 400, "InvalidRuntimeException",
-                               f"runtime {spec.runtime} not available here (only {want})")
+                               f"runtime {spec.runtime} not available here (only {self.runtime})")
+        machine = {"x86_64": "x86_64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+        if spec.arch != machine:
+            return self._error(h, 400, "InvalidRuntimeException",
+                               f"this emulator runs {machine} functions, not {spec.arch}")
         itype = h.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if itype != "Event":
             return self._error(h, 400, "InvalidParameterValueException",
                                "the emulator supports InvocationType=Event only")
-        if len(body) > 256 * 1024:
-            return self._error(h, 413, "RequestEntityTooLargeException", "payload over 256 KB")
+        if len(body) > ASYNC_PAYLOAD_LIMIT:
+            return self._error(h, 413, "RequestEntityTooLargeException",
+                               f"{len(body)} byte payload is over the {ASYNC_PAYLOAD_LIMIT} byte limit")
         if faults.roll(faults.throttle):
             faults.count("throttled")
             info = {"Type": "User", "message": "Rate Exceeded.",
@@ -497,7 +674,8 @@ class LambdaEmulator:
                     "retryAfterSeconds": str(faults.retry_after)}
             return h._reply(429, json.dumps(info).encode(), {
                 "Content-Type": "application/json", "x-amzn-ErrorType": "TooManyRequestsException"})
-        request_id = str(uuid.uuid4())
+        with faults.lock:
+            request_id = str(uuid.UUID(int=faults.rng.getrandbits(128), version=4))
         faults.count("accepted")
         with self._lock:
             self.payloads.append(body)
@@ -506,11 +684,38 @@ class LambdaEmulator:
         else:
             copies = 1
             if faults.roll(faults.duplicate):
-                copies = faults.rng.choice((2, 3))
+                with faults.lock:
+                    copies = faults.rng.choice((2, 3))
                 faults.count("duplicated")
             for _ in range(copies):
-                self.queue.put(Invocation(spec, body, request_id))
+                self.enqueue(Invocation(spec, body, request_id))
         h._reply(202, b"", {"x-amzn-RequestId": request_id})
+
+    # The async queue: events wait for a free slot, up to their maximum age.
+    def enqueue(self, inv: Invocation) -> None:
+        with self._cond:
+            self._queue.append(inv)
+            if len(self._queue) > self.counts["max_queued"]:
+                self.counts["max_queued"] = len(self._queue)
+            self._cond.notify()
+
+    def next_event(self) -> Invocation | None:
+        with self._cond:
+            while not self._queue and not self.stopped:
+                self._cond.wait(0.2)
+                if not self._queue:
+                    return None
+            if self.stopped:
+                return None
+            inv = self._queue.popleft()
+        if time.time() - inv.enqueued_at > inv.spec.max_event_age:
+            self.count("expired")  # Lambda discards it (or sends it to an on-failure destination)
+            return None
+        return inv
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
 
     @staticmethod
     def _error(h, status, kind, message):
@@ -526,16 +731,47 @@ class LambdaEmulator:
         """Lambda retries failed async invocations up to MaximumRetryAttempts (default 2)."""
         if inv.attempt < inv.spec.max_retries:
             self.count("async_retries")
-            again = Invocation(inv.spec, inv.payload, inv.request_id, inv.attempt + 1)
-            threading.Timer(0.5, self.queue.put, args=(again,)).start()
+            again = Invocation(inv.spec, inv.payload, inv.request_id, inv.attempt + 1, inv.enqueued_at)
+            timer = threading.Timer(0.5, self.enqueue, args=(again,))
+            timer.daemon = True
+            timer.start()
 
     def idle(self) -> bool:
-        return self.queue.empty() and all(s.current is None for s in self.sandboxes)
+        return self.queued() == 0 and all(s.current is None for s in self.sandboxes)
 
     def close(self):
         self.stopped = True
+        with self._cond:
+            self._cond.notify_all()
         self.server.shutdown()
         self.server.server_close()
         for s in self.sandboxes:
             s.thread.join(timeout=5)
             s.close()
+        for sub in ("code", "opt"):
+            if os.path.isdir(os.path.join(self.root, sub)):
+                _writable(os.path.join(self.root, sub))
+
+
+def build_runtime_dir(runtime: str, cache_root: str) -> str:
+    """The runtime's own files, for the emulator's sandboxes: awslambdaric (the host's
+    version) and the boto3/botocore the Lambda runtime bundles, installed from the
+    package registry by the project's packaging code (wheels cached in ``cache_root``)."""
+    import importlib.metadata as md
+
+    from cloudbutton_executor import packaging
+
+    machine = {"x86_64": "x86_64", "aarch64": "arm64"}[os.uname().machine]
+    want = dict(packaging.runtime_info(runtime)["sdk"], awslambdaric=md.version("awslambdaric"))
+    key = hashlib.sha256(json.dumps([runtime, machine, sorted(want.items())]).encode()).hexdigest()[:16]
+    dest = os.path.join(cache_root, "runtimes", f"{runtime}-{machine}-{key}")
+    if os.path.isdir(dest):
+        return dest
+    tmp = f"{dest}.{uuid.uuid4().hex}"
+    packaging.resolve(want, runtime, machine, tmp, cache=os.path.join(cache_root, "wheels"))
+    packaging.strip_tree(tmp)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

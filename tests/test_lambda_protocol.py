@@ -104,7 +104,8 @@ def test_no_credentials_in_any_event_or_object(lambda_ex, lambda_emulator, moto_
         import os
 
         print("task", len(x))
-        assert "AWS_SECRET_ACCESS_KEY" in os.environ  # the runtime has its role...
+        if "AWS_SECRET_ACCESS_KEY" not in os.environ:  # the runtime has its role...
+            raise RuntimeError("no role")  # (no assert: pytest's rewrite is not on Lambda)
         if len(x) == 3:
             raise ValueError("boom")
         return x * 2 if len(x) > 10 else len(x)
@@ -184,7 +185,9 @@ def test_status_reports_readiness_without_secrets(lambda_ex):
 
 
 @pytest.mark.parametrize("token", [None, "session-token-value"])
-def test_fast_invoke_signature_matches_botocore(token):
+def test_fast_invoke_signature_is_botocores(token):
+    """The fast path's headers carry the signature botocore computes for that request
+    (recomputed independently of the signer object, from the date it stamped)."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
@@ -192,17 +195,44 @@ def test_fast_invoke_signature_matches_botocore(token):
     from cloudbutton_executor.backends.aws_lambda import SigV4Signer
 
     creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
-    host, path, body = "lambda.eu-west-1.amazonaws.com", "/2015-03-31/functions/my-fn/invocations", b'{"a": 1}'
-    ours = SigV4Signer(creds, "eu-west-1", "lambda").headers(
-        "POST", host, path, {"X-Amz-Invocation-Type": "Event", "Content-Type": "application/json"},
-        body, amz_date="20260102T030405Z")
-    req = AWSRequest(method="POST", url=f"https://{host}{path}", data=body,
-                     headers={k: v for k, v in ours.items() if k != "Authorization"})
-    req.context["timestamp"] = "20260102T030405Z"
-    auth = SigV4Auth(creds, "lambda", "eu-west-1")
-    expected = auth.signature(auth.string_to_sign(req, auth.canonical_request(req)), req)
-    assert ours["Authorization"].endswith(f"Signature={expected}")
-    assert ("x-amz-security-token" in ours["Authorization"]) == bool(token)
+    host, path = "lambda.eu-west-1.amazonaws.com", "/2015-03-31/functions/my%3Afn/invocations"
+    for body in (b'{"a": 1}', b"", "é".encode() * 1000):
+        ours = SigV4Signer(creds, "eu-west-1", "lambda").headers(
+            "POST", host, path, {"X-Amz-Invocation-Type": "Event", "Content-Type": "application/json"}, body)
+        req = AWSRequest(method="POST", url=f"https://{host}{path}", data=body,
+                         headers={k: v for k, v in ours.items() if k not in ("Authorization", "Host")})
+        req.context["timestamp"] = ours["X-Amz-Date"]
+        auth = SigV4Auth(creds, "lambda", "eu-west-1")
+        expected = auth.signature(auth.string_to_sign(req, auth.canonical_request(req)), req)
+        assert ours["Authorization"].endswith(f"Signature={expected}")
+        assert ("X-Amz-Security-Token" in ours) == bool(token)
+        assert ours["Host"] == host
+
+
+def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch):
+    """Each try has a short timeout (connect and answer), then botocore-style retries."""
+    import socket
+
+    import boto3
+
+    from cloudbutton_executor import InfrastructureError
+    from cloudbutton_executor.backends.aws_lambda import _FastInvoker
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections (the kernel does), never answers
+    try:
+        session = boto3.session.Session(aws_access_key_id="AKIAHOSTDUMMYKEY0001",
+                                        aws_secret_access_key="x" * 40, region_name=REGION)
+        inv = _FastInvoker(session, REGION, f"http://127.0.0.1:{silent.getsockname()[1]}", "fn",
+                           timeout_s=0.3)
+        t0 = time.time()
+        with pytest.raises(InfrastructureError, match="could not reach Lambda"):
+            inv.invoke(b"{}")
+        took = time.time() - t0
+    finally:
+        silent.close()
+    assert 4 * 0.3 <= took < 5 * 0.3 + 3, took
 
 
 def test_every_event_lost_still_ends_by_the_timeout(

@@ -35,9 +35,19 @@ def _parser() -> argparse.ArgumentParser:
                        "again changes nothing unless something differs.")
     d.add_argument("--memory", type=int, metavar="MB", help="function memory in MB (128-10240)")
     d.add_argument("--timeout", type=int, metavar="S", help="function timeout in seconds (1-900)")
+    d.add_argument("--arch", choices=("x86_64", "arm64"),
+                   help="architecture (arm64: Graviton); layers get wheels for it")
+    d.add_argument("--sync", action="store_true",
+                   help="deploy, as a layer, the packages your Lambda jobs import (recorded by each "
+                        "job's pre-flight check), pinned to this environment's versions")
+    d.add_argument("--modules", metavar="M,M", type=lambda t: [m for m in t.split(",") if m],
+                   default=[], help="also these importable modules (e.g. numpy,sklearn)")
+    d.add_argument("--requirements", metavar="FILE",
+                   help="pip requirements added to the layer (exact pins win over --sync)")
     g = d.add_mutually_exclusive_group()
-    g.add_argument("--requirements", metavar="FILE",
-                   help="pip requirements installed into a Lambda layer (built for manylinux2014_x86_64)")
+    g.add_argument("--image", action="store_true",
+                   help="the container-image path: a Dockerfile on the public Lambda Python image "
+                        "with the same pins, built and pushed to ECR (or the commands printed)")
     g.add_argument("--image-uri", metavar="URI", help="deploy a container image instead of the zip")
 
     s = sub.add_parser("status", help="credentials, deployed function and version check",
@@ -90,8 +100,9 @@ def cmd_deploy(args, out) -> int:
 
     cfg = _load_config(args)
     print(f"Deploying {cfg.lambda_.function_name} (config: {cfg.path or 'defaults'})", file=out)
-    actions = deploy(cfg, memory=args.memory, timeout=args.timeout,
-                     requirements=args.requirements, image_uri=args.image_uri, out=out)
+    actions = deploy(cfg, memory=args.memory, timeout=args.timeout, requirements=args.requirements,
+                     image_uri=args.image_uri, sync=args.sync, modules=args.modules, arch=args.arch,
+                     image=args.image, out=out)
     changed = [a for a in actions if a[0] != "unchanged"]
     print("Nothing to do: everything is up to date." if not changed
           else f"Done: {len(changed)} change(s).", file=out)
@@ -189,6 +200,9 @@ def main(argv=None, out=None) -> int:
     try:
         return COMMANDS[args.command](args, out)
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        if type(exc).__name__ == "ImageRequired":  # the commands to run are the answer
+            print(f"cloudbutton {args.command}: {exc}", file=out)
+            return 3
         print(f"cloudbutton {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
     except Exception as exc:  # botocore errors: say which call failed, no stack dump

@@ -15,6 +15,7 @@ Example::
       function_name: cloudbutton-worker
       memory: 1024               # MB
       timeout: 300               # s, at most 900
+      architecture: x86_64       # or arm64
       workers: 100               # concurrent invocations per job
       invoke_threads: 96         # threads sending invocations
     endpoints:                   # only for emulators (moto, LocalStack)
@@ -56,10 +57,12 @@ class LambdaConfig:
     layer_name: str | None = None         # default: <function_name>-deps
     memory: int = 1024
     timeout: int = 300
+    architecture: str = "x86_64"          # or arm64 (Graviton): wheels are chosen to match
     workers: int = 100
     invoke_threads: int = 96
     fast_invoke: bool = True              # signed HTTP invokes without botocore's per-call overhead
                                           # (boto3 is used anyway behind an HTTP(S)_PROXY)
+    invoke_timeout: float = 5.0           # s per invoke try (connect + answer), then retried
     poll_interval: float = 0.2            # s between LISTs of a running job's statuses
     deadline_grace: float = 20.0          # s after the timeout before the host declares a timeout
     lost_after: float = 30.0              # s before a silent invocation may be presumed lost
@@ -204,6 +207,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"{where}: lambda.memory must be 128..10240 MB, got {lam.memory}")
     if not 1 <= lam.timeout <= 900:
         raise ConfigError(f"{where}: lambda.timeout must be 1..900 s, got {lam.timeout}")
+    if lam.architecture not in ("x86_64", "arm64"):
+        raise ConfigError(f"{where}: lambda.architecture must be x86_64 or arm64, got {lam.architecture!r}")
     if lam.workers < 1 or lam.invoke_threads < 1:
         raise ConfigError(f"{where}: lambda.workers and lambda.invoke_threads must be >= 1")
     if lam.poll_interval <= 0:

@@ -61,10 +61,30 @@ class LostInvocationError(InfrastructureError):
     kind = "lost"
 
 
+class WorkerSetupError(InfrastructureError):
+    """The worker could not start the task: the function or its inputs could not be
+    loaded (a module missing on the worker, a version skew, unreadable inputs, a full
+    /tmp). The message names the worker's Python and cloudpickle versions and, for a
+    missing module, the module (also in ``missing_module``)."""
+
+    kind = "setup"
+
+    def __init__(self, message: str, task_id: str | None = None, missing_module: str | None = None):
+        super().__init__(message, task_id)
+        self.missing_module = missing_module
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.task_id, self.missing_module))
+
+
 class VersionMismatchError(RuntimeError):
     """The deployed worker runs other versions than the host."""
 
 
+class MissingPackageError(VersionMismatchError):
+    """The deployed runtime lacks a module the job imports, or has another version of it."""
+
+
 INFRA_ERRORS = {cls.kind: cls for cls in
                 (InfrastructureError, TaskTimeoutError, OutOfMemoryError, WorkerDiedError,
-                 LostInvocationError)}
+                 LostInvocationError, WorkerSetupError)}

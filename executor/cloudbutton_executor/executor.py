@@ -7,7 +7,7 @@ import threading
 import time
 import weakref
 
-from . import protocol, serialize
+from . import job_modules, protocol, serialize
 from .backends import get_backend
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
 from .job import Job, _gc_paused
@@ -78,8 +78,11 @@ class Executor:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.backend_name = backend
-        self.timeout = _positive("timeout", timeout) or DEFAULT_TIMEOUT_S
-        self.memory_mb = _positive("memory_mb", memory_mb) or DEFAULT_MEMORY_MB[backend]
+        # Lambda: None means the deployed Timeout (read at submit, see _submit_blob).
+        self.timeout = _positive("timeout", timeout) or (None if backend == "lambda" else DEFAULT_TIMEOUT_S)
+        # Lambda: None means the deployed MemorySize (read at submit, see _submit_blob).
+        self.memory_mb = _positive("memory_mb", memory_mb) or \
+            (None if backend == "lambda" else DEFAULT_MEMORY_MB[backend])
         self.retries = int(retries)
         self.auto_batch_target_s = _positive("auto_batch_target_s", auto_batch_target_s) \
             or DEFAULT_AUTO_TARGET_S[backend]
@@ -146,7 +149,8 @@ class Executor:
         if not callable(reduce_fn):
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
         map_job = self.map(map_fn, iterdata, **map_options)
-        reduce_blob = serialize.dumps(reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
+        reduce_blob, reduce_modules = job_modules.dumps_with_modules(
+            reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
         outer: cf.Future = cf.Future()
 
         def run_reduce():
@@ -158,7 +162,7 @@ class Executor:
             tasks = map_job.task_ids()
             try:
                 job = self._submit_blob(reduce_blob, getattr(reduce_fn, "__name__", "reduce"),
-                                        [b""], chunksize=1,
+                                        [b""], chunksize=1, modules=reduce_modules,
                                         reduce={"job_id": map_job.job_id, "tasks": tasks})
                 job[0].add_done_callback(lambda f: _chain(f, outer))
             except BaseException as exc:  # storage errors must reach the caller
@@ -166,7 +170,7 @@ class Executor:
 
         if not len(map_job):
             self._submit_blob(reduce_blob, "reduce", [serialize.dumps((([],), {}), "reduce input")],
-                              chunksize=1)[0].add_done_callback(lambda f: _chain(f, outer))
+                              chunksize=1, modules=reduce_modules)[0].add_done_callback(lambda f: _chain(f, outer))
         else:
             threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
         outer.map_job = map_job
@@ -178,12 +182,12 @@ class Executor:
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        blob = serialize.dumps(fn, f"function {name}")
+        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}")
         if payloads is None:
             payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
                 if len(calls) < 64 else self._dumps_many(calls)
         return self._submit_blob(blob, name, payloads, chunksize=chunksize, timeout=timeout,
-                                 retries=retries, memory_mb=memory_mb, label=label)
+                                 retries=retries, memory_mb=memory_mb, label=label, modules=modules)
 
     @staticmethod
     def _dumps_many(calls) -> list[bytes]:
@@ -196,20 +200,26 @@ class Executor:
             raise
 
     def _submit_blob(self, blob, name, payloads, *, chunksize, timeout=None, retries=None,
-                     memory_mb=None, label=None, reduce=None) -> Job:
+                     memory_mb=None, label=None, reduce=None, modules=()) -> Job:
+        timeout = _positive("timeout", timeout) or self.timeout
+        memory_mb = _positive("memory_mb", memory_mb) or self.memory_mb
+        # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as asked.
+        if hasattr(self.backend, "check_job"):
+            fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
+            memory_mb, timeout = fit["memory_mb"], fit["timeout"]
+        elif hasattr(self.backend, "check_ready"):
+            self.backend.check_ready()
         fkey = protocol.function_key(self.prefix, serialize.digest(blob))
         if fkey not in self._uploaded:
             if not self.storage.exists(fkey):
                 self.storage.put(fkey, blob)
             self._uploaded.add(fkey)
-        if hasattr(self.backend, "check_ready"):
-            self.backend.check_ready()
         job = Job(job_id=protocol.new_job_id(), backend=self.backend, storage=self.storage,
                   prefix=self.prefix, function_key=fkey, function_name=name, payloads=payloads,
                   chunksize=chunksize,
-                  timeout=_positive("timeout", timeout) or self.timeout,
+                  timeout=timeout,
                   retries=self.retries if retries is None else int(retries),
-                  memory_mb=_positive("memory_mb", memory_mb) or self.memory_mb,
+                  memory_mb=memory_mb,
                   auto_target_s=self.auto_batch_target_s, concurrency=self.concurrency,
                   label=label, reduce=reduce)
         with self._lock:

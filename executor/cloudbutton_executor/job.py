@@ -639,6 +639,10 @@ class Job(collections.abc.Sequence):
             self._error_info[i] = err
             if infra:
                 exc = INFRA_ERRORS.get(infra.get("kind"), InfrastructureError)(infra.get("message", ""), tid)
+                if infra.get("missing_module"):
+                    exc.missing_module = infra["missing_module"]
+                if infra.get("traceback"):
+                    exc.__cause__ = RemoteTraceback(infra["traceback"])
             else:
                 value = outcomes[k][1]
                 exc = value if isinstance(value, BaseException) else RemoteError(

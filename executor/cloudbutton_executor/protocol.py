@@ -132,7 +132,7 @@ def item_errors(status: dict) -> dict[int, dict]:
     infra = status.get("infra")
     if infra is not None:
         record = {"type": infra.get("type", "InfrastructureError"), "kind": infra.get("kind"),
-                  "message": infra.get("message", ""), "traceback": ""}
+                  "message": infra.get("message", ""), "traceback": infra.get("traceback", "")}
         return dict.fromkeys(range(*task_range(status["task"])), record)
     return {int(k): v for k, v in (item_columns(status).get("errors") or {}).items()}
 

@@ -215,6 +215,27 @@ def _read_all(fd: int, start: int) -> bytes:
     return _read_range(fd, start, os.fstat(fd).st_size - start)
 
 
+def _conditional_puts(client) -> None:
+    """Let ``put_object(IfNoneMatch="*")`` work on botocore releases older than S3's
+    conditional writes (Aug 2024) -- such as the one Lambda's Python runtimes bundle:
+    the parameter is taken out before validation and sent as the header it stands for."""
+    shape = client.meta.service_model.operation_model("PutObject").input_shape
+    if "IfNoneMatch" in shape.members:
+        return
+
+    def take(params, context, **_):
+        if "IfNoneMatch" in params:
+            context["cloudbutton_if_none_match"] = params.pop("IfNoneMatch")
+
+    def add(request, **_):
+        value = request.context.get("cloudbutton_if_none_match")
+        if value is not None:
+            request.headers["If-None-Match"] = value
+
+    client.meta.events.register("before-parameter-build.s3.PutObject", take)
+    client.meta.events.register("before-sign.s3.PutObject", add)
+
+
 class S3Storage(Storage):
     kind = "s3"
 
@@ -244,6 +265,7 @@ class S3Storage(Storage):
                         "s3", region_name=self.region, endpoint_url=self.endpoint_url,
                         config=Config(retries={"mode": "standard", "max_attempts": 8},
                                       max_pool_connections=self._max_pool))
+                    _conditional_puts(self._client)
         return self._client
 
     def _is_missing(self, err) -> bool:

@@ -20,10 +20,24 @@ import traceback
 
 from . import context as _context
 from . import protocol
-from .errors import OutOfMemoryError, RemoteError
+from .errors import OutOfMemoryError, RemoteError, TaskTimeoutError
 from .storage import NotFound, storage_from_description
 
 _PROCESS_START = time.time()
+# Seconds from the runtime's start to this module's import (the part of Lambda's INIT
+# phase we can see): reported once, by the container's first (cold) invocation.
+def _seconds_since_process_start() -> float | None:
+    try:  # Linux: the process's start in clock ticks after boot, against the uptime now
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 3))
+    except Exception:
+        return None
+
+
+_INIT_DURATION_S = _seconds_since_process_start()
 _invocations = 0
 _functions: dict[str, object] = {}  # warm containers keep function blobs
 _storages: dict[str, object] = {}
@@ -138,6 +152,9 @@ def _read_results(storage, prefix, job_id, tid, status):
 
 
 def handler(event, context=None):
+    """Run one invocation; whatever happens, exactly one terminal status is written
+    (PyWren's rule): a setup failure (cancel check, function, inputs) becomes an
+    error status naming the cause, so the host ends the task at once."""
     global _invocations
     worker_start = time.time()
     cold = _invocations == 0
@@ -145,65 +162,140 @@ def handler(event, context=None):
     prefix, job_id, tid = event["prefix"], event["job_id"], event["task"]
     storage = _storage(event["storage"])
     counts_before = storage.request_counts
-
-    # An event may allow a warm container to trust a recent "not cancelled" answer for
-    # ``cancel_check_ttl`` seconds (Lambda: saves one HEAD per task; the host also stops
-    # sending a cancelled job's events). Without it, every task checks.
-    ttl = event.get("cancel_check_ttl")
-    seen = _no_cancel_seen.get(job_id)
-    if ttl is None or seen is None or worker_start - seen > ttl:
-        if storage.exists(protocol.cancel_key(prefix, job_id)):
+    stats = {"host_submit": event.get("host_submit"), "worker_start": worker_start,
+             "cold_start": cold, "runtime_start": _PROCESS_START,
+             "request_id": getattr(context, "aws_request_id", None), "pid": os.getpid()}
+    if cold and _INIT_DURATION_S is not None:
+        stats["init_s"] = _INIT_DURATION_S  # billed INIT time of this container (cold starts)
+    try:
+        if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
-        if ttl is not None:
-            _no_cancel_seen[job_id] = worker_start
-
-    fkey = event["function_key"]
-    fn = _functions.get(fkey)
-    if fn is None:
-        import cloudpickle
-
-        fn = _functions[fkey] = cloudpickle.loads(storage.get(fkey))
-    inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
-    setup_done = time.time()
+        fn = _load_function(storage, event["function_key"])
+        inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
+    except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
+        status = _setup_failure_status(event, exc, stats)
+        return _write_status(storage, event, status, counts_before)
+    stats["setup_done"] = time.time()
 
     first = protocol.task_range(tid)[0]
-    outcomes, items = _run_items(fn, inputs, first, tid, event)
-    compute_done = time.time()
+    with _job_deadline(event, context, worker_start):
+        outcomes, items = _run_items(fn, inputs, first, tid, event)
+    stats["compute_done"] = time.time()
 
     blob = _dump_outcomes(outcomes, items["errors"], first)  # may add errors (unpicklable results)
-    status = {
-        "v": protocol.PROTOCOL_VERSION,
-        "job_id": job_id,
-        "task": tid,
-        "state": "error" if items["errors"] else "done",
-        "attempt": event.get("attempt", 0),
-        "items": items,
-        "stats": {
-            "host_submit": event.get("host_submit"),
-            "worker_start": worker_start,
-            "setup_done": setup_done,
-            "compute_done": compute_done,
-            "cold_start": cold,
-            "runtime_start": _PROCESS_START,
-            "peak_mem_mb": round(_peak_mem_mb(), 1),
-            "request_id": getattr(context, "aws_request_id", None),
-            "pid": os.getpid(),
-        },
-    }
+    stats["peak_mem_mb"] = round(_peak_mem_mb(), 1)
+    status = {"v": protocol.PROTOCOL_VERSION, "job_id": job_id, "task": tid,
+              "state": "error" if items["errors"] else "done", "attempt": event.get("attempt", 0),
+              "items": items, "stats": stats}
     if len(blob) <= protocol.INLINE_RESULT_BYTES:
         status["result"] = {"inline": base64.b64encode(blob).decode()}
     else:
         storage.put_if_absent(protocol.result_key(prefix, job_id, tid), blob)
         status["result"] = {"key": protocol.result_key(prefix, job_id, tid), "bytes": len(blob)}
+    return _write_status(storage, event, status, counts_before)
+
+
+def _cancelled(storage, prefix, job_id, now, ttl) -> bool:
+    # An event may allow a warm container to trust a recent "not cancelled" answer for
+    # ``cancel_check_ttl`` seconds (Lambda: saves one HEAD per task; the host also stops
+    # sending a cancelled job's events). Without it, every task checks.
+    seen = _no_cancel_seen.get(job_id)
+    if ttl is None or seen is None or now - seen > ttl:
+        if storage.exists(protocol.cancel_key(prefix, job_id)):
+            return True
+        if ttl is not None:
+            _no_cancel_seen[job_id] = now
+    return False
+
+
+def _load_function(storage, fkey):
+    fn = _functions.get(fkey)
+    if fn is None:
+        import cloudpickle
+
+        fn = _functions[fkey] = cloudpickle.loads(storage.get(fkey))
+    return fn
+
+
+def _worker_versions() -> dict:
+    out = {"python": ".".join(map(str, sys.version_info[:3]))}
+    try:
+        import cloudpickle
+
+        out["cloudpickle"] = cloudpickle.__version__
+    except Exception:  # the very thing that failed, perhaps
+        out["cloudpickle"] = None
+    return out
+
+
+def _setup_failure_status(event, exc: BaseException, stats: dict) -> dict:
+    """An error status for a task whose function or inputs could not be loaded: every
+    item fails with one infrastructure error saying why, and on which worker."""
+    versions = _worker_versions()
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    what = f"{type(exc).__name__}: {str(exc)[:1500]}"
+    message = (f"task {event['task']} could not start on the worker (Python {versions['python']}, "
+               f"cloudpickle {versions['cloudpickle']}): {what}")
+    if missing:
+        message += (f". The worker has no module {missing!r}: deploy the job's packages "
+                    "(`cloudbutton deploy --sync`) or install it for the local workers")
+    infra = {"type": "WorkerSetupError", "kind": "setup", "message": message,
+             "exception": {"type": type(exc).__qualname__, "module": type(exc).__module__,
+                           "message": str(exc)[:2000]},
+             "traceback": traceback.format_exc()[-20000:], "worker": versions}
+    if missing:
+        infra["missing_module"] = missing
+    stats["setup_done"] = stats["compute_done"] = time.time()
+    stats["peak_mem_mb"] = round(_peak_mem_mb(), 1)
+    return {"v": protocol.PROTOCOL_VERSION, "job_id": event["job_id"], "task": event["task"],
+            "state": "error", "attempt": event.get("attempt", 0), "infra": infra, "items": {},
+            "stats": stats}
+
+
+def _write_status(storage, event, status: dict, counts_before: dict) -> dict:
     counts = storage.request_counts
     # The status PUT itself is counted here, before it happens, so the count is complete.
     worker_requests = {k: counts.get(k, 0) - counts_before.get(k, 0) for k in counts}
     worker_requests["PUT"] = worker_requests.get("PUT", 0) + 1
     status["stats"]["requests"] = {k: v for k, v in worker_requests.items() if v}
     status["stats"]["result_stored"] = time.time()
-    written = storage.put_if_absent(protocol.status_key(prefix, job_id, tid),
-                                    json.dumps(status, separators=(",", ":")).encode())
-    return {"task": tid, "state": status["state"], "written": written}
+    written = storage.put_if_absent(
+        protocol.status_key(event["prefix"], event["job_id"], event["task"]),
+        json.dumps(status, separators=(",", ":")).encode())
+    return {"task": event["task"], "state": status["state"], "written": written}
+
+
+class _JobDeadline(BaseException):
+    """The job's own timeout, shorter than the runtime's, has passed (see _job_deadline)."""
+
+
+@contextlib.contextmanager
+def _job_deadline(event, context, started: float):
+    """Stop the task at the job's timeout when it is shorter than what the runtime allows
+    (Lambda: a per-job timeout under the function's Timeout): the items not finished
+    then end as timeouts in this invocation's status, instead of running on and billing."""
+    import signal
+    import threading
+
+    limit = event.get("timeout")
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    left = remaining() / 1000.0 if remaining else None
+    armed = (limit and left is not None and limit + 1.0 < left
+             and threading.current_thread() is threading.main_thread())
+    if not armed:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _JobDeadline()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, started + limit - time.time()))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _run_items(fn, inputs, first: int, tid: str, event):
@@ -214,17 +306,37 @@ def _run_items(fn, inputs, first: int, tid: str, event):
     per-item work is a few attribute reads, two clock reads and an unpickle."""
     outcomes, errors, flops, stdout, t0_us, t1_us = [], {}, {}, {}, [], []
     tee = _Tee(sys.stdout)  # one capture for the batch, emptied after each item
+    base = time.time()
+    try:
+        _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, stdout, t0_us, t1_us, tee, base)
+    except _JobDeadline:
+        # The item running then and the rest end as timeouts; the status still gets written.
+        now = int((time.time() - base) * 1e6)
+        for j in range(len(outcomes), len(inputs)):
+            tmo = TaskTimeoutError(f"item {first + j} did not finish within the job's "
+                                   f"timeout of {event.get('timeout'):g} s", tid)
+            errors[str(first + j)] = dict(_error_record(tmo), kind="timeout")
+            outcomes.append((False, tmo))
+        for col in (t0_us, t1_us):
+            del col[len(outcomes):]
+            col.extend([now] * (len(outcomes) - len(col)))
+    return outcomes, {"base": base, "t0_us": t0_us, "t1_us": t1_us,
+                      "errors": errors, "flops": flops, "stdout": stdout}
+
+
+def _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, stdout, t0_us, t1_us, tee, base):
     buf = tee.buf
     reported = _context._flops
     reported[0] = 0
     clock, loads = time.time, pickle.loads
-    base = clock()
     with contextlib.redirect_stdout(tee):
         for k, raw in enumerate(inputs):
             t0 = clock()
             try:
                 args, kwargs = loads(raw)
                 outcomes.append((True, fn(*args, **kwargs)))
+            except _JobDeadline:
+                raise  # ends the batch: see below
             except MemoryError as exc:
                 limit = event.get("memory_mb")
                 oom = OutOfMemoryError(f"task exceeded the memory limit of {limit} MB" if limit
@@ -245,8 +357,6 @@ def _run_items(fn, inputs, first: int, tid: str, event):
             if buf.tell():
                 stdout[str(first + k)] = buf.getvalue()
                 buf = tee.buf = io.StringIO()
-    return outcomes, {"base": base, "t0_us": t0_us, "t1_us": t1_us,
-                      "errors": errors, "flops": flops, "stdout": stdout}
 
 
 def _dump_outcomes(outcomes, errors, first: int) -> bytes:

@@ -1,0 +1,91 @@
+"""Every invocation writes exactly one terminal status, also when its setup fails: the
+task ends at once with an error naming the cause (not at its deadline)."""
+import sys
+import time
+import types
+
+import pytest
+
+from cloudbutton_executor import WorkerSetupError
+
+
+def _host_only_function(name="cb_host_only_mod"):
+    """A function pickled by reference to a module that exists only in this process."""
+    mod = types.ModuleType(name)
+    exec("def f(x):\n    return x + 1\n", mod.__dict__)
+    sys.modules[name] = mod
+    return mod.f
+
+
+class FailsToLoad:
+    """Pickles fine on the host; unpickling it on the worker raises."""
+
+    def __reduce__(self):
+        return (_explode, ("state rejected by the worker",))
+
+
+def _explode(msg):
+    raise ValueError(msg)
+
+
+def _check_setup_error(err, took, timeout):
+    assert isinstance(err, WorkerSetupError), repr(err)
+    assert took < min(10, timeout / 2), took  # not at the deadline
+    text = str(err)
+    assert f"Python {sys.version_info.major}.{sys.version_info.minor}" in text
+    assert "cloudpickle" in text
+
+
+def test_missing_module_ends_the_task_at_once_with_its_name(ex):
+    fn = _host_only_function()
+    t0 = time.time()
+    job = ex.map(fn, [1, 2, 3], timeout=60)
+    outcomes = job.results(timeout=30)
+    took = time.time() - t0
+    for err in outcomes:
+        _check_setup_error(err, took, 60)
+        assert err.missing_module == "cb_host_only_mod"
+        assert "No module named 'cb_host_only_mod'" in str(err) and "cloudbutton deploy --sync" in str(err)
+        assert "ModuleNotFoundError" in str(err.__cause__)  # the worker's traceback
+    with pytest.raises(WorkerSetupError):
+        job.result()
+
+
+def test_unpickling_failure_of_the_function_is_reported(ex):
+    bad = FailsToLoad()
+
+    def uses_it(x):
+        return (bad, x)
+
+    t0 = time.time()
+    outcomes = ex.map(uses_it, [1, 2], chunksize=2, timeout=60).results(timeout=30)
+    took = time.time() - t0
+    for err in outcomes:
+        _check_setup_error(err, took, 60)
+        assert err.missing_module is None
+        assert "ValueError: state rejected by the worker" in str(err)
+
+
+def test_unreadable_inputs_write_one_error_status(storage):
+    """The handler itself, on an event whose inputs are gone from storage (a cleaned job)."""
+    import json
+
+    from cloudbutton_executor import protocol, serialize
+    from cloudbutton_executor.worker import handler
+
+    blob = serialize.dumps(abs)
+    fkey = protocol.function_key("p", serialize.digest(blob))
+    storage.put(fkey, blob)
+    event = {"v": protocol.PROTOCOL_VERSION, "job_id": "20260101-000000-abcdef", "prefix": "p",
+             "storage": storage.describe(), "function_key": fkey, "task": "000000-000002",
+             "data": {"key": "p/jobs/20260101-000000-abcdef/data.pickle", "start": 0, "stop": 10,
+                      "offsets": [0, 5, 10]}, "host_submit": time.time(), "attempt": 0}
+    response = handler(event)
+    assert response["state"] == "error" and response["written"]
+    status = json.loads(storage.get(protocol.status_key("p", event["job_id"], event["task"])))
+    assert status["infra"]["kind"] == "setup" and "data.pickle" in status["infra"]["message"]
+    assert status["infra"]["worker"]["python"].startswith(f"{sys.version_info.major}.")
+    errors = protocol.item_errors(status)
+    assert sorted(errors) == [0, 1] and errors[0]["traceback"]
+    # A second delivery of the same event cannot write a second status (first write wins).
+    assert handler(event)["written"] is False
