@@ -68,11 +68,6 @@ def _aws_environment_for_moto_users(request, hermetic_environment):
         yield
 
 
-@pytest.fixture
-def aws_env(moto_endpoint):
-    """Ask for AWS_ENV without using moto otherwise."""
-
-
 def start_moto():
     """A ThreadedMotoServer on a port the OS chose and that stays bound (no race)."""
     from moto.server import ThreadedMotoServer
@@ -108,8 +103,9 @@ def s3_bucket(moto_endpoint):
     import boto3
 
     name = f"cb-test-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION).create_bucket(Bucket=name)
-    return name
+    with aws_environment():  # also when requested late (getfixturevalue), after the autouse one
+        boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION).create_bucket(Bucket=name)
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The environment every test starts in (conftest.hermetic_environment): its own config
-file and job cache, no AWS account unless it asks for the moto fixtures, and a temp dir
+file and job cache, no AWS account unless it uses the moto fixtures, and a temp dir
 that the run removes at its end."""
 import os
 import tempfile
@@ -15,13 +15,10 @@ def test_no_aws_account_unless_asked():
     assert os.environ["AWS_SHARED_CREDENTIALS_FILE"] == os.devnull
 
 
-def test_the_moto_server_leaves_no_credentials_behind(moto_endpoint):
-    # A session fixture: started once per run, but its credentials are not the run's.
-    assert "AWS_ACCESS_KEY_ID" not in os.environ and "AWS_DEFAULT_REGION" not in os.environ
-
-
-def test_aws_env_gives_the_dummy_credentials(aws_env):
+def test_tests_that_use_moto_get_the_dummy_credentials(moto_endpoint):
+    # For this test only: the server is the session's, its credentials are not.
     assert {k: os.environ[k] for k in HOST_CREDS} == HOST_CREDS
+    assert os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
 
 
 def test_config_and_job_cache_are_the_tests_own(tmp_path):
