@@ -237,8 +237,10 @@ def test_batched_scraping_batches_win(tmp_path):
         assert_done(w, n)
 
 
-def test_lambda_setup_against_the_emulator(tmp_path, lambda_config, lambda_emulator, s3_proxy):
-    """The notebook deploys and runs against moto + the awslambdaric emulator ($CLOUDBUTTON_CONFIG)."""
+def test_lambda_setup_against_the_emulator(tmp_path, deployed, lambda_config, lambda_emulator,
+                                          s3_proxy):
+    """The notebook deploys and runs against moto + the awslambdaric emulator ($CLOUDBUTTON_CONFIG).
+    (After the session's first deploy, whatever the order: that one must create everything.)"""
     from lambda_emulator import Faults
 
     lambda_emulator.reset(Faults())
