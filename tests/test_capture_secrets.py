@@ -62,8 +62,49 @@ def test_credential_shaped_values(value, why):
     found = looks_like_secret(value)
     if why is None:
         assert found is None
-    else:
-        assert found is not None and why in found, found
+        assert ship("value", value) == {"value": value}
+        return
+    assert found is not None and why in found, found
+    with pytest.raises(CaptureError) as info:  # and the capture refuses it, saying why
+        ship("value", value)
+    assert str(info.value) == (
+        f"refusing to ship variable 'value': {found}. Credentials never leave this machine; "
+        "create clients inside the cell (workers use their own role).")
+
+
+def test_exact_reasons():
+    assert looks_like_secret(os.environ) == "it is os.environ"
+    assert looks_like_secret({"AWS_SESSION_TOKEN": 1}) == "it holds AWS credentials (AWS_SECRET_ACCESS_KEY)"
+    assert looks_like_secret(KEY_ID) == "it contains an AWS access key id"
+    assert looks_like_secret([SECRET]) == "it looks like an AWS secret access key (at index 0)"
+
+
+def test_the_name_rule_says_what_to_do():
+    with pytest.raises(CaptureError) as info:
+        ship("db_password", "correct horse battery")
+    assert str(info.value) == (
+        "refusing to ship variable 'db_password': its name says it holds a secret. "
+        "Read it inside the task from the worker's own configuration instead.")
+
+
+def test_report_rows_sizes_and_the_size_warning():
+    import sqlite3
+    import types
+
+    captured, report = capture("a + len(b) + m.x\n", {"a": 1, "b": "xyz", "m": types.ModuleType("m")})
+    assert [(r["name"], r["type"]) for r in report.rows] == [("a", "int"), ("b", "str"), ("m", "module m")]
+    sizes = {r["name"]: r["size"] for r in report.rows}
+    assert sizes["a"] == len(serialize.dumps(1)) and sizes["b"] == len(serialize.dumps("xyz"))
+    assert sizes["m"] == 0 and report.warnings == []  # modules are re-imported, not shipped
+    _, unmeasured = capture("a\n", {"a": 1}, measure=False)
+    assert unmeasured.rows == [{"name": "a", "type": "int", "size": 0}]
+    _, big = capture("blob\n", {"blob": b"x" * (51 * 1024 * 1024)})
+    assert len(big.warnings) == 1 and big.warnings[0].startswith("the captured variables total 51")
+    with pytest.raises(CaptureError) as info:
+        ship("conn", sqlite3.connect(":memory:"))
+    assert str(info.value).startswith("cannot ship variable 'conn' (sqlite3.Connection): ")
+    assert str(info.value).endswith("Create it inside the cell instead, or pass what it holds "
+                                    "(e.g. a path or plain data).")
 
 
 @pytest.mark.parametrize("value", [
@@ -73,6 +114,8 @@ def test_credential_shaped_values(value, why):
     "BKIA" + "Q" * 16,  # not a key id prefix
     "a" * 40,  # no upper case, no digit
     "A" * 20 + "a" * 20,  # no digit, / or +
+    "g1" * 20,  # no upper case
+    "G1" * 20,  # no lower case
     "0123456789abcdef0123456789ABCDEF01234567",  # 40 hex digits: a sha1, not a secret
     "G1g" * 13 + "h!",  # 41 characters
 ])

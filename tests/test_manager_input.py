@@ -94,6 +94,14 @@ def test_edge_values_accepted(manager, body, saved):
     assert on_disk(manager) == {"backend": "local", "retries": 0, **saved}
 
 
+def test_keys_keep_the_panels_order_and_a_bare_file_name_works(tmp_path, monkeypatch):
+    m = CloudManager(storage=LocalStorage(str(tmp_path / "s")), config_file="config.yaml")
+    monkeypatch.chdir(tmp_path)
+    m.put_config({"retries": 2, "backend": "local", "lambda": {"memory": 256}})
+    assert list(on_disk(m)) == ["backend", "chunksize", "retries", "lambda"]  # not sorted
+    assert (tmp_path / "config.yaml").exists()
+
+
 def test_put_keeps_what_other_tools_wrote_and_drops_what_was_cleared(manager, tmp_path):
     path = tmp_path / "conf" / "config.yaml"
     path.parent.mkdir()
@@ -164,3 +172,11 @@ def test_cancel_writes_one_marker_and_refuses_what_it_cannot_cancel(manager):
     with pytest.raises(Conflict, match=f"job {finished} already finished \\(done\\)"):
         manager.cancel(finished)
     assert not st.exists(protocol.cancel_key("cloudbutton", finished))
+    failed = "20240101-000000125-abcdef"
+    write_job(st, failed, n_items=1)
+    tid = protocol.task_id(0, 1)
+    st.put(protocol.status_key("cloudbutton", failed, tid), json.dumps(
+        {"task": tid, "state": "error", "items": {"errors": {"0": {"type": "ValueError"}}},
+         "stats": {}}).encode())
+    with pytest.raises(Conflict, match="already finished \\(failed\\)"):
+        manager.cancel(failed)

@@ -145,6 +145,14 @@ async def test_backend_status_local_and_lambda(jp_fetch, cb_env):
     await expect_error(jp_fetch, 400, "backend", "status", params={"backend": "gcp"})
 
 
+async def test_unreachable_lambda_storage_is_503(jp_fetch, cb_env):
+    """Jobs of the Lambda backend without AWS: 503, saying why (not a 500)."""
+    await get_json(jp_fetch, "config", method="PUT", body=json.dumps({"backend": "lambda"}))
+    message = await expect_error(jp_fetch, 503, "jobs")
+    assert message.startswith("the Lambda backend's storage is not reachable: ConfigError: "
+                              "no AWS region configured")
+
+
 async def test_jobs_list_and_detail(jp_fetch, executor):
     code, jobs = await get_json(jp_fetch, "jobs")
     assert code == 200 and jobs == []
