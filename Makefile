@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab test browser demo bench mutate clean
+.PHONY: install lab test lint notebooks browser demo bench mutate clean
 
 $(STAMP): pyproject.toml $(wildcard package.json) $(wildcard labextension/src/*.ts labextension/style/* labextension/schema/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 	# The build hook runs `jlpm install` and builds the labextension (needs node >= 18).
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,lint]"
 	# Dev mode: the environment's labextension dir links to the built copy in the tree
 	# (it runs `jupyter-builder`, found on the venv's PATH).
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter labextension develop --overwrite . >/dev/null
@@ -30,6 +30,18 @@ lab: install
 
 test: install browser
 	$(BIN)/python -m pytest -q tests
+
+# ruff and mypy (strict on the executor) as configured in pyproject.toml, the notebooks
+# in sync with their sources, eslint and prettier on the TypeScript.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python notebooks/_build.py --check
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jlpm run lint:check
+
+# Regenerate notebooks/*.ipynb from their sources in notebooks/src/.
+notebooks: install
+	$(BIN)/python notebooks/_build.py
 
 demo: install
 	$(BIN)/python -m cloudbutton_jupyter.demo

@@ -23,7 +23,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+from cloudbutton_executor import protocol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # the emulator lives with the tests
@@ -47,18 +50,35 @@ s.serve_forever()
 
 
 class _Listener:
-    def __init__(self, n):
-        self.n, self.throttled, self.failures = n, 0, []
+    """What the dispatcher would hear: acceptances (counted) and failures."""
+
+    def __init__(self):
+        self.accepted, self.failures = 0, []
+        self._lock = threading.Lock()
+
+    def on_accepted(self, event, at):
+        with self._lock:
+            self.accepted += 1
+
+    def on_throttled(self, event, retry_after):
+        pass
 
     def on_failure(self, event, err):
         self.failures.append(err)
+
+    on_lost = on_failure
+
+    def wait_accepted(self, n):
+        while self.accepted < n:
+            time.sleep(0.002)
 
 
 def bench_submit(n: int, latency: float, fast: bool, threads: int) -> float:
     from cloudbutton_executor.backends.aws_lambda import LambdaBackend
     from cloudbutton_executor.storage import LocalStorage
 
-    proc = subprocess.Popen([sys.executable, "-c", _ENDPOINT, str(latency)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _ENDPOINT, str(latency)], stdout=subprocess.PIPE,
+                            text=True)
     try:
         port = int(proc.stdout.readline())
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIABENCHMARKDUMMY01")
@@ -67,16 +87,14 @@ def bench_submit(n: int, latency: float, fast: bool, threads: int) -> float:
             "region": "us-east-1", "bucket": "bench-bucket",
             "lambda": {"invoke_threads": threads, "fast_invoke": fast},
             "endpoints": {"lambda": f"http://127.0.0.1:{port}"}})
-        events = [{"job_id": "bench", "task": f"{i:06d}-{i + 1:06d}", "prefix": "p", "data": {"inline": "x" * 200}}
-                  for i in range(n)]
-        listener = _Listener(n)
+        events = [{"job_id": "bench", "task": protocol.task_id(i, i + 1, n), "prefix": "p",
+                   "data": {"inline": "x" * 200}} for i in range(n)]
+        listener = _Listener()
         be.invoke(events[:threads], listener)  # open the connections first (a warm host)
-        _wait(events[:threads])
-        for e in events:
-            e.pop("invoked_at", None)
+        listener.wait_accepted(threads)
         t0 = time.perf_counter()
         be.invoke(events, listener)
-        _wait(events)
+        listener.wait_accepted(threads + n)
         took = time.perf_counter() - t0
         assert not listener.failures, listener.failures[:3]
         be.shutdown()
@@ -84,11 +102,6 @@ def bench_submit(n: int, latency: float, fast: bool, threads: int) -> float:
     finally:
         proc.kill()
         proc.wait()
-
-
-def _wait(events):
-    while not all("invoked_at" in e for e in events):
-        time.sleep(0.002)
 
 
 def bench_chain(tasks: int, tiny: int) -> dict:

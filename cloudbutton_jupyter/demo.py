@@ -100,7 +100,8 @@ def paragraph(results: dict, out_dir: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cloudbutton_jupyter.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cloudbutton_jupyter.demo",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("notebooks", nargs="*", default=list(DEFAULT_NOTEBOOKS),
                    help=f"notebook names in notebooks/ (default: {' '.join(DEFAULT_NOTEBOOKS)})")
     p.add_argument("--out", default="build/demo", help="output directory (default: build/demo)")

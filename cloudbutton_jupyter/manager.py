@@ -10,32 +10,21 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
-from cloudbutton_executor import protocol
-from cloudbutton_executor.storage import LocalStorage, NotFound, Storage
+from cloudbutton_executor import accounting, catalog, config, protocol
+from cloudbutton_executor.storage import LocalStorage, Storage
 
-# AWS Lambda list prices (x86, us-east-1), the same the executor's Job.stats uses.
-GB_SECOND_USD = 0.0000166667
-REQUEST_USD = 0.20 / 1_000_000
-
-# The panel's run defaults (top level, what `%%cloud map` options default to) and the
-# Lambda settings, in the layout of cloudbutton_executor.config: region/profile/bucket/prefix
-# at the top level, the function's settings under `lambda:`.
-DEFAULT_CONFIG = {
-    "backend": "local",
-    "workers": None,
-    "memory_mb": None,
-    "timeout": None,
-    "chunksize": 1,
-    "retries": 0,
-    "region": None,
-    "profile": None,
-    "bucket": None,
-    "lambda": {},
-}
-AWS_KEYS = ("region", "profile", "bucket", "prefix", "lambda", "endpoints")
-LAMBDA_KEYS = {"function_name": str, "role_name": str, "layer_name": str, "memory": int,
-               "timeout": int, "workers": int, "invoke_threads": int}
+# What the panel shows and saves, a selection of the executor's one config schema (which
+# holds their types, bounds and defaults): the run defaults, where AWS is, and the
+# function's settings. Other keys of the file (prefix, endpoints, tuning) are kept as
+# other tools wrote them.
+PANEL_KEYS = (*config.RUN, "region", "profile", "bucket")
+PANEL_LAMBDA_KEYS = ("function_name", "role_name", "layer_name", "memory", "timeout", "workers",
+                     "invoke_threads")
+DEFAULT_CONFIG: dict[str, Any] = {**{k: config.SETTINGS[k].default for k in PANEL_KEYS}, "lambda": {}}
+# What the Lambda backend reads from the file.
+AWS_KEYS = (*config.AWS, "lambda", "endpoints")
 TRACEBACK_LIMIT = 8000
 
 
@@ -55,75 +44,34 @@ class Unavailable(RuntimeError):
     """A backend the request needs cannot be reached (e.g. no AWS credentials): 503."""
 
 
-def config_path() -> str:
-    return os.path.expanduser(os.environ.get("CLOUDBUTTON_CONFIG")
-                              or os.path.join("~", ".cloudbutton", "config.yaml"))
+def _blank(value: Any) -> Any:
+    """What a form field holds: text stripped, and nothing for an empty one."""
+    if isinstance(value, str):
+        value = value.strip()
+    return None if value in ("", None) else value
 
 
-def validate_config(data) -> dict:
-    """A complete, checked config from a client's (possibly partial) one."""
+def validate_config(data: Any) -> dict[str, Any]:
+    """A complete, checked panel config from a client's (possibly partial) one."""
     if not isinstance(data, dict):
         raise InvalidInput("the config must be a JSON object")
-    unknown = set(data) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise InvalidInput(f"unknown config keys: {', '.join(sorted(unknown))}; "
-                           f"known: {', '.join(DEFAULT_CONFIG)}")
-    out = {**DEFAULT_CONFIG, **data}
-    if out["backend"] not in ("local", "lambda"):
-        raise InvalidInput(f"backend must be 'local' or 'lambda', got {out['backend']!r}")
-
-    def number(where, v, kind, low, high=None):
-        if v is None or v == "":
-            return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
-            raise InvalidInput(f"{where} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
-        if v < low or (high is not None and v > high):
-            raise InvalidInput(f"{where} must be between {low} and {high}, got {v!r}" if high
-                               else f"{where} must be at least {low}, got {v!r}")
-        return kind(v)
-
-    out["workers"] = number("workers", out["workers"], int, 1, 10000)
-    out["memory_mb"] = number("memory_mb", out["memory_mb"], int, 128, 10240)  # Lambda's limits
-    out["timeout"] = number("timeout", out["timeout"], float, 0.001,
-                            900 if out["backend"] == "lambda" else None)
-    if out["chunksize"] != "auto":
-        out["chunksize"] = number("chunksize", out["chunksize"], int, 1) or 1
-    out["retries"] = number("retries", out["retries"], int, 0, 10) or 0
-    for key in ("region", "profile", "bucket"):
-        v = out[key]
-        if v is not None and not isinstance(v, str):
-            raise InvalidInput(f"{key} must be a string")
-        out[key] = v.strip() or None if isinstance(v, str) else None
-    lam = out["lambda"] or {}
-    if not isinstance(lam, dict):
-        raise InvalidInput("lambda must be an object")
-    clean = {}
-    for k, v in lam.items():
-        kind = LAMBDA_KEYS.get(k)
-        if kind is None:
-            raise InvalidInput(f"unknown lambda key {k!r}; known: {', '.join(LAMBDA_KEYS)}")
-        if v in (None, ""):
-            continue
-        if kind is str:
-            if not isinstance(v, str):
-                raise InvalidInput(f"lambda.{k} must be a string")
-            clean[k] = v.strip()
-        else:
-            clean[k] = number(f"lambda.{k}", v, int, 1)
-    out["lambda"] = clean
+    try:
+        config.refuse_unknown(data, dict.fromkeys((*PANEL_KEYS, "lambda")), "config keys")
+        lam = data.get("lambda") or {}
+        if not isinstance(lam, dict):
+            raise config.ConfigError(f"lambda must be an object, got {type(lam).__name__}")
+        config.refuse_unknown(lam, dict.fromkeys(f"lambda.{k}" for k in PANEL_LAMBDA_KEYS),
+                              "lambda keys", section="lambda.")
+        out = dict(DEFAULT_CONFIG)
+        out.update({k: _blank(data[k]) for k in PANEL_KEYS if _blank(data.get(k)) is not None})
+        out.update(config.check_run({k: out[k] for k in config.RUN}))
+        for key in ("region", "profile", "bucket"):
+            out[key] = config.check(key, out[key])
+        out["lambda"] = {k: config.check(f"lambda.{k}", _blank(v)) for k, v in lam.items()
+                         if _blank(v) is not None}
+    except config.ConfigError as err:
+        raise InvalidInput(str(err)) from None
     return out
-
-
-def _load_config_file(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    import yaml
-
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}  # YAML is a superset of JSON: one reader for both
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a mapping")
-    return data
 
 
 def _task_state(status: dict) -> str:
@@ -141,25 +89,30 @@ class CloudManager:
         self._lock = threading.Lock()
         # Statuses are final (first write wins), so each is read once and kept.
         self._status_cache: dict[tuple[str, str], dict] = {}
-        self._lambda_cache = None
+        self._lambda_cache: tuple[str, Any] | None = None
         self._manifests: dict[tuple[str, str], dict] = {}
         self._finished: dict[tuple[str, str], dict] = {}
 
     # Config -------------------------------------------------------------------
     @property
     def config_file(self) -> str:
-        return self._config_file or config_path()
+        return self._config_file or config.config_path()
 
     def _raw_config(self) -> dict:
         try:
-            return _load_config_file(self.config_file)
+            raw = config.read_file(self.config_file) or {}
         except Exception as err:
             raise InvalidInput(f"cannot read the config file {self.config_file}: {err}") from err
+        if not isinstance(raw, dict):
+            raise InvalidInput(f"the config file {self.config_file} does not hold a mapping")
+        return raw
 
     def get_config(self) -> dict:
         raw = self._raw_config()
-        known = {k: v for k, v in raw.items() if k in DEFAULT_CONFIG}
-        known["lambda"] = {k: v for k, v in (raw.get("lambda") or {}).items() if k in LAMBDA_KEYS}
+        known = {k: v for k, v in raw.items() if k in PANEL_KEYS}
+        lam = raw.get("lambda")
+        known["lambda"] = {k: v for k, v in lam.items() if k in PANEL_LAMBDA_KEYS} \
+            if isinstance(lam, dict) else lam
         try:
             conf = validate_config(known)
             problem = None
@@ -179,7 +132,7 @@ class CloudManager:
         existing = self._raw_config()
         merged = {**existing, **{k: v for k, v in conf.items() if k != "lambda"}}
         lam = {**(existing.get("lambda") or {}), **conf["lambda"]}
-        for k in LAMBDA_KEYS:
+        for k in PANEL_LAMBDA_KEYS:
             if k not in conf["lambda"]:
                 lam.pop(k, None)  # cleared in the panel
         merged = {k: v for k, v in merged.items() if v is not None}
@@ -197,11 +150,7 @@ class CloudManager:
         out = self.get_config()
         # The Lambda backend reads the same file: say so at once if it cannot.
         try:
-            from cloudbutton_executor import config as exconf
-
-            exconf.load(path)
-        except ImportError:
-            pass
+            config.from_dict(config.read_file(path), path)
         except Exception as err:
             out["warning"] = f"saved, but the Lambda backend cannot read the file: {err}"
         return out
@@ -245,7 +194,7 @@ class CloudManager:
         backend = LambdaBackend(config=subset)
         with self._lock:
             old, self._lambda_cache = self._lambda_cache, (key, backend)
-        if old and hasattr(old[1], "shutdown"):
+        if old:
             old[1].shutdown()
         return backend
 
@@ -274,89 +223,25 @@ class CloudManager:
         return job_id
 
     def _manifest(self, storage, prefix, job_id) -> dict:
-        try:
-            return json.loads(storage.get(protocol.manifest_key(prefix, job_id)))
-        except NotFound:
-            raise JobNotFound(job_id) from None
+        manifest = catalog.manifest(storage, prefix, job_id)
+        if manifest is None:
+            raise JobNotFound(job_id)
+        return manifest
 
     def _statuses(self, storage, prefix, job_id) -> dict[str, dict]:
-        out = {}
-        for key in storage.list(protocol.tasks_prefix(prefix, job_id)):
-            tid = protocol.task_id_from_status_key(key)
-            if tid is None:
-                continue
-            ck = (job_id, tid)
-            st = self._status_cache.get(ck)
-            if st is None:
-                try:
-                    st = json.loads(storage.get(key))
-                except (NotFound, ValueError):
-                    continue  # being written
-                with self._lock:
-                    self._status_cache[ck] = st
-            out[tid] = st
+        # Statuses are final (first write wins), so each is read once and kept.
+        with self._lock:
+            known = {k: v for k, v in self._status_cache.items() if k[0] == job_id}
+        out = catalog.statuses(storage, prefix, job_id, cache=known)
+        with self._lock:
+            self._status_cache.update(known)
         return out
 
-    def _cancel_info(self, storage, prefix, job_id):
-        try:
-            raw = storage.get(protocol.cancel_key(prefix, job_id))
-        except NotFound:
-            return None
-        try:
-            info = json.loads(raw)
-            return info if isinstance(info, dict) else {}
-        except ValueError:
-            return {}  # the executor writes a plain marker
-
-    def summarize(self, manifest: dict, statuses: dict[str, dict], cancel: dict | None,
-                  now: float | None = None) -> dict:
-        now = now or time.time()
-        n = int(manifest.get("n_items", 0))
-        done = failed = 0
-        covered = set()
-        gb_s = 0.0
-        end = None
-        flops = 0
-        mem = manifest.get("memory_mb") or 1024
-        for tid, st in statuses.items():
-            a, b = protocol.task_range(tid)
-            covered.update(range(a, b))
-            n_failed = len(protocol.item_errors(st))
-            failed += n_failed
-            done += b - a - n_failed
-            flops += protocol.item_flops(st)
-            s = st.get("stats") or {}
-            if s.get("worker_start") and s.get("result_stored"):
-                gb_s += max(0.001, s["result_stored"] - s["worker_start"]) * mem / 1024
-            t_end = s.get("result_stored") or s.get("compute_done")
-            if t_end:
-                end = max(end or 0, t_end)
-        remaining = max(0, n - len(covered))
-        created = manifest.get("created") or now
-        if remaining == 0:
-            state = "failed" if failed else "done"
-        elif cancel is not None:
-            state = "cancelled"
-            end = cancel.get("at") or end
-        elif now > created + (manifest.get("timeout") or 300) * max(n, 1) + 60:
-            state = "lost"  # the executor's own re-attach deadline: nobody can finish it now
-        else:
-            state = "running"
-            end = None
-        cost = gb_s * GB_SECOND_USD + len(statuses) * REQUEST_USD
-        return {
-            "job_id": manifest.get("job_id"), "created": created,
-            "notebook": manifest.get("label"), "function": manifest.get("function"),
-            "backend": manifest.get("backend"), "n_items": n, "state": state,
-            "counts": {"done": done, "failed": failed, "pending": remaining if state == "running" else 0,
-                       "cancelled": remaining if state == "cancelled" else 0,
-                       "lost": remaining if state == "lost" else 0},
-            "progress": (done + failed) / n if n else 1.0,
-            "duration_s": (end or now) - created, "finished": state != "running",
-            "tasks": len(statuses), "memory_mb": manifest.get("memory_mb"),
-            "timeout": manifest.get("timeout"), "chunksize": manifest.get("chunksize"),
-            "gb_seconds": gb_s, "cost_usd": cost, "flops": flops,
-        }
+    def _summary(self, storage, prefix, manifest: dict) -> dict:
+        job_id = manifest["job_id"]
+        return accounting.stored_job_summary(manifest, self._statuses(storage, prefix, job_id),
+                                             catalog.cancel_info(storage, prefix, job_id),
+                                             time.time())
 
     def list_jobs(self, limit: int = 30) -> list[dict]:
         """Summaries of the newest jobs, newest first.
@@ -369,8 +254,7 @@ class CloudManager:
             raise InvalidInput(f"limit must be an integer from 1 to 500, got {limit!r}")
         conf = self.get_config()
         storage, prefix = self.storage(conf), self._prefix(conf)
-        ids = sorted((j for j in storage.children(f"{prefix}/jobs/") if protocol.JOB_ID_RE.match(j)),
-                     reverse=True)[:limit]  # job ids start with their UTC creation time
+        ids = catalog.job_ids(storage, prefix, limit)
         root = json.dumps(storage.describe(), sort_keys=True) + prefix
         out = []
         for job_id in ids:
@@ -379,13 +263,11 @@ class CloudManager:
             if summary is None:
                 manifest = self._manifests.get(key)
                 if manifest is None:
-                    try:
-                        manifest = self._manifest(storage, prefix, job_id)
-                    except (JobNotFound, ValueError):
+                    manifest = catalog.manifest(storage, prefix, job_id)
+                    if manifest is None:
                         continue  # being created
                     self._manifests[key] = manifest
-                statuses = self._statuses(storage, prefix, job_id)
-                summary = self.summarize(manifest, statuses, self._cancel_info(storage, prefix, job_id))
+                summary = self._summary(storage, prefix, manifest)
                 if summary["state"] in ("done", "failed"):  # final: nothing can change any more
                     with self._lock:
                         self._finished[key] = summary
@@ -409,7 +291,7 @@ class CloudManager:
         storage, prefix = self.storage(conf), self._prefix(conf)
         manifest = self._manifest(storage, prefix, job_id)
         statuses = self._statuses(storage, prefix, job_id)
-        out = self.summarize(manifest, statuses, self._cancel_info(storage, prefix, job_id))
+        out = self._summary(storage, prefix, manifest)
         created = out["created"]
         tasks, failures = [], []
         for tid in sorted(statuses):
@@ -441,13 +323,11 @@ class CloudManager:
         self.check_job_id(job_id)
         conf = self.get_config()
         storage, prefix = self.storage(conf), self._prefix(conf)
-        manifest = self._manifest(storage, prefix, job_id)
-        summary = self.summarize(manifest, self._statuses(storage, prefix, job_id),
-                                 self._cancel_info(storage, prefix, job_id))
+        summary = self._summary(storage, prefix, self._manifest(storage, prefix, job_id))
         if summary["state"] in ("done", "failed"):
             raise Conflict(f"job {job_id} already finished ({summary['state']})")
         # The kernel's executor polls for this marker; workers check it too.
         written = storage.put_if_absent(protocol.cancel_key(prefix, job_id),
-                                        json.dumps({"at": time.time(), "by": "jupyter-panel"}).encode())
+                                        protocol.cancel_marker(by="jupyter-panel", at=time.time()))
         return {"job_id": job_id, "cancelled": True, "already": not written}
 

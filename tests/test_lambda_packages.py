@@ -74,7 +74,7 @@ def test_numpy_dgemm_runs_with_the_synced_layer(numpy_config, lambda_emulator, m
         assert fb["host"] == numpy.__version__ and fb["deployed"] == version and "glibc" in fb["reason"]
     # Cold starts report the container's INIT time, for the cost model.
     colds = [f.stats for f in job if f.stats.get("cold_start")]
-    assert colds and all(job._task_stats[job.item_task(i)].get("init_s", -1) >= 0
+    assert colds and all(job.outcomes.task_record(job.item_task(i))[0].get("init_s", -1) >= 0
                          for i in range(len(job)) if job[i].stats.get("cold_start"))
 
 
@@ -201,7 +201,7 @@ def test_account_concurrency_caps_inflight(deployed, lambda_config, lambda_emula
     with Executor(backend="lambda", config_path=lambda_config, workers=50) as ex:
         assert ex.backend.account_concurrency() == lambda_emulator.concurrency
         assert ex.map(abs, range(-20, 0)).result(timeout=60) == list(range(20, 0, -1))
-        assert ex.backend.max_inflight <= 2 * lambda_emulator.concurrency
+        assert ex.backend.limits.max_inflight <= 2 * lambda_emulator.concurrency
     assert f"concurrency Lambda allows this function ({lambda_emulator.concurrency})" in capsys.readouterr().err
 
 

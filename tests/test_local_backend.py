@@ -194,7 +194,7 @@ def test_duplicate_delivery_yields_one_result(ex):
     key = protocol.status_key("cloudbutton", job.job_id, job[0].task_id)
     stored = ex.storage.get(key)
     # Deliver the same event again, through a real worker process.
-    event = job._event(job[0].task_id, 0, 1)
+    event = job.dispatcher.event(job[0].task_id, 0, 1)
     responses = []
 
     class Listener:
@@ -215,3 +215,24 @@ def test_duplicate_delivery_yields_one_result(ex):
     assert ex.storage.get(key) == stored
     status = worker.read_status(ex.storage, "cloudbutton", job.job_id, job[0].task_id)
     assert worker.read_results(ex.storage, "cloudbutton", job.job_id, status) == [(True, first)]
+
+
+def test_events_queued_when_the_backend_shuts_down_end_as_lost(storage):
+    from cloudbutton_executor import LostInvocationError
+    from cloudbutton_executor.backends.local import LocalBackend
+
+    backend = LocalBackend(1)  # its own pool (not the process-wide one), given as an instance
+    ex = Executor(backend=backend, storage=storage, timeout=30)
+    try:
+        job = ex.map(time.sleep, [1.0, 0, 0])  # the first keeps the only worker busy
+        deadline = time.time() + 20
+        while job.item_state(0) != "running":
+            assert time.time() < deadline
+            time.sleep(0.01)
+        backend.shutdown()
+        outcomes = job.results(timeout=20)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+    assert outcomes[0] is None  # it was running: it finished
+    for lost in outcomes[1:]:  # never sent to a worker: ended at once, not left hanging
+        assert isinstance(lost, LostInvocationError) and "shut down before running it" in str(lost)

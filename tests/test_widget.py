@@ -15,7 +15,7 @@ from cloudbutton_magic.widget import (JobWidget, TextProgress, make_progress, no
 from cloudbutton_magic.widget_state import JobTracker
 
 def follow(view, job, poll=0.02):
-    """The lead's waiting loop."""
+    """The waiting loop of `%%cloud map` (runner._follow)."""
     while not job.wait(poll):
         view.update()
     view.finish()

@@ -20,6 +20,6 @@ __all__ = [
     "Executor", "Job", "TaskFuture", "report_flops", "wait", "as_completed", "get_result",
     "ALL_COMPLETED", "ANY_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
     "InfrastructureError", "TaskTimeoutError", "OutOfMemoryError", "WorkerDiedError",
-    "LostInvocationError", "WorkerSetupError", "MissingPackageError", "RemoteError", "VersionMismatchError", "SerializationError",
-    "SecretError", "__version__",
+    "LostInvocationError", "WorkerSetupError", "MissingPackageError", "RemoteError",
+    "VersionMismatchError", "SerializationError", "SecretError", "__version__",
 ]

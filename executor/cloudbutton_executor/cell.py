@@ -11,11 +11,14 @@ import ast
 import builtins
 import hashlib
 import linecache
+import types
+from typing import Any
 
-_compiled: dict[str, tuple] = {}  # warm workers compile each cell once
+# Warm workers compile each cell once: its statements, and its last expression if any.
+_compiled: dict[str, tuple[types.CodeType, types.CodeType | None]] = {}
 
 
-def _compile(code: str):
+def _compile(code: str) -> tuple[types.CodeType, types.CodeType | None]:
     hit = _compiled.get(code)
     if hit is None:
         # A named pseudo-file in linecache lets remote tracebacks show the cell's lines.
@@ -23,8 +26,10 @@ def _compile(code: str):
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         tree = ast.parse(code, filename, "exec")
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-            last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+        tail = tree.body[-1] if tree.body else None
+        if isinstance(tail, ast.Expr) and not code.rstrip().endswith(";"):
+            tree.body.pop()
+            last = compile(ast.Expression(tail.value), filename, "eval")
         hit = _compiled[code] = (compile(tree, filename, "exec"), last)
     return hit
 
@@ -36,7 +41,7 @@ class _NotShipped:
         self.type_name = type_name
         self.reason = reason
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<not returned: {self.type_name} ({self.reason})>"
 
 
@@ -49,8 +54,8 @@ class CellTask:
     when it binds none).
     """
 
-    def __init__(self, code: str, namespace: dict, name: str | None = None, mode: str = "last",
-                 assigned: tuple = ()):
+    def __init__(self, code: str, namespace: dict[str, Any], name: str | None = None,
+                 mode: str = "last", assigned: tuple[str, ...] = ()):
         if mode not in ("last", "assigned"):
             raise ValueError(f"mode must be 'last' or 'assigned', got {mode!r}")
         _compile(code)  # a syntax error surfaces here, on the host, before anything is sent
@@ -60,7 +65,7 @@ class CellTask:
         self.mode = mode
         self.assigned = tuple(assigned)
 
-    def __call__(self, *element):
+    def __call__(self, *element: Any) -> Any:
         ns = dict(self.namespace)
         ns["__builtins__"] = builtins
         ns.setdefault("__name__", "__main__")

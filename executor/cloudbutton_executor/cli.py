@@ -10,9 +10,12 @@ import datetime
 import json
 import re
 import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
+from . import catalog, protocol
 from . import config as _config
-from . import protocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,8 +26,10 @@ def _parser() -> argparse.ArgumentParser:
                     "credentials: the standard AWS chain (AWS_PROFILE, ~/.aws, environment).")
     p.add_argument("--config", metavar="FILE", help="config file (default: $CLOUDBUTTON_CONFIG "
                    "or ~/.cloudbutton/config.yaml)")
-    p.add_argument("--profile", help="AWS profile (default: AWS_PROFILE or the config's)")
-    p.add_argument("--region", help="AWS region (default: the config's, AWS_REGION or the profile's)")
+    p.add_argument("--profile", type=_config.SETTINGS["profile"].argparse_type(),
+                   help="AWS profile (default: AWS_PROFILE or the config's)")
+    p.add_argument("--region", type=_config.SETTINGS["region"].argparse_type(),
+                   help="AWS region (default: the config's, AWS_REGION or the profile's)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -33,10 +38,12 @@ def _parser() -> argparse.ArgumentParser:
                        "with access only to the project's prefix and its logs, and the worker "
                        "Lambda function (a zip of cloudbutton_executor + cloudpickle). Running it "
                        "again changes nothing unless something differs.")
-    d.add_argument("--memory", type=int, metavar="MB", help="function memory in MB (128-10240)")
-    d.add_argument("--timeout", type=int, metavar="S", help="function timeout in seconds (1-900)")
-    d.add_argument("--arch", choices=("x86_64", "arm64"),
-                   help="architecture (arm64: Graviton); layers get wheels for it")
+    for key, flag, metavar in (("memory", "--memory", "MB"), ("timeout", "--timeout", "S"),
+                               ("architecture", "--arch", None)):
+        setting = _config.LAMBDA[f"lambda.{key}"]
+        d.add_argument(flag, dest=key if key != "architecture" else "arch",
+                       type=setting.argparse_type(), choices=setting.choices or None,
+                       metavar=metavar, help=f"{setting.help} ({setting.describe()})")
     d.add_argument("--sync", action="store_true",
                    help="deploy, as a layer, the packages your Lambda jobs import (recorded by each "
                         "job's pre-flight check), pinned to this environment's versions")
@@ -57,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 
     j = sub.add_parser("jobs", help="recent jobs from their manifests in S3",
                        description="List recent jobs (newest first) with their progress.")
-    j.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    j.add_argument("--limit", type=_LIMIT.argparse_type(), default=20, metavar="N",
+                   help="how many (default 20)")
     j.add_argument("--json", action="store_true", help="print JSON")
+    j.add_argument("--cost", action="store_true",
+                   help="read every stored status too: failures and the Lambda and S3 bill "
+                        "(one GET per stored task)")
 
     c = sub.add_parser("clean", help="delete a job's objects, or all jobs older than a duration",
                        description="Delete stored jobs: one (--job ID) or every job older than "
@@ -71,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_LIMIT = _config.Setting("--limit", int, 20, "how many jobs", low=1, high=1000)
 
 
 def parse_duration(text: str) -> float:
@@ -80,7 +92,7 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "d"]
 
 
-def _load_config(args) -> _config.Config:
+def _load_config(args: argparse.Namespace) -> _config.Config:
     cfg = _config.load(args.config)
     if args.profile:
         cfg.profile = args.profile
@@ -89,13 +101,13 @@ def _load_config(args) -> _config.Config:
     return cfg
 
 
-def _backend(cfg):
+def _backend(cfg: _config.Config) -> Any:
     from .backends.aws_lambda import LambdaBackend
 
     return LambdaBackend(config=cfg)
 
 
-def cmd_deploy(args, out) -> int:
+def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     from .backends.aws_lambda import deploy
 
     cfg = _load_config(args)
@@ -109,7 +121,7 @@ def cmd_deploy(args, out) -> int:
     return 0
 
 
-def cmd_status(args, out) -> int:
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     st = _backend(_load_config(args)).status()
     if args.json:
         print(json.dumps(st, indent=1, sort_keys=True), file=out)
@@ -129,42 +141,43 @@ def cmd_status(args, out) -> int:
     return 0 if st.get("ok") else 1
 
 
-def _job_rows(storage, prefix, limit):
-    from .executor import list_jobs
-
+def _job_rows(storage: Any, prefix: str, limit: int, cost: bool = False) -> list[dict[str, Any]]:
+    """One row per recent job, from its keys (``catalog.brief``); with ``cost``, from its
+    statuses too (failures and the bill, the summary the Jupyter panel shows)."""
+    now = time.time()
     rows = []
-    for m in list_jobs(storage, prefix, limit):
-        keys = storage.list(protocol.tasks_prefix(prefix, m["job_id"]))
-        statuses = sum(1 for k in keys if protocol.task_id_from_status_key(k))
-        cancelled = storage.exists(protocol.cancel_key(prefix, m["job_id"]))
-        rows.append({"job_id": m["job_id"], "created": m.get("created"), "function": m.get("function"),
-                     "label": m.get("label"), "items": m.get("n_items"), "tasks_stored": statuses,
-                     "cancelled": cancelled})
+    for m in catalog.manifests(storage, prefix, limit):
+        row = catalog.brief(storage, prefix, m, now)
+        if cost:
+            s = catalog.summary(storage, prefix, m, now)
+            row.update(state=s["state"], done=s["counts"]["done"], failed=s["counts"]["failed"],
+                       gb_seconds=s["gb_seconds"], cost_usd=s["cost_usd"])
+        rows.append(row)
     return rows
 
 
-def cmd_jobs(args, out) -> int:
-    if args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     be = _backend(_load_config(args))
-    rows = _job_rows(be.storage, be.prefix, args.limit)
+    rows = _job_rows(be.storage, be.prefix, args.limit, cost=args.cost)
     if args.json:
         print(json.dumps(rows, indent=1), file=out)
         return 0
     if not rows:
-        print(f"no jobs under s3://{be.storage.bucket}/{be.prefix}/jobs/", file=out)
+        print(f"no jobs under s3://{be.storage.bucket}/{protocol.jobs_prefix(be.prefix)}", file=out)
         return 0
-    print(f"{'JOB ID':<23} {'CREATED (UTC)':<19} {'ITEMS':>6} {'STORED':>6}  FUNCTION", file=out)
+    cost_head = f" {'FAILED':>6} {'COST':>9}" if args.cost else ""
+    print(f"{'JOB ID':<23} {'CREATED (UTC)':<19} {'ITEMS':>7} {'ENDED':>7} {'STATE':<9}{cost_head}"
+          "  FUNCTION", file=out)
     for r in rows:
         created = datetime.datetime.fromtimestamp(r["created"] or 0, datetime.timezone.utc)
-        extra = " [cancelled]" if r["cancelled"] else ""
         label = f" ({r['label']})" if r["label"] else ""
-        print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>6} {r['tasks_stored']:>6}  "
-              f"{r['function']}{label}{extra}", file=out)
+        cost = f" {r['failed']:>6} ${r['cost_usd']:>8.4f}" if args.cost else ""
+        print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>7} {r['ended']:>7} "
+              f"{r['state']:<9}{cost}  {r['function']}{label}", file=out)
     return 0
 
 
-def cmd_clean(args, out) -> int:
+def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     be = _backend(_load_config(args))
     st, prefix = be.storage, be.prefix
     if args.job:
@@ -172,13 +185,13 @@ def cmd_clean(args, out) -> int:
             raise ValueError(f"--job {args.job!r} is not a job id (like 20260101-120000123-abcdef)")
         victims = [args.job]
         if not st.list(protocol.job_prefix(prefix, args.job) + "/"):
-            print(f"no job {args.job} under s3://{st.bucket}/{prefix}/jobs/", file=out)
+            print(f"no job {args.job} under s3://{st.bucket}/{protocol.jobs_prefix(prefix)}",
+                  file=out)
             return 1
     else:
         age = parse_duration(args.older_than)
         cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - age
-        victims = [j for j in st.children(f"{prefix}/jobs/")
-                   if protocol.JOB_ID_RE.match(j) and protocol.job_created(j) < cutoff]
+        victims = [j for j in catalog.job_ids(st, prefix) if protocol.job_created(j) < cutoff]
     total = 0
     for job_id in victims:
         if args.dry_run:
@@ -191,10 +204,11 @@ def cmd_clean(args, out) -> int:
     return 0
 
 
-COMMANDS = {"deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
+COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
 
 
-def main(argv=None, out=None) -> int:
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     try:

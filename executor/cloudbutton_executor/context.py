@@ -1,7 +1,7 @@
 """What a running task can tell the host about itself."""
 from __future__ import annotations
 
-_flops = [0]
+_flops: list[float] = [0]
 
 
 def report_flops(n: float) -> None:

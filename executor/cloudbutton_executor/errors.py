@@ -11,7 +11,7 @@ class RemoteTraceback(Exception):
         super().__init__(tb)
         self.tb = tb
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f'\n"""\n{self.tb.rstrip()}\n"""'
 
 
@@ -24,7 +24,7 @@ class RemoteError(Exception):
         self.message = message
         self.remote_traceback = traceback
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
         return (RemoteError, (self.type_name, self.message, self.remote_traceback))
 
 
@@ -37,7 +37,7 @@ class InfrastructureError(Exception):
         super().__init__(message)
         self.task_id = task_id
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[InfrastructureError], tuple[str | None, ...]]:
         return (type(self), (str(self), self.task_id))
 
 
@@ -73,7 +73,7 @@ class WorkerSetupError(InfrastructureError):
         super().__init__(message, task_id)
         self.missing_module = missing_module
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[InfrastructureError], tuple[str | None, ...]]:
         return (type(self), (str(self), self.task_id, self.missing_module))
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError
+from typing import Any, Protocol
 
 ANY_COMPLETED = FIRST_COMPLETED  # Lithops' name for the same thing
 
@@ -10,7 +12,20 @@ __all__ = ["TaskFuture", "wait", "as_completed", "get_result", "ALL_COMPLETED", 
            "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError"]
 
 
-class TaskFuture(cf.Future):
+class ItemRecords(Protocol):
+    """Where a future reads its item's details (the job's outcome store)."""
+
+    job_id: str
+
+    def item_task(self, i: int) -> str | None: ...
+    def item_stats(self, i: int) -> dict[str, Any]: ...
+    def item_stdout(self, i: int) -> str: ...
+    def item_attempts(self, i: int) -> int: ...
+    def item_error_info(self, i: int) -> dict[str, Any] | None: ...
+    def item_state(self, i: int) -> str: ...
+
+
+class TaskFuture(cf.Future[Any]):
     """A ``concurrent.futures.Future`` for one item of a job.
 
     ``stats`` holds the item's timestamps (host_submit, worker_start,
@@ -20,66 +35,71 @@ class TaskFuture(cf.Future):
     job, which holds every item's outcome.
     """
 
-    def __init__(self, job, index: int):
+    def __init__(self, records: ItemRecords, index: int):
         super().__init__()
-        self.job = job
-        self.job_id = job.job_id
+        self._records = records
+        self.job_id = records.job_id
         self.index = index
+        self.synced = 0  # the item state the job last gave this future (0: queued)
 
     @property
     def task_id(self) -> str | None:
-        return self.job.item_task(self.index)
+        return self._records.item_task(self.index)
 
     @property
-    def stats(self) -> dict:
-        return self.job.item_stats(self.index)
+    def stats(self) -> dict[str, Any]:
+        return self._records.item_stats(self.index)
 
     @property
     def stdout(self) -> str:
-        return self.job.item_stdout(self.index)
+        return self._records.item_stdout(self.index)
 
     @property
     def attempts(self) -> int:
-        return self.job.item_attempts(self.index)
+        return self._records.item_attempts(self.index)
 
     @property
-    def error_info(self) -> dict | None:
+    def error_info(self) -> dict[str, Any] | None:
         """type, message and traceback of the item's failure."""
-        return self.job.item_error_info(self.index)
+        return self._records.item_error_info(self.index)
 
     @property
     def state(self) -> str:
         """queued, running, done, failed or cancelled."""
-        return self.job.item_state(self.index)
+        return self._records.item_state(self.index)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<TaskFuture {self.job_id}[{self.index}] {self.state}>"
 
 
-def _futures(fs):
+def _futures(fs: cf.Future[Any] | Iterable[cf.Future[Any]]) -> list[cf.Future[Any]]:
     if isinstance(fs, cf.Future):
         return [fs]
     return list(fs)
 
 
-def wait(fs, return_when=ALL_COMPLETED, timeout=None):
+def wait(fs: cf.Future[Any] | Iterable[cf.Future[Any]], return_when: str = ALL_COMPLETED,
+         timeout: float | None = None) -> cf._base.DoneAndNotDoneFutures[Any]:
     """Like ``concurrent.futures.wait``; ``fs`` may be a Job, a future or futures."""
     return cf.wait(_futures(fs), timeout=timeout, return_when=return_when)
 
 
-def as_completed(fs, timeout=None):
+def as_completed(fs: cf.Future[Any] | Iterable[cf.Future[Any]],
+                 timeout: float | None = None) -> Iterator[cf.Future[Any]]:
     """Like ``concurrent.futures.as_completed``; ``fs`` may be a Job."""
     return cf.as_completed(_futures(fs), timeout=timeout)
 
 
-def get_result(fs, timeout=None):
+def get_result(fs: Any, timeout: float | None = None) -> Any:
     """Results in order; a single future gives its result. Raises the first failure."""
     if isinstance(fs, cf.Future):
         return fs.result(timeout)
-    if hasattr(fs, "item_state"):  # a Job: it holds the results already, no futures needed
+    from .job import Job
+
+    if isinstance(fs, Job):  # it holds the results already, no futures needed
         return fs.result(timeout)
     futures = _futures(fs)
-    done, not_done = cf.wait(futures, timeout=timeout)
+    _, not_done = cf.wait(futures, timeout=timeout)
     if not_done:
         raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} tasks not done after {timeout} s")
     return [f.result() for f in futures]

@@ -16,6 +16,8 @@ import io
 import pickle
 import sys
 import types
+from collections.abc import Iterable
+from typing import Any
 
 from . import serialize
 
@@ -23,7 +25,7 @@ _OWN = {"cloudbutton_executor", "cloudbutton_magic", "cloudbutton_jupyter", "clo
         "builtins", "__mp_main__"}
 
 
-def _code_imports(code: types.CodeType, out: set) -> None:
+def _code_imports(code: types.CodeType, out: set[str]) -> None:
     stack = [code]
     while stack:
         c = stack.pop()
@@ -38,9 +40,9 @@ def _code_imports(code: types.CodeType, out: set) -> None:
         stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
 
 
-def source_imports(code: str) -> set:
+def source_imports(code: str) -> set[str]:
     """Top-level names of the absolute imports in ``code`` (a cell)."""
-    out = set()
+    out: set[str] = set()
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Import):
             out.update(a.name.partition(".")[0] for a in node.names)
@@ -50,11 +52,11 @@ def source_imports(code: str) -> set:
 
 
 class _RecordingPickler(serialize._GuardedPickler):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.modules: set = set()
+        self.modules: set[str] = set()
 
-    def reducer_override(self, obj):
+    def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.ModuleType):
             self.modules.add(obj.__name__.partition(".")[0])
             return super().reducer_override(obj)
@@ -72,7 +74,7 @@ class _RecordingPickler(serialize._GuardedPickler):
         return out
 
 
-def dumps_with_modules(obj, label: str = "object") -> tuple[bytes, set]:
+def dumps_with_modules(obj: Any, label: str = "object") -> tuple[bytes, set[str]]:
     """``serialize.dumps(obj)`` and the installed modules the pickle needs on the worker."""
     with serialize._local_modules_by_value():
         buf = io.BytesIO()
@@ -87,9 +89,9 @@ def dumps_with_modules(obj, label: str = "object") -> tuple[bytes, set]:
         return buf.getvalue(), installed_only(pickler.modules)
 
 
-def installed_only(modules) -> set:
+def installed_only(modules: Iterable[str]) -> set[str]:
     """Leave out the standard library, our own packages and the user's local modules."""
-    out = set()
+    out: set[str] = set()
     for name in modules:
         if not name or name in _OWN or name in sys.stdlib_module_names or name in sys.builtin_module_names:
             continue

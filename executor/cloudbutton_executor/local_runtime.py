@@ -17,12 +17,14 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import IO, Any
 
 _HEADER = struct.Struct(">I")
 _random = random.Random()
 
 
-def read_message(stream):
+def read_message(stream: IO[bytes]) -> Any:
     header = stream.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return None
@@ -31,7 +33,7 @@ def read_message(stream):
     return json.loads(body)
 
 
-def encode_message(obj) -> bytes:
+def encode_message(obj: Any) -> bytes:
     body = json.dumps(obj, separators=(",", ":")).encode()
     return _HEADER.pack(len(body)) + body
 
@@ -49,7 +51,7 @@ class Context:
         return max(0, int((self._deadline - time.time()) * 1000))
 
 
-def _set_memory_limit(memory_mb):
+def _set_memory_limit(memory_mb: int | None) -> None:
     try:
         import resource
     except ImportError:  # pragma: no cover - not POSIX
@@ -85,13 +87,15 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _serve(event, handler, replies, home, scratch_root, scratch):
+def _serve(event: dict[str, Any], handler: Callable[..., dict[str, Any]], replies: IO[bytes],
+           home: str, scratch_root: str, scratch: str | None) -> str | None:
     """Run one invocation; returns the (empty) scratch dir the next one may reuse."""
     if scratch is None:
         scratch = tempfile.mkdtemp(prefix="invocation-", dir=scratch_root)
     os.chdir(scratch)
     os.environ["TMPDIR"] = scratch
     tempfile.tempdir = scratch
+    response: dict[str, Any]
     try:
         _set_memory_limit(event.get("memory_mb"))
         response = handler(event, Context(event.get("timeout") or 900, event.get("memory_mb")))
@@ -111,7 +115,7 @@ def _serve(event, handler, replies, home, scratch_root, scratch):
     return scratch
 
 
-def _is_empty_dir(path) -> bool:
+def _is_empty_dir(path: str) -> bool:
     try:
         with os.scandir(path) as it:
             return next(it, None) is None and not os.path.islink(path)

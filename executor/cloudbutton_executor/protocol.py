@@ -1,31 +1,44 @@
 """The storage protocol shared by the host, the workers and the Jupyter panel.
 
-Everything here is plain data: key names, id formats and the JSON shapes of
+Everything here is plain data: key names, id formats, the cancel marker, the
+deadline after which nobody can finish a job, and the JSON shapes of
 manifests, events and statuses. Keep it importable without cloudpickle so the
-server extension (which must never unpickle) can use it.
+server extension (which must never unpickle) can use it. Prices live beside
+it, in ``accounting.py``.
 """
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import threading
 import time
+from typing import Any
 
 # 2: a status's "items" is columnar (see ``item_columns``); 1 had one record per item.
 PROTOCOL_VERSION = 2
 
 # YYYYMMDD-HHMMSSmmm-xxxxxx: UTC creation time to the millisecond, then 6 random hex digits,
 # so ids sort by creation time. Ids of earlier versions lack the milliseconds.
-JOB_ID_RE = re.compile(r"^\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6}$")
-TASK_ID_RE = re.compile(r"^\d{6}-\d{6}$")
+JOB_ID_RE = re.compile(r"^\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6}\Z")
+# A task (one invocation) covers items [start, stop) of its job; both numbers are
+# zero-padded to the same width within a job (``task_id_width``), so that the order
+# of status keys in a listing is the order of the items. Jobs of fewer than a
+# million items have the 6-digit ids of every earlier version of the protocol.
+TASK_ID_RE = re.compile(r"^(\d{6,})-(\d{6,})\Z")
+MIN_TASK_ID_DIGITS = 6
 
 # A result (or a batch of results) at most this big travels inside status.json.
 INLINE_RESULT_BYTES = 64 * 1024
-# Inputs of one invocation at most this big travel inside the event
-# (Lambda's async payload limit is 256 KB; base64 adds a third).
+# Inputs of one invocation at most this big travel inside the event (base64 adds a
+# third; a backend's payload limit caps it further, see ``inline_event_limit``).
 INLINE_EVENT_BYTES = 96 * 1024
 STDOUT_LIMIT = 64 * 1024
+
+# A job followed from storage only (re-attached) ends its missing items as lost this
+# long after the last moment its own host could still have run them (see ``lost_deadline``).
+LOST_JOB_GRACE_S = 60.0
 
 
 _last_job_ms = 0
@@ -48,22 +61,45 @@ def job_created(job_id: str) -> float:
     return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def task_id(start: int, stop: int) -> str:
-    """A task is one invocation covering items [start, stop)."""
-    return f"{start:06d}-{stop:06d}"
+def task_id_width(n_items: int) -> int:
+    """Digits of each number in the task ids of a job of ``n_items`` items."""
+    return max(MIN_TASK_ID_DIGITS, len(str(max(0, n_items))))
+
+
+def task_id(start: int, stop: int, n_items: int) -> str:
+    """The id of the task (one invocation) covering items [start, stop) of a job of
+    ``n_items`` items."""
+    if not 0 <= start < stop <= n_items:
+        raise ValueError(f"no task [{start}, {stop}) in a job of {n_items} items")
+    w = task_id_width(n_items)
+    return f"{start:0{w}d}-{stop:0{w}d}"
 
 
 def task_range(tid: str) -> tuple[int, int]:
-    a, b = tid.split("-")
-    return int(a), int(b)
+    """``(start, stop)`` of a task id, whatever its width."""
+    m = TASK_ID_RE.match(tid)
+    if m is None:
+        raise ValueError(f"not a task id: {tid!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
+def is_task_id(text: str) -> bool:
+    m = TASK_ID_RE.match(text)
+    return m is not None and int(m.group(1)) < int(m.group(2))
+
+
+# Keys -------------------------------------------------------------------------------
 def function_key(prefix: str, digest: str) -> str:
     return f"{prefix}/functions/{digest}.pickle"
 
 
+def jobs_prefix(prefix: str) -> str:
+    """Where every job of a prefix lives: one folder per job id below it."""
+    return f"{prefix}/jobs/"
+
+
 def job_prefix(prefix: str, job_id: str) -> str:
-    return f"{prefix}/jobs/{job_id}"
+    return f"{jobs_prefix(prefix)}{job_id}"
 
 
 def manifest_key(prefix: str, job_id: str) -> str:
@@ -92,9 +128,51 @@ def cancel_key(prefix: str, job_id: str) -> str:
 
 def task_id_from_status_key(key: str) -> str | None:
     parts = key.rsplit("/", 2)
-    if len(parts) == 3 and parts[2] == "status.json" and TASK_ID_RE.match(parts[1]):
+    if len(parts) == 3 and parts[2] == "status.json" and is_task_id(parts[1]):
         return parts[1]
     return None
+
+
+def job_ids(names: list[str]) -> list[str]:
+    """The job ids among the names below ``jobs_prefix``, newest first (a job id
+    starts with its UTC creation time)."""
+    return sorted((n for n in names if JOB_ID_RE.match(n)), reverse=True)
+
+
+# The cancel marker ------------------------------------------------------------------
+# Whoever cancels a job (its own host, the Jupyter panel, `%cloud cancel` in another
+# kernel) writes it once, first write wins; workers and hosts only test that it exists.
+def cancel_marker(by: str, at: float) -> bytes:
+    return json.dumps({"v": PROTOCOL_VERSION, "by": by, "at": at}).encode()
+
+
+def read_cancel_marker(raw: bytes) -> dict[str, Any]:
+    """``{"by": ..., "at": ...}`` of a cancel marker; a marker written by an older
+    version (free text) gives ``{"by": <the text>}``."""
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        info = None
+    if isinstance(info, dict):
+        return info
+    return {"by": raw.decode("utf-8", "replace")[:200]}
+
+
+# Deadlines --------------------------------------------------------------------------
+def lost_deadline(manifest: dict[str, Any]) -> float:
+    """When a job that nobody is dispatching any more has certainly lost what it has not
+    stored: every item run one after another at its timeout, plus a grace."""
+    n = max(1, int(manifest.get("n_items") or 0))
+    timeout = float(manifest.get("timeout") or 300)
+    return float(manifest.get("created") or 0) + timeout * n + LOST_JOB_GRACE_S
+
+
+def inline_event_limit(payload_limit_bytes: int | None) -> int:
+    """The most input bytes one event may carry inline for a backend with this payload
+    limit (base64 and the event's other fields must fit beside them)."""
+    if payload_limit_bytes is None:
+        return INLINE_EVENT_BYTES
+    return min(INLINE_EVENT_BYTES, payload_limit_bytes // 2)
 
 
 # Statuses -------------------------------------------------------------------------
@@ -105,13 +183,17 @@ def task_id_from_status_key(key: str) -> str | None:
 # Only failed items have an error record; flops and stdout only where non-empty.
 # A host-written status (an infrastructure failure) has "infra" and empty "items":
 # all of its items failed with that error.
+# Its "stats" holds the invocation's timestamps (host_submit, worker_start, setup_done,
+# compute_done, result_stored), cold_start, peak_mem_mb, the storage requests the
+# worker made ("requests": {"PUT": n, ...}) and, where the backend reports it, the
+# billed INIT time of a cold start ("init_s").
 
-def item_columns(status: dict) -> dict:
+def item_columns(status: dict[str, Any]) -> dict[str, Any]:
     """The columnar "items" of a status, whatever the version that wrote it."""
     items = status.get("items") or {}
     if isinstance(items, list):  # version 1: one record per item
         base = min((r["t0"] for r in items if r.get("t0") is not None), default=0.0)
-        cols = {"base": base, "errors": {}, "flops": {}, "stdout": {}}
+        cols: dict[str, Any] = {"base": base, "errors": {}, "flops": {}, "stdout": {}}
         if all(r.get("t0") is not None and r.get("t1") is not None for r in items):
             cols["t0_us"] = [round((r["t0"] - base) * 1e6) for r in items]
             cols["t1_us"] = [round((r["t1"] - base) * 1e6) for r in items]
@@ -124,10 +206,10 @@ def item_columns(status: dict) -> dict:
             if r.get("stdout"):
                 cols["stdout"][key] = r["stdout"]
         return cols
-    return items
+    return dict(items)
 
 
-def item_errors(status: dict) -> dict[int, dict]:
+def item_errors(status: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Item index -> error record, for every failed item of a status."""
     infra = status.get("infra")
     if infra is not None:
@@ -137,14 +219,23 @@ def item_errors(status: dict) -> dict[int, dict]:
     return {int(k): v for k, v in (item_columns(status).get("errors") or {}).items()}
 
 
-def item_flops(status: dict) -> float:
+def item_flops(status: dict[str, Any]) -> float:
     """The FLOPs the items of a status reported, summed."""
-    return sum((item_columns(status).get("flops") or {}).values())
+    return float(sum((item_columns(status).get("flops") or {}).values()))
 
 
-def item_stdout(status: dict) -> dict[int, str]:
+def item_stdout(status: dict[str, Any]) -> dict[int, str]:
     return {int(k): v for k, v in (item_columns(status).get("stdout") or {}).items()}
 
 
-def now() -> float:
-    return time.time()
+def host_failure_status(job_id: str, tid: str, attempt: int, error_type: str, kind: str,
+                        message: str, host_submit: float | None) -> dict[str, Any]:
+    """The status the host stores for a task that ended without a worker's status
+    (lost, timed out, its worker died): every item failed with that error."""
+    return {
+        "v": PROTOCOL_VERSION, "job_id": job_id, "task": tid, "state": "error",
+        "attempt": attempt, "written_by": "host",
+        "infra": {"type": error_type, "kind": kind, "message": message},
+        "items": {},
+        "stats": {"host_submit": host_submit},
+    }

@@ -19,6 +19,8 @@ import sys
 import sysconfig
 import threading
 import types
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeAlias, cast
 
 import cloudpickle
 
@@ -46,7 +48,7 @@ class SecretError(SerializationError):
     """An object would carry credentials to the workers."""
 
 
-def _is_secret_type(obj) -> bool:
+def _is_secret_type(obj: object) -> bool:
     for klass in type(obj).__mro__:
         key = (klass.__module__, klass.__qualname__)
         if key in _SECRET_TYPES:
@@ -57,8 +59,8 @@ def _is_secret_type(obj) -> bool:
     return False
 
 
-class _GuardedPickler(cloudpickle.Pickler):
-    def reducer_override(self, obj):
+class _GuardedPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types
+    def reducer_override(self, obj: Any) -> Any:
         if _is_secret_type(obj):
             raise SecretError(
                 f"refusing to ship a {_type_name(obj)}: it carries AWS credentials. "
@@ -66,15 +68,17 @@ class _GuardedPickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def _type_name(obj) -> str:
+def _type_name(obj: object) -> str:
     t = type(obj)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 # Local-module detection ----------------------------------------------------
 def _installed_roots() -> tuple[str, ...]:
-    roots = set()
-    for getter in (site.getsitepackages, lambda: [site.getusersitepackages()]):
+    roots: set[str] = set()
+    getters: list[Callable[[], list[str]]] = [site.getsitepackages,
+                                               lambda: [site.getusersitepackages()]]
+    for getter in getters:
         try:
             roots.update(getter())
         except Exception:  # pragma: no cover - some embedded pythons lack site paths
@@ -118,7 +122,7 @@ def local_module_names() -> list[str]:
 
 
 @contextlib.contextmanager
-def _local_modules_by_value():
+def _local_modules_by_value() -> Iterator[None]:
     """Register the loaded local modules with cloudpickle for the duration."""
     with _register_lock:
         registered = []
@@ -138,7 +142,7 @@ def _local_modules_by_value():
                     pass
 
 
-def _dump(obj) -> bytes:
+def _dump(obj: Any) -> bytes:
     buf = io.BytesIO()
     _GuardedPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     return buf.getvalue()
@@ -151,7 +155,7 @@ _SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
 _CONTAINERS = frozenset({tuple, list, dict})
 
 
-def _is_plain(obj, depth: int = 0) -> bool:
+def _is_plain(obj: Any, depth: int = 0) -> bool:
     t = type(obj)
     if t in _SCALARS:
         return True
@@ -165,7 +169,7 @@ def _is_plain(obj, depth: int = 0) -> bool:
 _BIG = 1 << 16  # the pickler hands bytes this big to write() as they are
 
 
-def _has_big_bytes(obj, depth: int = 0) -> bool:
+def _has_big_bytes(obj: Any, depth: int = 0) -> bool:
     t = type(obj)
     if t is bytes:
         return len(obj) >= _BIG
@@ -183,38 +187,41 @@ class Pieces:
 
     __slots__ = ("parts", "nbytes")
 
-    def __init__(self, parts):
+    def __init__(self, parts: list[bytes | memoryview]):
         self.parts = parts
         self.nbytes = sum(len(p) for p in parts)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.nbytes
 
-    def __bytes__(self):
+    def __bytes__(self) -> bytes:
         return b"".join(self.parts)
 
 
-def _dump_plain_pieces(obj, proto):
-    parts: list = []
+Payload: TypeAlias = "bytes | Pieces"  # one pickled input, whole or in pieces
+
+
+def _dump_plain_pieces(obj: Any, proto: int) -> Payload:
+    parts: list[bytes | memoryview] = []
     sink = types.SimpleNamespace(write=parts.append)
     pickle.Pickler(sink, proto).dump(obj)
-    return parts[0] if len(parts) == 1 else Pieces(parts)
+    return cast(bytes, parts[0]) if len(parts) == 1 else Pieces(parts)
 
 
-def flatten(payloads):
+def flatten(payloads: Iterable[Payload]) -> Iterator[bytes | memoryview]:
     """The bytes of ``payloads`` (bytes or Pieces), in order, without joining them."""
     for p in payloads:
-        if type(p) is Pieces:
+        if isinstance(p, Pieces):
             yield from p.parts
         else:
             yield p
 
 
-def join(payloads) -> bytes:
+def join(payloads: Iterable[Payload]) -> bytes:
     return b"".join(flatten(payloads))
 
 
-def dumps(obj, label: str = "object") -> bytes:
+def dumps(obj: Any, label: str = "object") -> bytes:
     """Pickle ``obj`` for the workers, naming the culprit if that fails."""
     if _is_plain(obj):
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
@@ -228,7 +235,7 @@ def dumps(obj, label: str = "object") -> bytes:
             raise SerializationError(f"cannot ship {culprit}: {err}") from err
 
 
-def dumps_scalar_calls(items: list) -> list[bytes] | None:
+def dumps_scalar_calls(items: list[Any]) -> list[Payload] | None:
     """The payloads ``((x,), {})`` of a map over small scalars, or None if ``items`` holds
     anything else. The common case of big maps, without building the calls first."""
     scalars = _SCALARS
@@ -236,16 +243,16 @@ def dumps_scalar_calls(items: list) -> list[bytes] | None:
         return None
     if any(type(x) is bytes and len(x) >= _BIG for x in items):
         return None  # big bytes go through dumps_each, which does not copy them
-    dumps, proto, no_kwargs = pickle.dumps, pickle.HIGHEST_PROTOCOL, {}
+    dumps, proto, no_kwargs = pickle.dumps, pickle.HIGHEST_PROTOCOL, {}  # type: ignore[var-annotated]
     return [dumps(((x,), no_kwargs), proto) for x in items]
 
 
-def dumps_each(objs) -> list[bytes]:
+def dumps_each(objs: Iterable[Any]) -> list[Payload]:
     """Pickle many objects in one by-value registration (raises SerializationError)."""
     objs = objs if isinstance(objs, (list, tuple)) else list(objs)
-    out = []
+    out: list[Any] = []
     dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
-    rest = []
+    rest: list[int] = []
     scalars = _SCALARS
     for i, o in enumerate(objs):
         # The usual shape first: map() over scalars gives ((x,), {}).
@@ -269,7 +276,7 @@ def dumps_each(objs) -> list[bytes]:
     return out
 
 
-def _picklable(obj) -> bool:
+def _picklable(obj: Any) -> bool:
     try:
         _GuardedPickler(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
         return True
@@ -277,13 +284,13 @@ def _picklable(obj) -> bool:
         return False
 
 
-def find_culprit(obj, label: str, _depth: int = 0) -> str:
+def find_culprit(obj: Any, label: str, _depth: int = 0) -> str:
     """Describe the innermost unpicklable part of ``obj`` ("global 'conn' (sqlite3.Connection)")."""
     if _depth > 6:
         return f"{label} ({_type_name(obj)})"
     children: list[tuple[str, object]] = []
     if isinstance(obj, types.FunctionType):
-        code_names = set()
+        code_names: set[str] = set()
         stack = [obj.__code__]
         while stack:  # names read by nested functions, lambdas and comprehensions too
             code = stack.pop()
@@ -317,7 +324,7 @@ def find_culprit(obj, label: str, _depth: int = 0) -> str:
     return f"{label} (type {_type_name(obj)})"
 
 
-def loads(data: bytes):
+def loads(data: bytes) -> Any:
     return cloudpickle.loads(data)
 
 

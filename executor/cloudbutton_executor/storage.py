@@ -7,9 +7,12 @@ same storage; it never contains credentials (workers use their own role).
 from __future__ import annotations
 
 import abc
+import builtins
 import collections
 import os
 import threading
+from collections.abc import Iterable
+from typing import Any
 
 
 class NotFound(KeyError):
@@ -29,8 +32,8 @@ class Storage(abc.ABC):
 
     kind = "abstract"
 
-    def __init__(self):
-        self._counts = collections.Counter()
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
 
     def _count(self, op: str, n: int = 1) -> None:
@@ -38,7 +41,7 @@ class Storage(abc.ABC):
             self._counts[op] += n
 
     @property
-    def request_counts(self) -> dict:
+    def request_counts(self) -> dict[str, int]:
         with self._count_lock:
             return dict(self._counts)
 
@@ -46,6 +49,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key``, replacing what was there."""
+
+    def put_parts(self, key: str, parts: Iterable[bytes | memoryview]) -> None:
+        """``put(key, b"".join(parts))``; a storage that can write the parts one after
+        another does so without the joined copy."""
+        self.put(key, b"".join(parts))
 
     @abc.abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -60,11 +68,11 @@ class Storage(abc.ABC):
         """Whether ``key`` exists."""
 
     @abc.abstractmethod
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         """Keys under ``prefix`` in order; only those after ``start_after`` if given."""
 
     @abc.abstractmethod
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         """Names one level below ``prefix`` (like ``ls``), e.g. the job ids under ``jobs/``."""
 
     @abc.abstractmethod
@@ -72,7 +80,7 @@ class Storage(abc.ABC):
         """Delete every key under ``prefix``; returns how many."""
 
     @abc.abstractmethod
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """What a worker needs to reach this storage (never credentials)."""
 
 
@@ -88,7 +96,7 @@ class LocalStorage(Storage):
             raise ValueError(f"invalid storage key {key!r}")
         return os.path.join(self.root, key)
 
-    def _write_tmp(self, path: str, data: bytes) -> str:
+    def _write_tmp(self, path: str, data: bytes | Iterable[bytes | memoryview]) -> str:
         tmp = f"{path}.{os.urandom(16).hex()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -108,18 +116,18 @@ class LocalStorage(Storage):
         os.close(fd)
         return tmp
 
-    def put(self, key, data):
+    def put(self, key: str, data: bytes) -> None:
         self._count("PUT")
         path = self._path(key)
         os.replace(self._write_tmp(path, data), path)
 
-    def put_parts(self, key: str, parts) -> None:
+    def put_parts(self, key: str, parts: Iterable[bytes | memoryview]) -> None:
         """``put(key, b"".join(parts))`` without building the joined copy."""
         self._count("PUT")
         path = self._path(key)
         os.replace(self._write_tmp(path, parts), path)
 
-    def put_if_absent(self, key, data):
+    def put_if_absent(self, key: str, data: bytes) -> bool:
         self._count("PUT")
         path = self._path(key)
         tmp = self._write_tmp(path, data)
@@ -131,7 +139,7 @@ class LocalStorage(Storage):
         finally:
             os.unlink(tmp)
 
-    def get(self, key, start=None, stop=None):
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
         self._count("GET")
         try:
             fd = os.open(self._path(key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -146,11 +154,11 @@ class LocalStorage(Storage):
         finally:
             os.close(fd)
 
-    def exists(self, key):
+    def exists(self, key: str) -> bool:
         self._count("HEAD")
         return os.path.exists(self._path(key))
 
-    def list(self, prefix, start_after=None):
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         self._count("LIST")
         base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
         out = []
@@ -163,14 +171,14 @@ class LocalStorage(Storage):
                         out.append(key)
         return sorted(out)
 
-    def children(self, prefix):
+    def children(self, prefix: str) -> builtins.list[str]:
         self._count("LIST")
         try:
             return sorted(n for n in os.listdir(self._path(prefix.rstrip("/"))) if not n.endswith(".tmp"))
         except FileNotFoundError:
             return []
 
-    def delete_prefix(self, prefix):
+    def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         for key in keys:
             self._count("DELETE")
@@ -188,7 +196,7 @@ class LocalStorage(Storage):
                     pass
         return len(keys)
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {"kind": "local", "root": self.root}
 
 
@@ -215,7 +223,7 @@ def _read_all(fd: int, start: int) -> bytes:
     return _read_range(fd, start, os.fstat(fd).st_size - start)
 
 
-def _conditional_puts(client) -> None:
+def _conditional_puts(client: Any) -> None:
     """Let ``put_object(IfNoneMatch="*")`` work on botocore releases older than S3's
     conditional writes (Aug 2024) -- such as the one Lambda's Python runtimes bundle:
     the parameter is taken out before validation and sent as the header it stands for."""
@@ -223,11 +231,11 @@ def _conditional_puts(client) -> None:
     if "IfNoneMatch" in shape.members:
         return
 
-    def take(params, context, **_):
+    def take(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         if "IfNoneMatch" in params:
             context["cloudbutton_if_none_match"] = params.pop("IfNoneMatch")
 
-    def add(request, **_):
+    def add(request: Any, **_: Any) -> None:
         value = request.context.get("cloudbutton_if_none_match")
         if value is not None:
             request.headers["If-None-Match"] = value
@@ -240,7 +248,7 @@ class S3Storage(Storage):
     kind = "s3"
 
     def __init__(self, bucket: str, region: str | None = None, endpoint_url: str | None = None,
-                 max_pool_connections: int = 64, session=None):
+                 max_pool_connections: int = 64, session: Any = None):
         super().__init__()
         if not bucket:
             raise ValueError("S3 storage needs a bucket name")
@@ -249,11 +257,11 @@ class S3Storage(Storage):
         self.endpoint_url = endpoint_url
         self._max_pool = max_pool_connections
         self._session = session
-        self._client = None
+        self._client: Any = None
         self._client_lock = threading.Lock()
 
     @property
-    def client(self):
+    def client(self) -> Any:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
@@ -268,15 +276,15 @@ class S3Storage(Storage):
                     _conditional_puts(self._client)
         return self._client
 
-    def _is_missing(self, err) -> bool:
+    def _is_missing(self, err: Any) -> bool:
         code = err.response.get("Error", {}).get("Code", "")
         return code in ("NoSuchKey", "404", "NotFound")
 
-    def put(self, key, data):
+    def put(self, key: str, data: bytes) -> None:
         self._count("PUT")
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
-    def put_if_absent(self, key, data):
+    def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
         self._count("PUT")
@@ -289,7 +297,7 @@ class S3Storage(Storage):
                 return False
             raise
 
-    def get(self, key, start=None, stop=None):
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
         from botocore.exceptions import ClientError
 
         self._count("GET")
@@ -297,13 +305,13 @@ class S3Storage(Storage):
         if start is not None:
             kwargs["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
         try:
-            return self.client.get_object(**kwargs)["Body"].read()
+            return bytes(self.client.get_object(**kwargs)["Body"].read())
         except ClientError as err:
             if self._is_missing(err):
                 raise NotFound(key) from None
             raise
 
-    def exists(self, key):
+    def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         self._count("HEAD")
@@ -315,8 +323,8 @@ class S3Storage(Storage):
                 return False
             raise
 
-    def list(self, prefix, start_after: str | None = None):
-        out = []
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
+        out: builtins.list[str] = []
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
@@ -328,10 +336,10 @@ class S3Storage(Storage):
                 return out
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
 
-    def children(self, prefix):
+    def children(self, prefix: str) -> builtins.list[str]:
         prefix = prefix.rstrip("/") + "/"
         kwargs = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
-        out = []
+        out: builtins.list[str] = []
         while True:
             self._count("LIST")
             resp = self.client.list_objects_v2(**kwargs)
@@ -341,7 +349,7 @@ class S3Storage(Storage):
                 return sorted(out)
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
 
-    def delete_prefix(self, prefix):
+    def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         for i in range(0, len(keys), 1000):
             self._count("DELETE")
@@ -350,8 +358,8 @@ class S3Storage(Storage):
                 Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
         return len(keys)
 
-    def describe(self):
-        desc = {"kind": "s3", "bucket": self.bucket}
+    def describe(self) -> dict[str, Any]:
+        desc: dict[str, Any] = {"kind": "s3", "bucket": self.bucket}
         if self.region:
             desc["region"] = self.region
         if self.endpoint_url:
@@ -359,7 +367,7 @@ class S3Storage(Storage):
         return desc
 
 
-def storage_from_description(desc: dict) -> Storage:
+def storage_from_description(desc: dict[str, Any]) -> Storage:
     """Rebuild a storage from ``describe()`` output (what an event carries)."""
     kind = desc.get("kind")
     if kind == "local":
@@ -370,26 +378,49 @@ def storage_from_description(desc: dict) -> Storage:
     raise ValueError(f"unknown storage kind {kind!r}")
 
 
-class CountingView:
+class CountingView(Storage):
     """A view of a storage that counts the requests made through it (one job's share)."""
 
-    _OPS = {"put": "PUT", "put_parts": "PUT", "put_if_absent": "PUT", "get": "GET", "exists": "HEAD", "list": "LIST",
-            "children": "LIST"}
-
     def __init__(self, storage: Storage):
+        super().__init__()
         self.inner = storage
-        self.counts = collections.Counter()
-        self._lock = threading.Lock()
+        self.kind = storage.kind
 
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        op = self._OPS.get(name)
-        if op is None:
-            return attr
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.request_counts
 
-        def counted(*args, **kwargs):
-            with self._lock:
-                self.counts[op] += 1
-            return attr(*args, **kwargs)
+    def put(self, key: str, data: bytes) -> None:
+        self._count("PUT")
+        self.inner.put(key, data)
 
-        return counted
+    def put_parts(self, key: str, parts: Iterable[bytes | memoryview]) -> None:
+        self._count("PUT")
+        self.inner.put_parts(key, parts)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        self._count("PUT")
+        return self.inner.put_if_absent(key, data)
+
+    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
+        self._count("GET")
+        return self.inner.get(key, start, stop)
+
+    def exists(self, key: str) -> bool:
+        self._count("HEAD")
+        return self.inner.exists(key)
+
+    def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
+        self._count("LIST")
+        return self.inner.list(prefix, start_after)
+
+    def children(self, prefix: str) -> builtins.list[str]:
+        self._count("LIST")
+        return self.inner.children(prefix)
+
+    def delete_prefix(self, prefix: str) -> int:
+        self._count("DELETE")
+        return self.inner.delete_prefix(prefix)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()

@@ -17,11 +17,15 @@ import pickle
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 from . import context as _context
 from . import protocol
 from .errors import OutOfMemoryError, RemoteError, TaskTimeoutError
-from .storage import NotFound, storage_from_description
+from .storage import NotFound, Storage, storage_from_description
+
+Outcome = tuple[bool, Any]  # (ok, the result or the exception an item raised)
 
 _PROCESS_START = time.time()
 # Seconds from the runtime's start to this module's import (the part of Lambda's INIT
@@ -39,12 +43,12 @@ def _seconds_since_process_start() -> float | None:
 
 _INIT_DURATION_S = _seconds_since_process_start()
 _invocations = 0
-_functions: dict[str, object] = {}  # warm containers keep function blobs
-_storages: dict[str, object] = {}
+_functions: dict[str, Callable[..., Any]] = {}  # warm containers keep function blobs
+_storages: dict[tuple[tuple[str, Any], ...], Storage] = {}
 _no_cancel_seen: dict[str, float] = {}  # job id -> when this container last found no cancel marker
 
 
-def _storage(desc: dict):
+def _storage(desc: dict[str, Any]) -> Storage:
     key = tuple(sorted(desc.items()))
     st = _storages.get(key)
     if st is None:
@@ -73,7 +77,7 @@ def _format_traceback(exc: BaseException) -> str:
     return "".join(te.format())
 
 
-def _error_record(exc: BaseException) -> dict:
+def _error_record(exc: BaseException) -> dict[str, Any]:
     return {
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
@@ -82,7 +86,7 @@ def _error_record(exc: BaseException) -> dict:
     }
 
 
-def _picklable_exception(exc: BaseException, record: dict) -> BaseException:
+def _picklable_exception(exc: BaseException, record: dict[str, Any]) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
@@ -93,14 +97,14 @@ def _picklable_exception(exc: BaseException, record: dict) -> BaseException:
 class _Tee(io.TextIOBase):
     """Captures a task's prints while keeping them visible in the worker's log."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: TextIO | None):
         self.buf = io.StringIO()
         self.stream = stream
 
-    def writable(self):
+    def writable(self) -> bool:
         return True
 
-    def write(self, s):
+    def write(self, s: str) -> int:
         if self.buf.tell() < protocol.STDOUT_LIMIT:
             self.buf.write(s)
         if self.stream is not None:
@@ -110,7 +114,7 @@ class _Tee(io.TextIOBase):
                 pass
         return len(s)
 
-    def flush(self):
+    def flush(self) -> None:
         if self.stream is not None:
             try:
                 self.stream.flush()
@@ -118,7 +122,7 @@ class _Tee(io.TextIOBase):
                 pass
 
 
-def _load_inputs(storage, event) -> list[bytes]:
+def _load_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
     data = event["data"]
     if "inline" in data:
         blob = base64.b64decode(data["inline"])
@@ -129,7 +133,7 @@ def _load_inputs(storage, event) -> list[bytes]:
     return [view[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
 
 
-def _load_reduce_inputs(storage, event) -> list[bytes]:
+def _load_reduce_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
     """A reduce task's input: the results of another job's tasks, in order."""
     spec = event["reduce"]
     values = []
@@ -139,19 +143,21 @@ def _load_reduce_inputs(storage, event) -> list[bytes]:
             if not ok:
                 raise value
             values.append(value)
-    return [pickle.dumps(((values,), {}))]
+    return [memoryview(pickle.dumps(((values,), {})))]
 
 
-def _read_results(storage, prefix, job_id, tid, status):
+def _read_results(storage: Storage, prefix: str, job_id: str, tid: str,
+                  status: dict[str, Any]) -> list[Outcome]:
     res = status["result"]
     if "inline" in res:
         blob = base64.b64decode(res["inline"])
     else:
         blob = storage.get(protocol.result_key(prefix, job_id, tid))
-    return pickle.loads(blob)
+    outcomes: list[Outcome] = pickle.loads(blob)
+    return outcomes
 
 
-def handler(event, context=None):
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run one invocation; whatever happens, exactly one terminal status is written
     (PyWren's rule): a setup failure (cancel check, function, inputs) becomes an
     error status naming the cause, so the host ends the task at once."""
@@ -162,7 +168,7 @@ def handler(event, context=None):
     prefix, job_id, tid = event["prefix"], event["job_id"], event["task"]
     storage = _storage(event["storage"])
     counts_before = storage.request_counts
-    stats = {"host_submit": event.get("host_submit"), "worker_start": worker_start,
+    stats: dict[str, Any] = {"host_submit": event.get("host_submit"), "worker_start": worker_start,
              "cold_start": cold, "runtime_start": _PROCESS_START,
              "request_id": getattr(context, "aws_request_id", None), "pid": os.getpid()}
     if cold and _INIT_DURATION_S is not None:
@@ -173,8 +179,7 @@ def handler(event, context=None):
         fn = _load_function(storage, event["function_key"])
         inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
-        status = _setup_failure_status(event, exc, stats)
-        return _write_status(storage, event, status, counts_before)
+        return _write_status(storage, event, _setup_failure_status(event, exc, stats), counts_before)
     stats["setup_done"] = time.time()
 
     first = protocol.task_range(tid)[0]
@@ -184,7 +189,7 @@ def handler(event, context=None):
 
     blob = _dump_outcomes(outcomes, items["errors"], first)  # may add errors (unpicklable results)
     stats["peak_mem_mb"] = round(_peak_mem_mb(), 1)
-    status = {"v": protocol.PROTOCOL_VERSION, "job_id": job_id, "task": tid,
+    status: dict[str, Any] = {"v": protocol.PROTOCOL_VERSION, "job_id": job_id, "task": tid,
               "state": "error" if items["errors"] else "done", "attempt": event.get("attempt", 0),
               "items": items, "stats": stats}
     if len(blob) <= protocol.INLINE_RESULT_BYTES:
@@ -195,7 +200,7 @@ def handler(event, context=None):
     return _write_status(storage, event, status, counts_before)
 
 
-def _cancelled(storage, prefix, job_id, now, ttl) -> bool:
+def _cancelled(storage: Storage, prefix: str, job_id: str, now: float, ttl: float | None) -> bool:
     # An event may allow a warm container to trust a recent "not cancelled" answer for
     # ``cancel_check_ttl`` seconds (Lambda: saves one HEAD per task; the host also stops
     # sending a cancelled job's events). Without it, every task checks.
@@ -208,7 +213,7 @@ def _cancelled(storage, prefix, job_id, now, ttl) -> bool:
     return False
 
 
-def _load_function(storage, fkey):
+def _load_function(storage: Storage, fkey: str) -> Callable[..., Any]:
     fn = _functions.get(fkey)
     if fn is None:
         import cloudpickle
@@ -217,8 +222,8 @@ def _load_function(storage, fkey):
     return fn
 
 
-def _worker_versions() -> dict:
-    out = {"python": ".".join(map(str, sys.version_info[:3]))}
+def _worker_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": ".".join(map(str, sys.version_info[:3]))}
     try:
         import cloudpickle
 
@@ -228,7 +233,8 @@ def _worker_versions() -> dict:
     return out
 
 
-def _setup_failure_status(event, exc: BaseException, stats: dict) -> dict:
+def _setup_failure_status(event: dict[str, Any], exc: BaseException,
+                          stats: dict[str, Any]) -> dict[str, Any]:
     """An error status for a task whose function or inputs could not be loaded: every
     item fails with one infrastructure error saying why, and on which worker."""
     versions = _worker_versions()
@@ -239,7 +245,7 @@ def _setup_failure_status(event, exc: BaseException, stats: dict) -> dict:
     if missing:
         message += (f". The worker has no module {missing!r}: deploy the job's packages "
                     "(`cloudbutton deploy --sync`) or install it for the local workers")
-    infra = {"type": "WorkerSetupError", "kind": "setup", "message": message,
+    infra: dict[str, Any] = {"type": "WorkerSetupError", "kind": "setup", "message": message,
              "exception": {"type": type(exc).__qualname__, "module": type(exc).__module__,
                            "message": str(exc)[:2000]},
              "traceback": traceback.format_exc()[-20000:], "worker": versions}
@@ -252,7 +258,8 @@ def _setup_failure_status(event, exc: BaseException, stats: dict) -> dict:
             "stats": stats}
 
 
-def _write_status(storage, event, status: dict, counts_before: dict) -> dict:
+def _write_status(storage: Storage, event: dict[str, Any], status: dict[str, Any],
+                  counts_before: dict[str, int]) -> dict[str, Any]:
     counts = storage.request_counts
     # The status PUT itself is counted here, before it happens, so the count is complete.
     worker_requests = {k: counts.get(k, 0) - counts_before.get(k, 0) for k in counts}
@@ -270,7 +277,7 @@ class _JobDeadline(BaseException):
 
 
 @contextlib.contextmanager
-def _job_deadline(event, context, started: float):
+def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterator[None]:
     """Stop the task at the job's timeout when it is shorter than what the runtime allows
     (Lambda: a per-job timeout under the function's Timeout): the items not finished
     then end as timeouts in this invocation's status, instead of running on and billing."""
@@ -282,11 +289,11 @@ def _job_deadline(event, context, started: float):
     left = remaining() / 1000.0 if remaining else None
     armed = (limit and left is not None and limit + 1.0 < left
              and threading.current_thread() is threading.main_thread())
-    if not armed:
+    if not armed or limit is None:
         yield
         return
 
-    def expire(signum, frame):
+    def expire(signum: int, frame: Any) -> None:
         raise _JobDeadline()
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -298,13 +305,19 @@ def _job_deadline(event, context, started: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run_items(fn, inputs, first: int, tid: str, event):
+def _run_items(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid: str,
+               event: dict[str, Any]) -> tuple[list[Outcome], dict[str, Any]]:
     """Run the task's items in order: their (ok, value) outcomes and the status's
     item columns (see ``protocol.item_columns``).
 
     Kept lean: a batch of tiny items spends most of its time here, so the
     per-item work is a few attribute reads, two clock reads and an unpickle."""
-    outcomes, errors, flops, stdout, t0_us, t1_us = [], {}, {}, {}, [], []
+    outcomes: list[Outcome] = []
+    errors: dict[str, dict[str, Any]] = {}
+    flops: dict[str, float] = {}
+    stdout: dict[str, str] = {}
+    t0_us: list[int] = []
+    t1_us: list[int] = []
     tee = _Tee(sys.stdout)  # one capture for the batch, emptied after each item
     base = time.time()
     try:
@@ -324,7 +337,10 @@ def _run_items(fn, inputs, first: int, tid: str, event):
                       "errors": errors, "flops": flops, "stdout": stdout}
 
 
-def _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, stdout, t0_us, t1_us, tee, base):
+def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid: str,
+               event: dict[str, Any], outcomes: list[Outcome], errors: dict[str, dict[str, Any]],
+               flops: dict[str, float], stdout: dict[str, str], t0_us: list[int],
+               t1_us: list[int], tee: _Tee, base: float) -> None:
     buf = tee.buf
     reported = _context._flops
     reported[0] = 0
@@ -359,7 +375,7 @@ def _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, stdout, t
                 buf = tee.buf = io.StringIO()
 
 
-def _dump_outcomes(outcomes, errors, first: int) -> bytes:
+def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int) -> bytes:
     # Plain pickle first: it is several times cheaper than cloudpickle for the
     # usual results, and it refuses (rather than mis-pickles) what it cannot
     # name: classes and functions defined inside the task, which exist only in
@@ -371,13 +387,14 @@ def _dump_outcomes(outcomes, errors, first: int) -> bytes:
     import cloudpickle  # results may be instances of classes defined inside the task
 
     try:
-        return cloudpickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+        return bytes(cloudpickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:
-        return cloudpickle.dumps([_safe_outcome(o, errors, first + k) for k, o in enumerate(outcomes)],
-                                 protocol=pickle.HIGHEST_PROTOCOL)
+        return bytes(cloudpickle.dumps([_safe_outcome(o, errors, first + k)
+                                        for k, o in enumerate(outcomes)],
+                                       protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _safe_outcome(outcome, errors, i):
+def _safe_outcome(outcome: Outcome, errors: dict[str, dict[str, Any]], i: int) -> Outcome:
     ok, value = outcome
     import cloudpickle
 
@@ -390,13 +407,15 @@ def _safe_outcome(outcome, errors, i):
         return (False, RemoteError("PicklingError", msg))
 
 
-def read_status(storage, prefix: str, job_id: str, tid: str) -> dict | None:
+def read_status(storage: Storage, prefix: str, job_id: str, tid: str) -> dict[str, Any] | None:
     try:
-        return json.loads(storage.get(protocol.status_key(prefix, job_id, tid)))
+        status: dict[str, Any] = json.loads(storage.get(protocol.status_key(prefix, job_id, tid)))
+        return status
     except NotFound:
         return None
 
 
-def read_results(storage, prefix: str, job_id: str, status: dict):
+def read_results(storage: Storage, prefix: str, job_id: str,
+                 status: dict[str, Any]) -> list[Outcome]:
     """The (ok, value) outcomes of a stored task, in item order."""
     return _read_results(storage, prefix, job_id, status["task"], status)

@@ -70,7 +70,8 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.
 
 def _top_level_loads_and_stores(stmt):
     """Names this statement reads and binds at module level, nested scopes excluded."""
-    loads, stores = [], []
+    loads: list[str] = []
+    stores: list[str] = []
 
     def visit(node):
         if isinstance(node, ast.Name):
@@ -170,7 +171,7 @@ def looks_like_secret(value, _depth: int = 0) -> str | None:
     if _depth >= 2:
         return None
     if isinstance(value, dict):
-        keys = {k for k in value.keys() if isinstance(k, str)}
+        keys = {k for k in value if isinstance(k, str)}
         if {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & keys:
             return "it holds AWS credentials (AWS_SECRET_ACCESS_KEY)"
         if len(keys) >= 8 and len(keys & set(os.environ)) >= 0.8 * len(keys) and "PATH" in keys:

@@ -8,64 +8,53 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
+import textwrap
 import tokenize
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from cloudbutton_executor import config
+
 from .runner import CloudRunner, MapRequest
 
 SUBCOMMANDS = ("map", "run", "jobs", "attach", "config", "cancel")
 
 
-# Shared argument groups --------------------------------------------------------
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _chunksize(text):
-    return "auto" if text == "auto" else _positive_int(text)
+# Shared argument groups: the run settings' types, bounds and help come from the one
+# config schema, so the magic accepts exactly what the executor and the panel accept.
+def _add_setting(group, key: str) -> None:
+    s = config.RUN[key]
+    group.add_argument(s.flag or f"--{key}", dest=key, type=s.argparse_type(),
+                       choices=s.choices or None, metavar=s.metavar, help=s.help)
 
 
 def _add_backend_options(parser):
     g = parser.add_argument_group("where it runs")
-    g.add_argument("--backend", choices=("local", "lambda"), help="local worker processes or AWS Lambda")
-    g.add_argument("--workers", type=_positive_int, help="concurrency limit (local: processes)")
-    g.add_argument("--memory", type=_positive_int, metavar="MB", help="memory limit per worker")
-    g.add_argument("--timeout", type=_positive_float, metavar="S", help="seconds each task may run")
-    g.add_argument("--retries", type=int, metavar="N", help="re-runs of tasks lost to infrastructure errors")
+    for key in ("backend", "workers", "memory_mb", "timeout", "retries"):
+        _add_setting(g, key)
 
 
 def _add_map_options(parser):
     g = parser.add_argument_group("how the map runs")
     g.add_argument("-o", "--out", metavar="OUT", help="name for the results (default: results)")
-    g.add_argument("--chunksize", type=_chunksize, metavar="N|auto", help="items per invocation")
+    _add_setting(g, "chunksize")
     g.add_argument("--noblock", action="store_true", help="return at once; the Job goes in OUT")
     g.add_argument("--dry-run", action="store_true", help="show what would be shipped; run nothing")
     g.add_argument("--raise", dest="raise_", action="store_true",
                    help="re-raise the first task failure at the end")
 
 
-def _parser(prog, *groups, **positional):
-    p = MagicArgumentParser(prog=prog, add_help=False)
+def _add_run_options(parser):
+    g = parser.add_argument_group("what comes back")
+    g.add_argument("-o", "--out", metavar="OUT", help="also put the assigned names in OUT (a dict)")
+    g.add_argument("--dry-run", action="store_true", help="show what would be shipped; run nothing")
+
+
+def _parser(prog, description, *groups, **positional):
+    p = MagicArgumentParser(prog=prog, description=description, add_help=False,
+                            formatter_class=argparse.HelpFormatter)
     for name, kwargs in positional.items():
         p.add_argument(name, **kwargs)
     for g in groups:
@@ -73,31 +62,49 @@ def _parser(prog, *groups, **positional):
     return p
 
 
+_KEYS = ", ".join(config.RUN)
 PARSERS = {
-    "map-cell": _parser("%%cloud map ITERABLE [as NAME]", _add_backend_options, _add_map_options),
-    "map-line": _parser("%cloud map FUNC ITERABLE", _add_backend_options, _add_map_options),
-    "run": _parser("%%cloud run", _add_backend_options,
-                   lambda p: (p.add_argument("-o", "--out", metavar="OUT"),
-                              p.add_argument("--dry-run", action="store_true"))),
-    "attach": _parser("%cloud attach", lambda p: p.add_argument("-o", "--out", metavar="OUT"),
+    "map-cell": _parser(
+        "%%cloud map ITERABLE [as NAME]",
+        "Run the cell once per element of ITERABLE (bound to NAME, default `item`); the value "
+        "of each run's last expression lands, in order, in OUT (default `results`).",
+        _add_backend_options, _add_map_options),
+    "map-line": _parser("%cloud map FUNC ITERABLE", "Map a function already defined.",
+                        _add_backend_options, _add_map_options),
+    "run": _parser("%%cloud run", "Run the cell once remotely; the names it assigns come back "
+                   "into the notebook.", _add_backend_options, _add_run_options),
+    "jobs": _parser("%cloud jobs", "Recent jobs, newest first.",
+                    lambda p: p.add_argument("-n", type=config.Setting(
+                        "n", int, 10, "how many", low=1, high=1000).argparse_type(), default=10,
+                        help="how many (default 10)")),
+    "attach": _parser("%cloud attach", "Re-attach to a job (e.g. after a kernel restart) and "
+                      "collect its results.",
+                      lambda p: p.add_argument("-o", "--out", metavar="OUT",
+                                               help="name for the results (default: results)"),
                       job_id={"metavar": "JOB_ID"}),
-    "cancel": _parser("%cloud cancel", job_id={"metavar": "JOB_ID"}),
-    "jobs": _parser("%cloud jobs", lambda p: p.add_argument("-n", type=_positive_int, default=10)),
+    "cancel": _parser("%cloud cancel", "Cancel a job of this or another kernel.",
+                      job_id={"metavar": "JOB_ID"}),
+    "config": _parser("%cloud config", f"Show, or set for this session, the run defaults ({_KEYS}); "
+                      "the Cloud panel's config file and CLOUDBUTTON_* variables set them too.",
+                      assignments={"nargs": "*", "metavar": "key=value"}),
 }
 
-HELP = """\
-%%cloud map ITERABLE [as NAME] [-o OUT] [--backend local|lambda] [--workers N] [--memory MB]
-            [--timeout S] [--chunksize N|auto] [--retries N] [--noblock] [--dry-run] [--raise]
-    Run the cell once per element of ITERABLE (bound to NAME, default `item`); the value of
-    each run's last expression lands, in order, in OUT (default `results`).
-%%cloud run [-o OUT] [--backend ...] [--memory MB] [--dry-run]
-    Run the cell once remotely; the names it assigns come back into the notebook.
-%cloud map FUNC ITERABLE [options]   map a function already defined
-%cloud jobs [-n N]                   recent jobs
-%cloud attach JOB_ID [-o OUT]        re-attach to a job and collect its results
-%cloud cancel JOB_ID                 cancel a job
-%cloud config [key=value ...]        show or set defaults (backend, workers, memory_mb,
-                                     timeout, chunksize, retries)"""
+
+def _help() -> str:
+    """``%cloud help``: every sub-command's usage, then the shared options (from the parsers)."""
+    lines = []
+    for name in ("map-cell", "map-line", "run", "jobs", "attach", "cancel", "config"):
+        p = PARSERS[name]
+        lines.append(p.format_usage().strip().removeprefix("usage: "))
+        lines.extend(textwrap.wrap(p.description, 88, initial_indent="    ",
+                                   subsequent_indent="    "))
+    lines.append("")
+    options = PARSERS["map-cell"].format_help()
+    lines.append(options[options.index("where it runs"):].rstrip())
+    return "\n".join(lines)
+
+
+HELP = _help()
 
 
 def split_expression(text: str) -> tuple[str, str]:
@@ -189,16 +196,8 @@ class CloudMagics(Magics):
         self.runner.cancel(PARSERS["cancel"].parse_argstring(rest).job_id)
 
     def _config(self, rest, cell):
-        self.runner.configure(rest.split())
+        self.runner.configure(PARSERS["config"].parse_argstring(rest).assignments)
 
 
 def _options(args) -> dict:
-    keys = {"backend": "backend", "workers": "workers", "memory": "memory_mb", "timeout": "timeout",
-            "retries": "retries", "chunksize": "chunksize"}
-    return {dest: getattr(args, src) for src, dest in keys.items()
-            if getattr(args, src, None) is not None}
-
-
-def notebook_label(shell) -> str | None:
-    """The notebook's path when the kernel was started by a Jupyter server session."""
-    return os.environ.get("JPY_SESSION_NAME") or shell.user_ns.get("__session__") or None
+    return {key: getattr(args, key) for key in config.RUN if getattr(args, key, None) is not None}

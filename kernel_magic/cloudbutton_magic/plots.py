@@ -89,8 +89,8 @@ class JobPlots:
         self.rates = gf
         self.layout = column(tl, gf, sizing_mode="stretch_width")
         self.flops_mode = False
-        self._sent = None       # the series columns last sent
-        self._sent_key = None   # (bin width version, mode) they were computed with
+        self._sent: dict | None = None        # the series columns last sent
+        self._sent_key: tuple | None = None   # (bin width version, mode) they were computed with
 
     def push_rows(self, rows: list[dict]) -> None:
         if rows:

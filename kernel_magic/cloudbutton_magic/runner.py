@@ -7,36 +7,39 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime
+import os
+import time
 from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
 
-from cloudbutton_executor import Executor, SerializationError, protocol
+from cloudbutton_executor import Executor, SerializationError, catalog, config, protocol
 from cloudbutton_executor.cell import CellTask
-from cloudbutton_executor.executor import list_jobs
 
 from . import capture as cap
 
-DEFAULTS = {"backend": "local", "workers": None, "memory_mb": None, "timeout": None,
-            "chunksize": 1, "retries": 0}
-_CASTS = {"backend": str, "workers": int, "memory_mb": int, "timeout": float, "retries": int,
-          "chunksize": lambda v: v if v == "auto" else int(v)}
-
 
 def file_settings() -> dict:
-    """Defaults from the config file the Jupyter panel writes (read at every run)."""
-    import os
-
-    from cloudbutton_executor.config import config_path, load_config
-
-    if not os.path.exists(config_path()):
-        return {}
+    """Run defaults from the config file the Jupyter panel writes and from the
+    environment (read at every run); a bad one is reported and ignored."""
+    path = config.config_path()
     try:
-        conf = load_config() or {}
-    except Exception as err:  # a broken config file must be reported, not crash the run
+        env = config.env_run_settings(os.environ)
+    except config.ConfigError as err:
+        print(f"cloudbutton: ignoring the environment: {err}")
+        env = {}
+    if not os.path.exists(path):
+        return env
+    try:
+        return {**config.from_dict(config.read_file(path), path).defaults, **env}
+    except config.ConfigError as err:  # a broken config file must be reported, not crash the run
         print(f"cloudbutton: ignoring the config file: {err}")
-        return {}
-    return {k: conf[k] for k in DEFAULTS if conf.get(k) is not None}
+        return env
+
+
+def notebook_label(shell) -> str | None:
+    """The notebook's path when the kernel was started by a Jupyter server session."""
+    return os.environ.get("JPY_SESSION_NAME") or shell.user_ns.get("__session__") or None
 
 
 @dataclass
@@ -61,25 +64,25 @@ class CloudRunner:
 
     # Settings -----------------------------------------------------------------
     def settings(self, **cli) -> dict:
-        merged = {**DEFAULTS, **file_settings(), **self.overrides}
+        merged = {**config.run_defaults(), **file_settings(), **self.overrides}
         merged.update({k: v for k, v in cli.items() if v is not None})
-        return merged
+        try:
+            return config.check_run(merged)
+        except config.ConfigError as err:
+            raise UsageError(str(err)) from None
 
     def configure(self, assignments: list[str]) -> None:
         for text in assignments:
             key, sep, value = text.partition("=")
-            if not sep or key not in DEFAULTS:
-                raise UsageError(f"%cloud config takes key=value with key in {', '.join(DEFAULTS)}; "
+            if not sep or key not in config.RUN:
+                raise UsageError(f"%cloud config takes key=value with key in {', '.join(config.RUN)}; "
                                  f"got {text!r}")
             try:
-                parsed = None if value in ("", "none", "None") else _CASTS[key](value)
-            except ValueError:
-                raise UsageError(f"%cloud config: bad value for {key}: {value!r}") from None
-            if key == "backend" and parsed not in ("local", "lambda"):
-                raise UsageError(f"%cloud config: backend must be local or lambda, got {value!r}")
-            self.overrides[key] = parsed
+                self.overrides[key] = config.parse_run(key, value)
+            except config.ConfigError as err:
+                raise UsageError(f"%cloud config: {err}") from None
         current = self.settings()
-        for key in DEFAULTS:
+        for key in config.RUN:
             source = "session" if key in self.overrides else "default"
             print(f"{key:<10} = {current[key]!s:<10} ({source})")
 
@@ -130,7 +133,7 @@ class CloudRunner:
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
             _, assigned = cap.analyse(code)
-            fn = CellTask(code, captured, name=None, mode="assigned", assigned=assigned)
+            fn = CellTask(code, captured, name=None, mode="assigned", assigned=tuple(assigned))
         except (cap.CaptureError, SyntaxError) as err:
             raise UsageError(str(err)) from None
         if dry_run:
@@ -155,22 +158,19 @@ class CloudRunner:
     # Jobs ---------------------------------------------------------------------------
     def print_jobs(self, n: int = 10) -> None:
         ex = self.executor(self.settings())
-        rows = list_jobs(ex.storage, ex.prefix, n)
+        now = time.time()
+        rows = [catalog.brief(ex.storage, ex.prefix, m, now)
+                for m in catalog.manifests(ex.storage, ex.prefix, n)]
         if not rows:
             print("no jobs yet")
             return
-        print(f"{'job id':<24} {'created (UTC)':<20} {'backend':<8} {'tasks':>6} {'ended':>6}  what")
-        for m in rows:
-            ended = self._ended_items(ex, m["job_id"])
-            created = datetime.datetime.utcfromtimestamp(m["created"]).strftime("%Y-%m-%d %H:%M:%S")
-            what = m.get("label") or m.get("function", "")
-            print(f"{m['job_id']:<24} {created:<20} {m['backend']:<8} {m['n_items']:>6} {ended:>6}  {what}")
-
-    @staticmethod
-    def _ended_items(ex, job_id) -> int:
-        keys = ex.storage.list(protocol.tasks_prefix(ex.prefix, job_id))
-        tids = {protocol.task_id_from_status_key(k) for k in keys} - {None}
-        return sum(b - a for a, b in map(protocol.task_range, tids))
+        print(f"{'job id':<24} {'created (UTC)':<20} {'backend':<8} {'tasks':>7} {'ended':>7} "
+              f"{'state':<9}  what")
+        for r in rows:
+            created = datetime.datetime.fromtimestamp(r["created"], datetime.timezone.utc)
+            what = r["label"] or r["function"] or ""
+            print(f"{r['job_id']:<24} {created:%Y-%m-%d %H:%M:%S} {r['backend']:<8} "
+                  f"{r['items']:>7} {r['ended']:>7} {r['state']:<9}  {what}")
 
     def attach(self, job_id: str, out: str = "results"):
         ex = self.executor(self.settings())
@@ -191,7 +191,8 @@ class CloudRunner:
         ex = self.executor(self.settings())
         if not ex.storage.exists(protocol.manifest_key(ex.prefix, job_id)):
             raise UsageError(f"no job {job_id} in {ex.storage.describe()}")
-        ex.storage.put(protocol.cancel_key(ex.prefix, job_id), b"cancelled with %cloud cancel")
+        ex.storage.put_if_absent(protocol.cancel_key(ex.prefix, job_id),
+                                 protocol.cancel_marker(by="%cloud cancel", at=time.time()))
         print(f"asked job {job_id} to cancel (its kernel stops it within a second)")
 
     # Internals -----------------------------------------------------------------------
@@ -201,7 +202,8 @@ class CloudRunner:
         except NameError as err:
             raise UsageError(f"the iterable {expr!r} is not defined in the notebook ({err})") from None
         except Exception as err:
-            raise UsageError(f"evaluating the iterable {expr!r} failed: {type(err).__name__}: {err}") from None
+            raise UsageError(f"evaluating the iterable {expr!r} failed: "
+                             f"{type(err).__name__}: {err}") from None
         if isinstance(value, (str, bytes)):
             raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}; "
                              "wrap it in a list to run one task on it")
@@ -224,8 +226,6 @@ class CloudRunner:
         return code
 
     def _submit(self, fn, calls, settings):
-        from .magics import notebook_label
-
         ex = self.executor(settings)
         try:
             job = ex.map(fn, calls, chunksize=settings["chunksize"], timeout=settings["timeout"],

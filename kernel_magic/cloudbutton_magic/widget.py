@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 from .widget_state import JobTracker, error_line
 
@@ -29,7 +30,7 @@ STDOUT_TAIL_CHARS = 32_000  # what the widget keeps of the tasks' stdout
 MAX_FAILURES_LISTED = 50
 TEXT_STDOUT_CHARS = 200_000
 
-__all__ = ["JobWidget", "TextProgress", "make_progress", "widgets_available"]
+__all__ = ["JobWidget", "TextProgress", "make_progress", "watch", "widgets_available"]
 
 
 def widgets_available() -> bool:
@@ -65,16 +66,27 @@ def make_progress(job, capture_report=None, *, force_text: bool = False):
     return TextProgress(job, capture_report=capture_report)
 
 
+def watch(job, capture_report=None):
+    """Show a job's live progress (what ``%%cloud map`` shows) and block until it ends;
+    returns the job. For jobs made with the Python API in a notebook."""
+    view = make_progress(job, capture_report=capture_report)
+    view.display()
+    while not job.wait(MIN_INTERVAL_S):
+        view.update()
+    view.finish()
+    return job
+
+
 def normalize_report(report) -> dict | None:
     """The capture report as {rows: [{name, type, size}], total, warnings}.
 
-    Accepts the lead's object (``.rows``, ``.total``, ``.warnings``) or a dict;
+    Accepts a ``CaptureReport`` (``.rows``, ``.total``, ``.warnings``) or a dict;
     a row's size may be called ``size`` or ``size_bytes``.
     """
     if report is None:
         return None
     get = report.get if isinstance(report, dict) else (lambda k, d=None: getattr(report, k, d))
-    rows = []
+    rows: list[dict] = []
     for r in get("rows", None) or []:
         r = r if isinstance(r, dict) else vars(r)
         size = r.get("size", r.get("size_bytes", 0)) or 0
@@ -132,7 +144,7 @@ class _Progress(abc.ABC):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # The lead's API -----------------------------------------------------------
+    # What a caller drives ------------------------------------------------------
     def update(self, force: bool = False) -> bool:
         """Refresh if the last refresh is older than ``min_interval``; True if it did."""
         now = time.monotonic()
@@ -195,6 +207,11 @@ class _Progress(abc.ABC):
     def _render(self, final: bool) -> None:
         """Draw the current state (``final``: the job has ended)."""
 
+    def error_text(self) -> str:
+        """The job's last monitoring or listener error, one line ('' if none)."""
+        err = self.job.monitor_error
+        return f"{type(err).__name__}: {err}".splitlines()[0][:300] if err is not None else ""
+
     def state_text(self) -> str:
         if self.job.cancelled:
             return "cancelled"
@@ -249,9 +266,10 @@ class TextProgress(_Progress):
         super().__init__(job, capture_report, min_interval=min_interval)
         self.file = file        # the bar (default: stderr)
         self.out = out          # failures, stdout and summary (default: stdout)
-        self.bar = None
+        self.bar: Any = None  # the tqdm bar, made by display()
         self._stdout: list[tuple[int, str]] = []
         self._failures: list[tuple[int, str, dict]] = []
+        self._error_shown = ""
 
     def display(self) -> None:
         with self._lock:
@@ -279,6 +297,10 @@ class TextProgress(_Progress):
         d = self.tracker.poll()
         self._stdout.extend(d.stdout)
         self._failures.extend(d.failures)
+        error = self.error_text()
+        if error and error != self._error_shown:
+            self._error_shown = error
+            self._print(f"cloudbutton: following job {self.job.job_id} met an error: {error}")
         t = self.tracker
         self.bar.update(t.ended - self.bar.n)
         c = t.counts
@@ -386,7 +408,7 @@ class JobWidget(_Progress):
         self._stdout_chars = 0
         self._stdout_dropped = 0
         self._failed: list[tuple[int, str, dict]] = []
-        self._header_stats = None
+        self._header_stats: dict | None = None
         self._render_text()
 
     # Display ------------------------------------------------------------------
@@ -431,11 +453,10 @@ class JobWidget(_Progress):
         hs = self._header_stats or t.header_stats()
         state = self.state_text()
         counts = (f"{c['done']} done · {c['failed']} failed · {t.running} running · "
-                  f"{t.queued} queued · {c['cancelled']} cancelled · "
-                  f"{getattr(self.job, 'retried', 0)} retried")
-        if getattr(self.job, "throttled", 0):
+                  f"{t.queued} queued · {c['cancelled']} cancelled · {self.job.retried} retried")
+        if self.job.throttled:
             counts += f" · {self.job.throttled} throttled"
-        backend = getattr(getattr(self.job, "backend", None), "name", "?")
+        backend = self.job.backend.name
         cost = fmt_cost(hs["cost_usd"])
         cost = f"{cost} on Lambda" if backend == "lambda" else f"≈ {cost} on Lambda"
         rate = (f"{hs['gflops']:.2f} GFLOPS" if hs["flops"] else "")
@@ -444,6 +465,10 @@ class JobWidget(_Progress):
                  f"{hs['tasks_per_s']:.1f} tasks/s", rate, cost]
         colour = {"finished": "#2ca02c", "cancelled": "#7f7f7f", "running": "#1f77b4"}.get(
             state, "#d62728")
+        error = self.error_text()
+        if error:
+            parts.append(f"<span class='cb-error' style='color:#d62728'>error: "
+                         f"{html.escape(error)}</span>")
         self.header.value = (
             f"<div><b>job {html.escape(self.job.job_id)}</b> · {html.escape(backend)} · "
             f"{len(self.job)} tasks · <span class='cb-state' style='color:{colour}'>{state}</span>"
@@ -488,12 +513,14 @@ class JobWidget(_Progress):
 
     def _report_title(self) -> str:
         r = self.report
+        assert r is not None  # only shown with a capture report
         warn = f", {len(r['warnings'])} warning(s)" if r["warnings"] else ""
         n = len(r["rows"])
         return f"Captured: {n} name{'' if n == 1 else 's'}, {fmt_bytes(r['total'])}{warn}"
 
     def _report_html(self) -> str:
         r = self.report
+        assert r is not None
         rows = "".join(f"<tr><td>{html.escape(x['name'])}</td><td>{html.escape(x['type'])}</td>"
                        f"<td style='text-align:right'>{fmt_bytes(x['size'])}</td></tr>"
                        for x in r["rows"])

@@ -16,15 +16,10 @@ import time
 
 import numpy as np
 
-from cloudbutton_executor import protocol
+from cloudbutton_executor import accounting, protocol
 
 # Above this many items the timeline draws one row per invocation (sampled).
 MAX_TIMELINE_ROWS = 2000
-# Lambda list prices, the same the executor uses for ``job.stats["cost_usd"]``.
-try:
-    from cloudbutton_executor.job import LAMBDA_GB_SECOND_USD, LAMBDA_REQUEST_USD
-except ImportError:  # pragma: no cover - older executor
-    LAMBDA_GB_SECOND_USD, LAMBDA_REQUEST_USD = 0.0000166667, 0.20 / 1_000_000
 
 NAN = float("nan")
 COMPUTE_OK = "#2ca02c"
@@ -143,7 +138,7 @@ class RateSeries:
 class Delta:
     """What changed since the previous poll."""
 
-    __slots__ = ("ended", "rows", "stdout", "failures")
+    __slots__ = ("ended", "failures", "rows", "stdout")
 
     def __init__(self):
         self.ended = 0          # futures newly ended
@@ -166,10 +161,8 @@ class JobTracker:
         self.stride = 1 if self.per_item else math.ceil(self.n / max_rows)
         self.counts = {"done": 0, "failed": 0, "cancelled": 0}
         self.running = 0
-        self.invocations = 0
-        self.gb_seconds = 0.0
+        self.usage = accounting.Usage()  # what the ended tasks used, priced like job.stats
         self.series = RateSeries(max_bins=max_bins)
-        self._memory_gb = (getattr(job, "memory_mb", None) or 1024) / 1024
         self._cursor = 0                      # position in job.ended_tasks()
         self._taken = bytearray(self.n)       # 1 once an ended item was taken into the views
         self._lock = threading.Lock()
@@ -207,13 +200,10 @@ class JobTracker:
             delta.ended += 1
         if tid is None:
             return  # cancelled: never ran, nothing to time or bill
+        record = job.outcomes.task_record(tid)
+        if record is not None:
+            self.usage.add_task(*record)
         st = job.item_stats(new[0])
-        if st.get("host_submit") is not None:
-            self.invocations += 1
-            if st.get("worker_start"):
-                self.gb_seconds += max(0.001, (st.get("result_stored") or st.get("compute_done")
-                                               or st["worker_start"]) - st["worker_start"]) \
-                    * self._memory_gb
         t0 = self.t0
         for i in new:
             s = job.item_stats(i) if i != new[0] else st
@@ -239,7 +229,7 @@ class JobTracker:
         job, t0 = self.job, self.t0
         first, last = job.item_stats(a), job.item_stats(b - 1)
         states = [job.item_state(i) for i in range(a, b)]
-        failed = [i for i, s in zip(range(a, b), states) if s == "failed"]
+        failed = [i for i, s in zip(range(a, b), states, strict=True) if s == "failed"]
         submit = first.get("host_submit")
         start = first.get("worker_start")
         setup = first.get("setup_done")
@@ -273,15 +263,19 @@ class JobTracker:
             "error": error_line(failure_info(job, failed[0])) if failed else "",
         }
 
+    @property
+    def invocations(self) -> int:
+        return self.usage.tasks
+
+    @property
+    def gb_seconds(self) -> float:
+        return accounting.cost(self.usage, memory_mb=self.job.memory_mb)["gb_seconds"]
+
     def header_stats(self, now: float | None = None) -> dict:
+        """Elapsed time, rate, ETA, GFLOPS and the cost so far (``accounting.job_stats``)."""
         job = self.job
-        end = job.finished_at or now or time.time()
-        elapsed = max(0.0, end - self.t0)
-        finished = self.counts["done"] + self.counts["failed"]
-        rate = finished / elapsed if elapsed > 0 else 0.0
-        remaining = self.n - self.ended
-        eta = 0.0 if not remaining else (remaining / rate if rate > 0 else None)
-        cost = self.gb_seconds * LAMBDA_GB_SECOND_USD + self.invocations * LAMBDA_REQUEST_USD
-        return {"elapsed_s": elapsed, "tasks_per_s": rate, "eta_s": eta, "cost_usd": cost,
-                "flops": self.series.total_flops,
-                "gflops": self.series.total_flops / elapsed / 1e9 if elapsed > 0 else 0.0}
+        return accounting.job_stats(
+            n_items=self.n, counts=self.counts, created=self.t0,
+            end=job.finished_at or now or time.time(), usage=self.usage,
+            flops=self.series.total_flops, memory_mb=job.memory_mb,
+            architecture=job.backend.limits.architecture)

@@ -1,15 +1,22 @@
 """Backends invoke the worker handler; they never interpret results.
 
-A backend takes events and calls back a listener:
-``on_start(event)`` when a worker picks the event up (if the backend can
-know), ``on_done(event, response)`` when the handler returned, and
-``on_failure(event, error)`` with an ``InfrastructureError`` when the
-invocation died without one.
+Every backend implements ``base.Backend`` (limits as data, explicit events for
+the dispatcher). ``BACKENDS`` names the built-in ones; ``Executor`` takes a name
+or any ``Backend`` instance.
 """
 from __future__ import annotations
 
+from typing import Any
 
-def get_backend(name: str, **options):
+from .base import Backend, BackendLimits, Event, InvocationListener, JobFit
+
+BACKENDS = ("local", "lambda")
+
+__all__ = ["BACKENDS", "Backend", "BackendLimits", "Event", "InvocationListener", "JobFit", "create"]
+
+
+def create(name: str, **options: Any) -> Backend:
+    """The built-in backend called ``name``, made with its ``options``."""
     if name == "local":
         from .local import get_local_backend
 
@@ -18,4 +25,4 @@ def get_backend(name: str, **options):
         from .aws_lambda import LambdaBackend
 
         return LambdaBackend(**options)
-    raise ValueError(f"unknown backend {name!r}: choose 'local' or 'lambda'")
+    raise ValueError(f"unknown backend {name!r}: choose {' or '.join(map(repr, BACKENDS))}")

@@ -18,6 +18,7 @@ timeout + ``deadline_grace_s`` ends as a timeout error.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import http.client
 import io
@@ -37,6 +38,7 @@ from .. import config as _config
 from .. import packaging
 from ..errors import InfrastructureError, MissingPackageError, VersionMismatchError
 from ..storage import S3Storage
+from .base import Backend, BackendLimits, JobFit
 
 HANDLER = "cloudbutton_executor.worker.handler"
 VERSIONS_ENV = "CLOUDBUTTON_VERSIONS"
@@ -827,11 +829,14 @@ def _retry_after(info: dict, headers: dict) -> float | None:
     return None
 
 
-class LambdaBackend:
+# Lambda's documented limit for an asynchronous invocation's payload.
+ASYNC_PAYLOAD_LIMIT_BYTES = 256 * 1024
+
+
+class LambdaBackend(Backend):
     """Runs events on the deployed worker function; see the module docstring."""
 
     name = "lambda"
-    reports_invoked_at = True  # the job starts deadline clocks when Lambda accepted the event
 
     def __init__(self, workers: int | None = None, storage=None, config=None,
                  config_path: str | None = None, session=None, **options):
@@ -865,14 +870,16 @@ class LambdaBackend:
                                 endpoint_url=cfg.endpoints.get("s3"),
                                 max_pool_connections=max(16, lam.invoke_threads), session=self.session)
         self.storage = storage
-        # What the job reads (see Job): poll S3 for statuses, bound deadlines, keep in-flight
-        # invocations near the concurrency so a silent one is noticed.
-        self.poll_interval = lam.poll_interval
-        self.deadline_grace_s = lam.deadline_grace
-        self.lost_after_s = lam.lost_after
-        self.redeliveries = lam.redeliveries
-        self.max_timeout = lam.timeout
-        self.max_inflight = 2 * self.workers
+        # Workers never call back: the dispatcher polls S3 for statuses, bounds deadlines,
+        # re-sends events presumed lost, and keeps in-flight invocations near the
+        # concurrency so that a silent one is noticed.
+        self._limits = BackendLimits(
+            concurrency=self.workers, max_timeout_s=lam.timeout,
+            payload_limit_bytes=ASYNC_PAYLOAD_LIMIT_BYTES, max_inflight=2 * self.workers,
+            can_stop_running=False, calls_back=False, poll_interval_s=lam.poll_interval,
+            deadline_grace_s=lam.deadline_grace, lost_after_s=lam.lost_after,
+            redeliveries=lam.redeliveries, reports_accepted=True,
+            default_memory_mb=lam.memory, auto_batch_target_s=1.0, architecture=lam.architecture)
         self._threads = lam.invoke_threads
         self._pool = ThreadPoolExecutor(max_workers=lam.invoke_threads, thread_name_prefix="cloudbutton-invoke")
         self._invoker = None
@@ -886,6 +893,10 @@ class LambdaBackend:
         self._warned: set[str] = set()
         self._concurrency: int | None = None
         self.invocations = 0
+
+    @property
+    def limits(self) -> BackendLimits:
+        return self._limits
 
     # Invocation -----------------------------------------------------------------
     @property
@@ -923,13 +934,12 @@ class LambdaBackend:
                     return
                 try:
                     inv.invoke(payload)
-                    event["invoked_at"] = time.time()
                     with self._count_lock:
                         self.invocations += 1
+                    listener.on_accepted(event, time.time())
                     return
                 except _Throttled as thr:
-                    with self._count_lock:
-                        listener.throttled = getattr(listener, "throttled", 0) + 1
+                    listener.on_throttled(event, thr.retry_after)
                     # Honour retryAfterSeconds, else exponential backoff; bounded in total.
                     delay = thr.retry_after if thr.retry_after is not None else 0.1 * 2 ** min(attempt, 6)
                     delay *= 1 + 0.25 * random.random()
@@ -975,7 +985,11 @@ class LambdaBackend:
             raise VersionMismatchError(
                 f"the deployed Lambda function {self.function_name} runs other versions than this "
                 f"host ({'; '.join(problems)}): run `cloudbutton deploy` to update it")
-        self.max_timeout = int(conf.get("Timeout") or self.max_timeout)
+        arch = (conf.get("Architectures") or [None])[0]
+        self._limits = dataclasses.replace(
+            self._limits, max_timeout_s=float(conf.get("Timeout") or self._limits.max_timeout_s or 900),
+            default_memory_mb=int(conf.get("MemorySize") or self._limits.default_memory_mb),
+            architecture=arch or self._limits.architecture)
         self._conf = conf
         self._ready_at = time.time()
 
@@ -993,13 +1007,13 @@ class LambdaBackend:
             self._manifests[sha] = read_manifest(self._s3, bucket, self.prefix, self.function_name, sha)
         return self._manifests[sha]
 
-    def check_job(self, modules=(), memory_mb=None, timeout=None) -> dict:
+    def check_job(self, *, modules=(), memory_mb=None, timeout=None) -> JobFit:
         """Pre-flight, before anything is uploaded: the deployed function can run this job as
         asked (versions, the modules it imports, memory, timeout). Returns the job's memory
         and timeout; raises naming what differs and the command that fixes it."""
         self.check_ready()
         conf = self._conf
-        memory, limit = int(conf.get("MemorySize") or 0), int(conf.get("Timeout") or self.max_timeout)
+        memory, limit = int(conf.get("MemorySize") or 0), int(self._limits.max_timeout_s or 900)
         if memory_mb is not None and int(memory_mb) != memory:
             # One function, one MemorySize: Lambda fixes memory (and the CPU share that comes
             # with it) at deploy time. Changing it per job would reconfigure the function under
@@ -1098,7 +1112,9 @@ class LambdaBackend:
                 self._warned.add(msg)
                 print(f"cloudbutton: {msg}", file=sys.stderr)
             self.workers = limit
-            self.max_inflight = min(self.max_inflight, 2 * limit)
+            self._limits = dataclasses.replace(
+                self._limits, concurrency=limit,
+                max_inflight=min(self._limits.max_inflight or 2 * limit, 2 * limit))
 
     def status(self) -> dict:
         """For `cloudbutton status` and the Jupyter panel; never includes secrets."""

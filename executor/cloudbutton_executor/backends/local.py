@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import atexit
 import collections
+import json
+import logging
 import os
 import select
 import signal
@@ -23,15 +25,19 @@ import subprocess
 import sys
 import threading
 import time
+from typing import IO, Any
 
 from .. import local_runtime
-from ..errors import TaskTimeoutError, WorkerDiedError
+from ..errors import LostInvocationError, TaskTimeoutError, WorkerDiedError
+from .base import Backend, BackendLimits, Event, InvocationListener
 
-_pools: dict[tuple, "LocalBackend"] = {}
+log = logging.getLogger("cloudbutton.local")
+
+_pools: dict[tuple[Any, ...], LocalBackend] = {}
 _pools_lock = threading.Lock()
 
 
-def get_local_backend(workers: int | None = None, **_ignored) -> "LocalBackend":
+def get_local_backend(workers: int | None = None) -> LocalBackend:
     """A process-wide pool per concurrency level, so warm workers are reused
     across executors (as Lambda reuses warm containers across invocations)."""
     workers = int(workers or os.cpu_count() or 1)
@@ -47,7 +53,7 @@ def get_local_backend(workers: int | None = None, **_ignored) -> "LocalBackend":
 
 
 @atexit.register
-def _shutdown_all():
+def _shutdown_all() -> None:
     for pool in list(_pools.values()):
         pool.shutdown()
 
@@ -62,7 +68,7 @@ def _describe_exit(returncode: int) -> str:
     return f"worker process exited with code {returncode} before finishing the task"
 
 
-def _worker_env(workers: int) -> dict:
+def _worker_env(workers: int) -> dict[str, str]:
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env = {k: v for k, v in os.environ.items()
@@ -79,7 +85,7 @@ def _worker_env(workers: int) -> dict:
     return env
 
 
-_log_file = None
+_log_file: IO[bytes] | None = None
 
 
 def worker_log_path() -> str:
@@ -91,31 +97,33 @@ def worker_log_path() -> str:
     return os.path.join(tempfile.gettempdir(), f"cloudbutton-workers-{os.getpid()}.log")
 
 
-def _worker_log():
+def _worker_log() -> IO[bytes]:
     global _log_file
     if _log_file is None or _log_file.closed:
-        _log_file = open(worker_log_path(), "ab", buffering=0)
+        _log_file = open(worker_log_path(), "ab", buffering=0)  # noqa: SIM115 - open for the process's life
     return _log_file
 
 
 class _Process:
     """One warm worker process."""
 
-    def __init__(self, env: dict, cwd: str):
-        self.popen = subprocess.Popen(
+    def __init__(self, env: dict[str, str], cwd: str):
+        self.popen: subprocess.Popen[bytes] = subprocess.Popen(
             [sys.executable, "-s", "-c",
              "from cloudbutton_executor.local_runtime import main; main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=_worker_log(), env=env, cwd=cwd,
             start_new_session=True)
+        assert self.popen.stdout is not None and self.popen.stdin is not None
+        self.stdin = self.popen.stdin
         self.out_fd = self.popen.stdout.fileno()
         self._buf = b""
         self.doomed = False  # killed by cancel_job: never to be handed another event
 
-    def send(self, event: dict) -> None:
-        self.popen.stdin.write(local_runtime.encode_message(event))
-        self.popen.stdin.flush()
+    def send(self, event: Event) -> None:
+        self.stdin.write(local_runtime.encode_message(event))
+        self.stdin.flush()
 
-    def recv(self, deadline: float):
+    def recv(self, deadline: float) -> dict[str, Any] | None:
         """The response, or None if the process died; raises TimeoutError at the deadline."""
         header = local_runtime._HEADER
         while True:
@@ -124,7 +132,8 @@ class _Process:
                 if len(self._buf) >= header.size + n:
                     body = self._buf[header.size:header.size + n]
                     self._buf = self._buf[header.size + n:]
-                    return local_runtime.json.loads(body)
+                    response: dict[str, Any] = json.loads(body)
+                    return response
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise TimeoutError
@@ -144,7 +153,7 @@ class _Process:
 
     def close(self) -> None:
         try:
-            self.popen.stdin.close()
+            self.stdin.close()
         except Exception:
             pass
         try:
@@ -153,15 +162,21 @@ class _Process:
             self.kill()
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, workers: int, env: dict | None = None):
+    def __init__(self, workers: int, env: dict[str, str] | None = None):
         self.workers = workers
+        self._limits = BackendLimits(
+            concurrency=workers, max_timeout_s=None, payload_limit_bytes=None, max_inflight=None,
+            can_stop_running=True, calls_back=True, poll_interval_s=None,
+            deadline_grace_s=None,  # each slot kills its worker at the timeout and says so
+            lost_after_s=None, redeliveries=0, reports_accepted=False,
+            default_memory_mb=2048, auto_batch_target_s=0.05)
         self.closed = False
-        self._queue: collections.deque = collections.deque()
+        self._queue: collections.deque[tuple[Event, InvocationListener]] = collections.deque()
         self._cond = threading.Condition()
-        self._running: dict[int, tuple[dict, _Process]] = {}  # slot -> (event, process)
+        self._running: dict[int, tuple[Event, _Process]] = {}  # slot -> (event, process)
         self._killed: set[int] = set()
         self._env = env or _worker_env(workers)
         self._cwd = self._env.get("HOME") or "/"
@@ -172,8 +187,12 @@ class LocalBackend:
         for t in self._threads:
             t.start()
 
+    @property
+    def limits(self) -> BackendLimits:
+        return self._limits
+
     # Invocation -------------------------------------------------------------
-    def invoke(self, events: list[dict], listener) -> None:
+    def invoke(self, events: list[Event], listener: InvocationListener) -> None:
         with self._cond:
             if self.closed:
                 raise RuntimeError("the local backend has been shut down")
@@ -196,14 +215,22 @@ class LocalBackend:
     def shutdown(self) -> None:
         with self._cond:
             self.closed = True
+            dropped = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
+        for event, listener in dropped:  # never sent to a worker: lost, not left hanging
+            try:
+                listener.on_lost(event, LostInvocationError(
+                    f"task {event['task']}: the local backend was shut down before running it",
+                    event["task"]))
+            except Exception:
+                log.exception("a listener failed on a lost event of job %s", event.get("job_id"))
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {"backend": "local", "workers": self.workers, "ok": not self.closed}
 
     # One slot = one concurrent worker --------------------------------------
-    def _next(self, block: bool):
+    def _next(self, block: bool) -> tuple[Event, InvocationListener] | None:
         """The next queued (event, listener), or None (closed, or empty and not blocking)."""
         with self._cond:
             while block and not self._queue and not self.closed:
@@ -214,7 +241,7 @@ class LocalBackend:
                 return None
             return self._queue.popleft()
 
-    def _begin(self, slot: int, item, proc: "_Process") -> "_Process":
+    def _begin(self, slot: int, item: tuple[Event, InvocationListener], proc: _Process) -> _Process:
         """Mark ``item`` running on ``proc`` and send it; a process found dead
         before the event reached it is replaced (the event is not lost)."""
         event, listener = item
@@ -233,8 +260,8 @@ class LocalBackend:
                 self._killed.discard(slot)
         try:
             listener.on_start(event)
-        except Exception as exc:  # a listener bug must not kill the slot
-            print(f"cloudbutton: local backend slot {slot}: {exc!r}", file=sys.stderr)
+        except Exception:  # a listener bug must not kill the slot
+            log.exception("local backend slot %d: the listener failed on a started event", slot)
         try:
             proc.send(event)
         except (BrokenPipeError, OSError):
@@ -251,7 +278,7 @@ class LocalBackend:
     def _slot(self, slot: int) -> None:
         proc: _Process | None = None
         idle_since = time.time()
-        sent = None  # (event, listener, deadline) already written to proc
+        sent: tuple[Event, InvocationListener, float] | None = None  # written to proc already
         while True:
             if sent is None:
                 item = self._next(block=True)
@@ -272,6 +299,7 @@ class LocalBackend:
                 sent = (event, listener, time.time() + timeout)
             event, listener, deadline = sent
             sent = None
+            assert proc is not None  # the event was written to it
             try:
                 try:
                     response = proc.recv(deadline)
@@ -320,8 +348,8 @@ class LocalBackend:
                         event["task"]))
                 else:
                     listener.on_done(event, response)
-            except Exception as exc:  # a listener bug must not kill the slot
-                print(f"cloudbutton: local backend slot {slot}: {exc!r}", file=sys.stderr)
+            except Exception:  # a listener bug must not kill the slot
+                log.exception("local backend slot %d: the listener failed on an ended event", slot)
             finally:
                 if sent is None:
                     with self._cond:

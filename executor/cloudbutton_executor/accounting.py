@@ -1,0 +1,181 @@
+"""What a job costs and how fast it goes, computed from its records.
+
+One set of prices and one set of pure functions, used by the job's ``stats``,
+the progress widget, the Jupyter panel's job summaries and the CLI, so they
+agree on the same job. The inputs are the records every one of them can read:
+the task statuses (their ``stats``), the manifest, and, where the caller has
+them, the host's own storage requests. Memory and CPU architecture are inputs
+because Lambda bills what is deployed, which the caller knows best.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class Prices:
+    """List prices in USD, for one region and the first usage tier."""
+
+    region: str
+    source: str
+    checked: str
+    lambda_gb_second: Mapping[str, float]   # by CPU architecture
+    lambda_request: float                   # per invocation
+    s3_request: Mapping[str, float]         # per request, by kind (as storages count them)
+
+
+PRICES = Prices(
+    region="us-east-1",
+    source="https://aws.amazon.com/lambda/pricing/ and https://aws.amazon.com/s3/pricing/ "
+           "(S3 Standard requests); INIT time of cold starts billed like the invoke since "
+           "2025-08-01 (AWS Compute Blog, 'AWS Lambda standardizes billing for INIT phase')",
+    checked="2025-08",
+    lambda_gb_second={"x86_64": 0.0000166667, "arm64": 0.0000133334},
+    lambda_request=0.20 / 1_000_000,
+    # PUT, COPY, POST and LIST are one tier; GET, HEAD and SELECT the other; DELETE is free.
+    s3_request={"PUT": 0.005 / 1000, "LIST": 0.005 / 1000, "GET": 0.0004 / 1000,
+                "HEAD": 0.0004 / 1000, "DELETE": 0.0},
+)
+DEFAULT_ARCHITECTURE = "x86_64"
+DEFAULT_MEMORY_MB = 1024
+MIN_BILLED_S = 0.001  # Lambda bills by the millisecond
+
+
+def billed_seconds(stats: Mapping[str, Any]) -> float:
+    """The billed duration of one invocation from its status's stats: from the handler's
+    first line to its status stored, at least a millisecond; 0 if no worker ran it (a
+    status the host wrote for a lost or timed-out task)."""
+    start = stats.get("worker_start")
+    if not start:
+        return 0.0
+    end = stats.get("result_stored") or stats.get("compute_done") or start
+    return max(MIN_BILLED_S, float(end) - float(start))
+
+
+@dataclasses.dataclass
+class Usage:
+    """What a job used, accumulated record by record (the widget adds tasks as they end)."""
+
+    tasks: int = 0            # task statuses seen
+    invocations: int = 0      # invocations billed: every attempt that led to a status
+    run_s: float = 0.0        # billed invoke time
+    init_s: float = 0.0       # billed INIT time of cold starts, where the status records it
+    requests: dict[str, int] = dataclasses.field(default_factory=dict)  # storage, by kind
+
+    def add_status(self, status: Mapping[str, Any]) -> None:
+        """One task's status (as stored)."""
+        self.add_task(status.get("stats") or {}, int(status.get("attempt") or 0))
+
+    def add_task(self, stats: Mapping[str, Any], attempt: int = 0) -> None:
+        self.tasks += 1
+        self.invocations += attempt + 1
+        self.run_s += billed_seconds(stats)
+        self.init_s += float(stats.get("init_s") or 0.0)
+        self.add_requests(stats.get("requests") or {})
+
+    def add_requests(self, counts: Mapping[str, int]) -> None:
+        for kind, n in counts.items():
+            self.requests[kind] = self.requests.get(kind, 0) + int(n)
+
+
+def cost(usage: Usage, *, memory_mb: float | None, architecture: str | None = None,
+         prices: Prices = PRICES) -> dict[str, float]:
+    """The Lambda and S3 bill of ``usage`` at ``memory_mb`` on ``architecture``."""
+    arch = architecture or DEFAULT_ARCHITECTURE
+    if arch not in prices.lambda_gb_second:
+        raise ValueError(f"no Lambda price for architecture {arch!r}; known: "
+                         f"{', '.join(prices.lambda_gb_second)}")
+    gb = (memory_mb or DEFAULT_MEMORY_MB) / 1024
+    gb_seconds = (usage.run_s + usage.init_s) * gb
+    compute = gb_seconds * prices.lambda_gb_second[arch]
+    invokes = usage.invocations * prices.lambda_request
+    storage = sum(n * prices.s3_request.get(kind, prices.s3_request["GET"])
+                  for kind, n in usage.requests.items())
+    return {"gb_seconds": gb_seconds, "init_gb_seconds": usage.init_s * gb,
+            "compute_usd": compute, "invocations_usd": invokes, "storage_usd": storage,
+            "cost_usd": compute + invokes + storage}
+
+
+def job_stats(*, n_items: int, counts: Mapping[str, int], created: float, end: float,
+              usage: Usage, flops: float, memory_mb: float | None,
+              architecture: str | None = None) -> dict[str, Any]:
+    """Rates, ETA, GFLOPS and cost of a job from its counts and usage."""
+    elapsed = max(0.0, end - created)
+    ended = counts.get("done", 0) + counts.get("failed", 0)
+    rate = ended / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, n_items - ended - counts.get("cancelled", 0))
+    eta = 0.0 if not remaining else (remaining / rate if rate > 0 else None)
+    bill = cost(usage, memory_mb=memory_mb, architecture=architecture)
+    return {"elapsed_s": elapsed, "tasks_per_s": rate, "eta_s": eta, "flops": flops,
+            "gflops": flops / elapsed / 1e9 if elapsed > 0 else 0.0,
+            "gb_seconds": bill["gb_seconds"], "cost_usd": bill["cost_usd"], "cost": bill}
+
+
+def ended_items(task_ids: Iterable[str]) -> int:
+    """How many items the stored statuses of these tasks cover."""
+    return sum(b - a for a, b in map(protocol.task_range, set(task_ids)))
+
+
+def stored_state(manifest: dict[str, Any], ended: int, failed: int | None, cancelled: bool,
+                 now: float) -> str:
+    """done, failed, ended (all items have a status; failures not counted), cancelled,
+    lost (nobody can finish it any more) or running."""
+    if ended >= int(manifest.get("n_items", 0)):
+        return "ended" if failed is None else ("failed" if failed else "done")
+    if cancelled:
+        return "cancelled"
+    if now > protocol.lost_deadline(manifest):
+        return "lost"
+    return "running"
+
+
+def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[str, Any]],
+                       cancel: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """A job as its storage tells it (the panel and the CLI, which never unpickle):
+    state, counts, progress, duration and cost from the manifest, the task statuses and
+    the cancel marker (None if there is none)."""
+    n = int(manifest.get("n_items", 0))
+    done = failed = 0
+    covered: set[int] = set()
+    usage = Usage()
+    end = None
+    flops = 0.0
+    for tid, st in statuses.items():
+        a, b = protocol.task_range(tid)
+        covered.update(range(a, b))
+        n_failed = len(protocol.item_errors(dict(st)))
+        failed += n_failed
+        done += b - a - n_failed
+        flops += protocol.item_flops(dict(st))
+        usage.add_status(st)
+        s = st.get("stats") or {}
+        t_end = s.get("result_stored") or s.get("compute_done")
+        if t_end:
+            end = max(end or 0.0, t_end)
+    remaining = max(0, n - len(covered))
+    created = manifest.get("created") or now
+    state = stored_state(manifest, len(covered), failed, cancel is not None, now)
+    if state == "cancelled":
+        end = (cancel or {}).get("at") or end
+    elif state == "running":
+        end = None
+    stats = job_stats(n_items=n, counts={"done": done, "failed": failed}, created=created,
+                      end=end or now, usage=usage, flops=flops,
+                      memory_mb=manifest.get("memory_mb"), architecture=manifest.get("architecture"))
+    return {
+        "job_id": manifest.get("job_id"), "created": created,
+        "notebook": manifest.get("label"), "function": manifest.get("function"),
+        "backend": manifest.get("backend"), "n_items": n, "state": state,
+        "counts": {"done": done, "failed": failed, "pending": remaining if state == "running" else 0,
+                   "cancelled": remaining if state == "cancelled" else 0,
+                   "lost": remaining if state == "lost" else 0},
+        "progress": (done + failed) / n if n else 1.0,
+        "duration_s": stats["elapsed_s"], "finished": state != "running",
+        "tasks": len(statuses), "memory_mb": manifest.get("memory_mb"),
+        "timeout": manifest.get("timeout"), "chunksize": manifest.get("chunksize"),
+        "gb_seconds": stats["gb_seconds"], "cost_usd": stats["cost_usd"], "flops": flops,
+    }

@@ -1,0 +1,525 @@
+"""Dispatch: what is sent when, and what happens to what does not come back.
+
+The dispatcher turns a job's items into invocation events for its backend
+(planning, batching, inline inputs or one uploaded data object), listens to the
+backend's events about them, collects the statuses workers store, and applies
+the policies that end every task: retries of infrastructure failures,
+deadlines, backups of events presumed lost, and the cancel marker. Storage is
+the source of truth: an item ends only from a stored status, and a failure the
+host detects is stored first (first write wins, so a late real result beats it).
+
+Time comes from an injectable ``clock`` and nothing here sleeps: ``tick()`` is
+called periodically (the executor's monitor thread does it), so every policy
+can be tested by moving a fake clock. Policies to come (result cache, budget,
+speculative backups, resuming a job whose host died) belong here:
+``plan_sizes``/``_dispatch_more`` decide what is sent, ``tick`` runs the
+periodic checks, and ``_resend`` is the one way to send a task again.
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import protocol, serialize
+from .backends.base import Backend, BackendLimits, Event
+from .batching import AutoBatcher
+from .errors import InfrastructureError, LostInvocationError, TaskTimeoutError
+from .outcomes import OutcomeStore
+from .storage import CountingView, Storage
+from .worker import read_results
+
+log = logging.getLogger("cloudbutton.dispatch")
+
+CANCEL_CHECK_INTERVAL_S = 0.5  # how often a running job looks for a cancel marker written elsewhere
+FETCH_THREADS = 16  # statuses fetched at once when a poll finds many
+
+_pool: cf.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _fetch_pool() -> cf.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = cf.ThreadPoolExecutor(max_workers=FETCH_THREADS,
+                                          thread_name_prefix="cloudbutton-fetch")
+        return _pool
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """What a job is: fixed when it is submitted, written to its manifest."""
+
+    job_id: str
+    prefix: str
+    function_key: str
+    function_name: str
+    n_items: int
+    chunksize: int | str
+    timeout: float          # per item; a batch gets the sum, capped by the backend
+    retries: int            # re-runs of a task after an infrastructure failure
+    memory_mb: int
+    created: float
+    label: str | None = None
+    reduce: dict[str, Any] | None = None  # a reduce task: the map job and tasks it reads
+    batch_target_s: float | None = None   # "auto" batches: how long one should run
+                                          # (None: the backend's ``auto_batch_target_s``)
+
+    def manifest(self, backend: str, architecture: str | None) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "v": protocol.PROTOCOL_VERSION, "job_id": self.job_id, "created": self.created,
+            "backend": backend, "architecture": architecture, "function": self.function_name,
+            "function_key": self.function_key, "label": self.label, "n_items": self.n_items,
+            "chunksize": self.chunksize, "timeout": self.timeout, "memory_mb": self.memory_mb,
+            "retries": self.retries, "executor_version": __version__,
+        }
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], prefix: str) -> JobSpec:
+        return cls(job_id=manifest["job_id"], prefix=prefix, function_key=manifest["function_key"],
+                   function_name=manifest["function"], n_items=int(manifest["n_items"]),
+                   chunksize=manifest["chunksize"], timeout=float(manifest["timeout"]),
+                   retries=int(manifest.get("retries") or 0), memory_mb=int(manifest["memory_mb"]),
+                   created=float(manifest["created"]), label=manifest.get("label"))
+
+
+class Dispatcher:
+    """Sends a job's tasks to a backend and ends each of them; see the module docstring.
+
+    It is the backend's ``InvocationListener`` for the job's events.
+    """
+
+    def __init__(self, spec: JobSpec, store: OutcomeStore, backend: Backend, storage: Storage,
+                 payloads: Sequence[serialize.Payload] | None,
+                 clock: Callable[[], float] = time.time):
+        self.spec = spec
+        self.store = store
+        self.backend = backend
+        self.storage = CountingView(storage)  # counts this job's host requests
+        self.clock = clock
+        self._payloads = payloads  # None: a job followed from storage, nothing to send
+        self._storage_desc = storage.describe()
+        self._lock = threading.RLock()
+        self._next_item = 0                       # the first item not yet planned
+        self._inflight: dict[str, Event] = {}     # task -> the event of its current attempt
+        self._last_attempt: dict[str, int] = {}   # task -> the attempt number sent last
+        self._retries_used: dict[str, int] = {}   # task -> retries after infrastructure errors
+        self._redelivered: dict[str, int] = {}    # task -> events sent again as lost
+        self._accepted: dict[str, float] = {}     # task -> when the backend took its current event
+        self._clock_start: dict[str, float] = {}  # task -> when its deadline clock started
+        self._applied: set[str] = set()           # tasks whose status was applied (or is being)
+        self._uncollected: set[str] = set()       # tasks whose status could not be read yet
+        self._latencies: list[float] = []         # submit -> stored of collected tasks
+        self._data_offsets: list[int] | None = None
+        concurrency = backend.limits.concurrency
+        self._batcher = AutoBatcher(spec.batch_target_s or backend.limits.auto_batch_target_s,
+                                    concurrency) if spec.chunksize == "auto" else None
+        self._window = max(2, 2 * concurrency)
+        self._last_cancel_check = -math.inf
+        self._follow_deadline: float | None = None
+        self.following = False  # a job started elsewhere, followed through storage only
+        self.cancelled = False
+        self.retried = 0        # tasks sent again: retries, redeliveries and backups
+        self.throttled = 0      # times the backend refused an event for now
+        self.error: Exception | None = None  # the last error of the job's monitoring
+
+    @property
+    def limits(self) -> BackendLimits:
+        return self.backend.limits
+
+    # Starting ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Write the manifest and send the first tasks."""
+        manifest = self.spec.manifest(self.backend.name, self.limits.architecture)
+        self.storage.put(protocol.manifest_key(self.spec.prefix, self.spec.job_id),
+                         json.dumps(manifest, indent=1).encode())
+        self._dispatch_more()
+
+    def follow(self, deadline: float) -> None:
+        """Follow a job started elsewhere (another kernel) through storage only; its
+        missing items end as lost after ``deadline``."""
+        with self._lock:
+            self.following = True
+            self._follow_deadline = deadline
+            self._next_item = self.spec.n_items
+        marked = self.storage.exists(protocol.cancel_key(self.spec.prefix, self.spec.job_id))
+        self.poll_storage()
+        if marked:
+            self.cancel()
+
+    # Planning -----------------------------------------------------------------------
+    def plan_sizes(self) -> list[int]:
+        """Sizes of the invocations to send now (lock held)."""
+        remaining = self.spec.n_items - self._next_item
+        if remaining <= 0 or self.cancelled or self._payloads is None:
+            return []
+        if self._batcher is None:
+            size = int(self.spec.chunksize)
+            sizes = [min(size, remaining - k) for k in range(0, remaining, size)]
+            # Backends without their own queue (Lambda) get only about their concurrency
+            # at once, so an invocation's deadline clock starts when it can really run.
+            cap = self.limits.max_inflight
+            if cap:
+                sizes = sizes[:max(0, cap - len(self._inflight))]
+            return sizes
+        sizes = []
+        free = self._window - len(self._inflight)
+        while free > 0 and remaining > 0:
+            n = self._batcher.next_size(remaining)
+            sizes.append(n)
+            remaining -= n
+            free -= 1
+        return sizes
+
+    def _dispatch_more(self) -> None:
+        events = []
+        with self._lock:
+            for n in self.plan_sizes():
+                start = self._next_item
+                self._next_item += n
+                tid = protocol.task_id(start, start + n, self.spec.n_items)
+                event = self.event(tid, start, start + n)
+                self._inflight[tid] = event
+                self._last_attempt[tid] = 0
+                self.store.add_task(tid, event["host_submit"])
+                events.append(event)
+        if events:
+            self._invoke(events)
+
+    def event(self, tid: str, start: int, stop: int) -> Event:
+        """The invocation event of task ``tid`` (items [start, stop)), first attempt."""
+        spec = self.spec
+        data: dict[str, Any]
+        if spec.reduce is not None or self._payloads is None:
+            data = {"offsets": [0, 0], "inline": ""}
+        else:
+            blobs = self._payloads[start:stop]
+            size = sum(len(b) for b in blobs)
+            if size <= protocol.inline_event_limit(self.limits.payload_limit_bytes):
+                offs = [0]
+                for b in blobs:
+                    offs.append(offs[-1] + len(b))
+                data = {"inline": base64.b64encode(serialize.join(blobs)).decode(), "offsets": offs}
+            else:
+                base = self._ensure_data_uploaded()
+                data = {"key": protocol.data_key(spec.prefix, spec.job_id),
+                        "start": base[start], "stop": base[stop],
+                        "offsets": [base[i] - base[start] for i in range(start, stop + 1)]}
+        event: Event = {
+            "v": protocol.PROTOCOL_VERSION, "job_id": spec.job_id, "prefix": spec.prefix,
+            "storage": self._storage_desc, "function_key": spec.function_key,
+            "task": tid, "data": data, "host_submit": self.clock(), "attempt": 0,
+            "timeout": self._invocation_timeout(stop - start), "memory_mb": spec.memory_mb,
+        }
+        if spec.reduce is not None:
+            event["reduce"] = spec.reduce
+        return event
+
+    def _invocation_timeout(self, n_items: int) -> float:
+        # ``timeout`` is per item; a batch gets the sum, capped by the backend (Lambda: 900 s).
+        cap = self.limits.max_timeout_s
+        t = self.spec.timeout * n_items
+        return min(t, cap) if cap else t
+
+    def _ensure_data_uploaded(self) -> list[int]:
+        with self._lock:
+            if self._data_offsets is None:
+                assert self._payloads is not None
+                offs = [0]
+                for b in self._payloads:
+                    offs.append(offs[-1] + len(b))
+                # Written from its parts: no joined copy of all the inputs in memory.
+                self.storage.put_parts(protocol.data_key(self.spec.prefix, self.spec.job_id),
+                                       serialize.flatten(self._payloads))
+                self._data_offsets = offs
+            return self._data_offsets
+
+    def _invoke(self, events: list[Event]) -> None:
+        """Hand events to the backend; one it refuses at once ends its task."""
+        try:
+            self.backend.invoke(events, self)
+        except Exception as exc:
+            log.warning("job %s: the %s backend refused %d events: %s", self.spec.job_id,
+                        self.backend.name, len(events), exc)
+            for event in events:
+                self._end_task(event, InfrastructureError(
+                    f"task {event['task']}: the {self.backend.name} backend could not take it: "
+                    f"{exc}", event["task"]))
+
+    # The backend's events -------------------------------------------------------------
+    def on_accepted(self, event: Event, at: float) -> None:
+        with self._lock:
+            if self._inflight.get(event["task"]) is event:
+                self._accepted[event["task"]] = at
+
+    def on_throttled(self, event: Event, retry_after: float | None) -> None:
+        with self._lock:
+            self.throttled += 1
+
+    def on_start(self, event: Event) -> None:
+        self.store.mark_running(event["task"], self.clock())
+
+    def on_done(self, event: Event, response: dict[str, Any]) -> None:
+        if response.get("state") == "cancelled" or self.cancelled:
+            return  # the worker saw the cancel marker: the job is (being) cancelled
+        self._guarded(self._collect, event["task"], self.clock())
+
+    def on_failure(self, event: Event, error: InfrastructureError) -> None:
+        """Retry the task if the user allowed it, else end it with ``error``."""
+        if self.cancelled:
+            return
+        tid = event["task"]
+        with self._lock:
+            used = self._retries_used.get(tid, 0)
+            again = None
+            if used < self.spec.retries and tid in self._inflight:
+                self._retries_used[tid] = used + 1
+                self._clock_start.pop(tid, None)  # a retry gets a fresh deadline
+                again = self._resend(tid, self._inflight[tid])
+        if again is not None:
+            log.info("job %s: retrying task %s after %s", self.spec.job_id, tid, error)
+            self._invoke([again])
+            return
+        self._guarded(self._end_task, event, error)
+
+    def on_lost(self, event: Event, error: InfrastructureError) -> None:
+        """Send a lost event again while the backend's redeliveries last, then fail it."""
+        if self.cancelled:
+            return
+        tid = event["task"]
+        with self._lock:
+            again = None
+            n = self._redelivered.get(tid, 0)
+            if tid in self._inflight and n < self.limits.redeliveries:
+                self._redelivered[tid] = n + 1
+                again = self._resend(tid, self._inflight[tid])
+        if again is not None:
+            self._invoke([again])
+            return
+        self.on_failure(event, error)
+
+    def _resend(self, tid: str, event: Event) -> Event:
+        """A new attempt of a task (lock held); the caller invokes it."""
+        attempt = self._last_attempt.get(tid, 0) + 1
+        self._last_attempt[tid] = attempt
+        again = dict(event, attempt=attempt, host_submit=self.clock())
+        self._inflight[tid] = again
+        self._accepted.pop(tid, None)
+        self.retried += 1
+        return again
+
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a step that reads or writes storage; its error is recorded, not lost."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._record_error(exc)
+
+    def _record_error(self, exc: Exception) -> None:
+        self.error = exc
+        log.error("job %s: %s: %s", self.spec.job_id, type(exc).__name__, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+
+    # Ending tasks ------------------------------------------------------------------
+    def _end_task(self, event: Event, error: InfrastructureError) -> None:
+        """Store ``error`` as the task's status (unless a worker's came first) and apply it."""
+        tid = event["task"]
+        status = protocol.host_failure_status(
+            self.spec.job_id, tid, event.get("attempt", 0), type(error).__name__, error.kind,
+            str(error), event.get("host_submit"))
+        self.storage.put_if_absent(protocol.status_key(self.spec.prefix, self.spec.job_id, tid),
+                                   json.dumps(status).encode())
+        self._collect(tid, self.clock())
+
+    def _collect(self, tid: str, host_seen: float, status: dict[str, Any] | None = None) -> None:
+        """Apply task ``tid``'s stored status, once, and send what can go next."""
+        with self._lock:
+            if tid in self._applied or (not self.following and tid not in self._inflight):
+                return  # a duplicate notice, or cancelled
+            self._applied.add(tid)
+        spec = self.spec
+        try:
+            if status is None:
+                status = json.loads(self.storage.get(protocol.status_key(spec.prefix, spec.job_id, tid)))
+            outcomes = None if "infra" in status else read_results(
+                self.storage, spec.prefix, spec.job_id, status)
+        except Exception:
+            with self._lock:  # the next tick tries again
+                self._applied.discard(tid)
+                self._uncollected.add(tid)
+            raise
+        with self._lock:
+            self._inflight.pop(tid, None)
+            self._uncollected.discard(tid)
+            st = status.get("stats") or {}
+            if st.get("result_stored") and st.get("host_submit"):
+                self._latencies.append(st["result_stored"] - st["host_submit"])
+        self.store.apply_status(status, outcomes, host_seen, self.clock())
+        if self._batcher is not None and "infra" not in status:
+            a, b = protocol.task_range(tid)
+            self._batcher.record(b - a, st["compute_done"] - st["worker_start"])
+        self._dispatch_more()
+
+    # Periodic checks -------------------------------------------------------------------
+    def tick(self) -> None:
+        """What the monitor does every poll interval: look for a cancel marker, collect
+        the statuses a backend that does not call back has stored, end what is overdue.
+        An error is recorded in ``error`` (and logged); the next tick tries again."""
+        if self.store.done():
+            return
+        now = self.clock()
+        try:
+            if now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL_S:
+                self._last_cancel_check = now
+                if self.check_cancel_marker():
+                    return
+            if self.following or not self.limits.calls_back or self._uncollected:
+                self.poll_storage()
+            self.check_deadlines()
+        except Exception as exc:  # keep monitoring
+            self._record_error(exc)
+
+    def check_cancel_marker(self) -> bool:
+        """Cancel the job if someone else (the Jupyter panel) wrote its cancel marker."""
+        if self.store.done() or self.cancelled:
+            return False
+        marked = self.storage.exists(protocol.cancel_key(self.spec.prefix, self.spec.job_id))
+        if marked:
+            self.cancel()
+        return marked
+
+    def poll_storage(self) -> int:
+        """Collect the statuses that appeared in storage; returns how many."""
+        spec = self.spec
+        with self._lock:
+            if not self._inflight and not self.following and not self._uncollected:
+                return 0
+            pending = set(self._inflight) | self._uncollected
+            applied = set(self._applied)
+        tasks_prefix = protocol.tasks_prefix(spec.prefix, spec.job_id)
+        # Every task before the first pending one is collected: list only from there on
+        # (one LIST page per poll instead of re-reading the whole job). Task ids of a job
+        # have one width, so key order is item order.
+        start_after = tasks_prefix + min(pending) if pending and not self.following else None
+        keys = self.storage.list(tasks_prefix, start_after=start_after)
+        seen = self.clock()
+        new = [tid for tid in map(protocol.task_id_from_status_key, keys)
+               if tid and tid not in applied and (self.following or tid in pending)]
+        if len(new) > 1:
+            # Fetch the new statuses concurrently: on S3 each GET is a round trip, and
+            # one at a time they would cap how many tasks per second the host can see.
+            def fetch(tid: str) -> bytes:
+                return self.storage.get(protocol.status_key(spec.prefix, spec.job_id, tid))
+
+            futs = [_fetch_pool().submit(fetch, tid) for tid in new]
+            for tid, fut in zip(new, futs, strict=True):
+                self._collect(tid, seen, status=json.loads(fut.result()))
+        elif new:
+            self._collect(new[0], seen)
+        return len(new)
+
+    def check_deadlines(self) -> None:
+        """End invocations that can no longer finish (lost events, dead hosts)."""
+        now = self.clock()
+        if self.following:
+            deadline = self._follow_deadline
+            if deadline is not None and now > deadline and not self.store.done():
+                self._end_open_items_as_lost()
+            return
+        limits = self.limits
+        grace = limits.deadline_grace_s
+        if grace is None:  # the backend enforces timeouts itself and always reports
+            return
+        if limits.lost_after_s is not None:
+            self._send_backups(now, limits.lost_after_s, grace)
+        with self._lock:
+            late = []
+            for tid, e in self._inflight.items():
+                start = self._clock_start.get(tid)
+                if start is None:
+                    # A backend that reports acceptance (Lambda, after throttling) starts
+                    # the clock then; until then it bounds the wait itself.
+                    start = self._accepted.get(tid) if limits.reports_accepted else e["host_submit"]
+                    if start is None:
+                        continue
+                    self._clock_start[tid] = start
+                if now > start + e["timeout"] + grace:
+                    late.append(e)
+        for event in late:
+            err: InfrastructureError
+            if limits.lost_after_s is not None:
+                # Lost events were already sent again as backups: silence past the timeout
+                # means the task ran too long or its runtime died.
+                err = TaskTimeoutError(
+                    f"task {event['task']} produced no result within the timeout of "
+                    f"{event['timeout']:g} s (+ {grace:g} s grace): it ran too long, its runtime "
+                    "died, or its invocations were lost", event["task"])
+            else:
+                err = LostInvocationError(
+                    f"task {event['task']} produced no result within its timeout of "
+                    f"{event['timeout']:g} s + {grace:g} s", event["task"])
+            self.on_failure(event, err)
+
+    def _send_backups(self, now: float, lost_after: float, grace: float) -> None:
+        """Send again the events presumed lost (Lambda may drop async events; nothing says so).
+
+        An event is presumed lost when it has been silent for ``lost_after`` s plus
+        twice the 90th percentile submit-to-stored time of this job's finished tasks. The
+        backup is a new attempt of the same task: if the original was only slow, the first
+        stored status wins and the other is ignored. Bounded by the backend's
+        ``redeliveries``, and spaced so that all of them fit before the task's deadline
+        (backups don't move it).
+        """
+        budget = self.limits.redeliveries
+        backups = []
+        with self._lock:
+            if not self._inflight or self.cancelled or not self._latencies:
+                return  # nothing to compare with yet: the timeout deadline still applies
+            latencies = sorted(self._latencies)
+            limit = lost_after + 2 * latencies[int(0.9 * (len(latencies) - 1))]
+            for tid, e in list(self._inflight.items()):
+                sent = self._accepted.get(tid)
+                wait = min(limit, max(lost_after, (e["timeout"] + grace) / (budget + 1)))
+                if sent is None or now - sent < wait or self._redelivered.get(tid, 0) >= budget:
+                    continue
+                self._redelivered[tid] = self._redelivered.get(tid, 0) + 1
+                if tid not in self._clock_start:
+                    self._clock_start[tid] = sent  # a backup does not extend the deadline
+                backups.append(self._resend(tid, e))
+        if backups:
+            self._invoke(backups)
+
+    def _end_open_items_as_lost(self) -> None:
+        for a, b in self.store.open_runs():
+            tid = protocol.task_id(a, b, self.spec.n_items)
+            err = LostInvocationError(
+                f"items {a}..{b - 1} of job {self.spec.job_id} have no result and their "
+                "deadline passed", tid)
+            self._end_task({"task": tid, "attempt": 0}, err)
+
+    # Cancelling ---------------------------------------------------------------------
+    def cancel(self) -> int:
+        """Stop the job: no more invocations, the backend told to stop the running ones,
+        every open item cancelled. Returns how many items had not ended."""
+        with self._lock:
+            if self.cancelled or self.store.done():
+                return 0
+            self.cancelled = True
+            self._inflight.clear()
+        try:
+            self.storage.put_if_absent(
+                protocol.cancel_key(self.spec.prefix, self.spec.job_id),
+                protocol.cancel_marker(by="executor", at=self.clock()))
+        finally:
+            self.backend.cancel_job(self.spec.job_id)
+        return self.store.cancel()

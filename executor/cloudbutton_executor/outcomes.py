@@ -1,0 +1,423 @@
+"""Every item's outcome in a job, and the futures that show them.
+
+The store knows nothing of dispatch policy (retries, deadlines, backups live in
+the dispatcher): it is told which tasks exist, which started, and which
+statuses were stored, and keeps one state byte and one value per item. The
+future of an item is made when someone first asks for it and kept in step from
+then on, so a job of 10,000 tiny items costs no 10,000 futures (each with its
+own lock and condition) unless they are used, and ``result()`` hands back the
+values the store already holds.
+"""
+from __future__ import annotations
+
+import bisect
+import concurrent.futures as cf
+import gc
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import protocol
+from .errors import INFRA_ERRORS, InfrastructureError, RemoteError, RemoteTraceback
+from .futures import TaskFuture
+
+log = logging.getLogger("cloudbutton.job")
+
+# An item's state, one byte each. Items only move forward (queued -> running -> an end
+# state) and an end state is final.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING = range(6)
+STATE_NAMES = ("queued", "running", "done", "failed", "cancelled", "cancelled")
+_TO_RUNNING = (bytes([QUEUED]), bytes([RUNNING]))
+# cancel(): queued items end cancelled, running ones cancelled while running.
+_CANCEL_TABLE = bytes([CANCELLED, CANCELLED_RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING])
+_CANCEL_TABLE += bytes(range(len(_CANCEL_TABLE), 256))
+_OPEN_TABLE = bytes([1, 1] + [0] * 254)  # queued and running items are open
+
+Outcome = tuple[bool, Any]  # (ok, result or the exception the item raised)
+Clock = Callable[[], float]
+
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_we_disabled = False
+
+
+class gc_paused:
+    """Pause the cyclic GC while allocating many objects at once.
+
+    With tens of thousands of GC-tracked objects alive, collections triggered
+    in the middle of a bulk loop rescan all of them and cost more than the loop
+    itself. Re-enabled (if it was enabled) when the last concurrent user leaves."""
+
+    def __enter__(self) -> None:
+        global _gc_depth, _gc_we_disabled
+        with _gc_lock:
+            if _gc_depth == 0 and gc.isenabled():
+                gc.disable()
+                _gc_we_disabled = True
+            _gc_depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _gc_depth, _gc_we_disabled
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_we_disabled:
+                _gc_we_disabled = False
+                gc.enable()
+
+
+class OutcomeStore:
+    """Item states and values, the tasks that cover them, and the futures view."""
+
+    def __init__(self, job_id: str, n_items: int, clock: Clock = time.time):
+        self.job_id = job_id
+        self.n = n_items
+        self.clock = clock
+        self.finished_at: float | None = None
+        self._state = bytearray(n_items)  # QUEUED .. CANCELLED_RUNNING per item
+        self._values: list[Any] = [None] * n_items  # a result, or the exception a failed item raises
+        self._n_ended = 0
+        self._futs: dict[int, TaskFuture] = {}  # the futures made so far
+        self._sync_lock = threading.Lock()  # moves futures between states, one at a time
+        self._task_starts: list[int] = []  # sorted first items of the known tasks
+        self._task_at: dict[int, tuple[str, int]] = {}  # first item -> (task id, stop)
+        self._task_host: dict[str, dict[str, Any]] = {}  # task id -> host-side times, attempts
+        self._task_stats: dict[str, dict[str, Any]] = {}  # task id -> the status's stats
+        self._task_items: dict[str, dict[str, Any]] = {}  # task id -> the status's item columns
+        self._error_info: dict[int, dict[str, Any]] = {}  # item -> type, message, traceback
+        self._flops = 0.0
+        self._ended_log: list[tuple[str | None, int, int]] = []  # see ended_tasks()
+        self._listeners: list[Callable[[], None]] = []
+        self.listener_error: Exception | None = None  # the last error a listener raised
+        self._done = threading.Event()
+        self._lock = threading.RLock()
+        if not n_items:
+            self.finish()
+
+    # Reading outcomes ------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        state = self._state
+        return {"queued": state.count(QUEUED), "running": state.count(RUNNING),
+                "done": state.count(DONE), "failed": state.count(FAILED),
+                "cancelled": state.count(CANCELLED) + state.count(CANCELLED_RUNNING)}
+
+    def n_ended(self) -> int:
+        return self._n_ended
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """All results in input order; raises the first failure."""
+        if not self._done.wait(timeout):
+            raise cf.TimeoutError(f"{self.n - self._n_ended} of {self.n} tasks not done "
+                                  f"after {timeout} s")
+        state = self._state
+        if state.count(DONE) == self.n:
+            return list(self._values)
+        first = next(i for i, s in enumerate(state) if s != DONE)
+        return [self.future(first).result()]  # raises what that item ended with
+
+    def results(self, timeout: float | None = None) -> list[Any]:
+        """All outcomes in input order: a result, or the exception the task ended with."""
+        self._done.wait(timeout)
+        out: list[Any] = []
+        for i, s in enumerate(self._state):
+            if s in (DONE, FAILED):
+                out.append(self._values[i])
+            elif s >= CANCELLED:
+                out.append(cf.CancelledError(f"job {self.job_id} was cancelled"))
+            else:
+                out.append(cf.TimeoutError(f"task {i} had not finished"))
+        return out
+
+    def ended_tasks(self, since: int = 0) -> list[tuple[str | None, int, int]]:
+        """What ended, in order, from position ``since`` of the log on: ``(task id, first
+        item, stop)`` when a task's status was applied, ``(None, 0, n)`` for a cancel."""
+        with self._lock:
+            return self._ended_log[since:]
+
+    def task_ids(self) -> list[str]:
+        """The tasks (invocations) known so far, in item order."""
+        with self._lock:
+            return [self._task_at[a][0] for a in self._task_starts]
+
+    def task_records(self) -> list[tuple[dict[str, Any], int]]:
+        """``(stats, attempt)`` of every stored status applied so far."""
+        with self._lock:
+            return [(st, int(self._task_host[tid].get("attempts", 1)) - 1)
+                    for tid, st in self._task_stats.items()]
+
+    def task_record(self, tid: str) -> tuple[dict[str, Any], int] | None:
+        """``(stats, attempt)`` of task ``tid``'s applied status; None before it is applied."""
+        with self._lock:
+            st = self._task_stats.get(tid)
+            return None if st is None else (st, int(self._task_host[tid].get("attempts", 1)) - 1)
+
+    @property
+    def flops(self) -> float:
+        return self._flops
+
+    # One item, without making its future ------------------------------------
+    def item_state(self, i: int) -> str:
+        """queued, running, done, failed or cancelled."""
+        return STATE_NAMES[self._state[i]]
+
+    def item_task(self, i: int) -> str | None:
+        """The task (invocation) that runs or ran item ``i``; None while it is queued."""
+        starts = self._task_starts
+        k = bisect.bisect_right(starts, i) - 1
+        if k < 0:
+            return None
+        tid, stop = self._task_at[starts[k]]
+        return tid if i < stop else None
+
+    def item_stats(self, i: int) -> dict[str, Any]:
+        """Item ``i``'s timestamps (see ``TaskFuture.stats``)."""
+        tid = self.item_task(i)
+        if tid is None:
+            return {}
+        host = self._task_host.get(tid) or {}
+        out: dict[str, Any] = {"host_submit": host.get("host_submit")}
+        if "host_start_seen" in host:
+            out["host_start_seen"] = host["host_start_seen"]
+        st = self._task_stats.get(tid)
+        if not st:  # not (completely) collected yet
+            return out
+        out.update(worker_start=st.get("worker_start"), setup_done=st.get("setup_done"),
+                   result_stored=st.get("result_stored"), host_seen=host.get("host_seen"),
+                   host_fetched=host.get("host_fetched"), cold_start=st.get("cold_start"),
+                   peak_mem_mb=st.get("peak_mem_mb"), compute_start=None, compute_done=None,
+                   flops=0)
+        cols = self._task_items.get(tid) or {}
+        t0, t1 = cols.get("t0_us"), cols.get("t1_us")
+        k = i - protocol.task_range(tid)[0]
+        if t0 and t1 and k < len(t0):
+            base = cols.get("base") or 0.0
+            out["compute_start"] = base + t0[k] / 1e6
+            out["compute_done"] = base + t1[k] / 1e6
+        out["flops"] = (cols.get("flops") or {}).get(str(i), 0)
+        return out
+
+    def item_stdout(self, i: int) -> str:
+        tid = self.item_task(i)
+        cols = self._task_items.get(tid) if tid else None
+        return str((cols.get("stdout") or {}).get(str(i), "")) if cols else ""
+
+    def item_error_info(self, i: int) -> dict[str, Any] | None:
+        """Type, message and traceback of item ``i``'s failure; None if it did not fail."""
+        return self._error_info.get(i)
+
+    def item_attempts(self, i: int) -> int:
+        tid = self.item_task(i)
+        return int((self._task_host.get(tid) or {}).get("attempts", 0)) if tid else 0
+
+    # The futures view ---------------------------------------------------------
+    def future(self, i: int) -> TaskFuture:
+        f = self._futs.get(i)
+        if f is None:
+            with self._lock:
+                f = self._futs.get(i)
+                if f is None:
+                    f = self._futs[i] = TaskFuture(self, i)
+            # After registering: a change made before it is seen here, any later
+            # one syncs this future itself. Syncing twice is harmless.
+            self._sync(f)
+        return f
+
+    def futures(self) -> list[TaskFuture]:
+        """Every item's future, in input order (made now if not yet)."""
+        with self._lock:
+            missing = [i for i in range(self.n) if i not in self._futs] \
+                if len(self._futs) < self.n else []
+            with gc_paused():
+                for i in missing:
+                    self._futs[i] = TaskFuture(self, i)
+            futs = self._futs
+        for i in missing:
+            self._sync(futs[i])
+        return [futs[i] for i in range(self.n)]
+
+    def _futures_in(self, a: int, b: int) -> list[TaskFuture]:
+        """The futures made so far for items [a, b) (call with the lock held)."""
+        futs = self._futs
+        if not futs:
+            return []
+        if b - a > len(futs):
+            return [f for i, f in futs.items() if a <= i < b]
+        return [futs[i] for i in range(a, b) if i in futs]
+
+    def _sync(self, f: TaskFuture) -> None:
+        """Bring a future to its item's state (idempotent; safe from any thread).
+
+        The store remembers the state it last gave each future (``f.synced``), so
+        it never reads the future's internals; a future its user cancelled keeps
+        that cancel (setting a result on it then fails, which is expected)."""
+        s = self._state[f.index]
+        if s == QUEUED or f.synced == s:
+            return
+        with self._sync_lock:
+            pushed = f.synced
+            if pushed == s or pushed > RUNNING:
+                return  # an end state was given already: it is final
+            f.synced = s
+            try:
+                if s == RUNNING:
+                    f.set_running_or_notify_cancel()
+                elif s == DONE:
+                    f.set_result(self._values[f.index])
+                elif s == FAILED:
+                    f.set_exception(self._values[f.index])
+                elif s == CANCELLED and pushed == QUEUED:
+                    if f.cancel():  # -> CANCELLED; the notify makes wait() see it
+                        f.set_running_or_notify_cancel()
+                else:  # cancelled while running
+                    f.set_exception(cf.CancelledError(f"job {self.job_id} was cancelled"))
+            except (cf.InvalidStateError, RuntimeError):
+                pass  # its user cancelled it: their cancel stands
+
+    def _sync_all(self, futs: Sequence[TaskFuture]) -> None:
+        for f in futs:
+            self._sync(f)
+
+    # Changing outcomes (the dispatcher calls these) ---------------------------
+    def add_task(self, tid: str, host_submit: float | None) -> None:
+        """A task covering items of ``tid`` is sent (first attempt at ``host_submit``)."""
+        with self._lock:
+            self._register(tid)
+            self._task_host.setdefault(tid, {})["host_submit"] = host_submit
+
+    def _register(self, tid: str) -> None:
+        """Record which items a task covers (lock held)."""
+        a, b = protocol.task_range(tid)
+        if self._task_at.get(a, (None,))[0] == tid:
+            return
+        known = a in self._task_at
+        self._task_at[a] = (tid, b)  # before the start is listed: item_task() reads unlocked
+        if not known:
+            if not self._task_starts or a > self._task_starts[-1]:
+                self._task_starts.append(a)  # the usual case: tasks are made in item order
+            else:
+                bisect.insort(self._task_starts, a)
+
+    def mark_running(self, tid: str, seen_at: float) -> None:
+        """A worker picked the task up: its queued items run."""
+        a, b = protocol.task_range(tid)
+        with self._lock:
+            self._task_host.setdefault(tid, {}).setdefault("host_start_seen", seen_at)
+            # Only queued items move to running (a retry finds them running already).
+            self._state[a:b] = self._state[a:b].replace(*_TO_RUNNING)
+            futs = self._futures_in(a, b)
+        self._sync_all(futs)
+
+    def apply_status(self, status: dict[str, Any], outcomes: list[Outcome] | None,
+                     host_seen: float, fetched: float) -> None:
+        """End the items of a stored status (``outcomes`` None for an infrastructure failure)."""
+        tid = status["task"]
+        a, b = protocol.task_range(tid)
+        infra = status.get("infra")
+        errors = protocol.item_errors(status)
+        cols = {} if infra else protocol.item_columns(status)
+        st = status.get("stats") or {}
+        with self._lock:
+            self._register(tid)
+            host = self._task_host.setdefault(tid, {})
+            host.update(host_seen=host_seen, host_fetched=fetched,
+                        attempts=status.get("attempt", 0) + 1)
+            if st.get("host_submit") is not None:
+                host["host_submit"] = st["host_submit"]  # the attempt whose status won
+            self._task_stats[tid] = st
+            self._task_items[tid] = cols
+            self._flops += sum((cols.get("flops") or {}).values())
+            self._end_items(tid, a, b, outcomes, errors, infra)
+            self._ended_log.append((tid, a, b))
+            futs = self._futures_in(a, b)
+        self._sync_all(futs)
+        self._notify()
+        if self._n_ended >= self.n:
+            self.finish()
+
+    def _end_items(self, tid: str, a: int, b: int, outcomes: list[Outcome] | None,
+                   errors: dict[int, dict[str, Any]], infra: dict[str, Any] | None) -> None:
+        """Store the outcomes of items [a, b) that have not ended yet (lock held)."""
+        state, values = self._state, self._values
+        seg = state[a:b]
+        n_open = seg.count(QUEUED) + seg.count(RUNNING)
+        if not n_open:
+            return
+        if not errors and outcomes is not None and n_open == b - a:
+            # The usual case: every item succeeded, all at once.
+            values[a:b] = [v for _ok, v in outcomes]
+            state[a:b] = bytes([DONE]) * (b - a)
+            self._n_ended += b - a
+            return
+        for k, i in enumerate(range(a, b)):
+            if state[i] > RUNNING:
+                continue  # ended already (cancelled): the first end state stays
+            self._n_ended += 1
+            if i not in errors:
+                assert outcomes is not None
+                values[i], state[i] = outcomes[k][1], DONE
+                continue
+            err = errors[i]
+            self._error_info[i] = err
+            exc: BaseException
+            if infra:
+                kind = INFRA_ERRORS.get(infra.get("kind") or "", InfrastructureError)
+                infra_exc = kind(infra.get("message", ""), tid)
+                if infra.get("missing_module"):  # a worker that could not import it (setup)
+                    infra_exc.missing_module = infra["missing_module"]  # type: ignore[attr-defined]
+                if infra.get("traceback"):
+                    infra_exc.__cause__ = RemoteTraceback(infra["traceback"])
+                exc = infra_exc
+            else:
+                value = outcomes[k][1] if outcomes is not None else None
+                exc = value if isinstance(value, BaseException) else RemoteError(
+                    err.get("type", "Exception"), err.get("message", ""), err.get("traceback", ""))
+                if err.get("traceback"):
+                    exc.__cause__ = RemoteTraceback(err["traceback"])
+            values[i], state[i] = exc, FAILED
+
+    def cancel(self) -> int:
+        """End every open item as cancelled; returns how many were open."""
+        with self._lock:
+            state = self._state
+            n = state.count(QUEUED) + state.count(RUNNING)
+            state[:] = state.translate(_CANCEL_TABLE)
+            self._n_ended += n
+            self._ended_log.append((None, 0, self.n))
+            futs = list(self._futs.values())
+        self._sync_all(futs)
+        self.finish()
+        return n
+
+    def open_runs(self) -> list[tuple[int, int]]:
+        """The runs [a, b) of consecutive items that have not ended."""
+        flags = self._state.translate(_OPEN_TABLE)
+        return [m.span() for m in re.finditer(rb"\x01+", flags)]
+
+    def finish(self) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.finished_at = self.clock()
+            self._done.set()
+        self._notify()
+
+    # Listeners ------------------------------------------------------------------
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` is called (from a worker thread) whenever items end."""
+        self._listeners.append(fn)
+
+    def _notify(self) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn()
+            except Exception as exc:  # a listener's bug must not stop the job
+                self.listener_error = exc
+                log.exception("a listener of job %s failed", self.job_id)

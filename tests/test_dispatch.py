@@ -1,0 +1,388 @@
+"""Dispatch policies, driven by a fake clock: nothing here sleeps.
+
+The backend is a test double of the backend boundary (``Backend``): it records the
+events it is given and, when a test says so, runs them through the real worker
+handler in-process (a real status and real results land in a real LocalStorage)
+and reports to the dispatcher as a real backend would. Retries, deadlines,
+backups, redeliveries, polling, the in-flight cap and cancel markers are then
+checked by moving the clock and calling ``tick()``.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cloudbutton_executor import (
+    InfrastructureError,
+    LostInvocationError,
+    TaskTimeoutError,
+    WorkerDiedError,
+    protocol,
+    serialize,
+    worker,
+)
+from cloudbutton_executor.backends import Backend, BackendLimits
+from cloudbutton_executor.dispatch import JobSpec
+from cloudbutton_executor.job import new_job
+from cloudbutton_executor.storage import LocalStorage, NotFound
+
+PREFIX = "cb"
+
+
+class FakeClock:
+    """Starts at the real time (workers stamp statuses with it) and moves only when told."""
+
+    def __init__(self):
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+class FakeBackend(Backend):
+    """Records events; a test runs, fails, loses or accepts them explicitly."""
+
+    name = "fake"
+
+    def __init__(self, **limits):
+        base = dict(concurrency=2, max_timeout_s=None, payload_limit_bytes=None, max_inflight=None,
+                    can_stop_running=False, calls_back=True, poll_interval_s=None,
+                    deadline_grace_s=None, lost_after_s=None, redeliveries=0,
+                    reports_accepted=False, default_memory_mb=1024, auto_batch_target_s=1.0)
+        self._limits = BackendLimits(**{**base, **limits})
+        self.sent: list[dict] = []
+        self.listener = None
+        self.cancelled: list[str] = []
+        self.refuse: Exception | None = None
+
+    @property
+    def limits(self) -> BackendLimits:
+        return self._limits
+
+    def invoke(self, events, listener):
+        if self.refuse is not None:
+            raise self.refuse
+        self.listener = listener
+        self.sent.extend(events)
+
+    def cancel_job(self, job_id):
+        self.cancelled.append(job_id)
+
+    def status(self):
+        return {"backend": "fake", "ok": True}
+
+    # What a test makes happen --------------------------------------------------
+    def event(self, tid: str, attempt: int | None = None) -> dict:
+        """The last event sent for ``tid`` (of that attempt, if given)."""
+        return [e for e in self.sent if e["task"] == tid
+                and (attempt is None or e["attempt"] == attempt)][-1]
+
+    def run(self, event: dict) -> dict:
+        """A worker runs the event: the real handler stores its status."""
+        self.listener.on_start(event)
+        response = worker.handler(event)
+        if self.limits.calls_back:
+            self.listener.on_done(event, response)
+        return response
+
+
+def square(x):
+    return x * x
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return LocalStorage(str(tmp_path / "storage"))
+
+
+def start_job(storage, backend, clock, items, *, fn=square, chunksize=1, retries=0, timeout=10.0):
+    blob = serialize.dumps(fn)
+    fkey = protocol.function_key(PREFIX, serialize.digest(blob))
+    storage.put(fkey, blob)
+    spec = JobSpec(job_id=protocol.new_job_id(), prefix=PREFIX, function_key=fkey,
+                   function_name=fn.__name__, n_items=len(items), chunksize=chunksize,
+                   timeout=timeout, retries=retries, memory_mb=1024, created=clock())
+    job = new_job(spec, backend, storage, serialize.dumps_scalar_calls(list(items)), clock)
+    job.dispatcher.start()
+    return job
+
+
+def stored_status(storage, job, tid):
+    return json.loads(storage.get(protocol.status_key(PREFIX, job.job_id, tid)))
+
+
+# Retries ------------------------------------------------------------------------------
+def test_an_infrastructure_failure_is_retried_then_succeeds(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [3], retries=1)
+    (first,) = be.sent
+    clock.advance(2)
+    be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
+    again = be.event(first["task"])
+    assert again is not first and again["attempt"] == 1 and again["host_submit"] == clock()
+    assert job.retried == 1 and not job.done()
+    be.run(again)
+    assert job.result(timeout=0) == [9]
+    assert job[0].attempts == 2 and job.counts()["retried"] == 1
+
+
+def test_without_retries_the_failure_is_stored_first_and_a_late_result_loses(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [3])
+    (event,) = be.sent
+    be.listener.on_failure(event, WorkerDiedError("worker died", event["task"]))
+    assert len(be.sent) == 1  # no retry
+    (out,) = job.results(timeout=0)
+    assert isinstance(out, WorkerDiedError)
+    status = stored_status(storage, job, event["task"])
+    assert status["written_by"] == "host" and status["infra"]["kind"] == "died"
+    # The worker's status comes too late: first write wins, the outcome stays.
+    assert be.run(event)["written"] is False
+    assert isinstance(job.results(timeout=0)[0], WorkerDiedError)
+
+
+# Deadlines ----------------------------------------------------------------------------
+def test_a_silent_invocation_ends_lost_at_its_timeout_plus_grace(storage, clock):
+    be = FakeBackend(deadline_grace_s=5.0)
+    job = start_job(storage, be, clock, [1, 2], timeout=10.0)
+    t0 = clock()
+    be.run(be.sent[0])
+    clock.t = t0 + 15.0  # exactly timeout + grace: not yet late
+    job.dispatcher.tick()
+    assert not job.done() and job.item_state(1) == "queued"
+    clock.t = t0 + 15.01
+    job.dispatcher.tick()
+    assert job.done() and job.results(timeout=0)[0] == 1
+    err = job.results(timeout=0)[1]
+    assert isinstance(err, LostInvocationError) and "timeout of 10 s + 5 s" in str(err)
+    assert stored_status(storage, job, be.sent[1]["task"])["infra"]["kind"] == "lost"
+
+
+def test_a_backend_that_enforces_timeouts_itself_gets_no_host_deadline(storage, clock):
+    be = FakeBackend(deadline_grace_s=None)
+    job = start_job(storage, be, clock, [1], timeout=1.0)
+    clock.advance(10_000)
+    job.dispatcher.tick()
+    assert job.item_state(0) == "queued" and not job.done()
+
+
+def test_the_deadline_clock_starts_when_the_backend_accepts_the_event(storage, clock):
+    be = FakeBackend(deadline_grace_s=5.0, reports_accepted=True)
+    job = start_job(storage, be, clock, [1], timeout=10.0)
+    (event,) = be.sent
+    clock.advance(1_000)  # throttled all along: no clock yet
+    job.dispatcher.tick()
+    assert not job.done()
+    be.listener.on_accepted(event, clock())
+    clock.advance(14.9)
+    job.dispatcher.tick()
+    assert not job.done()
+    clock.advance(0.2)
+    job.dispatcher.tick()
+    assert isinstance(job.results(timeout=0)[0], LostInvocationError)
+
+
+def test_a_retry_gets_a_fresh_deadline(storage, clock):
+    be = FakeBackend(deadline_grace_s=5.0)
+    job = start_job(storage, be, clock, [4], retries=1, timeout=10.0)
+    clock.advance(15.1)
+    job.dispatcher.tick()  # late: retried, not failed
+    retry = be.event(be.sent[0]["task"], attempt=1)
+    assert not job.done() and job.retried == 1
+    clock.advance(15.0)
+    job.dispatcher.tick()
+    assert not job.done()  # 15 s after the retry: its own deadline not passed
+    be.run(retry)
+    assert job.result(timeout=0) == [16]
+
+
+# Events presumed lost: backups (a backend that never calls back, like Lambda) ----------
+def lambda_like(**more):
+    return FakeBackend(calls_back=False, poll_interval_s=0.2, deadline_grace_s=20.0,
+                       lost_after_s=30.0, redeliveries=2, reports_accepted=True, **more)
+
+
+def test_a_silent_event_gets_backups_within_its_budget_and_the_first_status_wins(storage, clock):
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1, 2], timeout=100.0)
+    first, second = be.sent
+    for e in (first, second):
+        be.listener.on_accepted(e, clock())
+    be.run(first)  # stored 0 s after submit: the typical latency is ~0
+    job.dispatcher.tick()
+    assert job.item_state(0) == "done"
+    # Presumed lost after min(lost_after + 2 x p90 latency, max(lost_after, (timeout +
+    # grace) / (redeliveries + 1))) = min(30, 40) = 30 s of silence.
+    clock.advance(29.9)
+    job.dispatcher.tick()
+    assert len(be.sent) == 2
+    clock.advance(0.2)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert len(be.sent) == 3 and backup["task"] == second["task"] and backup["attempt"] == 1
+    assert job.retried == 1
+    be.listener.on_accepted(backup, clock())
+    clock.advance(10.0)
+    be.listener.on_accepted(second, clock())  # the original attempt, accepted late: ignored
+    clock.advance(20.1)  # 30.1 s after the backup was accepted
+    job.dispatcher.tick()
+    assert len(be.sent) == 4 and be.sent[-1]["attempt"] == 2
+    be.listener.on_accepted(be.sent[-1], clock())
+    clock.advance(30.1)
+    job.dispatcher.tick()
+    assert len(be.sent) == 4  # the budget (2 redeliveries) is spent
+    be.run(backup)  # the first attempt to store a status wins
+    assert be.run(second)["written"] is False
+    job.dispatcher.tick()
+    assert job.result(timeout=0) == [1, 4]
+    assert stored_status(storage, job, second["task"])["attempt"] == 1
+
+
+def test_backups_wait_for_a_typical_latency_to_compare_with(storage, clock):
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1], timeout=100.0)
+    be.listener.on_accepted(be.sent[0], clock())
+    clock.advance(119.0)  # silent for long, but nothing has finished yet
+    job.dispatcher.tick()
+    assert len(be.sent) == 1
+    clock.advance(1.1)  # past timeout + grace from acceptance: a timeout, not lost
+    job.dispatcher.tick()
+    (err,) = job.results(timeout=0)
+    assert isinstance(err, TaskTimeoutError) and "its runtime died" in str(err)
+
+
+def test_a_backend_that_does_not_call_back_is_polled(storage, clock):
+    be = lambda_like()
+    job = start_job(storage, be, clock, list(range(5)), chunksize=2)
+    for e in be.sent:
+        be.run(e)  # statuses stored; nobody calls back
+    assert job.counts()["done"] == 0
+    lists = job.dispatcher.storage.counts.get("LIST", 0)
+    job.dispatcher.tick()
+    assert job.result(timeout=0) == [0, 1, 4, 9, 16]
+    assert job.dispatcher.storage.counts["LIST"] == lists + 1  # one LIST found all three
+
+
+def test_max_inflight_caps_what_is_sent_at_once(storage, clock):
+    be = FakeBackend(max_inflight=3)
+    job = start_job(storage, be, clock, list(range(7)))
+    assert [e["task"] for e in be.sent] == ["000000-000001", "000001-000002", "000002-000003"]
+    be.run(be.sent[1])
+    assert len(be.sent) == 4 and be.sent[-1]["task"] == "000003-000004"
+    while not job.done():
+        be.run(next(e for e in be.sent if job.item_state(protocol.task_range(e["task"])[0])
+                    in ("queued", "running")))
+    assert job.result(timeout=0) == [x * x for x in range(7)]
+
+
+# Lost events the backend knows of, refused events, throttling ------------------------
+def test_a_lost_event_is_sent_again_while_redeliveries_last_then_fails(storage, clock):
+    be = FakeBackend(redeliveries=1)
+    job = start_job(storage, be, clock, [5])
+    (event,) = be.sent
+    be.listener.on_lost(event, LostInvocationError("never reached a worker", event["task"]))
+    again = be.sent[-1]
+    assert len(be.sent) == 2 and again["attempt"] == 1 and job.retried == 1
+    be.listener.on_lost(again, LostInvocationError("lost again", event["task"]))
+    assert len(be.sent) == 2  # budget spent, no user retries: the task fails
+    (err,) = job.results(timeout=0)
+    assert isinstance(err, LostInvocationError) and "lost again" in str(err)
+
+
+def test_events_the_backend_refuses_end_their_tasks_at_once(storage, clock):
+    be = FakeBackend()
+    be.refuse = RuntimeError("the backend has been shut down")
+    job = start_job(storage, be, clock, [1, 2])
+    assert job.done()
+    errs = job.results(timeout=0)
+    assert all(type(e) is InfrastructureError and "shut down" in str(e) for e in errs)
+
+
+def test_throttling_is_counted(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1])
+    be.listener.on_throttled(be.sent[0], 0.5)
+    be.listener.on_throttled(be.sent[0], None)
+    assert job.throttled == 2 and job.counts()["throttled"] == 2 and job.stats["throttled"] == 2
+
+
+# Cancel, follow, errors ------------------------------------------------------------------
+def test_a_cancel_marker_written_elsewhere_cancels_at_the_next_tick(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2, 3])
+    be.run(be.sent[0])
+    storage.put_if_absent(protocol.cancel_key(PREFIX, job.job_id),
+                          protocol.cancel_marker(by="jupyter-panel", at=clock()))
+    job.dispatcher.tick()
+    assert job.cancelled and job.done() and be.cancelled == [job.job_id]
+    assert job.counts()["cancelled"] == 2 and job.results(timeout=0)[0] == 1
+    marker = protocol.read_cancel_marker(storage.get(protocol.cancel_key(PREFIX, job.job_id)))
+    assert marker["by"] == "jupyter-panel"  # first write wins: the panel's marker stays
+
+
+def test_a_followed_job_collects_stored_statuses_and_ends_the_rest_as_lost(storage, clock):
+    be = FakeBackend()
+    started = start_job(storage, be, clock, [1, 2, 3, 4])
+    be.run(be.sent[0])
+    be.run(be.sent[2])  # items 1 and 3 were never run
+    manifest = json.loads(storage.get(protocol.manifest_key(PREFIX, started.job_id)))
+    follower = new_job(JobSpec.from_manifest(manifest, PREFIX), FakeBackend(), storage, None, clock)
+    follower.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
+    assert follower.item_state(0) == "done" and follower.item_state(2) == "done"
+    assert protocol.lost_deadline(manifest) == manifest["created"] + 10.0 * 4 + 60
+    clock.t = protocol.lost_deadline(manifest) + 0.1
+    follower.dispatcher.tick()
+    out = follower.results(timeout=0)
+    assert out[0] == 1 and out[2] == 9
+    assert isinstance(out[1], LostInvocationError) and isinstance(out[3], LostInvocationError)
+
+
+class FlakyStorage(LocalStorage):
+    """A real local storage whose next read of a status fails once."""
+
+    fail_next = False
+
+    def get(self, key, start=None, stop=None):
+        if self.fail_next and key.endswith("/status.json"):
+            self.fail_next = False
+            raise OSError("the disk hiccuped")
+        return super().get(key, start, stop)
+
+
+def test_a_status_that_cannot_be_read_is_recorded_and_collected_at_the_next_tick(tmp_path, clock):
+    storage = FlakyStorage(str(tmp_path / "flaky"))
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [7])
+    storage.fail_next = True
+    be.run(be.sent[0])
+    assert not job.done() and isinstance(job.monitor_error, OSError)
+    job.dispatcher.tick()
+    assert job.result(timeout=0) == [49]
+
+
+def test_task_ids_of_a_million_item_job_keep_key_order(storage, clock):
+    be = FakeBackend(max_inflight=4)
+    n = 1_000_001
+    start_job(storage, be, clock, [0] * 8, chunksize=1)  # a small job first: 6-digit ids
+    assert be.sent[0]["task"] == "000000-000001"
+    tids = [protocol.task_id(a, min(a + 250_000, n), n) for a in range(0, n, 250_000)]
+    assert tids == ["0000000-0250000", "0250000-0500000", "0500000-0750000", "0750000-1000000",
+                    "1000000-1000001"]
+    assert sorted(tids) == tids and [protocol.task_range(t) for t in tids][-1] == (1_000_000, n)
+    keys = [protocol.status_key(PREFIX, "j", t) for t in tids]
+    assert [protocol.task_id_from_status_key(k) for k in keys] == tids
+    assert protocol.task_id_from_status_key(protocol.status_key(PREFIX, "j", "12-3")) is None
+    with pytest.raises(ValueError):
+        protocol.task_range("../000001")
+    with pytest.raises(NotFound):
+        storage.get(protocol.status_key(PREFIX, "j", tids[0]))
