@@ -3,7 +3,6 @@
 Jobs are made with the real executor (local worker processes) in a temp storage dir.
 """
 import json
-import os
 import time
 
 import pytest

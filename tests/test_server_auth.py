@@ -12,7 +12,6 @@ import time
 import urllib.parse
 
 import pytest
-import tornado.httpclient
 
 from cloudbutton_executor import protocol
 from cloudbutton_executor.storage import LocalStorage
@@ -144,8 +143,9 @@ def test_every_route_is_covered():
     from cloudbutton_jupyter import handlers
 
     class App:
-        settings = {"base_url": "/"}
-        routes = []
+        def __init__(self):
+            self.settings = {"base_url": "/"}
+            self.routes = []
 
         def add_handlers(self, host, rules):
             self.routes += [r[0] for r in rules]

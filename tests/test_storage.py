@@ -169,21 +169,21 @@ def test_concurrent_first_writes_into_a_new_directory(tmp_path):
     import threading
 
     st = LocalStorage(str(tmp_path))
+
+    def write(barrier, errors, key, first_wins):
+        barrier.wait()
+        try:
+            if first_wins:
+                st.put_if_absent(key, b"x")
+            else:
+                st.put(key, b"x")
+        except Exception as exc:  # any failure is the finding
+            errors.append(exc)
+
     for round_ in range(10):
-        barrier = threading.Barrier(8)
-        errors = []
-
-        def write(i):
-            barrier.wait()
-            try:
-                if i % 2:
-                    st.put(f"r{round_}/deep/k{i}", b"x")
-                else:
-                    st.put_if_absent(f"r{round_}/deep/k{i}", b"x")
-            except Exception as exc:  # noqa: BLE001 - any failure is the finding
-                errors.append(exc)
-
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+        barrier, errors = threading.Barrier(8), []
+        threads = [threading.Thread(target=write, args=(barrier, errors, f"r{round_}/deep/k{i}",
+                                                        i % 2 == 0)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
