@@ -36,6 +36,20 @@ def pytest_unconfigure(config):
     shutil.rmtree(_session_tmp.pop("root"), ignore_errors=True)
 
 
+# Modules whose tests are one story in one shared server (test_browser_panel.py: one
+# JupyterLab, whose jobs later tests look at). pytest-randomly shuffles every other
+# module's tests; these keep their file order, at the place the shuffle gave the module.
+IN_FILE_ORDER = ("test_browser_panel.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for name in IN_FILE_ORDER:
+        places = [k for k, item in enumerate(items) if item.path.name == name]
+        story = sorted((items[k] for k in places), key=lambda item: item.reportinfo()[1] or 0)
+        for k, item in zip(places, story):
+            items[k] = item
+
+
 @pytest.fixture(autouse=True)
 def hermetic_environment(tmp_path, monkeypatch):
     """Every test: its own config file and job cache, no AWS account, and the process
