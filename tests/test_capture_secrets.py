@@ -102,7 +102,7 @@ def test_report_rows_sizes_and_the_size_warning():
     assert len(big.warnings) == 1 and big.warnings[0].startswith("the captured variables total 51")
     with pytest.raises(CaptureError) as info:
         ship("conn", sqlite3.connect(":memory:"))
-    assert str(info.value).startswith("cannot ship variable 'conn' (sqlite3.Connection): ")
+    assert str(info.value).startswith("cannot ship variable 'conn' (type sqlite3.Connection): ")
     assert str(info.value).endswith("Create it inside the cell instead, or pass what it holds "
                                     "(e.g. a path or plain data).")
 
