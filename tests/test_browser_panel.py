@@ -420,7 +420,7 @@ def test_widget_and_panel_show_the_same_cost_and_time(page, lab):
     widget_cost = re.search(r"(< )?\$[0-9.,]+(?= on Lambda)", text).group(0)
     widget_time = re.search(r"elapsed ([0-9.]+) s", text).group(1)
     assert widget_cost.startswith("$0.000")  # about 6 x 0.3 s x 10 GB: a few hundredths of a cent
-    job_id = re.search(r"job (\d{8}-\d{6}-\w+)", text).group(1)
+    job_id = re.search(r"job (\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6})", text).group(1)
     panel = _open_panel(page)
     row = panel.locator(f".cb-job[data-job-id='{job_id}']")
     row.wait_for(timeout=30_000)
