@@ -422,7 +422,8 @@ def test_widget_and_panel_show_the_same_cost_and_time(page, lab):
     assert widget_cost.startswith("$0.000")  # about 6 x 0.3 s x 10 GB: a few hundredths of a cent
     job_id = re.search(r"job (\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6})", text).group(1)
     panel = _open_panel(page)
-    row = panel.locator(f".cb-job[data-job-id='{job_id}']")
+    # Compared once the panel has seen the job end (a poll may show it running, costing less).
+    row = panel.locator(f".cb-job.cb-state-done[data-job-id='{job_id}']")
     row.wait_for(timeout=30_000)
     assert row.locator(".cb-job-cost").inner_text() == widget_cost
     assert row.locator(".cb-job-duration").inner_text() == f"{widget_time} s"
