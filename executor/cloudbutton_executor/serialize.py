@@ -24,6 +24,8 @@ from typing import Any, TypeAlias, cast
 
 import cloudpickle
 
+from .sources import code_source, restore_code, shipped_name
+
 # Our own packages are installed wherever the user put them (often an editable
 # checkout); they must never be shipped by value.
 _OWN_PACKAGES = {"cloudbutton_executor", "cloudbutton_magic", "cloudbutton_jupyter"}
@@ -59,8 +61,25 @@ def _is_secret_type(obj: object) -> bool:
     return False
 
 
+class _CodeAsIs:
+    """A code object to reduce with cloudpickle's own code reducer."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: types.CodeType):
+        self.code = code
+
+
 class _GuardedPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types
     def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is types.CodeType:
+            # By-value code (only that reaches a code object's reducer) travels with its
+            # file name and source lines: see sources.py.
+            first, lines = code_source(obj)
+            return restore_code, (_CodeAsIs(obj), shipped_name(obj.co_filename), first, lines)
+        if t is _CodeAsIs:
+            return self.dispatch_table[types.CodeType](obj.code)
         if _is_secret_type(obj):
             raise SecretError(
                 f"refusing to ship a {_type_name(obj)}: it carries AWS credentials. "
