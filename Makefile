@@ -9,7 +9,7 @@ LOCK := requirements/lock.txt
 PIP_LOCKED = -m pip install -q -c $(LOCK) --build-constraint $(LOCK)
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab test lint notebooks browser demo bench mutate clean lock test-latest
+.PHONY: install lab test lint notebooks browser demo bench mutate clean lock lock-upgrade test-latest
 
 $(STAMP): pyproject.toml $(LOCK) $(wildcard package.json) $(wildcard labextension/src/*.ts labextension/style/* labextension/schema/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,15 +70,16 @@ MUTATE_TESTS ?= tests/test_storage.py tests/test_capture_secrets.py tests/test_m
 
 mutate: install
 	# The `mutate` extra's packages, without rebuilding the project itself.
-	$(BIN)/python -m pip install -q $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['mutate']))")
+	$(BIN)/python -m pip install -q -c $(LOCK) $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['mutate']))")
 	$(BIN)/python tools/mutate.py --tests $(MUTATE_TESTS) -- $(MUTATE_MODULES)
 
-# Re-resolve the lock with pip's resolver in a scratch venv (newest releases that fit pyproject).
-lock:
+# Resolve the lock with pip's resolver in a scratch venv: `lock` keeps the pins it has and
+# adds what is new; `lock-upgrade` moves everything to the newest releases that fit pyproject.
+lock lock-upgrade:
 	rm -rf build/lock-venv
 	$(PYTHON) -m venv build/lock-venv
 	build/lock-venv/bin/python -m pip install -q -U pip
-	build/lock-venv/bin/python requirements/lock.py
+	build/lock-venv/bin/python requirements/lock.py $(if $(filter lock-upgrade,$@),--upgrade)
 
 # The suite against the newest releases, in its own venv, ignoring the lock.
 test-latest: browser
