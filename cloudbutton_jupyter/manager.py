@@ -219,7 +219,7 @@ class CloudManager:
     @staticmethod
     def check_job_id(job_id: str) -> str:
         if not isinstance(job_id, str) or not protocol.JOB_ID_RE.match(job_id):
-            raise InvalidInput(f"not a job id: {job_id!r} (expected YYYYMMDD-HHMMSS-xxxxxx)")
+            raise InvalidInput(f"not a job id: {job_id!r} (expected YYYYMMDD-HHMMSSmmm-xxxxxx)")
         return job_id
 
     def _manifest(self, storage, prefix, job_id) -> dict:

@@ -184,17 +184,12 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _job_created(job_id: str) -> float:
-    dt = datetime.datetime.strptime(job_id[:15], "%Y%m%d-%H%M%S")
-    return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
 def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     be = _backend(_load_config(args))
     st, prefix = be.storage, be.prefix
     if args.job:
         if not protocol.JOB_ID_RE.match(args.job):
-            raise ValueError(f"--job {args.job!r} is not a job id (like 20260101-120000-abcdef)")
+            raise ValueError(f"--job {args.job!r} is not a job id (like 20260101-120000123-abcdef)")
         victims = [args.job]
         if not st.list(protocol.job_prefix(prefix, args.job) + "/"):
             print(f"no job {args.job} under s3://{st.bucket}/{protocol.jobs_prefix(prefix)}",
@@ -203,7 +198,7 @@ def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     else:
         age = parse_duration(args.older_than)
         cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - age
-        victims = [j for j in catalog.job_ids(st, prefix) if _job_created(j) < cutoff]
+        victims = [j for j in catalog.job_ids(st, prefix) if protocol.job_created(j) < cutoff]
     total = 0
     for job_id in victims:
         if args.dry_run:
