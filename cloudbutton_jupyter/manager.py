@@ -218,9 +218,10 @@ class CloudManager:
 
     @staticmethod
     def check_job_id(job_id: str) -> str:
-        if not isinstance(job_id, str) or not protocol.JOB_ID_RE.match(job_id):
-            raise InvalidInput(f"not a job id: {job_id!r} (expected YYYYMMDD-HHMMSS-xxxxxx)")
-        return job_id
+        try:
+            return str(config.check("job_id", job_id))
+        except config.ConfigError as err:
+            raise InvalidInput(str(err)) from None
 
     def _manifest(self, storage, prefix, job_id) -> dict:
         manifest = catalog.manifest(storage, prefix, job_id)
@@ -243,15 +244,18 @@ class CloudManager:
                                              catalog.cancel_info(storage, prefix, job_id),
                                              time.time())
 
-    def list_jobs(self, limit: int = 30) -> list[dict]:
+    def list_jobs(self, limit: int | str = 30) -> list[dict]:
         """Summaries of the newest jobs, newest first.
 
         The panel polls this every few seconds, and on S3 every request costs: manifests
         (immutable) and the summaries of finished jobs are read once and kept, so a poll
         costs one LIST plus one per running job.
         """
-        if not isinstance(limit, int) or not 1 <= limit <= 500:
-            raise InvalidInput(f"limit must be an integer from 1 to 500, got {limit!r}")
+        try:  # from the query string (text) or from Python
+            limit = config.OPTIONS["limit"].parse(limit) if isinstance(limit, str) \
+                else config.check("limit", limit)
+        except config.ConfigError as err:
+            raise InvalidInput(str(err)) from None
         conf = self.get_config()
         storage, prefix = self.storage(conf), self._prefix(conf)
         ids = catalog.job_ids(storage, prefix, limit)

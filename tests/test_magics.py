@@ -227,7 +227,7 @@ def test_jobs_attach_cancel_config(ip, capsys):
     assert ip.user_ns["again"] == [1, 2, 3]
     with pytest.raises(UsageError, match="no job"):
         ip.run_line_magic("cloud", "attach 20000101-000000-000000")
-    with pytest.raises(UsageError, match="not a job id"):
+    with pytest.raises(UsageError, match="must be a job id"):
         ip.run_line_magic("cloud", "cancel nonsense")
     ip.run_line_magic("cloud", f"cancel {job_id}")
     ex = fresh.runner.executor(fresh.runner.settings())

@@ -47,10 +47,18 @@ def _check_iterdata(iterdata: Iterable[Any]) -> list[Any]:
         raise TypeError(f"iterdata must be an iterable of task inputs, got a {type(iterdata).__name__}; "
                         "wrap a single input in a list: [value]")
     try:
-        return list(iterdata)
+        items = iter(iterdata)
     except TypeError:
         raise TypeError(f"iterdata must be an iterable of task inputs (list, range, generator...), "
                         f"got {type(iterdata).__name__!s}") from None
+    out: list[Any] = []
+    try:
+        out.extend(items)
+    except Exception as exc:  # a generator that fails midway: its own exception, placed
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"(raised by iterdata after {len(out)} items; nothing was submitted)")
+        raise
+    return out
 
 
 class Executor:
@@ -92,17 +100,18 @@ class Executor:
         self.timeout: float | None = config.check("timeout", timeout, where)
         self.memory_mb: int | None = config.check("memory_mb", memory_mb, where)
         self.retries = config.check("retries", retries, where)
-        if auto_batch_target_s is not None and (
-                isinstance(auto_batch_target_s, bool) or not isinstance(auto_batch_target_s, (int, float))
-                or auto_batch_target_s <= 0):
-            raise ValueError(f"{where}auto_batch_target_s must be a positive number of seconds, "
-                             f"got {auto_batch_target_s!r}")
-        self.auto_batch_target_s = auto_batch_target_s or limits.auto_batch_target_s
+        self.auto_batch_target_s = config.check("auto_batch_target_s", auto_batch_target_s,
+                                                where) or limits.auto_batch_target_s
+        if storage is not None and not isinstance(storage, Storage):
+            raise TypeError(f"{where}storage must be a cloudbutton_executor Storage "
+                            f"(LocalStorage, S3Storage), got {type(storage).__name__}")
         # A backend whose workers reach one storage (Lambda: its bucket) decides it.
         self.storage = self.backend.storage or storage or LocalStorage()
         # Lambda's IAM policy only grants its configured prefix: default to it.
         prefix = prefix if prefix is not None else self.backend.prefix
-        self.prefix = (prefix or "cloudbutton").strip("/") or "cloudbutton"
+        if isinstance(prefix, str):
+            prefix = prefix.strip("/") or None
+        self.prefix: str = config.check("prefix", prefix or "cloudbutton", where)
         self.concurrency = limits.concurrency
         self._uploaded: set[str] = set()
         self._jobs: list[Job] = []
@@ -140,6 +149,8 @@ class Executor:
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
         options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
                                     memory_mb=memory_mb)
+        extra_args = config.check_extra_args(extra_args, "map(): ")
+        label = config.check("label", label, "map(): ")
         with gc_paused():  # bulk allocation: see outcomes.gc_paused
             items = _check_iterdata(iterdata)
             payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
@@ -262,7 +273,7 @@ class Executor:
     # Jobs in storage ----------------------------------------------------------
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Manifests of recent jobs in this storage, newest first."""
-        return list_jobs(self.storage, self.prefix, limit)
+        return list_jobs(self.storage, self.prefix, config.check("limit", limit, "jobs(): "))
 
     def attach(self, job_id: str) -> Job:
         """Re-attach to a job from its manifest (e.g. after a kernel restart).
@@ -270,8 +281,7 @@ class Executor:
         Tasks already stored are collected without re-running anything; the
         rest finish as their statuses appear, or as lost once their deadline passed.
         """
-        if not protocol.JOB_ID_RE.match(job_id or ""):
-            raise ValueError(f"not a job id: {job_id!r}")
+        config.check("job_id", job_id, "attach(): ")
         try:
             manifest = json.loads(self.storage.get(protocol.manifest_key(self.prefix, job_id)))
         except NotFound:

@@ -17,7 +17,8 @@ from typing import Any
 # 2: a status's "items" is columnar (see ``item_columns``); 1 had one record per item.
 PROTOCOL_VERSION = 2
 
-JOB_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}\Z")
+JOB_ID_PATTERN = r"\d{8}-\d{6}-[0-9a-f]{6}"
+JOB_ID_RE = re.compile(rf"^{JOB_ID_PATTERN}\Z")
 # A task (one invocation) covers items [start, stop) of its job; both numbers are
 # zero-padded to the same width within a job (``task_id_width``), so that the order
 # of status keys in a listing is the order of the items. Jobs of fewer than a

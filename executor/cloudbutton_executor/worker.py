@@ -187,7 +187,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         outcomes, items = _run_items(fn, inputs, first, tid, event)
     stats["compute_done"] = time.time()
 
-    blob = _dump_outcomes(outcomes, items["errors"], first)  # may add errors (unpicklable results)
+    # May add errors (a result that cannot be pickled, or not within the memory limit).
+    blob = _dump_outcomes(outcomes, items["errors"], first, event.get("memory_mb"))
     stats["peak_mem_mb"] = round(_peak_mem_mb(), 1)
     status: dict[str, Any] = {"v": protocol.PROTOCOL_VERSION, "job_id": job_id, "task": tid,
               "state": "error" if items["errors"] else "done", "attempt": event.get("attempt", 0),
@@ -375,7 +376,8 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
                 buf = tee.buf = io.StringIO()
 
 
-def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int) -> bytes:
+def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int,
+                   memory_mb: int | None = None) -> bytes:
     # Plain pickle first: it is several times cheaper than cloudpickle for the
     # usual results, and it refuses (rather than mis-pickles) what it cannot
     # name: classes and functions defined inside the task, which exist only in
@@ -389,18 +391,28 @@ def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], f
     try:
         return bytes(cloudpickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:
-        return bytes(cloudpickle.dumps([_safe_outcome(o, errors, first + k)
+        return bytes(cloudpickle.dumps([_safe_outcome(o, errors, first + k, memory_mb)
                                         for k, o in enumerate(outcomes)],
                                        protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _safe_outcome(outcome: Outcome, errors: dict[str, dict[str, Any]], i: int) -> Outcome:
+def _safe_outcome(outcome: Outcome, errors: dict[str, dict[str, Any]], i: int,
+                  memory_mb: int | None) -> Outcome:
     ok, value = outcome
     import cloudpickle
 
     try:
         cloudpickle.dumps(value)
         return outcome
+    except MemoryError:
+        # Pickling needs about another copy of the result: name the limit it hit.
+        oom = OutOfMemoryError(
+            f"the task's result of type {type(value).__qualname__} could not be pickled within "
+            + (f"the memory limit of {memory_mb} MB" if memory_mb else "the worker's memory")
+            + " (pickling needs about as much memory again as the result): return a smaller "
+            "result, or run with more memory", None)
+        errors[str(i)] = dict(_error_record(oom), kind="oom", traceback="")
+        return (False, oom)
     except Exception as exc:
         msg = f"the task's result of type {type(value).__qualname__} cannot be pickled: {exc}"
         errors[str(i)] = {"type": "RemoteError", "module": __name__, "message": msg, "traceback": ""}

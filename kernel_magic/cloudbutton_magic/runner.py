@@ -186,8 +186,10 @@ class CloudRunner:
             n = job.cancel()
             print(f"cancelled job {job_id} ({n} tasks had not finished)")
             return
-        if not protocol.JOB_ID_RE.match(job_id):
-            raise UsageError(f"not a job id: {job_id!r}")
+        try:
+            config.check("job_id", job_id, "%cloud cancel: ")
+        except config.ConfigError as err:
+            raise UsageError(str(err)) from None
         ex = self.executor(self.settings())
         if not ex.storage.exists(protocol.manifest_key(ex.prefix, job_id)):
             raise UsageError(f"no job {job_id} in {ex.storage.describe()}")
