@@ -163,6 +163,8 @@ def test_rebound_name_ships_new_value(ip):
     ("map [1] as 3x", "item", "variable name"),
     ("map [1]", "item + not_defined_anywhere", "'not_defined_anywhere'.*not defined"),
     ("frobnicate", "item", "unknown %cloud sub-command"),
+    ("map (1 // (2 - k) for k in range(5))", "item",
+     "raised ZeroDivisionError: integer division or modulo by zero after 2 elements"),
 ])
 def test_bad_input_is_reported_and_nothing_is_submitted(ip, line, body, message):
     with pytest.raises(UsageError, match=message):

@@ -210,10 +210,17 @@ class CloudRunner:
             raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}; "
                              "wrap it in a list to run one task on it")
         try:
-            return list(value)
+            items = iter(value)
         except TypeError:
             raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}, which is not "
                              "iterable") from None
+        out: list = []
+        try:
+            out.extend(items)
+        except Exception as err:  # a generator failing midway: its own error, not "not iterable"
+            raise UsageError(f"the iterable {expr!r} raised {type(err).__name__}: {err} "
+                             f"after {len(out)} elements; nothing was submitted") from None
+        return out
 
     def _python_code(self, body: str) -> str:
         code = self.shell.transform_cell(body)
