@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, job_modules, protocol, serialize
+from . import catalog, config, job_modules, protocol, screening, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
@@ -151,11 +151,12 @@ class Executor:
                                     memory_mb=memory_mb)
         extra_args = config.check_extra_args(extra_args, "map(): ")
         label = config.check("label", label, "map(): ")
+        inputs = screening.Budget(label="the inputs")
         with gc_paused():  # bulk allocation: see outcomes.gc_paused
             items = _check_iterdata(iterdata)
-            payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
+            payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
             calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        return self._submit(fn, calls, payloads=payloads, label=label, **options)
+        return self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
 
     def call_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
@@ -211,23 +212,32 @@ class Executor:
 
     def _submit(self, fn: Callable[..., Any], calls: list[Call] | None, *,
                 payloads: list[serialize.Payload] | None = None, label: str | None = None,
-                **options: Any) -> Job:
-        """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
+                inputs: screening.Budget | None = None, **options: Any) -> Job:
+        """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled.
+        Everything shipped is screened for credentials first (``screening``); what its
+        budget could not search is reported."""
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}")
+        function = screening.Budget(label=f"function {name}")
+        inputs = inputs or screening.Budget(label="the inputs")
+        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function)
         if payloads is None:
             assert calls is not None
-            payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
-                if len(calls) < 64 else self._dumps_many(calls)
+            payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)
+                        for i, call in enumerate(calls)] \
+                if len(calls) < 64 else self._dumps_many(calls, inputs)
+        function.report()
+        inputs.report()
         return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
 
     @staticmethod
-    def _dumps_many(calls: list[Call]) -> list[serialize.Payload]:
+    def _dumps_many(calls: list[Call], budget: screening.Budget) -> list[serialize.Payload]:
         # One pickling pass for many inputs; on failure find and name the culprit.
         try:
-            return serialize.dumps_each(calls)
+            return serialize.dumps_each(calls, budget)
+        except serialize.SecretError:
+            raise
         except serialize.SerializationError:
             for i, call in enumerate(calls):
                 serialize.dumps(call, f"iterdata[{i}]")
