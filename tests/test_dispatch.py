@@ -218,12 +218,14 @@ def test_a_silent_event_gets_backups_within_its_budget_and_the_first_status_wins
     first, second = be.sent
     for e in (first, second):
         be.listener.on_accepted(e, clock())
-    be.run(first)  # stored 0 s after submit: the typical latency is ~0
+    be.run(first)  # stored a moment (real time) after its fake submit time
     job.dispatcher.tick()
     assert job.item_state(0) == "done"
+    st = stored_status(storage, job, first["task"])["stats"]
+    latency = st["result_stored"] - st["host_submit"]
     # Presumed lost after min(lost_after + 2 x p90 latency, max(lost_after, (timeout +
-    # grace) / (redeliveries + 1))) = min(30, 40) = 30 s of silence.
-    clock.advance(29.9)
+    # grace) / (redeliveries + 1))) = min(30 + 2 x latency, 40) s of silence.
+    clock.advance(29.9 + 2 * latency)
     job.dispatcher.tick()
     assert len(be.sent) == 2
     clock.advance(0.2)
@@ -234,7 +236,7 @@ def test_a_silent_event_gets_backups_within_its_budget_and_the_first_status_wins
     be.listener.on_accepted(backup, clock())
     clock.advance(10.0)
     be.listener.on_accepted(second, clock())  # the original attempt, accepted late: ignored
-    clock.advance(20.1)  # 30.1 s after the backup was accepted
+    clock.advance(20.1 + 2 * latency)  # 30.1 s (+ 2 x latency) after the backup was accepted
     job.dispatcher.tick()
     assert len(be.sent) == 4 and be.sent[-1]["attempt"] == 2
     be.listener.on_accepted(be.sent[-1], clock())

@@ -213,7 +213,8 @@ def test_duplicate_delivery_yields_one_result(ex):
         time.sleep(0.05)
     assert [r["written"] for r in responses] == [False, False]
     assert ex.storage.get(key) == stored
-    status = worker.read_status(ex.storage, "cloudbutton", job.job_id, job[0].task_id)
+    status = worker.read_status(ex.storage, "cloudbutton", job.job_id, job[0].task_id,
+                                job.dispatcher.key)
     assert worker.read_results(ex.storage, "cloudbutton", job.job_id, status) == [(True, first)]
 
 

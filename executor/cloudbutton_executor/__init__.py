@@ -5,9 +5,9 @@ with Lambda's semantics (the default), with the vocabulary of
 ``concurrent.futures``.
 """
 from .context import report_flops
-from .errors import (InfrastructureError, LostInvocationError, OutOfMemoryError, RemoteError,
-                     TaskTimeoutError, VersionMismatchError, WorkerDiedError, WorkerSetupError,
-                     MissingPackageError)
+from .errors import (InfrastructureError, IntegrityError, LostInvocationError, OutOfMemoryError,
+                     RemoteError, TaskTimeoutError, VersionMismatchError, WorkerDiedError,
+                     WorkerSetupError, MissingPackageError)
 from .executor import Executor
 from .futures import (ALL_COMPLETED, ANY_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
                       CancelledError, TaskFuture, as_completed, get_result, wait)
@@ -20,6 +20,6 @@ __all__ = [
     "Executor", "Job", "TaskFuture", "report_flops", "wait", "as_completed", "get_result",
     "ALL_COMPLETED", "ANY_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
     "InfrastructureError", "TaskTimeoutError", "OutOfMemoryError", "WorkerDiedError",
-    "LostInvocationError", "WorkerSetupError", "MissingPackageError", "RemoteError",
+    "LostInvocationError", "WorkerSetupError", "IntegrityError", "MissingPackageError", "RemoteError",
     "VersionMismatchError", "SerializationError", "SecretError", "__version__",
 ]

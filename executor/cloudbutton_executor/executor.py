@@ -11,9 +11,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, job_modules, protocol, screening, serialize
+from . import catalog, config, integrity, job_modules, protocol, screening, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
+from .errors import IntegrityError
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
 from .job import Job, new_job
 from .outcomes import gc_paused
@@ -251,9 +252,16 @@ class Executor:
         # asked; it decides the memory and timeout the job runs with.
         fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
         memory_mb, timeout = fit["memory_mb"], fit["timeout"]
-        fkey = protocol.function_key(self.prefix, serialize.digest(blob))
+        digest = serialize.digest(blob)
+        fkey = protocol.function_key(self.prefix, digest)
         if fkey not in self._uploaded:
-            if not self.storage.exists(fkey):
+            # Content-addressed: skip the upload only if what is stored really is this blob
+            # (an object planted under its name in advance is replaced; workers check too).
+            try:
+                stored = integrity.sha256(self.storage.get(fkey)) == digest
+            except NotFound:
+                stored = False
+            if not stored:
                 self.storage.put(fkey, blob)
             self._uploaded.add(fkey)
         spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
@@ -292,13 +300,34 @@ class Executor:
         rest finish as their statuses appear, or as lost once their deadline passed.
         """
         config.check("job_id", job_id, "attach(): ")
+        mkey = protocol.manifest_key(self.prefix, job_id)
         try:
-            manifest = json.loads(self.storage.get(protocol.manifest_key(self.prefix, job_id)))
+            raw = self.storage.get(mkey)
         except NotFound:
             raise KeyError(f"no job {job_id} in {self.storage.describe()}") from None
+        try:
+            manifest = integrity.open_sealed(integrity.job_key(job_id),
+                                             protocol.object_name(self.prefix, mkey), raw,
+                                             "the manifest")
+        except IntegrityError as err:
+            try:
+                legacy = "mac" not in json.loads(raw)
+            except ValueError:
+                legacy = False
+            if legacy:
+                raise IntegrityError(
+                    f"job {job_id} was made by an older version whose objects are not sealed: "
+                    "what it stored cannot be verified, so it is not attached") from None
+            raise IntegrityError(
+                f"the manifest of job {job_id} does not verify with this host's key "
+                f"({integrity.key_file()}): the job was started on another host (copy that "
+                "host's key file here to attach it) or the manifest was tampered with") from err
         job = new_job(JobSpec.from_manifest(manifest, self.prefix), self.backend, self.storage,
                       payloads=None)
-        job.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
+        job.dispatcher.follow()
+        # Its host is gone (a kernel restart): take it over at once and finish it. Else
+        # follow it; the monitor takes over if that host stops.
+        job.dispatcher.check_owner(time.time(), force=True)
         with self._lock:
             self._jobs.append(job)
         self._ensure_monitor()

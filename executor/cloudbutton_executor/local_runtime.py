@@ -169,7 +169,23 @@ def _set_memory_limit(memory_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (want, hard))
 
 
+def _die_with_parent() -> None:
+    """Lambda's semantics: invocations do not outlive what runs them. A local worker is
+    killed when its host process dies (Linux), instead of finishing its task unseen."""
+    try:
+        import ctypes
+
+        parent = os.getppid()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os._exit(1)
+    except (OSError, AttributeError):  # not Linux: the worker ends at its next read
+        pass
+
+
 def main() -> None:
+    _die_with_parent()
     events = sys.stdin.buffer
     # Our replies go to the original stdout; anything the task's C code prints
     # to fd 1 goes to stderr instead of corrupting the reply stream.

@@ -396,6 +396,11 @@ class OutcomeStore:
         self.finish()
         return n
 
+    def any_open(self, a: int, b: int) -> bool:
+        """Whether any of items [a, b) has not ended."""
+        seg = self._state[a:b]
+        return seg.count(QUEUED) + seg.count(RUNNING) > 0
+
     def open_runs(self) -> list[tuple[int, int]]:
         """The runs [a, b) of consecutive items that have not ended."""
         flags = self._state.translate(_OPEN_TABLE)

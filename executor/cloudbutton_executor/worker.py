@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
 import os
 import pickle
 import sys
@@ -21,8 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import context as _context
-from . import protocol
-from .errors import OutOfMemoryError, RemoteError, TaskTimeoutError
+from . import integrity, protocol
+from .errors import IntegrityError, OutOfMemoryError, RemoteError, TaskTimeoutError
 from .storage import NotFound, Storage, storage_from_description
 
 Outcome = tuple[bool, Any]  # (ok, the result or the exception an item raised)
@@ -124,37 +123,41 @@ class _Tee(io.TextIOBase):
 
 def _load_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
     data = event["data"]
-    if "inline" in data:
+    if "inline" in data:  # the event itself is trusted: it came through the invoke API
         blob = base64.b64decode(data["inline"])
+        view = memoryview(blob)  # slices without copying (pickle.loads takes any buffer)
     else:
-        blob = storage.get(data["key"], data["start"], data["stop"])
+        # Fetch the blocks covering the range, check each against the digest the event
+        # names (the host hashed them when it stored them), then take the range.
+        blocks = data.get("blocks")
+        if not blocks or blocks[0][0] > data["start"] or blocks[-1][1] < data["stop"]:
+            raise IntegrityError(f"the event of task {event['task']} reads inputs it cannot verify")
+        first = blocks[0][0]
+        blob = storage.get(data["key"], first, blocks[-1][1])
+        view = memoryview(blob)
+        for a, b, digest in blocks:
+            integrity.check_content(view[a - first:b - first], digest,
+                                    f"bytes {a}-{b} of {data['key']}")
+        view = view[data["start"] - first:data["stop"] - first]
     offs = data["offsets"]
-    view = memoryview(blob)  # slices without copying (pickle.loads takes any buffer)
     return [view[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
 
 
 def _load_reduce_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
-    """A reduce task's input: the results of another job's tasks, in order."""
+    """A reduce task's input: the results of another job's tasks, in order, each status
+    verified with that job's key (which the event carries)."""
     spec = event["reduce"]
+    key = bytes.fromhex(spec["auth"])
     values = []
     for tid in spec["tasks"]:
-        status = json.loads(storage.get(protocol.status_key(event["prefix"], spec["job_id"], tid)))
-        for ok, value in _read_results(storage, event["prefix"], spec["job_id"], tid, status):
+        status = read_status(storage, event["prefix"], spec["job_id"], tid, key)
+        if status is None:
+            raise FileNotFoundError(f"task {tid} of job {spec['job_id']} has no stored status")
+        for ok, value in read_results(storage, event["prefix"], spec["job_id"], status):
             if not ok:
                 raise value
             values.append(value)
     return [memoryview(pickle.dumps(((values,), {})))]
-
-
-def _read_results(storage: Storage, prefix: str, job_id: str, tid: str,
-                  status: dict[str, Any]) -> list[Outcome]:
-    res = status["result"]
-    if "inline" in res:
-        blob = base64.b64decode(res["inline"])
-    else:
-        blob = storage.get(protocol.result_key(prefix, job_id, tid))
-    outcomes: list[Outcome] = pickle.loads(blob)
-    return outcomes
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -174,12 +177,18 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if cold and _INIT_DURATION_S is not None:
         stats["init_s"] = _INIT_DURATION_S  # billed INIT time of this container (cold starts)
     try:
+        key = bytes.fromhex(event["auth"])  # seals what this invocation writes
+    except (KeyError, TypeError, ValueError):
+        # Without the job's key its status could not be told from a forgery: write nothing.
+        return {"task": tid, "state": "refused", "error": "the event carries no valid job key"}
+    try:
         if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
         fn = _load_function(storage, event["function_key"])
         inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
-        return _write_status(storage, event, _setup_failure_status(event, exc, stats), counts_before)
+        return _write_status(storage, event, key, _setup_failure_status(event, exc, stats),
+                             counts_before)
     stats["setup_done"] = time.time()
 
     first = protocol.task_range(tid)[0]
@@ -195,10 +204,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
               "items": items, "stats": stats}
     if len(blob) <= protocol.INLINE_RESULT_BYTES:
         status["result"] = {"inline": base64.b64encode(blob).decode()}
-    else:
+    else:  # named by its sha256 inside the sealed status: the host checks it before loading
         storage.put_if_absent(protocol.result_key(prefix, job_id, tid), blob)
-        status["result"] = {"key": protocol.result_key(prefix, job_id, tid), "bytes": len(blob)}
-    return _write_status(storage, event, status, counts_before)
+        status["result"] = {"key": protocol.result_key(prefix, job_id, tid), "bytes": len(blob),
+                            "sha256": integrity.sha256(blob)}
+    return _write_status(storage, event, key, status, counts_before)
 
 
 def _cancelled(storage: Storage, prefix: str, job_id: str, now: float, ttl: float | None) -> bool:
@@ -219,7 +229,9 @@ def _load_function(storage: Storage, fkey: str) -> Callable[..., Any]:
     if fn is None:
         import cloudpickle
 
-        fn = _functions[fkey] = cloudpickle.loads(storage.get(fkey))
+        blob = storage.get(fkey)
+        integrity.check_content(blob, protocol.function_digest(fkey), f"the function blob {fkey}")
+        fn = _functions[fkey] = cloudpickle.loads(blob)
     return fn
 
 
@@ -246,7 +258,11 @@ def _setup_failure_status(event: dict[str, Any], exc: BaseException,
     if missing:
         message += (f". The worker has no module {missing!r}: deploy the job's packages "
                     "(`cloudbutton deploy --sync`) or install it for the local workers")
-    infra: dict[str, Any] = {"type": "WorkerSetupError", "kind": "setup", "message": message,
+    error_type, kind = "WorkerSetupError", "setup"
+    if isinstance(exc, IntegrityError):  # not a problem of the worker's setup: say what it is
+        message = f"task {event['task']} could not start: {exc}"
+        error_type, kind = "IntegrityError", IntegrityError.kind
+    infra: dict[str, Any] = {"type": error_type, "kind": kind, "message": message,
              "exception": {"type": type(exc).__qualname__, "module": type(exc).__module__,
                            "message": str(exc)[:2000]},
              "traceback": traceback.format_exc()[-20000:], "worker": versions}
@@ -259,7 +275,7 @@ def _setup_failure_status(event: dict[str, Any], exc: BaseException,
             "stats": stats}
 
 
-def _write_status(storage: Storage, event: dict[str, Any], status: dict[str, Any],
+def _write_status(storage: Storage, event: dict[str, Any], key: bytes, status: dict[str, Any],
                   counts_before: dict[str, int]) -> dict[str, Any]:
     counts = storage.request_counts
     # The status PUT itself is counted here, before it happens, so the count is complete.
@@ -267,9 +283,9 @@ def _write_status(storage: Storage, event: dict[str, Any], status: dict[str, Any
     worker_requests["PUT"] = worker_requests.get("PUT", 0) + 1
     status["stats"]["requests"] = {k: v for k, v in worker_requests.items() if v}
     status["stats"]["result_stored"] = time.time()
+    skey = protocol.status_key(event["prefix"], event["job_id"], event["task"])
     written = storage.put_if_absent(
-        protocol.status_key(event["prefix"], event["job_id"], event["task"]),
-        json.dumps(status, separators=(",", ":")).encode())
+        skey, integrity.seal(key, protocol.object_name(event["prefix"], skey), status))
     return {"task": event["task"], "state": status["state"], "written": written}
 
 
@@ -419,15 +435,40 @@ def _safe_outcome(outcome: Outcome, errors: dict[str, dict[str, Any]], i: int,
         return (False, RemoteError("PicklingError", msg))
 
 
-def read_status(storage: Storage, prefix: str, job_id: str, tid: str) -> dict[str, Any] | None:
+def read_status(storage: Storage, prefix: str, job_id: str, tid: str,
+                key: bytes) -> dict[str, Any] | None:
+    """Task ``tid``'s stored status, verified with the job's ``key`` (IntegrityError if
+    it does not verify); None if it is not stored."""
+    skey = protocol.status_key(prefix, job_id, tid)
     try:
-        status: dict[str, Any] = json.loads(storage.get(protocol.status_key(prefix, job_id, tid)))
-        return status
+        raw = storage.get(skey)
     except NotFound:
         return None
+    return open_status(raw, prefix, skey, key, job_id, tid)
+
+
+def open_status(raw: bytes, prefix: str, skey: str, key: bytes, job_id: str,
+                tid: str) -> dict[str, Any]:
+    """A status read from ``skey``, verified: its seal, and that it is this task's."""
+    status = integrity.open_sealed(key, protocol.object_name(prefix, skey), raw, "the status")
+    if status.get("job_id") != job_id or status.get("task") != tid:
+        raise IntegrityError(f"the status {skey} is a foreign object: it is task "
+                             f"{status.get('task')!r} of job {status.get('job_id')!r}")
+    return status
 
 
 def read_results(storage: Storage, prefix: str, job_id: str,
                  status: dict[str, Any]) -> list[Outcome]:
-    """The (ok, value) outcomes of a stored task, in item order."""
-    return _read_results(storage, prefix, job_id, status["task"], status)
+    """The (ok, value) outcomes of a verified stored task, in item order: a result blob is
+    checked against the sha256 its status names before it is unpickled."""
+    res = status["result"]
+    if "inline" in res:
+        blob = base64.b64decode(res["inline"])
+    else:
+        rkey = protocol.result_key(prefix, job_id, status["task"])
+        blob = storage.get(rkey)
+        if "sha256" not in res:
+            raise IntegrityError(f"the status of {rkey} names no sha256 for it")
+        integrity.check_content(blob, res["sha256"], f"the result {rkey}")
+    outcomes: list[Outcome] = pickle.loads(blob)
+    return outcomes
