@@ -8,8 +8,10 @@ pytest_plugins = ["aws_fixtures"]
 
 
 def pytest_configure(config):
-    # Keep every test's jobs out of the user's cache dir.
+    # Keep every test's jobs out of the user's cache dir, and its host key out of ~/.cloudbutton.
     os.environ.setdefault("CLOUDBUTTON_STORAGE_DIR", tempfile.mkdtemp(prefix="cloudbutton-tests-"))
+    os.environ.setdefault("CLOUDBUTTON_KEY_FILE", os.path.join(
+        tempfile.mkdtemp(prefix="cloudbutton-key-"), "host.key"))
 
 
 @pytest.fixture
