@@ -1,8 +1,9 @@
 """What the Jupyter panel asks the server, answered from storage and the config file.
 
 A plain class, testable without a server: the tornado handlers only parse
-requests and call it. It reads JSON manifests and statuses only and never
-unpickles anything (results stay in storage for the kernel to fetch).
+requests and call it. It reads JSON manifests, statuses and dispatch records only
+and never unpickles anything (results stay in storage for the kernel to fetch).
+It holds no job key, so the figures it shows are read unverified (see ``catalog``).
 """
 from __future__ import annotations
 
@@ -240,9 +241,12 @@ class CloudManager:
 
     def _summary(self, storage, prefix, manifest: dict) -> dict:
         job_id = manifest["job_id"]
-        return accounting.stored_job_summary(manifest, self._statuses(storage, prefix, job_id),
+        statuses = self._statuses(storage, prefix, job_id)
+        unfinished = accounting.ended_items(statuses) < int(manifest.get("n_items", 0))
+        record = catalog.dispatch_record(storage, prefix, job_id) if unfinished else None
+        return accounting.stored_job_summary(manifest, statuses,
                                              catalog.cancel_info(storage, prefix, job_id),
-                                             time.time())
+                                             time.time(), record)
 
     def list_jobs(self, limit: int | str = 30) -> list[dict]:
         """Summaries of the newest jobs, newest first.

@@ -218,6 +218,8 @@ class Dispatcher:
             self._next_item = int(record["next_item"])
             for s in sent:
                 a, b = protocol.task_range(s.tid)
+                if s.tid in self._applied or not self.store.any_open(a, b):
+                    continue  # its status was stored (and collected while following)
                 event = self.event(s.tid, a, b)
                 event.update(attempt=s.attempt, host_submit=s.sent_at)
                 self._inflight[s.tid] = event
