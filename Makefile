@@ -25,8 +25,10 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
 
+# The printed URL opens the quickstart too (a file argument would only reach a browser
+# that Jupyter opens itself).
 lab: install
-	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/quickstart.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) --LabApp.default_url=/lab/tree/notebooks/quickstart.ipynb
 
 test: install browser
 	$(BIN)/python -m pytest -q tests

@@ -14,6 +14,8 @@ Prints a Markdown table. Columns:
 - to browser: messages and bytes the widgets would send over the comm
 - process CPU: the whole process (executor threads included), with the view
   and, for reference, the same job with no view at all
+- static: CPU and size of the rendering a finished job leaves in the notebook (HTML with
+  the timeline and rate plots as PNG), which a displayed widget sends at the end
 """
 from __future__ import annotations
 
@@ -117,7 +119,13 @@ def run(ex, fn, n, poll, kind, comms):
     if view is not None:
         assert view.tracker.counts["done"] == n, view.tracker.counts
     msgs, size = comms.totals()
-    return {"wall": wall, "proc": proc, "renders": len(renders), "calls": calls, "cpu": cpu,
+    static_cpu = static_kb = 0.0
+    if kind == "widget":
+        t0 = time.thread_time()
+        static_kb = len(view.static_html()) / 1024
+        static_cpu = time.thread_time() - t0
+    return {"static_cpu": static_cpu, "static_kb": static_kb, "wall": wall, "proc": proc,
+            "renders": len(renders), "calls": calls, "cpu": cpu,
             "mean": sum(renders) / len(renders) if renders else 0.0,
             "max": max(renders) if renders else 0.0, "build": build, "msgs": msgs, "bytes": size,
             "invocations": len(job.task_ids())}
@@ -143,14 +151,16 @@ def main():
           f"{os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
     print("| job | view | invocations | wall s (view / no view) | update() calls / renders "
           "| update CPU s | per render ms (mean / max) | build CPU s | to browser (msgs / KB) "
-          "| process CPU s (view / no view) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| process CPU s (view / no view) | static (CPU s / KB) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, kind, r, base in rows:
         print(f"| {name} | {kind} | {r['invocations']} | {r['wall']:.2f} / {base['wall']:.2f} | "
               f"{r['calls']} / {r['renders']} | "
               f"{r['cpu']:.3f} | {1e3 * r['mean']:.1f} / {1e3 * r['max']:.1f} | {r['build']:.3f} | "
               + (f"{r['msgs']} / {r['bytes'] / 1024:.0f}" if kind == "widget" else "—")
-              + f" | {r['proc']:.2f} / {base['proc']:.2f} |")
+              + f" | {r['proc']:.2f} / {base['proc']:.2f} | "
+              + (f"{r['static_cpu']:.2f} / {r['static_kb']:.0f}" if kind == "widget" else "—")
+              + " |")
 
 
 if __name__ == "__main__":

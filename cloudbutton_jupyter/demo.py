@@ -2,18 +2,23 @@
 
     python -m cloudbutton_jupyter.demo [--out build/demo] [--scale small] [NOTEBOOK ...]
 
-Executes each notebook with nbclient (the ``python3`` kernel of this
-environment), writes it with its outputs and widget state plus a static HTML
-export under ``--out``, and prints a one-paragraph summary read from the
-``CLOUDBUTTON_SUMMARY {json}`` line each notebook prints at its end. This is
-how a user without a browser sees the main job work.
+Executes copies of the notebooks as committed (``git archive HEAD notebooks``,
+never the working files, which JupyterLab autosaves as the user edits them) with
+nbclient (the ``python3`` kernel of this environment), writes each with its
+outputs plus a static HTML export under ``--out``, and prints a one-paragraph
+summary read from the ``CLOUDBUTTON_SUMMARY {json}`` line each notebook prints at
+its end. A finished job's output is its static rendering (HTML and PNG plots), so
+the HTML shows the jobs without a kernel, widgets or network.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -27,6 +32,25 @@ def notebooks_dir() -> Path:
     if not here.is_dir():
         raise FileNotFoundError(f"no notebooks directory at {here}: run the demo from a source checkout")
     return here
+
+
+def committed_notebooks(dest: Path) -> Path:
+    """``notebooks/`` as committed (git HEAD), extracted under ``dest``; its path.
+
+    The notebooks' neighbours (local modules they import) come along; the working
+    files are never read, so edits in progress cannot break (or be run by) the demo.
+    """
+    root = notebooks_dir().parent
+    try:
+        tar = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", "HEAD", "notebooks"],
+                             check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        raise SystemExit(f"make demo runs the notebooks as committed in git, and `git archive` "
+                         f"failed in {root}: {detail.decode(errors='replace').strip() or err}") from None
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(dest, filter="data")
+    return dest / "notebooks"
 
 
 def read_summary(nb) -> dict | None:
@@ -54,7 +78,9 @@ def execute(path: Path, out_dir: Path, timeout: float = 900) -> tuple[object, fl
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, store_widget_state=True,
+    # No widget state: a finished job's output is its static rendering, and the state of
+    # the closed widgets would only weigh the notebook down.
+    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, store_widget_state=False,
                             resources={"metadata": {"path": str(path.parent)}})
     error = None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,14 +138,19 @@ def main(argv=None) -> int:
         os.environ["CLOUDBUTTON_DEMO_SCALE"] = "small"  # inherited by the kernels
     elif args.scale == "full":
         os.environ.pop("CLOUDBUTTON_DEMO_SCALE", None)
-    src = notebooks_dir()
     out_dir = Path(args.out)
+    src = committed_notebooks(out_dir / "src")
     results = {}
     for name in args.notebooks:
         path = src / f"{name.removesuffix('.ipynb')}.ipynb"
+        if not path.exists():
+            raise SystemExit(f"no notebook {path.name} in notebooks/ at git HEAD")
         print(f"running {path.name} ...", flush=True)
         nb, seconds, error = execute(path, out_dir)
-        results[path.stem] = {"seconds": seconds, "error": error, "summary": read_summary(nb)}
+        size = (out_dir / path.name).stat().st_size
+        print(f"  {path.name}: {seconds:.0f} s, saved with outputs: {size / 1024:.0f} KB", flush=True)
+        results[path.stem] = {"seconds": seconds, "error": error, "summary": read_summary(nb),
+                              "bytes": size}
         if error is None and results[path.stem]["summary"] is None:
             results[path.stem]["error"] = "the notebook printed no CLOUDBUTTON_SUMMARY line"
     print()

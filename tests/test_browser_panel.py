@@ -59,7 +59,9 @@ def _notebook() -> dict:
                                     "language": "python"}},
         "cells": [code("xs = list(range(20))"),
                   code("x * x"),
-                  code("import time\ntime.sleep(30)\nx")],
+                  code("import time\ntime.sleep(4 if x < 2 else 30)\nx"),
+                  code("y = x\nz = (x +* 1)\nz"),
+                  code("%%cloud map range(6) --memory 10240\nimport time\ntime.sleep(0.3)\nitem")],
     }
 
 
@@ -220,33 +222,113 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     panel.locator(".cb-run").click()
 
     out = _cell(page, 1).locator(".jp-OutputArea")
-    widget = out.locator(".cloudbutton-job-widget")
-    widget.wait_for(timeout=60_000)
+    # A 20-item job may end before the live widget is seen: its header, live or static.
     out.locator(".cloudbutton-header:has-text('20 done')").wait_for(timeout=90_000)
     # The cell's source is not rewritten.
     assert "%%cloud" not in _cell(page, 1).locator(".jp-InputArea").inner_text()
     assert _cell(page, 1).locator(".jp-InputArea").inner_text().strip().endswith("x * x")
 
+    # Once the job has ended the widget gives way to its static rendering: counts and
+    # both plots as images, which need no kernel or widget manager.
+    static = out.locator(".cloudbutton-job")
+    static.wait_for(timeout=60_000)
+    assert out.locator(".cloudbutton-job-widget").count() == 0
+    assert static.locator("img.cloudbutton-plot").count() == 2
+    assert "20 done · 0 failed" in static.inner_text()
+
     row = panel.locator(".cb-job.cb-state-done").first
     row.wait_for(timeout=30_000)
     assert "20/20 done" in row.inner_text()
-    assert "demo.ipynb" in row.inner_text() or "local" in row.inner_text()
+    assert "demo.ipynb" in row.inner_text()
+    assert panel.locator(".cb-jobs-message").inner_text().startswith("Jobs from demo.ipynb")
 
-    # The job's detail view: one row per task and a timeline.
+    # The job's detail replaces the list in place: tasks, timeline, and a way back.
     row.click()
-    panel.locator(".cb-detail .cb-tasks tbody tr").first.wait_for()
-    assert panel.locator(".cb-detail .cb-timeline rect").count() > 0
+    detail = panel.locator(".cb-detail")
+    detail.locator(".cb-tasks tbody tr").first.wait_for()
+    assert detail.locator(".cb-tasks tbody tr").count() == 20
+    assert detail.locator(".cb-timeline rect").count() >= 20
+    assert "seconds since the job started" in detail.locator(".cb-timeline").text_content()
+    assert not panel.locator(".cb-jobs").is_visible()
     _wait_kernel_idle(page)
-    page.wait_for_timeout(500)  # let the widget's plot settle for the screenshot
+    page.wait_for_timeout(500)
     _cell(page, 1).screenshot(path=str(ARTIFACTS / "browser-widget.png"))
-    panel.screenshot(path=str(ARTIFACTS / "browser-panel.png"))
     page.screenshot(path=str(ARTIFACTS / "browser-lab.png"))
-    row.click()  # close the detail view
+    detail.locator(".cb-detail-back").click()
+    panel.locator(".cb-jobs .cb-job").first.wait_for()
+    assert not detail.is_visible()
 
     # The results are in the notebook namespace.
     jobs = json.loads(urllib.request.urlopen(
         f"{lab['base']}/cloudbutton/jobs?token={lab['token']}").read())
     assert jobs[0]["state"] == "done" and jobs[0]["n_items"] == 20
+
+
+def _set_sidebar_width(page, width):
+    """Drag the handle between the left sidebar and the main area."""
+    box = page.locator("#jp-left-stack").bounding_box()
+    handle_x = box["x"] + box["width"] + 2
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(handle_x, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + width + 2, y, steps=5)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+
+
+def _clipped_elements(locator):
+    """Elements inside ``locator`` whose right edge is past the panel's visible right edge."""
+    return locator.evaluate("""root => {
+        const panel = root.closest('#cloudbutton-panel');
+        const right = panel.getBoundingClientRect().right;
+        const out = [];
+        for (const el of [root, ...root.querySelectorAll('*')]) {
+            const r = el.getBoundingClientRect();
+            if (r.width && r.right > right + 0.5) out.push(el.tagName + '.' + el.className);
+        }
+        if (panel.scrollWidth > panel.clientWidth + 1) out.push('panel scrolls sideways');
+        return out;
+    }""")
+
+
+def test_detail_view_fits_a_300px_sidebar(page, lab):
+    panel = _open_panel(page)
+    _set_sidebar_width(page, 300)
+    width = panel.bounding_box()["width"]
+    assert 285 <= width <= 315, width
+    panel.locator(".cb-job.cb-state-done").first.click()
+    detail = panel.locator(".cb-detail")
+    detail.locator(".cb-tasks tbody tr").first.wait_for()
+    assert _clipped_elements(detail) == []
+    assert _clipped_elements(panel.locator(".cb-backend-section")) == []
+    # Long values are cut with an ellipsis and whole in their tooltip.
+    meta = detail.locator(".cb-job-meta")
+    assert meta.get_attribute("title").endswith("· local")
+    panel.screenshot(path=str(ARTIFACTS / "browser-panel-300px-detail.png"))
+    detail.locator(".cb-detail-back").click()
+    panel.locator(".cb-jobs .cb-job").first.wait_for()
+    assert _clipped_elements(panel.locator(".cb-jobs-section")) == []
+    panel.screenshot(path=str(ARTIFACTS / "browser-panel.png"))
+
+
+def test_list_shows_this_notebooks_jobs_unless_asked_for_all(page, lab):
+    from cloudbutton_executor import Executor
+    from cloudbutton_executor.storage import LocalStorage
+
+    with Executor(workers=1, storage=LocalStorage(str(lab["storage"]))) as ex:
+        other = ex.map(abs, [-1, -2], label="/elsewhere/other.ipynb")
+        other.result(timeout=60)
+    panel = _open_panel(page)
+    rows = panel.locator(".cb-jobs .cb-job")
+    page.wait_for_timeout(2500)  # a poll or two
+    assert panel.locator(f".cb-job[data-job-id='{other.job_id}']").count() == 0
+    n_mine = rows.count()
+    panel.locator(".cb-all-jobs").check()
+    panel.locator(f".cb-job[data-job-id='{other.job_id}']").wait_for()
+    assert rows.count() == n_mine + 1
+    assert "other.ipynb" in panel.locator(f".cb-job[data-job-id='{other.job_id}']").inner_text()
+    panel.locator(".cb-all-jobs").uncheck()
+    panel.locator(f".cb-job[data-job-id='{other.job_id}']").wait_for(state="detached")
 
 
 def test_cancel_long_job_while_kernel_is_busy(page, lab):
@@ -259,7 +341,14 @@ def test_cancel_long_job_while_kernel_is_busy(page, lab):
 
     running = panel.locator(".cb-job.cb-state-running")
     running.wait_for(timeout=60_000)
-    _cell(page, 2).locator(".cloudbutton-job-widget").wait_for(timeout=30_000)
+    live = _cell(page, 2).locator(".cloudbutton-job-widget")
+    live.wait_for(timeout=30_000)
+    # Until a task ends, a sentence stands in for the plots; then the live bokeh plots,
+    # drawn at the output's full width.
+    live.locator("text=No task has ended yet").wait_for(timeout=10_000)
+    live.locator("canvas").first.wait_for(timeout=30_000)
+    assert live.locator(".bk-Figure, .bk-Column").first.bounding_box()["width"] > 500
+    assert not live.locator("text=No task has ended yet").is_visible()
     # The kernel is busy with the cell: a comm-based cancel could not get through.
     assert _kernel_status(page, "Busy").count() == 1
     job_id = running.first.get_attribute("data-job-id")
@@ -271,9 +360,120 @@ def test_cancel_long_job_while_kernel_is_busy(page, lab):
     # The kernel's executor saw the marker: the cell ends long before 30 s x 50 items.
     _wait_kernel_idle(page, timeout=30)
     assert time.time() - t0 < 30
+    # The panel says how the cancel ended, and keeps saying it across refreshes.
+    action = panel.locator(".cb-action-message")
+    action.locator(f"text=Job {job_id} cancelled").wait_for(timeout=10_000)
+    page.wait_for_timeout(4500)  # two polls later, still there
+    assert f"Job {job_id} cancelled: " in action.inner_text()
+    # The cell says cancelled, never failed.
+    out = _cell(page, 2).locator(".jp-OutputArea")
+    out.locator(".cloudbutton-job .cb-state:has-text('cancelled')").wait_for(timeout=30_000)
+    text = out.inner_text()
+    assert "was cancelled: 2 of 50 done, 48 cancelled" in text and "tasks failed" not in text
+    assert "0 failed" in text and " failed</" not in out.inner_html()
     page.wait_for_timeout(500)
     panel.screenshot(path=str(ARTIFACTS / "browser-panel-cancelled.png"))
     _cell(page, 2).screenshot(path=str(ARTIFACTS / "browser-widget-cancelled.png"))
+
+
+def test_syntax_error_names_the_users_own_line(page, lab):
+    """The panel adds the %%cloud line the user's cell does not have: the error still
+    names the line as the user sees it, with a caret under the culprit."""
+    panel = _open_panel(page)
+    panel.locator(".cb-iterable").fill("xs")
+    panel.locator(".cb-as").fill("x")
+    _select_cell(page, 3)
+    panel.locator(".cb-run").click()
+    out = _cell(page, 3).locator(".jp-OutputArea")
+    out.locator("text=syntax error in the cell").wait_for(timeout=30_000)
+    text = out.inner_text()
+    assert "syntax error in the cell, line 2: invalid syntax" in text, text
+    lines = text.splitlines()
+    k = next(i for i, line in enumerate(lines) if line.strip() == "z = (x +* 1)")
+    assert lines[k + 1].index("^") == lines[k].index("*")
+    _wait_kernel_idle(page)
+
+
+def test_widget_and_panel_show_the_same_cost_and_time(page, lab):
+    """One job, one truth: the cell and the panel compute elapsed time and cost with the
+    same code (accounting) from the same statuses, and write money the same way."""
+    import re
+
+    _select_cell(page, 4)
+    page.keyboard.press("Shift+Enter")
+    out = _cell(page, 4).locator(".jp-OutputArea")
+    header = out.locator(".cloudbutton-job .cloudbutton-header")
+    header.wait_for(timeout=60_000)
+    text = header.inner_text()
+    widget_cost = re.search(r"(< )?\$[0-9.,]+(?= on Lambda)", text).group(0)
+    widget_time = re.search(r"elapsed ([0-9.]+) s", text).group(1)
+    assert widget_cost.startswith("$0.000")  # about 6 x 0.3 s x 10 GB: a few hundredths of a cent
+    job_id = re.search(r"job (\d{8}-\d{6}-\w+)", text).group(1)
+    panel = _open_panel(page)
+    row = panel.locator(f".cb-job[data-job-id='{job_id}']")
+    row.wait_for(timeout=30_000)
+    assert row.locator(".cb-job-cost").inner_text() == widget_cost
+    assert row.locator(".cb-job-duration").inner_text() == f"{widget_time} s"
+    _wait_kernel_idle(page)
+
+
+def test_saved_notebook_and_its_html_show_the_jobs_offline(page, lab, browser, tmp_path):
+    """What stays: the saved .ipynb carries the static rendering (HTML + PNG plots, no
+    widget view), and nbconvert's HTML shows it with the network cut."""
+    import base64
+    import re
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    page.keyboard.press("Control+s")
+    page.wait_for_timeout(1500)
+    nb = nbformat.read(lab["tmp"] / "root" / "demo.ipynb", as_version=4)
+    outputs = [o for o in nb.cells[1].outputs if "text/html" in o.get("data", {})]
+    (out,) = [o for o in outputs if "cloudbutton-job" in o["data"]["text/html"]]
+    assert "application/vnd.jupyter.widget-view+json" not in out["data"]
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", out["data"]["text/html"])
+    assert len(pngs) == 2 and all(base64.b64decode(p)[:4] == b"\x89PNG" for p in pngs)
+    size = (lab["tmp"] / "root" / "demo.ipynb").stat().st_size
+    assert size < 400_000, size
+
+    # Reopened elsewhere (untrusted: its signature does not match), with a new kernel, the
+    # lab still shows the plots: they are images in sanitised HTML, not widgets.
+    nb.metadata["reopened"] = True
+    nbformat.write(nb, lab["tmp"] / "root" / "reopened.ipynb")
+    pg = page.context.new_page()
+    try:
+        pg.goto(f"{lab['base']}/lab/tree/reopened.ipynb?token={lab['token']}")
+        imgs = pg.locator(".jp-NotebookPanel:visible .jp-Cell").nth(1).locator(
+            ".jp-OutputArea-output img")
+        imgs.first.wait_for(timeout=60_000)
+        assert imgs.count() == 2
+        for i in range(2):
+            assert imgs.nth(i).evaluate("img => img.complete && img.naturalWidth > 300")
+        pg.locator(".jp-NotebookPanel:visible .jp-Cell").nth(1).screenshot(
+            path=str(ARTIFACTS / "reopened-untrusted.png"))
+    finally:
+        pg.close()
+
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    html_path = tmp_path / "demo.html"
+    html_path.write_text(body, encoding="utf-8")
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    blocked = []
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+        ("file:", "data:")) else (blocked.append(route.request.url), route.abort()))
+    context.set_offline(True)
+    try:
+        pg = context.new_page()
+        pg.goto(html_path.as_uri())
+        plots = pg.locator("img.cloudbutton-plot")
+        assert plots.count() >= 2  # the 20-item job; the cancelled one ran nothing to plot
+        for i in range(plots.count()):
+            assert plots.nth(i).evaluate("img => img.complete && img.naturalWidth > 300")
+        assert "20 done · 0 failed" in pg.locator(".cloudbutton-job").first.inner_text()
+        pg.locator(".cloudbutton-job").first.screenshot(path=str(ARTIFACTS / "nbconvert-offline.png"))
+    finally:
+        context.close()
 
 
 def test_missing_server_extension_is_reported(browser, tmp_path):

@@ -117,7 +117,7 @@ def test_unpicklable_global_is_named_and_nothing_is_submitted(ip):
 
     ip.user_ns["conn"] = sqlite3.connect(":memory:")
     before = n_jobs(ip)
-    with pytest.raises(UsageError, match=r"'conn' \(sqlite3.Connection\).*inside the cell"):
+    with pytest.raises(UsageError, match=r"'conn' \(type sqlite3.Connection\).*inside the cell"):
         cell(ip, "map [1]", "conn.execute('select 1')")
     assert n_jobs(ip) == before
 
@@ -157,7 +157,7 @@ def test_rebound_name_ships_new_value(ip):
     ("map undefined_name", "item", "'undefined_name' is not defined"),
     ("map 42", "item", "int, which is not iterable"),
     ("map 'abc'", "item", "is a str"),
-    ("map [1]", "x = (\n", "syntax error in the cell, line 1"),
+    ("map [1]", "x = (\n", "syntax error in the cell, line 2"),
     ("map [1]", "!ls", "IPython syntax"),
     ("map [1] --chunksize 0", "item", "positive integer"),
     ("map [1] as 3x", "item", "variable name"),
@@ -170,6 +170,69 @@ def test_bad_input_is_reported_and_nothing_is_submitted(ip, line, body, message)
     with pytest.raises(UsageError, match=message):
         cell(ip, line, body)
     assert n_jobs(ip) == 0
+
+
+def test_syntax_error_names_the_cells_own_line_with_a_caret(ip):
+    # The cell's line 1 is the %%cloud line: the user's third line is the culprit.
+    with pytest.raises(UsageError) as info:
+        cell(ip, "map [1]", "y = 1\nx = 1 +* 2\nx")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("syntax error in the cell, line 3: ")
+    assert lines[1].strip() == "x = 1 +* 2"
+    caret = lines[2].index("^")
+    assert lines[1][caret] == "*"  # under the culprit
+
+
+def test_unpicklable_global_is_said_once(ip):
+    ip.user_ns["lk"] = threading.Lock()
+    with pytest.raises(UsageError) as info:
+        cell(ip, "map [1]", "with lk:\n    item")
+    message = str(info.value)
+    assert "'lk'" in message and "_thread.lock" in message and "inside the cell" in message
+    assert message.count("cannot ship") == 1 and message.count("cannot pickle") == 1
+    assert message.count("_thread.lock") <= 2  # the type, and pickle's own words once
+
+
+def test_live_resources_are_warned_about_in_the_capture_report(ip, tmp_path, capsys):
+    data = tmp_path / "data.txt"
+    data.write_text("line one\nline two\n")
+    fh = open(data)
+    ip.user_ns["fh"] = fh
+    try:
+        cell(ip, "map [1] --dry-run", "fh.readline() * item")
+        out = capsys.readouterr().out
+        assert "warning: 'fh' is an open file handle" in out and "data.txt" in out
+        assert "copy" in out and "open it inside the cell" in out
+        cell(ip, "map [2]", "fh.readline() * item")  # it runs: a warning, not an error
+        # A copy of the handle as it was (a warm worker may hand the same copy to its next task).
+        assert ip.user_ns["results"] == ["line one\nline one\n"]
+    finally:
+        fh.close()
+    from cloudbutton_magic.capture import live_resource
+
+    assert live_resource(fh) == "is a closed file handle (" + str(data) + ", mode 'r')"
+    import io
+
+    assert live_resource(io.StringIO("plain data")) is None and live_resource([1, 2]) is None
+
+
+def test_a_job_cancelled_from_outside_is_not_reported_as_failed(ip, capsys):
+    """The panel cancels by writing the job's cancel marker while the cell waits."""
+    def cancel_soon():
+        deadline = time.time() + 30
+        while not ip.runner.jobs and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.8)
+        job = list(ip.runner.jobs.values())[-1]
+        storage = ip.runner.executor(ip.runner.settings()).storage
+        storage.put(protocol.cancel_key(job.prefix, job.job_id),
+                    protocol.cancel_marker(by="test", at=time.time()))
+
+    threading.Thread(target=cancel_soon, daemon=True).start()
+    cell(ip, "map range(12) -o r", "import time\ntime.sleep(0.3 if item < 2 else 5)\nitem")
+    out = capsys.readouterr().out
+    assert "tasks failed" not in out and "0 failed, 10 cancelled" in out
+    assert "was cancelled: 2 of 12 done, 10 cancelled (CancelledError in 'r')" in out
 
 
 def test_failures_are_kept_in_results_unless_all_fail_or_raise(ip, capsys):

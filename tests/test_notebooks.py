@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -26,7 +27,6 @@ NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = {"quickstart", "gflops_benchmark", "monte_carlo", "hyperparameter_search",
              "batched_scraping", "lambda_setup"}
 VIEW = "application/vnd.jupyter.widget-view+json"
-STATE = "application/vnd.jupyter.widget-state+json"
 MARK = "CLOUDBUTTON_SUMMARY "
 
 
@@ -39,7 +39,7 @@ def run_notebook(name: str, tmp_path: Path, timeout: float = 240):
     with pytest.MonkeyPatch.context() as mp:  # the kernel inherits this environment
         for k, v in env.items():
             mp.setenv(k, v)
-        NotebookClient(nb, kernel_name="python3", timeout=timeout, store_widget_state=True,
+        NotebookClient(nb, kernel_name="python3", timeout=timeout,
                        resources={"metadata": {"path": str(NB_DIR)}}).execute()
     return nb
 
@@ -52,51 +52,23 @@ def summary(nb) -> dict:
     return json.loads(lines[0])
 
 
-def _column_rows(value) -> int:
-    if isinstance(value, list):
-        return len(value)
-    if isinstance(value, dict) and value.get("type") == "ndarray":
-        return int(value["shape"][0])
-    raise AssertionError(f"unexpected column encoding: {str(value)[:100]}")
-
-
-def _sources(doc) -> list[dict]:
-    """{column: rows} of every ColumnDataSource in a serialized bokeh document."""
-    found = []
-    if isinstance(doc, dict):
-        if doc.get("name") == "ColumnDataSource":
-            entries = doc["attributes"]["data"]["entries"]
-            found.append({k: _column_rows(v) for k, v in entries})
-        for v in doc.values():
-            found += _sources(v)
-    elif isinstance(doc, list):
-        for v in doc:
-            found += _sources(v)
-    return found
-
-
 def job_widgets(nb) -> list[dict]:
-    """Per job widget displayed, in order: header text, timeline rows, rate-series rows."""
-    state = nb.metadata["widgets"][STATE]["state"]
+    """Per job shown, in order: what its output keeps once the job has ended (the static
+    rendering: header HTML, the PNG plots and how many rows and points they drew)."""
     out = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
-            view = o.get("data", {}).get(VIEW)
-            if not view:
+            data = o.get("data", {})
+            page = data.get("text/html", "")
+            if "class='cloudbutton-job'" not in page:
                 continue
-            root = state[view["model_id"]]["state"]
-            if "cloudbutton-job-widget" not in root.get("_dom_classes", []):
-                continue
-            children = [state[c.removeprefix("IPY_MODEL_")] for c in root["children"]]
-            header = next(c["state"]["value"] for c in children
-                          if "cloudbutton-header" in c["state"].get("_dom_classes", []))
-            bokeh = next(c for c in children if c["model_name"] == "BokehModel")
-            doc = json.loads(bokeh["state"]["render_bundle"])["docs_json"]
-            sources = _sources(doc)
-            timeline = next(s for s in sources if "task" in s)
-            series = next(s for s in sources if "x_end" in s)
-            out.append({"header": header, "timeline_rows": timeline["task"],
-                        "series_rows": series["x_end"], "doc": json.dumps(doc),
+            assert VIEW not in data  # the live widget is gone: the rendering needs no kernel
+            plots = {kind: (int(points), alt) for kind, alt, points, png in re.findall(
+                r"cloudbutton-(timeline|rates)' alt='([^']*)' data-points='(\d+)'.*?"
+                r"src='data:image/png;base64,([A-Za-z0-9+/=]{100,})'", page)}
+            out.append({"header": page, "timeline_rows": plots.get("timeline", (0, ""))[0],
+                        "series_rows": plots.get("rates", (0, ""))[0],
+                        "doc": " ".join(alt for _, alt in plots.values()),
                         "cell": cell.source})
     return out
 
@@ -143,6 +115,17 @@ def test_make_demo_writes_notebooks_html_and_summary(demo):
         assert nb_path.stat().st_size > 0 and html_path.stat().st_size > 0
         html = html_path.read_text(encoding="utf-8")
         assert "<html" in html and MARK.strip() in html  # outputs made it into the export
+    # The jobs show in the HTML as images (their static rendering), without widgets.
+    page = (out_dir / "quickstart.html").read_text(encoding="utf-8")
+    plots = re.findall(r"""class=["']cloudbutton-plot [^>]*src=["']data:image/png;base64,""", page)
+    assert len(plots) == 4  # two %%cloud jobs, two plots each
+    saved = nbformat.read(out_dir / "quickstart.ipynb", as_version=4)
+    assert "widgets" not in saved.metadata
+    assert (out_dir / "quickstart.ipynb").stat().st_size < 200_000
+    # What ran is the committed notebook, not the working file.
+    committed = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:notebooks/quickstart.ipynb"],
+                               capture_output=True, check=True).stdout
+    assert (out_dir / "src" / "notebooks" / "quickstart.ipynb").read_bytes() == committed
     para = proc.stdout.strip().splitlines()[-1]
     assert "GFLOPS effective" in para and "peak in flight" in para, para
     assert "results correct" in para and str(out_dir) in para, para
@@ -165,9 +148,7 @@ def test_quickstart_results_and_widgets(demo):
     assert_done(widgets[0], 10)
     assert_done(widgets[1], 20)
     assert widgets[0]["timeline_rows"] == 10 and widgets[1]["timeline_rows"] == 20
-    assert any("working on pywren" in m["state"].get("value", "")
-               for m in nb.metadata["widgets"][STATE]["state"].values()
-               if "cloudbutton-stdout" in m["state"].get("_dom_classes", []))
+    assert "working on pywren" in widgets[1]["header"]  # the tasks' stdout
 
 
 def test_gflops_benchmark_flops_and_plots(demo):

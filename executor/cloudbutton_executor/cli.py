@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from . import catalog, protocol
 from . import config as _config
+from .units import format_usd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,7 +171,7 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     for r in rows:
         created = datetime.datetime.fromtimestamp(r["created"] or 0, datetime.timezone.utc)
         label = f" ({r['label']})" if r["label"] else ""
-        cost = f" {r['failed']:>6} ${r['cost_usd']:>8.4f}" if args.cost else ""
+        cost = f" {r['failed']:>6} {format_usd(r['cost_usd']):>9}" if args.cost else ""
         print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>7} {r['ended']:>7} "
               f"{r['state']:<9}{cost}  {r['function']}{label}", file=out)
     return 0

@@ -2,9 +2,11 @@
 
 
 def load_ipython_extension(ip):
+    from . import job_display
     from .magics import CloudMagics
 
     ip.register_magics(CloudMagics)
+    job_display.register(ip)  # a Job as a cell's last expression shows its widget
 
 
 def unload_ipython_extension(ip):  # pragma: no cover - IPython keeps magics registered

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import builtins
+import io
+import socket
 import symtable
 import types
 from dataclasses import dataclass, field
@@ -54,6 +56,22 @@ def _type_name(obj) -> str:
         return f"module {obj.__name__}"
     t = type(obj)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def describe_syntax_error(err: SyntaxError, first_line: int = 1) -> str:
+    """``syntax error in the cell, line N: msg`` with the line and a caret under the
+    culprit; ``first_line`` is the number the code's first line has in the user's cell."""
+    lineno = (err.lineno or 1) + first_line - 1
+    out = f"syntax error in the cell, line {lineno}: {err.msg}"
+    text = (err.text or "").rstrip("\n")
+    if text.strip():
+        indent = len(text) - len(text.lstrip())
+        start = max(err.offset or 1, indent + 1)
+        end = start + 1
+        if err.end_lineno in (None, err.lineno) and err.end_offset and err.end_offset > start:
+            end = err.end_offset
+        out += f"\n    {text.strip()}\n    {' ' * (start - 1 - indent)}{'^' * (end - start)}"
+    return out
 
 
 # Free-name analysis ------------------------------------------------------------
@@ -194,15 +212,52 @@ def check_and_measure(captured: dict, report: CaptureReport, measure: bool = Tru
             except serialize.SecretError as err:  # names the variable and the path inside it
                 raise CaptureError(str(err)) from None
             except serialize.SerializationError as err:
+                # The serializer's message already names the culprit and says why.
                 raise CaptureError(
-                    f"cannot ship variable {name!r} ({_type_name(value)}): {err}. "
-                    f"Create it inside the cell instead, or pass what it holds (e.g. a path or "
-                    f"plain data).") from None
+                    f"{str(err).rstrip('.')}. Create it inside the cell instead, or pass what "
+                    "it holds (e.g. a path or plain data).") from None
         report.rows.append({"name": name, "type": _type_name(value), "size": size})
+        why = live_resource(value)
+        if why:
+            report.warnings.append(f"{name!r} {why}")
     if report.total > WARN_TOTAL_BYTES:
         report.warnings.append(
             f"the captured variables total {_human(report.total)}: every task downloads them; "
             "consider passing large data through the iterable or reading it inside the task")
+
+
+# Live resources -----------------------------------------------------------------
+# Types that pickle (cloudpickle) into a copy of their state at capture time rather
+# than failing: a worker gets a snapshot, never the resource itself.
+_SESSION_TYPES = {
+    "requests.sessions.Session": "a requests Session: workers get a copy of its cookies and "
+                                 "headers, not its connections",
+    "numpy.memmap": "a numpy memmap: workers get a copy of the mapped data as it is now, "
+                    "not the file it maps",
+}
+
+
+def live_resource(value) -> str | None:
+    """Why ``value`` travels only as a copy of a live resource (an open file, a socket, a
+    session), or None. Said as a warning in the capture report: the cell may expect to
+    read, write or share the resource itself."""
+    if isinstance(value, io.IOBase):
+        name = getattr(value, "name", None)
+        where = f" ({name}, mode {getattr(value, 'mode', '?')!r})" if isinstance(name, str) else ""
+        if value.closed:
+            return f"is a closed file handle{where}"
+        if isinstance(value, (io.StringIO, io.BytesIO)):
+            return None  # in-memory buffers are plain data
+        return (f"is an open file handle{where}: each worker gets a copy of what it holds "
+                "now, not the file (writes stay on the worker); open it inside the cell")
+    if isinstance(value, socket.socket):
+        return "is a socket: it cannot be shared with workers; connect inside the cell"
+    t = type(value)
+    for klass in t.__mro__:
+        why = _SESSION_TYPES.get(f"{klass.__module__}.{klass.__qualname__}")
+        if why:
+            return f"is {why}"
+    return None
 
 
 def function_globals(fn) -> dict:

@@ -25,8 +25,9 @@ FLOPS_LABELS = {
 }
 TASKS_LABELS = {
     "title": "No task reported FLOPs (report_flops): showing tasks/s instead",
-    "y": "tasks/s", "eff": "effective tasks/s (cumulative)", "inst": "tasks/s ended in interval",
+    "y": "tasks/s", "eff": "effective tasks/s (cumulative)", "inst": "tasks/s ended (moving average)",
 }
+TIME_AXIS = "seconds since the job started"  # every view counts time from the job's creation
 
 
 def _legend_above(fig) -> None:
@@ -51,7 +52,7 @@ class JobPlots:
             title = (f"Timeline: {n_items} items, one row per invocation"
                      + (f", sampled (invocations holding every {stride}th item)" if stride > 1 else ""))
         tl = figure(height=280, sizing_mode="stretch_width", title=title,
-                    x_axis_label="seconds since the job was created", y_axis_label="item index",
+                    x_axis_label=TIME_AXIS, y_axis_label="item index",
                     tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="right")
         renderers = []
         for left, right, colour, label in SEGMENTS:
@@ -71,7 +72,7 @@ class JobPlots:
         self.timeline = tl
 
         gf = figure(height=220, sizing_mode="stretch_width", title=TASKS_LABELS["title"],
-                    x_axis_label="seconds since the job was created", y_axis_label=TASKS_LABELS["y"],
+                    x_axis_label=TIME_AXIS, y_axis_label=TASKS_LABELS["y"],
                     tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="right")
         gf.y_range.start = 0  # rates: keep zero in view
         gf.x_range = tl.x_range  # same time axis: zooming one zooms both, as in the PyWren plots

@@ -42,6 +42,20 @@ def notebook_label(shell) -> str | None:
     return os.environ.get("JPY_SESSION_NAME") or shell.user_ns.get("__session__") or None
 
 
+def body_first_line(shell) -> int:
+    """The line number the magic's body has in the cell the user sees: 2 under a typed
+    ``%%cloud`` line; what the Cloud panel says (its execute request's metadata) when it
+    runs a cell that has no magic line of its own."""
+    kernel = getattr(shell, "kernel", None)
+    value = None
+    if kernel is not None:  # terminal IPython has none
+        try:
+            value = (kernel.get_parent() or {}).get("metadata", {}).get("cloudbutton_first_line")
+        except Exception:  # another kernel implementation
+            value = None
+    return value if isinstance(value, int) and value >= 1 else 2
+
+
 @dataclass
 class MapRequest:
     iterable: str
@@ -99,7 +113,7 @@ class CloudRunner:
         values = self._evaluate_iterable(req.iterable)
         report = cap.CaptureReport()
         if req.body is not None:
-            code = self._python_code(req.body)
+            code = self._python_code(req.body, body_first_line(self.shell))
             try:
                 captured, report = cap.capture(code, self.shell.user_ns, exclude={req.name})
                 fn = CellTask(code, captured, name=req.name)
@@ -129,7 +143,7 @@ class CloudRunner:
     # %%cloud run ------------------------------------------------------------------
     def run(self, body: str, out: str | None, options: dict, dry_run: bool = False):
         settings = self.settings(**options)
-        code = self._python_code(body)
+        code = self._python_code(body, body_first_line(self.shell))
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
             _, assigned = cap.analyse(code)
@@ -222,16 +236,18 @@ class CloudRunner:
                              f"after {len(out)} elements; nothing was submitted") from None
         return out
 
-    def _python_code(self, body: str) -> str:
+    def _python_code(self, body: str, first_line: int = 2) -> str:
+        """The body as plain Python; errors name the line as the user sees it in the
+        cell (``first_line``: the body's first line number, after the ``%%cloud`` line)."""
         code = self.shell.transform_cell(body)
         if "get_ipython()" in code and "get_ipython()" not in body:
             lineno = next(i for i, line in enumerate(code.splitlines(), 1) if "get_ipython()" in line)
-            raise UsageError(f"line {lineno} of the cell uses IPython syntax (a magic or shell "
-                             "escape), which cannot run on the workers")
+            raise UsageError(f"line {lineno + first_line - 1} of the cell uses IPython syntax (a "
+                             "magic or shell escape), which cannot run on the workers")
         try:
             compile(code, "<cell>", "exec")
         except SyntaxError as err:
-            raise UsageError(f"syntax error in the cell, line {err.lineno}: {err.msg}") from None
+            raise UsageError(cap.describe_syntax_error(err, first_line)) from None
         return code
 
     def _submit(self, fn, calls, settings):
@@ -270,12 +286,15 @@ class CloudRunner:
         outcomes = job.results()
         if out:
             self.shell.user_ns[out] = outcomes
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        # A cancelled item (the panel's cancel, %cloud cancel) is not a failure.
+        failures = [o for o in outcomes
+                    if isinstance(o, BaseException) and not isinstance(o, cf.CancelledError)]
         if failures and out:
             print(f"{len(failures)} of {len(outcomes)} tasks failed; their exceptions are in {out!r}")
+        if job.cancelled:
+            c = job.counts()
+            print(f"job {job.job_id} was cancelled: {c['done']} of {len(job)} done, "
+                  f"{c['cancelled']} cancelled" + (f" (CancelledError in {out!r})" if out else ""))
         if failures and (raise_ or len(failures) == len(outcomes)):
-            first = failures[0]
-            if isinstance(first, cf.CancelledError):
-                return None
-            raise first
+            raise failures[0]
         return None

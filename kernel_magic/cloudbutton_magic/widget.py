@@ -21,7 +21,10 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any
+
+from cloudbutton_executor.units import format_usd
 
 from .widget_state import JobTracker, error_line
 
@@ -30,7 +33,7 @@ STDOUT_TAIL_CHARS = 32_000  # what the widget keeps of the tasks' stdout
 MAX_FAILURES_LISTED = 50
 TEXT_STDOUT_CHARS = 200_000
 
-__all__ = ["JobWidget", "TextProgress", "make_progress", "watch", "widgets_available"]
+__all__ = ["JobView", "JobWidget", "TextProgress", "make_progress", "watch", "widgets_available"]
 
 
 def widgets_available() -> bool:
@@ -121,7 +124,7 @@ def fmt_seconds(s) -> str:
 
 
 def fmt_cost(usd: float) -> str:
-    return f"${usd:.2g}" if usd < 0.01 else f"${usd:,.2f}"
+    return format_usd(usd)
 
 
 def _prefix_lines(index: int, text: str) -> str:
@@ -345,109 +348,146 @@ _BOKEHJS_SESSIONS: set = set()  # frontend connections BokehJS was published to
 
 
 def _ensure_bokehjs() -> None:
-    """Publish BokehJS inline (the page has no CDN access offline), once per frontend.
+    """Publish BokehJS inline (the page has no CDN access offline), once per frontend,
+    and take it out of the notebook again at once.
 
     A reloaded page (or a second notebook on the same kernel) is a new client
     session without BokehJS: the parent header's ``session`` tells them apart.
+    The 1.3 MB script runs when the frontend renders the output; the output is then
+    emptied in place (its display id), so the saved notebook does not carry it. The
+    rendering that stays (``JobView``) needs no BokehJS.
     """
     _, parent = _kernel_parent()
     session = ((parent or {}).get("header") or {}).get("session") or "-"
     if session in _BOKEHJS_SESSIONS:
         return
-    from bokeh.io.notebook import load_notebook
     from bokeh.resources import Resources
 
-    # Only the core bundle (1.3 MB): the plots use no bokeh widgets, tables or GL.
-    load_notebook(Resources(mode="inline", components=["bokeh"]), hide_banner=True)
+    # Only the core bundle: the plots use no bokeh widgets, tables or GL.
+    resources = Resources(mode="inline", components=["bokeh"])
+    try:
+        from IPython.display import display
+        from bokeh.embed.bundle import bundle_for_objs_and_resources
+        from bokeh.io.notebook import JS_MIME_TYPE, LOAD_MIME_TYPE, _loading_js
+
+        bundle = bundle_for_objs_and_resources(None, resources)
+        handle = display({JS_MIME_TYPE: _loading_js(bundle, None, 5000, register_mime=True),
+                          LOAD_MIME_TYPE: _loading_js(bundle, None, 5000, register_mime=False)},
+                         raw=True, display_id=True)
+        handle.update({"text/plain": ""}, raw=True)
+    except (ImportError, AttributeError, TypeError):  # bokeh moved its internals: plain load
+        from bokeh.io.notebook import load_notebook
+
+        load_notebook(resources, hide_banner=True)
     _BOKEHJS_SESSIONS.add(session)
 
 
+_FOLLOWED: "weakref.WeakSet[JobView]" = weakref.WeakSet()  # views updated in the background
+
+
+def flush_followed(*_args) -> None:
+    """After each cell (IPython's ``post_run_cell``): the jobs followed in the background
+    that have ended get their final rendering, sent from this cell (see resend_final)."""
+    for view in list(_FOLLOWED):
+        if view.job.done():
+            view.finish()
+            view.resend_final()
+            _FOLLOWED.discard(view)
+
+
 CSS = """<style>
-.cloudbutton-header {font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.5}
-.cloudbutton-header .cb-counts {font-weight: 600}
-.cloudbutton-header .cb-state {font-weight: 600; padding: 0 4px; border-radius: 3px}
-.cloudbutton-bar {display: flex; height: 12px; width: 100%; background: #e6e6e6;
-                  border-radius: 3px; overflow: hidden}
 .cloudbutton-stdout pre, .cloudbutton-failures pre {max-height: 240px; overflow: auto;
                                                     font-size: 12px; margin: 2px 0}
 </style>"""
 
 STATE_COLOURS = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4",
                  "cancelled": "#7f7f7f", "queued": "#c7c7c7"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.5"
+PRE = ("max-height: 240px; overflow: auto; font-size: 12px; margin: 2px 0; "
+       "white-space: pre-wrap")
 
 
-class JobWidget(_Progress):
-    """ipywidgets box: header, stacked progress bar, bokeh timeline + GFLOPS, stdout, failures."""
+class JobView(_Progress):
+    """A job as HTML that needs nothing to show: no kernel, widget manager or network.
+
+    It follows the job like the other views and keeps what it saw (timeline rows,
+    stdout, failures), so that ``static_html()`` can draw the final state: header and
+    counts as HTML, the timeline and rate plots as PNG images (``static_plots``). A
+    finished job displayed in a notebook is shown this way; ``JobWidget`` shows it
+    live and leaves this rendering in the cell's output when the job ends.
+    """
 
     def __init__(self, job, capture_report=None, *, min_interval: float = MIN_INTERVAL_S):
-        import ipywidgets as w
-        from jupyter_bokeh import BokehModel
-
-        from .plots import JobPlots
-
         super().__init__(job, capture_report, min_interval=min_interval)
-        t = self.tracker
-        self.plots = JobPlots(t.n, t.per_item, t.stride)
-        self.header = w.HTML()
-        self.header.add_class("cloudbutton-header")
-        self.bar = w.HTML()
-        self.bokeh = BokehModel(self.plots.layout)
-        self.stdout = w.HTML()
-        self.stdout.add_class("cloudbutton-stdout")
-        self.failures = w.HTML()
-        self.failures.add_class("cloudbutton-failures")
-        children = [w.HTML(CSS), self.header, self.bar, self.bokeh, self.stdout, self.failures]
-        self.report_box = None
-        if self.report is not None:
-            self.report_box = w.Accordion(children=[w.HTML(self._report_html())],
-                                          titles=(self._report_title(),), selected_index=None)
-            children.append(self.report_box)
-        self.box = w.VBox(children)
-        self.box.add_class("cloudbutton-job-widget")
+        self.rows: list[dict] = []
+        self.flops_mode = False
         self._stdout_parts: list[str] = []
         self._stdout_chars = 0
         self._stdout_dropped = 0
         self._failed: list[tuple[int, str, dict]] = []
         self._header_stats: dict | None = None
-        self._render_text()
+        self._handle: Any = None  # the DisplayHandle, once displayed
 
-    # Display ------------------------------------------------------------------
+    # Display --------------------------------------------------------------------
     def display(self) -> None:
         from IPython.display import display
 
-        _ensure_bokehjs()
-        display(self.box)
+        self._handle = display(self.bundle(), raw=True, display_id=True)
+
+    def bundle(self) -> dict:
+        return {"text/html": self.static_html(), "text/plain": self.text_line()}
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.box._repr_mimebundle_(**kwargs)
+        return self.bundle()
 
-    # Rendering ----------------------------------------------------------------
-    def _render(self, final: bool) -> None:
+    def start_background(self, interval: float | None = None) -> threading.Thread:
+        _FOLLOWED.add(self)
+        return super().start_background(interval)
+
+    def resend_final(self) -> None:
+        """Send the final rendering again, from the current cell.
+
+        A job followed in the background ends after the cell that showed it. The
+        background thread updates the output under that cell's message, which
+        JupyterLab routes but nbclient (``make demo``, CI) drops; the same update
+        sent while a later cell runs reaches both (outputs are found by display id).
+        """
+        if self.finished and self._handle is not None:
+            self._handle.update(self.bundle(), raw=True)
+
+    # Following the job -------------------------------------------------------------
+    def _collect(self, final: bool):
+        """Take what ended since the last poll; returns the delta and the header figures."""
         t = self.tracker
         d = t.poll()
-        self.plots.push_rows(d.rows)
-        if t.series.total_flops and not self.plots.flops_mode:
-            self.plots.set_mode(True)
+        self.rows.extend(d.rows)
+        if t.series.total_flops:
+            self.flops_mode = True
+        # The figures the panel and the CLI compute from the same statuses (accounting);
+        # job.stats adds this host's own storage requests, which only it can count.
         hs = t.header_stats()
-        if final and self.job.done():
-            try:  # the exact cost, S3 requests included: one O(n) pass, only at the end
-                hs["cost_usd"] = self.job.stats["cost_usd"]
-            except Exception:  # a display must never fail the cell; keep the estimate
-                pass
         self._header_stats = hs
-        self.plots.push_series(t.series.series(hs["elapsed_s"], self.plots.flops_mode),
-                               t.series.version)
         if d.stdout:
             self._add_stdout(d.stdout)
         if d.failures:
             self._failed.extend(d.failures)
-            self.failures.value = self._failures_html()
-        self._render_text()
-        if final:
-            # Keep the final figure in the saved widget state (a reopened notebook shows it).
-            self.bokeh.render_bundle = type(self.bokeh)._model_to_traits(self.plots.layout)
+        return d, hs
 
-    def _render_text(self) -> None:
+    def _render(self, final: bool) -> None:
+        self._collect(final)
+        if final and self._handle is not None:
+            self._handle.update(self.bundle(), raw=True)
+
+    # Text ----------------------------------------------------------------------------
+    def text_line(self) -> str:
+        c, t = self.tracker.counts, self.tracker
+        hs = self._header_stats or t.header_stats()
+        return (f"job {self.job.job_id} {self.state_text()}: {c['done']} done, {c['failed']} failed, "
+                f"{t.running} running, {t.queued} queued, {c['cancelled']} cancelled "
+                f"in {fmt_seconds(hs['elapsed_s'])}")
+
+    def header_html(self) -> str:
         t = self.tracker
         c = t.counts
         hs = self._header_stats or t.header_stats()
@@ -458,7 +498,9 @@ class JobWidget(_Progress):
             counts += f" · {self.job.throttled} throttled"
         backend = self.job.backend.name
         cost = fmt_cost(hs["cost_usd"])
-        cost = f"{cost} on Lambda" if backend == "lambda" else f"≈ {cost} on Lambda"
+        if backend != "lambda" and not cost.startswith("<"):
+            cost = f"≈ {cost}"  # an estimate: what these tasks would cost on Lambda
+        cost = f"{cost} on Lambda"
         rate = (f"{hs['gflops']:.2f} GFLOPS" if hs["flops"] else "")
         parts = [f"elapsed {fmt_seconds(hs['elapsed_s'])}",
                  f"ETA {fmt_seconds(hs['eta_s']) if state == 'running' else '—'}",
@@ -469,19 +511,85 @@ class JobWidget(_Progress):
         if error:
             parts.append(f"<span class='cb-error' style='color:#d62728'>error: "
                          f"{html.escape(error)}</span>")
-        self.header.value = (
-            f"<div><b>job {html.escape(self.job.job_id)}</b> · {html.escape(backend)} · "
-            f"{len(self.job)} tasks · <span class='cb-state' style='color:{colour}'>{state}</span>"
-            + (f" · <span style='color:#d62728'>{c['failed']} failed</span>" if c["failed"] else "")
-            + f"</div><div class='cb-counts'>{counts}</div>"
-            f"<div>{' · '.join(p for p in parts if p)}</div>")
         n = max(1, t.n)
         segs = [("done", c["done"]), ("failed", c["failed"]), ("running", t.running),
                 ("cancelled", c["cancelled"]), ("queued", t.queued)]
-        self.bar.value = "<div class='cloudbutton-bar' title='{}'>{}</div>".format(
-            html.escape(counts),
-            "".join(f"<div class='cb-{s}' style='width:{100 * k / n:.3f}%;"
-                    f"background:{STATE_COLOURS[s]}'></div>" for s, k in segs if k))
+        bar = ("<div class='cloudbutton-bar' title='{}' style='display: flex; height: 12px; "
+               "width: 100%; background: #e6e6e6; border-radius: 3px; overflow: hidden'>{}</div>"
+               ).format(html.escape(counts), "".join(
+                   f"<div class='cb-{s}' style='width:{100 * k / n:.3f}%;"
+                   f"background:{STATE_COLOURS[s]}'></div>" for s, k in segs if k))
+        return (
+            f"<div class='cloudbutton-header' style='{FONT}'>"
+            f"<div><b>job {html.escape(self.job.job_id)}</b> · {html.escape(backend)} · "
+            f"{len(self.job)} tasks · <span class='cb-state' style='color:{colour};"
+            f"font-weight:600'>{state}</span>"
+            + (f" · <span style='color:#d62728'>{c['failed']} failed</span>" if c["failed"] else "")
+            + f"</div><div class='cb-counts' style='font-weight:600'>{counts}</div>"
+            f"<div>{' · '.join(p for p in parts if p)}</div></div>{bar}")
+
+    # The rendering that stays -------------------------------------------------------
+    def static_html(self) -> str:
+        """Header, counts, plots (PNG), warnings, stdout and failures as one HTML string."""
+        from . import static_plots
+        from .plots import FLOPS_LABELS, TASKS_LABELS
+
+        parts = [self.header_html()]
+        if self.report and self.report["warnings"]:
+            parts.append("".join(f"<div style='color:#b35900;{FONT}'>⚠ {html.escape(wn)}</div>"
+                                 for wn in self.report["warnings"]))
+        t = self.tracker
+        if self.rows:
+            hs = self._header_stats or t.header_stats()
+            series = t.series.series(hs["elapsed_s"], self.flops_mode)
+            labels = FLOPS_LABELS if self.flops_mode else TASKS_LABELS
+            title = self._timeline_title()
+            if t.counts["cancelled"]:
+                title += f"; {t.counts['cancelled']} cancelled items never ran"
+            plots = [("timeline", title, len(self.rows),
+                      static_plots.timeline_png(self.rows, title, hs["elapsed_s"])),
+                     ("rates", labels["title"], len(series["x_end"]),
+                      static_plots.rates_png(series, labels))]
+            # alt: the plot's title; data-points: how many rows or points it drew.
+            parts.extend(f"<img class='cloudbutton-plot cloudbutton-{kind}' alt='{html.escape(title)}' "
+                         f"data-points='{points}' style='max-width: 100%' "
+                         f"src='data:image/png;base64,{png}'/>"
+                         for kind, title, points, png in plots if png)
+        else:
+            parts.append(f"<div class='cloudbutton-empty' style='{FONT}; color: #616161'>"
+                         f"{html.escape(self.empty_sentence())}</div>")
+        if self._stdout_parts:
+            parts.append(self._stdout_html())
+        if self._failed:
+            parts.append(self._failures_html())
+        if self.report is not None:
+            parts.append(f"<details style='{FONT}'><summary>{html.escape(self._report_title())}"
+                         f"</summary>{self._report_html()}</details>")
+        return f"<div class='cloudbutton-job' style='{FONT}'>{''.join(parts)}</div>"
+
+    def empty_sentence(self) -> str:
+        """What the plots' place says when no task has ended with timings."""
+        state = self.state_text()
+        if state == "cancelled":
+            return "The job was cancelled before any task ended: nothing to plot."
+        if state == "running":
+            return "No task has ended yet: the timeline and the rate plot fill in as tasks end."
+        if not len(self.job):
+            return "The job has no tasks: nothing to plot."
+        return "No task ran long enough to be timed: nothing to plot."
+
+    def _timeline_title(self) -> str:
+        t = self.tracker
+        if t.per_item:
+            return f"Timeline: one row per item ({t.n})"
+        return (f"Timeline: {t.n} items, one row per invocation"
+                + (f", sampled (every {t.stride}th item)" if t.stride > 1 else ""))
+
+    def _stdout_html(self) -> str:
+        note = (f"<div><i>{self._stdout_dropped} earlier task outputs not shown "
+                "(all are in job[i].stdout)</i></div>" if self._stdout_dropped else "")
+        return (f"<details open class='cloudbutton-stdout'><summary>stdout of tasks</summary>{note}"
+                f"<pre style='{PRE}'>{html.escape(''.join(self._stdout_parts))}</pre></details>")
 
     def _add_stdout(self, chunks) -> None:
         for i, text in sorted(chunks):
@@ -493,10 +601,6 @@ class JobWidget(_Progress):
             self._stdout_chars -= len(self._stdout_parts[0])
             self._stdout_dropped += 1
             self._stdout_parts.pop(0)
-        note = (f"<div><i>{self._stdout_dropped} earlier task outputs not shown "
-                "(all are in job[i].stdout)</i></div>" if self._stdout_dropped else "")
-        self.stdout.value = (f"<details open><summary>stdout of tasks</summary>{note}"
-                             f"<pre>{html.escape(''.join(self._stdout_parts))}</pre></details>")
 
     def _failures_html(self) -> str:
         failed = sorted(self._failed, key=lambda x: x[0])
@@ -505,11 +609,12 @@ class JobWidget(_Progress):
             tb = info.get("traceback") or ""
             items.append(f"<details><summary>[{i}] task {html.escape(str(tid))}: "
                          f"{html.escape(error_line(info))}</summary>"
-                         f"<pre>{html.escape(tb or 'no remote traceback')}</pre></details>")
+                         f"<pre style='{PRE}'>{html.escape(tb or 'no remote traceback')}</pre>"
+                         "</details>")
         more = (f"<div>... and {len(failed) - MAX_FAILURES_LISTED} more</div>"
                 if len(failed) > MAX_FAILURES_LISTED else "")
-        return (f"<div style='color:#d62728;font-weight:600'>{len(failed)} failed</div>"
-                + "".join(items) + more)
+        return (f"<div class='cloudbutton-failures'><div style='color:#d62728;font-weight:600'>"
+                f"{len(failed)} failed</div>" + "".join(items) + more + "</div>")
 
     def _report_title(self) -> str:
         r = self.report
@@ -529,3 +634,92 @@ class JobWidget(_Progress):
         return (f"{warns}<table class='cloudbutton-capture'><tr><th>name</th><th>type</th>"
                 f"<th>pickled size</th></tr>{rows}<tr><td><b>total</b></td><td></td>"
                 f"<td style='text-align:right'><b>{fmt_bytes(r['total'])}</b></td></tr></table>")
+
+
+class JobWidget(JobView):
+    """ipywidgets box: header, stacked progress bar, bokeh timeline + GFLOPS, stdout, failures.
+
+    Displayed with a fallback: the output carries the widget view and, beside it, the
+    static rendering (``text/html``), which viewers without a widget manager show.
+    When the job ends the output is replaced, in place (its display id), by the final
+    static rendering alone and the widgets are closed: what stays in the notebook needs
+    no kernel, no widget manager and no network, and weighs a few tens of KB.
+    """
+
+    def __init__(self, job, capture_report=None, *, min_interval: float = MIN_INTERVAL_S):
+        import ipywidgets as w
+        from jupyter_bokeh import BokehModel
+
+        from .plots import JobPlots
+
+        super().__init__(job, capture_report, min_interval=min_interval)
+        t = self.tracker
+        self.plots = JobPlots(t.n, t.per_item, t.stride)
+        self.header = w.HTML()
+        self.bokeh = BokehModel(self.plots.layout)
+        # An empty frame reads as broken: until a task ends, a sentence stands in for it.
+        self.bokeh.layout.display = "none"
+        self.waiting = w.HTML(f"<div style='{FONT}; color: #616161'>"
+                              f"{html.escape(self.empty_sentence())}</div>")
+        self.stdout = w.HTML()
+        self.failures = w.HTML()
+        self.failures.add_class("cloudbutton-failures")
+        children = [w.HTML(CSS), self.header, self.waiting, self.bokeh, self.stdout, self.failures]
+        self.report_box = None
+        if self.report is not None:
+            self.report_box = w.Accordion(children=[w.HTML(self._report_html())],
+                                          titles=(self._report_title(),), selected_index=None)
+            children.append(self.report_box)
+        self.box = w.VBox(children)
+        self.box.add_class("cloudbutton-job-widget")
+        self._render_text()
+
+    # Display ------------------------------------------------------------------
+    def display(self) -> None:
+        from IPython.display import display
+
+        _ensure_bokehjs()
+        self._handle = display(self.bundle(), raw=True, display_id=True)
+
+    def bundle(self) -> dict:
+        if self.finished:
+            return super().bundle()
+        return {**self.box._repr_mimebundle_(), "text/html": self.static_html(),
+                "text/plain": self.text_line()}
+
+    # Rendering ----------------------------------------------------------------
+    def _render(self, final: bool) -> None:
+        d, hs = self._collect(final)
+        self.plots.push_rows(d.rows)
+        if self.rows and self.bokeh.layout.display == "none":
+            self.bokeh.layout.display = None
+            self.waiting.layout.display = "none"
+        if self.flops_mode and not self.plots.flops_mode:
+            self.plots.set_mode(True)
+        self.plots.push_series(self.tracker.series.series(hs["elapsed_s"], self.plots.flops_mode),
+                               self.tracker.series.version)
+        if d.stdout:
+            self.stdout.value = self._stdout_html()
+        if d.failures:
+            self.failures.value = self._failures_html()
+        self._render_text()
+        if final:
+            if self._handle is not None:
+                self._handle.update(super().bundle(), raw=True)
+            self.close()
+
+    def close(self) -> None:
+        """Close the widgets (their comms and kernel-side state); the output keeps the
+        static rendering."""
+        import ipywidgets as w
+
+        widgets = [self.box, *self.box.children]
+        if self.report_box is not None:
+            widgets.extend(self.report_box.children)
+        for widget in widgets:
+            # The base close for all: BokehModel.close also detaches from its bokeh document,
+            # which it does again (and fails) when collected.
+            w.Widget.close(widget)
+
+    def _render_text(self) -> None:
+        self.header.value = self.header_html()

@@ -22,6 +22,7 @@ from cloudbutton_executor import accounting, protocol
 MAX_TIMELINE_ROWS = 2000
 
 NAN = float("nan")
+SMOOTH_MIN_BINS = 1  # the tasks/s line is smoothed over at least this many bins (sigma)
 COMPUTE_OK = "#2ca02c"
 COMPUTE_FAILED = "#d62728"
 
@@ -131,9 +132,30 @@ class RateSeries:
             inst = self.flops_run[:n] / dt / 1e9
         else:
             eff = np.cumsum(self.tasks_done[:n]) / x_end
-            inst = self.tasks_done[:n] / dt
+            inst = self._moving_rate(self.tasks_done[:n], dt)
         return {"x_end": x_end, "x_mid": x_mid, "eff": eff, "inst": inst}
 
+    @staticmethod
+    def _moving_rate(counts: np.ndarray, dt: float) -> np.ndarray:
+        """Completions per second, smoothed with a Gaussian window that fits the job.
+
+        Completions are discrete: per bin they read as a 0/N/0 sawtooth. The window's
+        width (sigma) is a twelfth of the time plotted so far, so a 3-second job and a
+        1-hour job both show their trend. Near the ends the weights are renormalised
+        over the bins that exist (the future is unknown), so the last point is not
+        dragged towards zero.
+        """
+        n = len(counts)
+        sigma = max(SMOOTH_MIN_BINS, n / 12)
+        half = int(3 * sigma)
+        x = np.arange(-half, half + 1)
+        kernel = np.exp(-0.5 * (x / sigma) ** 2)
+        # Before the start there were no completions (zeros that count); after the last
+        # bin nothing is known yet (left out of the weights).
+        padded = np.concatenate((np.zeros(half), counts))
+        total = np.convolve(padded, kernel, mode="full")[2 * half:2 * half + n]
+        weight = np.convolve(np.ones(n + half), kernel, mode="full")[2 * half:2 * half + n]
+        return total / weight / dt
 
 class Delta:
     """What changed since the previous poll."""
@@ -162,6 +184,7 @@ class JobTracker:
         self.counts = {"done": 0, "failed": 0, "cancelled": 0}
         self.running = 0
         self.usage = accounting.Usage()  # what the ended tasks used, priced like job.stats
+        self.last_stored: float | None = None  # when the last status was stored (the job's end)
         self.series = RateSeries(max_bins=max_bins)
         self._cursor = 0                      # position in job.ended_tasks()
         self._taken = bytearray(self.n)       # 1 once an ended item was taken into the views
@@ -203,6 +226,9 @@ class JobTracker:
         record = job.outcomes.task_record(tid)
         if record is not None:
             self.usage.add_task(*record)
+            stored = record[0].get("result_stored") or record[0].get("compute_done")
+            if stored:
+                self.last_stored = max(self.last_stored or 0.0, stored)
         st = job.item_stats(new[0])
         t0 = self.t0
         for i in new:
@@ -274,8 +300,13 @@ class JobTracker:
     def header_stats(self, now: float | None = None) -> dict:
         """Elapsed time, rate, ETA, GFLOPS and the cost so far (``accounting.job_stats``)."""
         job = self.job
+        end = job.finished_at or now or time.time()
+        if job.done() and not job.cancelled and self.last_stored:
+            # As the panel and the CLI read it from storage: the last status stored, not
+            # when this host happened to see it.
+            end = self.last_stored
         return accounting.job_stats(
             n_items=self.n, counts=self.counts, created=self.t0,
-            end=job.finished_at or now or time.time(), usage=self.usage,
+            end=end, usage=self.usage,
             flops=self.series.total_flops, memory_mb=job.memory_mb,
             architecture=job.backend.limits.architecture)

@@ -8,7 +8,7 @@ import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
-import { CloudPanel } from './panel';
+import { CloudSidebar } from './sidebar';
 
 const PLUGIN_ID = 'cloudbutton-jupyter:plugin';
 
@@ -44,7 +44,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     labShell: ILabShell | null,
     settings: ISettingRegistry | null
   ) => {
-    const panel = new CloudPanel(tracker);
+    const panel = new CloudSidebar(tracker);
     panel.title.icon = cloudIcon;
     app.shell.add(panel, 'left', { rank: 950 });
     if (restorer) {
@@ -68,12 +68,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (!panel.isVisible) {
           app.shell.activateById(panel.id);
         }
-        await panel.runActiveCell();
+        await panel.run.runActiveCell();
       }
     });
     app.commands.addCommand(CommandIDs.refresh, {
       label: 'Cloud: Refresh Backend Status',
-      execute: () => panel.refreshStatus()
+      execute: () => panel.settings.refreshStatus()
     });
     if (palette) {
       for (const command of [

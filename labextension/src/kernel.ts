@@ -20,6 +20,10 @@ const LIST_NAMES_EXPR =
   '(isinstance(v, (list, tuple, range, dict, set, frozenset)) or ' +
   "type(v).__name__ in ('ndarray', 'Series', 'Index', 'DataFrame'))])";
 
+// Execute-request metadata: the line number the magic's body starts at in the user's
+// cell (kernel_magic/cloudbutton_magic/runner.py reads it for its error messages).
+const FIRST_LINE_KEY = 'cloudbutton_first_line';
+
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
 
 export class KernelError extends Error {}
@@ -202,7 +206,11 @@ export async function runCellOver(
       `${line}\n${source}`,
       cell.outputArea,
       sessionContext,
-      { cellId: model.sharedModel.getId() }
+      {
+        cellId: model.sharedModel.getId(),
+        // The cell as the user sees it has no %%cloud line: its first line is the body's.
+        [FIRST_LINE_KEY]: 1
+      }
     );
     if (reply) {
       model.executionCount = reply.content.execution_count;

@@ -55,8 +55,9 @@ def big_flops(std_dev):
 
 std_devs = np.linspace(1, 10, TASKS)
 
-# %% id="watch"
-from cloudbutton_magic.widget import watch  # the live widget, then block until the job ends
+# %% id="load-ext"
+# The magics; and a Job shows its live widget
+# %load_ext cloudbutton_jupyter
 
 # %% [markdown] id="run-it-and-watch"
 # Run it and watch the timeline (one row per task) and the GFLOPS plot:
@@ -66,8 +67,11 @@ from cloudbutton_magic.widget import watch  # the live widget, then block until 
 
 # %% id="run"
 ex = Executor(BACKEND)
-job = watch(ex.map(big_flops, std_devs))
-sums = job.result()
+job = ex.map(big_flops, std_devs)
+job  # a Job as the last expression shows its live widget; the cell does not wait
+
+# %% id="result"
+sums = job.result()  # waits for every task
 
 
 # %% [markdown] id="the-phases-of-a"

@@ -26,7 +26,10 @@ SMALL = os.environ.get("CLOUDBUTTON_DEMO_SCALE", "") == "small"
 TASKS = 8 if SMALL else 32
 SAMPLES = 200_000 if SMALL else 2_000_000   # per task
 
-# %% id="watch"
+# %% id="load-ext"
+# The magics; and a Job shows its live widget
+# %load_ext cloudbutton_jupyter
+
 # %% [markdown] id="pi"
 # ## π
 #
@@ -36,7 +39,6 @@ SAMPLES = 200_000 if SMALL else 2_000_000   # per task
 import numpy as np
 
 from cloudbutton_executor import Executor
-from cloudbutton_magic.widget import watch  # the live widget, then block until the job ends
 
 
 def count_inside(seed):
@@ -50,7 +52,7 @@ def estimate_pi(counts):
 ex = Executor()
 seeds = list(range(TASKS))
 pi_future = ex.map_reduce(count_inside, seeds, estimate_pi)
-watch(pi_future.map_job)
+display(pi_future.map_job)  # the map job's live widget
 pi_hat = pi_future.result()
 print(f"pi ≈ {pi_hat:.5f} from {TASKS * SAMPLES:,} points (error {pi_hat - np.pi:+.5f})")
 
@@ -91,7 +93,7 @@ def black_scholes_call(S0, K, r, sigma, T):
     return S0 * Phi(d1) - K * math.exp(-r * T) * Phi(d2)
 
 option_future = ex.map_reduce(payoff_sums, seeds, price_from_sums)
-watch(option_future.map_job)
+display(option_future.map_job)
 mc = option_future.result()
 exact = black_scholes_call(S0, K, r, sigma, T)
 print(f"Monte Carlo: {mc['price']:.4f} ± {mc['stderr']:.4f} ({mc['paths']:,} paths)")
