@@ -29,7 +29,7 @@ def test_first_deploy_creates_everything(deployed, moto_endpoint):
     assert verbs["async invoke config"] == "set"
     lam = lam_client(moto_endpoint)
     conf = lam.get_function_configuration(FunctionName=FUNCTION)
-    assert conf["Handler"] == "cloudbutton_executor.worker.handler"
+    assert conf["Handler"] == "cloudbutton_executor.supervisor.handler"
     assert conf["Runtime"] == f"python{host_versions()['python']}"
     assert (conf["MemorySize"], conf["Timeout"]) == (512, 30)
     env = conf["Environment"]["Variables"]

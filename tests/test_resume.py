@@ -25,7 +25,7 @@ def work(x):
     time.sleep({sleep})
     return x * x
 
-ex = Executor({backend!r}, workers={workers}, timeout=60{options})
+ex = Executor({backend!r}, workers={workers}, timeout={timeout}{options})
 job = ex.map(work, range({n}), chunksize={chunksize!r})
 print(job.job_id, flush=True)
 while job.counts()["done"] < {die_after}:
@@ -34,11 +34,18 @@ os.kill(os.getpid(), signal.SIGKILL)  # a kernel that dies: no cleanup, no cance
 """
 
 ATTACH_SCRIPT = """
-import json, sys
+import json, logging, sys
 from cloudbutton_executor import Executor
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 ex = Executor({backend!r}, workers={workers}{options})
 job = ex.attach(sys.argv[1])
+import time as _t
+for _ in range(40):
+    if job.wait(1): break
+    d = job.dispatcher
+    print("DBG", job.counts(), sorted(d._inflight), d._next_item, d.following, d.error, file=sys.stderr)
 out = job.results(timeout={wait})
 print(json.dumps({{"results": [o if not isinstance(o, BaseException) else repr(o) for o in out],
                   "retried": job.retried, "attached": job.attached,
@@ -47,11 +54,11 @@ print(json.dumps({{"results": [o if not isinstance(o, BaseException) else repr(o
 
 
 def run_host(tmp_path, *, backend="local", workers=2, n=24, sleep=0.3, die_after=4,
-             chunksize=1, options="", env=None):
+             chunksize=1, options="", env=None, timeout=60):
     script = tmp_path / "host.py"
     script.write_text(textwrap.dedent(HOST_SCRIPT.format(
         backend=backend, workers=workers, n=n, sleep=sleep, die_after=die_after,
-        chunksize=chunksize, options=options)))
+        chunksize=chunksize, options=options, timeout=timeout)))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=180, env=env)
     assert proc.returncode == -9, proc.stderr[-3000:]
@@ -65,6 +72,7 @@ def run_attach(tmp_path, job_id, *, backend="local", workers=2, options="", wait
     proc = subprocess.run([sys.executable, str(script), job_id], capture_output=True, text=True,
                           timeout=wait + 60, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.stderr.write(proc.stderr[-5000:])  # shown when the test fails
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -128,6 +128,8 @@ class Dispatcher:
         self._record_dirty = False
         self._record_written = -math.inf
         self._crashes_seen: set[str] = set()       # crash reports already acted on
+        self._crash_floor: dict[str, int] = {}     # task -> first attempt a crash still counts for
+        self._ran: set[str] = set()                # tasks known to have run (no backups for them)
         self._inherited: set[str] = set()          # tasks a dead host sent (see resume)
         self._next_record_check = -math.inf
         self._storage_desc = storage.describe()
@@ -623,8 +625,8 @@ class Dispatcher:
         tid, attempt = found
         with self._lock:
             event = self._inflight.get(tid)
-            if event is None or event.get("attempt", 0) != attempt or tid in self._applied:
-                return  # ended already, or an older attempt (a newer one was sent)
+            if event is None or tid in self._applied or attempt < self._crash_floor.get(tid, 0):
+                return  # ended already, or an attempt a retry after a crash superseded
         try:
             report = integrity.open_sealed(self.key, protocol.object_name(self.spec.prefix, key),
                                            self.storage.get(key), "the crash report")
@@ -634,6 +636,11 @@ class Dispatcher:
             log.error("job %s: %s", self.spec.job_id, err)
             return  # not the task's: its own deadline still ends it
         kind = INFRA_ERRORS.get(report.get("kind") or "", InfrastructureError)
+        with self._lock:
+            # It ran: not a lost event. No more backups; only retries may run it again,
+            # and crashes of the attempts sent before this one count as this one.
+            self._ran.add(tid)
+            self._crash_floor[tid] = self._last_attempt.get(tid, 0) + 1
         self.on_failure(event, kind(report.get("message") or "the worker crashed", tid))
 
     def check_deadlines(self) -> None:
@@ -705,7 +712,8 @@ class Dispatcher:
             for tid, e in list(self._inflight.items()):
                 sent = self._accepted.get(tid)
                 wait = min(limit, max(lost_after, (e["timeout"] + grace) / (budget + 1)))
-                if sent is None or now - sent < wait or self._redelivered.get(tid, 0) >= budget:
+                if (sent is None or now - sent < wait or self._redelivered.get(tid, 0) >= budget
+                        or tid in self._ran):
                     continue
                 self._redelivered[tid] = self._redelivered.get(tid, 0) + 1
                 if tid not in self._clock_start:

@@ -99,6 +99,19 @@ class RuntimeProcess:
             self.kill()
 
 
+def seconds_since_process_start() -> float | None:
+    """Seconds since this process started (Linux: its start in clock ticks after boot,
+    against the uptime now); None where that cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 3))
+    except Exception:
+        return None
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of process ``pid`` in MB (0 if it cannot be read)."""
     try:
@@ -108,6 +121,9 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
+# How a runtime ends itself when its task ignores a cancel (see ``worker._CancelWatch``).
+CANCELLED_EXIT_CODE = 75
+
 # A runtime whose resident memory came this close to its limit and was then killed by
 # SIGKILL was most likely killed for its memory (Lambda, the system's OOM killer).
 NEAR_MEMORY_LIMIT = 0.9
@@ -116,6 +132,8 @@ NEAR_MEMORY_LIMIT = 0.9
 def describe_exit(returncode: int, peak_rss_mb: float = 0.0, memory_mb: int | None = None) -> str:
     """Why a runtime process ended mid-task, in words. Memory is named only when it is
     the likely cause: a SIGKILL after its memory came near the limit."""
+    if returncode == CANCELLED_EXIT_CODE:
+        return "worker process stopped: its job was cancelled"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -220,7 +238,9 @@ def _serve(event: dict[str, Any], handler: Callable[..., dict[str, Any]], replie
     response: dict[str, Any]
     try:
         _set_memory_limit(event.get("memory_mb"))
-        response = handler(event, Context(event.get("timeout") or 900, event.get("memory_mb")))
+        # A supervisor inside Lambda says how long the invocation really has left.
+        left = event.get("remaining_s") or event.get("timeout") or 900
+        response = handler(event, Context(left, event.get("memory_mb")))
     except BaseException as exc:  # an infrastructure failure of the handler itself
         response = {"task": event.get("task"), "state": "handler_error",
                     "error": f"{type(exc).__name__}: {exc}"}

@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import math
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -22,6 +25,7 @@ from typing import Any, TextIO
 from . import context as _context
 from . import integrity, protocol
 from .errors import IntegrityError, OutOfMemoryError, RemoteError, TaskTimeoutError
+from .local_runtime import CANCELLED_EXIT_CODE, seconds_since_process_start
 from .storage import NotFound, Storage, storage_from_description
 
 Outcome = tuple[bool, Any]  # (ok, the result or the exception an item raised)
@@ -29,18 +33,7 @@ Outcome = tuple[bool, Any]  # (ok, the result or the exception an item raised)
 _PROCESS_START = time.time()
 # Seconds from the runtime's start to this module's import (the part of Lambda's INIT
 # phase we can see): reported once, by the container's first (cold) invocation.
-def _seconds_since_process_start() -> float | None:
-    try:  # Linux: the process's start in clock ticks after boot, against the uptime now
-        with open("/proc/self/stat", "rb") as f:
-            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
-        with open("/proc/uptime", "rb") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 3))
-    except Exception:
-        return None
-
-
-_INIT_DURATION_S = _seconds_since_process_start()
+_INIT_DURATION_S = seconds_since_process_start()
 _invocations = 0
 _functions: dict[str, Callable[..., Any]] = {}  # warm containers keep function blobs
 _storages: dict[tuple[tuple[str, Any], ...], Storage] = {}
@@ -166,7 +159,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     error status naming the cause, so the host ends the task at once."""
     global _invocations
     worker_start = time.time()
-    cold = _invocations == 0
+    # Under a supervisor (Lambda), the container's cold start and INIT time are its.
+    runtime = event.get("runtime") or {}
+    cold = bool(runtime.get("cold", _invocations == 0))
+    init_s = runtime.get("init_s", _INIT_DURATION_S)
     _invocations += 1
     prefix, job_id, tid = event["prefix"], event["job_id"], event["task"]
     storage = _storage(event["storage"])
@@ -174,8 +170,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     stats: dict[str, Any] = {"host_submit": event.get("host_submit"), "worker_start": worker_start,
              "cold_start": cold, "runtime_start": _PROCESS_START,
              "request_id": getattr(context, "aws_request_id", None), "pid": os.getpid()}
-    if cold and _INIT_DURATION_S is not None:
-        stats["init_s"] = _INIT_DURATION_S  # billed INIT time of this container (cold starts)
+    if cold and init_s is not None:
+        stats["init_s"] = init_s  # billed INIT time of this container (cold starts)
     try:
         key = bytes.fromhex(event["auth"])  # seals what this invocation writes
     except (KeyError, TypeError, ValueError):
@@ -192,8 +188,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     stats["setup_done"] = time.time()
 
     first = protocol.task_range(tid)[0]
-    with _job_deadline(event, context, worker_start):
-        outcomes, items = _run_items(fn, inputs, first, tid, event)
+    try:
+        with _job_deadline(event, context, worker_start), \
+                _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
+            outcomes, items = _run_items(fn, inputs, first, tid, event)
+    except _Cancelled:  # its job was cancelled while it ran: no results, no status
+        return {"task": tid, "state": "cancelled"}
     stats["compute_done"] = time.time()
 
     # May add errors (a result that cannot be pickled, or not within the memory limit).
@@ -289,6 +289,88 @@ def _write_status(storage: Storage, event: dict[str, Any], key: bytes, status: d
     return {"task": event["task"], "state": status["state"], "written": written}
 
 
+# Cancel while running ------------------------------------------------------------------
+CANCEL_WATCH_S = 3.0      # a running invocation looks for its job's cancel marker this often
+CANCEL_GRACE_S = 2.0      # a task still running this long after it was told to stop ...
+# ... ends its process with local_runtime.CANCELLED_EXIT_CODE (its supervisor writes nothing)
+
+
+class _Cancelled(BaseException):
+    """The invocation's job was cancelled while it ran (see ``_CancelWatch``)."""
+
+
+class _CancelWatch:
+    """Notices, within ``CANCEL_WATCH_S``, that the job of the running invocation was
+    cancelled, from a daemon thread (one per worker process): one HEAD of the cancel
+    marker every ``CANCEL_WATCH_S`` while an invocation runs longer than that, and none
+    for shorter ones. The task is stopped between items (a flag) and inside a long item
+    (SIGUSR1 to the main thread, which interrupts sleeps and Python code); one stuck in
+    native code for ``CANCEL_GRACE_S`` more ends its process, so the runtime is freed."""
+
+    def __init__(self) -> None:
+        self.current: tuple[Storage, str] | None = None  # (storage, cancel key) while running
+        self.checked = 0.0          # when the cancel marker was last looked for
+        self.cancelled = False      # the running invocation's job is cancelled
+        self.generation = 0         # which invocation runs (the thread stops only that one)
+        self._thread: threading.Thread | None = None
+        self._main_ident: int | None = None
+
+    @contextlib.contextmanager
+    def watching(self, storage: Storage, cancel_key: str) -> Iterator[None]:
+        self.generation += 1
+        self.cancelled = False
+        self.checked = time.time()  # the handler looked at its start
+        self.current = (storage, cancel_key)
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="cloudbutton-cancel-watch")
+            self._thread.start()
+        if self._main_ident is None and threading.current_thread() is threading.main_thread():
+            # Installed once and left: a signal that arrives just after an invocation ended
+            # must find this (harmless) handler, not the default action (death).
+            signal.signal(signal.SIGUSR1, self._raise)
+            self._main_ident = threading.get_ident()
+        try:
+            yield
+        finally:
+            self.current = None
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        if self.cancelled and self.current is not None:
+            raise _Cancelled()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(CANCEL_WATCH_S / 4)
+            current, generation = self.current, self.generation
+            if current is None or time.time() - self.checked < CANCEL_WATCH_S:
+                continue
+            self.checked = time.time()
+            storage, key = current
+            try:
+                found = storage.exists(key)
+            except Exception:  # storage trouble: try again at the next look
+                continue
+            if found and self.generation == generation and self.current is not None:
+                self.cancelled = True
+                self._stop(generation)
+
+    def _stop(self, generation: int) -> None:
+        if self._main_ident is not None:
+            signal.pthread_kill(self._main_ident, signal.SIGUSR1)
+        deadline = time.time() + CANCEL_GRACE_S
+        while time.time() < deadline:
+            if self.generation != generation or self.current is None:
+                return
+            time.sleep(0.05)
+        sys.stderr.write("cloudbutton: the job was cancelled and the task did not stop: ending "
+                         "the worker process\n")
+        os._exit(CANCELLED_EXIT_CODE)
+
+
+_WATCH = _CancelWatch()
+
+
 class _JobDeadline(BaseException):
     """The job's own timeout, shorter than the runtime's, has passed (see _job_deadline)."""
 
@@ -298,15 +380,17 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
     """Stop the task at the job's timeout when it is shorter than what the runtime allows
     (Lambda: a per-job timeout under the function's Timeout): the items not finished
     then end as timeouts in this invocation's status, instead of running on and billing."""
-    import signal
-    import threading
-
     limit = event.get("timeout")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     left = remaining() / 1000.0 if remaining else None
-    armed = (limit and left is not None and limit + 1.0 < left
-             and threading.current_thread() is threading.main_thread())
-    if not armed or limit is None:
+    main = threading.current_thread() is threading.main_thread()
+    if event.get("remaining_s") and main:
+        # Under Lambda's supervisor: stop in time to store what finished, before Lambda
+        # ends the invocation (its remaining time, less the supervisor's margin).
+        stop_at = started + min(float(limit or math.inf), float(event["remaining_s"]))
+    elif limit and left is not None and limit + 1.0 < left and main:
+        stop_at = started + limit
+    else:
         yield
         return
 
@@ -314,7 +398,7 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
         raise _JobDeadline()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(0.001, started + limit - time.time()))
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, stop_at - time.time()))
     try:
         yield
     finally:
@@ -362,14 +446,17 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
     reported = _context._flops
     reported[0] = 0
     clock, loads = time.time, pickle.loads
+    watch = _WATCH
     with contextlib.redirect_stdout(tee):
         for k, raw in enumerate(inputs):
+            if watch.cancelled:
+                raise _Cancelled()
             t0 = clock()
             try:
                 args, kwargs = loads(raw)
                 outcomes.append((True, fn(*args, **kwargs)))
-            except _JobDeadline:
-                raise  # ends the batch: see below
+            except (_JobDeadline, _Cancelled):
+                raise  # ends the batch: see _run_items and handler
             except MemoryError as exc:
                 limit = event.get("memory_mb")
                 oom = OutOfMemoryError(f"task exceeded the memory limit of {limit} MB" if limit
