@@ -256,13 +256,13 @@ class CloudManager:
         costs one LIST plus one per running job.
         """
         try:  # from the query string (text) or from Python
-            limit = config.OPTIONS["limit"].parse(limit) if isinstance(limit, str) \
+            n: int = config.OPTIONS["limit"].parse(limit) if isinstance(limit, str) \
                 else config.check("limit", limit)
         except config.ConfigError as err:
             raise InvalidInput(str(err)) from None
         conf = self.get_config()
         storage, prefix = self.storage(conf), self._prefix(conf)
-        ids = catalog.job_ids(storage, prefix, limit)
+        ids = catalog.job_ids(storage, prefix, n)
         root = json.dumps(storage.describe(), sort_keys=True) + prefix
         out = []
         for job_id in ids:

@@ -476,6 +476,39 @@ def test_saved_notebook_and_its_html_show_the_jobs_offline(page, lab, browser, t
         context.close()
 
 
+def test_a_lost_job_is_finished_from_the_panel(page, lab, tmp_path):
+    """A job whose kernel died (its host killed mid-job) shows as lost; "Finish" runs
+    `%cloud attach` in the current notebook's kernel, which finishes it."""
+    from cloudbutton_executor import integrity, protocol
+    from cloudbutton_executor.storage import LocalStorage
+    from test_resume import run_host
+
+    env = dict(os.environ, CLOUDBUTTON_STORAGE_DIR=str(lab["storage"]))
+    job_id = run_host(tmp_path, n=12, workers=1, sleep=0.2, die_after=2, env=env)
+    # Age its dispatch record (sealed again with the job's key, as its host would have):
+    # the panel calls a job lost once its host stopped writing it, 30 s later.
+    storage = LocalStorage(str(lab["storage"]))
+    rkey = protocol.dispatch_key("cloudbutton", job_id)
+    key = integrity.job_key(job_id)
+    record = integrity.open_sealed(key, protocol.object_name("cloudbutton", rkey), storage.get(rkey))
+    record.update(updated=time.time() - 600, deadline=time.time() - 600)
+    storage.put(rkey, integrity.seal(key, protocol.object_name("cloudbutton", rkey), record))
+
+    panel = _open_panel(page)
+    panel.locator(".cb-all-jobs").check()
+    row = panel.locator(f".cb-job.cb-state-lost[data-job-id='{job_id}']")
+    row.wait_for(timeout=30_000)
+    _select_cell(page, 4)
+    row.locator(".cb-job-finish").click()
+    panel.locator(f".cb-job.cb-state-done[data-job-id='{job_id}']").wait_for(timeout=60_000)
+    cell = _cell(page, 5)  # inserted below the selected cell
+    assert f"%cloud attach {job_id}" in cell.locator(".jp-InputArea").inner_text()
+    cell.locator(".cloudbutton-job:has-text('12 done')").wait_for(timeout=30_000)
+    assert "already loaded" not in cell.inner_text()  # the magics were loaded silently
+    _wait_kernel_idle(page)
+    panel.locator(".cb-all-jobs").uncheck()
+
+
 def test_missing_server_extension_is_reported(browser, tmp_path):
     """Without the server extension the panel says what to do instead of failing silently."""
     with running_lab(tmp_path, server_extension=False) as lab:

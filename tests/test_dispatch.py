@@ -301,6 +301,51 @@ def test_a_lost_event_is_sent_again_while_redeliveries_last_then_fails(storage, 
     assert isinstance(err, LostInvocationError) and "lost again" in str(err)
 
 
+def _crash_report(storage, job, event, message):
+    from cloudbutton_executor import integrity
+
+    ckey = protocol.crash_key(PREFIX, job.job_id, event["task"], event["attempt"])
+    storage.put(ckey, integrity.seal(job.dispatcher.key, protocol.object_name(PREFIX, ckey), {
+        "v": 3, "job_id": job.job_id, "task": event["task"], "attempt": event["attempt"],
+        "kind": "died", "message": message}))
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_crash_report_ends_backups_and_counts_against_retries(storage, clock, retries):
+    """A task whose silence sent backups, then whose worker crashed: from the first crash
+    report on, no backups, and crashes of the attempts already sent count once."""
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1, 2], timeout=100.0, retries=retries)
+    first, second = be.sent
+    for e in (first, second):
+        be.listener.on_accepted(e, clock())
+    be.run(first)
+    job.dispatcher.tick()
+    clock.advance(31.0)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert backup["task"] == second["task"] and backup["attempt"] == 1
+    be.listener.on_accepted(backup, clock())
+    _crash_report(storage, job, second, "task 000001-000002: worker process was killed by SIGSEGV")
+    job.dispatcher.tick()
+    sent_after_crash = be.sent[3:]
+    assert len(sent_after_crash) == retries  # a retry, or the end
+    _crash_report(storage, job, backup, "the backup crashed too")  # superseded: no effect
+    for _ in range(10):
+        clock.advance(40.0)
+        job.dispatcher.tick()
+        for e in be.sent[3:]:
+            be.listener.on_accepted(e, clock())
+    assert len(be.sent) == 3 + retries  # no backups of a task known to have run
+    if retries:
+        retry = be.sent[-1]
+        assert retry["attempt"] == 2
+        _crash_report(storage, job, retry, "worker process was killed by SIGSEGV again")
+        job.dispatcher.tick()
+    out = job.results(timeout=0)
+    assert isinstance(out[1], WorkerDiedError) and "SIGSEGV" in str(out[1]) and out[0] == 1
+
+
 def test_events_the_backend_refuses_end_their_tasks_at_once(storage, clock):
     be = FakeBackend()
     be.refuse = RuntimeError("the backend has been shut down")

@@ -132,6 +132,7 @@ class Dispatcher:
         self._ran: set[str] = set()                # tasks known to have run (no backups for them)
         self._inherited: set[str] = set()          # tasks a dead host sent (see resume)
         self._next_record_check = -math.inf
+        self._resumed = False                      # taken over from a host that died
         self._storage_desc = storage.describe()
         self._lock = threading.RLock()
         self._next_item = 0                       # the first item not yet planned
@@ -213,6 +214,7 @@ class Dispatcher:
         sent = records.in_flight(record)
         with self._lock:
             self._epoch = epoch
+            self._resumed = True
             self.following = False
             self._follow_deadline = None
             self.inputs = inputs
@@ -336,7 +338,14 @@ class Dispatcher:
         with self._lock:
             for n in self.plan_sizes():
                 start = self._next_item
-                self._next_item += n
+                if self._resumed:
+                    # Items a dead host's workers stored meanwhile are not sent again.
+                    start = self.store.next_open(start)
+                    if start >= self.spec.n_items:
+                        self._next_item = start
+                        break
+                    n = min(n, self.store.open_until(start) - start)
+                self._next_item = start + n
                 tid = protocol.task_id(start, start + n, self.spec.n_items)
                 event = self.event(tid, start, start + n)
                 self._inflight[tid] = event
