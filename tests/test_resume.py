@@ -41,11 +41,6 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s
 
 ex = Executor({backend!r}, workers={workers}{options})
 job = ex.attach(sys.argv[1])
-import time as _t
-for _ in range(40):
-    if job.wait(1): break
-    d = job.dispatcher
-    print("DBG", job.counts(), sorted(d._inflight), d._next_item, d.following, d.error, file=sys.stderr)
 out = job.results(timeout={wait})
 print(json.dumps({{"results": [o if not isinstance(o, BaseException) else repr(o) for o in out],
                   "retried": job.retried, "attached": job.attached,
