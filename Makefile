@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every install resolves from the committed lock (`make lock` refreshes it), the isolated
+# build environment of the labextension hook included.
+LOCK := requirements/lock.txt
+PIP_LOCKED = -m pip install -q -c $(LOCK) --build-constraint $(LOCK)
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab test lint notebooks browser demo bench clean
+.PHONY: install lab test lint notebooks browser demo bench clean lock test-latest
 
-$(STAMP): pyproject.toml $(wildcard package.json) $(wildcard labextension/src/*.ts labextension/style/* labextension/schema/*)
+$(STAMP): pyproject.toml $(LOCK) $(wildcard package.json) $(wildcard labextension/src/*.ts labextension/style/* labextension/schema/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -c $(LOCK) pip  # the locked pip knows --build-constraint
 	# The build hook runs `jlpm install` and builds the labextension (needs node >= 18).
-	$(BIN)/python -m pip install -q -e ".[test,lint]"
+	$(BIN)/python $(PIP_LOCKED) -e ".[test,lint]"
 	# Dev mode: the environment's labextension dir links to the built copy in the tree
 	# (it runs `jupyter-builder`, found on the venv's PATH).
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter labextension develop --overwrite . >/dev/null
@@ -49,8 +53,25 @@ demo: install
 	$(BIN)/python -m cloudbutton_jupyter.demo
 
 bench: install
-	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python $(PIP_LOCKED) -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
 
+# Re-resolve the lock with pip's resolver in a scratch venv (newest releases that fit pyproject).
+lock:
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install -q -U pip
+	build/lock-venv/bin/python requirements/lock.py
+
+# The suite against the newest releases, in its own venv, ignoring the lock.
+test-latest: browser
+	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q -U pip
+	.venv-latest/bin/python -m pip install -q -U --upgrade-strategy eager -e ".[test]"
+	PATH="$(abspath .venv-latest/bin):$$PATH" .venv-latest/bin/jupyter labextension develop --overwrite . >/dev/null
+	mkdir -p build && .venv-latest/bin/python -m pip freeze --exclude-editable > build/latest-versions.txt
+	@echo "versions under test: build/latest-versions.txt (diff it with $(LOCK))"
+	.venv-latest/bin/python -m pytest -q tests
+
 clean:
-	rm -rf $(VENV) build node_modules cloudbutton_jupyter/labextension lib tsconfig.tsbuildinfo
+	rm -rf $(VENV) .venv-latest build node_modules cloudbutton_jupyter/labextension lib tsconfig.tsbuildinfo

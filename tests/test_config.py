@@ -140,8 +140,8 @@ def test_unknown_keys_are_named(tmp_path):
         config.from_dict({"lambda": {"memroy": 512}})
     with pytest.raises(config.ConfigError, match=r"endpoints\.s4 is not a service"):
         config.from_dict({"endpoints": {"s4": "http://127.0.0.1:1"}})
-    with pytest.raises(TypeError, match="unknown option.*runtime_memory"):
-        Executor(runtime_memory=256)
+    with pytest.raises(TypeError, match="unknown option.*runtime_mem"):
+        Executor(runtime_mem=256)  # (runtime_memory is Lithops' name for memory_mb: accepted)
 
 
 def test_the_cli_checks_deploy_options_with_the_schema(capsys):

@@ -1,5 +1,4 @@
 """Every %cloud magic and option, driven through a real IPython shell and real workers."""
-import _thread
 import os
 import sys
 import textwrap
@@ -303,18 +302,6 @@ def test_jobs_attach_cancel_config(ip, capsys):
         ip.run_line_magic("cloud", "config colour=blue")
     with pytest.raises(UsageError, match="backend must be"):
         ip.run_line_magic("cloud", "config backend=k8s")
-
-
-def test_interrupt_cancels_the_job(ip):
-    timer = threading.Timer(1.5, _thread.interrupt_main)
-    timer.start()
-    start = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        cell(ip, "map range(6)", "import time\ntime.sleep(30)")
-    timer.cancel()
-    job = list(ip.runner.jobs.values())[-1]
-    assert job.cancelled and job.counts()["cancelled"] == 6
-    assert time.time() - start < 10
 
 
 def test_text_progress_outside_a_notebook(ip, capsys):

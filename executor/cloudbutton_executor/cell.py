@@ -15,14 +15,16 @@ import types
 from typing import Any
 
 # Warm workers compile each cell once: its statements, and its last expression if any.
-_compiled: dict[str, tuple[types.CodeType, types.CodeType | None]] = {}
+_compiled: dict[tuple[str, str | None], tuple[types.CodeType, types.CodeType | None]] = {}
 
 
-def _compile(code: str) -> tuple[types.CodeType, types.CodeType | None]:
-    hit = _compiled.get(code)
+def _compile(code: str, label: str | None = None) -> tuple[types.CodeType, types.CodeType | None]:
+    hit = _compiled.get((code, label))
     if hit is None:
-        # A named pseudo-file in linecache lets remote tracebacks show the cell's lines.
-        filename = f"<cloud-cell-{hashlib.sha1(code.encode()).hexdigest()[:8]}>"
+        # A named pseudo-file in linecache lets remote tracebacks show the cell's lines;
+        # the label (e.g. "In[5]") says which cell, the hash keeps the name unique.
+        digest = hashlib.sha1(code.encode()).hexdigest()[:8]
+        filename = f"<cloud-cell {label} {digest}>" if label else f"<cloud-cell-{digest}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         tree = ast.parse(code, filename, "exec")
         last = None
@@ -30,7 +32,7 @@ def _compile(code: str) -> tuple[types.CodeType, types.CodeType | None]:
         if isinstance(tail, ast.Expr) and not code.rstrip().endswith(";"):
             tree.body.pop()
             last = compile(ast.Expression(tail.value), filename, "eval")
-        hit = _compiled[code] = (compile(tree, filename, "exec"), last)
+        hit = _compiled[(code, label)] = (compile(tree, filename, "exec"), last)
     return hit
 
 
@@ -55,10 +57,11 @@ class CellTask:
     """
 
     def __init__(self, code: str, namespace: dict[str, Any], name: str | None = None,
-                 mode: str = "last", assigned: tuple[str, ...] = ()):
+                 mode: str = "last", assigned: tuple[str, ...] = (), label: str | None = None):
         if mode not in ("last", "assigned"):
             raise ValueError(f"mode must be 'last' or 'assigned', got {mode!r}")
-        _compile(code)  # a syntax error surfaces here, on the host, before anything is sent
+        _compile(code, label)  # a syntax error surfaces here, on the host, before anything is sent
+        self.label = label  # which cell, for tracebacks ("In[5]")
         self.code = code
         self.namespace = namespace
         self.name = name
@@ -73,7 +76,7 @@ class CellTask:
             if len(element) != 1:
                 raise TypeError(f"a cell task takes one element, got {len(element)}")
             ns[self.name] = element[0]
-        body, last = _compile(self.code)
+        body, last = _compile(self.code, getattr(self, "label", None))  # None: pickled by an older host
         exec(body, ns)
         value = eval(last, ns) if last is not None else None
         if self.mode == "last":

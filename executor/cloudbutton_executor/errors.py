@@ -1,6 +1,8 @@
 """Exceptions a task can end with, besides the user's own."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class RemoteTraceback(Exception):
     """Carries the worker's traceback text; set as ``__cause__`` of a re-raised
@@ -26,6 +28,32 @@ class RemoteError(Exception):
 
     def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
         return (RemoteError, (self.type_name, self.message, self.remote_traceback))
+
+
+class ExceptionByState:
+    """Pickles as ``exc`` rebuilt from its type, ``args`` and ``__dict__`` without calling
+    ``__init__``: for exception classes whose ``__init__`` signature differs from their
+    ``args`` (``pickle`` would call ``cls(*args)`` and fail). Unpickling gives the exception."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        if type(exc).__reduce__ is not BaseException.__reduce__:
+            raise TypeError(f"{type(exc).__qualname__} defines its own __reduce__")
+        return _rebuild_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                       state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
 
 
 class InfrastructureError(Exception):
@@ -59,6 +87,14 @@ class LostInvocationError(InfrastructureError):
     """The invocation never produced a result (dropped event, lost container)."""
 
     kind = "lost"
+
+
+class JobCancelled(KeyboardInterrupt):
+    """Ctrl-C cancelled jobs while the host waited for them; the message counts the outcome
+    ("cancelled: 12 of 40 done, 28 cancelled"). See interrupt.py."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [str(self)]
 
 
 class WorkerSetupError(InfrastructureError):

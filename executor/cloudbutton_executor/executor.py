@@ -14,15 +14,38 @@ from typing import Any
 from . import catalog, config, integrity, job_modules, protocol, screening, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
-from .errors import IntegrityError
+from .errors import IntegrityError, JobCancelled
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
+from .interrupt import cancel_jobs, cancel_on_interrupt
 from .job import Job, new_job
+from .lease import BackendLease
 from .outcomes import gc_paused
 from .storage import LocalStorage, NotFound, Storage
 
 log = logging.getLogger("cloudbutton.executor")
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]  # one task's (args, kwargs)
+
+# Lithops' backend names for ours.
+BACKEND_ALIASES = {"localhost": "local", "aws_lambda": "lambda"}
+# Lithops map_reduce() options with no equivalent here, and why.
+_UNSUPPORTED_MAP_REDUCE = {
+    "spawn_reducer": "the reduce starts once every map task has ended",
+    "extra_env": "workers see only their event; pass values as arguments",
+    "obj_chunk_size": "no storage-object partitioning", "obj_chunk_number": "no storage-object partitioning",
+    "obj_newline": "no storage-object partitioning", "obj_reduce_by_key": "no storage-object partitioning",
+    "include_modules": "local modules travel by value automatically",
+    "exclude_modules": "local modules travel by value automatically",
+}
+
+
+def _alias(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """``value``, or the Lithops-named ``alias_value``; both given is an error."""
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise TypeError(f"give {name} or its Lithops name {alias}, not both")
+    return alias_value
 
 
 def _as_call(item: Any, extra_args: tuple[Any, ...] | dict[str, Any] | None) -> Call:
@@ -73,8 +96,16 @@ class Executor:
     def __init__(self, backend: str | Backend = "local", *, workers: int | None = None,
                  storage: Storage | None = None, prefix: str | None = None,
                  timeout: float | None = None, memory_mb: int | None = None, retries: int = 0,
-                 auto_batch_target_s: float | None = None, **backend_options: Any):
+                 auto_batch_target_s: float | None = None, runtime_memory: int | None = None,
+                 max_workers: int | None = None, **backend_options: Any):
         where = "Executor(): "
+        if isinstance(backend, str):
+            backend = BACKEND_ALIASES.get(backend, backend)
+        memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
+        workers = _alias("workers", workers, "max_workers", max_workers)
+        if storage is not None and not isinstance(storage, Storage):
+            raise TypeError(f"{where}storage must be a Storage object (LocalStorage, S3Storage), "
+                            f"got {type(storage).__name__} {storage!r}")
         self.backend: Backend
         if isinstance(backend, Backend):
             if workers is not None or backend_options:
@@ -119,6 +150,11 @@ class Executor:
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._closed = False
+        self._uncollected: list[tuple[Any, bool]] = []  # (job or future, single call): get_result()
+        self._reduces: list[cf.Future[Any]] = []
+        # The backend lives while this executor or one of its jobs needs it (see lease.py).
+        self._lease = BackendLease(self.backend, owned=isinstance(backend, str))
+        weakref.finalize(self, self._lease.drop_owner)
 
     # concurrent.futures-style context management ----------------------------
     def __enter__(self) -> Executor:
@@ -126,26 +162,49 @@ class Executor:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, JobCancelled):
+            # Ctrl-C anywhere in the block: cancel what runs, say so in one line.
+            cancelled = cancel_jobs(list(self._jobs))
+            self.shutdown(wait=False, cancel_futures=True)
+            if cancelled is not None:
+                raise cancelled from None
+            return
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new work. ``cancel_futures``: cancel every unfinished job (queued items and
+        running workers alike). ``wait``: return once every job has ended and the
+        backend's threads and processes are gone; else they go when the jobs end."""
         self._closed = True
-        for job in list(self._jobs):
-            if cancel_futures:
+        jobs = list(self._jobs)
+        if cancel_futures:
+            for job in jobs:
                 job.cancel()
-            elif wait:
+        if wait:
+            for job in jobs:
                 job.wait()
+            cf.wait(list(self._reduces))
+            for job in jobs:
+                self._lease.job_ended(job)  # don't leave it to the job's listener thread
+        monitor = self._monitor
+        if wait and monitor is not None and monitor is not threading.current_thread():
+            monitor.join()
+        self._lease.drop_owner(wait=wait)
 
     # Submission -------------------------------------------------------------
     def map(self, fn: Callable[..., Any], iterdata: Iterable[Any], *,
             extra_args: tuple[Any, ...] | dict[str, Any] | None = None,
-            chunksize: int | str = 1, timeout: float | None = None, retries: int | None = None,
-            memory_mb: int | None = None, label: str | None = None) -> Job:
+            chunksize: int | str | None = 1, timeout: float | None = None, retries: int | None = None,
+            memory_mb: int | None = None, label: str | None = None,
+            runtime_memory: int | None = None) -> Job:
         """Run ``fn`` once per element of ``iterdata``; returns a ``Job`` of futures in input order.
 
         Elements may be scalars (``fn(x)``), tuples (``fn(*t)``) or dicts (``fn(**d)``);
-        ``extra_args`` (tuple or dict) is appended to every call.
+        ``extra_args`` (tuple or dict) is appended to every call. ``runtime_memory`` is
+        Lithops' name for ``memory_mb``; ``chunksize=None`` (Lithops' default) means 1.
         """
+        memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
+        chunksize = 1 if chunksize is None else chunksize
         if not callable(fn):
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
         options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
@@ -159,24 +218,53 @@ class Executor:
             calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
         return self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
 
-    def call_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> cf.Future[Any]:
+    def call_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
         if not callable(fn):
             raise TypeError(f"call_async() needs a callable, got {type(fn).__name__}")
-        return self._submit(fn, [(args, kwargs)], **self._job_options())[0]
+        return self._submit(fn, [(args, kwargs)], single=True, **self._job_options())[0]
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """``concurrent.futures`` name of ``call_async``."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
+        return self._submit(fn, [(args, kwargs)], single=True, **self._job_options())[0]
 
     def map_reduce(self, map_fn: Callable[..., Any], iterdata: Iterable[Any],
-                   reduce_fn: Callable[[list[Any]], Any], **map_options: Any) -> MapReduceFuture:
+                   reduce_fn: Callable[[list[Any]], Any], *,
+                   extra_args: tuple[Any, ...] | dict[str, Any] | None = None,
+                   chunksize: int | str | None = None, timeout: float | None = None,
+                   retries: int | None = None, memory_mb: int | None = None,
+                   map_runtime_memory: int | None = None, reduce_runtime_memory: int | None = None,
+                   label: str | None = None, **unsupported: Any) -> MapReduceFuture:
         """Map, then run ``reduce_fn(list_of_results)`` remotely on the stored results.
 
-        Returns the reduce task's future; it fails with the first map failure.
+        Returns the reduce task's future; it fails with the first map failure. Options
+        apply to the map; ``map_runtime_memory``/``reduce_runtime_memory`` (Lithops'
+        names) set each phase's memory, ``memory_mb`` both.
         """
+        if unsupported:
+            raise TypeError("map_reduce() does not take " + "; ".join(
+                f"{k} ({_UNSUPPORTED_MAP_REDUCE[k]})" if k in _UNSUPPORTED_MAP_REDUCE else k
+                for k in sorted(unsupported)))
         if not callable(reduce_fn):
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
-        map_job = self.map(map_fn, iterdata, **map_options)
+        map_job = self.map(map_fn, iterdata, extra_args=extra_args, chunksize=chunksize,
+                           timeout=timeout, retries=retries, label=label,
+                           memory_mb=map_runtime_memory or memory_mb)
+        # get_result() collects the reduce's value, not the map's results.
+        self._uncollected = [u for u in self._uncollected if u[0] is not map_job]
+        reduce_memory = reduce_runtime_memory or memory_mb
+        reduce_options = dict(self._job_options(timeout=timeout, memory_mb=reduce_memory), track=False)
         reduce_blob, reduce_modules = job_modules.dumps_with_modules(
             reduce_fn, f"reduce function {getattr(reduce_fn, '__name__', '')}")
         outer = MapReduceFuture(map_job)
+        # The reduce is submitted later, from a thread: the backend must outlive a shutdown.
+        lease = self._lease
+        lease.hold()
+        outer.add_done_callback(lambda _f: lease.let_go())
+        self._reduces = [f for f in self._reduces if not f.done()] + [outer]
+        self._uncollected.append((outer, True))
 
         def run_reduce() -> None:
             try:
@@ -188,14 +276,14 @@ class Executor:
             try:
                 job = self._submit_blob(reduce_blob, getattr(reduce_fn, "__name__", "reduce"),
                                         [b""], reduce={"job_id": map_job.job_id, "tasks": tasks},
-                                        modules=reduce_modules, **self._job_options())
+                                        modules=reduce_modules, **reduce_options)
                 job[0].add_done_callback(lambda f: _chain(f, outer))
             except BaseException as exc:  # storage errors must reach the caller
                 outer.set_exception(exc)
 
         if not len(map_job):
             self._submit_blob(reduce_blob, "reduce", [serialize.dumps((([],), {}), "reduce input")],
-                              modules=reduce_modules, **self._job_options()
+                              modules=reduce_modules, **reduce_options
                               )[0].add_done_callback(lambda f: _chain(f, outer))
         else:
             threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
@@ -247,7 +335,7 @@ class Executor:
     def _submit_blob(self, blob: bytes, name: str, payloads: list[serialize.Payload], *, chunksize: int | str,
                      timeout: float | None, retries: int, memory_mb: int | None,
                      label: str | None = None, reduce: dict[str, Any] | None = None,
-                     modules: Collection[str] = ()) -> Job:
+                     modules: Collection[str] = (), single: bool = False, track: bool = True) -> Job:
         # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as
         # asked; it decides the memory and timeout the job runs with.
         fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
@@ -271,22 +359,60 @@ class Executor:
         job = new_job(spec, self.backend, self.storage, payloads)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done()] + [job]
+            if track and self.track_uncollected:
+                self._uncollected.append((job, single))
+        self._lease.hold(job)
         if payloads:
-            job.dispatcher.start()
-            self._ensure_monitor()
+            with cancel_on_interrupt(job):  # never leave a started job unknown to the caller
+                job.dispatcher.start()
+                self._ensure_monitor()
         return job
 
     # Waiting ----------------------------------------------------------------
-    def wait(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]], return_when: str = ALL_COMPLETED,
+    track_uncollected = True  # keep jobs for get_result()/wait() without futures (PyWren, Lithops)
+
+    @staticmethod
+    def _futures_of(entry: Any) -> list[cf.Future[Any]]:
+        return [entry] if isinstance(entry, cf.Future) else list(entry.futures)
+
+    def _uncollected_futures(self, what: str) -> list[cf.Future[Any]]:
+        if not self._uncollected:
+            raise ValueError(f"{what}() without futures collects this executor's calls not yet "
+                             "collected, and there are none: call map(), call_async() or "
+                             "map_reduce() first, or pass the futures")
+        return [f for entry, _single in self._uncollected for f in self._futures_of(entry)]
+
+    def wait(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]] | None = None,
+             return_when: str = ALL_COMPLETED,
              timeout: float | None = None) -> cf._base.DoneAndNotDoneFutures[Any]:
-        return wait(fs, return_when=return_when, timeout=timeout)
+        """``concurrent.futures.wait``; without ``fs``, over this executor's futures not yet
+        collected by ``get_result()``."""
+        return wait(self._uncollected_futures("wait") if fs is None else fs,
+                    return_when=return_when, timeout=timeout)
 
-    def as_completed(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]],
+    def as_completed(self, fs: cf.Future[Any] | Iterable[cf.Future[Any]] | None = None,
                      timeout: float | None = None) -> Iterator[cf.Future[Any]]:
-        return as_completed(fs, timeout=timeout)
+        return as_completed(self._uncollected_futures("as_completed") if fs is None else fs,
+                            timeout=timeout)
 
-    def get_result(self, fs: Any, timeout: float | None = None) -> Any:
-        return get_result(fs, timeout=timeout)
+    def get_result(self, fs: Any = None, timeout: float | None = None) -> Any:
+        """Results of ``fs`` in order (raises the first failure). Without ``fs``: the results
+        of this executor's calls not yet collected, in submission order, which are then
+        collected; a lone ``call_async``/``map_reduce`` gives its value, not a list (Lithops)."""
+        if fs is not None:
+            value = get_result(fs, timeout=timeout)
+            given = [fs] if isinstance(fs, (Job, cf.Future)) else list(fs)
+            ids = {id(getattr(getattr(f, "_records", None), "job", None) or f) for f in given}
+            self._uncollected = [u for u in self._uncollected if id(u[0]) not in ids]
+            return value
+        pending = list(self._uncollected)
+        futures = self._uncollected_futures("get_result")
+        if len(pending) == 1 and pending[0][1]:
+            value = get_result(futures[0], timeout=timeout)
+        else:
+            value = get_result(futures, timeout=timeout)
+        self._uncollected = [u for u in self._uncollected if u not in pending]
+        return value
 
     # Jobs in storage ----------------------------------------------------------
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -294,11 +420,12 @@ class Executor:
         return list_jobs(self.storage, self.prefix, config.check("limit", limit, "jobs(): "))
 
     def attach(self, job_id: str) -> Job:
-        """Re-attach to a job from its manifest (e.g. after a kernel restart).
+        """Re-attach to a job from its (verified) manifest, e.g. after a kernel restart.
 
-        Tasks already stored are collected without re-running anything; the
-        rest finish as their statuses appear, or as lost once their deadline passed.
-        """
+        Tasks already stored are collected without re-running anything. A job whose host
+        is gone is taken over and finished: what was never sent is sent, what is overdue
+        is sent again within its budgets. A job whose host still runs is followed (and
+        taken over if that host stops)."""
         config.check("job_id", job_id, "attach(): ")
         mkey = protocol.manifest_key(self.prefix, job_id)
         try:
@@ -324,6 +451,7 @@ class Executor:
                 "host's key file here to attach it) or the manifest was tampered with") from err
         job = new_job(JobSpec.from_manifest(manifest, self.prefix), self.backend, self.storage,
                       payloads=None)
+        self._lease.hold(job)  # it may send invocations: the backend stays until it ends
         job.dispatcher.follow()
         # Its host is gone (a kernel restart): take it over at once and finish it. Else
         # follow it; the monitor takes over if that host stops.
@@ -360,7 +488,7 @@ def _monitor_loop(ref: weakref.ReferenceType[Executor]) -> None:
             # Linger: starting a thread per map() costs a GIL hand-off that can take
             # milliseconds while the backend's threads are busy.
             idle_since = idle_since or now
-            if now - idle_since > _MONITOR_LINGER_S:
+            if ex._closed or now - idle_since > _MONITOR_LINGER_S:
                 with ex._lock:
                     if all(j.done() for j in ex._jobs):
                         ex._monitor = None  # decided under the lock _ensure_monitor takes

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError
 from typing import Any, Protocol
 
+from .interrupt import cancel_on_interrupt
+
 ANY_COMPLETED = FIRST_COMPLETED  # Lithops' name for the same thing
 
 __all__ = ["TaskFuture", "wait", "as_completed", "get_result", "ALL_COMPLETED", "ANY_COMPLETED",
@@ -41,6 +43,15 @@ class TaskFuture(cf.Future[Any]):
         self.job_id = records.job_id
         self.index = index
         self.synced = 0  # the item state the job last gave this future (0: queued)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Like ``Future.result``; Ctrl-C while waiting cancels the job (see interrupt.py)."""
+        with cancel_on_interrupt(*_jobs_of([self])):
+            return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        with cancel_on_interrupt(*_jobs_of([self])):
+            return super().exception(timeout)
 
     @property
     def task_id(self) -> str | None:
@@ -78,16 +89,41 @@ def _futures(fs: cf.Future[Any] | Iterable[cf.Future[Any]]) -> list[cf.Future[An
     return list(fs)
 
 
+def _jobs_of(fs: Any) -> list[Any]:
+    """The jobs behind ``fs`` (a Job, or futures of jobs), for cancelling on Ctrl-C."""
+    if hasattr(fs, "item_state") and not isinstance(fs, cf.Future):
+        return [fs]
+    jobs = (getattr(getattr(f, "_records", None), "job", None) for f in fs)
+    return list({id(j): j for j in jobs if j is not None}.values())
+
+
 def wait(fs: cf.Future[Any] | Iterable[cf.Future[Any]], return_when: str = ALL_COMPLETED,
          timeout: float | None = None) -> cf._base.DoneAndNotDoneFutures[Any]:
     """Like ``concurrent.futures.wait``; ``fs`` may be a Job, a future or futures."""
-    return cf.wait(_futures(fs), timeout=timeout, return_when=return_when)
+    futures = _futures(fs)
+    with cancel_on_interrupt(*_jobs_of(futures)):
+        return cf.wait(futures, timeout=timeout, return_when=return_when)
 
 
 def as_completed(fs: cf.Future[Any] | Iterable[cf.Future[Any]],
                  timeout: float | None = None) -> Iterator[cf.Future[Any]]:
-    """Like ``concurrent.futures.as_completed``; ``fs`` may be a Job."""
-    return cf.as_completed(_futures(fs), timeout=timeout)
+    """Like ``concurrent.futures.as_completed``; ``fs`` may be a Job. Ctrl-C while it waits
+    cancels the jobs."""
+    futures = _futures(fs)
+    return _cancelling(cf.as_completed(futures, timeout=timeout), _jobs_of(futures))
+
+
+def _cancelling(it: Iterator[cf.Future[Any]], jobs: list[Any]) -> Iterator[cf.Future[Any]]:
+    box: list[cf.Future[Any]] = []
+    while True:
+        with cancel_on_interrupt(*jobs):
+            for f in it:
+                box.append(f)
+                break
+            else:
+                return
+        del f
+        yield box.pop()  # no local keeps the future while the caller has it
 
 
 def get_result(fs: Any, timeout: float | None = None) -> Any:
@@ -99,7 +135,8 @@ def get_result(fs: Any, timeout: float | None = None) -> Any:
     if isinstance(fs, Job):  # it holds the results already, no futures needed
         return fs.result(timeout)
     futures = _futures(fs)
-    _, not_done = cf.wait(futures, timeout=timeout)
+    with cancel_on_interrupt(*_jobs_of(futures)):
+        _, not_done = cf.wait(futures, timeout=timeout)
     if not_done:
         raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} tasks not done after {timeout} s")
     return [f.result() for f in futures]

@@ -15,6 +15,7 @@ from . import accounting, serialize
 from .backends.base import Backend
 from .dispatch import Dispatcher, JobSpec
 from .futures import TaskFuture
+from .interrupt import cancel_on_interrupt
 from .outcomes import OutcomeStore
 from .storage import Storage
 
@@ -40,6 +41,7 @@ class Job(Sequence[TaskFuture]):
         self.spec = spec
         self.outcomes = store
         self.dispatcher = dispatcher
+        store.job = self
 
     # What the job is -----------------------------------------------------------
     @property
@@ -149,12 +151,18 @@ class Job(Sequence[TaskFuture]):
 
     # Waiting and results ------------------------------------------------------------
     def result(self, timeout: float | None = None) -> list[Any]:
-        """All results in input order; raises the first failure."""
-        return self.outcomes.result(timeout)
+        """All results in input order; raises the first failure. Ctrl-C cancels the job."""
+        with cancel_on_interrupt(self):
+            return self.outcomes.result(timeout)
 
     def results(self, timeout: float | None = None) -> list[Any]:
         """All outcomes in input order: a result, or the exception the task ended with."""
-        return self.outcomes.results(timeout)
+        with cancel_on_interrupt(self):
+            return self.outcomes.results(timeout)
+
+    def forget(self, i: int) -> None:
+        """See ``OutcomeStore.forget``."""
+        self.outcomes.forget(i)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every task has ended; False on timeout."""

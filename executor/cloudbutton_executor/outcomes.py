@@ -93,6 +93,7 @@ class OutcomeStore:
         self.listener_error: Exception | None = None  # the last error a listener raised
         self._done = threading.Event()
         self._lock = threading.RLock()
+        self.job: Any = None  # the Job over this store: a future's wait cancels it on Ctrl-C
         if not n_items:
             self.finish()
 
@@ -216,6 +217,15 @@ class OutcomeStore:
     def item_attempts(self, i: int) -> int:
         tid = self.item_task(i)
         return int((self._task_host.get(tid) or {}).get("attempts", 0)) if tid else 0
+
+    def forget(self, i: int) -> None:
+        """Drop the references to ended item ``i``'s value and future (its state stays): for
+        callers that take each result once (``CloudPoolExecutor.map``), so that a result
+        lives only as long as they keep it."""
+        with self._lock:
+            if self._state[i] > RUNNING:
+                self._values[i] = None
+                self._futs.pop(i, None)
 
     # The futures view ---------------------------------------------------------
     def future(self, i: int) -> TaskFuture:

@@ -26,6 +26,7 @@ from typing import Any, TypeAlias, cast
 import cloudpickle
 
 from . import screening
+from .sources import code_source, restore_code, shipped_name
 
 # Our own packages are installed wherever the user put them (often an editable
 # checkout); they must never be shipped by value.
@@ -39,11 +40,28 @@ class SecretError(SerializationError):
     """An object would carry credentials to the workers."""
 
 
+class _CodeAsIs:
+    """A code object to reduce with cloudpickle's own code reducer."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: types.CodeType):
+        self.code = code
+
+
 class _GuardedPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types
     """cloudpickle that refuses credential objects wherever they hide, and the globals of
     by-value functions whose names say they hold secrets (see ``screening``)."""
 
     def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is types.CodeType:
+            # By-value code (only that reaches a code object's reducer) travels with its
+            # file name and source lines: see sources.py.
+            first, lines = code_source(obj)
+            return restore_code, (_CodeAsIs(obj), shipped_name(obj.co_filename), first, lines)
+        if t is _CodeAsIs:
+            return self.dispatch_table[types.CodeType](obj.code)
         why = screening.check_object(obj)
         if why:
             raise SecretError(why)

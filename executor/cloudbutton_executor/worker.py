@@ -24,7 +24,8 @@ from typing import Any, TextIO
 
 from . import context as _context
 from . import integrity, protocol
-from .errors import IntegrityError, OutOfMemoryError, RemoteError, TaskTimeoutError
+from .errors import (ExceptionByState, IntegrityError, OutOfMemoryError, RemoteError,
+                     TaskTimeoutError)
 from .local_runtime import CANCELLED_EXIT_CODE, seconds_since_process_start
 from .storage import NotFound, Storage, storage_from_description
 
@@ -78,12 +79,22 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def _picklable_exception(exc: BaseException, record: dict[str, Any]) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RemoteError(record["type"], record["message"], record["traceback"])
+def _picklable_exception(exc: BaseException, record: dict[str, Any]) -> Any:
+    """``exc`` if it survives the trip back, else a RemoteError with its type, message
+    and traceback. cloudpickle, not pickle: an exception class defined in the notebook
+    or a local module came by value and goes back by value (cloudpickle's class
+    tracker hands the host its own class again, so ``except Boom`` works there).
+    An exception whose ``__init__`` takes other arguments than its ``args`` (which
+    plain unpickling cannot call) travels as its type, args and attributes."""
+    import cloudpickle
+
+    for candidate in (exc, ExceptionByState(exc)):
+        try:
+            cloudpickle.loads(cloudpickle.dumps(candidate, protocol=pickle.HIGHEST_PROTOCOL))
+            return candidate
+        except Exception:
+            continue
+    return RemoteError(record["type"], record["message"], record["traceback"])
 
 
 class _Tee(io.TextIOBase):

@@ -8,13 +8,17 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime
 import os
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
 
 from cloudbutton_executor import Executor, SerializationError, catalog, config, protocol
 from cloudbutton_executor.cell import CellTask
+from cloudbutton_executor.errors import JobCancelled
+from cloudbutton_executor.interrupt import cancel_jobs
 
 from . import capture as cap
 
@@ -105,6 +109,7 @@ class CloudRunner:
         ex = self._executors.get(key)
         if ex is None:
             ex = self._executors[key] = Executor(settings["backend"], workers=settings["workers"])
+            ex.track_uncollected = False  # the runner keeps its jobs itself (self.jobs)
         return ex
 
     # %%cloud map / %cloud map -----------------------------------------------------
@@ -116,7 +121,7 @@ class CloudRunner:
             code = self._python_code(req.body, body_first_line(self.shell))
             try:
                 captured, report = cap.capture(code, self.shell.user_ns, exclude={req.name})
-                fn = CellTask(code, captured, name=req.name)
+                fn = CellTask(code, captured, name=req.name, label=self._cell_label())
             except (cap.CaptureError, SyntaxError) as err:
                 raise UsageError(str(err)) from None
             calls = [(v,) for v in values]
@@ -147,7 +152,8 @@ class CloudRunner:
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
             _, assigned = cap.analyse(code)
-            fn = CellTask(code, captured, name=None, mode="assigned", assigned=tuple(assigned))
+            fn = CellTask(code, captured, name=None, mode="assigned", assigned=tuple(assigned),
+                          label=self._cell_label())
         except (cap.CaptureError, SyntaxError) as err:
             raise UsageError(str(err)) from None
         if dry_run:
@@ -236,6 +242,18 @@ class CloudRunner:
                              f"after {len(out)} elements; nothing was submitted") from None
         return out
 
+    def _cell_label(self) -> str | None:
+        """The running cell's name as IPython's tracebacks give it ("In[5]"): the caller
+        frame whose file IPython's compiler knows as a cell."""
+        name_of = getattr(getattr(self.shell, "compile", None), "format_code_name", None)
+        frame: types.FrameType | None = sys._getframe(1)
+        while frame is not None and name_of is not None:
+            label = name_of(frame.f_code.co_filename)
+            if label:
+                return label[1]
+            frame = frame.f_back
+        return None
+
     def _python_code(self, body: str, first_line: int = 2) -> str:
         """The body as plain Python; errors name the line as the user sees it in the
         cell (``first_line``: the body's first line number, after the ``%%cloud`` line)."""
@@ -262,26 +280,31 @@ class CloudRunner:
         return job
 
     def _follow(self, job, report, *, out, noblock, raise_):
-        from .widget import make_progress
+        view = None
+        try:  # from the first line: the job runs already, and Ctrl-C may come at any time
+            from .widget import make_progress
 
-        view = make_progress(job, capture_report=report)
-        view.display()
-        if noblock:
-            if out:
-                self.shell.user_ns[out] = job
-            view.start_background()
-            return None
-        try:
+            view = make_progress(job, capture_report=report)
+            view.display()
+            if noblock:
+                if out:
+                    self.shell.user_ns[out] = job
+                view.start_background()
+                return None
             while not job.wait(0.2):
                 view.update()
-        except KeyboardInterrupt:
-            job.cancel()
-            view.finish()
+        except KeyboardInterrupt as exc:
+            # Ctrl-C / kernel interrupt: cancel the job, keep what finished, and end the
+            # cell with one line (JobCancelled renders as its message in IPython).
+            cancelled = exc if isinstance(exc, JobCancelled) else cancel_jobs([job])
+            if view is not None:
+                view.finish()
             if out:
                 self.shell.user_ns[out] = job.results()
-            print(f"job {job.job_id} cancelled; finished results are in {out!r}" if out else
-                  f"job {job.job_id} cancelled")
-            raise
+            if cancelled is None:
+                raise
+            note = f"; finished results are in {out!r}" if out else ""
+            raise JobCancelled(f"{cancelled}{note} (job {job.job_id})") from None
         view.finish()
         outcomes = job.results()
         if out:

@@ -119,3 +119,14 @@ class Backend(abc.ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - optional: most backends hold nothing
         """Release threads and processes."""
+
+    def release(self, wait: bool = False) -> None:
+        """The executor that made or took this backend, and all its jobs, are done with it
+        (see lease.py). A backend of its own shuts down; a shared one (the local pool)
+        when its last holder releases it. ``wait``: see ``join``."""
+        self.shutdown()
+        if wait:
+            self.join()
+
+    def join(self) -> None:  # noqa: B027 - optional: most backends have nothing to wait for
+        """After shutdown: return once its threads and processes have ended."""

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from .. import local_runtime
@@ -34,9 +35,13 @@ _pools: dict[tuple[Any, ...], LocalBackend] = {}
 _pools_lock = threading.Lock()
 
 
-def get_local_backend(workers: int | None = None) -> LocalBackend:
+def get_local_backend(workers: int | None = None, **options: Any) -> LocalBackend:
     """A process-wide pool per concurrency level, so warm workers are reused
-    across executors (as Lambda reuses warm containers across invocations)."""
+    across the executors that hold it at the same time (as Lambda reuses warm
+    containers). Each call takes one hold; ``release()`` gives it back, and the
+    last release shuts the pool down: no thread or process outlives its users."""
+    if options:
+        raise TypeError(f"unknown option(s) for the local backend: {', '.join(sorted(options))}")
     workers = int(workers or os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
@@ -46,13 +51,16 @@ def get_local_backend(workers: int | None = None) -> LocalBackend:
         pool = _pools.get(key)
         if pool is None or pool.closed:
             pool = _pools[key] = LocalBackend(workers, env)
+            pool._key = key
+        pool._holds += 1
         return pool
 
 
 @atexit.register
 def _shutdown_all() -> None:
+    # The interpreter is exiting: running tasks cannot report to anyone any more.
     for pool in list(_pools.values()):
-        pool.shutdown()
+        pool.shutdown(kill_running=True)
 
 
 def _worker_env(workers: int) -> dict[str, str]:
@@ -117,6 +125,8 @@ class LocalBackend(Backend):
         self._cwd = self._env.get("HOME") or "/"
         if not os.path.isdir(self._cwd):
             self._cwd = "/"
+        self._key: tuple[Any, ...] = ()  # its key in the process-wide _pools
+        self._holds = 0  # executors holding it (see get_local_backend)
         self._threads = [threading.Thread(target=self._slot, args=(i,), daemon=True,
                                           name=f"cloudbutton-local-{i}") for i in range(workers)]
         for t in self._threads:
@@ -138,20 +148,41 @@ class LocalBackend(Backend):
         """Drop the job's queued events and kill its running workers."""
         with self._cond:
             self._queue = collections.deque(x for x in self._queue if x[0]["job_id"] != job_id)
-            for slot, (event, proc) in list(self._running.items()):
-                if event["job_id"] == job_id:
-                    self._killed.add(slot)
-                    proc.doomed = True
-                    try:
-                        proc.popen.kill()
-                    except ProcessLookupError:
-                        pass
+            self._kill_running(lambda event: event["job_id"] == job_id)
 
-    def shutdown(self) -> None:
+    def _kill_running(self, which: Callable[[dict[str, Any]], bool]) -> None:
+        """Kill the workers running an event for which ``which(event)`` holds (lock held);
+        their processes are never handed another event."""
+        for slot, (event, proc) in list(self._running.items()):
+            if which(event):
+                self._killed.add(slot)
+                proc.doomed = True
+                try:
+                    proc.popen.kill()
+                except ProcessLookupError:
+                    pass
+
+    def release(self, wait: bool = True) -> None:
+        """Give back one hold; the last one shuts the pool down (and, with ``wait``,
+        joins its threads and worker processes)."""
+        with _pools_lock:
+            self._holds -= 1
+            if self._holds > 0:
+                return
+            if _pools.get(self._key) is self:
+                del _pools[self._key]
+        self.shutdown(wait=wait)
+
+    def shutdown(self, wait: bool = False, kill_running: bool = False) -> None:
+        """Take no more events: queued ones end as lost, running ones finish (or are killed,
+        with ``kill_running``), idle workers exit (their stdin closes). ``wait``: return
+        once every slot thread (and so its process) has ended."""
         with self._cond:
             self.closed = True
             dropped = list(self._queue)
             self._queue.clear()
+            if kill_running:
+                self._kill_running(lambda event: True)
             self._cond.notify_all()
         for event, listener in dropped:  # never sent to a worker: lost, not left hanging
             try:
@@ -160,6 +191,18 @@ class LocalBackend(Backend):
                     event["task"]))
             except Exception:
                 log.exception("a listener failed on a lost event of job %s", event.get("job_id"))
+        if wait:
+            self.join()
+
+    def join(self) -> None:
+        """After shutdown: wait until every slot thread (and so its process) has ended.
+        A pool still held by another executor is not shut down: nothing to wait for."""
+        if not self.closed:
+            return
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join()
 
     def status(self) -> dict[str, Any]:
         return {"backend": "local", "workers": self.workers, "ok": not self.closed}
