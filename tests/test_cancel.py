@@ -47,17 +47,20 @@ def event_for(storage, fn, items, chunksize=1):
     return job, be.sent[0]
 
 
-def cancel(storage, job):
-    storage.put_if_absent(protocol.cancel_key("cb", job.job_id),
-                          protocol.cancel_marker(by="jupyter-panel", at=time.time()))
-
-
-def test_a_long_item_stops_within_seconds_of_the_marker_and_writes_nothing(storage, runtime):
-    job, event = event_for(storage, nap, [60])
+def run_then_cancel(storage, runtime, fn, items, chunksize=1):
+    """Send the runtime a task, let it run for a second, then write its job's cancel
+    marker (as the Jupyter panel does); returns (job, event, when the marker was written)."""
+    job, event = event_for(storage, fn, items, chunksize)
     runtime.send(event)
     time.sleep(1.0)
     t0 = time.time()
-    cancel(storage, job)
+    storage.put_if_absent(protocol.cancel_key("cb", job.job_id),
+                          protocol.cancel_marker(by="jupyter-panel", at=t0))
+    return job, event, t0
+
+
+def test_a_long_item_stops_within_seconds_of_the_marker_and_writes_nothing(storage, runtime):
+    job, event, t0 = run_then_cancel(storage, runtime, nap, [60])
     response = runtime.recv(time.time() + 20)
     took = time.time() - t0
     assert response == {"task": event["task"], "state": "cancelled"}
@@ -72,22 +75,14 @@ def test_a_long_item_stops_within_seconds_of_the_marker_and_writes_nothing(stora
 
 def test_a_batch_stops_between_items(storage, runtime):
     """Items that cannot be interrupted, but short: the batch stops at the next item."""
-    job, event = event_for(storage, stubborn, [0.3] * 40, chunksize=40)
-    runtime.send(event)
-    time.sleep(1.0)
-    t0 = time.time()
-    cancel(storage, job)
+    job, _event, t0 = run_then_cancel(storage, runtime, stubborn, [0.3] * 40, chunksize=40)
     assert runtime.recv(time.time() + 20)["state"] == "cancelled"
     assert time.time() - t0 < worker.CANCEL_WATCH_S + 1.5
     assert not storage.list(protocol.tasks_prefix("cb", job.job_id))
 
 
 def test_a_task_that_cannot_be_interrupted_ends_its_process(storage, runtime):
-    job, event = event_for(storage, stubborn, [60])
-    runtime.send(event)
-    time.sleep(1.0)
-    t0 = time.time()
-    cancel(storage, job)
+    job, _event, t0 = run_then_cancel(storage, runtime, stubborn, [60])
     assert runtime.recv(time.time() + 20) is None  # the process ended
     code = runtime.kill()
     assert code == local_runtime.CANCELLED_EXIT_CODE

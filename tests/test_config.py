@@ -187,7 +187,7 @@ def test_every_api_option_is_checked_with_the_schema(call, needle, storage):
     ({"prefix": "a/./b"}, "Executor(): prefix must be an S3 key prefix"),
     ({"auto_batch_target_s": "x"}, "Executor(): auto_batch_target_s must be a number"),
     ({"auto_batch_target_s": 0}, "Executor(): auto_batch_target_s must be a number"),
-    ({"storage": "/tmp"}, "Executor(): storage must be a cloudbutton_executor Storage"),
+    ({"storage": "/tmp"}, "Executor(): storage must be a Storage object"),
 ])
 def test_executor_options_are_checked(kwargs, needle):
     with pytest.raises((config.ConfigError, TypeError), match=re.escape(needle)):

@@ -97,6 +97,7 @@ def test_a_genuine_status_copied_to_another_task_is_foreign(busy, storage):
     done = busy.map(tripled, [7])
     done.result(timeout=60)
     source = storage.get(protocol.status_key(PREFIX, done.job_id, done.task_ids()[0]))
+    busy.map(slow, [1.0])  # the one worker is busy again while the status is planted
     job = busy.map(tripled, [1, 2])
     # Another job's sealed status, and one of this job's copied to its neighbour's key.
     storage.put(protocol.status_key(PREFIX, job.job_id, job.task_ids()[0]), source)

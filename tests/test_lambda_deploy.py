@@ -81,7 +81,10 @@ def test_iam_policy_grants_only_the_prefix(deployed, moto_endpoint):
             if actions == ["s3:ListBucket"]:
                 assert resources == [f"arn:aws:s3:::{BUCKET}"]
                 assert st["Condition"] == {"StringLike": {"s3:prefix": [f"{PREFIX}/*"]}}
+            elif actions == ["s3:PutObject"]:  # workers write only their tasks' outputs
+                assert resources == [f"arn:aws:s3:::{BUCKET}/{PREFIX}/jobs/*/tasks/*"]
             else:
+                assert actions == ["s3:GetObject"], actions  # read anything; delete nothing
                 assert resources == [f"arn:aws:s3:::{BUCKET}/{PREFIX}/*"]
         else:
             assert all(f":log-group:/aws/lambda/{FUNCTION}:" in r for r in resources), resources

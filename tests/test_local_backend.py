@@ -257,9 +257,11 @@ def test_a_sigkill_names_memory_only_when_memory_caused_it(ex):
         time.sleep(1.5)  # long enough for the supervisor to sample it
         os.kill(os.getpid(), signal.SIGKILL)
 
-    job = ex.map(fill_then_die, [280], memory_mb=320)
+    # RLIMIT_AS counts the worker's whole address space (~100 MB more than it uses):
+    # 1,880 MB resident is over 90 % of 2,048 MB and still fits.
+    job = ex.map(fill_then_die, [1880], memory_mb=2048)
     with pytest.raises(WorkerDiedError, match=r"killed by SIGKILL, most likely out of memory "
-                                              r"\(it used \d+ MB of its 320 MB\)"):
+                                              r"\(it used \d+ MB of its 2048 MB\)"):
         job[0].result(timeout=30)
 
 

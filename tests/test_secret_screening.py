@@ -9,10 +9,9 @@ import warnings
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 from cloudbutton_executor import Executor, SecretError, screening
-from cloudbutton_magic.magics import CloudMagics
+from test_config import ip  # noqa: F401 - the magics' shell, its jobs in tmp_path
 
 KEY_ID = "AKIA" + "Q7ZX" * 4            # an access key id's shape
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example secret key
@@ -65,15 +64,6 @@ def notebook(source: str) -> dict:
     return ns
 
 
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
-    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "none.yaml"))
-    shell = InteractiveShell.instance()
-    shell.register_magics(CloudMagics(shell))
-    return shell
-
-
 def jobs_in(storage) -> list:
     return storage.children("cloudbutton/jobs/")
 
@@ -88,7 +78,7 @@ def test_the_plain_api_refuses_a_secret_anywhere_in_the_function(case, storage):
 
 
 @pytest.mark.parametrize("case", list(BYPASSES))
-def test_the_magic_refuses_a_secret_anywhere_in_what_it_ships(case, ip):
+def test_the_magic_refuses_a_secret_anywhere_in_what_it_ships(case, ip):  # noqa: F811
     ns = notebook(BYPASSES[case])
     ip.user_ns.update({k: v for k, v in ns.items() if not k.startswith("__")})
     with pytest.raises(UsageError, match=r"AWS (access key id|secret access key)"):

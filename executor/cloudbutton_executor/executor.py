@@ -134,9 +134,6 @@ class Executor:
         self.retries = config.check("retries", retries, where)
         self.auto_batch_target_s = config.check("auto_batch_target_s", auto_batch_target_s,
                                                 where) or limits.auto_batch_target_s
-        if storage is not None and not isinstance(storage, Storage):
-            raise TypeError(f"{where}storage must be a cloudbutton_executor Storage "
-                            f"(LocalStorage, S3Storage), got {type(storage).__name__}")
         # A backend whose workers reach one storage (Lambda: its bucket) decides it.
         self.storage = self.backend.storage or storage or LocalStorage()
         # Lambda's IAM policy only grants its configured prefix: default to it.

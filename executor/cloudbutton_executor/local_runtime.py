@@ -238,8 +238,9 @@ def _serve(event: dict[str, Any], handler: Callable[..., dict[str, Any]], replie
     response: dict[str, Any]
     try:
         _set_memory_limit(event.get("memory_mb"))
-        # A supervisor inside Lambda says how long the invocation really has left.
-        left = event.get("remaining_s") or event.get("timeout") or 900
+        # A supervisor inside Lambda says when the invocation must have stopped.
+        left = (event["stop_at"] - time.time()) if event.get("stop_at") \
+            else (event.get("timeout") or 900)
         response = handler(event, Context(left, event.get("memory_mb")))
     except BaseException as exc:  # an infrastructure failure of the handler itself
         response = {"task": event.get("task"), "state": "handler_error",

@@ -66,7 +66,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     remaining = (context.get_remaining_time_in_millis() / 1000.0
                  if context is not None and hasattr(context, "get_remaining_time_in_millis")
                  else float(event.get("timeout") or 900))
-    task = dict(event, remaining_s=max(0.05, remaining - TASK_MARGIN_S),
+    # An absolute time: the task process may take a while to start (a cold one imports).
+    task = dict(event, stop_at=started + remaining - TASK_MARGIN_S,
                 runtime={"cold": cold, "init_s": _INIT_S if cold else None})
     if _process is None or _process.popen.poll() is not None:
         _process = _spawn()

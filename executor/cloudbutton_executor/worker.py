@@ -395,10 +395,10 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     left = remaining() / 1000.0 if remaining else None
     main = threading.current_thread() is threading.main_thread()
-    if event.get("remaining_s") and main:
+    if event.get("stop_at") and main:
         # Under Lambda's supervisor: stop in time to store what finished, before Lambda
-        # ends the invocation (its remaining time, less the supervisor's margin).
-        stop_at = started + min(float(limit or math.inf), float(event["remaining_s"]))
+        # ends the invocation (its deadline, less the supervisor's margin).
+        stop_at = min(started + float(limit or math.inf), float(event["stop_at"]))
     elif limit and left is not None and limit + 1.0 < left and main:
         stop_at = started + limit
     else:
