@@ -14,6 +14,7 @@ The host uses dummy credentials (HOST_CREDS); runtimes get other dummy values
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -33,6 +34,38 @@ CONCURRENCY = 6
 # here, git-ignored: the first run on a fresh clone downloads, later ones build offline.
 CACHE_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "lambda")
 WHEEL_CACHE = os.path.join(CACHE_ROOT, "wheels")
+
+
+# The host's AWS environment while a test talks to moto. Set for each test that uses moto
+# (_aws_environment_for_moto_users) and restored after it, never for the whole session:
+# a test that does not use moto sees no credentials.
+AWS_ENV = {**HOST_CREDS, "AWS_DEFAULT_REGION": REGION}
+
+
+@contextlib.contextmanager
+def aws_environment():
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(k, raising=False)
+        for k, v in {**AWS_ENV, "AWS_CONFIG_FILE": os.devnull,
+                     "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
+            mp.setenv(k, v)
+        if "CLOUDBUTTON_WHEEL_CACHE" not in os.environ:
+            mp.setenv("CLOUDBUTTON_WHEEL_CACHE", WHEEL_CACHE)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _aws_environment_for_moto_users(request, hermetic_environment):
+    """AWS_ENV for the tests that use moto (directly or through another fixture), and
+    ``$CLOUDBUTTON_CONFIG`` pointing at the emulator's config for those that use it."""
+    if "moto_endpoint" not in request.fixturenames:
+        yield
+        return
+    with aws_environment(), pytest.MonkeyPatch.context() as mp:
+        if "lambda_config" in request.fixturenames:
+            mp.setenv("CLOUDBUTTON_CONFIG", request.getfixturevalue("lambda_config"))
+        yield
 
 
 def start_moto():
@@ -58,14 +91,6 @@ def emulator_runtime():
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real moto server over HTTP on 127.0.0.1 (S3, IAM, STS, Lambda control plane)."""
-    # Never reach a real account from the tests, whatever the developer's environment holds.
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        os.environ.pop(k, None)
-    os.environ.update(HOST_CREDS)
-    os.environ["AWS_DEFAULT_REGION"] = REGION
-    os.environ["AWS_CONFIG_FILE"] = os.devnull
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
-    os.environ.setdefault("CLOUDBUTTON_WHEEL_CACHE", WHEEL_CACHE)
     server, url = start_moto()
     yield url
     server.stop()
@@ -78,8 +103,9 @@ def s3_bucket(moto_endpoint):
     import boto3
 
     name = f"cb-test-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION).create_bucket(Bucket=name)
-    return name
+    with aws_environment():  # also when requested late (getfixturevalue), after the autouse one
+        boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION).create_bucket(Bucket=name)
+        yield name
 
 
 @pytest.fixture(scope="session")
@@ -142,15 +168,9 @@ def write_config(path, data) -> str:
 
 @pytest.fixture(scope="session")
 def lambda_config(moto_endpoint, s3_proxy, lambda_emulator, tmp_path_factory):
-    path = write_config(tmp_path_factory.mktemp("cbconfig") / "config.yaml",
+    """The emulator's config file; ``$CLOUDBUTTON_CONFIG`` during each test that uses it."""
+    return write_config(tmp_path_factory.mktemp("cbconfig") / "config.yaml",
                         config_dict(moto_endpoint, s3_proxy.url, lambda_emulator.url))
-    old = os.environ.get("CLOUDBUTTON_CONFIG")
-    os.environ["CLOUDBUTTON_CONFIG"] = path
-    yield path
-    if old is None:
-        os.environ.pop("CLOUDBUTTON_CONFIG", None)
-    else:
-        os.environ["CLOUDBUTTON_CONFIG"] = old
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +179,8 @@ def deployed(lambda_config):
     from cloudbutton_executor import config
     from cloudbutton_executor.backends.aws_lambda import deploy
 
-    return deploy(config.load(lambda_config))
+    with aws_environment():  # session-scoped: set up before the test's own environment
+        return deploy(config.load(lambda_config))
 
 
 @pytest.fixture

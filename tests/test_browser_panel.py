@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import hermetic
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -61,7 +63,8 @@ def _notebook() -> dict:
                   code("x * x"),
                   code("import time\ntime.sleep(4 if x < 2 else 30)\nx"),
                   code("y = x\nz = (x +* 1)\nz"),
-                  code("%%cloud map range(6) --memory 10240\nimport time\ntime.sleep(0.3)\nitem")],
+                  code("%%cloud map range(6) --memory 10240\nimport time\ntime.sleep(0.3)\nitem"),
+                  code("print('squares:', results)")],
     }
 
 
@@ -82,7 +85,7 @@ def running_lab(tmp: Path, server_extension: bool = True):
         (config_dir / "jupyter_server_config.json").write_text(
             json.dumps({"ServerApp": {"jpserver_extensions": {"cloudbutton_jupyter": False}}}))
     port, token = _free_port(), uuid.uuid4().hex
-    env = dict(os.environ,
+    env = hermetic.environ(tmp,  # module-scoped: before the per-test hermetic environment
                CLOUDBUTTON_STORAGE_DIR=str(tmp / "storage"),
                CLOUDBUTTON_CONFIG=str(tmp / "config.yaml"),
                JUPYTER_CONFIG_DIR=str(config_dir),
@@ -106,7 +109,9 @@ def running_lab(tmp: Path, server_extension: bool = True):
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError("JupyterLab did not start:\n" + (tmp / "lab.log").read_text())
                 time.sleep(0.3)
-        yield {"base": base, "token": token, "tmp": tmp, "storage": tmp / "storage"}
+        # hermetic.environ gave the lab (and its kernels) tmp/host.key as their host key.
+        yield {"base": base, "token": token, "tmp": tmp, "storage": tmp / "storage",
+               "key_file": tmp / "host.key"}
     finally:
         proc.terminate()
         try:
@@ -217,9 +222,11 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     panel.locator(".cb-run").click()
     panel.locator(".cb-run-message.cb-error:has-text('not defined')").wait_for()
 
+    # The run itself: the notebook toolbar's cloud button, on the selected cell.
     panel.locator(".cb-iterable").fill("xs")
     _select_cell(page, 1)
-    panel.locator(".cb-run").click()
+    page.locator(".jp-NotebookPanel:visible .jp-NotebookPanel-toolbar "
+                 "[data-jp-item-name='cloudbutton-run'] button").click()
 
     out = _cell(page, 1).locator(".jp-OutputArea")
     # A 20-item job may end before the live widget is seen: its header, live or static.
@@ -258,10 +265,17 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     panel.locator(".cb-jobs .cb-job").first.wait_for()
     assert not detail.is_visible()
 
-    # The results are in the notebook namespace.
+    # The job is listed over REST too.
     jobs = json.loads(urllib.request.urlopen(
         f"{lab['base']}/cloudbutton/jobs?token={lab['token']}").read())
     assert jobs[0]["state"] == "done" and jobs[0]["n_items"] == 20
+
+    # The results are in the notebook's namespace: a cell run after the job prints them.
+    _select_cell(page, 5)
+    page.keyboard.press("Shift+Enter")
+    printed = _cell(page, 5).locator(".jp-OutputArea-output:has-text('squares:')")
+    printed.wait_for(timeout=30_000)
+    assert printed.inner_text().strip() == f"squares: {[x * x for x in range(20)]}"
 
 
 def _set_sidebar_width(page, width):
@@ -408,9 +422,10 @@ def test_widget_and_panel_show_the_same_cost_and_time(page, lab):
     widget_cost = re.search(r"(< )?\$[0-9.,]+(?= on Lambda)", text).group(0)
     widget_time = re.search(r"elapsed ([0-9.]+) s", text).group(1)
     assert widget_cost.startswith("$0.000")  # about 6 x 0.3 s x 10 GB: a few hundredths of a cent
-    job_id = re.search(r"job (\d{8}-\d{6}-\w+)", text).group(1)
+    job_id = re.search(r"job (\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6})", text).group(1)
     panel = _open_panel(page)
-    row = panel.locator(f".cb-job[data-job-id='{job_id}']")
+    # Compared once the panel has seen the job end (a poll may show it running, costing less).
+    row = panel.locator(f".cb-job.cb-state-done[data-job-id='{job_id}']")
     row.wait_for(timeout=30_000)
     assert row.locator(".cb-job-cost").inner_text() == widget_cost
     assert row.locator(".cb-job-duration").inner_text() == f"{widget_time} s"
@@ -476,13 +491,15 @@ def test_saved_notebook_and_its_html_show_the_jobs_offline(page, lab, browser, t
         context.close()
 
 
-def test_a_lost_job_is_finished_from_the_panel(page, lab, tmp_path):
+def test_a_lost_job_is_finished_from_the_panel(page, lab, tmp_path, monkeypatch):
     """A job whose kernel died (its host killed mid-job) shows as lost; "Finish" runs
     `%cloud attach` in the current notebook's kernel, which finishes it."""
     from cloudbutton_executor import integrity, protocol
     from cloudbutton_executor.storage import LocalStorage
     from test_resume import run_host
 
+    # The lab's kernel seals and verifies with the lab's host key: so does this job's host.
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(lab["key_file"]))
     env = dict(os.environ, CLOUDBUTTON_STORAGE_DIR=str(lab["storage"]))
     job_id = run_host(tmp_path, n=12, workers=1, sleep=0.2, die_after=2, env=env)
     # Age its dispatch record (sealed again with the job's key, as its host would have):

@@ -120,6 +120,7 @@ def test_rebound_global_is_shipped_fresh(ex):
     def read(_):
         return REBOUND
 
+    REBOUND = 1  # as the module left it, even when this test runs again in one process
     assert ex.map(read, [0]).result() == [1]
     REBOUND = 2
     assert ex.map(read, [0]).result() == [2]
@@ -320,3 +321,20 @@ def test_bad_options_are_named():
         Executor(workers=0)
     with pytest.raises(ValueError, match="timeout"):
         Executor(timeout=-1)
+
+
+def test_jobs_made_within_one_second_list_newest_first(ex):
+    """Job ids carry their creation time to the millisecond, and one process never makes
+    two equal stamps: the listing is newest first even for jobs of the same second."""
+    from cloudbutton_executor import protocol
+
+    made = [ex.map(abs, [-i]) for i in range(6)]
+    for job in made:
+        job.result(timeout=30)
+    ids = [job.job_id for job in made]
+    assert all(protocol.JOB_ID_RE.match(j) for j in ids)
+    assert ids == sorted(ids) and len(set(ids)) == 6
+    assert [j["job_id"] for j in ex.jobs(6)] == ids[::-1]
+    stamps = [protocol.new_job_id() for _ in range(50)]  # faster than the clock's millisecond
+    assert stamps == sorted(stamps) and len({s[:18] for s in stamps}) == 50
+    assert abs(protocol.job_created(stamps[0]) - time.time()) < 5

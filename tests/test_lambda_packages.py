@@ -12,7 +12,7 @@ import zipfile
 import boto3
 import pytest
 
-from aws_fixtures import BUCKET, PREFIX, REGION, config_dict, write_config
+from aws_fixtures import BUCKET, PREFIX, REGION, aws_environment, config_dict, write_config
 from cloudbutton_executor import (Executor, MissingPackageError, TaskTimeoutError, WorkerSetupError,
                                   config, protocol)
 from cloudbutton_executor.backends.aws_lambda import ImageRequired, deploy
@@ -31,7 +31,8 @@ def numpy_config(deployed, moto_endpoint, s3_proxy, lambda_emulator, tmp_path_fa
         moto_endpoint, s3_proxy.url, lambda_emulator.url, function_name=NUMPY_FN, memory=1769,
         timeout=60))
     t0 = time.time()
-    actions = deploy(config.load(path), modules=["numpy"], out=sys.stdout)
+    with aws_environment():  # module-scoped: set up before the test's own environment
+        actions = deploy(config.load(path), modules=["numpy"], out=sys.stdout)
     print(f"deploy --sync numpy took {time.time() - t0:.1f} s")
     return path, actions
 

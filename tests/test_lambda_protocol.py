@@ -257,12 +257,13 @@ def test_every_event_lost_still_ends_by_the_timeout(
             t0 = time.time()
             job = ex.map(abs, [1, 2, 3])
             outcomes = job.results(timeout=60)
-            took = time.time() - t0
+            took = time.time() - min(job[i].stats["host_submit"] for i in range(3))
+            assert time.time() - t0 < 30
     finally:
         lambda_emulator.reset()
     assert all(isinstance(o, TaskTimeoutError) for o in outcomes), outcomes
     assert "lost" in str(outcomes[0])
-    assert faults.counts["dropped"] == 3 and 3 <= took < 3 + 3 + 10
+    assert faults.counts["dropped"] == 3 and 3 <= took < 3 + 3 + 2, took
 
 
 def test_status_without_credentials(lambda_config, monkeypatch):

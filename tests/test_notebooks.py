@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import hermetic
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -99,7 +100,8 @@ def test_committed_notebooks_are_generated_and_clean():
 def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     out_dir = tmp / "build" / "demo"
-    env = dict(os.environ, CLOUDBUTTON_STORAGE_DIR=str(tmp / "storage"))
+    # Module-scoped, so set up before the per-test hermetic environment: make its own.
+    env = hermetic.environ(tmp, CLOUDBUTTON_STORAGE_DIR=str(tmp / "storage"))
     env.pop("CLOUDBUTTON_DEMO_SCALE", None)  # --scale small must set it
     proc = subprocess.run([sys.executable, "-m", "cloudbutton_jupyter.demo", "--scale", "small",
                            "--out", str(out_dir)], capture_output=True, text=True, env=env,
@@ -215,8 +217,10 @@ def test_batched_scraping_batches_win(tmp_path):
         assert_done(w, n)
 
 
-def test_lambda_setup_against_the_emulator(tmp_path, lambda_config, lambda_emulator, s3_proxy):
-    """The notebook deploys and runs against moto + the awslambdaric emulator ($CLOUDBUTTON_CONFIG)."""
+def test_lambda_setup_against_the_emulator(tmp_path, deployed, lambda_config, lambda_emulator,
+                                          s3_proxy):
+    """The notebook deploys and runs against moto + the awslambdaric emulator ($CLOUDBUTTON_CONFIG).
+    (After the session's first deploy, whatever the order: that one must create everything.)"""
     from lambda_emulator import Faults
 
     lambda_emulator.reset(Faults())

@@ -167,7 +167,8 @@ def test_free_reference(pool):
 
 
 def test_map_submits_without_iteration(tmp_path):
-    marks = str(tmp_path)
+    marks = str(tmp_path / "marks")
+    os.mkdir(marks)
 
     def record_finished(n):
         open(os.path.join(marks, str(n)), "w").close()

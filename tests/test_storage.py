@@ -1,4 +1,7 @@
 """Both storages honour one contract; the executor runs unchanged on S3 (a real moto server)."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from cloudbutton_executor import Executor
@@ -53,3 +56,216 @@ def test_executor_on_s3_storage(moto_endpoint, s3_bucket):
     keys = storage.list(f"cloudbutton/jobs/{big.job_id}/")
     assert f"cloudbutton/jobs/{big.job_id}/data.pickle" in keys
     assert job.stats["requests"]["workers"]["PUT"] == 12
+
+
+# The contract in detail -----------------------------------------------------------------
+BIG = bytes(range(256)) * 1024  # 256 KiB: more than one 64 KiB read
+
+
+def test_reads_whole_ranges_and_big_objects(any_storage):
+    st = any_storage
+    st.put("p/big", BIG)
+    assert st.get("p/big") == BIG
+    assert st.get("p/big", 70_000) == BIG[70_000:]  # from an offset to the end
+    assert st.get("p/big", 65_530, 65_546) == BIG[65_530:65_546]
+    assert st.get("p/big", 0, 1) == BIG[:1] and st.get("p/big", len(BIG) - 1, len(BIG)) == BIG[-1:]
+    st.put("p/small", bytearray(b"abc"))
+    assert st.get("p/small") == b"abc"
+    st.put("p/small", b"replaced")  # put replaces
+    assert st.get("p/small") == b"replaced"
+    assert st.get("p/small", 2) == b"placed"
+
+
+def test_missing_keys(any_storage):
+    st = any_storage
+    with pytest.raises(NotFound) as info:
+        st.get("p/jobs/none/manifest.json")
+    assert info.value.args[0] == "p/jobs/none/manifest.json"
+    with pytest.raises(NotFound):
+        st.get("p/none", 0, 5)
+    assert st.exists("p/none") is False
+    assert st.list("p/none/") == [] and st.children("p/none/") == []
+    assert st.delete_prefix("p/none/") == 0
+
+
+def test_list_children_and_start_after(any_storage):
+    st = any_storage
+    for k in ["j/b/t/2/s", "j/b/t/1/s", "j/a/m", "j/b/m", "k/x"]:
+        st.put(k, b"-")
+    assert st.list("j/") == ["j/a/m", "j/b/m", "j/b/t/1/s", "j/b/t/2/s"]
+    assert st.list("j/b/t/") == ["j/b/t/1/s", "j/b/t/2/s"]
+    assert st.list("j/b/t/", start_after="j/b/t/1") == ["j/b/t/1/s", "j/b/t/2/s"]
+    assert st.list("j/b/t/", start_after="j/b/t/1/s") == ["j/b/t/2/s"]
+    assert st.list("j/", start_after="j/b/t/2/s") == []
+    assert st.children("j/") == ["a", "b"] and st.children("j") == ["a", "b"]
+    assert st.children("j/b/") == ["m", "t"]
+
+
+def test_request_counts(any_storage):
+    st = any_storage
+    st.put("c/a", b"1")
+    st.put_if_absent("c/a", b"2")
+    st.get("c/a")
+    st.get("c/a", 0, 1)
+    st.exists("c/a")
+    st.exists("c/zzz")
+    st.list("c/")
+    st.children("c/")
+    assert st.request_counts == {"PUT": 2, "GET": 2, "HEAD": 2, "LIST": 2}
+    assert st.delete_prefix("c/") == 1
+    assert st.request_counts["LIST"] == 3 and st.request_counts["DELETE"] == 1
+
+
+def test_delete_prefix_leaves_the_rest(any_storage):
+    st = any_storage
+    for k in ["d/x/1", "d/x/sub/2", "d/xy/3", "d/y/4"]:
+        st.put(k, b"-")
+    assert st.delete_prefix("d/x/") == 2
+    assert st.list("d/") == ["d/xy/3", "d/y/4"]
+    assert st.children("d/") == ["xy", "y"]  # no empty directory left behind
+
+
+def test_local_storage_details(tmp_path, monkeypatch):
+    st = LocalStorage(str(tmp_path / "root"))
+    st.put_parts("p/joined", [b"ab", bytearray(b"cd"), memoryview(b"ef")])
+    assert st.get("p/joined") == b"abcdef" and st.request_counts["PUT"] == 1
+    st.put("q/view", memoryview(b"xyz"))
+    assert st.get("q/view") == b"xyz"
+    assert st.put_if_absent("p/once", b"1") and not st.put_if_absent("p/once", b"2")
+    assert st.get("p/once") == b"1"
+    assert sorted(os.listdir(tmp_path / "root" / "p")) == ["joined", "once"]  # no temp files
+    (tmp_path / "root" / "p" / "half.0123.tmp").write_bytes(b"being written")
+    assert st.list("p/") == ["p/joined", "p/once"] and st.children("p/") == ["joined", "once"]
+    assert st.get("p/joined", 2, 2) == b"" and st.get("p/joined", 4, 100) == b"ef"
+    st.put("top", b"t")  # a key at the root
+    assert st.list("") == ["p/joined", "p/once", "q/view", "top"]
+    assert st.children("") == ["p", "q", "top"]
+    # Objects are plain files: readable, never executable (mode 0o666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    for key in ("top", "p/once", "p/joined"):
+        assert os.stat(tmp_path / "root" / key).st_mode & 0o777 == 0o666 & ~umask
+    assert st.get("p/joined", None, 2) == b"abcdef"  # no start: the whole object
+    for bad in ["/etc/passwd", "../x", "p/../../x", "p/.."]:
+        with pytest.raises(ValueError, match="invalid storage key"):
+            st.put(bad, b"x")
+    st.put("p/a..b", b"dots inside a name are fine")
+    assert st.exists("p/a..b")
+    assert st.describe() == {"kind": "local", "root": str(tmp_path / "root")}
+    assert LocalStorage("relative").root == os.path.abspath("relative")
+    # The default root: $CLOUDBUTTON_STORAGE_DIR, else the XDG cache, else ~/.cache.
+    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "explicit"))
+    assert LocalStorage().root == str(tmp_path / "explicit")
+    monkeypatch.delenv("CLOUDBUTTON_STORAGE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert LocalStorage().root == str(tmp_path / "xdg" / "cloudbutton")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert LocalStorage().root == str(tmp_path / "home" / ".cache" / "cloudbutton")
+
+
+def test_concurrent_first_writes_into_a_new_directory(tmp_path):
+    """Writers racing to create the same new directory all succeed."""
+    import threading
+
+    st = LocalStorage(str(tmp_path))
+
+    def write(barrier, errors, key, first_wins):
+        barrier.wait()
+        try:
+            if first_wins:
+                st.put_if_absent(key, b"x")
+            else:
+                st.put(key, b"x")
+        except Exception as exc:  # any failure is the finding
+            errors.append(exc)
+
+    for round_ in range(10):
+        barrier, errors = threading.Barrier(8), []
+        threads = [threading.Thread(target=write, args=(barrier, errors, f"r{round_}/deep/k{i}",
+                                                        i % 2 == 0)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(st.list(f"r{round_}/")) == 8
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    st = LocalStorage(str(tmp_path))
+
+    def parts():
+        yield b"first part"
+        raise RuntimeError("the producer failed")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        st.put_parts("p/broken", parts())
+    assert os.listdir(tmp_path / "p") == [] and not st.exists("p/broken")
+
+
+def test_s3_details(moto_endpoint, s3_bucket):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    st = S3Storage(s3_bucket, region="us-east-1", endpoint_url=moto_endpoint)
+    assert st.describe() == {"kind": "s3", "bucket": s3_bucket, "region": "us-east-1",
+                             "endpoint_url": moto_endpoint}
+    assert S3Storage("b").describe() == {"kind": "s3", "bucket": "b"}
+    with pytest.raises(ValueError, match="bucket"):
+        S3Storage("")
+    cfg = st.client.meta.config
+    assert cfg.retries == {"mode": "standard", "total_max_attempts": 9}  # 8 retries
+    assert cfg.max_pool_connections == 64
+    assert st.client is st.client  # one client, made once
+    session = boto3.session.Session(region_name="us-east-1")
+    assert S3Storage(s3_bucket, endpoint_url=moto_endpoint, session=session,
+                     max_pool_connections=3).client.meta.config.max_pool_connections == 3
+    # More than one page of keys: LIST follows continuation tokens, DELETE goes by 1,000.
+    keys = [f"many/{i:05d}" for i in range(1001)]
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=s3_bucket, Key=k, Body=b""), keys))
+    client.put_object(Bucket=s3_bucket, Key="many/ZZX/deeper", Body=b"")
+    assert st.list("many/") == keys + ["many/ZZX/deeper"]
+    assert st.request_counts == {"LIST": 2}
+    assert st.children("many") == [k.split("/")[1] for k in keys] + ["ZZX"]
+    assert st.request_counts == {"LIST": 4}
+    assert st.list("many/", start_after="many/00999") == ["many/01000", "many/ZZX/deeper"]
+    assert st.delete_prefix("many/") == 1002
+    assert st.request_counts["DELETE"] == 2 and st.list("many/") == []
+    # Errors other than a missing key are not mistaken for one.
+    gone = S3Storage("no-such-bucket-cb", region="us-east-1", endpoint_url=moto_endpoint)
+    for call in (lambda: gone.get("k"), lambda: gone.put_if_absent("k", b"x"),
+                 lambda: gone.get("k", 0, 1), lambda: gone.list("k/")):
+        with pytest.raises(ClientError, match="NoSuchBucket"):
+            call()
+
+
+def test_descriptions_rebuild_the_storage(tmp_path):
+    local = storage_from_description({"kind": "local", "root": str(tmp_path)})
+    assert isinstance(local, LocalStorage) and local.root == str(tmp_path)
+    s3 = storage_from_description({"kind": "s3", "bucket": "b", "region": "eu-west-1",
+                                   "endpoint_url": "http://127.0.0.1:9"})
+    assert isinstance(s3, S3Storage) and s3.describe() == {
+        "kind": "s3", "bucket": "b", "region": "eu-west-1", "endpoint_url": "http://127.0.0.1:9"}
+    with pytest.raises(ValueError, match="unknown storage kind 'gcs'"):
+        storage_from_description({"kind": "gcs"})
+
+
+def test_counting_view_counts_only_its_own_requests(tmp_path):
+    from cloudbutton_executor.storage import CountingView
+
+    st = LocalStorage(str(tmp_path))
+    view = CountingView(st)
+    view.put("a", b"1")
+    view.put_parts("b", [b"2"])
+    view.put_if_absent("a", b"x")
+    view.get("a")
+    view.exists("a")
+    view.list("")
+    view.children("")
+    assert view.list("", start_after="a") == ["b"]  # keyword arguments reach the storage
+    st.get("a")  # not through the view
+    assert view.counts == {"PUT": 3, "GET": 1, "HEAD": 1, "LIST": 3}
+    assert view.inner is st and view.describe() == st.describe()
+    assert st.request_counts["GET"] == 2

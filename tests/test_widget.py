@@ -230,7 +230,7 @@ def test_tracker_samples_one_row_per_invocation(ex):
     assert tracker.stride == 5
     assert sorted(r["bottom"] for r in rows) == list(range(0, 45, 5))
     assert tracker.counts["done"] == 45 and tracker.invocations == 45
-    assert tracker.gb_seconds > 0
+    assert tracker.gb_seconds == pytest.approx(job.stats["gb_seconds"]) and tracker.gb_seconds > 0
 
 
 def test_cancelled_job_says_so(ex):

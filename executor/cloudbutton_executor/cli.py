@@ -177,11 +177,6 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _job_created(job_id: str) -> float:
-    dt = datetime.datetime.strptime(job_id[:15], "%Y%m%d-%H%M%S")
-    return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
 def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     if args.job:
         _config.check("job_id", args.job, "--job: ")
@@ -196,7 +191,7 @@ def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     else:
         age = parse_duration(args.older_than)
         cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - age
-        victims = [j for j in catalog.job_ids(st, prefix) if _job_created(j) < cutoff]
+        victims = [j for j in catalog.job_ids(st, prefix) if protocol.job_created(j) < cutoff]
     total = 0
     for job_id in victims:
         if args.dry_run:

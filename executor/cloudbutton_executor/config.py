@@ -313,7 +313,7 @@ OPTIONS: dict[str, Setting] = {s.key: s for s in (
     Setting("limit", int, 20, "how many jobs to list, newest first", low=1, high=1000,
             metavar="N"),
     Setting("job_id", str, None, "a job's id, as `%cloud jobs` shows it",
-            pattern=protocol.JOB_ID_PATTERN, shape="a job id like 20260101-120000-abcdef",
+            pattern=protocol.JOB_ID_PATTERN, shape="a job id like 20260101-120000123-abcdef",
             metavar="JOB_ID"),
     Setting("label", str, None, "what the job list shows beside the job (the notebook's path)",
             pattern=r"[^\x00-\x1f\x7f]{1,512}", shape="1-512 printable characters",

@@ -322,7 +322,11 @@ class Executor:
         # One pickling pass for many inputs; on failure find and name the culprit.
         try:
             return serialize.dumps_each(calls, budget)
-        except serialize.SecretError:
+        except serialize.SecretError as err:
+            if str(err).startswith("refusing to ship"):
+                raise  # it names where already
+            for i, call in enumerate(calls):
+                serialize.dumps(call, f"iterdata[{i}]")  # names the culprit
             raise
         except serialize.SerializationError:
             for i, call in enumerate(calls):

@@ -83,7 +83,7 @@ def dumps_with_modules(obj: Any, label: str = "object",
         try:
             pickler.dump(obj)
         except serialize.SecretError as err:
-            raise serialize.SecretError(f"{label}: {err}") from None
+            raise serialize.SecretError(screening.refusal(label, str(err))) from None
         except Exception as err:
             raise serialize.SerializationError(
                 f"cannot ship {serialize.find_culprit(obj, label)}: {err}") from err

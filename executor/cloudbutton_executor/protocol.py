@@ -12,6 +12,8 @@ import datetime
 import json
 import os
 import re
+import threading
+import time
 from typing import Any
 
 # 3: statuses, crash reports, manifests and dispatch records are sealed (``integrity``),
@@ -19,7 +21,9 @@ from typing import Any
 # ``item_columns``); 1 had one record per item.
 PROTOCOL_VERSION = 3
 
-JOB_ID_PATTERN = r"\d{8}-\d{6}-[0-9a-f]{6}"
+# YYYYMMDD-HHMMSSmmm-xxxxxx: UTC creation time to the millisecond, then 6 random hex digits,
+# so ids sort by creation time. Ids of earlier versions lack the milliseconds.
+JOB_ID_PATTERN = r"\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6}"
 JOB_ID_RE = re.compile(rf"^{JOB_ID_PATTERN}\Z")
 # A task (one invocation) covers items [start, stop) of its job; both numbers are
 # zero-padded to the same width within a job (``task_id_width``), so that the order
@@ -44,9 +48,24 @@ HEARTBEAT_S = 10.0
 DISPATCH_STALE_S = 3 * HEARTBEAT_S
 
 
+_last_job_ms = 0
+_job_id_lock = threading.Lock()
+
+
 def new_job_id() -> str:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return now.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex()
+    """A new job id; ids made by one process are strictly increasing (newest sorts last)."""
+    global _last_job_ms
+    with _job_id_lock:
+        ms = max(time.time_ns() // 1_000_000, _last_job_ms + 1)
+        _last_job_ms = ms
+    stamp = datetime.datetime.fromtimestamp(ms // 1000, datetime.timezone.utc)
+    return f"{stamp:%Y%m%d-%H%M%S}{ms % 1000:03d}-{os.urandom(3).hex()}"
+
+
+def job_created(job_id: str) -> float:
+    """The creation time (UTC, to the second) a job id starts with."""
+    stamp = datetime.datetime.strptime(job_id[:15], "%Y%m%d-%H%M%S")
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def task_id_width(n_items: int) -> int:

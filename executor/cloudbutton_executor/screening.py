@@ -89,9 +89,9 @@ def describe_str(value: str | bytes) -> str | None:
     """Why a str or bytes value looks like an AWS credential, or None."""
     text = value if isinstance(value, str) else bytes(value).decode("latin-1")
     if _KEY_ID_TEXT.search(text):
-        return "an AWS access key id"
+        return "it contains an AWS access key id"
     if len(text) == 40 and looks_like_secret_key(text):
-        return "an AWS secret access key"
+        return "it looks like an AWS secret access key"
     return None
 
 
@@ -173,17 +173,24 @@ def check_object(obj: object) -> str | None:
     what = credential_type(obj)
     if what is None:
         return None
-    return (f"refusing to ship {what}: it carries AWS credentials. Create clients inside the "
+    return (f"it holds {what}, which carries AWS credentials. Create clients inside the "
             "task; workers use their own execution role")
 
 
-def check_names(names: Mapping[str, Any], whose: str) -> str | None:
-    """Why a module-level variable among ``names`` (read by code that travels) must not
-    be shipped: its name says it holds a secret and it holds a long string."""
+def refusal(label: str, why: str) -> str:
+    """The message refusing ``label`` for ``why`` (which may name its culprit already)."""
+    return why if why.startswith("refusing to ship") else f"refusing to ship {label}: {why}"
+
+
+def check_names(names: Mapping[str, Any], whose: str = "") -> str | None:
+    """Why a module-level variable among ``names`` (read by code that travels; ``whose``
+    says which, if not the cell) must not be shipped: its name says it holds a secret and
+    it holds a long string."""
     for name, value in names.items():
         if isinstance(value, (str, bytes)) and len(value) >= 12 and _SECRET_NAME.search(name):
-            return (f"refusing to ship variable {name!r} ({whose}): its name says it holds a "
-                    "secret. Read it inside the task from the worker's own configuration instead")
+            by = f" ({whose})" if whose else ""
+            return (f"refusing to ship variable {name!r}{by}: its name says it holds a "
+                    "secret. Read it inside the task from the worker's own configuration instead.")
     return None
 
 
@@ -275,8 +282,9 @@ def describe_value(value: Any) -> str | None:
     """Why a variable's value, as such, must not travel (what the pickle holds deeper
     is ``scan``'s): a credential object, a key-shaped string, a copy of the environment."""
     if isinstance(value, (str, bytes)):
-        what = describe_str(value)
-        return f"it is {what}" if what else None
+        return describe_str(value)
+    if isinstance(value, os._Environ):
+        return "it is os.environ"
     what = credential_type(value)
     if what:
         return f"it is {what}, which carries AWS credentials"

@@ -237,7 +237,7 @@ def dumps(obj: Any, label: str = "object", budget: screening.Budget | None = Non
             try:
                 blob = _dump(obj)
             except SecretError as err:
-                raise SecretError(f"{label}: {err}") from None
+                raise SecretError(screening.refusal(label, str(err))) from None
             except Exception as err:
                 culprit = find_culprit(obj, label)
                 raise SerializationError(f"cannot ship {culprit}: {err}") from err

@@ -196,7 +196,7 @@ def capture(code: str, user_ns: dict, exclude=(), measure: bool = True) -> tuple
 def check_and_measure(captured: dict, report: CaptureReport, measure: bool = True) -> None:
     # The executor screens what is pickled, at any depth, for every job; here each
     # variable is checked as it is first, so the message names it and says why.
-    why = screening.check_names(captured, "read by the cell")
+    why = screening.check_names(captured)
     if why:
         raise CaptureError(why)
     for name, value in captured.items():

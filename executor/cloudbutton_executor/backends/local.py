@@ -67,7 +67,7 @@ def _worker_env(workers: int) -> dict[str, str]:
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env = {k: v for k, v in os.environ.items()
-           if k in ("PATH", "HOME", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "TZ", "SYSTEMROOT")
+           if k in ("PATH", "HOME", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "TZ", "SYSTEMROOT", "TMPDIR")
            or k.startswith("AWS_")}  # the local stand-in for a worker's execution role
     env.update({
         "PYTHONPATH": pkg_parent,
