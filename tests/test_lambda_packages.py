@@ -388,7 +388,7 @@ def test_the_image_path_end_to_end_without_docker(deployed, moto_endpoint, s3_pr
     with open(os.path.join(ctx, "Dockerfile")) as f:
         docker = [ln.strip() for ln in f if not ln.startswith("#")]
     assert docker == [f"FROM {r.base_image}", "COPY function/ ${LAMBDA_TASK_ROOT}/",
-                      "COPY site-packages/ ${LAMBDA_TASK_ROOT}/", 'CMD ["cloudbutton_executor.worker.handler"]']
+                      "COPY site-packages/ ${LAMBDA_TASK_ROOT}/", 'CMD ["cloudbutton_executor.supervisor.handler"]']
     assert os.path.isfile(os.path.join(ctx, "function", "cloudbutton_executor", "worker.py"))
     assert os.path.isfile(os.path.join(ctx, "function", "cloudpickle", "__init__.py"))
     site = os.listdir(os.path.join(ctx, "site-packages"))

@@ -106,7 +106,10 @@ _STRIP_TOP = {"bin"}  # console scripts pip writes for the target: host shebangs
 _STRIP_SUFFIXES = (".pyc", ".pyo")
 
 
-HANDLER = "cloudbutton_executor.worker.handler"  # the one worker handler, in the function zip
+# Lambda's handler, in the function zip and the image: runs each invocation in a supervised
+# task process (``supervisor``) that runs the one worker handler, ``worker.handler``, so a
+# crash or a timeout is reported at once.
+HANDLER = "cloudbutton_executor.supervisor.handler"
 
 
 class PackagingError(RuntimeError):

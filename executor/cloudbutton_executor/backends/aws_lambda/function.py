@@ -17,7 +17,7 @@ from typing import Any
 
 from ... import packaging
 
-HANDLER = packaging.HANDLER  # the one worker handler
+HANDLER = packaging.HANDLER  # the supervisor, which runs the one worker handler
 VERSIONS_ENV = "CLOUDBUTTON_VERSIONS"
 CODE_ENV = "CLOUDBUTTON_CODE_SHA256"
 MANIFEST_ENV = "CLOUDBUTTON_MANIFEST_SHA256"  # what was deployed: see manifest_key()

@@ -14,13 +14,17 @@ def trust_policy() -> dict[str, Any]:
 
 def access_policy(bucket: str, prefix: str, region: str, account: str, function: str,
                   partition: str = "aws") -> dict[str, Any]:
-    """Least privilege: objects under ``prefix/`` only, listing only that prefix, and the
-    function's own log group."""
+    """Least privilege: read objects under ``prefix/``; write only what workers write (a
+    task's status, result and crash reports, under ``jobs/*/tasks/``), so a task cannot
+    replace a function blob, another job's inputs or a manifest; delete nothing; list
+    only that prefix (so a missing key reads as missing, not forbidden); the function's
+    own log group."""
     logs = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{function}"
     return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "ObjectsUnderPrefix", "Effect": "Allow",
-         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+        {"Sid": "ReadUnderPrefix", "Effect": "Allow", "Action": "s3:GetObject",
          "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}/*"},
+        {"Sid": "WriteTaskOutputs", "Effect": "Allow", "Action": "s3:PutObject",
+         "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}/jobs/*/tasks/*"},
         {"Sid": "ListPrefix", "Effect": "Allow", "Action": "s3:ListBucket",
          "Resource": f"arn:{partition}:s3:::{bucket}",
          "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},

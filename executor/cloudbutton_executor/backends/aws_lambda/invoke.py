@@ -1,7 +1,9 @@
 """Sending ``InvocationType=Event`` invokes of the worker function.
 
-Two invokers with one interface (``invoke(payload)`` raises ``Throttled``,
-``Rejected`` or ``InfrastructureError``; returns once Lambda accepted the event):
+Two invokers with one interface (``invoke(payload, deadline)`` raises ``Throttled``,
+``Rejected`` or ``InfrastructureError``; returns once Lambda accepted the event; an
+endpoint that does not answer is retried, a few seconds per try, never past
+``deadline``):
 
 - ``FastInvoker``: signed HTTP requests over keep-alive connections, one per
   sending thread. botocore's own SigV4 signer signs them (``SigV4Signer``),
@@ -45,8 +47,9 @@ class Rejected(Exception):
 
 
 class Invoker(Protocol):
-    def invoke(self, payload: bytes) -> None:
-        """Send one event; raise Throttled, Rejected or InfrastructureError."""
+    def invoke(self, payload: bytes, deadline: float | None = None) -> None:
+        """Send one event, retrying no later than ``deadline`` (epoch s); raise Throttled,
+        Rejected or InfrastructureError."""
 
 
 class SigV4Signer:
@@ -136,12 +139,13 @@ class FastInvoker:
         if sock is not None:
             sock.close()
 
-    def _roundtrip(self, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _roundtrip(self, payload: bytes, timeout: float) -> tuple[int, dict[str, str], bytes]:
         headers = self._signer.headers("POST", self._host_header, self._path, {
             "X-Amz-Invocation-Type": "Event", "Content-Type": "application/json"}, payload,
             scheme=self._scheme)
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         sock = self._sock()
+        sock.settimeout(max(0.05, timeout))  # connect and each read of this try
         sock.sendall(f"POST {self._path} HTTP/1.1\r\n{head}Content-Length: {len(payload)}\r\n\r\n"
                      .encode() + payload)
         buf: bytes = self._local.buf
@@ -170,14 +174,24 @@ class FastInvoker:
             self._drop()
         return status, hdrs, body
 
-    def invoke(self, payload: bytes) -> None:
+    def invoke(self, payload: bytes, deadline: float | None = None) -> None:
+        """Send one Event invoke; a try that gets no answer within the per-try timeout is
+        retried (backoff) up to MAX_ATTEMPTS times and never past ``deadline``."""
+        started = time.time()
         for attempt in range(self.MAX_ATTEMPTS):
+            left = None if deadline is None else deadline - time.time()
             try:
-                status, headers, body = self._roundtrip(payload)
+                if left is not None and left <= 0:
+                    raise TimeoutError("the task's deadline passed")
+                status, headers, body = self._roundtrip(
+                    payload, self._timeout if left is None else min(self._timeout, left))
             except (OSError, ValueError, IndexError, http.client.HTTPException) as exc:
                 self._drop()
-                if attempt + 1 == self.MAX_ATTEMPTS:
-                    raise InfrastructureError(f"could not reach Lambda at {self._base}: {exc}") from exc
+                late = deadline is not None and time.time() + backoff(attempt) >= deadline
+                if attempt + 1 == self.MAX_ATTEMPTS or late:
+                    raise InfrastructureError(
+                        f"could not reach Lambda at {self._base}: {exc} ({attempt + 1} tries in "
+                        f"{time.time() - started:.1f} s, {self._timeout:g} s each at most)") from exc
                 time.sleep(backoff(attempt))
                 continue
             if status in (200, 202, 204):
@@ -195,10 +209,14 @@ class Boto3Invoker:
     """``client.invoke`` with botocore's standard retries (slower per call, see FastInvoker)."""
 
     def __init__(self, cfg: _config.Config, session: Any, function: str, threads: int):
-        self._client = cfg.client("lambda", session, max_pool_connections=threads)
+        # A few seconds per try (connect and answer), like the fast path: botocore's
+        # default of 60 s each would leave a task waiting minutes on a silent endpoint.
+        t = cfg.lambda_.invoke_timeout
+        self._client = cfg.client("lambda", session, max_pool_connections=threads,
+                                  connect_timeout=t, read_timeout=t)
         self._function = function
 
-    def invoke(self, payload: bytes) -> None:
+    def invoke(self, payload: bytes, deadline: float | None = None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
