@@ -319,9 +319,18 @@ def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch)
         with pytest.raises(InfrastructureError, match="could not reach Lambda"):
             inv.invoke(b"{}")
         took = time.time() - t0
+        # Tries never run past the task's deadline: the first try is cut to what is left of
+        # it (1 s of 2), and no second one starts (5 tries of 2 s would take 10 s).
+        slow = FastInvoker(session, REGION, f"http://127.0.0.1:{silent.getsockname()[1]}", "fn",
+                           timeout_s=2.0)
+        t1 = time.time()
+        with pytest.raises(InfrastructureError, match=r"could not reach Lambda.*\(1 tries in"):
+            slow.invoke(b"{}", deadline=t1 + 1.0)
+        cut = time.time() - t1
     finally:
         silent.close()
     assert 4 * 0.3 <= took < 5 * 0.3 + 3, took
+    assert 0.9 <= cut < 2.0, cut
 
 
 def test_every_event_lost_still_ends_by_the_timeout(
