@@ -333,6 +333,53 @@ def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch)
     assert 0.9 <= cut < 2.0, cut
 
 
+def test_the_backend_gives_up_on_a_silent_endpoint_at_the_tasks_deadline():
+    """The backend passes each event's deadline (submitted + timeout + deadline_grace) to
+    its invoker: with 2 s per try, a task of timeout 1 s and a grace of 1 s fails after
+    about 2 s (one try), not after 5 tries of 2 s."""
+    import socket
+    import threading
+
+    from cloudbutton_executor import InfrastructureError
+    from cloudbutton_executor.backends.aws_lambda import LambdaBackend
+
+    class Listener:
+        def __init__(self):
+            self.failed: list[tuple[float, BaseException]] = []
+            self.done = threading.Event()
+
+        def on_accepted(self, event, at):
+            raise AssertionError("a silent endpoint accepted nothing")
+
+        def on_throttled(self, event, retry_after):
+            raise AssertionError("a silent endpoint throttles nothing")
+
+        def on_failure(self, event, err):
+            self.failed.append((time.time(), err))
+            self.done.set()
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections (the kernel does), never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    session = boto3.session.Session(aws_access_key_id="AKIAHOSTDUMMYKEY0001",
+                                    aws_secret_access_key="x" * 40, region_name=REGION)
+    be = LambdaBackend(config=config_dict(url, url, url, invoke_timeout=2.0, deadline_grace=1),
+                       storage=object(), session=session)
+    listener = Listener()
+    try:
+        submitted = time.time()
+        be.invoke([{"job_id": "20260101-000000000-abcdef", "task": "000000-000001",
+                    "host_submit": submitted, "timeout": 1}], listener)
+        assert listener.done.wait(30)
+    finally:
+        silent.close()
+        be.shutdown()
+    (at, err), = listener.failed
+    assert isinstance(err, InfrastructureError) and "could not reach Lambda" in str(err), err
+    assert at - submitted < 1 + 1 + 1.5, at - submitted
+
+
 def test_every_event_lost_still_ends_by_the_timeout(
         deployed, moto_endpoint, s3_proxy, lambda_emulator, tmp_path):
     """Nothing waits forever: with every event dropped (no peer ever finishes, so no
