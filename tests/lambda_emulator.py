@@ -27,7 +27,8 @@ awslambdaric, in sandboxes that see only what Lambda would.
   handler) and registers it under the URI. A PackageType=Image function then runs
   in the same sandboxes with what the base image gives (the runtime dir: awslambdaric
   and the bundled SDK) and the image's task root; creating a function from an image
-  never pushed is refused, as Lambda refuses a missing ECR image.
+  never pushed is refused, as Lambda refuses a missing ECR image. The same push is
+  served over HTTP (``REGISTRY_PATH``) for a stand-in ``docker`` in another process.
 - ``Faults``: drop / duplicate / throttle (429 + retryAfterSeconds) / latency /
   kill-mid-task, seeded, with counters so tests can check the faults really happened.
 - Anything unexpected inside the emulator (a slot's exception, a server handler's
@@ -66,6 +67,10 @@ import zipfile
 # value in every emulator config as `lambda.runtime_calendar`. The calendar's refusals and
 # warnings are tested against its dates with an injected "today" (test_lambda_runtimes.py).
 RUNTIME_CALENDAR = "waive"
+
+# The emulator's stand-in for an ECR registry: what a ``docker push`` would send (see
+# ``registry_push``); not an AWS API.
+REGISTRY_PATH = "/_emulator/images"
 
 # Lambda's documented limits the emulator enforces (developer guide, "Lambda quotas").
 ASYNC_PAYLOAD_LIMIT = 1024 * 1024     # asynchronous invocation payload (was 256 KB until 2025)
@@ -657,6 +662,8 @@ class _InvokeAPI(_Quiet):
             return self.emu.handle_invoke(self, urllib.parse.unquote(m.group(1)), body)
         if self.command == "GET" and self.path.rstrip("/") == "/2016-08-19/account-settings":
             return self.emu.account_settings(self)
+        if self.command == "POST" and self.path == REGISTRY_PATH:
+            return self.emu.registry_push(self, body)
         if (self.command == "POST" and self.path.rstrip("/") == "/2015-03-31/functions") or \
                 (self.command == "PUT" and re.fullmatch(r"/2015-03-31/functions/[^/]+/code", self.path)):
             uri = self.emu.image_uri_of(body)
@@ -758,6 +765,17 @@ class LambdaEmulator:
         with self._lock:
             self.images[uri] = image
         return image
+
+    def registry_push(self, h, body: bytes):
+        """``POST REGISTRY_PATH`` {"uri", "context"}: ``push_image`` over HTTP, for a
+        stand-in ``docker push`` running in another process."""
+        try:
+            req = json.loads(body)
+            image = self.push_image(req["uri"], req["context"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            return self._error(h, 400, "InvalidImage", f"{type(exc).__name__}: {exc}")
+        return h._reply(200, json.dumps({"digest": image.digest}).encode(),
+                        {"Content-Type": "application/json"})
 
     @staticmethod
     def image_uri_of(body: bytes) -> str | None:

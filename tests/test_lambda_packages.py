@@ -436,6 +436,91 @@ def test_the_image_path_end_to_end_without_docker(deployed, moto_endpoint, s3_pr
     assert not os.path.exists(os.path.join(os.path.dirname(ctx), "cb-worker"))
 
 
+# A stand-in for the docker CLI with a daemon: it checks what `deploy --image` runs (login
+# with ECR's token, a single-platform build of the context, tag, push to the logged-in
+# registry) and pushes to the emulator's registry, which is what Lambda then runs.
+_DOCKER = r'''#!{python}
+import json, os, sys, urllib.request
+
+state_path = os.environ["CB_DOCKER_STATE"]
+state = json.load(open(state_path)) if os.path.exists(state_path) else \
+    {{"calls": [], "logins": {{}}, "built": {{}}, "tags": {{}}}}
+args = sys.argv[1:]
+state["calls"].append(args[0])
+
+
+def fail(msg):
+    json.dump(state, open(state_path, "w"))
+    sys.exit(msg)
+
+
+if args[0] == "login":
+    user, reg = args[args.index("--username") + 1], args[-1]
+    if "--password-stdin" not in args or not sys.stdin.read():
+        fail("no password on stdin")
+    state["logins"][reg] = user
+elif args[0] == "build":
+    if args[args.index("--platform") + 1] != "linux/amd64" or "--provenance=false" not in args:
+        fail(f"not a single-platform amd64 build: {{args}}")
+    if not os.path.isfile(os.path.join(args[-1], "Dockerfile")):
+        fail("no Dockerfile in the build context")
+    state["built"][args[args.index("-t") + 1]] = os.path.abspath(args[-1])
+elif args[0] == "tag":
+    if args[1] not in state["built"]:
+        fail(f"no such image: {{args[1]}}")
+    state["tags"][args[2]] = state["built"][args[1]]
+elif args[0] == "push":
+    if args[1].split("/")[0] not in state["logins"]:
+        fail("no basic auth credentials")
+    req = urllib.request.Request(os.environ["CB_EMULATOR_URL"] + "{registry}", method="POST",
+                                 data=json.dumps({{"uri": args[1], "context": state["tags"][args[1]]}}).encode())
+    urllib.request.urlopen(req).read()
+elif args[0] != "info":
+    fail(f"unexpected docker {{args}}")
+json.dump(state, open(state_path, "w"))
+'''
+
+
+def test_deploy_image_builds_and_pushes_when_docker_answers(deployed, moto_endpoint, s3_proxy,
+                                                           lambda_emulator, tmp_path, monkeypatch):
+    """With a docker daemon, `deploy --image` runs the printed steps itself: the ECR
+    repository (boto3), docker login with ECR's token, build, tag, push; then deploys the
+    image, and a numpy job runs in it. Unchanged packages build nothing the second time."""
+    from lambda_emulator import REGISTRY_PATH
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(_DOCKER.format(python=sys.executable, registry=REGISTRY_PATH))
+    (bin_dir / "docker").chmod(0o755)
+    state = tmp_path / "docker.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CB_DOCKER_STATE", str(state))
+    monkeypatch.setenv("CB_EMULATOR_URL", lambda_emulator.url)
+    data = config_dict(moto_endpoint, s3_proxy.url, lambda_emulator.url, function_name="cb-docker",
+                       memory=1769, timeout=60)
+    data["endpoints"]["ecr"] = moto_endpoint
+    path = write_config(tmp_path / "docker.yaml", data)
+    actions = deploy(config.load(path), modules=["numpy"], image=True)
+    pushed = [w for v, w, _ in actions if v == "pushed"]
+    reg = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    assert len(pushed) == 1 and pushed[0].startswith(f"image {reg}/cb-docker:"), actions
+    uri = pushed[0].removeprefix("image ")
+    calls = json.loads(state.read_text())
+    assert calls["calls"] == ["info", "login", "build", "tag", "push"], calls
+    assert calls["logins"] == {reg: "AWS"}
+    ecr = boto3.client("ecr", endpoint_url=moto_endpoint, region_name=REGION)
+    assert [r["repositoryName"] for r in ecr.describe_repositories()["repositories"]] == ["cb-docker"]
+    fn = lam_client(moto_endpoint).get_function(FunctionName="cb-docker")
+    assert fn["Configuration"]["PackageType"] == "Image" and fn["Code"]["ImageUri"] == uri
+    with Executor(backend="lambda", config_path=path) as ex:
+        version, where, _ = ex.map(numpy_check, [8]).result(timeout=120)[0]
+    assert where.startswith(os.path.join(lambda_emulator.root, "images"))
+    assert ex.backend.deployment()["modules"]["numpy"]["version"] == version
+    # The same packages again: the deployed image has their tag, docker is not asked.
+    assert {v for v, _, _ in deploy(config.load(path), modules=["numpy"], image=True)} == {"unchanged"}
+    assert json.loads(state.read_text())["calls"] == calls["calls"]
+
+
 def test_packages_over_the_unzipped_limit_take_the_image_path(deployed, moto_endpoint, s3_proxy,
                                                               lambda_emulator, tmp_path, monkeypatch):
     from cloudbutton_executor import packaging
