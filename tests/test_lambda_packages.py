@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from aws_fixtures import BUCKET, PREFIX, REGION, aws_environment, config_dict, write_config
-from cloudbutton_executor import (Executor, MissingPackageError, TaskTimeoutError, WorkerSetupError,
+from cloudbutton_executor import (Executor, MissingPackageError, OutOfMemoryError, TaskTimeoutError, WorkerSetupError,
                                   config, protocol)
 from cloudbutton_executor.backends.aws_lambda import ImageRequired, deploy
 
@@ -263,6 +263,20 @@ def test_memory_other_than_deployed_is_refused(lambda_ex, deployed):
         lambda_ex.map(abs, [1], timeout=60)
     job = lambda_ex.map(abs, [-1])  # the deployed memory, named in the job
     assert job.result(timeout=60) == [1] and job.memory_mb == 512
+
+
+def _hog(mb):
+    return len(bytearray(mb * 2 ** 20))
+
+
+def test_a_task_over_the_deployed_memory_ends_as_out_of_memory_in_seconds(lambda_ex):
+    """The deployed MemorySize (512 MB in the tests) bounds a task: 700 MB fails with the
+    limit named, soon (not at the timeout); 64 MB in the same job succeeds."""
+    t0 = time.time()
+    big, small = lambda_ex.map(_hog, [700, 64]).results(timeout=60)
+    took = time.time() - t0
+    assert isinstance(big, OutOfMemoryError) and "memory limit of 512 MB" in str(big), repr(big)
+    assert small == 64 * 2 ** 20 and took < 15, took
 
 
 def test_a_job_timeout_shorter_than_the_function_stops_the_worker(lambda_ex):
