@@ -160,8 +160,8 @@ class LambdaBackend(Backend):
             give_up = time.time() + self.config.lambda_.throttle_retry_s
             # An endpoint that does not answer is retried until the task's own deadline
             # (a few seconds per try): a task never waits on a silent endpoint for longer.
-            deadline = float(event.get("host_submit") or time.time()) + float(event.get("timeout") or 0) \
-                + self.config.lambda_.deadline_grace
+            deadline = (float(event.get("host_submit") or time.time()) + float(event.get("timeout") or 0)
+                        + self.config.lambda_.deadline_grace)
             attempt = 0
             while True:
                 if event["job_id"] in self._cancelled:
