@@ -193,6 +193,11 @@ class ForwardingProxy:
         self.tamper_for: str | None = None
         self.tampered = 0
         self.log: list[tuple[str, str, str]] | None = None  # (access key id, method, key) if set
+        # A bucket policy (or IAM) that refuses writes: PUTs of a key ending with one of
+        # these suffixes get 403 AccessDenied (``deny_for``: only those signed with that
+        # access key id).
+        self.deny_puts: tuple[str, ...] = ()
+        self.deny_for: str | None = None
         self.lock = threading.Lock()
         self.server = _serve(_ProxyHandler, proxy=self)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -204,6 +209,8 @@ class ForwardingProxy:
             self.tamper = {}
             self.tamper_for = None
             self.log = None
+            self.deny_puts = ()
+            self.deny_for = None
 
     @staticmethod
     def _who_and_key(h) -> tuple[str, str]:
@@ -232,6 +239,9 @@ class ForwardingProxy:
             if m:
                 planted = planted[int(m.group(1)):int(m.group(2)) + 1 if m.group(2) else None]
             return h._reply(200, planted, {"Content-Type": "application/octet-stream"})
+        if h.command == "PUT" and key and key.endswith(self.deny_puts) \
+                and (self.deny_for is None or who == self.deny_for):
+            return self._error(h, 403)
         if fault and not after:
             return self._error(h, code)
         status, headers, data = forward(self.target, h.command, h.path, h.headers, body)
@@ -241,7 +251,7 @@ class ForwardingProxy:
 
     @staticmethod
     def _error(h, code):
-        kind = "InternalError" if code == 500 else "SlowDown"
+        kind = {500: "InternalError", 503: "SlowDown", 403: "AccessDenied"}[code]
         body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{kind}</Code>'
                 f'<Message>injected by the test proxy</Message></Error>').encode()
         h._reply(code, body if h.command != "HEAD" else b"", {"Content-Type": "application/xml"})

@@ -13,8 +13,8 @@ import boto3
 import pytest
 
 from aws_fixtures import BUCKET, PREFIX, REGION, aws_environment, config_dict, write_config
-from cloudbutton_executor import (Executor, MissingPackageError, OutOfMemoryError, TaskTimeoutError, WorkerSetupError,
-                                  config, protocol)
+from cloudbutton_executor import (Executor, MissingPackageError, OutOfMemoryError, TaskTimeoutError,
+                                  WorkerDiedError, WorkerSetupError, config, protocol)
 from cloudbutton_executor.backends.aws_lambda import ImageRequired, deploy
 
 NUMPY_FN = "cb-numpy"
@@ -199,6 +199,20 @@ def test_a_module_the_runtime_lacks_ends_the_job_in_seconds(lambda_ex):
         assert isinstance(err, WorkerSetupError), err
         assert err.missing_module == "cb_host_only_mod"
         assert f"Python {sys.version_info.major}.{sys.version_info.minor}" in str(err)
+
+
+def test_a_refused_status_write_ends_the_task_in_seconds_with_the_reason(lambda_ex, s3_proxy):
+    """When the worker cannot store its status (the bucket refuses the write), its
+    supervisor's crash report says why, at once: not a timeout 23 s later."""
+    from lambda_emulator import ROLE_ENV
+
+    s3_proxy.deny_puts, s3_proxy.deny_for = ("/status.json",), ROLE_ENV["AWS_ACCESS_KEY_ID"]
+    t0 = time.time()
+    (out,) = lambda_ex.map(abs, [-1]).results(timeout=60)
+    took = time.time() - t0
+    assert isinstance(out, WorkerDiedError), repr(out)
+    assert "worker handler failed" in str(out) and "AccessDenied" in str(out), str(out)
+    assert took < 10, took
 
 
 def test_task_code_never_sees_the_host_environment(lambda_ex, lambda_emulator):
