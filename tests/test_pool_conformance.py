@@ -324,10 +324,16 @@ def _fresh_interpreter(body: str, tmp_path) -> dict:
         import psutil
         from cloudbutton_executor import CloudPoolExecutor
 
+        def alive(p):
+            try:
+                return p.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:  # ended between the listing and the look
+                return False
+
         def leftovers():
             return {"threads": sorted(t.name for t in threading.enumerate() if t.name != "MainThread"),
                     "children": [p.pid for p in psutil.Process().children(recursive=True)
-                                 if p.status() != psutil.STATUS_ZOMBIE]}
+                                 if alive(p)]}
 
         def settled(limit=30):
             end = time.time() + limit
