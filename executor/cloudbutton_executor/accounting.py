@@ -73,7 +73,8 @@ class Usage:
     def add_task(self, stats: Mapping[str, Any], attempt: int = 0) -> None:
         self.tasks += 1
         self.invocations += attempt + 1
-        self.run_s += billed_seconds(stats)
+        # backup_s: the run time of invocations that lost to a backup (or whose backup lost)
+        self.run_s += billed_seconds(stats) + float(stats.get("backup_s") or 0.0)
         self.init_s += float(stats.get("init_s") or 0.0)
         self.add_requests(stats.get("requests") or {})
 

@@ -41,6 +41,17 @@ log = logging.getLogger("cloudbutton.dispatch")
 CANCEL_CHECK_INTERVAL_S = 0.5  # how often a running job looks for a cancel marker written elsewhere
 FETCH_THREADS = 16  # statuses fetched at once when a poll finds many
 
+# Speculative backups of slow tasks (cubed's rule): once a job of at least
+# BACKUP_MIN_TASKS tasks has BACKUP_DONE_FRACTION of them done, a task running longer than
+# BACKUP_SLOW_FACTOR times the median of the completed ones (per item) gets one backup.
+# BACKUP_MIN_EXTRA_S keeps tiny tasks from being backed up for scheduling noise: a task
+# must also be that much slower than the median, which is more than the host's own
+# latency (a 0.2 s storage poll on Lambda, a process wake-up locally).
+BACKUP_MIN_TASKS = 10
+BACKUP_DONE_FRACTION = 0.5
+BACKUP_SLOW_FACTOR = 3.0
+BACKUP_MIN_EXTRA_S = 0.5
+
 _pool: cf.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -72,6 +83,10 @@ class JobSpec:
     reduce: dict[str, Any] | None = None  # a reduce task: the map job and tasks it reads
     batch_target_s: float | None = None   # "auto" batches: how long one should run
                                           # (None: the backend's ``auto_batch_target_s``)
+    backups: bool = True                  # speculative backups of slow tasks
+    cache: str | None = None              # the function's cache identity (``cache.py``)
+    budget_usd: float | None = None       # stop once the projected cost would pass it
+    rerun_of: str | None = None           # the job whose failed items this one re-runs
 
     def manifest(self, backend: str, architecture: str | None) -> dict[str, Any]:
         from . import __version__
@@ -82,6 +97,8 @@ class JobSpec:
             "function_key": self.function_key, "label": self.label, "n_items": self.n_items,
             "chunksize": self.chunksize, "timeout": self.timeout, "memory_mb": self.memory_mb,
             "retries": self.retries, "executor_version": __version__,
+            "backups": self.backups, "cache": self.cache, "budget_usd": self.budget_usd,
+            "rerun_of": self.rerun_of,
         }
 
     @classmethod
@@ -90,7 +107,9 @@ class JobSpec:
                    function_name=manifest["function"], n_items=int(manifest["n_items"]),
                    chunksize=manifest["chunksize"], timeout=float(manifest["timeout"]),
                    retries=int(manifest.get("retries") or 0), memory_mb=int(manifest["memory_mb"]),
-                   created=float(manifest["created"]), label=manifest.get("label"))
+                   created=float(manifest["created"]), label=manifest.get("label"),
+                   backups=bool(manifest.get("backups", True)), cache=manifest.get("cache"),
+                   budget_usd=manifest.get("budget_usd"), rerun_of=manifest.get("rerun_of"))
 
 
 class Dispatcher:
@@ -120,6 +139,13 @@ class Dispatcher:
         self._applied: set[str] = set()           # tasks whose status was applied (or is being)
         self._uncollected: set[str] = set()       # tasks whose status could not be read yet
         self._latencies: list[float] = []         # submit -> stored of collected tasks
+        self._per_item_s: list[float] = []        # worker time per item of collected tasks
+        self._first_start: dict[str, float] = {}  # task -> when its first attempt started
+        self._sent_at: dict[str, dict[int, float]] = {}  # task -> attempt -> when sent
+        self._backups: dict[str, int] = {}        # task -> backups sent (slow or lost)
+        self._live_attempts: dict[str, set[int]] = {}  # task -> attempts sent, not ended
+        self._holes = False                       # some items ended before being sent (cache)
+        self.backups_sent = 0
         self._data_offsets: list[int] | None = None
         concurrency = backend.limits.concurrency
         self._batcher = AutoBatcher(spec.batch_target_s or backend.limits.auto_batch_target_s,
@@ -161,6 +187,8 @@ class Dispatcher:
     def plan_sizes(self) -> list[int]:
         """Sizes of the invocations to send now (lock held)."""
         remaining = self.spec.n_items - self._next_item
+        if self._holes and remaining > 0:  # items the cache served are not sent
+            remaining = self.store.count_open(self._next_item, self.spec.n_items)
         if remaining <= 0 or self.cancelled or self._payloads is None:
             return []
         if self._batcher is None:
@@ -186,11 +214,18 @@ class Dispatcher:
         with self._lock:
             for n in self.plan_sizes():
                 start = self._next_item
-                self._next_item += n
+                if self._holes:  # a task covers a run of items not served by the cache
+                    start = self.store.next_open(start)
+                    if start >= self.spec.n_items:
+                        break
+                    n = min(n, self.store.open_until(start) - start)
+                self._next_item = start + n
                 tid = protocol.task_id(start, start + n, self.spec.n_items)
                 event = self.event(tid, start, start + n)
                 self._inflight[tid] = event
                 self._last_attempt[tid] = 0
+                self._sent_at[tid] = {0: event["host_submit"]}
+                self._live_attempts[tid] = {0}
                 self.store.add_task(tid, event["host_submit"])
                 events.append(event)
         if events:
@@ -261,13 +296,19 @@ class Dispatcher:
         with self._lock:
             if self._inflight.get(event["task"]) is event:
                 self._accepted[event["task"]] = at
+            if not event.get("attempt"):
+                self._first_start.setdefault(event["task"], at)
 
     def on_throttled(self, event: Event, retry_after: float | None) -> None:
         with self._lock:
             self.throttled += 1
 
     def on_start(self, event: Event) -> None:
-        self.store.mark_running(event["task"], self.clock())
+        now = self.clock()
+        if not event.get("attempt"):
+            with self._lock:  # a later start (a Lambda accept) is the same attempt's
+                self._first_start[event["task"]] = now
+        self.store.mark_running(event["task"], now)
 
     def on_done(self, event: Event, response: dict[str, Any]) -> None:
         if response.get("state") == "cancelled" or self.cancelled:
@@ -275,11 +316,20 @@ class Dispatcher:
         self._guarded(self._collect, event["task"], self.clock())
 
     def on_failure(self, event: Event, error: InfrastructureError) -> None:
-        """Retry the task if the user allowed it, else end it with ``error``."""
+        """Retry the task if the user allowed it, else end it with ``error``. An attempt
+        that fails while another attempt of the task still runs (a backup race) is
+        dropped: the other may still deliver, and the deadline still applies."""
         if self.cancelled:
             return
         tid = event["task"]
         with self._lock:
+            if tid in self._applied:
+                return  # a loser of a backup race, stopped once the winner's status came
+            live = self._live_attempts.get(tid)
+            if live is not None:
+                live.discard(event.get("attempt", 0))
+                if live:
+                    return
             used = self._retries_used.get(tid, 0)
             again = None
             if used < self.spec.retries and tid in self._inflight:
@@ -308,13 +358,25 @@ class Dispatcher:
             return
         self.on_failure(event, error)
 
-    def _resend(self, tid: str, event: Event) -> Event:
-        """A new attempt of a task (lock held); the caller invokes it."""
+    def _resend(self, tid: str, event: Event, backup: str | None = None) -> Event:
+        """A new attempt of a task (lock held); the caller invokes it. ``backup`` ("slow"
+        or "lost"): the attempt races the ones sent before, which keep running."""
         attempt = self._last_attempt.get(tid, 0) + 1
         self._last_attempt[tid] = attempt
         again = dict(event, attempt=attempt, host_submit=self.clock())
+        again.pop("backup", None)
         self._inflight[tid] = again
         self._accepted.pop(tid, None)
+        self._sent_at.setdefault(tid, {})[attempt] = again["host_submit"]
+        live = self._live_attempts.setdefault(tid, set())
+        if backup:
+            again["backup"] = backup
+            self._backups[tid] = self._backups.get(tid, 0) + 1
+            self.backups_sent += 1
+            self.store.note_backup(tid, again["host_submit"], backup, attempt)
+        else:
+            live.clear()  # a retry replaces an attempt that ended
+        live.add(attempt)
         self.retried += 1
         return again
 
@@ -364,9 +426,21 @@ class Dispatcher:
             st = status.get("stats") or {}
             if st.get("result_stored") and st.get("host_submit"):
                 self._latencies.append(st["result_stored"] - st["host_submit"])
+            a, b = protocol.task_range(tid)
+            if "infra" not in status and st.get("result_stored") and st.get("worker_start"):
+                self._per_item_s.append((st["result_stored"] - st["worker_start"]) / (b - a))
+            raced = self._backups.get(tid, 0) > 0
+            sent = self._sent_at.pop(tid, {})
+            self._live_attempts.pop(tid, None)
+        if raced:
+            # The first status stored won; the other attempts are stopped where the backend
+            # can, and what they ran is billed (until now: when the host saw the winner).
+            self.backend.stop_task(self.spec.job_id, tid)
+            winner = int(status.get("attempt", 0))
+            losers_s = sum(max(0.0, host_seen - t) for k, t in sent.items() if k != winner)
+            self.store.note_losers(tid, len(sent), losers_s)
         self.store.apply_status(status, outcomes, host_seen, self.clock())
         if self._batcher is not None and "infra" not in status:
-            a, b = protocol.task_range(tid)
             self._batcher.record(b - a, st["compute_done"] - st["worker_start"])
         self._dispatch_more()
 
@@ -437,11 +511,10 @@ class Dispatcher:
                 self._end_open_items_as_lost()
             return
         limits = self.limits
+        self._send_backups(now)
         grace = limits.deadline_grace_s
         if grace is None:  # the backend enforces timeouts itself and always reports
             return
-        if limits.lost_after_s is not None:
-            self._send_backups(now, limits.lost_after_s, grace)
         with self._lock:
             late = []
             for tid, e in self._inflight.items():
@@ -470,34 +543,74 @@ class Dispatcher:
                     f"{event['timeout']:g} s + {grace:g} s", event["task"])
             self.on_failure(event, err)
 
-    def _send_backups(self, now: float, lost_after: float, grace: float) -> None:
-        """Send again the events presumed lost (Lambda may drop async events; nothing says so).
+    def _send_backups(self, now: float) -> None:
+        """Backup invocations: one mechanism for tasks presumed lost and tasks merely slow.
 
-        An event is presumed lost when it has been silent for ``lost_after`` s plus
-        twice the 90th percentile submit-to-stored time of this job's finished tasks. The
-        backup is a new attempt of the same task: if the original was only slow, the first
-        stored status wins and the other is ignored. Bounded by the backend's
-        ``redeliveries``, and spaced so that all of them fit before the task's deadline
-        (backups don't move it).
+        A backup is a new attempt of the same task sent while the others still run: the
+        first status stored wins (first write wins), the others are stopped where the
+        backend can (``Backend.stop_task``), and every attempt is billed.
+
+        - Lost (backends that may drop events silently, ``lost_after_s``: Lambda's async
+          invokes): an event silent for ``lost_after_s`` plus twice the 90th percentile
+          submit-to-stored time of this job's finished tasks is sent again, at most
+          ``redeliveries`` times, spaced so that all fit before the task's deadline
+          (backups do not move it).
+        - Slow (every backend, unless ``backups=False``): cubed's rule, see
+          ``BACKUP_SLOW_FACTOR``; one backup per task.
         """
-        budget = self.limits.redeliveries
-        backups = []
+        limits = self.limits
+        backups: list[Event] = []
         with self._lock:
-            if not self._inflight or self.cancelled or not self._latencies:
+            if not self._inflight or self.cancelled:
+                return
+            slow_limit = self._slow_limit() if self.spec.backups else None
+            lost = None
+            if limits.lost_after_s is not None and self._latencies:
+                latencies = sorted(self._latencies)
+                lost = limits.lost_after_s + 2 * latencies[int(0.9 * (len(latencies) - 1))]
+            if slow_limit is None and lost is None:
                 return  # nothing to compare with yet: the timeout deadline still applies
-            latencies = sorted(self._latencies)
-            limit = lost_after + 2 * latencies[int(0.9 * (len(latencies) - 1))]
+            budget, grace = limits.redeliveries, limits.deadline_grace_s or 0.0
             for tid, e in list(self._inflight.items()):
+                reason = None
                 sent = self._accepted.get(tid)
-                wait = min(limit, max(lost_after, (e["timeout"] + grace) / (budget + 1)))
-                if sent is None or now - sent < wait or self._redelivered.get(tid, 0) >= budget:
+                if lost is not None and sent is not None and self._redelivered.get(tid, 0) < budget:
+                    wait = min(lost, max(limits.lost_after_s or 0.0,
+                                         (e["timeout"] + grace) / (budget + 1)))
+                    if now - sent >= wait:
+                        reason = "lost"
+                        self._redelivered[tid] = self._redelivered.get(tid, 0) + 1
+                if reason is None and slow_limit is not None and not self._backups.get(tid):
+                    started = self._first_start.get(tid)
+                    a, b = protocol.task_range(tid)
+                    if started is not None and (now - started) / (b - a) > slow_limit:
+                        reason = "slow"
+                if reason is None:
                     continue
-                self._redelivered[tid] = self._redelivered.get(tid, 0) + 1
-                if tid not in self._clock_start:
+                if tid not in self._clock_start and sent is not None:
                     self._clock_start[tid] = sent  # a backup does not extend the deadline
-                backups.append(self._resend(tid, e))
+                backups.append(self._resend(tid, e, backup=reason))
         if backups:
+            log.info("job %s: backup invocations for %s", self.spec.job_id,
+                     ", ".join(f"{e['task']} ({e['backup']})" for e in backups))
             self._invoke(backups)
+
+    def _slow_limit(self) -> float | None:
+        """Seconds per item past which a running task is slow (lock held); None while the
+        job is too small or not half done (cubed's rule)."""
+        done = len(self._per_item_s)
+        if not done:
+            return None
+        running = len(self._inflight)
+        unplanned = self.spec.n_items - self._next_item
+        if unplanned > 0:  # tasks still to plan, at the size of those done so far
+            unplanned = math.ceil(unplanned / max(1.0, (self._next_item / max(1, done + running))))
+        total = done + running + unplanned
+        if total < BACKUP_MIN_TASKS or done < BACKUP_DONE_FRACTION * total:
+            return None
+        durations = sorted(self._per_item_s)
+        median = durations[len(durations) // 2]
+        return max(BACKUP_SLOW_FACTOR * median, median + BACKUP_MIN_EXTRA_S)
 
     def _end_open_items_as_lost(self) -> None:
         for a, b in self.store.open_runs():

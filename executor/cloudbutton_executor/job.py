@@ -112,6 +112,11 @@ class Job(Sequence[TaskFuture]):
         return self.dispatcher.throttled
 
     @property
+    def backups_sent(self) -> int:
+        """Backup invocations sent for slow or presumed-lost tasks."""
+        return self.dispatcher.backups_sent
+
+    @property
     def monitor_error(self) -> Exception | None:
         """The last error met while following the job, or else the last one a listener
         raised (both are also logged to the ``cloudbutton`` logger)."""
@@ -202,7 +207,8 @@ class Job(Sequence[TaskFuture]):
             architecture=self.backend.limits.architecture)
         return {
             "job_id": self.job_id, "backend": self.backend.name, "function": self.function_name,
-            "tasks": len(self), "invocations": usage.tasks, **c, **figures,
+            "tasks": len(self), "invocations": usage.tasks,
+            "billed_invocations": usage.invocations, "backups": self.backups_sent, **c, **figures,
             "requests": {"host": host_req, "workers": worker_req, "total": total_req,
                          "per_task": total_req / len(self) if len(self) else 0.0},
         }
@@ -236,3 +242,9 @@ class Job(Sequence[TaskFuture]):
 
     def item_attempts(self, i: int) -> int:
         return self.outcomes.item_attempts(i)
+
+    def item_backups(self, i: int) -> list[dict[str, Any]]:
+        return self.outcomes.item_backups(i)
+
+    def item_cache_info(self, i: int) -> dict[str, Any] | None:
+        return self.outcomes.item_cache_info(i)

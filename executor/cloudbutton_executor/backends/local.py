@@ -206,7 +206,12 @@ class LocalBackend(Backend):
         with self._cond:
             if self.closed:
                 raise RuntimeError("the local backend has been shut down")
-            self._queue.extend((e, listener) for e in events)
+            for e in events:
+                if e.get("backup"):
+                    # A backup races a straggler: behind the queue it could not win.
+                    self._queue.appendleft((e, listener))
+                else:
+                    self._queue.append((e, listener))
             self._cond.notify(len(events))
 
     def cancel_job(self, job_id: str) -> None:
@@ -214,6 +219,17 @@ class LocalBackend(Backend):
         with self._cond:
             self._queue = collections.deque(x for x in self._queue if x[0]["job_id"] != job_id)
             self._kill_running(lambda event: event["job_id"] == job_id)
+
+    def stop_task(self, job_id: str, task: str) -> bool:
+        """Drop the task's queued events and kill the workers running it (a backup race
+        was won: the other attempts are losers)."""
+        def its(event: dict[str, Any]) -> bool:
+            return bool(event["job_id"] == job_id and event["task"] == task)
+
+        with self._cond:
+            self._queue = collections.deque(x for x in self._queue if not its(x[0]))
+            self._kill_running(its)
+        return True
 
     def _kill_running(self, which: Callable[[dict[str, Any]], bool]) -> None:
         """Kill the workers running an event for which ``which(event)`` holds (lock held);
