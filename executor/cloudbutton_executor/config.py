@@ -46,6 +46,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import protocol
+
 if TYPE_CHECKING:
     import boto3
 
@@ -306,6 +308,21 @@ AWS: dict[str, Setting] = _settings(Config)
 LAMBDA: dict[str, Setting] = _settings(LambdaConfig, "lambda.")
 SETTINGS: dict[str, Setting] = {**RUN, **AWS, **LAMBDA}  # every setting, by dotted key
 
+# Options of a single call (never saved): the same checks and messages as the settings.
+OPTIONS: dict[str, Setting] = {s.key: s for s in (
+    Setting("limit", int, 20, "how many jobs to list, newest first", low=1, high=1000,
+            metavar="N"),
+    Setting("job_id", str, None, "a job's id, as `%cloud jobs` shows it",
+            pattern=protocol.JOB_ID_PATTERN, shape="a job id like 20260101-120000123-abcdef",
+            metavar="JOB_ID"),
+    Setting("label", str, None, "what the job list shows beside the job (the notebook's path)",
+            pattern=r"[^\x00-\x1f\x7f]{1,512}", shape="1-512 printable characters",
+            nullable=True),
+    Setting("auto_batch_target_s", float, None, "how long one chunksize='auto' batch should "
+            "run, in s (default: the backend's)", low=0.001, high=LAMBDA_MAX_TIMEOUT_S,
+            nullable=True),
+)}
+
 
 def run_defaults() -> dict[str, Any]:
     """The schema's defaults of the run settings."""
@@ -313,8 +330,22 @@ def run_defaults() -> dict[str, Any]:
 
 
 def check(key: str, value: Any, where: str = "") -> Any:
-    """``value`` for the setting ``key`` if valid, else a ConfigError naming it."""
-    return SETTINGS[key].check(value, where)
+    """``value`` for the setting (or call option) ``key`` if valid, else a ConfigError
+    naming it."""
+    return (SETTINGS.get(key) or OPTIONS[key]).check(value, where)
+
+
+def check_extra_args(value: Any, where: str = "") -> tuple[Any, ...] | dict[str, Any] | None:
+    """``map(extra_args=...)``: positional arguments (a tuple or list) or keyword
+    arguments (a dict with str keys) added to every call."""
+    if value is None or isinstance(value, tuple):
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return value
+    raise ConfigError(f"{where}extra_args must be a tuple of positional arguments or a dict of "
+                      f"keyword arguments, got {type(value).__name__} {value!r:.80}")
 
 
 def check_run(options: Mapping[str, Any], where: str = "") -> dict[str, Any]:
