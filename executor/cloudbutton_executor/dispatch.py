@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,12 +41,13 @@ from typing import Any
 from . import integrity, protocol, records, serialize
 from .backends.base import Backend, BackendLimits, Event
 from .batching import AutoBatcher
+from .cache import CacheWriter, ResultCache, item_keys
 from .errors import (INFRA_ERRORS, InfrastructureError, IntegrityError, LostInvocationError,
                      TaskTimeoutError)
 from .jobdata import JobInputs
 from .outcomes import OutcomeStore
 from .storage import CountingView, NotFound, Storage
-from .worker import open_status, read_results
+from .worker import open_status, read_result_blob
 
 log = logging.getLogger("cloudbutton.dispatch")
 
@@ -170,6 +172,8 @@ class Dispatcher:
         self._backups: dict[str, int] = {}        # task -> backups sent (slow or lost)
         self._live_attempts: dict[str, set[int]] = {}  # task -> attempts sent, not ended
         self._holes = False                       # some items ended before being sent (cache)
+        self.cache_writer: CacheWriter | None = None  # adds what this job computes to the cache
+        self.cache_lookup: dict[str, Any] | None = None  # hits and time of the cache lookup
         self.backups_sent = 0
         concurrency = backend.limits.concurrency
         self._batcher = AutoBatcher(spec.batch_target_s or backend.limits.auto_batch_target_s,
@@ -193,13 +197,33 @@ class Dispatcher:
         send the first tasks: everything a host needs to finish the job is in storage first."""
         spec = self.spec
         manifest = spec.manifest(self.backend.name, self.limits.architecture)
-        if self._payloads is not None and spec.reduce is None:
+        if self._holes:  # the items the cache served, for readers of storage (the panel)
+            manifest["cached"] = self.store.cached_runs()
+        if (self._payloads is not None and spec.reduce is None
+                and (not self._holes or self.store.count_open(0, spec.n_items))):
             self.inputs = JobInputs.from_payloads(self._payloads, spec.chunksize)
             manifest["data"] = self.inputs.upload(self.storage, spec.prefix, spec.job_id)
         self.storage.put(protocol.manifest_key(spec.prefix, spec.job_id),
                          self._seal(protocol.manifest_key(spec.prefix, spec.job_id), manifest))
         self._write_record()
         self._dispatch_more()
+
+    def use_cache(self, identity: str) -> int:
+        """Before ``start``: end the items the result cache holds (state "cached"), and add
+        what this job computes to it. Returns how many items it served."""
+        spec = self.spec
+        assert self._payloads is not None, "a job followed from storage has nothing to look up"
+        keys = item_keys(identity, self._payloads)
+        cache = ResultCache(self.storage, spec.prefix, identity)
+        hits = cache.lookup(keys)
+        self.cache_lookup = {"hits": len(hits), "lookup_s": cache.lookup_s}
+        if hits:
+            order = sorted(hits)
+            self.store.apply_cached(order, [hits[i].value for i in order],
+                                    [hits[i].info for i in order])
+            self._holes = True
+        self.cache_writer = CacheWriter(self.storage, spec.prefix, identity, spec.job_id, keys)
+        return len(hits)
 
     def follow(self, deadline: float | None = None) -> None:
         """Follow a job another host dispatches, through storage only. With ``deadline``
@@ -575,8 +599,9 @@ class Dispatcher:
                 raw = self.storage.get(skey)
             try:
                 status = open_status(raw, spec.prefix, skey, self.key, spec.job_id, tid)
-                outcomes = None if "infra" in status else read_results(
+                blob = None if "infra" in status else read_result_blob(
                     self.storage, spec.prefix, spec.job_id, status)
+                outcomes = None if blob is None else pickle.loads(blob)
             except IntegrityError as err:
                 self._refuse(tid, err)
                 return
@@ -597,6 +622,13 @@ class Dispatcher:
             raced = self._backups.get(tid, 0) > 0
             sent = self._sent_at.pop(tid, {})
             self._live_attempts.pop(tid, None)
+        writer = self.cache_writer
+        if writer is not None and blob is not None:
+            errors = protocol.item_errors(status)
+            writer.add(status, blob, [k for k in range(b - a) if a + k not in errors])
+            # The last task's results are written before the job ends: a re-run right
+            # after it finds them.
+            self._guarded(writer.flush, self.store.count_open(0, spec.n_items) <= b - a)
         if raced:
             # The first status stored won; the other attempts are stopped where the backend
             # can, and what they ran is billed (until now: when the host saw the winner).
@@ -642,6 +674,8 @@ class Dispatcher:
                 self.poll_storage()
             self.check_deadlines()
             self._maybe_write_record(now)
+            if self.cache_writer is not None:
+                self.cache_writer.flush()
         except Exception as exc:  # keep monitoring
             self._record_error(exc)
 
@@ -864,4 +898,6 @@ class Dispatcher:
                 protocol.cancel_marker(by="executor", at=self.clock()))
         finally:
             self.backend.cancel_job(self.spec.job_id)
+            if self.cache_writer is not None:  # what finished is kept
+                self._guarded(self.cache_writer.flush, True)
         return self.store.cancel()

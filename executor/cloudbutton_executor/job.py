@@ -41,6 +41,7 @@ class Job(Sequence[TaskFuture]):
         self.spec = spec
         self.outcomes = store
         self.dispatcher = dispatcher
+        self.executor: Any = None  # the Executor that submitted it (re-runs go through it)
         store.job = self
 
     # What the job is -----------------------------------------------------------

@@ -568,6 +568,11 @@ class OutcomeStore:
         flags = self._state[a:b].translate(_OK_TABLE)
         return [a + m.start() for m in re.finditer(rb"\x01", flags)]
 
+    def cached_runs(self) -> list[list[int]]:
+        """The runs [a, b) of consecutive items the cache served."""
+        flags = self._state.replace(bytes([CACHED]), b"\xff")
+        return [list(m.span()) for m in re.finditer(rb"\xff+", flags)]
+
     def open_runs(self) -> list[tuple[int, int]]:
         """The runs [a, b) of consecutive items that have not ended."""
         flags = self._state.translate(_OPEN_TABLE)

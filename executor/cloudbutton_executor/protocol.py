@@ -153,6 +153,11 @@ def cancel_key(prefix: str, job_id: str) -> str:
     return f"{job_prefix(prefix, job_id)}/cancel"
 
 
+def is_digest(text: str) -> bool:
+    """A sha256 as 64 lowercase hex digits (content addresses, cache identities)."""
+    return re.fullmatch(r"[0-9a-f]{64}", text or "") is not None
+
+
 def function_digest(fkey: str) -> str:
     """The sha256 a content-addressed function key names."""
     name = fkey.rsplit("/", 1)[-1]

@@ -559,6 +559,12 @@ def read_results(storage: Storage, prefix: str, job_id: str,
                  status: dict[str, Any]) -> list[Outcome]:
     """The (ok, value) outcomes of a verified stored task, in item order: a result blob is
     checked against the sha256 its status names before it is unpickled."""
+    outcomes: list[Outcome] = pickle.loads(read_result_blob(storage, prefix, job_id, status))
+    return outcomes
+
+
+def read_result_blob(storage: Storage, prefix: str, job_id: str, status: dict[str, Any]) -> bytes:
+    """The pickled outcomes of a verified stored task, checked against their sha256."""
     res = status["result"]
     if "inline" in res:
         blob = base64.b64decode(res["inline"])
@@ -568,5 +574,4 @@ def read_results(storage: Storage, prefix: str, job_id: str,
         if "sha256" not in res:
             raise IntegrityError(f"the status of {rkey} names no sha256 for it")
         integrity.check_content(blob, res["sha256"], f"the result {rkey}")
-    outcomes: list[Outcome] = pickle.loads(blob)
-    return outcomes
+    return blob
