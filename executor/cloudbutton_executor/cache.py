@@ -51,7 +51,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import integrity, protocol, serialize
+from . import accounting, integrity, protocol, serialize
 from .errors import IntegrityError
 from .storage import NotFound, Storage
 
@@ -283,6 +283,38 @@ class CacheWriter:
                                       [blob for _, blob in parts]))
         self.written += 1
         return True
+
+
+# Earlier runs' timings (for a billed job's estimate) ----------------------------------------
+def timings_key(prefix: str, identity: str) -> str:
+    return f"{prefix}/timings/{identity}.json"
+
+
+def write_timings(storage: Storage, prefix: str, identity: str, usage: accounting.Usage,
+                  items: int, wall_s: float) -> None:
+    """What computing ``items`` items of this function used (a finished job leaves it)."""
+    key = timings_key(prefix, identity)
+    doc = {"v": 1, "identity": identity, "items": items, "wall_s": wall_s,
+           "usage": dataclasses.asdict(usage)}
+    storage.put(key, integrity.seal(cache_key(), protocol.object_name(prefix, key), doc))
+
+
+def read_timings(storage: Storage, prefix: str,
+                 identity: str) -> tuple[accounting.Usage, int, float] | None:
+    """``(usage, items, wall seconds per invocation)`` of the last run of this function,
+    verified; None if there is none (or it does not verify)."""
+    key = timings_key(prefix, identity)
+    try:
+        doc = integrity.open_sealed(cache_key(), protocol.object_name(prefix, key),
+                                    storage.get(key), "the timings")
+    except NotFound:
+        return None
+    except IntegrityError as err:
+        log.warning("cache: %s", err)
+        return None
+    if doc.get("identity") != identity or not doc.get("items"):
+        return None
+    return accounting.Usage(**doc["usage"]), int(doc["items"]), float(doc.get("wall_s") or 0.0)
 
 
 # Listing and clearing -----------------------------------------------------------------------

@@ -41,7 +41,8 @@ from typing import Any
 from . import integrity, protocol, records, serialize
 from .backends.base import Backend, BackendLimits, Event
 from .batching import AutoBatcher
-from .cache import CacheWriter, ResultCache, item_keys
+from .cache import CacheWriter, ResultCache, item_keys, read_timings, write_timings
+from .spending import PROBE_INVOCATIONS, Spending
 from .errors import (INFRA_ERRORS, InfrastructureError, IntegrityError, LostInvocationError,
                      TaskTimeoutError)
 from .jobdata import JobInputs
@@ -97,7 +98,9 @@ class JobSpec:
     batch_target_s: float | None = None   # "auto" batches: how long one should run
                                           # (None: the backend's ``auto_batch_target_s``)
     backups: bool = True                  # speculative backups of slow tasks
-    cache: str | None = None              # the function's cache identity (``cache.py``)
+    cache: bool = False                   # look items up in the result cache, add results
+    identity: str | None = None           # the function's identity (``cache.py``): the
+                                          # cache's and earlier runs' timings key
     budget_usd: float | None = None       # stop once the projected cost would pass it
     rerun_of: str | None = None           # the job whose failed items this one re-runs
 
@@ -111,7 +114,8 @@ class JobSpec:
             "chunksize": self.chunksize, "timeout": self.timeout, "memory_mb": self.memory_mb,
             "retries": self.retries, "executor_version": __version__,
             "reduce": self.reduce, "batch_target_s": self.batch_target_s,
-            "backups": self.backups, "cache": self.cache, "budget_usd": self.budget_usd,
+            "backups": self.backups, "cache": self.cache, "identity": self.identity,
+            "budget_usd": self.budget_usd,
             "rerun_of": self.rerun_of,
         }
 
@@ -123,7 +127,8 @@ class JobSpec:
                    retries=int(manifest.get("retries") or 0), memory_mb=int(manifest["memory_mb"]),
                    created=float(manifest["created"]), label=manifest.get("label"),
                    reduce=manifest.get("reduce"), batch_target_s=manifest.get("batch_target_s"),
-                   backups=bool(manifest.get("backups", True)), cache=manifest.get("cache"),
+                   backups=bool(manifest.get("backups", True)),
+                   cache=bool(manifest.get("cache")), identity=manifest.get("identity"),
                    budget_usd=manifest.get("budget_usd"), rerun_of=manifest.get("rerun_of"))
 
 
@@ -174,6 +179,7 @@ class Dispatcher:
         self._holes = False                       # some items ended before being sent (cache)
         self.cache_writer: CacheWriter | None = None  # adds what this job computes to the cache
         self.cache_lookup: dict[str, Any] | None = None  # hits and time of the cache lookup
+        self.spending: Spending | None = None     # cost so far, projection, budget (if any)
         self.backups_sent = 0
         concurrency = backend.limits.concurrency
         self._batcher = AutoBatcher(spec.batch_target_s or backend.limits.auto_batch_target_s,
@@ -199,6 +205,8 @@ class Dispatcher:
         manifest = spec.manifest(self.backend.name, self.limits.architecture)
         if self._holes:  # the items the cache served, for readers of storage (the panel)
             manifest["cached"] = self.store.cached_runs()
+        if spec.budget_usd is not None and spec.reduce is None:
+            self._start_spending()
         if (self._payloads is not None and spec.reduce is None
                 and (not self._holes or self.store.count_open(0, spec.n_items))):
             self.inputs = JobInputs.from_payloads(self._payloads, spec.chunksize)
@@ -208,11 +216,12 @@ class Dispatcher:
         self._write_record()
         self._dispatch_more()
 
-    def use_cache(self, identity: str) -> int:
+    def use_cache(self) -> int:
         """Before ``start``: end the items the result cache holds (state "cached"), and add
         what this job computes to it. Returns how many items it served."""
         spec = self.spec
-        assert self._payloads is not None, "a job followed from storage has nothing to look up"
+        identity = spec.identity
+        assert self._payloads is not None and identity is not None
         keys = item_keys(identity, self._payloads)
         cache = ResultCache(self.storage, spec.prefix, identity)
         hits = cache.lookup(keys)
@@ -224,6 +233,53 @@ class Dispatcher:
             self._holes = True
         self.cache_writer = CacheWriter(self.storage, spec.prefix, identity, spec.job_id, keys)
         return len(hits)
+
+    # Budget ---------------------------------------------------------------------------
+    def _start_spending(self) -> None:
+        spec, limits = self.spec, self.limits
+        self.spending = Spending(
+            n_items=spec.n_items, open_items=self.store.count_open(0, spec.n_items),
+            budget_usd=spec.budget_usd, memory_mb=spec.memory_mb,
+            architecture=limits.architecture, concurrency=limits.concurrency,
+            chunksize=spec.chunksize)
+        if spec.identity is not None:  # earlier runs of the same function
+            earlier = read_timings(self.storage, spec.prefix, spec.identity)
+            if earlier is not None:
+                usage, items, wall = earlier
+                self.spending.make_estimate("earlier runs", usage, items, wall)
+        self._check_budget()
+
+    def _spent(self, tid: str, items: int) -> None:
+        """Task ``tid`` ended: count what it cost, make the estimate after a probe, and stop
+        the job if its budget says so."""
+        spending = self.spending
+        assert spending is not None
+        record = self.store.task_record(tid)
+        if record is not None:
+            spending.add_task(*record, items=items)
+        if spending.estimate is None and (self.store.done() or not self._inflight) \
+                and spending.tasks >= min(PROBE_INVOCATIONS, spending.invocations_for(
+                    spending.open_items)):
+            spending.make_estimate("probe")
+        elif spending.estimate is None and spending.tasks >= PROBE_INVOCATIONS:
+            spending.make_estimate("first tasks")
+        self._check_budget()
+        if self.store.done() and self.spec.identity is not None and spending.computed:
+            self._guarded(write_timings, self.storage, self.spec.prefix, self.spec.identity,
+                          spending.usage, spending.computed, spending.wall_s())
+
+    def _check_budget(self) -> None:
+        spending = self.spending
+        if spending is None:
+            return
+        why = spending.verdict()
+        if why is None:
+            return
+        c = self.store.counts()
+        spending.stopped = (f"stopped by its budget: {why}; {c['done'] + c['cached']} of "
+                            f"{self.spec.n_items} items have results, every one kept")
+        log.warning("job %s %s", self.spec.job_id, spending.stopped)
+        self.cancel(by="budget", reason=spending.stopped)
 
     def follow(self, deadline: float | None = None) -> None:
         """Follow a job another host dispatches, through storage only. With ``deadline``
@@ -367,6 +423,13 @@ class Dispatcher:
         if remaining <= 0 or self.cancelled or self.following or (
                 self.inputs is None and self.spec.reduce is None):
             return []
+        spending = self.spending
+        if spending is not None and (spending.stopped or spending.probing):
+            # A probe runs alone: the rest waits for the estimate it gives.
+            if spending.stopped or self._next_item > 0:
+                return []
+            remaining = min(remaining, spending.invocations_for(1) * PROBE_INVOCATIONS
+                            if self._batcher is None else PROBE_INVOCATIONS)
         if self._batcher is None:
             size = int(self.spec.chunksize)
             sizes = [min(size, remaining - k) for k in range(0, remaining, size)]
@@ -639,6 +702,8 @@ class Dispatcher:
         self.store.apply_status(status, outcomes, host_seen, self.clock())
         if self._batcher is not None and "infra" not in status:
             self._batcher.record(b - a, st["compute_done"] - st["worker_start"])
+        if self.spending is not None:
+            self._spent(tid, b - a)
         self._dispatch_more()
 
     def _refuse(self, tid: str, err: IntegrityError) -> None:
@@ -884,7 +949,7 @@ class Dispatcher:
             self._end_task({"task": tid, "attempt": 0}, err)
 
     # Cancelling ---------------------------------------------------------------------
-    def cancel(self) -> int:
+    def cancel(self, by: str = "executor", reason: str | None = None) -> int:
         """Stop the job: no more invocations, the backend told to stop the running ones,
         every open item cancelled. Returns how many items had not ended."""
         with self._lock:
@@ -895,7 +960,7 @@ class Dispatcher:
         try:
             self.storage.put_if_absent(
                 protocol.cancel_key(self.spec.prefix, self.spec.job_id),
-                protocol.cancel_marker(by="executor", at=self.clock()))
+                protocol.cancel_marker(by=by, at=self.clock(), reason=reason))
         finally:
             self.backend.cancel_job(self.spec.job_id)
             if self.cache_writer is not None:  # what finished is kept

@@ -340,8 +340,10 @@ class Executor:
                 if len(calls) < 64 else self._dumps_many(calls, inputs)
         function.report()
         inputs.report()
-        if options.pop("cache", False):
-            options["cache_identity"] = cache.function_identity(fn, modules)
+        if options["cache"] or (options["budget"] is not None
+                                and self.backend.limits.architecture is not None):
+            # The key of the cache and of earlier runs' timings (for a billed job's estimate).
+            options["identity"] = cache.function_identity(fn, modules)
         return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
 
     @staticmethod
@@ -364,7 +366,7 @@ class Executor:
                      timeout: float | None, retries: int, memory_mb: int | None,
                      label: str | None = None, reduce: dict[str, Any] | None = None,
                      modules: Collection[str] = (), single: bool = False, track: bool = True,
-                     cache_identity: str | None = None, budget: float | None = None,
+                     identity: str | None = None, budget: float | None = None,
                      backups: bool = True, cache: bool = False, rerun_of: str | None = None) -> Job:
         # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as
         # asked; it decides the memory and timeout the job runs with.
@@ -386,12 +388,12 @@ class Executor:
                        function_name=name, n_items=len(payloads), chunksize=chunksize,
                        timeout=timeout, retries=retries, memory_mb=memory_mb, created=time.time(),
                        label=label, reduce=reduce, batch_target_s=self.auto_batch_target_s,
-                       cache=cache_identity, budget_usd=budget, backups=backups,
-                       rerun_of=rerun_of)
+                       cache=cache and identity is not None, identity=identity, budget_usd=budget,
+                       backups=backups, rerun_of=rerun_of)
         job = new_job(spec, self.backend, self.storage, payloads)
         job.executor = self
-        if cache_identity is not None and payloads:
-            job.dispatcher.use_cache(cache_identity)
+        if spec.cache and payloads:
+            job.dispatcher.use_cache()
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done()] + [job]
             if track and self.track_uncollected:

@@ -113,6 +113,20 @@ class Job(Sequence[TaskFuture]):
         return self.dispatcher.throttled
 
     @property
+    def spending(self) -> dict[str, Any] | None:
+        """With a budget: spent and projected USD, the budget, the pre-flight estimate
+        (``{"invocations", "usd", "seconds", "source"}``) and why the budget stopped the job
+        (``stopped``); None without a budget."""
+        s = self.dispatcher.spending
+        return None if s is None else s.figures()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the job stopped before its end other than a cancel (its budget)."""
+        s = self.dispatcher.spending
+        return None if s is None else s.stopped
+
+    @property
     def backups_sent(self) -> int:
         """Backup invocations sent for slow or presumed-lost tasks."""
         return self.dispatcher.backups_sent

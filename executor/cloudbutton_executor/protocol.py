@@ -198,8 +198,12 @@ def job_ids(names: list[str]) -> list[str]:
 # The cancel marker ------------------------------------------------------------------
 # Whoever cancels a job (its own host, the Jupyter panel, `%cloud cancel` in another
 # kernel) writes it once, first write wins; workers and hosts only test that it exists.
-def cancel_marker(by: str, at: float) -> bytes:
-    return json.dumps({"v": PROTOCOL_VERSION, "by": by, "at": at}).encode()
+def cancel_marker(by: str, at: float, reason: str | None = None) -> bytes:
+    """``by``: who cancels ("budget" when the job's budget stopped it, with ``reason``)."""
+    doc: dict[str, Any] = {"v": PROTOCOL_VERSION, "by": by, "at": at}
+    if reason:
+        doc["reason"] = reason
+    return json.dumps(doc).encode()
 
 
 def read_cancel_marker(raw: bytes) -> dict[str, Any]:
