@@ -172,7 +172,7 @@ async def test_jobs_list_and_detail(jp_fetch, executor):
     assert done["duration_s"] == pytest.approx(
         max(st["stats"]["result_stored"] for st in statuses) - manifest["created"])
     assert failed["state"] == "failed" and failed["counts"] == {
-        "done": 4, "failed": 1, "pending": 0, "cancelled": 0, "lost": 0}
+        "done": 4, "failed": 1, "cached": 0, "pending": 0, "cancelled": 0, "lost": 0}
 
     code, detail = await get_json(jp_fetch, "jobs", second.job_id)
     assert code == 200 and detail["tasks"] == 3

@@ -154,6 +154,7 @@ class Dispatcher:
         self._record_dirty = False
         self._record_written = -math.inf
         self._crashes_seen: set[str] = set()       # crash reports already acted on
+        self._stdout_seen: set[str] = set()        # live stdout objects already read
         self._crash_floor: dict[str, int] = {}     # task -> first attempt a crash still counts for
         self._ran: set[str] = set()                # tasks known to have run (no backups for them)
         self._inherited: set[str] = set()          # tasks a dead host sent (see resume)
@@ -508,6 +509,8 @@ class Dispatcher:
         }
         if spec.reduce is not None:
             event["reduce"] = dict(spec.reduce, auth=integrity.job_key(spec.reduce["job_id"]).hex())
+        if self.limits.live_stdout_s:
+            event["live_stdout"] = self.limits.live_stdout_s
         return event
 
     def _invocation_timeout(self, n_items: int) -> float:
@@ -737,6 +740,8 @@ class Dispatcher:
                 self.check_owner(now)
             if self.following or not self.limits.calls_back or self._uncollected:
                 self.poll_storage()
+            elif self.limits.live_stdout_s:
+                self.poll_live_stdout()
             self.check_deadlines()
             self._maybe_write_record(now)
             if self.cache_writer is not None:
@@ -779,6 +784,7 @@ class Dispatcher:
             new = [tid for tid in new if self.store.any_open(*protocol.task_range(tid))]
         crashes = [key for key in keys if key not in self._crashes_seen
                    and protocol.crash_from_key(key) is not None] if not self.following else []
+        self._read_live_stdout(keys, pending)
         if len(new) > 1:
             # Fetch the new statuses concurrently: on S3 each GET is a round trip, and
             # one at a time they would cap how many tasks per second the host can see.
@@ -793,6 +799,44 @@ class Dispatcher:
         for key in crashes:
             self._crash_reported(key)
         return len(new)
+
+    def poll_live_stdout(self) -> None:
+        """What the running tasks printed so far, for a backend that reports each end itself
+        (the storage poll reads it on the others): one listing of the job's tasks."""
+        with self._lock:
+            pending = set(self._inflight)
+        if not pending:
+            return
+        spec = self.spec
+        tasks_prefix = protocol.tasks_prefix(spec.prefix, spec.job_id)
+        self._read_live_stdout(self.storage.list(tasks_prefix, start_after=tasks_prefix + min(pending)),
+                               pending)
+
+    def _read_live_stdout(self, keys: Sequence[str], pending: set[str]) -> None:
+        """Read the new live stdout objects among ``keys`` (of tasks still running), verify
+        their seals, and hand their texts to the store. An object that does not verify is
+        ignored: the task's status, verified too, carries all its output."""
+        new = []
+        for key in keys:
+            found = protocol.live_stdout_from_key(key)
+            if found is not None and found[0] in pending and key not in self._stdout_seen:
+                self._stdout_seen.add(key)
+                new.append((key, found))
+        for key, (tid, attempt, seq) in new:  # in key order: a task's flushes in sequence
+            try:
+                doc = integrity.open_sealed(self.key, protocol.object_name(self.spec.prefix, key),
+                                            self.storage.get(key), "the live stdout")
+                if doc.get("task") != tid or doc.get("attempt") != attempt or doc.get("seq") != seq:
+                    raise IntegrityError(f"the live stdout {key} is a foreign object")
+                a, b = protocol.task_range(tid)
+                texts = {int(i): str(t) for i, t in (doc.get("items") or {}).items()
+                         if str(i).isdigit() and a <= int(i) < b}
+            except (IntegrityError, NotFound, ValueError) as err:
+                log.warning("job %s: %s", self.spec.job_id, err)
+                continue
+            with self._lock:
+                self._ran.add(tid)  # it runs: not a lost event (no backups for that)
+            self.store.add_live_stdout(texts)
 
     def _crash_reported(self, key: str) -> None:
         """A supervisor reported that an attempt of a task crashed (its worker died or ran

@@ -252,6 +252,11 @@ class Job(Sequence[TaskFuture]):
     def item_stdout(self, i: int) -> str:
         return self.outcomes.item_stdout(i)
 
+    def live_stdout(self, since: int = 0) -> list[tuple[int, str]]:
+        """``(item, new text)`` that running tasks printed, as it reached this host, from
+        position ``since`` of the log on (``item_stdout`` has each item's whole text)."""
+        return self.outcomes.live_stdout(since)
+
     def item_error_info(self, i: int) -> dict[str, Any] | None:
         return self.outcomes.item_error_info(i)
 

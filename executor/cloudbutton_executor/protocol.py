@@ -179,6 +179,22 @@ def task_id_from_status_key(key: str) -> str | None:
     return None
 
 
+def live_stdout_key(prefix: str, job_id: str, tid: str, attempt: int, seq: int) -> str:
+    """What attempt ``attempt`` of task ``tid`` printed so far, its ``seq``-th flush (live
+    stdout: a new key per flush, so the host's listing says what is new)."""
+    return f"{tasks_prefix(prefix, job_id)}{tid}/stdout-{attempt}-{seq:06d}.json"
+
+
+def live_stdout_from_key(key: str) -> tuple[str, int, int] | None:
+    """``(task id, attempt, seq)`` of a live stdout key, else None."""
+    parts = key.rsplit("/", 2)
+    if len(parts) == 3 and is_task_id(parts[1]):
+        m = re.fullmatch(r"stdout-(\d+)-(\d+)\.json", parts[2])
+        if m:
+            return parts[1], int(m.group(1)), int(m.group(2))
+    return None
+
+
 def crash_from_key(key: str) -> tuple[str, int] | None:
     """``(task id, attempt)`` of a crash report's key, else None."""
     parts = key.rsplit("/", 2)

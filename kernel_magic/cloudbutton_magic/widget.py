@@ -270,7 +270,8 @@ class TextProgress(_Progress):
         self.file = file        # the bar (default: stderr)
         self.out = out          # failures, stdout and summary (default: stdout)
         self.bar: Any = None  # the tqdm bar, made by display()
-        self._stdout: list[tuple[int, str]] = []
+        self._stdout_printed = 0  # characters of task stdout printed so far
+        self._stdout_held = 0     # and not printed, past TEXT_STDOUT_CHARS
         self._failures: list[tuple[int, str, dict]] = []
         self._error_shown = ""
 
@@ -298,7 +299,7 @@ class TextProgress(_Progress):
         if self.bar is None:
             self.display()
         d = self.tracker.poll()
-        self._stdout.extend(d.stdout)
+        self._print_stdout(d.stdout)
         self._failures.extend(d.failures)
         error = self.error_text()
         if error and error != self._error_shown:
@@ -315,16 +316,24 @@ class TextProgress(_Progress):
             self.bar.close()
             self._print_summary()
 
+    def _print_stdout(self, chunks) -> None:
+        """Task stdout as it arrives (live while tasks run), up to TEXT_STDOUT_CHARS."""
+        if not chunks:
+            return
+        text = "".join(_prefix_lines(i, s) for i, s in sorted(chunks))
+        room = TEXT_STDOUT_CHARS - self._stdout_printed
+        if room <= 0:
+            self._stdout_held += len(text)
+            return
+        self._stdout_printed += min(room, len(text))
+        self._stdout_held += max(0, len(text) - room)
+        self._print(text[:room].rstrip("\n"))
+
     def _print_summary(self) -> None:
         out = []
-        if self._stdout:
-            out.append("--- task stdout ---")
-            text = "".join(_prefix_lines(i, s) for i, s in sorted(self._stdout))
-            if len(text) > TEXT_STDOUT_CHARS:
-                out.append(f"[... {len(text) - TEXT_STDOUT_CHARS} earlier characters; "
-                           "see job[i].stdout]")
-                text = text[-TEXT_STDOUT_CHARS:]
-            out.append(text.rstrip("\n"))
+        if self._stdout_held:
+            out.append(f"[... {self._stdout_held} more characters of task stdout; "
+                       "see job[i].stdout]")
         for i, tid, info in sorted(self._failures, key=lambda x: x[0])[:MAX_FAILURES_LISTED]:
             out.append(f"--- item {i} failed (task {tid}): {error_line(info)}")
             if info.get("traceback"):

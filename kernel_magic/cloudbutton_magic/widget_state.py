@@ -188,6 +188,9 @@ class JobTracker:
         self.series = RateSeries(max_bins=max_bins)
         self._cursor = 0                      # position in job.ended_tasks()
         self._taken = bytearray(self.n)       # 1 once an ended item was taken into the views
+        self._live_cursor = 0                 # position in the job's live stdout log
+        self._live_shown: dict[int, int] = {}  # running item -> characters of it shown so far
+        self._live_partial: dict[int, str] = {}  # running item -> its unfinished last line
         self._lock = threading.Lock()
 
     @property
@@ -203,6 +206,7 @@ class JobTracker:
         job), even when an interrupt broke off the previous poll midway."""
         with self._lock:
             delta = Delta()
+            self._take_live(delta)
             for tid, a, b in self.job.ended_tasks(self._cursor):
                 self._cursor += 1
                 self._take(tid, a, b, delta)
@@ -210,6 +214,21 @@ class JobTracker:
             self.counts = {k: c[k] for k in ("done", "failed", "cancelled")}
             self.running = c["running"]
             return delta
+
+    def _take_live(self, delta: Delta) -> None:
+        """Whole lines that running items printed since the last poll (live stdout); an
+        unfinished line waits for its end, or for its item's end."""
+        live = self.job.live_stdout(self._live_cursor)
+        self._live_cursor += len(live)
+        for i, text in live:
+            if self._taken[i]:
+                continue
+            pending = self._live_partial.get(i, "") + text
+            cut = pending.rfind("\n") + 1
+            if cut:
+                delta.stdout.append((i, pending[:cut]))
+                self._live_shown[i] = self._live_shown.get(i, 0) + cut
+            self._live_partial[i] = pending[cut:]
 
     def _take(self, tid: str | None, a: int, b: int, delta: Delta) -> None:
         """The items of one ended task (or of a cancel, ``tid`` None) into the delta."""
@@ -233,7 +252,10 @@ class JobTracker:
         t0 = self.t0
         for i in new:
             s = job.item_stats(i) if i != new[0] else st
-            out = job.item_stdout(i)
+            # What live stdout showed already is not shown again.
+            shown = self._live_shown.pop(i, 0)
+            self._live_partial.pop(i, None)
+            out = job.item_stdout(i)[shown:]
             if out:
                 delta.stdout.append((i, out))
             if state(i) == "failed":

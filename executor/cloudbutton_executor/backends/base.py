@@ -48,6 +48,8 @@ class BackendLimits:
     default_memory_mb: int            # memory of an invocation when the user sets none
     auto_batch_target_s: float        # how long one auto-sized batch should run
     architecture: str | None = None   # CPU architecture it bills (None: not billed)
+    live_stdout_s: float | None = None  # a printing task stores its output this often
+                                      # (None: only at its end)
 
 
 class InvocationListener(Protocol):
