@@ -1,4 +1,5 @@
 """The live progress views, driven by real jobs on real local workers."""
+import io
 import json
 import math
 import os
@@ -524,3 +525,91 @@ def test_background_thread_messages_land_in_their_cell(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# --- cached items -----------------------------------------------------------------------
+def tripled(x):
+    return 3 * x
+
+
+def test_cached_items_are_their_own_state_in_counts_bar_and_timeline(ex):
+    ex.map(tripled, range(4), cache=True).result(timeout=30)
+    job = ex.map(tripled, range(6), cache=True)
+    view = follow(JobWidget(job), job)
+    d = cols(view)
+    by_item = {b: k for k, b in enumerate(d["bottom"])}
+    assert sorted(by_item) == list(range(6))
+    for i in range(4):
+        k = by_item[i]
+        assert d["state"][k] == "cached" and d["task"][k] == "cached"
+        assert d["compute_color"][k] == "#17becf"
+        # The original run's compute time, not a time of this job.
+        assert d["compute_s"][k] == pytest.approx(
+            job[i].stats["compute_done"] - job[i].stats["compute_start"])
+        assert d["c0"][k] == 0.0 and d["c1"][k] < 5
+    assert all(d["state"][by_item[i]] == "done" for i in (4, 5))
+    header = view.header.value
+    assert "4 cached · 2 done · 0 failed · 0 running · 0 queued" in header
+    assert "cb-cached" in header and "#17becf" in header  # its own segment of the bar
+    assert "finished" in header
+    assert "4 cached, 2 done" in view.text_line()
+    out = io.StringIO()
+    text = follow(TextProgress(job, file=io.StringIO(), out=out), job)
+    assert "finished: 4 cached, 2 done, 0 failed" in out.getvalue()
+    assert text.tracker.queued == 0 and text.tracker.ended == 6
+    html = view.static_html()
+    assert "4 cached" in html and "data:image/png;base64," in html
+
+
+def test_a_large_cached_rerun_is_sampled_in_invocation_mode(ex):
+    ex.map(tripled, range(2500), chunksize=50, cache=True).result(timeout=120)
+    job = ex.map(tripled, range(2500), chunksize=50, cache=True)
+    assert job.result(timeout=60) == [3 * x for x in range(2500)]
+    tracker = JobTracker(job)
+    delta = tracker.poll()
+    assert tracker.counts["cached"] == 2500 and tracker.ended == 2500 and tracker.queued == 0
+    assert delta.rows and all(r["state"] == "cached" for r in delta.rows)
+    assert tracker.usage.tasks == 0  # nothing was computed, nothing is billed
+
+
+# --- budget: estimate, cost meter, stop -------------------------------------------------
+def slow_square(x):
+    import time
+
+    time.sleep(0.3)
+    return x * x
+
+
+def test_the_widget_shows_the_estimate_the_cost_meter_and_the_budget_stop(ex):
+    warm = ex.map(slow_square, [1])
+    follow(JobWidget(warm), warm)  # imports bokeh: the views below are made in no time
+    job = ex.map(slow_square, range(60), budget=0.0002)
+    view = JobWidget(job)
+    out = io.StringIO()
+    text = TextProgress(job, file=io.StringIO(), out=out)
+    text.display()
+    running_headers = []
+    while not job.wait(0.05):
+        view.update(force=True)
+        text.update(force=True)
+        running_headers.append(view.header.value)
+    view.finish()
+    text.finish()
+    assert any("projected $" in h and "budget $0.0002" in h for h in running_headers)
+    header = view.header.value
+    spending = job.spending
+    assert spending["stopped"] and "stopped by its budget" in spending["stopped"]
+    est = spending["estimate"]
+    assert f"estimate: {est['invocations']:,} invocations, about $" in header
+    assert "<div class='cb-cost-meter'>spent " in header and "budget $0.0002" in header
+    assert "projected" not in header.split("cb-cost-meter")[1].split("</div>")[0]  # ended
+    assert "cb-budget-stop" in header and "stopped by its budget" in header
+    printed = out.getvalue()
+    assert "cloudbutton: estimate: " in printed and "stopped by its budget" in printed
+    assert "stopped by its budget" in view.static_html()
+
+
+def test_no_budget_no_meter(ex):
+    job = ex.map(slow_square, range(3))
+    view = follow(JobWidget(job), job)
+    assert job.spending is None and "cb-cost-meter" not in view.header.value

@@ -337,3 +337,13 @@ def clear(storage: Storage, prefix: str, identity: str | None = None) -> int:
     if identity is not None and not protocol.is_digest(identity):
         raise ValueError(f"not a cache identity (64 hex digits): {identity!r}")
     return storage.delete_prefix(prefix_of(prefix, identity))
+
+
+def format_listing(rows: Sequence[dict[str, Any]]) -> str:
+    """``list_functions``' rows as the text ``%cloud cache list`` and ``cloudbutton cache
+    list`` print."""
+    if not rows:
+        return "the result cache is empty"
+    lines = [f"{'FUNCTION IDENTITY':<64}  {'ENTRIES':>7}  NEWEST JOB"]
+    lines += [f"{r['identity']:<64}  {r['entries']:>7}  {r['newest_job']}" for r in rows]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from IPython.core.error import UsageError
 
 from cloudbutton_executor import Executor, SerializationError, catalog, config, protocol
+from cloudbutton_executor import cache as result_cache
 from cloudbutton_executor.cell import CellTask
 from cloudbutton_executor.errors import JobCancelled
 from cloudbutton_executor.interrupt import cancel_jobs
@@ -217,6 +218,18 @@ class CloudRunner:
                                  protocol.cancel_marker(by="%cloud cancel", at=time.time()))
         print(f"asked job {job_id} to cancel (its kernel stops it within a second)")
 
+    def cache(self, action: str, identity: str | None = None) -> None:
+        """``%cloud cache list|clear``: the result cache in this session's storage."""
+        ex = self.executor(self.settings())
+        if action == "list":
+            print(result_cache.format_listing(result_cache.list_functions(ex.storage, ex.prefix)))
+            return
+        try:
+            n = result_cache.clear(ex.storage, ex.prefix, identity)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        print(f"cleared the result cache{' of ' + identity if identity else ''}: {n} objects")
+
     # Internals -----------------------------------------------------------------------
     def _evaluate_iterable(self, expr: str) -> list:
         try:
@@ -273,7 +286,8 @@ class CloudRunner:
         try:
             job = ex.map(fn, calls, chunksize=settings["chunksize"], timeout=settings["timeout"],
                          retries=settings["retries"], memory_mb=settings["memory_mb"],
-                         label=notebook_label(self.shell))
+                         label=notebook_label(self.shell), cache=settings["cache"],
+                         budget=settings["budget"], backups=settings["backups"])
         except (SerializationError, ValueError, TypeError) as err:
             raise UsageError(str(err)) from None
         self.jobs[job.job_id] = job

@@ -26,7 +26,7 @@ from typing import Any
 
 from cloudbutton_executor.units import format_usd
 
-from .widget_state import JobTracker, error_line
+from .widget_state import COMPUTE_CACHED, JobTracker, error_line
 
 MIN_INTERVAL_S = 0.2      # at most 5 renders a second
 STDOUT_TAIL_CHARS = 32_000  # what the widget keeps of the tasks' stdout
@@ -125,6 +125,32 @@ def fmt_seconds(s) -> str:
 
 def fmt_cost(usd: float) -> str:
     return format_usd(usd)
+
+
+def estimate_text(est: dict) -> str:
+    """The pre-flight estimate as one line: "N invocations, about $X, about T s"."""
+    source = {"probe": "from a probe", "earlier runs": "from earlier runs",
+              "first tasks": "from the first tasks"}.get(est.get("source"), "")
+    return (f"estimate: {est['invocations']:,} invocations, about {fmt_cost(est['usd'])}, "
+            f"about {fmt_seconds(est['seconds'])}" + (f" ({source})" if source else ""))
+
+
+def budget_lines(spending: dict | None, running: bool) -> list[str]:
+    """The estimate, the cost meter (spent, projected while it runs, the budget) and why the
+    budget stopped the job, from ``job.spending`` (nothing without a budget)."""
+    if not spending:
+        return []
+    lines = []
+    if spending.get("estimate"):
+        lines.append(estimate_text(spending["estimate"]))
+    meter = [f"spent {fmt_cost(spending['spent_usd'])}"]
+    if running:
+        meter.append(f"projected {fmt_cost(spending['projected_usd'])}")
+    meter.append(f"budget {fmt_cost(spending['budget_usd'])}")
+    lines.append(" · ".join(meter))
+    if spending.get("stopped"):
+        lines.append(spending["stopped"])
+    return lines
 
 
 def _prefix_lines(index: int, text: str) -> str:
@@ -270,6 +296,7 @@ class TextProgress(_Progress):
         self.file = file        # the bar (default: stderr)
         self.out = out          # failures, stdout and summary (default: stdout)
         self.bar: Any = None  # the tqdm bar, made by display()
+        self._estimate_shown = False
         self._stdout_printed = 0  # characters of task stdout printed so far
         self._stdout_held = 0     # and not printed, past TEXT_STDOUT_CHARS
         self._failures: list[tuple[int, str, dict]] = []
@@ -299,6 +326,10 @@ class TextProgress(_Progress):
         if self.bar is None:
             self.display()
         d = self.tracker.poll()
+        spending = self.job.spending
+        if spending and spending.get("estimate") and not self._estimate_shown:
+            self._estimate_shown = True
+            self._print(f"cloudbutton: {estimate_text(spending['estimate'])}")
         self._print_stdout(d.stdout)
         self._failures.extend(d.failures)
         error = self.error_text()
@@ -308,7 +339,8 @@ class TextProgress(_Progress):
         t = self.tracker
         self.bar.update(t.ended - self.bar.n)
         c = t.counts
-        self.bar.set_postfix_str(f"{c['done']} done, {c['failed']} failed, {t.running} running, "
+        self.bar.set_postfix_str((f"{c['cached']} cached, " if c["cached"] else "")
+                                 + f"{c['done']} done, {c['failed']} failed, {t.running} running, "
                                  f"{t.queued} queued" + (f", {c['cancelled']} cancelled"
                                                          if c["cancelled"] else ""),
                                  refresh=False)  # close() or the next update() redraws
@@ -341,12 +373,15 @@ class TextProgress(_Progress):
         if len(self._failures) > MAX_FAILURES_LISTED:
             out.append(f"... and {len(self._failures) - MAX_FAILURES_LISTED} more failures")
         c, hs = self.tracker.counts, self.tracker.header_stats()
-        line = (f"job {self.job.job_id} {self.state_text()}: {c['done']} done, {c['failed']} failed"
+        line = (f"job {self.job.job_id} {self.state_text()}: "
+                + (f"{c['cached']} cached, " if c["cached"] else "")
+                + f"{c['done']} done, {c['failed']} failed"
                 + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
                 + f" in {fmt_seconds(hs['elapsed_s'])}")
         if hs["flops"]:
             line += f", {hs['gflops']:.2f} GFLOPS effective"
         out.append(line)
+        out.extend(budget_lines(self.job.spending, running=False)[-2:])  # meter, stop
         self._print("\n".join(out))
 
 
@@ -410,7 +445,7 @@ CSS = """<style>
 </style>"""
 
 STATE_COLOURS = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4",
-                 "cancelled": "#7f7f7f", "queued": "#c7c7c7"}
+                 "cancelled": "#7f7f7f", "queued": "#c7c7c7", "cached": COMPUTE_CACHED}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.5"
 PRE = ("max-height: 240px; overflow: auto; font-size: 12px; margin: 2px 0; "
@@ -492,9 +527,10 @@ class JobView(_Progress):
     def text_line(self) -> str:
         c, t = self.tracker.counts, self.tracker
         hs = self._header_stats or t.header_stats()
-        return (f"job {self.job.job_id} {self.state_text()}: {c['done']} done, {c['failed']} failed, "
-                f"{t.running} running, {t.queued} queued, {c['cancelled']} cancelled "
-                f"in {fmt_seconds(hs['elapsed_s'])}")
+        cached = f"{c['cached']} cached, " if c["cached"] else ""
+        return (f"job {self.job.job_id} {self.state_text()}: {cached}{c['done']} done, "
+                f"{c['failed']} failed, {t.running} running, {t.queued} queued, "
+                f"{c['cancelled']} cancelled in {fmt_seconds(hs['elapsed_s'])}")
 
     def header_html(self) -> str:
         t = self.tracker
@@ -503,6 +539,8 @@ class JobView(_Progress):
         state = self.state_text()
         counts = (f"{c['done']} done · {c['failed']} failed · {t.running} running · "
                   f"{t.queued} queued · {c['cancelled']} cancelled · {self.job.retried} retried")
+        if c["cached"]:
+            counts = f"{c['cached']} cached · " + counts
         if self.job.throttled:
             counts += f" · {self.job.throttled} throttled"
         backend = self.job.backend.name
@@ -520,8 +558,13 @@ class JobView(_Progress):
         if error:
             parts.append(f"<span class='cb-error' style='color:#d62728'>error: "
                          f"{html.escape(error)}</span>")
+        budget = budget_lines(self.job.spending, running=state == "running")
+        spending_html = "".join(
+            f"<div class='cb-{kind}'{style}>{html.escape(line)}</div>"
+            for line, (kind, style) in zip(budget, self._budget_kinds(budget), strict=True))
         n = max(1, t.n)
-        segs = [("done", c["done"]), ("failed", c["failed"]), ("running", t.running),
+        segs = [("cached", c["cached"]), ("done", c["done"]), ("failed", c["failed"]),
+                ("running", t.running),
                 ("cancelled", c["cancelled"]), ("queued", t.queued)]
         bar = ("<div class='cloudbutton-bar' title='{}' style='display: flex; height: 12px; "
                "width: 100%; background: #e6e6e6; border-radius: 3px; overflow: hidden'>{}</div>"
@@ -535,7 +578,16 @@ class JobView(_Progress):
             f"font-weight:600'>{state}</span>"
             + (f" · <span style='color:#d62728'>{c['failed']} failed</span>" if c["failed"] else "")
             + f"</div><div class='cb-counts' style='font-weight:600'>{counts}</div>"
-            f"<div>{' · '.join(p for p in parts if p)}</div></div>{bar}")
+            f"<div>{' · '.join(p for p in parts if p)}</div>{spending_html}</div>{bar}")
+
+    def _budget_kinds(self, lines: list[str]) -> list[tuple[str, str]]:
+        """The class and style of each of ``budget_lines``: estimate, meter, stop."""
+        spending = self.job.spending or {}
+        kinds = [("estimate", "")] if spending.get("estimate") else []
+        kinds.append(("cost-meter", ""))
+        if spending.get("stopped"):
+            kinds.append(("budget-stop", " style='color:#d62728;font-weight:600'"))
+        return kinds[:len(lines)]
 
     # The rendering that stays -------------------------------------------------------
     def static_html(self) -> str:

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from cloudbutton_executor import accounting, protocol
+from cloudbutton_executor.outcomes import CACHED_TASK
 
 # Above this many items the timeline draws one row per invocation (sampled).
 MAX_TIMELINE_ROWS = 2000
@@ -25,6 +26,7 @@ NAN = float("nan")
 SMOOTH_MIN_BINS = 1  # the tasks/s line is smoothed over at least this many bins (sigma)
 COMPUTE_OK = "#2ca02c"
 COMPUTE_FAILED = "#d62728"
+COMPUTE_CACHED = "#17becf"  # items the result cache served (STATE_COLOURS["cached"])
 
 TIMELINE_COLUMNS = (
     "bottom", "top", "submit", "start", "setup", "c0", "c1", "fetched", "compute_color",
@@ -181,7 +183,7 @@ class JobTracker:
         # a multiple of ``stride``: at most ``max_rows`` rows, spread over the input,
         # whatever the batch sizes (which "auto" chunking only decides at run time).
         self.stride = 1 if self.per_item else math.ceil(self.n / max_rows)
-        self.counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self.counts = {"done": 0, "failed": 0, "cancelled": 0, "cached": 0}
         self.running = 0
         self.usage = accounting.Usage()  # what the ended tasks used, priced like job.stats
         self.last_stored: float | None = None  # when the last status was stored (the job's end)
@@ -195,7 +197,8 @@ class JobTracker:
 
     @property
     def ended(self) -> int:
-        return self.counts["done"] + self.counts["failed"] + self.counts["cancelled"]
+        c = self.counts
+        return c["done"] + c["failed"] + c["cancelled"] + c["cached"]
 
     @property
     def queued(self) -> int:
@@ -211,7 +214,7 @@ class JobTracker:
                 self._cursor += 1
                 self._take(tid, a, b, delta)
             c = self.job.counts()
-            self.counts = {k: c[k] for k in ("done", "failed", "cancelled")}
+            self.counts = {k: c[k] for k in ("done", "failed", "cancelled", "cached")}
             self.running = c["running"]
             return delta
 
@@ -242,6 +245,12 @@ class JobTracker:
             delta.ended += 1
         if tid is None:
             return  # cancelled: never ran, nothing to time or bill
+        if tid == CACHED_TASK:  # served by the cache: not computed (nor billed) now
+            if self.per_item:
+                delta.rows.extend(self._row(i, i + 1, tid) for i in new)
+            elif -(-a // self.stride) * self.stride < b:
+                delta.rows.append(self._row(a, b, tid))
+            return
         record = job.outcomes.task_record(tid)
         if record is not None:
             self.usage.add_task(*record)
@@ -274,6 +283,8 @@ class JobTracker:
         return -(-a // self.stride) * self.stride < b
 
     def _row(self, a: int, b: int, tid: str) -> dict:
+        if tid == CACHED_TASK:
+            return self._cached_row(a, b)
         job, t0 = self.job, self.t0
         first, last = job.item_stats(a), job.item_stats(b - 1)
         states = [job.item_state(i) for i in range(a, b)]
@@ -309,6 +320,21 @@ class JobTracker:
             "compute_s": _dur(c0, c1), "return_s": _dur(c1, fetched),
             "cold": "yes" if cold else "no",
             "error": error_line(failure_info(job, failed[0])) if failed else "",
+        }
+
+    def _cached_row(self, a: int, b: int) -> dict:
+        """Items [a, b) the cache served: a bar over the lookup at the job's start, in the
+        cache's colour; the hover gives the original run's compute time."""
+        first, last = self.job.item_stats(a), self.job.item_stats(b - 1)
+        lookup = (self.job.dispatcher.cache_lookup or {}).get("lookup_s") or 0.0
+        return {
+            "bottom": a, "top": b - 0.15 if b - a == 1 else b - 0.5,
+            "submit": 0.0, "start": 0.0, "setup": 0.0, "c0": 0.0, "c1": lookup, "fetched": lookup,
+            "compute_color": COMPUTE_CACHED, "cold_x": NAN, "cold_y": NAN, "task": CACHED_TASK,
+            "items": str(a) if b - a == 1 else f"{a}..{b - 1} ({b - a})", "state": "cached",
+            "queue_s": 0.0, "setup_s": 0.0,
+            "compute_s": _dur(first.get("compute_start"), last.get("compute_done")),
+            "return_s": 0.0, "cold": "no", "error": "",
         }
 
     @property

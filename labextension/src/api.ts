@@ -37,6 +37,7 @@ export interface IJobSummary {
   counts: {
     done: number;
     failed: number;
+    cached: number;
     pending: number;
     cancelled: number;
     lost: number;
@@ -48,6 +49,9 @@ export interface IJobSummary {
   memory_mb: number | null;
   cost_usd: number;
   gb_seconds: number;
+  projected_usd: number;
+  budget_usd: number | null;
+  stopped: string | null;
 }
 
 export interface ITaskDetail {

@@ -7,9 +7,9 @@ import { IJobDetail, ITaskDetail } from './api';
 import {
   basename,
   clipped,
+  costText,
   countsText,
   formatDuration,
-  formatUsd,
   h
 } from './dom';
 
@@ -90,9 +90,10 @@ export class JobDetail extends Widget {
           'cb-detail-figures'
         ),
         clipped(
-          `${formatDuration(job.duration_s)} · ${formatUsd(job.cost_usd)} at Lambda prices`,
+          `${formatDuration(job.duration_s)} · ${costText(job)} at Lambda prices`,
           'cb-detail-cost'
-        )
+        ),
+        job.stopped ? clipped(job.stopped, 'cb-detail-stopped') : null
       ),
       this._timeline(job),
       ...(failures.length

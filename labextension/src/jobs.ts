@@ -9,6 +9,7 @@ import { loadMagics } from './kernel';
 import {
   basename,
   clipped,
+  costText,
   countsText,
   formatDuration,
   formatUsd,
@@ -109,13 +110,17 @@ class JobList extends Widget {
           'span',
           {
             class: 'cb-job-cost',
-            title: 'estimated cost at AWS Lambda prices'
+            title:
+              'at AWS Lambda prices: ' +
+              costText(job) +
+              (job.stopped ? ` (${job.stopped})` : '')
           },
           formatUsd(job.cost_usd)
         ),
         cancel,
         finish
-      )
+      ),
+      job.stopped ? clipped(job.stopped, 'cb-job-stopped') : null
     );
   }
 
