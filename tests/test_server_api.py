@@ -180,6 +180,9 @@ async def test_jobs_list_and_detail(jp_fetch, executor):
                                                           "000004-000005"]
     assert detail["tasks_detail"][1]["failed"] == 1
     assert all(t["t"]["worker_start"] is not None for t in detail["tasks_detail"])
+    # Where the time went: the same sums as the job's own (the widget's) breakdown.
+    assert detail["phases"]["tasks"] == 3
+    assert detail["phases"]["seconds"] == pytest.approx(second.time_breakdown()["seconds"])
     (failure,) = detail["failures"]
     assert failure["i"] == 3 and failure["type"] == "ValueError" and "bad item 3" in failure["message"]
     assert "fails_on_three" in failure["traceback"]

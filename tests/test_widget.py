@@ -613,3 +613,42 @@ def test_no_budget_no_meter(ex):
     job = ex.map(slow_square, range(3))
     view = follow(JobWidget(job), job)
     assert job.spending is None and "cb-cost-meter" not in view.header.value
+
+
+# --- where the time went ------------------------------------------------------------------
+def test_where_the_time_went_in_the_widget_and_its_static_rendering(ex):
+    ex.map(abs, range(2)).result(timeout=30)  # warm workers: no queue, no cold start
+    job = ex.map(slow_square, range(2))
+    view = follow(JobWidget(job), job)
+    b = job.time_breakdown()
+    assert b["tasks"] == 2
+    # Every task computed 0.3 s: compute is at least 0.6 s of the sum, and the phases add
+    # up to the tasks' submit -> stored time.
+    assert 0.6 <= b["seconds"]["compute"] < 2
+    walls = sum(f.stats["result_stored"] - f.stats["host_submit"] for f in job.futures)
+    assert b["total_s"] == pytest.approx(walls, abs=0.01)
+    assert view.tracker.phases.as_dict()["seconds"] == pytest.approx(b["seconds"])
+    header = view.header.value
+    assert "Where the time went (2 tasks" in header and "cb-phase-compute" in header
+    share = b["seconds"]["compute"] / b["total_s"]
+    assert f"compute {share:.0%}" in header
+    assert "batching would gain little" in header  # mostly compute
+    assert "cb-phase-bar" in view.static_html()
+
+    tiny = ex.map(abs, range(30))
+    tiny_view = follow(JobWidget(tiny), tiny)
+    assert "larger batches (chunksize) would pay" in tiny_view.header.value
+
+
+def test_phases_of_a_cold_task_split_its_wait():
+    from cloudbutton_executor import phases
+
+    p = phases.task_phases({"host_submit": 10.0, "worker_start": 11.5, "cold_start": True,
+                            "init_s": 1.0, "setup_done": 11.7, "compute_done": 13.7,
+                            "result_stored": 13.8})
+    assert p == pytest.approx({"invoke": 0.5, "cold_start": 1.0, "download": 0.2,
+                               "compute": 2.0, "upload": 0.1})
+    warm = phases.task_phases({"host_submit": 10.0, "worker_start": 9.9, "cold_start": False,
+                               "init_s": 1.0, "setup_done": 10.0, "compute_done": 10.0,
+                               "result_stored": 10.1})
+    assert warm["invoke"] == 0.0 and warm["cold_start"] == 0.0  # clock skew: never negative

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import protocol
+from . import phases, protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +180,7 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
     done = failed = 0
     covered: set[int] = set()
     usage = Usage()
+    breakdown = phases.Breakdown()
     end = None
     flops = 0.0
     for tid, st in statuses.items():
@@ -191,6 +192,7 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
         flops += protocol.item_flops(dict(st))
         usage.add_status(st)
         s = st.get("stats") or {}
+        breakdown.add(s)
         t_end = s.get("result_stored") or s.get("compute_done")
         if t_end:
             end = max(end or 0.0, t_end)
@@ -227,4 +229,5 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
         "projected_usd": stats["projected_usd"] if state == "running" else stats["cost_usd"],
         "budget_usd": manifest.get("budget_usd"),
         "stopped": (cancel or {}).get("reason") if (cancel or {}).get("by") == "budget" else None,
+        "phases": breakdown.as_dict(),
     }

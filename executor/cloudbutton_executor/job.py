@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
-from . import accounting, serialize
+from . import accounting, phases, serialize
 from .backends.base import Backend
 from .dispatch import Dispatcher, JobSpec
 from .futures import TaskFuture
@@ -119,6 +119,14 @@ class Job(Sequence[TaskFuture]):
         (``stopped``); None without a budget."""
         s = self.dispatcher.spending
         return None if s is None else s.figures()
+
+    def time_breakdown(self) -> dict[str, Any]:
+        """Where the time of the tasks ended so far went (``phases``): seconds of invoke/queue,
+        cold start, function + input download, compute and result upload, summed."""
+        b = phases.Breakdown()
+        for stats, _attempt in self.outcomes.task_records():
+            b.add(stats)
+        return b.as_dict()
 
     @property
     def stop_reason(self) -> str | None:

@@ -24,6 +24,7 @@ import time
 import weakref
 from typing import Any
 
+from cloudbutton_executor.phases import PHASES, batching_hint
 from cloudbutton_executor.units import format_usd
 
 from .widget_state import COMPUTE_CACHED, JobTracker, error_line
@@ -151,6 +152,33 @@ def budget_lines(spending: dict | None, running: bool) -> list[str]:
     if spending.get("stopped"):
         lines.append(spending["stopped"])
     return lines
+
+
+PHASE_COLOURS = {"invoke": "#b0b0b0", "cold_start": "#4d4d4d", "download": "#ff9f1c",
+                 "compute": "#2ca02c", "upload": "#8e6bbf"}  # as the timeline's segments
+
+
+def phases_html(breakdown: dict) -> str:
+    """Where the time went: one thin stacked bar of the phases, a legend with their shares,
+    and whether batching would pay (``phases.batching_hint``)."""
+    total = breakdown["total_s"]
+    if not total:
+        return ""
+    secs = breakdown["seconds"]
+    segs = "".join(
+        f"<div class='cb-phase-{key}' title='{label}: {fmt_seconds(secs[key])}' "
+        f"style='width:{100 * secs[key] / total:.3f}%;background:{PHASE_COLOURS[key]}'></div>"
+        for key, label in PHASES if secs[key] > 0)
+    legend = " · ".join(
+        f"<span style='color:{PHASE_COLOURS[key]}'>■</span> {label} {secs[key] / total:.0%}"
+        for key, label in PHASES if secs[key] > 0)
+    return (f"<div class='cloudbutton-phases' style='{FONT}; font-size: 12px; margin-top: 4px'>"
+            f"<div>Where the time went ({breakdown['tasks']} tasks, "
+            f"{fmt_seconds(total)} in all): {legend}</div>"
+            "<div class='cb-phase-bar' style='display: flex; height: 8px; width: 100%; "
+            f"border-radius: 3px; overflow: hidden'>{segs}</div>"
+            f"<div class='cb-phase-hint' style='color: #616161'>"
+            f"{html.escape(batching_hint(breakdown))}</div></div>")
 
 
 def _prefix_lines(index: int, text: str) -> str:
@@ -578,7 +606,8 @@ class JobView(_Progress):
             f"font-weight:600'>{state}</span>"
             + (f" · <span style='color:#d62728'>{c['failed']} failed</span>" if c["failed"] else "")
             + f"</div><div class='cb-counts' style='font-weight:600'>{counts}</div>"
-            f"<div>{' · '.join(p for p in parts if p)}</div>{spending_html}</div>{bar}")
+            f"<div>{' · '.join(p for p in parts if p)}</div>{spending_html}</div>{bar}"
+            + phases_html(t.phases.as_dict()))
 
     def _budget_kinds(self, lines: list[str]) -> list[tuple[str, str]]:
         """The class and style of each of ``budget_lines``: estimate, meter, stop."""

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cloudbutton_executor import accounting, protocol
+from cloudbutton_executor import accounting, phases, protocol
 from cloudbutton_executor.outcomes import CACHED_TASK
 
 # Above this many items the timeline draws one row per invocation (sampled).
@@ -186,6 +186,7 @@ class JobTracker:
         self.counts = {"done": 0, "failed": 0, "cancelled": 0, "cached": 0}
         self.running = 0
         self.usage = accounting.Usage()  # what the ended tasks used, priced like job.stats
+        self.phases = phases.Breakdown()  # where the ended tasks' time went
         self.last_stored: float | None = None  # when the last status was stored (the job's end)
         self.series = RateSeries(max_bins=max_bins)
         self._cursor = 0                      # position in job.ended_tasks()
@@ -254,6 +255,7 @@ class JobTracker:
         record = job.outcomes.task_record(tid)
         if record is not None:
             self.usage.add_task(*record)
+            self.phases.add(record[0])
             stored = record[0].get("result_stored") or record[0].get("compute_done")
             if stored:
                 self.last_stored = max(self.last_stored or 0.0, stored)

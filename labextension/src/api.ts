@@ -52,6 +52,14 @@ export interface IJobSummary {
   projected_usd: number;
   budget_usd: number | null;
   stopped: string | null;
+  phases?: IPhases;
+}
+
+/** Where the tasks' time went (executor/cloudbutton_executor/phases.py), summed. */
+export interface IPhases {
+  seconds: { [phase: string]: number };
+  total_s: number;
+  tasks: number;
 }
 
 export interface ITaskDetail {

@@ -3,7 +3,7 @@
 // failures and a task table that fits the sidebar's width.
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
-import { IJobDetail, ITaskDetail } from './api';
+import { IJobDetail, IPhases, ITaskDetail } from './api';
 import {
   basename,
   clipped,
@@ -14,6 +14,43 @@ import {
 } from './dom';
 
 const SVG = 'http://www.w3.org/2000/svg';
+// Where the time went (phases.py PHASES; the widget's PHASE_COLOURS).
+const TIME_PHASES: [string, string, string][] = [
+  ['invoke', 'invoke/queue', '#b0b0b0'],
+  ['cold_start', 'cold start', '#4d4d4d'],
+  ['download', 'function + input download', '#ff9f1c'],
+  ['compute', 'compute', '#2ca02c'],
+  ['upload', 'result upload', '#8e6bbf']
+];
+
+/** A thin stacked bar of the phases, each titled with its label, seconds and share. */
+export function phasesBar(phases: IPhases | undefined): HTMLElement | null {
+  if (!phases || !phases.total_s) {
+    return null;
+  }
+  const total = phases.total_s;
+  const segs = TIME_PHASES.filter(
+    ([key]) => (phases.seconds[key] ?? 0) > 0
+  ).map(([key, label, colour]) => {
+    const s = phases.seconds[key];
+    return h('div', {
+      class: `cb-phase cb-phase-${key}`,
+      title: `${label}: ${s.toFixed(2)} s (${Math.round((100 * s) / total)}%)`,
+      style: `width: ${((100 * s) / total).toFixed(3)}%; background: ${colour}`
+    });
+  });
+  const compute = (phases.seconds['compute'] ?? 0) / total;
+  return h(
+    'div',
+    { class: 'cb-phases' },
+    clipped(
+      `Where the time went: compute ${Math.round(100 * compute)}% of ` +
+        `${phases.tasks} tasks' ${total.toFixed(1)} s`,
+      'cb-phases-text'
+    ),
+    h('div', { class: 'cb-phase-bar' }, ...segs)
+  );
+}
 // The widget's phases (kernel_magic/cloudbutton_magic/plots.py SEGMENTS).
 const PHASES: [string, string, string, string][] = [
   ['host_submit', 'worker_start', 'queue/invoke', '#b0b0b0'],
@@ -95,6 +132,7 @@ export class JobDetail extends Widget {
         ),
         job.stopped ? clipped(job.stopped, 'cb-detail-stopped') : null
       ),
+      ...[phasesBar(job.phases)].filter((e): e is HTMLElement => e !== null),
       this._timeline(job),
       ...(failures.length
         ? [h('h4', {}, `Failures (${job.failures.length})`), ...failures]
