@@ -217,6 +217,26 @@ class Dispatcher:
         self._write_record()
         self._dispatch_more()
 
+    def item_payloads(self, items: Sequence[int]) -> list[serialize.Payload]:
+        """The pickled calls of ``items``, as this job sent them (a re-run sends them again)."""
+        if self._payloads is not None:
+            return [self._payloads[i] for i in items]
+        if self.inputs is None:  # a job attached from storage: its stored, verified inputs
+            manifest = self.read_manifest()
+            if "data" not in manifest:
+                raise RuntimeError(f"job {self.spec.job_id} stored no inputs")
+            self.inputs = JobInputs.load(self.storage, self.spec.prefix, self.spec.job_id,
+                                         manifest["data"])
+        return [self.inputs.item_bytes(i, i + 1) for i in items]
+
+    def function_blob(self) -> bytes:
+        """The job's pickled function, read back and checked against its content address."""
+        blob = self.storage.get(self.spec.function_key)
+        if protocol.function_key(self.spec.prefix, integrity.sha256(blob)) != self.spec.function_key:
+            raise IntegrityError(f"the function blob {self.spec.function_key} does not match "
+                                 "its name")
+        return blob
+
     def use_cache(self) -> int:
         """Before ``start``: end the items the result cache holds (state "cached"), and add
         what this job computes to it. Returns how many items it served."""

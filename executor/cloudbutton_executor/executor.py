@@ -488,6 +488,7 @@ class Executor:
                 "host's key file here to attach it) or the manifest was tampered with") from err
         job = new_job(JobSpec.from_manifest(manifest, self.prefix), self.backend, self.storage,
                       payloads=None)
+        job.executor = self  # its failed items may be re-run (Job.rerun_failed)
         self._lease.hold(job)  # it may send invocations: the backend stays until it ends
         job.dispatcher.follow()
         # Its host is gone (a kernel restart): take it over at once and finish it. Else

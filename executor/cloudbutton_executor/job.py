@@ -7,6 +7,7 @@ other's internals; see ``outcomes.py`` and ``dispatch.py``.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
@@ -207,6 +208,59 @@ class Job(Sequence[TaskFuture]):
         """Stop the job: no more invocations, running workers told to stop.
         Returns the number of tasks cancelled."""
         return self.dispatcher.cancel()
+
+    def rerun_failed(self) -> Job | None:
+        """Run this job's failed items again, into its own results: they become queued, a
+        new job (its manifest says ``rerun_of`` this one) computes them with the same
+        function and settings, and each ends here as it ends there. Returns that job, or
+        None if no item failed."""
+        ex = self.executor
+        if ex is None:
+            raise RuntimeError(f"job {self.job_id} was not submitted by an executor of this "
+                               "process: attach it first (Executor.attach)")
+        if not self.done():
+            raise RuntimeError(f"job {self.job_id} is still running: re-run its failed items "
+                               "once it has ended")
+        failed = [i for i in range(len(self)) if self.outcomes.item_state(i) == "failed"]
+        if not failed:
+            return None
+        spec = self.spec
+        payloads = self.dispatcher.item_payloads(failed)
+        blob = self.dispatcher.function_blob()
+        self.outcomes.reopen(failed)
+        again: Job = ex._submit_blob(
+            blob, spec.function_name, payloads,
+            chunksize=spec.chunksize if isinstance(spec.chunksize, int) else 1,
+            timeout=spec.timeout, retries=spec.retries, memory_mb=spec.memory_mb,
+            label=spec.label, identity=spec.identity, cache=spec.cache,
+            budget=spec.budget_usd, backups=spec.backups, rerun_of=spec.job_id)
+        cursor = [0]
+        lock = threading.Lock()
+
+        def forward(rerun: Job) -> None:
+            with lock:  # each ended item once, in order
+                ended = rerun.ended_tasks(cursor[0])
+                cursor[0] += len(ended)
+                for _tid, a, b in ended:
+                    for k in range(a, b):
+                        self._take_rerun(failed[k], rerun, k)
+
+        again.add_listener(forward)
+        forward(again)  # what ended before the listener was added
+        return again
+
+    def _take_rerun(self, i: int, rerun: Job, k: int) -> None:
+        """Item ``i`` of this job ends as item ``k`` of its re-run ended."""
+        state = rerun.item_state(k)
+        fut = rerun[k]
+        if state in ("done", "cached"):
+            self.outcomes.apply_outcome(i, True, fut.result(), None, rerun.item_stats(k),
+                                        rerun.item_stdout(k))
+            return
+        exc = fut.exception()
+        info = rerun.item_error_info(k) or {"type": type(exc).__name__, "message": str(exc)}
+        self.outcomes.apply_outcome(i, False, exc, info, rerun.item_stats(k),
+                                    rerun.item_stdout(k))
 
     # Progress -------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -217,8 +217,10 @@ class OutcomeStore:
         """Item ``i``'s timestamps (see ``TaskFuture.stats``); a cached item's are those of
         the run that computed it."""
         tid = self.item_task(i)
+        info = self._cache_info.get(i)
+        if info is not None and info.get("rerun"):  # its re-run's, not the failed task's
+            return dict(info.get("stats") or {})
         if tid is None:
-            info = self._cache_info.get(i)
             return dict(info.get("stats") or {}, cached=True) if info else {}
         host = self._task_host.get(tid) or {}
         out: dict[str, Any] = {"host_submit": host.get("host_submit")}
@@ -247,6 +249,9 @@ class OutcomeStore:
         far while it runs (live stdout), what it printed when computed if it was cached."""
         tid = self.item_task(i)
         cols = self._task_items.get(tid) if tid else None
+        rerun = self._cache_info.get(i)
+        if rerun is not None and rerun.get("rerun"):
+            return str(rerun.get("stdout") or "")
         if cols is not None:
             return str((cols.get("stdout") or {}).get(str(i), ""))
         if i in self._cache_info:

@@ -19,7 +19,7 @@ from cloudbutton_executor import config
 
 from .runner import CloudRunner, MapRequest
 
-SUBCOMMANDS = ("map", "run", "jobs", "attach", "config", "cancel", "cache")
+SUBCOMMANDS = ("map", "run", "jobs", "attach", "config", "cancel", "cache", "rerun")
 
 
 # Shared argument groups: the run settings' types, bounds and help come from the one
@@ -88,6 +88,11 @@ PARSERS = {
                                                help="name for the results (default: results)"),
                       job_id=_JOB_ID),
     "cancel": _parser("%cloud cancel", "Cancel a job of this or another kernel.", job_id=_JOB_ID),
+    "rerun": _parser("%cloud rerun", "Re-run the failed items of a job of this kernel into its "
+                     "own results (OUT, default results, gets all of them again).",
+                     lambda p: p.add_argument("-o", "--out", metavar="OUT",
+                                              help="name for the results (default: results)"),
+                     job_id=_JOB_ID),
     "cache": _parser("%cloud cache", "List the result cache (one row per cached function), or "
                      "clear it (all of it, or one function's entries with --function).",
                      lambda p: p.add_argument("--function", metavar="IDENTITY",
@@ -103,7 +108,8 @@ PARSERS = {
 def _help() -> str:
     """``%cloud help``: every sub-command's usage, then the shared options (from the parsers)."""
     lines = []
-    for name in ("map-cell", "map-line", "run", "jobs", "attach", "cancel", "cache", "config"):
+    for name in ("map-cell", "map-line", "run", "jobs", "attach", "cancel", "rerun", "cache",
+                 "config"):
         p = PARSERS[name]
         lines.append(p.format_usage().strip().removeprefix("usage: "))
         lines.extend(textwrap.wrap(p.description, 88, initial_indent="    ",
@@ -204,6 +210,10 @@ class CloudMagics(Magics):
 
     def _cancel(self, rest, cell):
         self.runner.cancel(PARSERS["cancel"].parse_argstring(rest).job_id)
+
+    def _rerun(self, rest, cell):
+        args = PARSERS["rerun"].parse_argstring(rest)
+        return self.runner.rerun(args.job_id, out=args.out or "results")
 
     def _cache(self, rest, cell):
         args = PARSERS["cache"].parse_argstring(rest)

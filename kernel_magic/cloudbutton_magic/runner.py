@@ -199,6 +199,7 @@ class CloudRunner:
             job = ex.attach(job_id)
         except (KeyError, ValueError) as err:
             raise UsageError(str(err).strip("'\"")) from None
+        self.jobs[job.job_id] = job
         return self._follow(job, None, out=out, noblock=False, raise_=False)
 
     def cancel(self, job_id: str) -> None:
@@ -217,6 +218,29 @@ class CloudRunner:
         ex.storage.put_if_absent(protocol.cancel_key(ex.prefix, job_id),
                                  protocol.cancel_marker(by="%cloud cancel", at=time.time()))
         print(f"asked job {job_id} to cancel (its kernel stops it within a second)")
+
+    def rerun(self, job_id: str, out: str = "results"):
+        """``%cloud rerun``: the failed items of a job of this kernel, again, into its results."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise UsageError(f"no job {job_id} in this kernel (%cloud jobs lists them; a job "
+                             "of another kernel: %cloud attach it first)")
+        try:
+            again = job.rerun_failed()
+        except RuntimeError as err:
+            raise UsageError(str(err)) from None
+        if again is None:
+            print(f"job {job_id} has no failed items")
+            self.shell.user_ns[out] = job.results()
+            return None
+        self.jobs[again.job_id] = again
+        self._follow(again, None, out=None, noblock=False, raise_=False)
+        job.wait()
+        self.shell.user_ns[out] = job.results()
+        c = job.counts()
+        print(f"job {job_id}: {c['done'] + c['cached']} of {len(job)} done, {c['failed']} failed "
+              f"after re-running {len(again)} items (job {again.job_id}); results in {out!r}")
+        return None
 
     def cache(self, action: str, identity: str | None = None) -> None:
         """``%cloud cache list|clear``: the result cache in this session's storage."""
