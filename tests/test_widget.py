@@ -13,7 +13,7 @@ import pytest
 
 from cloudbutton_executor import protocol, report_flops
 from cloudbutton_magic.widget import (JobWidget, TextProgress, make_progress, normalize_report,
-                                      widgets_available)
+                                      task_detail_html, widgets_available)
 from cloudbutton_magic.widget_state import JobTracker
 
 def follow(view, job, poll=0.02):
@@ -652,3 +652,55 @@ def test_phases_of_a_cold_task_split_its_wait():
                                "init_s": 1.0, "setup_done": 10.0, "compute_done": 10.0,
                                "result_stored": 10.1})
     assert warm["invoke"] == 0.0 and warm["cold_start"] == 0.0  # clock skew: never negative
+
+
+# --- a click on a bar; re-run failed --------------------------------------------------------
+def fails_until(x, fixed):
+    import os
+    import time
+
+    time.sleep(0.4)
+    print(f"working on {x}")
+    if x == 2 and not os.path.exists(fixed):
+        raise KeyError(f"missing {x}")
+    return x
+
+
+def test_a_click_on_a_bar_shows_its_task_and_the_widget_reruns_failed_items(ex, tmp_path):
+    fixed = tmp_path / "fixed"
+    warm = ex.map(abs, [1])
+    follow(JobWidget(warm), warm)  # imports bokeh: the widget below is made in no time
+    job = ex.map(fails_until, range(6), extra_args=(str(fixed),))
+    view = JobWidget(job)
+    src = view.plots.timeline_source
+    tapped = False
+    while not job.wait(0.05):
+        view.update(force=True)
+        if src.data["bottom"] and not tapped:
+            tapped = True
+            k = len(src.data["bottom"]) - 1
+            src.selected.indices = [k]  # what a click on that bar does (TapTool)
+            item = int(src.data["bottom"][k])
+            shown = view.task_detail.value
+            assert f"item {item} · state " in shown and f"input: <code>{item}, " in shown
+            assert "compute" in shown and ("warm start" in shown or "cold start" in shown)
+            assert f"working on {item}" in shown
+    view.finish()
+    assert tapped  # while the job ran
+    detail = task_detail_html(job, 2)
+    assert "state failed" in detail and "KeyError" in detail and "raise KeyError" in detail
+    assert "1 attempt" in detail and "input: <code>2, " in detail
+    src.selected.indices = []
+    assert view.task_detail.value == ""
+
+    assert view.rerun_button is not None and view.rerun_button.description == "Re-run 1 failed"
+    fixed.write_text("")
+    view.rerun_button.click()
+    assert view.rerun_button.disabled
+    assert job.result(timeout=30) == list(range(6))
+
+
+def test_no_rerun_button_without_failures(ex):
+    job = ex.map(abs, range(3))
+    view = follow(JobWidget(job), job)
+    assert view.rerun_button is None

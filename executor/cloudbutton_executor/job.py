@@ -322,6 +322,16 @@ class Job(Sequence[TaskFuture]):
     def item_error_info(self, i: int) -> dict[str, Any] | None:
         return self.outcomes.item_error_info(i)
 
+    def item_input_repr(self, i: int, limit: int = 200) -> str:
+        """A short repr of item ``i``'s input, as its call (``f(3)``'s ``(3,)``): from what
+        this host sent, or the job's stored, verified inputs."""
+        try:
+            args, kwargs = serialize.loads(serialize.join(self.dispatcher.item_payloads([i])))
+        except Exception as exc:  # an inspector: say why rather than fail
+            return f"<not available: {type(exc).__name__}: {exc}>"
+        text = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        return text if len(text) <= limit else text[:limit - 1] + "…"
+
     def item_attempts(self, i: int) -> int:
         return self.outcomes.item_attempts(i)
 

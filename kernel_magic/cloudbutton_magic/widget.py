@@ -24,7 +24,7 @@ import time
 import weakref
 from typing import Any
 
-from cloudbutton_executor.phases import PHASES, batching_hint
+from cloudbutton_executor.phases import PHASES, batching_hint, task_phases
 from cloudbutton_executor.units import format_usd
 
 from .widget_state import COMPUTE_CACHED, JobTracker, error_line
@@ -179,6 +179,39 @@ def phases_html(breakdown: dict) -> str:
             f"border-radius: 3px; overflow: hidden'>{segs}</div>"
             f"<div class='cb-phase-hint' style='color: #616161'>"
             f"{html.escape(batching_hint(breakdown))}</div></div>")
+
+
+def task_detail_html(job, i: int) -> str:
+    """What item ``i``'s task did: its input (short repr), state, task, attempts and backups,
+    cold or warm start, per-phase times, stdout and traceback (a click on its bar)."""
+    state = job.item_state(i)
+    stats = job.item_stats(i)
+    facts = [f"item {i}", f"state {state}", f"task {job.item_task(i) or '—'}"]
+    attempts, backups = job.item_attempts(i), job.item_backups(i)
+    if attempts:
+        facts.append(f"{attempts} attempt{'s' if attempts > 1 else ''}")
+    if backups:
+        facts.append(f"{len(backups)} backup{'s' if len(backups) > 1 else ''} "
+                     f"({', '.join(str(b.get('reason')) for b in backups)})")
+    if stats.get("cold_start") is not None:
+        facts.append("cold start" if stats["cold_start"] else "warm start")
+    if state == "cached":
+        facts.append("served by the cache (original timings)")
+    parts = [f"<div><b>{html.escape(' · '.join(facts))}</b></div>",
+             f"<div>input: <code>{html.escape(job.item_input_repr(i))}</code></div>"]
+    if stats.get("worker_start") is not None:
+        times = task_phases(stats)
+        parts.append("<div class='cb-task-phases'>" + " · ".join(
+            f"{label} {fmt_seconds(times[key])}" for key, label in PHASES) + "</div>")
+    out = job.item_stdout(i)
+    if out:
+        parts.append(f"<div>stdout:</div><pre style='{PRE}'>{html.escape(out)}</pre>")
+    info = job.item_error_info(i)
+    if info:
+        parts.append(f"<div style='color:#d62728'>{html.escape(error_line(info))}</div>"
+                     f"<pre style='{PRE}'>{html.escape(info.get('traceback') or '')}</pre>")
+    return (f"<div class='cloudbutton-task' style='{FONT}; border: 1px solid #ddd; "
+            f"padding: 4px 6px; margin: 4px 0'>{''.join(parts)}</div>")
 
 
 def _prefix_lines(index: int, text: str) -> str:
@@ -751,10 +784,16 @@ class JobWidget(JobView):
         self.bokeh.layout.display = "none"
         self.waiting = w.HTML(f"<div style='{FONT}; color: #616161'>"
                               f"{html.escape(self.empty_sentence())}</div>")
+        # A click on a bar shows what its task did (TapTool: the selection syncs back here).
+        self.task_detail = w.HTML()
+        self.task_detail.add_class("cloudbutton-task-detail")
+        self.plots.timeline_source.selected.on_change("indices", self._on_tap)
         self.stdout = w.HTML()
         self.failures = w.HTML()
         self.failures.add_class("cloudbutton-failures")
-        children = [w.HTML(CSS), self.header, self.waiting, self.bokeh, self.stdout, self.failures]
+        self.rerun_button: Any = None  # "Re-run N failed", left below the final rendering
+        children = [w.HTML(CSS), self.header, self.waiting, self.bokeh, self.task_detail,
+                    self.stdout, self.failures]
         self.report_box = None
         if self.report is not None:
             self.report_box = w.Accordion(children=[w.HTML(self._report_html())],
@@ -797,6 +836,42 @@ class JobWidget(JobView):
             if self._handle is not None:
                 self._handle.update(super().bundle(), raw=True)
             self.close()
+            self._offer_rerun()
+
+    def _on_tap(self, _attr, _old, new) -> None:
+        if not new:
+            self.task_detail.value = ""
+            return
+        data = self.plots.timeline_source.data
+        k = new[0]
+        self.task_detail.value = task_detail_html(self.job, int(data["bottom"][k]))
+
+    def _offer_rerun(self) -> None:
+        """Below the final rendering: a button that re-runs the failed items into the same
+        results (``Job.rerun_failed``) and follows the re-run in a widget of its own."""
+        import ipywidgets as w
+        from IPython.display import display
+
+        n = self.tracker.counts["failed"]
+        if not n or self.job.executor is None or self.job.cancelled:
+            return
+        button = self.rerun_button = w.Button(description=f"Re-run {n} failed",
+                                              button_style="warning", icon="redo",
+                                              tooltip="run the failed items again, into the "
+                                                      "same results")
+        out = w.Output()
+
+        def rerun(_button) -> None:
+            button.disabled = True
+            again = self.job.rerun_failed()
+            if again is not None:
+                with out:
+                    view = make_progress(again)
+                    view.display()
+                    view.start_background()
+
+        button.on_click(rerun)
+        display(w.VBox([button, out]))
 
     def close(self) -> None:
         """Close the widgets (their comms and kernel-side state); the output keeps the
