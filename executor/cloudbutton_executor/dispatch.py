@@ -642,7 +642,7 @@ class Dispatcher:
         self.retried += 1
         return again
 
-    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, fn: Callable[..., object], *args: Any) -> None:
         """Run a step that reads or writes storage; its error is recorded, not lost."""
         try:
             fn(*args)

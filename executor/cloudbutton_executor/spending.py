@@ -99,8 +99,8 @@ class Spending:
         if spent > budget:
             return (f"it has spent {format_usd(spent)}, over its budget of {format_usd(budget)}")
         est = self.estimate
-        preflight = est is not None and est["source"] in ("probe", "earlier runs")
-        if preflight and self.tasks <= PROBE_INVOCATIONS and est["usd"] > budget:
+        if (est is not None and est["source"] in ("probe", "earlier runs")
+                and self.tasks <= PROBE_INVOCATIONS and est["usd"] > budget):
             return (f"the estimate ({est['invocations']:,} invocations, about "
                     f"{format_usd(est['usd'])}) is over its budget of {format_usd(budget)}")
         if self.tasks >= MIN_TASKS_TO_PROJECT:

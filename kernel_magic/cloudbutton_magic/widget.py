@@ -131,7 +131,7 @@ def fmt_cost(usd: float) -> str:
 def estimate_text(est: dict) -> str:
     """The pre-flight estimate as one line: "N invocations, about $X, about T s"."""
     source = {"probe": "from a probe", "earlier runs": "from earlier runs",
-              "first tasks": "from the first tasks"}.get(est.get("source"), "")
+              "first tasks": "from the first tasks"}.get(str(est.get("source")), "")
     return (f"estimate: {est['invocations']:,} invocations, about {fmt_cost(est['usd'])}, "
             f"about {fmt_seconds(est['seconds'])}" + (f" ({source})" if source else ""))
 

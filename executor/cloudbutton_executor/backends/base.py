@@ -103,7 +103,7 @@ class Backend(abc.ABC):
     def cancel_job(self, job_id: str) -> None:
         """Send no more of the job's events; stop running ones if ``limits.can_stop_running``."""
 
-    def stop_task(self, job_id: str, task: str) -> bool:  # noqa: B027 - optional
+    def stop_task(self, job_id: str, task: str) -> bool:
         """Stop the running invocations of one task (the losers of a backup race); True if
         this backend can. By default it cannot: a loser runs to its end and its status is
         refused (first write wins)."""
