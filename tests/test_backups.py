@@ -36,6 +36,20 @@ def run_all_but(be, straggler_tid):
             be.run(e)
 
 
+def straggler_backed_up(storage, clock, k):
+    """A 10-task job whose task ``k`` still runs when the others are done, 10 s later:
+    ``(backend, job, its task id, its backup event)``."""
+    be = StoppingBackend()
+    job = start_job(storage, be, clock, list(range(10)))
+    for e in be.sent:
+        be.listener.on_start(e)
+    slow = be.sent[k]["task"]
+    run_all_but(be, slow)
+    clock.advance(10)
+    job.dispatcher.tick()
+    return be, job, slow, be.sent[-1]
+
+
 def test_a_task_three_times_slower_than_the_median_gets_one_backup(storage, clock):
     be = StoppingBackend()
     job = start_job(storage, be, clock, list(range(12)))
@@ -74,15 +88,7 @@ def test_a_task_three_times_slower_than_the_median_gets_one_backup(storage, cloc
 
 
 def test_the_original_can_win_the_race_and_the_backup_is_the_loser(storage, clock):
-    be = StoppingBackend()
-    job = start_job(storage, be, clock, list(range(10)))
-    for e in be.sent:
-        be.listener.on_start(e)
-    slow = be.sent[0]["task"]
-    run_all_but(be, slow)
-    clock.advance(10)
-    job.dispatcher.tick()
-    backup = be.sent[-1]
+    be, job, slow, backup = straggler_backed_up(storage, clock, 0)
     assert backup["backup"] == "slow"
     be.run(be.event(slow, attempt=0))  # the straggler finishes first after all
     assert job.result(timeout=0)[0] == 0 and stored_status(storage, job, slow)["attempt"] == 0
@@ -118,15 +124,7 @@ def test_backups_false_turns_speculation_off(storage, clock):
 
 
 def test_a_failed_attempt_while_its_backup_runs_does_not_end_the_task(storage, clock):
-    be = StoppingBackend()
-    job = start_job(storage, be, clock, list(range(10)))
-    for e in be.sent:
-        be.listener.on_start(e)
-    slow = be.sent[3]["task"]
-    run_all_but(be, slow)
-    clock.advance(10)
-    job.dispatcher.tick()
-    backup = be.sent[-1]
+    be, job, slow, backup = straggler_backed_up(storage, clock, 3)
     be.listener.on_failure(be.event(slow, attempt=0), WorkerDiedError("died", slow))
     assert job.item_state(3) == "running"  # the backup still runs
     be.run(backup)
