@@ -554,6 +554,8 @@ def test_a_click_on_a_bar_shows_its_task_and_failed_items_are_rerun(page, lab):
     detail = panel.locator(".cb-detail")
     bar = detail.locator(".cb-tl-bar[data-task='000000-000001']").first
     bar.wait_for()
+    assert " spent at Lambda prices" in detail.locator(".cb-detail-cost").inner_text()
+    assert "compute" in detail.locator(".cb-phases").inner_text()  # where the time went
     assert detail.locator(".cb-task-detail").inner_text() == ""
     bar.click()
     box = detail.locator(".cb-task-detail")

@@ -290,3 +290,21 @@ def test_load_ext_delegates_to_the_magics(monkeypatch):
             {"src": "labextension", "dest": "cloudbutton-jupyter"}]
     finally:
         InteractiveShell.clear_instance()
+
+
+def slow_square(x):
+    import time
+
+    time.sleep(0.2)
+    return x * x
+
+
+async def test_the_panel_gets_the_cost_meter_and_the_budget_stop(jp_fetch, executor):
+    job = executor.map(slow_square, range(40), budget=0.0002)
+    job.wait(60)
+    assert job.stop_reason
+    code, detail = await get_json(jp_fetch, "jobs", job.job_id)
+    assert code == 200 and detail["state"] == "cancelled"
+    assert detail["budget_usd"] == 0.0002 and detail["stopped"] == job.stop_reason
+    assert detail["counts"]["cancelled"] == 40 - detail["counts"]["done"]
+    assert detail["projected_usd"] == detail["cost_usd"]  # ended: nothing more to project
