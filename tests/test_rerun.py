@@ -1,6 +1,7 @@
 """Re-running a job's failed items into its own results (the widget's and the panel's
 "re-run failed")."""
 import pytest
+from IPython.core.error import UsageError
 
 
 def flaky(x, fixed):
@@ -88,3 +89,15 @@ def test_the_magic_reruns_failed_items_into_results(tmp_path, monkeypatch, capsy
     shell.run_line_magic("cloud", f"rerun {job_id}")
     assert shell.user_ns["results"] == [0, 10, 20, 30]
     assert f"job {job_id}: 4 of 4 done, 0 failed after re-running 2 items" in capsys.readouterr().out
+
+    # Another kernel (a runner that never saw the job) attaches it first.
+    fixed.unlink()
+    shell.run_cell_magic("cloud", "map range(4) as x", "flaky(x, fixed)")
+    (other,) = [j for j in magics.runner.jobs if j != job_id and j in magics.runner.jobs][-1:]
+    fresh = CloudMagics(shell)
+    shell.register_magics(fresh)
+    fixed.write_text("")
+    shell.run_line_magic("cloud", f"rerun {other}")
+    assert shell.user_ns["results"] == [0, 10, 20, 30]
+    with pytest.raises(UsageError, match="must be a job id"):
+        shell.run_line_magic("cloud", "rerun ../etc")

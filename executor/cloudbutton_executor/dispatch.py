@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import integrity, protocol, records, serialize
+from . import accounting, integrity, protocol, records, serialize
 from .backends.base import Backend, BackendLimits, Event
 from .batching import AutoBatcher
 from .cache import CacheWriter, ResultCache, item_keys, read_timings, write_timings
@@ -263,6 +263,13 @@ class Dispatcher:
             budget_usd=spec.budget_usd, memory_mb=spec.memory_mb,
             architecture=limits.architecture, concurrency=limits.concurrency,
             chunksize=spec.chunksize)
+        # A job that stays within its budget even if every invocation runs to its timeout
+        # needs no probe: it is sent at once (the live projection still watches it).
+        size = spec.chunksize if isinstance(spec.chunksize, int) else 1
+        n = -(-self.spending.open_items // size)
+        self.spending.worst_usd = accounting.cost(
+            accounting.Usage(tasks=n, invocations=n, run_s=n * self._invocation_timeout(size)),
+            memory_mb=spec.memory_mb, architecture=limits.architecture)["cost_usd"]
         if spec.identity is not None:  # earlier runs of the same function
             earlier = read_timings(self.storage, spec.prefix, spec.identity)
             if earlier is not None:
@@ -741,6 +748,9 @@ class Dispatcher:
             f"task {tid}: {err}", event.get("host_submit"))
         now = self.clock()
         self.store.apply_status(status, None, now, now)
+        if self.spending is not None:  # it ended: a probe waiting for it goes on
+            a, b = protocol.task_range(tid)
+            self._spent(tid, b - a)
         self._dispatch_more()
 
     # Periodic checks -------------------------------------------------------------------

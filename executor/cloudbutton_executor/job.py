@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
@@ -42,8 +43,18 @@ class Job(Sequence[TaskFuture]):
         self.spec = spec
         self.outcomes = store
         self.dispatcher = dispatcher
-        self.executor: Any = None  # the Executor that submitted it (re-runs go through it)
+        # The Executor that submitted it (re-runs go through it), weakly: a job must not keep
+        # an executor alive, whose collection shuts it down (CloudPoolExecutor's ``del``).
+        self._executor: weakref.ref[Any] | None = None
         store.job = self
+
+    @property
+    def executor(self) -> Any:
+        return self._executor() if self._executor is not None else None
+
+    @executor.setter
+    def executor(self, ex: Any) -> None:
+        self._executor = weakref.ref(ex) if ex is not None else None
 
     # What the job is -----------------------------------------------------------
     @property
@@ -216,8 +227,9 @@ class Job(Sequence[TaskFuture]):
         None if no item failed."""
         ex = self.executor
         if ex is None:
-            raise RuntimeError(f"job {self.job_id} was not submitted by an executor of this "
-                               "process: attach it first (Executor.attach)")
+            raise RuntimeError(f"job {self.job_id} has no executor of this process (shut down, "
+                               "or the job was started elsewhere): attach it first "
+                               "(Executor.attach)")
         if not self.done():
             raise RuntimeError(f"job {self.job_id} is still running: re-run its failed items "
                                "once it has ended")

@@ -39,12 +39,14 @@ class Spending:
         self._wall: list[float] = []         # submit -> stored of each ended task
         self.estimate: dict[str, Any] | None = None
         self.stopped: str | None = None      # why the budget stopped the job
+        self.worst_usd: float | None = None  # every invocation running to its timeout
 
     @property
     def probing(self) -> bool:
         """Hold the job back to a probe: billed, budgeted, and nothing to estimate from."""
         return (self.budget_usd is not None and self.architecture is not None
-                and self.estimate is None)
+                and self.estimate is None
+                and (self.worst_usd is None or self.worst_usd > self.budget_usd))
 
     def add_task(self, stats: Mapping[str, Any], attempt: int, items: int) -> None:
         self.usage.add_task(stats, attempt)

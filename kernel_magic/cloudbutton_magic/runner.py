@@ -199,7 +199,6 @@ class CloudRunner:
             job = ex.attach(job_id)
         except (KeyError, ValueError) as err:
             raise UsageError(str(err).strip("'\"")) from None
-        self.jobs[job.job_id] = job
         return self._follow(job, None, out=out, noblock=False, raise_=False)
 
     def cancel(self, job_id: str) -> None:
@@ -220,15 +219,16 @@ class CloudRunner:
         print(f"asked job {job_id} to cancel (its kernel stops it within a second)")
 
     def rerun(self, job_id: str, out: str = "results"):
-        """``%cloud rerun``: the failed items of a job of this kernel, again, into its results."""
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise UsageError(f"no job {job_id} in this kernel (%cloud jobs lists them; a job "
-                             "of another kernel: %cloud attach it first)")
+        """``%cloud rerun``: a job's failed items, again, into its results (a job of another
+        kernel is attached first)."""
         try:
+            job = self.jobs.get(job_id)
+            if job is None:  # another kernel's: from its stored, verified inputs
+                job = self.executor(self.settings()).attach(config.check("job_id", job_id))
+                job.wait()
             again = job.rerun_failed()
-        except RuntimeError as err:
-            raise UsageError(str(err)) from None
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise UsageError(str(err).strip("'\"")) from None
         if again is None:
             print(f"job {job_id} has no failed items")
             self.shell.user_ns[out] = job.results()
