@@ -5,7 +5,7 @@ import io
 import time
 
 from cloudbutton_executor import integrity, protocol
-from cloudbutton_executor.backends.aws_lambda import LIVE_STDOUT_S
+from cloudbutton_executor.backends.aws_lambda.backend import LIVE_STDOUT_S
 from cloudbutton_magic.widget import JobWidget, TextProgress
 
 
