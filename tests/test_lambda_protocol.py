@@ -418,3 +418,21 @@ def test_status_without_credentials(lambda_config, monkeypatch):
     assert st["credentials"] is False and st["ok"] is False and "AWS_PROFILE" in st["message"]
     with pytest.raises(RuntimeError, match="no AWS credentials"):
         be.invoke([], None)
+
+
+def test_shutdown_leaves_no_thread_of_ours_behind(deployed, lambda_config, lambda_emulator):
+    """After ``shutdown(wait=True)`` a Lambda executor leaves no thread: not the invoker's,
+    not the job's follower, not the status fetchers (a poll that finds many new statuses
+    fetches them on threads; a pool kept for the process's life used to stay)."""
+    import threading
+
+    from lambda_emulator import Faults
+
+    lambda_emulator.reset(Faults())
+    before = set(threading.enumerate())
+    with Executor(backend="lambda", config_path=lambda_config, timeout=20) as ex:
+        job = ex.map(time.sleep, [0.3] * 24)
+        assert job.results(timeout=60) == [None] * 24
+    left = [t.name for t in set(threading.enumerate()) - before
+            if t.is_alive() and t.name.startswith("cloudbutton")]
+    assert left == [], left

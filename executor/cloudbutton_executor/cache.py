@@ -37,6 +37,7 @@ any other: caching them is the user's choice.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import hashlib
 import hmac
@@ -177,9 +178,12 @@ class ResultCache:
         hits: dict[int, Hit] = {}
         names = self.storage.list(prefix_of(self.prefix, self.identity))
         if names:
-            from .dispatch import _fetch_pool
+            from .dispatch import FETCH_THREADS
 
-            raws = list(_fetch_pool().map(self._get, names))
+            # A pool for this lookup alone (as the dispatcher's polls): no thread outlives it.
+            with cf.ThreadPoolExecutor(max_workers=min(len(names), FETCH_THREADS),
+                                       thread_name_prefix="cloudbutton-cache") as pool:
+                raws = list(pool.map(self._get, names))
             for name, raw in zip(names, raws, strict=True):
                 if raw is not None:
                     self._take(name, raw, wanted, hits)

@@ -66,18 +66,6 @@ BACKUP_DONE_FRACTION = 0.5
 BACKUP_SLOW_FACTOR = 3.0
 BACKUP_MIN_EXTRA_S = 0.5
 
-_pool: cf.ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _fetch_pool() -> cf.ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = cf.ThreadPoolExecutor(max_workers=FETCH_THREADS,
-                                          thread_name_prefix="cloudbutton-fetch")
-        return _pool
-
 
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
@@ -821,9 +809,13 @@ class Dispatcher:
             def fetch(tid: str) -> bytes:
                 return self.storage.get(protocol.status_key(spec.prefix, spec.job_id, tid))
 
-            futs = [_fetch_pool().submit(fetch, tid) for tid in new]
-            for tid, fut in zip(new, futs, strict=True):
-                self._collect(tid, seen, raw=fut.result(), any_task=wide)
+            # A pool per poll (a thread costs tens of microseconds, a GET milliseconds):
+            # no thread outlives the job, so shutdown(wait=True) leaves none behind.
+            with cf.ThreadPoolExecutor(max_workers=min(len(new), FETCH_THREADS),
+                                       thread_name_prefix="cloudbutton-fetch") as pool:
+                futs = [pool.submit(fetch, tid) for tid in new]
+                for tid, fut in zip(new, futs, strict=True):
+                    self._collect(tid, seen, raw=fut.result(), any_task=wide)
         elif new:
             self._collect(new[0], seen, any_task=wide)
         for key in crashes:

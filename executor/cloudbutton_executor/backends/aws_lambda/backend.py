@@ -432,6 +432,9 @@ class LambdaBackend(Backend):
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def join(self) -> None:
+        self._pool.shutdown(wait=True)  # the invoke threads end once their sends return
+
 
 def lambda_status(config_path: str | None = None) -> dict[str, Any]:
     """``LambdaBackend.status()`` that never raises (for the Jupyter panel and the CLI):
