@@ -18,6 +18,7 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -104,14 +105,17 @@ def bench_submit(n: int, latency: float, fast: bool, threads: int) -> float:
         proc.wait()
 
 
-def bench_chain(tasks: int, tiny: int) -> dict:
-    """Median stored->seen and requests/task through moto + the awslambdaric emulator."""
+@contextlib.contextmanager
+def emulated_lambda(concurrency: int = 6):
+    """moto S3 over HTTP + the awslambdaric emulator with the worker deployed; yields
+    ``(config path, config dict, tmp dir)``. Production defaults for polling: only the
+    endpoints and the concurrency are local."""
     import logging
 
     import yaml
 
     import aws_fixtures
-    from cloudbutton_executor import Executor, config
+    from cloudbutton_executor import config
     from cloudbutton_executor.backends.aws_lambda import deploy
     from lambda_emulator import LambdaEmulator
 
@@ -121,16 +125,30 @@ def bench_chain(tasks: int, tiny: int) -> dict:
     moto, url = aws_fixtures.start_moto()
     root = tempfile.mkdtemp(prefix="cb-bench-")
     runtime, runtime_dir = aws_fixtures.emulator_runtime()
-    emu = LambdaEmulator(url, os.path.join(root, "emu"), runtime_dir, runtime, concurrency=6)
+    emu = LambdaEmulator(url, os.path.join(root, "emu"), runtime_dir, runtime,
+                         concurrency=concurrency)
     try:
         data = aws_fixtures.config_dict(url, url, emu.url)
-        # Production defaults for polling; only the endpoints and concurrency are local.
         for k in ("poll_interval", "deadline_grace", "lost_after", "redeliveries"):
             data["lambda"].pop(k)
         path = os.path.join(root, "config.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(data, f)
         deploy(config.load(path))
+        yield path, data, root
+    finally:
+        emu.close()
+        moto.stop()
+
+
+def bench_chain(tasks: int, tiny: int) -> dict:
+    """Median stored->seen and requests/task through moto + the awslambdaric emulator."""
+    import yaml
+
+    from cloudbutton_executor import Executor, config
+    from cloudbutton_executor.backends.aws_lambda import deploy
+
+    with emulated_lambda() as (path, data, root):
         out = {}
         with Executor(backend="lambda", config_path=path) as ex:
             ex.map(abs, range(12)).result(timeout=120)  # warm the runtimes
@@ -159,9 +177,6 @@ def bench_chain(tasks: int, tiny: int) -> dict:
             ex.map(_dgemm, [256] * 4).result(timeout=300)
             out["gflops_local"] = statistics.median(_gflops(ex) for _ in range(3))
         return out
-    finally:
-        emu.close()
-        moto.stop()
 
 
 DGEMM_N, DGEMM_TASKS = 1024, 8

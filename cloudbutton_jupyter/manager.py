@@ -21,6 +21,9 @@ from cloudbutton_executor.storage import LocalStorage, Storage
 # function's settings. Other keys of the file (prefix, endpoints, tuning) are kept as
 # other tools wrote them.
 PANEL_KEYS = (*config.RUN, "region", "profile", "bucket")
+# Run settings the panel's form has no field for: a save keeps what the file says of them
+# and writes them only when the client sends them.
+PANEL_UNEDITED = ("cache", "budget", "backups")
 PANEL_LAMBDA_KEYS = ("function_name", "role_name", "layer_name", "memory", "timeout", "workers",
                      "invoke_threads")
 DEFAULT_CONFIG: dict[str, Any] = {**{k: config.SETTINGS[k].default for k in PANEL_KEYS}, "lambda": {}}
@@ -132,6 +135,11 @@ class CloudManager:
         # Keep what other tools wrote (endpoints, prefix, lambda tuning) and replace ours.
         existing = self._raw_config()
         merged = {**existing, **{k: v for k, v in conf.items() if k != "lambda"}}
+        for k in PANEL_UNEDITED:
+            if _blank(data.get(k)) is None:
+                merged.pop(k, None)
+                if k in existing:
+                    merged[k] = existing[k]
         lam = {**(existing.get("lambda") or {}), **conf["lambda"]}
         for k in PANEL_LAMBDA_KEYS:
             if k not in conf["lambda"]:

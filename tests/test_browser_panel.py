@@ -64,7 +64,10 @@ def _notebook() -> dict:
                   code("import time\ntime.sleep(4 if x < 2 else 30)\nx"),
                   code("y = x\nz = (x +* 1)\nz"),
                   code("%%cloud map range(6) --memory 10240\nimport time\ntime.sleep(0.3)\nitem"),
-                  code("print('squares:', results)")],
+                  code("print('squares:', results)"),
+                  code("%load_ext cloudbutton_jupyter\nimport os\nmark = os.path.abspath('rerun-fixed')"),
+                  code("%%cloud map range(5) -o flaky\n"
+                       "10 * item if item % 4 or os.path.exists(mark) else 1 // 0")],
     }
 
 
@@ -524,6 +527,59 @@ def test_a_lost_job_is_finished_from_the_panel(page, lab, tmp_path, monkeypatch)
     assert "already loaded" not in cell.inner_text()  # the magics were loaded silently
     _wait_kernel_idle(page)
     panel.locator(".cb-all-jobs").uncheck()
+
+
+def _run_cell_with(page, text):
+    cell = page.locator(f".jp-NotebookPanel:visible .jp-Cell:has-text({text!r})").first
+    cell.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+    _wait_kernel_idle(page)
+    return cell
+
+
+def test_a_click_on_a_bar_shows_its_task_and_failed_items_are_rerun(page, lab):
+    """The panel's job detail: a click on a task's bar (or its row) shows what it did;
+    "Re-run 2 failed" runs `%cloud rerun` in the notebook's kernel, which computes only the
+    failed items again into the results."""
+    _cell(page, 0).wait_for()
+    _wait_kernel_idle(page)
+    _run_cell_with(page, "rerun-fixed")
+    flaky = _run_cell_with(page, "-o flaky")
+    flaky.locator(".cloudbutton-job:has-text('2 failed')").first.wait_for(timeout=60_000)
+    panel = _open_panel(page)
+    row = panel.locator(".cb-job.cb-state-failed:has-text('3/5 done')").first
+    row.wait_for(timeout=30_000)
+    job_id = row.get_attribute("data-job-id")
+    row.click()
+    detail = panel.locator(".cb-detail")
+    bar = detail.locator(".cb-tl-bar[data-task='000000-000001']").first
+    bar.wait_for()
+    assert " spent at Lambda prices" in detail.locator(".cb-detail-cost").inner_text()
+    assert "compute" in detail.locator(".cb-phases").inner_text()  # where the time went
+    assert detail.locator(".cb-task-detail").inner_text() == ""
+    bar.click()
+    box = detail.locator(".cb-task-detail")
+    box.locator(".cb-task-facts").wait_for()
+    text = box.inner_text()
+    assert "task 000000-000001" in text and "items 0" in text and "1 attempt" in text
+    assert "warm start" in text or "cold start" in text
+    assert "compute:" in text and "queue/invoke:" in text
+    assert "ZeroDivisionError" in text and "1 // 0" in text  # its item's remote traceback
+    page.wait_for_timeout(2500)  # the panel refreshes: the task shown stays shown
+    assert "task 000000-000001" in box.inner_text()
+    panel.screenshot(path=str(ARTIFACTS / "browser-panel-task-detail.png"))
+    detail.locator(".cb-tasks tbody tr[data-task='000002-000003']").click()
+    assert "task 000002-000003" in box.inner_text() and "ZeroDivisionError" not in box.inner_text()
+
+    (lab["tmp"] / "root" / "rerun-fixed").write_text("")  # the cause is fixed
+    flaky.locator(".jp-InputPrompt").click()  # %cloud rerun goes in a new cell below
+    detail.locator(".cb-rerun-failed:has-text('Re-run 2 failed')").click()
+    rerun = page.locator(f".jp-NotebookPanel:visible .jp-Cell:has-text('%cloud rerun {job_id}')")
+    rerun.locator(f"text=job {job_id}: 5 of 5 done, 0 failed after re-running 2 items").wait_for(
+        timeout=60_000)
+    _wait_kernel_idle(page)
+    rerun.screenshot(path=str(ARTIFACTS / "browser-rerun-failed.png"))
+    detail.locator(".cb-detail-back").click()
 
 
 def test_missing_server_extension_is_reported(browser, tmp_path):

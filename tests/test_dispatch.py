@@ -105,13 +105,15 @@ def storage(tmp_path):
     return LocalStorage(str(tmp_path / "storage"))
 
 
-def start_job(storage, backend, clock, items, *, fn=square, chunksize=1, retries=0, timeout=10.0):
+def start_job(storage, backend, clock, items, *, fn=square, chunksize=1, retries=0, timeout=10.0,
+              **spec_options):
     blob = serialize.dumps(fn)
     fkey = protocol.function_key(PREFIX, serialize.digest(blob))
     storage.put(fkey, blob)
     spec = JobSpec(job_id=protocol.new_job_id(), prefix=PREFIX, function_key=fkey,
                    function_name=fn.__name__, n_items=len(items), chunksize=chunksize,
-                   timeout=timeout, retries=retries, memory_mb=1024, created=clock())
+                   timeout=timeout, retries=retries, memory_mb=1024, created=clock(),
+                   **spec_options)
     job = new_job(spec, backend, storage, serialize.dumps_scalar_calls(list(items)), clock)
     job.dispatcher.start()
     return job

@@ -16,7 +16,7 @@ def run(*argv):
     return code, out.getvalue()
 
 
-@pytest.mark.parametrize("cmd", [[], ["deploy"], ["status"], ["jobs"], ["clean"]])
+@pytest.mark.parametrize("cmd", [[], ["deploy"], ["status"], ["jobs"], ["clean"], ["cache"]])
 def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(cmd + ["--help"])
@@ -113,3 +113,18 @@ def test_lambda_status_never_raises(tmp_path, deployed, lambda_config):
     bad.write_text("bucket: NOT_A_BUCKET\n")
     st = lambda_status(str(bad))
     assert st["ok"] is False and "NOT_A_BUCKET" in st["message"]
+
+
+def test_cache_list_and_clear_in_s3(lambda_ex, capsys):
+    job = lambda_ex.map(lambda x: x * 3, range(3), cache=True)
+    assert job.result(timeout=60) == [0, 3, 6]
+    identity = job.dispatcher.spec.identity
+    code, out = run("cache", "list")
+    assert code == 0 and identity in out and "FUNCTION IDENTITY" in out
+    code, _ = run("cache", "clear", "--function", "../jobs")
+    assert code == 2 and "not a cache identity" in capsys.readouterr().err
+    code, out = run("cache", "clear", "--function", identity)
+    assert code == 0 and "object(s) of the result cache of " + identity in out
+    assert identity not in run("cache", "list")[1]
+    again = lambda_ex.map(lambda x: x * 3, range(3), cache=True)
+    assert again.result(timeout=60) == [0, 3, 6] and again.counts()["cached"] == 0

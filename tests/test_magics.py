@@ -333,3 +333,37 @@ def test_defaults_saved_by_the_panel_apply_to_the_next_run(ip, tmp_path, monkeyp
         config.load()
     cell(ip, "map range(2)", "item")  # a broken file is reported, and the run goes on
     assert "ignoring the config file" in capsys.readouterr().out
+
+
+def test_cache_option_and_cache_subcommand(ip, capsys):
+    ip.user_ns["xs"] = [1, 2, 3]
+    cell(ip, "map xs as x --cache", "x * 7")
+    first = list(ip.runner.jobs.values())[-1]
+    assert ip.user_ns["results"] == [7, 14, 21] and first.counts()["cached"] == 0
+    ip.user_ns["xs"] = [1, 2, 3, 4]
+    cell(ip, "map xs as x --cache", "x * 7")  # a re-run: only the new item is computed
+    second = list(ip.runner.jobs.values())[-1]
+    assert ip.user_ns["results"] == [7, 14, 21, 28]
+    assert second.counts()["cached"] == 3 and second.counts()["done"] == 1
+    cell(ip, "map xs as x --cache false", "x * 7")  # the flag's explicit no
+    assert list(ip.runner.jobs.values())[-1].counts()["cached"] == 0
+    cell(ip, "map xs as x", "x * 7")  # off by default
+    assert list(ip.runner.jobs.values())[-1].counts()["cached"] == 0
+    capsys.readouterr()
+    ip.run_line_magic("cloud", "cache list")
+    out = capsys.readouterr().out
+    assert "FUNCTION IDENTITY" in out and first.dispatcher.spec.identity in out
+    with pytest.raises(UsageError, match="not a cache identity"):
+        ip.runner.cache("clear", "../jobs")
+    ip.run_line_magic("cloud", "cache clear")
+    assert "cleared the result cache: 2 objects" in capsys.readouterr().out
+    ip.run_line_magic("cloud", "cache list")
+    assert "the result cache is empty" in capsys.readouterr().out
+    cell(ip, "map xs as x --cache", "x * 7")
+    assert list(ip.runner.jobs.values())[-1].counts()["cached"] == 0
+
+
+def test_budget_and_backups_options_reach_the_job(ip):
+    cell(ip, "map range(3) --budget 0.5 --backups false", "item")
+    job = list(ip.runner.jobs.values())[-1]
+    assert job.dispatcher.spec.budget_usd == 0.5 and job.dispatcher.spec.backups is False

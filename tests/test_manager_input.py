@@ -25,7 +25,8 @@ def on_disk(manager):
 
 DEFAULTS = {"backend": "local", "workers": None, "memory_mb": None, "timeout": None,
             "chunksize": 1, "retries": 0, "region": None, "profile": None, "bucket": None,
-            "lambda": {}}
+            "lambda": {}, "cache": False, "budget": None, "backups": True}
+UNEDITED = {"cache": False, "budget": None, "backups": True}  # no panel field: not written
 
 
 def test_defaults_and_a_full_round_trip(manager):
@@ -38,7 +39,8 @@ def test_defaults_and_a_full_round_trip(manager):
     out = manager.put_config(full)
     expected = {**full, "timeout": 900.0, "region": "eu-west-1",
                 "lambda": {**full["lambda"], "function_name": "fn"}}
-    assert {k: v for k, v in out.items() if k not in ("path", "warning")} == expected
+    assert {k: v for k, v in out.items() if k not in ("path", "warning")} == {**expected,
+                                                                              **UNEDITED}
     assert on_disk(manager) == expected
     assert isinstance(on_disk(manager)["timeout"], float)
     assert manager.get_config()["lambda"]["function_name"] == "fn"
@@ -173,3 +175,18 @@ def test_cancel_writes_one_marker_and_refuses_what_it_cannot_cancel(manager):
          "stats": {}}).encode())
     with pytest.raises(Conflict, match="already finished \\(failed\\)"):
         manager.cancel(failed)
+
+
+def test_a_save_keeps_the_settings_the_panel_has_no_field_for(manager):
+    import os
+
+    import yaml
+
+    os.makedirs(os.path.dirname(manager.config_file), exist_ok=True)
+    with open(manager.config_file, "w") as f:
+        yaml.safe_dump({"cache": True, "budget": 2.5}, f)
+    manager.put_config({"workers": 3})
+    assert on_disk(manager) == {"backend": "local", "workers": 3, "chunksize": 1, "retries": 0,
+                                "cache": True, "budget": 2.5}
+    manager.put_config({"workers": 3, "backups": False})  # sent: written
+    assert on_disk(manager)["backups"] is False and on_disk(manager)["cache"] is True

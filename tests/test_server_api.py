@@ -172,7 +172,7 @@ async def test_jobs_list_and_detail(jp_fetch, executor):
     assert done["duration_s"] == pytest.approx(
         max(st["stats"]["result_stored"] for st in statuses) - manifest["created"])
     assert failed["state"] == "failed" and failed["counts"] == {
-        "done": 4, "failed": 1, "pending": 0, "cancelled": 0, "lost": 0}
+        "done": 4, "failed": 1, "cached": 0, "pending": 0, "cancelled": 0, "lost": 0}
 
     code, detail = await get_json(jp_fetch, "jobs", second.job_id)
     assert code == 200 and detail["tasks"] == 3
@@ -180,6 +180,9 @@ async def test_jobs_list_and_detail(jp_fetch, executor):
                                                           "000004-000005"]
     assert detail["tasks_detail"][1]["failed"] == 1
     assert all(t["t"]["worker_start"] is not None for t in detail["tasks_detail"])
+    # Where the time went: the same sums as the job's own (the widget's) breakdown.
+    assert detail["phases"]["tasks"] == 3
+    assert detail["phases"]["seconds"] == pytest.approx(second.time_breakdown()["seconds"])
     (failure,) = detail["failures"]
     assert failure["i"] == 3 and failure["type"] == "ValueError" and "bad item 3" in failure["message"]
     assert "fails_on_three" in failure["traceback"]
@@ -287,3 +290,21 @@ def test_load_ext_delegates_to_the_magics(monkeypatch):
             {"src": "labextension", "dest": "cloudbutton-jupyter"}]
     finally:
         InteractiveShell.clear_instance()
+
+
+def slow_square(x):
+    import time
+
+    time.sleep(0.2)
+    return x * x
+
+
+async def test_the_panel_gets_the_cost_meter_and_the_budget_stop(jp_fetch, executor):
+    job = executor.map(slow_square, range(40), budget=0.0002)
+    job.wait(60)
+    assert job.stop_reason
+    code, detail = await get_json(jp_fetch, "jobs", job.job_id)
+    assert code == 200 and detail["state"] == "cancelled"
+    assert detail["budget_usd"] == 0.0002 and detail["stopped"] == job.stop_reason
+    assert detail["counts"]["cancelled"] == 40 - detail["counts"]["done"]
+    assert detail["projected_usd"] == detail["cost_usd"]  # ended: nothing more to project

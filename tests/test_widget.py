@@ -1,4 +1,5 @@
 """The live progress views, driven by real jobs on real local workers."""
+import io
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import pytest
 
 from cloudbutton_executor import protocol, report_flops
 from cloudbutton_magic.widget import (JobWidget, TextProgress, make_progress, normalize_report,
-                                      widgets_available)
+                                      task_detail_html, widgets_available)
 from cloudbutton_magic.widget_state import JobTracker
 
 def follow(view, job, poll=0.02):
@@ -524,3 +525,182 @@ def test_background_thread_messages_land_in_their_cell(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# --- cached items -----------------------------------------------------------------------
+def tripled(x):
+    return 3 * x
+
+
+def test_cached_items_are_their_own_state_in_counts_bar_and_timeline(ex):
+    ex.map(tripled, range(4), cache=True).result(timeout=30)
+    job = ex.map(tripled, range(6), cache=True)
+    view = follow(JobWidget(job), job)
+    d = cols(view)
+    by_item = {b: k for k, b in enumerate(d["bottom"])}
+    assert sorted(by_item) == list(range(6))
+    for i in range(4):
+        k = by_item[i]
+        assert d["state"][k] == "cached" and d["task"][k] == "cached"
+        assert d["compute_color"][k] == "#17becf"
+        # The original run's compute time, not a time of this job.
+        assert d["compute_s"][k] == pytest.approx(
+            job[i].stats["compute_done"] - job[i].stats["compute_start"])
+        assert d["c0"][k] == 0.0 and d["c1"][k] < 5
+    assert all(d["state"][by_item[i]] == "done" for i in (4, 5))
+    header = view.header.value
+    assert "4 cached · 2 done · 0 failed · 0 running · 0 queued" in header
+    assert "cb-cached" in header and "#17becf" in header  # its own segment of the bar
+    assert "finished" in header
+    assert "4 cached, 2 done" in view.text_line()
+    out = io.StringIO()
+    text = follow(TextProgress(job, file=io.StringIO(), out=out), job)
+    assert "finished: 4 cached, 2 done, 0 failed" in out.getvalue()
+    assert text.tracker.queued == 0 and text.tracker.ended == 6
+    html = view.static_html()
+    assert "4 cached" in html and "data:image/png;base64," in html
+
+
+def test_a_large_cached_rerun_is_sampled_in_invocation_mode(ex):
+    ex.map(tripled, range(2500), chunksize=50, cache=True).result(timeout=120)
+    job = ex.map(tripled, range(2500), chunksize=50, cache=True)
+    assert job.result(timeout=60) == [3 * x for x in range(2500)]
+    tracker = JobTracker(job)
+    delta = tracker.poll()
+    assert tracker.counts["cached"] == 2500 and tracker.ended == 2500 and tracker.queued == 0
+    assert delta.rows and all(r["state"] == "cached" for r in delta.rows)
+    assert tracker.usage.tasks == 0  # nothing was computed, nothing is billed
+
+
+# --- budget: estimate, cost meter, stop -------------------------------------------------
+def slow_square(x):
+    import time
+
+    time.sleep(0.3)
+    return x * x
+
+
+def test_the_widget_shows_the_estimate_the_cost_meter_and_the_budget_stop(ex):
+    warm = ex.map(slow_square, [1])
+    follow(JobWidget(warm), warm)  # imports bokeh: the views below are made in no time
+    job = ex.map(slow_square, range(60), budget=0.0002)
+    view = JobWidget(job)
+    out = io.StringIO()
+    text = TextProgress(job, file=io.StringIO(), out=out)
+    text.display()
+    running_headers = []
+    while not job.wait(0.05):
+        view.update(force=True)
+        text.update(force=True)
+        running_headers.append(view.header.value)
+    view.finish()
+    text.finish()
+    assert any("projected $" in h and "budget $0.0002" in h for h in running_headers)
+    header = view.header.value
+    spending = job.spending
+    assert spending["stopped"] and "stopped by its budget" in spending["stopped"]
+    est = spending["estimate"]
+    assert f"estimate: {est['invocations']:,} invocations, about $" in header
+    assert "<div class='cb-cost-meter'>spent " in header and "budget $0.0002" in header
+    assert "projected" not in header.split("cb-cost-meter")[1].split("</div>")[0]  # ended
+    assert "cb-budget-stop" in header and "stopped by its budget" in header
+    printed = out.getvalue()
+    assert "cloudbutton: estimate: " in printed and "stopped by its budget" in printed
+    assert "stopped by its budget" in view.static_html()
+
+
+def test_no_budget_no_meter(ex):
+    job = ex.map(slow_square, range(3))
+    view = follow(JobWidget(job), job)
+    assert job.spending is None and "cb-cost-meter" not in view.header.value
+
+
+# --- where the time went ------------------------------------------------------------------
+def test_where_the_time_went_in_the_widget_and_its_static_rendering(ex):
+    ex.map(abs, range(2)).result(timeout=30)  # warm workers: no queue, no cold start
+    job = ex.map(slow_square, range(2))
+    view = follow(JobWidget(job), job)
+    b = job.time_breakdown()
+    assert b["tasks"] == 2
+    # Every task computed 0.3 s: compute is at least 0.6 s of the sum, and the phases add
+    # up to the tasks' submit -> stored time.
+    assert 0.6 <= b["seconds"]["compute"] < 2
+    walls = sum(f.stats["result_stored"] - f.stats["host_submit"] for f in job.futures)
+    assert b["total_s"] == pytest.approx(walls, abs=0.01)
+    assert view.tracker.phases.as_dict()["seconds"] == pytest.approx(b["seconds"])
+    header = view.header.value
+    assert "Where the time went (2 tasks" in header and "cb-phase-compute" in header
+    share = b["seconds"]["compute"] / b["total_s"]
+    assert f"compute {share:.0%}" in header
+    assert "batching would gain little" in header  # mostly compute
+    assert "cb-phase-bar" in view.static_html()
+
+    tiny = ex.map(abs, range(30))
+    tiny_view = follow(JobWidget(tiny), tiny)
+    assert "larger batches (chunksize) would pay" in tiny_view.header.value
+
+
+def test_phases_of_a_cold_task_split_its_wait():
+    from cloudbutton_executor import phases
+
+    p = phases.task_phases({"host_submit": 10.0, "worker_start": 11.5, "cold_start": True,
+                            "init_s": 1.0, "setup_done": 11.7, "compute_done": 13.7,
+                            "result_stored": 13.8})
+    assert p == pytest.approx({"invoke": 0.5, "cold_start": 1.0, "download": 0.2,
+                               "compute": 2.0, "upload": 0.1})
+    warm = phases.task_phases({"host_submit": 10.0, "worker_start": 9.9, "cold_start": False,
+                               "init_s": 1.0, "setup_done": 10.0, "compute_done": 10.0,
+                               "result_stored": 10.1})
+    assert warm["invoke"] == 0.0 and warm["cold_start"] == 0.0  # clock skew: never negative
+
+
+# --- a click on a bar; re-run failed --------------------------------------------------------
+def fails_until(x, fixed):
+    import os
+    import time
+
+    time.sleep(0.4)
+    print(f"working on {x}")
+    if x == 2 and not os.path.exists(fixed):
+        raise KeyError(f"missing {x}")
+    return x
+
+
+def test_a_click_on_a_bar_shows_its_task_and_the_widget_reruns_failed_items(ex, tmp_path):
+    fixed = tmp_path / "fixed"
+    warm = ex.map(abs, [1])
+    follow(JobWidget(warm), warm)  # imports bokeh: the widget below is made in no time
+    job = ex.map(fails_until, range(6), extra_args=(str(fixed),))
+    view = JobWidget(job)
+    src = view.plots.timeline_source
+    tapped = False
+    while not job.wait(0.05):
+        view.update(force=True)
+        if src.data["bottom"] and not tapped:
+            tapped = True
+            k = len(src.data["bottom"]) - 1
+            src.selected.indices = [k]  # what a click on that bar does (TapTool)
+            item = int(src.data["bottom"][k])
+            shown = view.task_detail.value
+            assert f"item {item} · state " in shown and f"input: <code>{item}, " in shown
+            assert "compute" in shown and ("warm start" in shown or "cold start" in shown)
+            assert f"working on {item}" in shown
+    view.finish()
+    assert tapped  # while the job ran
+    detail = task_detail_html(job, 2)
+    assert "state failed" in detail and "KeyError" in detail and "raise KeyError" in detail
+    assert "1 attempt" in detail and "input: <code>2, " in detail
+    src.selected.indices = []
+    assert view.task_detail.value == ""
+
+    assert view.rerun_button is not None and view.rerun_button.description == "Re-run 1 failed"
+    fixed.write_text("")
+    view.rerun_button.click()
+    assert view.rerun_button.disabled
+    assert job.result(timeout=30) == list(range(6))
+
+
+def test_no_rerun_button_without_failures(ex):
+    job = ex.map(abs, range(3))
+    view = follow(JobWidget(job), job)
+    assert view.rerun_button is None

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import protocol
+from . import phases, protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,8 @@ class Usage:
     def add_task(self, stats: Mapping[str, Any], attempt: int = 0) -> None:
         self.tasks += 1
         self.invocations += attempt + 1
-        self.run_s += billed_seconds(stats)
+        # backup_s: the run time of invocations that lost to a backup (or whose backup lost)
+        self.run_s += billed_seconds(stats) + float(stats.get("backup_s") or 0.0)
         self.init_s += float(stats.get("init_s") or 0.0)
         self.add_requests(stats.get("requests") or {})
 
@@ -100,19 +101,53 @@ def cost(usage: Usage, *, memory_mb: float | None, architecture: str | None = No
             "cost_usd": compute + invokes + storage}
 
 
+def scaled(usage: Usage, factor: float) -> Usage:
+    """``usage`` as if ``factor`` times as much work had been done (projections)."""
+    return Usage(tasks=round(usage.tasks * factor), invocations=round(usage.invocations * factor),
+                 run_s=usage.run_s * factor, init_s=usage.init_s * factor,
+                 requests={k: round(n * factor) for k, n in usage.requests.items()})
+
+
+def projected_usd(usage: Usage, *, computed: int, remaining: int, memory_mb: float | None,
+                  architecture: str | None = None) -> float:
+    """What a job will have cost once its ``remaining`` items are computed like its
+    ``computed`` ones were (items served by the cache cost nothing)."""
+    spent = cost(usage, memory_mb=memory_mb, architecture=architecture)["cost_usd"]
+    if not remaining or not computed:
+        return spent
+    return spent + cost(scaled(usage, remaining / computed), memory_mb=memory_mb,
+                        architecture=architecture)["cost_usd"]
+
+
+def estimate(usage: Usage, *, items: int, invocations: int, seconds_per_invocation: float,
+             concurrency: int, memory_mb: float | None, architecture: str | None = None,
+             sample_items: int) -> dict[str, Any]:
+    """The pre-flight estimate of a job of ``items`` items in ``invocations`` invocations,
+    from a sample (``usage`` of ``sample_items`` items, e.g. a probe or earlier runs):
+    its cost and how long it takes at ``concurrency`` invocations at once."""
+    factor = items / sample_items if sample_items else 0.0
+    usd = cost(scaled(usage, factor), memory_mb=memory_mb, architecture=architecture)["cost_usd"]
+    waves = -(-invocations // max(1, concurrency))
+    return {"invocations": invocations, "items": items, "usd": usd,
+            "seconds": waves * seconds_per_invocation}
+
+
 def job_stats(*, n_items: int, counts: Mapping[str, int], created: float, end: float,
               usage: Usage, flops: float, memory_mb: float | None,
               architecture: str | None = None) -> dict[str, Any]:
     """Rates, ETA, GFLOPS and cost of a job from its counts and usage."""
     elapsed = max(0.0, end - created)
-    ended = counts.get("done", 0) + counts.get("failed", 0)
+    ended = counts.get("done", 0) + counts.get("failed", 0)  # computed (cached items were not)
     rate = ended / elapsed if elapsed > 0 else 0.0
-    remaining = max(0, n_items - ended - counts.get("cancelled", 0))
+    remaining = max(0, n_items - ended - counts.get("cancelled", 0) - counts.get("cached", 0))
     eta = 0.0 if not remaining else (remaining / rate if rate > 0 else None)
     bill = cost(usage, memory_mb=memory_mb, architecture=architecture)
+    projected = projected_usd(usage, computed=ended, remaining=remaining, memory_mb=memory_mb,
+                              architecture=architecture)
     return {"elapsed_s": elapsed, "tasks_per_s": rate, "eta_s": eta, "flops": flops,
             "gflops": flops / elapsed / 1e9 if elapsed > 0 else 0.0,
-            "gb_seconds": bill["gb_seconds"], "cost_usd": bill["cost_usd"], "cost": bill}
+            "gb_seconds": bill["gb_seconds"], "cost_usd": bill["cost_usd"], "cost": bill,
+            "projected_usd": projected}
 
 
 def ended_items(task_ids: Iterable[str]) -> int:
@@ -145,6 +180,7 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
     done = failed = 0
     covered: set[int] = set()
     usage = Usage()
+    breakdown = phases.Breakdown()
     end = None
     flops = 0.0
     for tid, st in statuses.items():
@@ -156,9 +192,15 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
         flops += protocol.item_flops(dict(st))
         usage.add_status(st)
         s = st.get("stats") or {}
+        breakdown.add(s)
         t_end = s.get("result_stored") or s.get("compute_done")
         if t_end:
             end = max(end or 0.0, t_end)
+    cached = 0
+    for a, b in manifest.get("cached") or ():  # items the result cache served: no status
+        fresh = set(range(int(a), int(b))) - covered
+        cached += len(fresh)
+        covered |= fresh
     remaining = max(0, n - len(covered))
     created = manifest.get("created") or now
     state = stored_state(manifest, len(covered), failed, cancel is not None, now, record)
@@ -166,19 +208,26 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
         end = (cancel or {}).get("at") or end
     elif state == "running":
         end = None
-    stats = job_stats(n_items=n, counts={"done": done, "failed": failed}, created=created,
-                      end=end or now, usage=usage, flops=flops,
+    if state == "running" and not statuses and cached:
+        end = created  # everything so far came from the cache
+    stats = job_stats(n_items=n, counts={"done": done, "failed": failed, "cached": cached},
+                      created=created, end=end or now, usage=usage, flops=flops,
                       memory_mb=manifest.get("memory_mb"), architecture=manifest.get("architecture"))
     return {
         "job_id": manifest.get("job_id"), "created": created,
         "notebook": manifest.get("label"), "function": manifest.get("function"),
         "backend": manifest.get("backend"), "n_items": n, "state": state,
-        "counts": {"done": done, "failed": failed, "pending": remaining if state == "running" else 0,
+        "counts": {"done": done, "failed": failed, "cached": cached,
+                   "pending": remaining if state == "running" else 0,
                    "cancelled": remaining if state == "cancelled" else 0,
                    "lost": remaining if state == "lost" else 0},
-        "progress": (done + failed) / n if n else 1.0,
+        "progress": (done + failed + cached) / n if n else 1.0,
         "duration_s": stats["elapsed_s"], "finished": state != "running",
         "tasks": len(statuses), "memory_mb": manifest.get("memory_mb"),
         "timeout": manifest.get("timeout"), "chunksize": manifest.get("chunksize"),
         "gb_seconds": stats["gb_seconds"], "cost_usd": stats["cost_usd"], "flops": flops,
+        "projected_usd": stats["projected_usd"] if state == "running" else stats["cost_usd"],
+        "budget_usd": manifest.get("budget_usd"),
+        "stopped": (cancel or {}).get("reason") if (cancel or {}).get("by") == "budget" else None,
+        "phases": breakdown.as_dict(),
     }

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import catalog, protocol
+from . import cache, catalog, protocol
 from . import config as _config
 from .units import format_usd
 
@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     cg.add_argument("--job", metavar="ID", help="job id (as `cloudbutton jobs` shows)")
     cg.add_argument("--older-than", metavar="D", help="e.g. 30m, 12h, 7d")
     c.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+
+    k = sub.add_parser("cache", help="list or clear the per-item result cache in S3",
+                       description="List the result cache (one row per cached function), or "
+                       "clear it: all of it, or one function's entries (--function).")
+    k.add_argument("action", choices=("list", "clear"))
+    k.add_argument("--function", metavar="IDENTITY",
+                   help="only this function (its identity, as `cloudbutton cache list` shows)")
     return p
 
 
@@ -210,8 +217,20 @@ def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace, out: TextIO) -> int:
+    be = _backend(_load_config(args))
+    if args.action == "list":
+        print(cache.format_listing(cache.list_functions(be.storage, be.prefix)), file=out)
+        return 0
+    n = cache.clear(be.storage, be.prefix, args.function)
+    print(f"deleted {n} object(s) of the result cache"
+          + (f" of {args.function}" if args.function else ""), file=out)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
-    "deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean}
+    "deploy": cmd_deploy, "status": cmd_status, "jobs": cmd_jobs, "clean": cmd_clean,
+    "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:

@@ -204,6 +204,15 @@ class RunSettings:
                                    env="CLOUDBUTTON_CHUNKSIZE", metavar="N|auto")
     retries: int = setting(0, int, "re-runs of a task lost to an infrastructure error",
                            low=0, high=10, env="CLOUDBUTTON_RETRIES", metavar="N")
+    cache: bool = setting(False, bool, "reuse the stored results of items computed before by "
+                          "the same code (see the README: Result cache)", env="CLOUDBUTTON_CACHE")
+    budget: float | None = setting(None, float, "USD a job may cost (as the cost model prices "
+                                   "it; a local job at Lambda's prices): it stops once its "
+                                   "projected total would pass this. Lambda jobs without one "
+                                   "get lambda.budget", low=0, high=100_000, nullable=True,
+                                   env="CLOUDBUTTON_BUDGET", metavar="USD")
+    backups: bool = setting(True, bool, "send a backup invocation for a task 3x slower than "
+                            "the median once half the job is done", env="CLOUDBUTTON_BACKUPS")
 
 
 @dataclasses.dataclass
@@ -241,6 +250,11 @@ class LambdaConfig:
                                 low=0, high=10)
     throttle_retry_s: float = setting(120.0, float, "give up on a throttled invoke after this "
                                       "long", low=0, high=3600)
+    # $1 is about 60,000 GB-seconds at 1 GB: 1,000 tasks of a minute. Far above what an
+    # interactive notebook map costs (the quickstart: < $0.001), far below a runaway loop
+    # (10,000 tasks of 15 min: about $150), and small enough to lose without noticing.
+    budget: float = setting(1.0, float, "USD a Lambda job may cost when it sets no budget",
+                            low=0, high=100_000)
 
 
 @dataclasses.dataclass
@@ -333,6 +347,13 @@ OPTIONS: dict[str, Setting] = {s.key: s for s in (
 def run_defaults() -> dict[str, Any]:
     """The schema's defaults of the run settings."""
     return {k: s.default for k, s in RUN.items()}
+
+
+def saved_run_defaults() -> dict[str, Any]:
+    """The run defaults the config file (if there is one) and the environment set."""
+    path = config_path()
+    return from_dict(read_file(path), path if os.path.exists(path) else None,
+                     env=os.environ).defaults
 
 
 def check(key: str, value: Any, where: str = "") -> Any:

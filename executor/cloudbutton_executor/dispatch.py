@@ -32,25 +32,40 @@ import json
 import logging
 import math
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import integrity, protocol, records, serialize
+from . import accounting, integrity, protocol, records, serialize
 from .backends.base import Backend, BackendLimits, Event
 from .batching import AutoBatcher
+from .cache import CacheWriter, ResultCache, item_keys, read_timings, write_timings
+from .spending import PROBE_INVOCATIONS, Spending
 from .errors import (INFRA_ERRORS, InfrastructureError, IntegrityError, LostInvocationError,
                      TaskTimeoutError)
 from .jobdata import JobInputs
 from .outcomes import OutcomeStore
 from .storage import CountingView, NotFound, Storage
-from .worker import open_status, read_results
+from .worker import open_status, read_result_blob
 
 log = logging.getLogger("cloudbutton.dispatch")
 
 CANCEL_CHECK_INTERVAL_S = 0.5  # how often a running job looks for a cancel marker written elsewhere
 FETCH_THREADS = 16  # statuses fetched at once when a poll finds many
+
+# Speculative backups of slow tasks (cubed's rule): once a job of at least
+# BACKUP_MIN_TASKS tasks has BACKUP_DONE_FRACTION of them done, a task running longer than
+# BACKUP_SLOW_FACTOR times the median of the completed ones (per item) gets one backup.
+# BACKUP_MIN_EXTRA_S keeps tiny tasks from being backed up for scheduling noise: a task
+# must also be that much slower than the median, which is more than the host's own
+# latency (a 0.2 s storage poll on Lambda, a process wake-up locally).
+BACKUP_MIN_TASKS = 10
+BACKUP_DONE_FRACTION = 0.5
+BACKUP_SLOW_FACTOR = 3.0
+BACKUP_MIN_EXTRA_S = 0.5
+
 
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
@@ -70,6 +85,12 @@ class JobSpec:
     reduce: dict[str, Any] | None = None  # a reduce task: the map job and tasks it reads
     batch_target_s: float | None = None   # "auto" batches: how long one should run
                                           # (None: the backend's ``auto_batch_target_s``)
+    backups: bool = True                  # speculative backups of slow tasks
+    cache: bool = False                   # look items up in the result cache, add results
+    identity: str | None = None           # the function's identity (``cache.py``): the
+                                          # cache's and earlier runs' timings key
+    budget_usd: float | None = None       # stop once the projected cost would pass it
+    rerun_of: str | None = None           # the job whose failed items this one re-runs
 
     def manifest(self, backend: str, architecture: str | None) -> dict[str, Any]:
         from . import __version__
@@ -81,6 +102,9 @@ class JobSpec:
             "chunksize": self.chunksize, "timeout": self.timeout, "memory_mb": self.memory_mb,
             "retries": self.retries, "executor_version": __version__,
             "reduce": self.reduce, "batch_target_s": self.batch_target_s,
+            "backups": self.backups, "cache": self.cache, "identity": self.identity,
+            "budget_usd": self.budget_usd,
+            "rerun_of": self.rerun_of,
         }
 
     @classmethod
@@ -90,7 +114,10 @@ class JobSpec:
                    chunksize=manifest["chunksize"], timeout=float(manifest["timeout"]),
                    retries=int(manifest.get("retries") or 0), memory_mb=int(manifest["memory_mb"]),
                    created=float(manifest["created"]), label=manifest.get("label"),
-                   reduce=manifest.get("reduce"), batch_target_s=manifest.get("batch_target_s"))
+                   reduce=manifest.get("reduce"), batch_target_s=manifest.get("batch_target_s"),
+                   backups=bool(manifest.get("backups", True)),
+                   cache=bool(manifest.get("cache")), identity=manifest.get("identity"),
+                   budget_usd=manifest.get("budget_usd"), rerun_of=manifest.get("rerun_of"))
 
 
 class Dispatcher:
@@ -115,6 +142,7 @@ class Dispatcher:
         self._record_dirty = False
         self._record_written = -math.inf
         self._crashes_seen: set[str] = set()       # crash reports already acted on
+        self._stdout_seen: set[str] = set()        # live stdout objects already read
         self._crash_floor: dict[str, int] = {}     # task -> first attempt a crash still counts for
         self._ran: set[str] = set()                # tasks known to have run (no backups for them)
         self._inherited: set[str] = set()          # tasks a dead host sent (see resume)
@@ -132,6 +160,16 @@ class Dispatcher:
         self._applied: set[str] = set()           # tasks whose status was applied (or is being)
         self._uncollected: set[str] = set()       # tasks whose status could not be read yet
         self._latencies: list[float] = []         # submit -> stored of collected tasks
+        self._per_item_s: list[float] = []        # worker time per item of collected tasks
+        self._first_start: dict[str, float] = {}  # task -> when its first attempt started
+        self._sent_at: dict[str, dict[int, float]] = {}  # task -> attempt -> when sent
+        self._backups: dict[str, int] = {}        # task -> backups sent (slow or lost)
+        self._live_attempts: dict[str, set[int]] = {}  # task -> attempts sent, not ended
+        self._holes = False                       # some items ended before being sent (cache)
+        self.cache_writer: CacheWriter | None = None  # adds what this job computes to the cache
+        self.cache_lookup: dict[str, Any] | None = None  # hits and time of the cache lookup
+        self.spending: Spending | None = None     # cost so far, projection, budget (if any)
+        self.backups_sent = 0
         concurrency = backend.limits.concurrency
         self._batcher = AutoBatcher(spec.batch_target_s or backend.limits.auto_batch_target_s,
                                     concurrency) if spec.chunksize == "auto" else None
@@ -154,13 +192,110 @@ class Dispatcher:
         send the first tasks: everything a host needs to finish the job is in storage first."""
         spec = self.spec
         manifest = spec.manifest(self.backend.name, self.limits.architecture)
-        if self._payloads is not None and spec.reduce is None:
+        if self._holes:  # the items the cache served, for readers of storage (the panel)
+            manifest["cached"] = self.store.cached_runs()
+        if spec.budget_usd is not None and spec.reduce is None:
+            self._start_spending()
+        if (self._payloads is not None and spec.reduce is None
+                and (not self._holes or self.store.count_open(0, spec.n_items))):
             self.inputs = JobInputs.from_payloads(self._payloads, spec.chunksize)
             manifest["data"] = self.inputs.upload(self.storage, spec.prefix, spec.job_id)
         self.storage.put(protocol.manifest_key(spec.prefix, spec.job_id),
                          self._seal(protocol.manifest_key(spec.prefix, spec.job_id), manifest))
         self._write_record()
         self._dispatch_more()
+
+    def item_payloads(self, items: Sequence[int]) -> list[serialize.Payload]:
+        """The pickled calls of ``items``, as this job sent them (a re-run sends them again)."""
+        if self._payloads is not None:
+            return [self._payloads[i] for i in items]
+        if self.inputs is None:  # a job attached from storage: its stored, verified inputs
+            manifest = self.read_manifest()
+            if "data" not in manifest:
+                raise RuntimeError(f"job {self.spec.job_id} stored no inputs")
+            self.inputs = JobInputs.load(self.storage, self.spec.prefix, self.spec.job_id,
+                                         manifest["data"])
+        return [self.inputs.item_bytes(i, i + 1) for i in items]
+
+    def function_blob(self) -> bytes:
+        """The job's pickled function, read back and checked against its content address."""
+        blob = self.storage.get(self.spec.function_key)
+        if protocol.function_key(self.spec.prefix, integrity.sha256(blob)) != self.spec.function_key:
+            raise IntegrityError(f"the function blob {self.spec.function_key} does not match "
+                                 "its name")
+        return blob
+
+    def use_cache(self) -> int:
+        """Before ``start``: end the items the result cache holds (state "cached"), and add
+        what this job computes to it. Returns how many items it served."""
+        spec = self.spec
+        identity = spec.identity
+        assert self._payloads is not None and identity is not None
+        keys = item_keys(identity, self._payloads)
+        cache = ResultCache(self.storage, spec.prefix, identity)
+        hits = cache.lookup(keys)
+        self.cache_lookup = {"hits": len(hits), "lookup_s": cache.lookup_s}
+        if hits:
+            order = sorted(hits)
+            self.store.apply_cached(order, [hits[i].value for i in order],
+                                    [hits[i].info for i in order])
+            self._holes = True
+        self.cache_writer = CacheWriter(self.storage, spec.prefix, identity, spec.job_id, keys)
+        return len(hits)
+
+    # Budget ---------------------------------------------------------------------------
+    def _start_spending(self) -> None:
+        spec, limits = self.spec, self.limits
+        self.spending = Spending(
+            n_items=spec.n_items, open_items=self.store.count_open(0, spec.n_items),
+            budget_usd=spec.budget_usd, memory_mb=spec.memory_mb,
+            architecture=limits.architecture, concurrency=limits.concurrency,
+            chunksize=spec.chunksize)
+        # A job that stays within its budget even if every invocation runs to its timeout
+        # needs no probe: it is sent at once (the live projection still watches it).
+        size = spec.chunksize if isinstance(spec.chunksize, int) else 1
+        n = -(-self.spending.open_items // size)
+        self.spending.worst_usd = accounting.cost(
+            accounting.Usage(tasks=n, invocations=n, run_s=n * self._invocation_timeout(size)),
+            memory_mb=spec.memory_mb, architecture=limits.architecture)["cost_usd"]
+        if spec.identity is not None:  # earlier runs of the same function
+            earlier = read_timings(self.storage, spec.prefix, spec.identity)
+            if earlier is not None:
+                usage, items, wall = earlier
+                self.spending.make_estimate("earlier runs", usage, items, wall)
+        self._check_budget()
+
+    def _spent(self, tid: str, items: int) -> None:
+        """Task ``tid`` ended: count what it cost, make the estimate after a probe, and stop
+        the job if its budget says so."""
+        spending = self.spending
+        assert spending is not None
+        record = self.store.task_record(tid)
+        if record is not None:
+            spending.add_task(*record, items=items)
+        if spending.estimate is None and (self.store.done() or not self._inflight) \
+                and spending.tasks >= min(PROBE_INVOCATIONS, spending.invocations_for(
+                    spending.open_items)):
+            spending.make_estimate("probe")
+        elif spending.estimate is None and spending.tasks >= PROBE_INVOCATIONS:
+            spending.make_estimate("first tasks")
+        self._check_budget()
+        if self.store.done() and self.spec.identity is not None and spending.computed:
+            self._guarded(write_timings, self.storage, self.spec.prefix, self.spec.identity,
+                          spending.usage, spending.computed, spending.wall_s())
+
+    def _check_budget(self) -> None:
+        spending = self.spending
+        if spending is None:
+            return
+        why = spending.verdict()
+        if why is None:
+            return
+        c = self.store.counts()
+        spending.stopped = (f"stopped by its budget: {why}; {c['done'] + c['cached']} of "
+                            f"{self.spec.n_items} items have results, every one kept")
+        log.warning("job %s %s", self.spec.job_id, spending.stopped)
+        self.cancel(by="budget", reason=spending.stopped)
 
     def follow(self, deadline: float | None = None) -> None:
         """Follow a job another host dispatches, through storage only. With ``deadline``
@@ -299,9 +434,18 @@ class Dispatcher:
     def plan_sizes(self) -> list[int]:
         """Sizes of the invocations to send now (lock held)."""
         remaining = self.spec.n_items - self._next_item
+        if self._holes and remaining > 0:  # items the cache served are not sent
+            remaining = self.store.count_open(self._next_item, self.spec.n_items)
         if remaining <= 0 or self.cancelled or self.following or (
                 self.inputs is None and self.spec.reduce is None):
             return []
+        spending = self.spending
+        if spending is not None and (spending.stopped or spending.probing):
+            # A probe runs alone: the rest waits for the estimate it gives.
+            if spending.stopped or self._next_item > 0:
+                return []
+            remaining = min(remaining, spending.invocations_for(1) * PROBE_INVOCATIONS
+                            if self._batcher is None else PROBE_INVOCATIONS)
         if self._batcher is None:
             size = int(self.spec.chunksize)
             sizes = [min(size, remaining - k) for k in range(0, remaining, size)]
@@ -325,8 +469,9 @@ class Dispatcher:
         with self._lock:
             for n in self.plan_sizes():
                 start = self._next_item
-                if self._resumed:
-                    # Items a dead host's workers stored meanwhile are not sent again.
+                if self._resumed or self._holes:
+                    # Items a dead host's workers stored meanwhile, or the cache served,
+                    # are not sent again: a task covers a run of items still open.
                     start = self.store.next_open(start)
                     if start >= self.spec.n_items:
                         self._next_item = start
@@ -337,6 +482,8 @@ class Dispatcher:
                 event = self.event(tid, start, start + n)
                 self._inflight[tid] = event
                 self._last_attempt[tid] = 0
+                self._sent_at[tid] = {0: event["host_submit"]}
+                self._live_attempts[tid] = {0}
                 self.store.add_task(tid, event["host_submit"])
                 events.append(event)
             if events:
@@ -377,6 +524,8 @@ class Dispatcher:
         }
         if spec.reduce is not None:
             event["reduce"] = dict(spec.reduce, auth=integrity.job_key(spec.reduce["job_id"]).hex())
+        if self.limits.live_stdout_s:
+            event["live_stdout"] = self.limits.live_stdout_s
         return event
 
     def _invocation_timeout(self, n_items: int) -> float:
@@ -402,13 +551,19 @@ class Dispatcher:
         with self._lock:
             if self._inflight.get(event["task"]) is event:
                 self._accepted[event["task"]] = at
+            if not event.get("attempt"):
+                self._first_start.setdefault(event["task"], at)
 
     def on_throttled(self, event: Event, retry_after: float | None) -> None:
         with self._lock:
             self.throttled += 1
 
     def on_start(self, event: Event) -> None:
-        self.store.mark_running(event["task"], self.clock())
+        now = self.clock()
+        if not event.get("attempt"):
+            with self._lock:  # a later start (a Lambda accept) is the same attempt's
+                self._first_start[event["task"]] = now
+        self.store.mark_running(event["task"], now)
 
     def on_done(self, event: Event, response: dict[str, Any]) -> None:
         if response.get("state") == "cancelled" or self.cancelled:
@@ -416,11 +571,20 @@ class Dispatcher:
         self._guarded(self._collect, event["task"], self.clock())
 
     def on_failure(self, event: Event, error: InfrastructureError) -> None:
-        """Retry the task if the user allowed it, else end it with ``error``."""
+        """Retry the task if the user allowed it, else end it with ``error``. An attempt
+        that fails while another attempt of the task still runs (a backup race) is
+        dropped: the other may still deliver, and the deadline still applies."""
         if self.cancelled:
             return
         tid = event["task"]
         with self._lock:
+            if tid in self._applied:
+                return  # a loser of a backup race, stopped once the winner's status came
+            live = self._live_attempts.get(tid)
+            if live is not None:
+                live.discard(event.get("attempt", 0))
+                if live:
+                    return
             used = self._retries_used.get(tid, 0)
             again = None
             if used < self.spec.retries and tid in self._inflight:
@@ -449,19 +613,31 @@ class Dispatcher:
             return
         self.on_failure(event, error)
 
-    def _resend(self, tid: str, event: Event) -> Event:
-        """A new attempt of a task (lock held); the caller invokes it."""
+    def _resend(self, tid: str, event: Event, backup: str | None = None) -> Event:
+        """A new attempt of a task (lock held); the caller invokes it. ``backup`` ("slow"
+        or "lost"): the attempt races the ones sent before, which keep running."""
         attempt = self._last_attempt.get(tid, 0) + 1
         self._last_attempt[tid] = attempt
         again = dict(event, attempt=attempt, host_submit=self.clock())
+        again.pop("backup", None)
         self._inflight[tid] = again
         self._accepted.pop(tid, None)
+        self._sent_at.setdefault(tid, {})[attempt] = again["host_submit"]
+        live = self._live_attempts.setdefault(tid, set())
+        if backup:
+            again["backup"] = backup
+            self._backups[tid] = self._backups.get(tid, 0) + 1
+            self.backups_sent += 1
+            self.store.note_backup(tid, again["host_submit"], backup, attempt)
+        else:
+            live.clear()  # a retry replaces an attempt that ended
+        live.add(attempt)
         self._inherited.discard(tid)
         self._record_dirty = True
         self.retried += 1
         return again
 
-    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, fn: Callable[..., object], *args: Any) -> None:
         """Run a step that reads or writes storage; its error is recorded, not lost."""
         try:
             fn(*args)
@@ -504,8 +680,9 @@ class Dispatcher:
                 raw = self.storage.get(skey)
             try:
                 status = open_status(raw, spec.prefix, skey, self.key, spec.job_id, tid)
-                outcomes = None if "infra" in status else read_results(
+                blob = None if "infra" in status else read_result_blob(
                     self.storage, spec.prefix, spec.job_id, status)
+                outcomes = None if blob is None else pickle.loads(blob)
             except IntegrityError as err:
                 self._refuse(tid, err)
                 return
@@ -520,10 +697,31 @@ class Dispatcher:
             st = status.get("stats") or {}
             if st.get("result_stored") and st.get("host_submit"):
                 self._latencies.append(st["result_stored"] - st["host_submit"])
+            a, b = protocol.task_range(tid)
+            if "infra" not in status and st.get("result_stored") and st.get("worker_start"):
+                self._per_item_s.append((st["result_stored"] - st["worker_start"]) / (b - a))
+            raced = self._backups.get(tid, 0) > 0
+            sent = self._sent_at.pop(tid, {})
+            self._live_attempts.pop(tid, None)
+        writer = self.cache_writer
+        if writer is not None and blob is not None:
+            errors = protocol.item_errors(status)
+            writer.add(status, blob, [k for k in range(b - a) if a + k not in errors])
+            # The last task's results are written before the job ends: a re-run right
+            # after it finds them.
+            self._guarded(writer.flush, self.store.count_open(0, spec.n_items) <= b - a)
+        if raced:
+            # The first status stored won; the other attempts are stopped where the backend
+            # can, and what they ran is billed (until now: when the host saw the winner).
+            self.backend.stop_task(self.spec.job_id, tid)
+            winner = int(status.get("attempt", 0))
+            losers_s = sum(max(0.0, host_seen - t) for k, t in sent.items() if k != winner)
+            self.store.note_losers(tid, len(sent), losers_s)
         self.store.apply_status(status, outcomes, host_seen, self.clock())
         if self._batcher is not None and "infra" not in status:
-            a, b = protocol.task_range(tid)
             self._batcher.record(b - a, st["compute_done"] - st["worker_start"])
+        if self.spending is not None:
+            self._spent(tid, b - a)
         self._dispatch_more()
 
     def _refuse(self, tid: str, err: IntegrityError) -> None:
@@ -538,6 +736,9 @@ class Dispatcher:
             f"task {tid}: {err}", event.get("host_submit"))
         now = self.clock()
         self.store.apply_status(status, None, now, now)
+        if self.spending is not None:  # it ended: a probe waiting for it goes on
+            a, b = protocol.task_range(tid)
+            self._spent(tid, b - a)
         self._dispatch_more()
 
     # Periodic checks -------------------------------------------------------------------
@@ -557,8 +758,12 @@ class Dispatcher:
                 self.check_owner(now)
             if self.following or not self.limits.calls_back or self._uncollected:
                 self.poll_storage()
+            elif self.limits.live_stdout_s:
+                self.poll_live_stdout()
             self.check_deadlines()
             self._maybe_write_record(now)
+            if self.cache_writer is not None:
+                self.cache_writer.flush()
         except Exception as exc:  # keep monitoring
             self._record_error(exc)
 
@@ -597,6 +802,7 @@ class Dispatcher:
             new = [tid for tid in new if self.store.any_open(*protocol.task_range(tid))]
         crashes = [key for key in keys if key not in self._crashes_seen
                    and protocol.crash_from_key(key) is not None] if not self.following else []
+        self._read_live_stdout(keys, pending)
         if len(new) > 1:
             # Fetch the new statuses concurrently: on S3 each GET is a round trip, and
             # one at a time they would cap how many tasks per second the host can see.
@@ -615,6 +821,44 @@ class Dispatcher:
         for key in crashes:
             self._crash_reported(key)
         return len(new)
+
+    def poll_live_stdout(self) -> None:
+        """What the running tasks printed so far, for a backend that reports each end itself
+        (the storage poll reads it on the others): one listing of the job's tasks."""
+        with self._lock:
+            pending = set(self._inflight)
+        if not pending:
+            return
+        spec = self.spec
+        tasks_prefix = protocol.tasks_prefix(spec.prefix, spec.job_id)
+        self._read_live_stdout(self.storage.list(tasks_prefix, start_after=tasks_prefix + min(pending)),
+                               pending)
+
+    def _read_live_stdout(self, keys: Sequence[str], pending: set[str]) -> None:
+        """Read the new live stdout objects among ``keys`` (of tasks still running), verify
+        their seals, and hand their texts to the store. An object that does not verify is
+        ignored: the task's status, verified too, carries all its output."""
+        new = []
+        for key in keys:
+            found = protocol.live_stdout_from_key(key)
+            if found is not None and found[0] in pending and key not in self._stdout_seen:
+                self._stdout_seen.add(key)
+                new.append((key, found))
+        for key, (tid, attempt, seq) in new:  # in key order: a task's flushes in sequence
+            try:
+                doc = integrity.open_sealed(self.key, protocol.object_name(self.spec.prefix, key),
+                                            self.storage.get(key), "the live stdout")
+                if doc.get("task") != tid or doc.get("attempt") != attempt or doc.get("seq") != seq:
+                    raise IntegrityError(f"the live stdout {key} is a foreign object")
+                a, b = protocol.task_range(tid)
+                texts = {int(i): str(t) for i, t in (doc.get("items") or {}).items()
+                         if str(i).isdigit() and a <= int(i) < b}
+            except (IntegrityError, NotFound, ValueError) as err:
+                log.warning("job %s: %s", self.spec.job_id, err)
+                continue
+            with self._lock:
+                self._ran.add(tid)  # it runs: not a lost event (no backups for that)
+            self.store.add_live_stdout(texts)
 
     def _crash_reported(self, key: str) -> None:
         """A supervisor reported that an attempt of a task crashed (its worker died or ran
@@ -641,6 +885,7 @@ class Dispatcher:
             # and crashes of the attempts sent before this one count as this one.
             self._ran.add(tid)
             self._crash_floor[tid] = self._last_attempt.get(tid, 0) + 1
+            self._live_attempts.pop(tid, None)  # no backup race: the crash ends this round
         self.on_failure(event, kind(report.get("message") or "the worker crashed", tid))
 
     def check_deadlines(self) -> None:
@@ -652,11 +897,10 @@ class Dispatcher:
                 self._end_open_items_as_lost()
             return
         limits = self.limits
+        self._send_backups(now)
         grace = limits.deadline_grace_s
         if grace is None:  # the backend enforces timeouts itself and always reports
             return
-        if limits.lost_after_s is not None:
-            self._send_backups(now, limits.lost_after_s, grace)
         with self._lock:
             late = []
             for tid, e in self._inflight.items():
@@ -692,35 +936,75 @@ class Dispatcher:
                     f"{event['timeout']:g} s + {grace:g} s", event["task"])
             self.on_failure(event, err)
 
-    def _send_backups(self, now: float, lost_after: float, grace: float) -> None:
-        """Send again the events presumed lost (Lambda may drop async events; nothing says so).
+    def _send_backups(self, now: float) -> None:
+        """Backup invocations: one mechanism for tasks presumed lost and tasks merely slow.
 
-        An event is presumed lost when it has been silent for ``lost_after`` s plus
-        twice the 90th percentile submit-to-stored time of this job's finished tasks. The
-        backup is a new attempt of the same task: if the original was only slow, the first
-        stored status wins and the other is ignored. Bounded by the backend's
-        ``redeliveries``, and spaced so that all of them fit before the task's deadline
-        (backups don't move it).
+        A backup is a new attempt of the same task sent while the others still run: the
+        first status stored wins (first write wins), the others are stopped where the
+        backend can (``Backend.stop_task``), and every attempt is billed.
+
+        - Lost (backends that may drop events silently, ``lost_after_s``: Lambda's async
+          invokes): an event silent for ``lost_after_s`` plus twice the 90th percentile
+          submit-to-stored time of this job's finished tasks is sent again, at most
+          ``redeliveries`` times, spaced so that all fit before the task's deadline
+          (backups do not move it).
+        - Slow (every backend, unless ``backups=False``): cubed's rule, see
+          ``BACKUP_SLOW_FACTOR``; one backup per task.
         """
-        budget = self.limits.redeliveries
-        backups = []
+        limits = self.limits
+        backups: list[Event] = []
         with self._lock:
-            if not self._inflight or self.cancelled or not self._latencies:
+            if not self._inflight or self.cancelled:
+                return
+            slow_limit = self._slow_limit() if self.spec.backups else None
+            lost = None
+            if limits.lost_after_s is not None and self._latencies:
+                latencies = sorted(self._latencies)
+                lost = limits.lost_after_s + 2 * latencies[int(0.9 * (len(latencies) - 1))]
+            if slow_limit is None and lost is None:
                 return  # nothing to compare with yet: the timeout deadline still applies
-            latencies = sorted(self._latencies)
-            limit = lost_after + 2 * latencies[int(0.9 * (len(latencies) - 1))]
+            budget, grace = limits.redeliveries, limits.deadline_grace_s or 0.0
             for tid, e in list(self._inflight.items()):
+                reason = None
                 sent = self._accepted.get(tid)
-                wait = min(limit, max(lost_after, (e["timeout"] + grace) / (budget + 1)))
-                if (sent is None or now - sent < wait or self._redelivered.get(tid, 0) >= budget
-                        or tid in self._ran):
+                if (lost is not None and sent is not None and tid not in self._ran
+                        and self._redelivered.get(tid, 0) < budget):
+                    wait = min(lost, max(limits.lost_after_s or 0.0,
+                                         (e["timeout"] + grace) / (budget + 1)))
+                    if now - sent >= wait:
+                        reason = "lost"
+                        self._redelivered[tid] = self._redelivered.get(tid, 0) + 1
+                if reason is None and slow_limit is not None and not self._backups.get(tid):
+                    started = self._first_start.get(tid)
+                    a, b = protocol.task_range(tid)
+                    if started is not None and (now - started) / (b - a) > slow_limit:
+                        reason = "slow"
+                if reason is None:
                     continue
-                self._redelivered[tid] = self._redelivered.get(tid, 0) + 1
-                if tid not in self._clock_start:
+                if tid not in self._clock_start and sent is not None:
                     self._clock_start[tid] = sent  # a backup does not extend the deadline
-                backups.append(self._resend(tid, e))
+                backups.append(self._resend(tid, e, backup=reason))
         if backups:
+            log.info("job %s: backup invocations for %s", self.spec.job_id,
+                     ", ".join(f"{e['task']} ({e['backup']})" for e in backups))
             self._invoke(backups)
+
+    def _slow_limit(self) -> float | None:
+        """Seconds per item past which a running task is slow (lock held); None while the
+        job is too small or not half done (cubed's rule)."""
+        done = len(self._per_item_s)
+        if not done:
+            return None
+        running = len(self._inflight)
+        unplanned = self.spec.n_items - self._next_item
+        if unplanned > 0:  # tasks still to plan, at the size of those done so far
+            unplanned = math.ceil(unplanned / max(1.0, (self._next_item / max(1, done + running))))
+        total = done + running + unplanned
+        if total < BACKUP_MIN_TASKS or done < BACKUP_DONE_FRACTION * total:
+            return None
+        durations = sorted(self._per_item_s)
+        median = durations[len(durations) // 2]
+        return max(BACKUP_SLOW_FACTOR * median, median + BACKUP_MIN_EXTRA_S)
 
     def _end_open_items_as_lost(self) -> None:
         for a, b in self.store.open_runs():
@@ -731,7 +1015,7 @@ class Dispatcher:
             self._end_task({"task": tid, "attempt": 0}, err)
 
     # Cancelling ---------------------------------------------------------------------
-    def cancel(self) -> int:
+    def cancel(self, by: str = "executor", reason: str | None = None) -> int:
         """Stop the job: no more invocations, the backend told to stop the running ones,
         every open item cancelled. Returns how many items had not ended."""
         with self._lock:
@@ -742,7 +1026,9 @@ class Dispatcher:
         try:
             self.storage.put_if_absent(
                 protocol.cancel_key(self.spec.prefix, self.spec.job_id),
-                protocol.cancel_marker(by="executor", at=self.clock()))
+                protocol.cancel_marker(by=by, at=self.clock(), reason=reason))
         finally:
             self.backend.cancel_job(self.spec.job_id)
+            if self.cache_writer is not None:  # what finished is kept
+                self._guarded(self.cache_writer.flush, True)
         return self.store.cancel()

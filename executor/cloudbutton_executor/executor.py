@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, integrity, job_modules, protocol, screening, serialize
+from . import cache, catalog, config, integrity, job_modules, protocol, screening, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import IntegrityError, JobCancelled
@@ -97,7 +97,9 @@ class Executor:
                  storage: Storage | None = None, prefix: str | None = None,
                  timeout: float | None = None, memory_mb: int | None = None, retries: int = 0,
                  auto_batch_target_s: float | None = None, runtime_memory: int | None = None,
-                 max_workers: int | None = None, **backend_options: Any):
+                 max_workers: int | None = None, cache: bool | None = None,
+                 budget: float | None = None, backups: bool | None = None,
+                 **backend_options: Any):
         where = "Executor(): "
         if isinstance(backend, str):
             backend = BACKEND_ALIASES.get(backend, backend)
@@ -134,6 +136,17 @@ class Executor:
         self.retries = config.check("retries", retries, where)
         self.auto_batch_target_s = config.check("auto_batch_target_s", auto_batch_target_s,
                                                 where) or limits.auto_batch_target_s
+        # Policies: the argument, else the config file's or environment's run default.
+        defaults = config.saved_run_defaults() if None in (cache, budget, backups) else {}
+        self.cache: bool = config.check("cache", cache if cache is not None
+                                        else defaults.get("cache", False), where)
+        self.backups: bool = config.check("backups", backups if backups is not None
+                                          else defaults.get("backups", True), where)
+        budget = config.check("budget", budget if budget is not None
+                              else defaults.get("budget"), where)
+        if budget is None and self.backend.name == "lambda":
+            budget = getattr(getattr(self.backend, "cfg", None), "lambda_", config.LambdaConfig()).budget
+        self.budget: float | None = budget
         # A backend whose workers reach one storage (Lambda: its bucket) decides it.
         self.storage = self.backend.storage or storage or LocalStorage()
         # Lambda's IAM policy only grants its configured prefix: default to it.
@@ -193,19 +206,25 @@ class Executor:
             extra_args: tuple[Any, ...] | dict[str, Any] | None = None,
             chunksize: int | str | None = 1, timeout: float | None = None, retries: int | None = None,
             memory_mb: int | None = None, label: str | None = None,
-            runtime_memory: int | None = None) -> Job:
+            runtime_memory: int | None = None, cache: bool | None = None,
+            budget: float | None = None, backups: bool | None = None) -> Job:
         """Run ``fn`` once per element of ``iterdata``; returns a ``Job`` of futures in input order.
 
         Elements may be scalars (``fn(x)``), tuples (``fn(*t)``) or dicts (``fn(**d)``);
         ``extra_args`` (tuple or dict) is appended to every call. ``runtime_memory`` is
         Lithops' name for ``memory_mb``; ``chunksize=None`` (Lithops' default) means 1.
+        ``cache``: reuse results stored by earlier runs of the same code on the same items
+        (see ``cache.py``); ``budget``: USD the job may cost, it stops once its projected
+        total would pass it; ``backups``: backup invocations for slow tasks. Each defaults
+        to the executor's setting.
         """
         memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
         chunksize = 1 if chunksize is None else chunksize
         if not callable(fn):
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
         options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
-                                    memory_mb=memory_mb)
+                                    memory_mb=memory_mb, cache=cache, budget=budget,
+                                    backups=backups)
         extra_args = config.check_extra_args(extra_args, "map(): ")
         label = config.check("label", label, "map(): ")
         inputs = screening.Budget(label="the inputs")
@@ -287,14 +306,20 @@ class Executor:
         return outer
 
     def _job_options(self, *, chunksize: int | str = 1, timeout: float | None = None,
-                     retries: int | None = None, memory_mb: int | None = None) -> dict[str, Any]:
+                     retries: int | None = None, memory_mb: int | None = None,
+                     cache: bool | None = None, budget: float | None = None,
+                     backups: bool | None = None) -> dict[str, Any]:
         """A job's options, checked (the config schema names a bad one), with the
         executor's defaults for those not given."""
         where = "map(): "
         return {"chunksize": config.check("chunksize", chunksize, where),
                 "timeout": config.check("timeout", timeout, where) or self.timeout,
                 "retries": self.retries if retries is None else config.check("retries", retries, where),
-                "memory_mb": config.check("memory_mb", memory_mb, where) or self.memory_mb}
+                "memory_mb": config.check("memory_mb", memory_mb, where) or self.memory_mb,
+                "cache": self.cache if cache is None else config.check("cache", cache, where),
+                "budget": self.budget if budget is None else config.check("budget", budget, where),
+                "backups": self.backups if backups is None else config.check("backups", backups,
+                                                                             where)}
 
     def _submit(self, fn: Callable[..., Any], calls: list[Call] | None, *,
                 payloads: list[serialize.Payload] | None = None, label: str | None = None,
@@ -315,6 +340,10 @@ class Executor:
                 if len(calls) < 64 else self._dumps_many(calls, inputs)
         function.report()
         inputs.report()
+        if options["cache"] or (options["budget"] is not None
+                                and self.backend.limits.architecture is not None):
+            # The key of the cache and of earlier runs' timings (for a billed job's estimate).
+            options["identity"] = cache.function_identity(fn, modules)
         return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
 
     @staticmethod
@@ -336,7 +365,9 @@ class Executor:
     def _submit_blob(self, blob: bytes, name: str, payloads: list[serialize.Payload], *, chunksize: int | str,
                      timeout: float | None, retries: int, memory_mb: int | None,
                      label: str | None = None, reduce: dict[str, Any] | None = None,
-                     modules: Collection[str] = (), single: bool = False, track: bool = True) -> Job:
+                     modules: Collection[str] = (), single: bool = False, track: bool = True,
+                     identity: str | None = None, budget: float | None = None,
+                     backups: bool = True, cache: bool = False, rerun_of: str | None = None) -> Job:
         # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as
         # asked; it decides the memory and timeout the job runs with.
         fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
@@ -356,8 +387,13 @@ class Executor:
         spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
                        function_name=name, n_items=len(payloads), chunksize=chunksize,
                        timeout=timeout, retries=retries, memory_mb=memory_mb, created=time.time(),
-                       label=label, reduce=reduce, batch_target_s=self.auto_batch_target_s)
+                       label=label, reduce=reduce, batch_target_s=self.auto_batch_target_s,
+                       cache=cache and identity is not None, identity=identity, budget_usd=budget,
+                       backups=backups, rerun_of=rerun_of)
         job = new_job(spec, self.backend, self.storage, payloads)
+        job.executor = self
+        if spec.cache and payloads:
+            job.dispatcher.use_cache()
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done()] + [job]
             if track and self.track_uncollected:
@@ -452,6 +488,7 @@ class Executor:
                 "host's key file here to attach it) or the manifest was tampered with") from err
         job = new_job(JobSpec.from_manifest(manifest, self.prefix), self.backend, self.storage,
                       payloads=None)
+        job.executor = self  # its failed items may be re-run (Job.rerun_failed)
         self._lease.hold(job)  # it may send invocations: the backend stays until it ends
         job.dispatcher.follow()
         # Its host is gone (a kernel restart): take it over at once and finish it. Else

@@ -25,6 +25,8 @@ class ItemRecords(Protocol):
     def item_attempts(self, i: int) -> int: ...
     def item_error_info(self, i: int) -> dict[str, Any] | None: ...
     def item_state(self, i: int) -> str: ...
+    def item_backups(self, i: int) -> list[dict[str, Any]]: ...
+    def item_cache_info(self, i: int) -> dict[str, Any] | None: ...
 
 
 class TaskFuture(cf.Future[Any]):
@@ -76,8 +78,18 @@ class TaskFuture(cf.Future[Any]):
 
     @property
     def state(self) -> str:
-        """queued, running, done, failed or cancelled."""
+        """queued, running, done, failed, cancelled or cached."""
         return self._records.item_state(self.index)
+
+    @property
+    def backups(self) -> list[dict[str, Any]]:
+        """Backup invocations sent for its task: ``{"at", "reason", "attempt"}`` each."""
+        return self._records.item_backups(self.index)
+
+    @property
+    def cache_info(self) -> dict[str, Any] | None:
+        """For a result the cache served: the job and task that computed it, its timings."""
+        return self._records.item_cache_info(self.index)
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.job_id}[{self.index}] {self.state}>"

@@ -7,11 +7,13 @@ other's internals; see ``outcomes.py`` and ``dispatch.py``.
 """
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
-from . import accounting, serialize
+from . import accounting, phases, serialize
 from .backends.base import Backend
 from .dispatch import Dispatcher, JobSpec
 from .futures import TaskFuture
@@ -41,7 +43,18 @@ class Job(Sequence[TaskFuture]):
         self.spec = spec
         self.outcomes = store
         self.dispatcher = dispatcher
+        # The Executor that submitted it (re-runs go through it), weakly: a job must not keep
+        # an executor alive, whose collection shuts it down (CloudPoolExecutor's ``del``).
+        self._executor: weakref.ref[Any] | None = None
         store.job = self
+
+    @property
+    def executor(self) -> Any:
+        return self._executor() if self._executor is not None else None
+
+    @executor.setter
+    def executor(self, ex: Any) -> None:
+        self._executor = weakref.ref(ex) if ex is not None else None
 
     # What the job is -----------------------------------------------------------
     @property
@@ -112,6 +125,33 @@ class Job(Sequence[TaskFuture]):
         return self.dispatcher.throttled
 
     @property
+    def spending(self) -> dict[str, Any] | None:
+        """With a budget: spent and projected USD, the budget, the pre-flight estimate
+        (``{"invocations", "usd", "seconds", "source"}``) and why the budget stopped the job
+        (``stopped``); None without a budget."""
+        s = self.dispatcher.spending
+        return None if s is None else s.figures()
+
+    def time_breakdown(self) -> dict[str, Any]:
+        """Where the time of the tasks ended so far went (``phases``): seconds of invoke/queue,
+        cold start, function + input download, compute and result upload, summed."""
+        b = phases.Breakdown()
+        for stats, _attempt in self.outcomes.task_records():
+            b.add(stats)
+        return b.as_dict()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the job stopped before its end other than a cancel (its budget)."""
+        s = self.dispatcher.spending
+        return None if s is None else s.stopped
+
+    @property
+    def backups_sent(self) -> int:
+        """Backup invocations sent for slow or presumed-lost tasks."""
+        return self.dispatcher.backups_sent
+
+    @property
     def monitor_error(self) -> Exception | None:
         """The last error met while following the job, or else the last one a listener
         raised (both are also logged to the ``cloudbutton`` logger)."""
@@ -180,6 +220,60 @@ class Job(Sequence[TaskFuture]):
         Returns the number of tasks cancelled."""
         return self.dispatcher.cancel()
 
+    def rerun_failed(self) -> Job | None:
+        """Run this job's failed items again, into its own results: they become queued, a
+        new job (its manifest says ``rerun_of`` this one) computes them with the same
+        function and settings, and each ends here as it ends there. Returns that job, or
+        None if no item failed."""
+        ex = self.executor
+        if ex is None:
+            raise RuntimeError(f"job {self.job_id} has no executor of this process (shut down, "
+                               "or the job was started elsewhere): attach it first "
+                               "(Executor.attach)")
+        if not self.done():
+            raise RuntimeError(f"job {self.job_id} is still running: re-run its failed items "
+                               "once it has ended")
+        failed = [i for i in range(len(self)) if self.outcomes.item_state(i) == "failed"]
+        if not failed:
+            return None
+        spec = self.spec
+        payloads = self.dispatcher.item_payloads(failed)
+        blob = self.dispatcher.function_blob()
+        self.outcomes.reopen(failed)
+        again: Job = ex._submit_blob(
+            blob, spec.function_name, payloads,
+            chunksize=spec.chunksize if isinstance(spec.chunksize, int) else 1,
+            timeout=spec.timeout, retries=spec.retries, memory_mb=spec.memory_mb,
+            label=spec.label, identity=spec.identity, cache=spec.cache,
+            budget=spec.budget_usd, backups=spec.backups, rerun_of=spec.job_id)
+        cursor = [0]
+        lock = threading.Lock()
+
+        def forward(rerun: Job) -> None:
+            with lock:  # each ended item once, in order
+                ended = rerun.ended_tasks(cursor[0])
+                cursor[0] += len(ended)
+                for _tid, a, b in ended:
+                    for k in range(a, b):
+                        self._take_rerun(failed[k], rerun, k)
+
+        again.add_listener(forward)
+        forward(again)  # what ended before the listener was added
+        return again
+
+    def _take_rerun(self, i: int, rerun: Job, k: int) -> None:
+        """Item ``i`` of this job ends as item ``k`` of its re-run ended."""
+        state = rerun.item_state(k)
+        fut = rerun[k]
+        if state in ("done", "cached"):
+            self.outcomes.apply_outcome(i, True, fut.result(), None, rerun.item_stats(k),
+                                        rerun.item_stdout(k))
+            return
+        exc = fut.exception()
+        info = rerun.item_error_info(k) or {"type": type(exc).__name__, "message": str(exc)}
+        self.outcomes.apply_outcome(i, False, exc, info, rerun.item_stats(k),
+                                    rerun.item_stdout(k))
+
     # Progress -------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         return {**self.outcomes.counts(), "retried": self.retried, "throttled": self.throttled}
@@ -202,7 +296,8 @@ class Job(Sequence[TaskFuture]):
             architecture=self.backend.limits.architecture)
         return {
             "job_id": self.job_id, "backend": self.backend.name, "function": self.function_name,
-            "tasks": len(self), "invocations": usage.tasks, **c, **figures,
+            "tasks": len(self), "invocations": usage.tasks,
+            "billed_invocations": usage.invocations, "backups": self.backups_sent, **c, **figures,
             "requests": {"host": host_req, "workers": worker_req, "total": total_req,
                          "per_task": total_req / len(self) if len(self) else 0.0},
         }
@@ -231,8 +326,29 @@ class Job(Sequence[TaskFuture]):
     def item_stdout(self, i: int) -> str:
         return self.outcomes.item_stdout(i)
 
+    def live_stdout(self, since: int = 0) -> list[tuple[int, str]]:
+        """``(item, new text)`` that running tasks printed, as it reached this host, from
+        position ``since`` of the log on (``item_stdout`` has each item's whole text)."""
+        return self.outcomes.live_stdout(since)
+
     def item_error_info(self, i: int) -> dict[str, Any] | None:
         return self.outcomes.item_error_info(i)
 
+    def item_input_repr(self, i: int, limit: int = 200) -> str:
+        """A short repr of item ``i``'s input, as its call (``f(3)``'s ``(3,)``): from what
+        this host sent, or the job's stored, verified inputs."""
+        try:
+            args, kwargs = serialize.loads(serialize.join(self.dispatcher.item_payloads([i])))
+        except Exception as exc:  # an inspector: say why rather than fail
+            return f"<not available: {type(exc).__name__}: {exc}>"
+        text = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        return text if len(text) <= limit else text[:limit - 1] + "…"
+
     def item_attempts(self, i: int) -> int:
         return self.outcomes.item_attempts(i)
+
+    def item_backups(self, i: int) -> list[dict[str, Any]]:
+        return self.outcomes.item_backups(i)
+
+    def item_cache_info(self, i: int) -> dict[str, Any] | None:
+        return self.outcomes.item_cache_info(i)

@@ -27,14 +27,18 @@ from .futures import TaskFuture
 log = logging.getLogger("cloudbutton.job")
 
 # An item's state, one byte each. Items only move forward (queued -> running -> an end
-# state) and an end state is final.
-QUEUED, RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING = range(6)
-STATE_NAMES = ("queued", "running", "done", "failed", "cancelled", "cancelled")
+# state) and an end state is final; ``rerun`` alone moves failed items back to queued.
+# CACHED: its result came from the result cache (``cache.py``), nothing ran.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING, CACHED = range(7)
+STATE_NAMES = ("queued", "running", "done", "failed", "cancelled", "cancelled", "cached")
+CACHED_TASK = "cached"  # the task id ``ended_tasks`` gives a run of items served by the cache
 _TO_RUNNING = (bytes([QUEUED]), bytes([RUNNING]))
 # cancel(): queued items end cancelled, running ones cancelled while running.
-_CANCEL_TABLE = bytes([CANCELLED, CANCELLED_RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING])
+_CANCEL_TABLE = bytes([CANCELLED, CANCELLED_RUNNING, DONE, FAILED, CANCELLED, CANCELLED_RUNNING,
+                       CACHED])
 _CANCEL_TABLE += bytes(range(len(_CANCEL_TABLE), 256))
 _OPEN_TABLE = bytes([1, 1] + [0] * 254)  # queued and running items are open
+_OK_TABLE = bytes([0, 0, 1, 0, 0, 0, 1] + [0] * 249)  # items with a result (done or cached)
 
 Outcome = tuple[bool, Any]  # (ok, result or the exception the item raised)
 Clock = Callable[[], float]
@@ -89,6 +93,9 @@ class OutcomeStore:
         self._error_info: dict[int, dict[str, Any]] = {}  # item -> type, message, traceback
         self._flops = 0.0
         self._ended_log: list[tuple[str | None, int, int]] = []  # see ended_tasks()
+        self._cache_info: dict[int, dict[str, Any]] = {}  # cached item -> its original timings
+        self._live: dict[int, str] = {}  # item -> what it printed so far, while it runs
+        self._live_log: list[tuple[int, str]] = []  # (item, new text) in arrival order
         self._listeners: list[Callable[[], None]] = []
         self.listener_error: Exception | None = None  # the last error a listener raised
         self._done = threading.Event()
@@ -102,7 +109,8 @@ class OutcomeStore:
         state = self._state
         return {"queued": state.count(QUEUED), "running": state.count(RUNNING),
                 "done": state.count(DONE), "failed": state.count(FAILED),
-                "cancelled": state.count(CANCELLED) + state.count(CANCELLED_RUNNING)}
+                "cancelled": state.count(CANCELLED) + state.count(CANCELLED_RUNNING),
+                "cached": state.count(CACHED)}
 
     def n_ended(self) -> int:
         return self._n_ended
@@ -119,9 +127,9 @@ class OutcomeStore:
             raise cf.TimeoutError(f"{self.n - self._n_ended} of {self.n} tasks not done "
                                   f"after {timeout} s")
         state = self._state
-        if state.count(DONE) == self.n:
+        if state.count(DONE) + state.count(CACHED) == self.n:
             return list(self._values)
-        first = next(i for i, s in enumerate(state) if s != DONE)
+        first = next(i for i, s in enumerate(state) if s not in (DONE, CACHED))
         return [self.future(first).result()]  # raises what that item ended with
 
     def results(self, timeout: float | None = None) -> list[Any]:
@@ -129,9 +137,9 @@ class OutcomeStore:
         self._done.wait(timeout)
         out: list[Any] = []
         for i, s in enumerate(self._state):
-            if s in (DONE, FAILED):
+            if s in (DONE, FAILED, CACHED):
                 out.append(self._values[i])
-            elif s >= CANCELLED:
+            elif s in (CANCELLED, CANCELLED_RUNNING):
                 out.append(cf.CancelledError(f"job {self.job_id} was cancelled"))
             else:
                 out.append(cf.TimeoutError(f"task {i} had not finished"))
@@ -139,7 +147,8 @@ class OutcomeStore:
 
     def ended_tasks(self, since: int = 0) -> list[tuple[str | None, int, int]]:
         """What ended, in order, from position ``since`` of the log on: ``(task id, first
-        item, stop)`` when a task's status was applied, ``(None, 0, n)`` for a cancel."""
+        item, stop)`` when a task's status was applied, ``(CACHED_TASK, a, b)`` for items the
+        cache served, ``(None, 0, n)`` for a cancel."""
         with self._lock:
             return self._ended_log[since:]
 
@@ -149,16 +158,32 @@ class OutcomeStore:
             return [self._task_at[a][0] for a in self._task_starts]
 
     def task_records(self) -> list[tuple[dict[str, Any], int]]:
-        """``(stats, attempt)`` of every stored status applied so far."""
+        """``(stats, attempt)`` of every stored status applied so far (see ``task_record``)."""
         with self._lock:
-            return [(st, int(self._task_host[tid].get("attempts", 1)) - 1)
-                    for tid, st in self._task_stats.items()]
+            return [self._record(tid, st) for tid, st in self._task_stats.items()]
 
     def task_record(self, tid: str) -> tuple[dict[str, Any], int] | None:
-        """``(stats, attempt)`` of task ``tid``'s applied status; None before it is applied."""
+        """``(stats, attempt)`` of task ``tid``'s applied status; None before it is applied.
+        ``attempt`` counts every invocation sent after the first (retries, backups), so
+        that ``accounting.Usage`` bills them all; the losers' run time is in the stats'
+        ``backup_s``."""
         with self._lock:
             st = self._task_stats.get(tid)
-            return None if st is None else (st, int(self._task_host[tid].get("attempts", 1)) - 1)
+            return None if st is None else self._record(tid, st)
+
+    def _record(self, tid: str, st: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        host = self._task_host[tid]
+        attempt = max(int(host.get("attempts", 1)), int(host.get("sent", 1))) - 1
+        if host.get("backup_s"):
+            st = dict(st, backup_s=host["backup_s"])
+        return st, attempt
+
+    def note_losers(self, tid: str, sent: int, backup_s: float) -> None:
+        """Task ``tid`` was sent ``sent`` times; the attempts that lost ran ``backup_s``."""
+        with self._lock:
+            host = self._task_host.setdefault(tid, {})
+            host["sent"] = sent
+            host["backup_s"] = backup_s
 
     @property
     def flops(self) -> float:
@@ -166,8 +191,18 @@ class OutcomeStore:
 
     # One item, without making its future ------------------------------------
     def item_state(self, i: int) -> str:
-        """queued, running, done, failed or cancelled."""
+        """queued, running, done, failed, cancelled or cached."""
         return STATE_NAMES[self._state[i]]
+
+    def item_cache_info(self, i: int) -> dict[str, Any] | None:
+        """Where a cached item's result came from (job, task) and its original timings;
+        None if the item was not served by the cache."""
+        return self._cache_info.get(i)
+
+    def item_backups(self, i: int) -> list[dict[str, Any]]:
+        """The backup invocations sent for item ``i``'s task: ``{"at", "reason", "attempt"}``."""
+        tid = self.item_task(i)
+        return list((self._task_host.get(tid) or {}).get("backups", ())) if tid else []
 
     def item_task(self, i: int) -> str | None:
         """The task (invocation) that runs or ran item ``i``; None while it is queued."""
@@ -179,10 +214,14 @@ class OutcomeStore:
         return tid if i < stop else None
 
     def item_stats(self, i: int) -> dict[str, Any]:
-        """Item ``i``'s timestamps (see ``TaskFuture.stats``)."""
+        """Item ``i``'s timestamps (see ``TaskFuture.stats``); a cached item's are those of
+        the run that computed it."""
         tid = self.item_task(i)
+        info = self._cache_info.get(i)
+        if info is not None and info.get("rerun"):  # its re-run's, not the failed task's
+            return dict(info.get("stats") or {})
         if tid is None:
-            return {}
+            return dict(info.get("stats") or {}, cached=True) if info else {}
         host = self._task_host.get(tid) or {}
         out: dict[str, Any] = {"host_submit": host.get("host_submit")}
         if "host_start_seen" in host:
@@ -206,9 +245,36 @@ class OutcomeStore:
         return out
 
     def item_stdout(self, i: int) -> str:
+        """What item ``i`` printed: all of it once its task ended, what reached the host so
+        far while it runs (live stdout), what it printed when computed if it was cached."""
         tid = self.item_task(i)
         cols = self._task_items.get(tid) if tid else None
-        return str((cols.get("stdout") or {}).get(str(i), "")) if cols else ""
+        rerun = self._cache_info.get(i)
+        if rerun is not None and rerun.get("rerun"):
+            return str(rerun.get("stdout") or "")
+        if cols is not None:
+            return str((cols.get("stdout") or {}).get(str(i), ""))
+        if i in self._cache_info:
+            return str(self._cache_info[i].get("stdout") or "")
+        return self._live.get(i, "")
+
+    def live_stdout(self, since: int = 0) -> list[tuple[int, str]]:
+        """Lines printed by running tasks, as they reached the host: ``(item, new text)``
+        from position ``since`` of the log on."""
+        with self._lock:
+            return self._live_log[since:]
+
+    def add_live_stdout(self, texts: dict[int, str]) -> None:
+        """What running items have printed so far (whole texts; only the new part is logged)."""
+        with self._lock:
+            for i, text in sorted(texts.items()):
+                if not 0 <= i < self.n or self._state[i] > RUNNING:
+                    continue
+                old = self._live.get(i, "")
+                if len(text) > len(old) and text.startswith(old):
+                    self._live[i] = text
+                    self._live_log.append((i, text[len(old):]))
+        self._notify()
 
     def item_error_info(self, i: int) -> dict[str, Any] | None:
         """Type, message and traceback of item ``i``'s failure; None if it did not fail."""
@@ -279,7 +345,7 @@ class OutcomeStore:
             try:
                 if s == RUNNING:
                     f.set_running_or_notify_cancel()
-                elif s == DONE:
+                elif s in (DONE, CACHED):
                     f.set_result(self._values[f.index])
                 elif s == FAILED:
                     f.set_exception(self._values[f.index])
@@ -314,6 +380,82 @@ class OutcomeStore:
                 self._task_starts.append(a)  # the usual case: tasks are made in item order
             else:
                 bisect.insort(self._task_starts, a)
+
+    def note_backup(self, tid: str, at: float, reason: str, attempt: int) -> None:
+        """A backup invocation of task ``tid`` was sent (``reason``: "slow" or "lost")."""
+        with self._lock:
+            host = self._task_host.setdefault(tid, {})
+            host.setdefault("backups", []).append({"at": at, "reason": reason, "attempt": attempt})
+
+    def task_backups(self, tid: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list((self._task_host.get(tid) or {}).get("backups", ()))
+
+    def apply_cached(self, items: Sequence[int], values: Sequence[Any],
+                     infos: Sequence[dict[str, Any]]) -> None:
+        """End ``items`` (ascending, not yet ended) with results the cache served."""
+        if not items:
+            return
+        with self._lock:
+            state, n_new = self._state, 0
+            for i, v, info in zip(items, values, infos, strict=True):
+                if state[i] > RUNNING:
+                    continue
+                state[i] = CACHED
+                self._values[i] = v
+                self._cache_info[i] = info
+                n_new += 1
+            self._n_ended += n_new
+            # One log entry per run of consecutive items: progress views take them in runs.
+            run_start = prev = items[0]
+            for i in list(items[1:]) + [-1]:
+                if i != prev + 1:
+                    self._ended_log.append((CACHED_TASK, run_start, prev + 1))
+                    run_start = i
+                prev = i
+            futs = [f for i in items if (f := self._futs.get(i)) is not None]
+        self._sync_all(futs)
+        self._notify()
+        if self._n_ended >= self.n:
+            self.finish()
+
+    def reopen(self, items: Sequence[int]) -> list[int]:
+        """Make failed ``items`` queued again, to be run again into the same results
+        (``Job.rerun_failed``); returns those that were failed. Their old futures keep
+        their exceptions; new ones are made on demand."""
+        with self._lock:
+            state = self._state
+            again = [i for i in items if state[i] == FAILED]
+            for i in again:
+                state[i] = QUEUED
+                self._values[i] = None
+                self._error_info.pop(i, None)
+                self._futs.pop(i, None)
+            self._n_ended -= len(again)
+            if again:
+                self.finished_at = None
+                self._done.clear()
+        return again
+
+    def apply_outcome(self, i: int, ok: bool, value: Any, info: dict[str, Any] | None,
+                      stats: dict[str, Any] | None = None, stdout: str = "") -> None:
+        """End reopened item ``i`` with what a re-run computed."""
+        with self._lock:
+            if self._state[i] > RUNNING:
+                return
+            self._state[i] = DONE if ok else FAILED
+            self._values[i] = value
+            if info:
+                self._error_info[i] = info
+            self._cache_info[i] = {"stats": stats or {}, "stdout": stdout, "rerun": True}
+            self._n_ended += 1
+            self._ended_log.append((CACHED_TASK, i, i + 1))
+            f = self._futs.get(i)
+        if f is not None:
+            self._sync(f)
+        self._notify()
+        if self._n_ended >= self.n:
+            self.finish()
 
     def mark_running(self, tid: str, seen_at: float) -> None:
         """A worker picked the task up: its queued items run."""
@@ -416,10 +558,25 @@ class OutcomeStore:
         k = self._state.translate(_OPEN_TABLE).find(b"\x00", i)
         return self.n if k < 0 else k
 
+    def count_open(self, a: int, b: int) -> int:
+        """How many of items [a, b) have not ended."""
+        seg = self._state[a:b]
+        return seg.count(QUEUED) + seg.count(RUNNING)
+
     def any_open(self, a: int, b: int) -> bool:
         """Whether any of items [a, b) has not ended."""
         seg = self._state[a:b]
         return seg.count(QUEUED) + seg.count(RUNNING) > 0
+
+    def ok_items(self, a: int, b: int) -> list[int]:
+        """The items of [a, b) that have a result (done or cached)."""
+        flags = self._state[a:b].translate(_OK_TABLE)
+        return [a + m.start() for m in re.finditer(rb"\x01", flags)]
+
+    def cached_runs(self) -> list[list[int]]:
+        """The runs [a, b) of consecutive items the cache served."""
+        flags = self._state.replace(bytes([CACHED]), b"\xff")
+        return [list(m.span()) for m in re.finditer(rb"\xff+", flags)]
 
     def open_runs(self) -> list[tuple[int, int]]:
         """The runs [a, b) of consecutive items that have not ended."""

@@ -153,6 +153,11 @@ def cancel_key(prefix: str, job_id: str) -> str:
     return f"{job_prefix(prefix, job_id)}/cancel"
 
 
+def is_digest(text: str) -> bool:
+    """A sha256 as 64 lowercase hex digits (content addresses, cache identities)."""
+    return re.fullmatch(r"[0-9a-f]{64}", text or "") is not None
+
+
 def function_digest(fkey: str) -> str:
     """The sha256 a content-addressed function key names."""
     name = fkey.rsplit("/", 1)[-1]
@@ -171,6 +176,22 @@ def task_id_from_status_key(key: str) -> str | None:
     parts = key.rsplit("/", 2)
     if len(parts) == 3 and parts[2] == "status.json" and is_task_id(parts[1]):
         return parts[1]
+    return None
+
+
+def live_stdout_key(prefix: str, job_id: str, tid: str, attempt: int, seq: int) -> str:
+    """What attempt ``attempt`` of task ``tid`` printed so far, its ``seq``-th flush (live
+    stdout: a new key per flush, so the host's listing says what is new)."""
+    return f"{tasks_prefix(prefix, job_id)}{tid}/stdout-{attempt}-{seq:06d}.json"
+
+
+def live_stdout_from_key(key: str) -> tuple[str, int, int] | None:
+    """``(task id, attempt, seq)`` of a live stdout key, else None."""
+    parts = key.rsplit("/", 2)
+    if len(parts) == 3 and is_task_id(parts[1]):
+        m = re.fullmatch(r"stdout-(\d+)-(\d+)\.json", parts[2])
+        if m:
+            return parts[1], int(m.group(1)), int(m.group(2))
     return None
 
 
@@ -193,8 +214,12 @@ def job_ids(names: list[str]) -> list[str]:
 # The cancel marker ------------------------------------------------------------------
 # Whoever cancels a job (its own host, the Jupyter panel, `%cloud cancel` in another
 # kernel) writes it once, first write wins; workers and hosts only test that it exists.
-def cancel_marker(by: str, at: float) -> bytes:
-    return json.dumps({"v": PROTOCOL_VERSION, "by": by, "at": at}).encode()
+def cancel_marker(by: str, at: float, reason: str | None = None) -> bytes:
+    """``by``: who cancels ("budget" when the job's budget stopped it, with ``reason``)."""
+    doc: dict[str, Any] = {"v": PROTOCOL_VERSION, "by": by, "at": at}
+    if reason:
+        doc["reason"] = reason
+    return json.dumps(doc).encode()
 
 
 def read_cancel_marker(raw: bytes) -> dict[str, Any]:

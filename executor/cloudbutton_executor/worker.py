@@ -100,16 +100,24 @@ def _picklable_exception(exc: BaseException, record: dict[str, Any]) -> Any:
 class _Tee(io.TextIOBase):
     """Captures a task's prints while keeping them visible in the worker's log."""
 
-    def __init__(self, stream: TextIO | None):
+    def __init__(self, stream: TextIO | None, live: _LiveStdout | None = None):
         self.buf = io.StringIO()
         self.stream = stream
+        self.live = live
+        self.item = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, s: str) -> int:
         if self.buf.tell() < protocol.STDOUT_LIMIT:
-            self.buf.write(s)
+            live = self.live
+            if live is None:
+                self.buf.write(s)
+            else:
+                with live.lock:
+                    self.buf.write(s)
+                live.printed()
         if self.stream is not None:
             try:
                 self.stream.write(s)
@@ -123,6 +131,72 @@ class _Tee(io.TextIOBase):
                 self.stream.flush()
             except Exception:
                 pass
+
+
+class _LiveStdout:
+    """Stores what a running task has printed so far, so that it shows while the task runs
+    (``event["live_stdout"]``: at most that often, and only while it prints: a silent task
+    writes nothing). Each flush is a new sealed object (``protocol.live_stdout_key``)
+    holding the whole text so far of every item whose text changed since the last one."""
+
+    def __init__(self, storage: Storage, event: dict[str, Any], key: bytes,
+                 stdout: dict[str, str], interval: float):
+        self.storage, self.event, self.key = storage, event, key
+        self.stdout = stdout
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.tee: _Tee | None = None
+        self._timer: threading.Timer | None = None
+        self._last = 0.0
+        self._seq = 0
+        self._sent: dict[str, int] = {}  # item -> length of its text already stored
+        self._closed = False
+
+    def printed(self) -> None:
+        """Something was printed: flush within ``interval`` (one timer at a time)."""
+        if self._timer is not None or self._closed:
+            return
+        with self.lock:
+            if self._timer is not None or self._closed:
+                return
+            delay = max(0.0, self._last + self.interval - time.monotonic())
+            self._timer = threading.Timer(delay, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._timer = None
+            if self._closed or self.tee is None:
+                return
+            texts = dict(self.stdout)
+            current = self.tee.buf.getvalue()
+            if current:  # the item running now (earlier ones are in ``stdout``)
+                texts[str(self.tee.item)] = current
+            changed = {i: t for i, t in texts.items() if len(t) != self._sent.get(i)}
+            if not changed:
+                return
+            self._sent.update((i, len(t)) for i, t in changed.items())
+            self._seq += 1
+            seq = self._seq
+            self._last = time.monotonic()
+        ev = self.event
+        name = protocol.live_stdout_key(ev["prefix"], ev["job_id"], ev["task"],
+                                        ev.get("attempt", 0), seq)
+        doc = {"job_id": ev["job_id"], "task": ev["task"], "attempt": ev.get("attempt", 0),
+               "seq": seq, "items": changed}
+        try:
+            self.storage.put(name, integrity.seal(self.key, protocol.object_name(ev["prefix"], name),
+                                                  doc))
+        except Exception:  # live output is a courtesy: the status carries all of it
+            pass
+
+    def close(self) -> None:
+        with self.lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
 
 def _load_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
@@ -206,7 +280,7 @@ def handler(event: dict[str, Any], context: Any = None, *,
     try:
         with _job_deadline(event, context, worker_start), \
                 _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
-            outcomes, items = _run_items(fn, inputs, first, tid, event)
+            outcomes, items = _run_items(fn, inputs, first, tid, event, storage, key)
     except _Cancelled:  # its job was cancelled while it ran: no results, no status
         return {"task": tid, "state": "cancelled"}
     stats["compute_done"] = time.time()
@@ -422,7 +496,8 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
 
 
 def _run_items(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid: str,
-               event: dict[str, Any]) -> tuple[list[Outcome], dict[str, Any]]:
+               event: dict[str, Any], storage: Storage | None = None,
+               key: bytes | None = None) -> tuple[list[Outcome], dict[str, Any]]:
     """Run the task's items in order: their (ok, value) outcomes and the status's
     item columns (see ``protocol.item_columns``).
 
@@ -434,7 +509,12 @@ def _run_items(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
     stdout: dict[str, str] = {}
     t0_us: list[int] = []
     t1_us: list[int] = []
-    tee = _Tee(sys.stdout)  # one capture for the batch, emptied after each item
+    live = None
+    if event.get("live_stdout") and storage is not None and key is not None:
+        live = _LiveStdout(storage, event, key, stdout, float(event["live_stdout"]))
+    tee = _Tee(sys.stdout, live)  # one capture for the batch, emptied after each item
+    if live is not None:
+        live.tee = tee
     base = time.time()
     try:
         _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, stdout, t0_us, t1_us, tee, base)
@@ -449,6 +529,9 @@ def _run_items(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
         for col in (t0_us, t1_us):
             del col[len(outcomes):]
             col.extend([now] * (len(outcomes) - len(col)))
+    finally:
+        if live is not None:
+            live.close()
     return outcomes, {"base": base, "t0_us": t0_us, "t1_us": t1_us,
                       "errors": errors, "flops": flops, "stdout": stdout}
 
@@ -466,6 +549,7 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
         for k, raw in enumerate(inputs):
             if watch.cancelled:
                 raise _Cancelled()
+            tee.item = first + k  # whose prints the buffer holds (live stdout)
             t0 = clock()
             try:
                 args, kwargs = loads(raw)
@@ -490,8 +574,13 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
                 flops[str(first + k)] = reported[0]
                 reported[0] = 0
             if buf.tell():
-                stdout[str(first + k)] = buf.getvalue()
-                buf = tee.buf = io.StringIO()
+                if tee.live is None:
+                    stdout[str(first + k)] = buf.getvalue()
+                    buf = tee.buf = io.StringIO()
+                else:
+                    with tee.live.lock:
+                        stdout[str(first + k)] = buf.getvalue()
+                        buf = tee.buf = io.StringIO()
 
 
 def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int,
@@ -563,6 +652,12 @@ def read_results(storage: Storage, prefix: str, job_id: str,
                  status: dict[str, Any]) -> list[Outcome]:
     """The (ok, value) outcomes of a verified stored task, in item order: a result blob is
     checked against the sha256 its status names before it is unpickled."""
+    outcomes: list[Outcome] = pickle.loads(read_result_blob(storage, prefix, job_id, status))
+    return outcomes
+
+
+def read_result_blob(storage: Storage, prefix: str, job_id: str, status: dict[str, Any]) -> bytes:
+    """The pickled outcomes of a verified stored task, checked against their sha256."""
     res = status["result"]
     if "inline" in res:
         blob = base64.b64decode(res["inline"])
@@ -572,5 +667,4 @@ def read_results(storage: Storage, prefix: str, job_id: str,
         if "sha256" not in res:
             raise IntegrityError(f"the status of {rkey} names no sha256 for it")
         integrity.check_content(blob, res["sha256"], f"the result {rkey}")
-    outcomes: list[Outcome] = pickle.loads(blob)
-    return outcomes
+    return blob

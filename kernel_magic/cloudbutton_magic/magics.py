@@ -19,20 +19,25 @@ from cloudbutton_executor import config
 
 from .runner import CloudRunner, MapRequest
 
-SUBCOMMANDS = ("map", "run", "jobs", "attach", "config", "cancel")
+SUBCOMMANDS = ("map", "run", "jobs", "attach", "config", "cancel", "cache", "rerun")
 
 
 # Shared argument groups: the run settings' types, bounds and help come from the one
 # config schema, so the magic accepts exactly what the executor and the panel accept.
 def _add_setting(group, key: str) -> None:
     s = config.RUN[key]
+    # A yes/no setting's flag alone means yes (``--cache``); ``--backups false`` says no.
+    flag_alone = {"nargs": "?", "const": True} if s.kind is bool else {}
     group.add_argument(s.flag or f"--{key}", dest=key, type=s.argparse_type(),
-                       choices=s.choices or None, metavar=s.metavar, help=s.help)
+                       choices=s.choices or None, metavar=s.metavar, help=s.help, **flag_alone)
 
 
 def _add_backend_options(parser):
     g = parser.add_argument_group("where it runs")
     for key in ("backend", "workers", "memory_mb", "timeout", "retries"):
+        _add_setting(g, key)
+    g = parser.add_argument_group("reuse and cost")
+    for key in ("cache", "budget", "backups"):
         _add_setting(g, key)
 
 
@@ -83,6 +88,17 @@ PARSERS = {
                                                help="name for the results (default: results)"),
                       job_id=_JOB_ID),
     "cancel": _parser("%cloud cancel", "Cancel a job of this or another kernel.", job_id=_JOB_ID),
+    "rerun": _parser("%cloud rerun", "Re-run the failed items of a job of this kernel into its "
+                     "own results (OUT, default results, gets all of them again).",
+                     lambda p: p.add_argument("-o", "--out", metavar="OUT",
+                                              help="name for the results (default: results)"),
+                     job_id=_JOB_ID),
+    "cache": _parser("%cloud cache", "List the result cache (one row per cached function), or "
+                     "clear it (all of it, or one function's entries with --function).",
+                     lambda p: p.add_argument("--function", metavar="IDENTITY",
+                                              help="only this function (its identity, as "
+                                                   "`%cloud cache list` shows it)"),
+                     action={"choices": ("list", "clear"), "metavar": "list|clear"}),
     "config": _parser("%cloud config", f"Show, or set for this session, the run defaults ({_KEYS}); "
                       "the Cloud panel's config file and CLOUDBUTTON_* variables set them too.",
                       assignments={"nargs": "*", "metavar": "key=value"}),
@@ -92,7 +108,8 @@ PARSERS = {
 def _help() -> str:
     """``%cloud help``: every sub-command's usage, then the shared options (from the parsers)."""
     lines = []
-    for name in ("map-cell", "map-line", "run", "jobs", "attach", "cancel", "config"):
+    for name in ("map-cell", "map-line", "run", "jobs", "attach", "cancel", "rerun", "cache",
+                 "config"):
         p = PARSERS[name]
         lines.append(p.format_usage().strip().removeprefix("usage: "))
         lines.extend(textwrap.wrap(p.description, 88, initial_indent="    ",
@@ -193,6 +210,14 @@ class CloudMagics(Magics):
 
     def _cancel(self, rest, cell):
         self.runner.cancel(PARSERS["cancel"].parse_argstring(rest).job_id)
+
+    def _rerun(self, rest, cell):
+        args = PARSERS["rerun"].parse_argstring(rest)
+        return self.runner.rerun(args.job_id, out=args.out or "results")
+
+    def _cache(self, rest, cell):
+        args = PARSERS["cache"].parse_argstring(rest)
+        self.runner.cache(args.action, args.function)
 
     def _config(self, rest, cell):
         self.runner.configure(PARSERS["config"].parse_argstring(rest).assignments)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure
 
 from .widget_state import TIMELINE_COLUMNS
@@ -60,6 +60,7 @@ class JobPlots:
             renderers.append(tl.quad(left=left, right=right, bottom="bottom", top="top",
                                      source=self.timeline_source, fill_color=fill,
                                      line_color=None, legend_label=label))
+        tl.add_tools(TapTool(renderers=renderers))  # a click shows the task (JobWidget)
         tl.scatter(x="cold_x", y="cold_y", source=self.timeline_source, marker="triangle",
                    size=7, fill_color="black", line_color=None, legend_label="cold start")
         tl.add_tools(HoverTool(renderers=renderers, tooltips=[

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from IPython.core.error import UsageError
 
 from cloudbutton_executor import Executor, SerializationError, catalog, config, protocol
+from cloudbutton_executor import cache as result_cache
 from cloudbutton_executor.cell import CellTask
 from cloudbutton_executor.errors import JobCancelled
 from cloudbutton_executor.interrupt import cancel_jobs
@@ -217,6 +218,42 @@ class CloudRunner:
                                  protocol.cancel_marker(by="%cloud cancel", at=time.time()))
         print(f"asked job {job_id} to cancel (its kernel stops it within a second)")
 
+    def rerun(self, job_id: str, out: str = "results"):
+        """``%cloud rerun``: a job's failed items, again, into its results (a job of another
+        kernel is attached first)."""
+        try:
+            job = self.jobs.get(job_id)
+            if job is None:  # another kernel's: from its stored, verified inputs
+                job = self.executor(self.settings()).attach(config.check("job_id", job_id))
+                job.wait()
+            again = job.rerun_failed()
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise UsageError(str(err).strip("'\"")) from None
+        if again is None:
+            print(f"job {job_id} has no failed items")
+            self.shell.user_ns[out] = job.results()
+            return None
+        self.jobs[again.job_id] = again
+        self._follow(again, None, out=None, noblock=False, raise_=False)
+        job.wait()
+        self.shell.user_ns[out] = job.results()
+        c = job.counts()
+        print(f"job {job_id}: {c['done'] + c['cached']} of {len(job)} done, {c['failed']} failed "
+              f"after re-running {len(again)} items (job {again.job_id}); results in {out!r}")
+        return None
+
+    def cache(self, action: str, identity: str | None = None) -> None:
+        """``%cloud cache list|clear``: the result cache in this session's storage."""
+        ex = self.executor(self.settings())
+        if action == "list":
+            print(result_cache.format_listing(result_cache.list_functions(ex.storage, ex.prefix)))
+            return
+        try:
+            n = result_cache.clear(ex.storage, ex.prefix, identity)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        print(f"cleared the result cache{' of ' + identity if identity else ''}: {n} objects")
+
     # Internals -----------------------------------------------------------------------
     def _evaluate_iterable(self, expr: str) -> list:
         try:
@@ -273,7 +310,8 @@ class CloudRunner:
         try:
             job = ex.map(fn, calls, chunksize=settings["chunksize"], timeout=settings["timeout"],
                          retries=settings["retries"], memory_mb=settings["memory_mb"],
-                         label=notebook_label(self.shell))
+                         label=notebook_label(self.shell), cache=settings["cache"],
+                         budget=settings["budget"], backups=settings["backups"])
         except (SerializationError, ValueError, TypeError) as err:
             raise UsageError(str(err)) from None
         self.jobs[job.job_id] = job

@@ -12,6 +12,7 @@ import io
 import math
 
 from .plots import SEGMENTS, TIME_AXIS
+from .widget_state import COMPUTE_CACHED, COMPUTE_FAILED
 
 WIDTH_IN = 9.0
 DPI = 80
@@ -63,8 +64,10 @@ def timeline_png(rows: list[dict], title: str, elapsed: float | None = None) -> 
     if cold:
         ax.plot([c[0] for c in cold], [c[1] for c in cold], "k>", markersize=4, linestyle="none")
         handles.append(Line2D([], [], color="k", marker=">", linestyle="none", label="cold start"))
-    if any(r["compute_color"] != "#2ca02c" for r in rows):
-        handles.append(Patch(color="#d62728", label="compute (failed)"))
+    if any(r["compute_color"] == COMPUTE_FAILED for r in rows):
+        handles.append(Patch(color=COMPUTE_FAILED, label="compute (failed)"))
+    if any(r["compute_color"] == COMPUTE_CACHED for r in rows):
+        handles.append(Patch(color=COMPUTE_CACHED, label="cached"))
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xlabel(TIME_AXIS)
     ax.set_ylabel("item index")

@@ -24,9 +24,10 @@ import time
 import weakref
 from typing import Any
 
+from cloudbutton_executor.phases import PHASES, batching_hint, task_phases
 from cloudbutton_executor.units import format_usd
 
-from .widget_state import JobTracker, error_line
+from .widget_state import COMPUTE_CACHED, JobTracker, error_line
 
 MIN_INTERVAL_S = 0.2      # at most 5 renders a second
 STDOUT_TAIL_CHARS = 32_000  # what the widget keeps of the tasks' stdout
@@ -125,6 +126,92 @@ def fmt_seconds(s) -> str:
 
 def fmt_cost(usd: float) -> str:
     return format_usd(usd)
+
+
+def estimate_text(est: dict) -> str:
+    """The pre-flight estimate as one line: "N invocations, about $X, about T s"."""
+    source = {"probe": "from a probe", "earlier runs": "from earlier runs",
+              "first tasks": "from the first tasks"}.get(str(est.get("source")), "")
+    return (f"estimate: {est['invocations']:,} invocations, about {fmt_cost(est['usd'])}, "
+            f"about {fmt_seconds(est['seconds'])}" + (f" ({source})" if source else ""))
+
+
+def budget_lines(spending: dict | None, running: bool) -> list[str]:
+    """The estimate, the cost meter (spent, projected while it runs, the budget) and why the
+    budget stopped the job, from ``job.spending`` (nothing without a budget)."""
+    if not spending:
+        return []
+    lines = []
+    if spending.get("estimate"):
+        lines.append(estimate_text(spending["estimate"]))
+    meter = [f"spent {fmt_cost(spending['spent_usd'])}"]
+    if running:
+        meter.append(f"projected {fmt_cost(spending['projected_usd'])}")
+    meter.append(f"budget {fmt_cost(spending['budget_usd'])}")
+    lines.append(" · ".join(meter))
+    if spending.get("stopped"):
+        lines.append(spending["stopped"])
+    return lines
+
+
+PHASE_COLOURS = {"invoke": "#b0b0b0", "cold_start": "#4d4d4d", "download": "#ff9f1c",
+                 "compute": "#2ca02c", "upload": "#8e6bbf"}  # as the timeline's segments
+
+
+def phases_html(breakdown: dict) -> str:
+    """Where the time went: one thin stacked bar of the phases, a legend with their shares,
+    and whether batching would pay (``phases.batching_hint``)."""
+    total = breakdown["total_s"]
+    if not total:
+        return ""
+    secs = breakdown["seconds"]
+    segs = "".join(
+        f"<div class='cb-phase-{key}' title='{label}: {fmt_seconds(secs[key])}' "
+        f"style='width:{100 * secs[key] / total:.3f}%;background:{PHASE_COLOURS[key]}'></div>"
+        for key, label in PHASES if secs[key] > 0)
+    legend = " · ".join(
+        f"<span style='color:{PHASE_COLOURS[key]}'>■</span> {label} {secs[key] / total:.0%}"
+        for key, label in PHASES if secs[key] > 0)
+    return (f"<div class='cloudbutton-phases' style='{FONT}; font-size: 12px; margin-top: 4px'>"
+            f"<div>Where the time went ({breakdown['tasks']} tasks, "
+            f"{fmt_seconds(total)} in all): {legend}</div>"
+            "<div class='cb-phase-bar' style='display: flex; height: 8px; width: 100%; "
+            f"border-radius: 3px; overflow: hidden'>{segs}</div>"
+            f"<div class='cb-phase-hint' style='color: #616161'>"
+            f"{html.escape(batching_hint(breakdown))}</div></div>")
+
+
+def task_detail_html(job, i: int) -> str:
+    """What item ``i``'s task did: its input (short repr), state, task, attempts and backups,
+    cold or warm start, per-phase times, stdout and traceback (a click on its bar)."""
+    state = job.item_state(i)
+    stats = job.item_stats(i)
+    facts = [f"item {i}", f"state {state}", f"task {job.item_task(i) or '—'}"]
+    attempts, backups = job.item_attempts(i), job.item_backups(i)
+    if attempts:
+        facts.append(f"{attempts} attempt{'s' if attempts > 1 else ''}")
+    if backups:
+        facts.append(f"{len(backups)} backup{'s' if len(backups) > 1 else ''} "
+                     f"({', '.join(str(b.get('reason')) for b in backups)})")
+    if stats.get("cold_start") is not None:
+        facts.append("cold start" if stats["cold_start"] else "warm start")
+    if state == "cached":
+        facts.append("served by the cache (original timings)")
+    parts = [f"<div><b>{html.escape(' · '.join(facts))}</b></div>",
+             f"<div>input: <code>{html.escape(job.item_input_repr(i))}</code></div>"]
+    if stats.get("worker_start") is not None:
+        times = task_phases(stats)
+        parts.append("<div class='cb-task-phases'>" + " · ".join(
+            f"{label} {fmt_seconds(times[key])}" for key, label in PHASES) + "</div>")
+    out = job.item_stdout(i)
+    if out:
+        parts.append(f"<div>stdout:</div><pre style='{PRE}'>{html.escape(out)}</pre>")
+    info = job.item_error_info(i)
+    if info:
+        parts.append(f"<div style='color:#d62728'>{html.escape(error_line(info))}</div>"
+                     f"<pre style='{PRE}'>{html.escape(info.get('traceback') or '')}</pre>")
+    return (f"<div class='cloudbutton-task' style='{FONT}; border: 1px solid #ddd; "
+            f"padding: 4px 6px; margin: 4px 0'>{''.join(parts)}</div>")
 
 
 def _prefix_lines(index: int, text: str) -> str:
@@ -270,7 +357,9 @@ class TextProgress(_Progress):
         self.file = file        # the bar (default: stderr)
         self.out = out          # failures, stdout and summary (default: stdout)
         self.bar: Any = None  # the tqdm bar, made by display()
-        self._stdout: list[tuple[int, str]] = []
+        self._estimate_shown = False
+        self._stdout_printed = 0  # characters of task stdout printed so far
+        self._stdout_held = 0     # and not printed, past TEXT_STDOUT_CHARS
         self._failures: list[tuple[int, str, dict]] = []
         self._error_shown = ""
 
@@ -298,7 +387,11 @@ class TextProgress(_Progress):
         if self.bar is None:
             self.display()
         d = self.tracker.poll()
-        self._stdout.extend(d.stdout)
+        spending = self.job.spending
+        if spending and spending.get("estimate") and not self._estimate_shown:
+            self._estimate_shown = True
+            self._print(f"cloudbutton: {estimate_text(spending['estimate'])}")
+        self._print_stdout(d.stdout)
         self._failures.extend(d.failures)
         error = self.error_text()
         if error and error != self._error_shown:
@@ -307,7 +400,8 @@ class TextProgress(_Progress):
         t = self.tracker
         self.bar.update(t.ended - self.bar.n)
         c = t.counts
-        self.bar.set_postfix_str(f"{c['done']} done, {c['failed']} failed, {t.running} running, "
+        self.bar.set_postfix_str((f"{c['cached']} cached, " if c["cached"] else "")
+                                 + f"{c['done']} done, {c['failed']} failed, {t.running} running, "
                                  f"{t.queued} queued" + (f", {c['cancelled']} cancelled"
                                                          if c["cancelled"] else ""),
                                  refresh=False)  # close() or the next update() redraws
@@ -315,16 +409,24 @@ class TextProgress(_Progress):
             self.bar.close()
             self._print_summary()
 
+    def _print_stdout(self, chunks) -> None:
+        """Task stdout as it arrives (live while tasks run), up to TEXT_STDOUT_CHARS."""
+        if not chunks:
+            return
+        text = "".join(_prefix_lines(i, s) for i, s in sorted(chunks))
+        room = TEXT_STDOUT_CHARS - self._stdout_printed
+        if room <= 0:
+            self._stdout_held += len(text)
+            return
+        self._stdout_printed += min(room, len(text))
+        self._stdout_held += max(0, len(text) - room)
+        self._print(text[:room].rstrip("\n"))
+
     def _print_summary(self) -> None:
         out = []
-        if self._stdout:
-            out.append("--- task stdout ---")
-            text = "".join(_prefix_lines(i, s) for i, s in sorted(self._stdout))
-            if len(text) > TEXT_STDOUT_CHARS:
-                out.append(f"[... {len(text) - TEXT_STDOUT_CHARS} earlier characters; "
-                           "see job[i].stdout]")
-                text = text[-TEXT_STDOUT_CHARS:]
-            out.append(text.rstrip("\n"))
+        if self._stdout_held:
+            out.append(f"[... {self._stdout_held} more characters of task stdout; "
+                       "see job[i].stdout]")
         for i, tid, info in sorted(self._failures, key=lambda x: x[0])[:MAX_FAILURES_LISTED]:
             out.append(f"--- item {i} failed (task {tid}): {error_line(info)}")
             if info.get("traceback"):
@@ -332,12 +434,15 @@ class TextProgress(_Progress):
         if len(self._failures) > MAX_FAILURES_LISTED:
             out.append(f"... and {len(self._failures) - MAX_FAILURES_LISTED} more failures")
         c, hs = self.tracker.counts, self.tracker.header_stats()
-        line = (f"job {self.job.job_id} {self.state_text()}: {c['done']} done, {c['failed']} failed"
+        line = (f"job {self.job.job_id} {self.state_text()}: "
+                + (f"{c['cached']} cached, " if c["cached"] else "")
+                + f"{c['done']} done, {c['failed']} failed"
                 + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
                 + f" in {fmt_seconds(hs['elapsed_s'])}")
         if hs["flops"]:
             line += f", {hs['gflops']:.2f} GFLOPS effective"
         out.append(line)
+        out.extend(budget_lines(self.job.spending, running=False)[-2:])  # meter, stop
         self._print("\n".join(out))
 
 
@@ -401,7 +506,7 @@ CSS = """<style>
 </style>"""
 
 STATE_COLOURS = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4",
-                 "cancelled": "#7f7f7f", "queued": "#c7c7c7"}
+                 "cancelled": "#7f7f7f", "queued": "#c7c7c7", "cached": COMPUTE_CACHED}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.5"
 PRE = ("max-height: 240px; overflow: auto; font-size: 12px; margin: 2px 0; "
@@ -483,9 +588,10 @@ class JobView(_Progress):
     def text_line(self) -> str:
         c, t = self.tracker.counts, self.tracker
         hs = self._header_stats or t.header_stats()
-        return (f"job {self.job.job_id} {self.state_text()}: {c['done']} done, {c['failed']} failed, "
-                f"{t.running} running, {t.queued} queued, {c['cancelled']} cancelled "
-                f"in {fmt_seconds(hs['elapsed_s'])}")
+        cached = f"{c['cached']} cached, " if c["cached"] else ""
+        return (f"job {self.job.job_id} {self.state_text()}: {cached}{c['done']} done, "
+                f"{c['failed']} failed, {t.running} running, {t.queued} queued, "
+                f"{c['cancelled']} cancelled in {fmt_seconds(hs['elapsed_s'])}")
 
     def header_html(self) -> str:
         t = self.tracker
@@ -494,6 +600,8 @@ class JobView(_Progress):
         state = self.state_text()
         counts = (f"{c['done']} done · {c['failed']} failed · {t.running} running · "
                   f"{t.queued} queued · {c['cancelled']} cancelled · {self.job.retried} retried")
+        if c["cached"]:
+            counts = f"{c['cached']} cached · " + counts
         if self.job.throttled:
             counts += f" · {self.job.throttled} throttled"
         backend = self.job.backend.name
@@ -511,8 +619,13 @@ class JobView(_Progress):
         if error:
             parts.append(f"<span class='cb-error' style='color:#d62728'>error: "
                          f"{html.escape(error)}</span>")
+        budget = budget_lines(self.job.spending, running=state == "running")
+        spending_html = "".join(
+            f"<div class='cb-{kind}'{style}>{html.escape(line)}</div>"
+            for line, (kind, style) in zip(budget, self._budget_kinds(budget), strict=True))
         n = max(1, t.n)
-        segs = [("done", c["done"]), ("failed", c["failed"]), ("running", t.running),
+        segs = [("cached", c["cached"]), ("done", c["done"]), ("failed", c["failed"]),
+                ("running", t.running),
                 ("cancelled", c["cancelled"]), ("queued", t.queued)]
         bar = ("<div class='cloudbutton-bar' title='{}' style='display: flex; height: 12px; "
                "width: 100%; background: #e6e6e6; border-radius: 3px; overflow: hidden'>{}</div>"
@@ -526,7 +639,17 @@ class JobView(_Progress):
             f"font-weight:600'>{state}</span>"
             + (f" · <span style='color:#d62728'>{c['failed']} failed</span>" if c["failed"] else "")
             + f"</div><div class='cb-counts' style='font-weight:600'>{counts}</div>"
-            f"<div>{' · '.join(p for p in parts if p)}</div></div>{bar}")
+            f"<div>{' · '.join(p for p in parts if p)}</div>{spending_html}</div>{bar}"
+            + phases_html(t.phases.as_dict()))
+
+    def _budget_kinds(self, lines: list[str]) -> list[tuple[str, str]]:
+        """The class and style of each of ``budget_lines``: estimate, meter, stop."""
+        spending = self.job.spending or {}
+        kinds = [("estimate", "")] if spending.get("estimate") else []
+        kinds.append(("cost-meter", ""))
+        if spending.get("stopped"):
+            kinds.append(("budget-stop", " style='color:#d62728;font-weight:600'"))
+        return kinds[:len(lines)]
 
     # The rendering that stays -------------------------------------------------------
     def static_html(self) -> str:
@@ -661,10 +784,16 @@ class JobWidget(JobView):
         self.bokeh.layout.display = "none"
         self.waiting = w.HTML(f"<div style='{FONT}; color: #616161'>"
                               f"{html.escape(self.empty_sentence())}</div>")
+        # A click on a bar shows what its task did (TapTool: the selection syncs back here).
+        self.task_detail = w.HTML()
+        self.task_detail.add_class("cloudbutton-task-detail")
+        self.plots.timeline_source.selected.on_change("indices", self._on_tap)
         self.stdout = w.HTML()
         self.failures = w.HTML()
         self.failures.add_class("cloudbutton-failures")
-        children = [w.HTML(CSS), self.header, self.waiting, self.bokeh, self.stdout, self.failures]
+        self.rerun_button: Any = None  # "Re-run N failed", left below the final rendering
+        children = [w.HTML(CSS), self.header, self.waiting, self.bokeh, self.task_detail,
+                    self.stdout, self.failures]
         self.report_box = None
         if self.report is not None:
             self.report_box = w.Accordion(children=[w.HTML(self._report_html())],
@@ -707,6 +836,42 @@ class JobWidget(JobView):
             if self._handle is not None:
                 self._handle.update(super().bundle(), raw=True)
             self.close()
+            self._offer_rerun()
+
+    def _on_tap(self, _attr, _old, new) -> None:
+        if not new:
+            self.task_detail.value = ""
+            return
+        data = self.plots.timeline_source.data
+        k = new[0]
+        self.task_detail.value = task_detail_html(self.job, int(data["bottom"][k]))
+
+    def _offer_rerun(self) -> None:
+        """Below the final rendering: a button that re-runs the failed items into the same
+        results (``Job.rerun_failed``) and follows the re-run in a widget of its own."""
+        import ipywidgets as w
+        from IPython.display import display
+
+        n = self.tracker.counts["failed"]
+        if not n or self.job.executor is None or self.job.cancelled:
+            return
+        button = self.rerun_button = w.Button(description=f"Re-run {n} failed",
+                                              button_style="warning", icon="redo",
+                                              tooltip="run the failed items again, into the "
+                                                      "same results")
+        out = w.Output()
+
+        def rerun(_button) -> None:
+            button.disabled = True
+            again = self.job.rerun_failed()
+            if again is not None:
+                with out:
+                    view = make_progress(again)
+                    view.display()
+                    view.start_background()
+
+        button.on_click(rerun)
+        display(w.VBox([button, out]))
 
     def close(self) -> None:
         """Close the widgets (their comms and kernel-side state); the output keeps the

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from cloudbutton_executor import accounting, protocol
+from cloudbutton_executor import accounting, phases, protocol
+from cloudbutton_executor.outcomes import CACHED_TASK
 
 # Above this many items the timeline draws one row per invocation (sampled).
 MAX_TIMELINE_ROWS = 2000
@@ -25,6 +26,7 @@ NAN = float("nan")
 SMOOTH_MIN_BINS = 1  # the tasks/s line is smoothed over at least this many bins (sigma)
 COMPUTE_OK = "#2ca02c"
 COMPUTE_FAILED = "#d62728"
+COMPUTE_CACHED = "#17becf"  # items the result cache served (STATE_COLOURS["cached"])
 
 TIMELINE_COLUMNS = (
     "bottom", "top", "submit", "start", "setup", "c0", "c1", "fetched", "compute_color",
@@ -181,18 +183,23 @@ class JobTracker:
         # a multiple of ``stride``: at most ``max_rows`` rows, spread over the input,
         # whatever the batch sizes (which "auto" chunking only decides at run time).
         self.stride = 1 if self.per_item else math.ceil(self.n / max_rows)
-        self.counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self.counts = {"done": 0, "failed": 0, "cancelled": 0, "cached": 0}
         self.running = 0
         self.usage = accounting.Usage()  # what the ended tasks used, priced like job.stats
+        self.phases = phases.Breakdown()  # where the ended tasks' time went
         self.last_stored: float | None = None  # when the last status was stored (the job's end)
         self.series = RateSeries(max_bins=max_bins)
         self._cursor = 0                      # position in job.ended_tasks()
         self._taken = bytearray(self.n)       # 1 once an ended item was taken into the views
+        self._live_cursor = 0                 # position in the job's live stdout log
+        self._live_shown: dict[int, int] = {}  # running item -> characters of it shown so far
+        self._live_partial: dict[int, str] = {}  # running item -> its unfinished last line
         self._lock = threading.Lock()
 
     @property
     def ended(self) -> int:
-        return self.counts["done"] + self.counts["failed"] + self.counts["cancelled"]
+        c = self.counts
+        return c["done"] + c["failed"] + c["cancelled"] + c["cached"]
 
     @property
     def queued(self) -> int:
@@ -203,13 +210,29 @@ class JobTracker:
         job), even when an interrupt broke off the previous poll midway."""
         with self._lock:
             delta = Delta()
+            self._take_live(delta)
             for tid, a, b in self.job.ended_tasks(self._cursor):
                 self._cursor += 1
                 self._take(tid, a, b, delta)
             c = self.job.counts()
-            self.counts = {k: c[k] for k in ("done", "failed", "cancelled")}
+            self.counts = {k: c[k] for k in ("done", "failed", "cancelled", "cached")}
             self.running = c["running"]
             return delta
+
+    def _take_live(self, delta: Delta) -> None:
+        """Whole lines that running items printed since the last poll (live stdout); an
+        unfinished line waits for its end, or for its item's end."""
+        live = self.job.live_stdout(self._live_cursor)
+        self._live_cursor += len(live)
+        for i, text in live:
+            if self._taken[i]:
+                continue
+            pending = self._live_partial.get(i, "") + text
+            cut = pending.rfind("\n") + 1
+            if cut:
+                delta.stdout.append((i, pending[:cut]))
+                self._live_shown[i] = self._live_shown.get(i, 0) + cut
+            self._live_partial[i] = pending[cut:]
 
     def _take(self, tid: str | None, a: int, b: int, delta: Delta) -> None:
         """The items of one ended task (or of a cancel, ``tid`` None) into the delta."""
@@ -223,9 +246,16 @@ class JobTracker:
             delta.ended += 1
         if tid is None:
             return  # cancelled: never ran, nothing to time or bill
+        if tid == CACHED_TASK:  # served by the cache: not computed (nor billed) now
+            if self.per_item:
+                delta.rows.extend(self._row(i, i + 1, tid) for i in new)
+            elif -(-a // self.stride) * self.stride < b:
+                delta.rows.append(self._row(a, b, tid))
+            return
         record = job.outcomes.task_record(tid)
         if record is not None:
             self.usage.add_task(*record)
+            self.phases.add(record[0])
             stored = record[0].get("result_stored") or record[0].get("compute_done")
             if stored:
                 self.last_stored = max(self.last_stored or 0.0, stored)
@@ -233,7 +263,10 @@ class JobTracker:
         t0 = self.t0
         for i in new:
             s = job.item_stats(i) if i != new[0] else st
-            out = job.item_stdout(i)
+            # What live stdout showed already is not shown again.
+            shown = self._live_shown.pop(i, 0)
+            self._live_partial.pop(i, None)
+            out = job.item_stdout(i)[shown:]
             if out:
                 delta.stdout.append((i, out))
             if state(i) == "failed":
@@ -252,6 +285,8 @@ class JobTracker:
         return -(-a // self.stride) * self.stride < b
 
     def _row(self, a: int, b: int, tid: str) -> dict:
+        if tid == CACHED_TASK:
+            return self._cached_row(a, b)
         job, t0 = self.job, self.t0
         first, last = job.item_stats(a), job.item_stats(b - 1)
         states = [job.item_state(i) for i in range(a, b)]
@@ -287,6 +322,21 @@ class JobTracker:
             "compute_s": _dur(c0, c1), "return_s": _dur(c1, fetched),
             "cold": "yes" if cold else "no",
             "error": error_line(failure_info(job, failed[0])) if failed else "",
+        }
+
+    def _cached_row(self, a: int, b: int) -> dict:
+        """Items [a, b) the cache served: a bar over the lookup at the job's start, in the
+        cache's colour; the hover gives the original run's compute time."""
+        first, last = self.job.item_stats(a), self.job.item_stats(b - 1)
+        lookup = (self.job.dispatcher.cache_lookup or {}).get("lookup_s") or 0.0
+        return {
+            "bottom": a, "top": b - 0.15 if b - a == 1 else b - 0.5,
+            "submit": 0.0, "start": 0.0, "setup": 0.0, "c0": 0.0, "c1": lookup, "fetched": lookup,
+            "compute_color": COMPUTE_CACHED, "cold_x": NAN, "cold_y": NAN, "task": CACHED_TASK,
+            "items": str(a) if b - a == 1 else f"{a}..{b - 1} ({b - a})", "state": "cached",
+            "queue_s": 0.0, "setup_s": 0.0,
+            "compute_s": _dur(first.get("compute_start"), last.get("compute_done")),
+            "return_s": 0.0, "cold": "no", "error": "",
         }
 
     @property

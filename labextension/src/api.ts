@@ -37,6 +37,7 @@ export interface IJobSummary {
   counts: {
     done: number;
     failed: number;
+    cached: number;
     pending: number;
     cancelled: number;
     lost: number;
@@ -48,6 +49,17 @@ export interface IJobSummary {
   memory_mb: number | null;
   cost_usd: number;
   gb_seconds: number;
+  projected_usd: number;
+  budget_usd: number | null;
+  stopped: string | null;
+  phases?: IPhases;
+}
+
+/** Where the tasks' time went (executor/cloudbutton_executor/phases.py), summed. */
+export interface IPhases {
+  seconds: { [phase: string]: number };
+  total_s: number;
+  tasks: number;
 }
 
 export interface ITaskDetail {

@@ -3,17 +3,54 @@
 // failures and a task table that fits the sidebar's width.
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
-import { IJobDetail, ITaskDetail } from './api';
+import { IJobDetail, IPhases, ITaskDetail } from './api';
 import {
   basename,
   clipped,
+  costText,
   countsText,
   formatDuration,
-  formatUsd,
   h
 } from './dom';
 
 const SVG = 'http://www.w3.org/2000/svg';
+// Where the time went (phases.py PHASES; the widget's PHASE_COLOURS).
+const TIME_PHASES: [string, string, string][] = [
+  ['invoke', 'invoke/queue', '#b0b0b0'],
+  ['cold_start', 'cold start', '#4d4d4d'],
+  ['download', 'function + input download', '#ff9f1c'],
+  ['compute', 'compute', '#2ca02c'],
+  ['upload', 'result upload', '#8e6bbf']
+];
+
+/** A thin stacked bar of the phases, each titled with its label, seconds and share. */
+export function phasesBar(phases: IPhases | undefined): HTMLElement | null {
+  if (!phases || !phases.total_s) {
+    return null;
+  }
+  const total = phases.total_s;
+  const segs = TIME_PHASES.filter(
+    ([key]) => (phases.seconds[key] ?? 0) > 0
+  ).map(([key, label, colour]) => {
+    const s = phases.seconds[key];
+    return h('div', {
+      class: `cb-phase cb-phase-${key}`,
+      title: `${label}: ${s.toFixed(2)} s (${Math.round((100 * s) / total)}%)`,
+      style: `width: ${((100 * s) / total).toFixed(3)}%; background: ${colour}`
+    });
+  });
+  const compute = (phases.seconds['compute'] ?? 0) / total;
+  return h(
+    'div',
+    { class: 'cb-phases' },
+    clipped(
+      `Where the time went: compute ${Math.round(100 * compute)}% of ` +
+        `${phases.tasks} tasks' ${total.toFixed(1)} s`,
+      'cb-phases-text'
+    ),
+    h('div', { class: 'cb-phase-bar' }, ...segs)
+  );
+}
 // The widget's phases (kernel_magic/cloudbutton_magic/plots.py SEGMENTS).
 const PHASES: [string, string, string, string][] = [
   ['host_submit', 'worker_start', 'queue/invoke', '#b0b0b0'],
@@ -35,6 +72,11 @@ export class JobDetail extends Widget {
     return this._back;
   }
 
+  /** Emitted with the job id when the user asks to re-run its failed items. */
+  get rerun(): ISignal<this, string> {
+    return this._rerun;
+  }
+
   get jobId(): string | null {
     return this._jobId;
   }
@@ -42,6 +84,7 @@ export class JobDetail extends Widget {
   /** Show `jobId` (its data follows through `render`). */
   open(jobId: string): void {
     this._jobId = jobId;
+    this._selected = null;
     this.node.replaceChildren(
       this._head(jobId, ''),
       h('div', { class: 'cb-hint' }, 'Loading…')
@@ -90,15 +133,108 @@ export class JobDetail extends Widget {
           'cb-detail-figures'
         ),
         clipped(
-          `${formatDuration(job.duration_s)} · ${formatUsd(job.cost_usd)} at Lambda prices`,
+          `${formatDuration(job.duration_s)} · ${costText(job)} at Lambda prices`,
           'cb-detail-cost'
-        )
+        ),
+        job.stopped ? clipped(job.stopped, 'cb-detail-stopped') : null
+      ),
+      ...[phasesBar(job.phases), this._rerunButton(job)].filter(
+        (e): e is HTMLElement => e !== null
       ),
       this._timeline(job),
+      this._taskBox,
       ...(failures.length
         ? [h('h4', {}, `Failures (${job.failures.length})`), ...failures]
         : []),
       this._table(job)
+    );
+    // The panel refreshes every few seconds: the task shown stays shown, updated.
+    const selected = this._selected;
+    this._showTask(
+      job,
+      selected ? job.tasks_detail.find(t => t.task === selected) : undefined
+    );
+  }
+
+  private _rerunButton(job: IJobDetail): HTMLElement | null {
+    if (!job.finished || !job.counts.failed) {
+      return null;
+    }
+    return h(
+      'button',
+      {
+        class: 'jp-mod-styled jp-mod-accept cb-rerun-failed',
+        title:
+          'Run the failed items again, into the same results: %cloud rerun in ' +
+          'the current notebook (the kernel that ran the job)',
+        onclick: () => this._rerun.emit(job.job_id)
+      },
+      `Re-run ${job.counts.failed} failed`
+    );
+  }
+
+  /** What one task did: its items, state, attempts, start, phases, and its items' failures
+   * (traceback and stdout). Shown when its bar or its row is clicked. */
+  private _showTask(job: IJobDetail, t: ITaskDetail | undefined): void {
+    if (!t) {
+      this._taskBox.replaceChildren();
+      return;
+    }
+    this._selected = t.task;
+    const phase = (a: string, b: string, label: string) => {
+      const ta = t.t[a];
+      const tb = t.t[b];
+      return ta === null || tb === null || ta === undefined || tb === undefined
+        ? null
+        : h('li', {}, `${label}: ${(tb - ta).toFixed(3)} s`);
+    };
+    const [a, b] = t.items;
+    const failures = job.failures
+      .filter(f => f.i >= a && f.i < b)
+      .map(f =>
+        h(
+          'details',
+          { class: 'cb-failure', open: true },
+          h('summary', {}, clipped(`item ${f.i}: ${f.type}: ${f.message}`)),
+          h('pre', {}, f.traceback || f.message),
+          f.stdout ? h('pre', { class: 'cb-stdout' }, f.stdout) : null
+        )
+      );
+    const facts = [
+      `task ${t.task}`,
+      `items ${itemsText(t)}`,
+      t.state + (t.infra ? ` (${t.infra.kind})` : ''),
+      `${t.attempt + 1} attempt${t.attempt ? 's' : ''}`,
+      t.cold_start === null ? '' : t.cold_start ? 'cold start' : 'warm start',
+      t.peak_mem_mb ? `${Math.round(t.peak_mem_mb)} MB peak` : ''
+    ].filter(Boolean);
+    this._taskBox.replaceChildren(
+      h(
+        'div',
+        { class: 'cb-task-head' },
+        clipped(facts.join(' · '), 'cb-task-facts'),
+        h(
+          'button',
+          {
+            class: 'jp-mod-styled cb-task-close',
+            title: 'Close the task detail',
+            onclick: () => {
+              this._selected = null;
+              this._showTask(job, undefined);
+            }
+          },
+          '×'
+        )
+      ),
+      h(
+        'ul',
+        { class: 'cb-task-phases' },
+        ...PHASES.map(([from, to, label]) => phase(from, to, label))
+      ),
+      ...(t.infra
+        ? [h('pre', { class: 'cb-task-infra' }, t.infra.message)]
+        : []),
+      ...failures
     );
   }
 
@@ -180,6 +316,9 @@ export class JobDetail extends Widget {
           height: Math.max(1, rowH - 1),
           fill
         });
+        rect.setAttribute('class', 'cb-tl-bar');
+        rect.setAttribute('data-task', t.task);
+        rect.addEventListener('click', () => this._showTask(job, t));
         const title = document.createElementNS(SVG, 'title');
         title.textContent = `${itemsText(t)} · ${label} ${(tb - ta).toFixed(3)} s`;
         rect.append(title);
@@ -250,7 +389,12 @@ export class JobDetail extends Widget {
         h('td', { class: cls, title: text }, text);
       return h(
         'tr',
-        { class: `cb-task-${t.state}` },
+        {
+          class: `cb-task-${t.state}`,
+          'data-task': t.task,
+          title: 'Show what this task did',
+          onclick: () => this._showTask(job, t)
+        },
         cell(itemsText(t)),
         cell(state),
         cell(seconds(t.t.worker_start ?? t.t.host_submit), 'cb-num'),
@@ -287,7 +431,10 @@ export class JobDetail extends Widget {
   }
 
   private _jobId: string | null = null;
+  private _selected: string | null = null; // the task whose detail is shown
+  private _taskBox: HTMLElement = h('div', { class: 'cb-task-detail' });
   private _back = new Signal<this, void>(this);
+  private _rerun = new Signal<this, string>(this);
 }
 
 function itemsText(t: ITaskDetail): string {

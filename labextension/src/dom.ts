@@ -95,10 +95,17 @@ export function formatDuration(s: number | null | undefined): string {
 /** "12/40 done · 3 failed · 25 cancelled": a cancelled item is never counted as failed. */
 export function countsText(job: {
   n_items: number;
-  counts: { done: number; failed: number; cancelled: number; lost: number };
+  counts: {
+    done: number;
+    failed: number;
+    cancelled: number;
+    lost: number;
+    cached?: number;
+  };
 }): string {
   const c = job.counts;
   return [
+    c.cached ? `${c.cached} cached` : '',
     `${c.done}/${job.n_items} done`,
     c.failed ? `${c.failed} failed` : '',
     c.cancelled ? `${c.cancelled} cancelled` : '',
@@ -106,6 +113,23 @@ export function countsText(job: {
   ]
     .filter(Boolean)
     .join(' · ');
+}
+
+/** The cost meter: spent so far, the projected total while it runs, and its budget. */
+export function costText(job: {
+  cost_usd: number;
+  projected_usd?: number;
+  budget_usd?: number | null;
+  finished: boolean;
+}): string {
+  const parts = [`${formatUsd(job.cost_usd)} spent`];
+  if (!job.finished && job.projected_usd !== undefined) {
+    parts.push(`${formatUsd(job.projected_usd)} projected`);
+  }
+  if (job.budget_usd !== null && job.budget_usd !== undefined) {
+    parts.push(`budget ${formatUsd(job.budget_usd)}`);
+  }
+  return parts.join(' · ');
 }
 
 export function basename(path: string | null | undefined): string {

@@ -9,6 +9,7 @@ import { loadMagics } from './kernel';
 import {
   basename,
   clipped,
+  costText,
   countsText,
   formatDuration,
   formatUsd,
@@ -109,13 +110,17 @@ class JobList extends Widget {
           'span',
           {
             class: 'cb-job-cost',
-            title: 'estimated cost at AWS Lambda prices'
+            title:
+              'at AWS Lambda prices: ' +
+              costText(job) +
+              (job.stopped ? ` (${job.stopped})` : '')
           },
           formatUsd(job.cost_usd)
         ),
         cancel,
         finish
-      )
+      ),
+      job.stopped ? clipped(job.stopped, 'cb-job-stopped') : null
     );
   }
 
@@ -166,6 +171,7 @@ export class JobsSection extends Widget {
     this._detail = new JobDetail();
     this._detail.hide();
     this._detail.back.connect(() => this.closeDetail());
+    this._detail.rerun.connect((_, id) => void this.rerun(id));
     layout.addWidget(head);
     layout.addWidget(messages);
     layout.addWidget(this._list);
@@ -227,11 +233,25 @@ export class JobsSection extends Widget {
 
   /** Finish a job whose kernel died: run `%cloud attach JOB_ID` in a new cell of the
    * current notebook (its results land in that notebook, the live widget in the cell). */
-  async finish(jobId: string): Promise<void> {
+  finish(jobId: string): Promise<void> {
+    return this._runMagic(jobId, 'attach', 'Finishing');
+  }
+
+  /** Re-run a job's failed items into its results: `%cloud rerun JOB_ID` in a new cell of
+   * the current notebook (whose kernel ran the job; its results variable gets them all). */
+  rerun(jobId: string): Promise<void> {
+    return this._runMagic(jobId, 'rerun', 'Re-running the failed items of');
+  }
+
+  private async _runMagic(
+    jobId: string,
+    sub: string,
+    doing: string
+  ): Promise<void> {
     const notebook = this._tracker.currentWidget;
     if (!notebook) {
       this._action.set(
-        `Open a notebook to finish ${jobId}: %cloud attach runs in its kernel.`,
+        `Open a notebook first: %cloud ${sub} ${jobId} runs in its kernel.`,
         'error'
       );
       return;
@@ -244,10 +264,10 @@ export class JobsSection extends Widget {
     }
     NotebookActions.insertBelow(notebook.content);
     notebook.content.activeCell?.model.sharedModel.setSource(
-      `%cloud attach ${jobId}`
+      `%cloud ${sub} ${jobId}`
     );
     this._action.set(
-      `Finishing ${jobId} in ${basename(notebook.context.path)}…`,
+      `${doing} ${jobId} in ${basename(notebook.context.path)}…`,
       'info'
     );
     await NotebookActions.run(notebook.content, notebook.sessionContext);

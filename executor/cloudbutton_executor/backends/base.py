@@ -48,6 +48,8 @@ class BackendLimits:
     default_memory_mb: int            # memory of an invocation when the user sets none
     auto_batch_target_s: float        # how long one auto-sized batch should run
     architecture: str | None = None   # CPU architecture it bills (None: not billed)
+    live_stdout_s: float | None = None  # a printing task stores its output this often
+                                      # (None: only at its end)
 
 
 class InvocationListener(Protocol):
@@ -100,6 +102,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cancel_job(self, job_id: str) -> None:
         """Send no more of the job's events; stop running ones if ``limits.can_stop_running``."""
+
+    def stop_task(self, job_id: str, task: str) -> bool:
+        """Stop the running invocations of one task (the losers of a backup race); True if
+        this backend can. By default it cannot: a loser runs to its end and its status is
+        refused (first write wins)."""
+        return False
 
     def check_ready(self) -> None:  # noqa: B027 - optional: most backends are always ready
         """Raise if a job cannot run now (e.g. the deployed worker differs from the host)."""

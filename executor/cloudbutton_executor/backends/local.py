@@ -115,7 +115,8 @@ class LocalBackend(Backend):
             can_stop_running=True, calls_back=True, poll_interval_s=None,
             deadline_grace_s=None,  # each slot kills its worker at the timeout and says so
             lost_after_s=None, redeliveries=0, reports_accepted=False,
-            default_memory_mb=2048, auto_batch_target_s=0.05)
+            default_memory_mb=2048, auto_batch_target_s=0.05,
+            live_stdout_s=0.5)  # + a 0.25 s tick: printed lines show within about a second
         self.closed = False
         self._queue: collections.deque[tuple[Event, InvocationListener]] = collections.deque()
         self._cond = threading.Condition()
@@ -141,7 +142,12 @@ class LocalBackend(Backend):
         with self._cond:
             if self.closed:
                 raise RuntimeError("the local backend has been shut down")
-            self._queue.extend((e, listener) for e in events)
+            for e in events:
+                if e.get("backup"):
+                    # A backup races a straggler: behind the queue it could not win.
+                    self._queue.appendleft((e, listener))
+                else:
+                    self._queue.append((e, listener))
             self._cond.notify(len(events))
 
     def cancel_job(self, job_id: str) -> None:
@@ -149,6 +155,17 @@ class LocalBackend(Backend):
         with self._cond:
             self._queue = collections.deque(x for x in self._queue if x[0]["job_id"] != job_id)
             self._kill_running(lambda event: event["job_id"] == job_id)
+
+    def stop_task(self, job_id: str, task: str) -> bool:
+        """Drop the task's queued events and kill the workers running it (a backup race
+        was won: the other attempts are losers)."""
+        def its(event: dict[str, Any]) -> bool:
+            return bool(event["job_id"] == job_id and event["task"] == task)
+
+        with self._cond:
+            self._queue = collections.deque(x for x in self._queue if not its(x[0]))
+            self._kill_running(its)
+        return True
 
     def _kill_running(self, which: Callable[[dict[str, Any]], bool]) -> None:
         """Kill the workers running an event for which ``which(event)`` holds (lock held);

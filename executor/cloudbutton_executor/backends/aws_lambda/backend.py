@@ -38,6 +38,9 @@ _READY_TTL_S = 30.0  # how long a successful version check is trusted
 CANCEL_CHECK_TTL_S = 2.0
 # Lambda's documented limit for an asynchronous invocation's payload.
 ASYNC_PAYLOAD_LIMIT_BYTES = 256 * 1024
+# How often a printing task stores what it printed so far (its first print at once): one
+# PUT by the worker and one GET by the host per flush (the host's LISTs are made anyway).
+LIVE_STDOUT_S = 2.5
 
 
 class NotDeployedError(VersionMismatchError):
@@ -102,7 +105,10 @@ class LambdaBackend(Backend):
             can_stop_running=False, calls_back=False, poll_interval_s=lam.poll_interval,
             deadline_grace_s=lam.deadline_grace, lost_after_s=lam.lost_after,
             redeliveries=lam.redeliveries, reports_accepted=True,
-            default_memory_mb=lam.memory, auto_batch_target_s=1.0, architecture=lam.architecture)
+            default_memory_mb=lam.memory, auto_batch_target_s=1.0, architecture=lam.architecture,
+            # Two requests per 2.5 s: below one S3 request per task per second while it
+            # prints, none when it is silent.
+            live_stdout_s=LIVE_STDOUT_S)
         self._threads = lam.invoke_threads
         self._pool = ThreadPoolExecutor(max_workers=lam.invoke_threads,
                                         thread_name_prefix="cloudbutton-invoke")
