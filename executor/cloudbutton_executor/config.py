@@ -306,6 +306,18 @@ AWS: dict[str, Setting] = _settings(Config)
 LAMBDA: dict[str, Setting] = _settings(LambdaConfig, "lambda.")
 SETTINGS: dict[str, Setting] = {**RUN, **AWS, **LAMBDA}  # every setting, by dotted key
 
+# Options of a data-driven map (``map(fn, "s3://bucket/prefix/", obj_chunk_size=...)``,
+# ``%%cloud map s3://... --obj-chunk-size``): per call, never saved.
+DATA_OPTIONS: dict[str, Setting] = {s.key: s for s in (
+    Setting("obj_chunk_size", int, None, "split each object into chunks of this many bytes "
+            "(at line boundaries for text)", low=1, high=2 ** 50, nullable=True, metavar="BYTES"),
+    Setting("obj_chunk_number", int, None, "split each object into this many chunks",
+            low=1, high=100_000, nullable=True, metavar="N"),
+    Setting("large_value_bytes", int, None, "a captured global bigger than this is stored once, "
+            "content-addressed, and loaded by each worker on first use (default 8 MiB)",
+            low=1, high=2 ** 40, nullable=True, metavar="BYTES"),
+)}
+
 
 def run_defaults() -> dict[str, Any]:
     """The schema's defaults of the run settings."""
@@ -313,8 +325,8 @@ def run_defaults() -> dict[str, Any]:
 
 
 def check(key: str, value: Any, where: str = "") -> Any:
-    """``value`` for the setting ``key`` if valid, else a ConfigError naming it."""
-    return SETTINGS[key].check(value, where)
+    """``value`` for the setting (or data option) ``key`` if valid, else a ConfigError naming it."""
+    return (SETTINGS.get(key) or DATA_OPTIONS[key]).check(value, where)
 
 
 def check_run(options: Mapping[str, Any], where: str = "") -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, job_modules, protocol, serialize
+from . import catalog, config, datamap, job_modules, protocol, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import JobCancelled
@@ -20,7 +20,7 @@ from .interrupt import cancel_jobs, cancel_on_interrupt
 from .job import Job, new_job
 from .lease import BackendLease
 from .outcomes import gc_paused
-from .storage import LocalStorage, NotFound, Storage
+from .storage import LocalStorage, NotFound, S3Storage, Storage
 
 log = logging.getLogger("cloudbutton.executor")
 
@@ -32,8 +32,7 @@ BACKEND_ALIASES = {"localhost": "local", "aws_lambda": "lambda"}
 _UNSUPPORTED_MAP_REDUCE = {
     "spawn_reducer": "the reduce starts once every map task has ended",
     "extra_env": "workers see only their event; pass values as arguments",
-    "obj_chunk_size": "no storage-object partitioning", "obj_chunk_number": "no storage-object partitioning",
-    "obj_newline": "no storage-object partitioning", "obj_reduce_by_key": "no storage-object partitioning",
+    "obj_reduce_by_key": "one reduce over every chunk of every object",
     "include_modules": "local modules travel by value automatically",
     "exclude_modules": "local modules travel by value automatically",
 }
@@ -69,7 +68,8 @@ def _as_call(item: Any, extra_args: tuple[Any, ...] | dict[str, Any] | None) -> 
 def _check_iterdata(iterdata: Iterable[Any]) -> list[Any]:
     if isinstance(iterdata, (str, bytes)):
         raise TypeError(f"iterdata must be an iterable of task inputs, got a {type(iterdata).__name__}; "
-                        "wrap a single input in a list: [value]")
+                        "wrap a single input in a list: [value] (a string that names storage, "
+                        "'s3://bucket/prefix/' or a local directory, maps over its objects)")
     try:
         return list(iterdata)
     except TypeError:
@@ -187,12 +187,19 @@ class Executor:
             extra_args: tuple[Any, ...] | dict[str, Any] | None = None,
             chunksize: int | str | None = 1, timeout: float | None = None, retries: int | None = None,
             memory_mb: int | None = None, label: str | None = None,
-            runtime_memory: int | None = None) -> Job:
+            runtime_memory: int | None = None, obj_chunk_size: int | None = None,
+            obj_chunk_number: int | None = None, obj_newline: str | None = "\n") -> Job:
         """Run ``fn`` once per element of ``iterdata``; returns a ``Job`` of futures in input order.
 
         Elements may be scalars (``fn(x)``), tuples (``fn(*t)``) or dicts (``fn(**d)``);
         ``extra_args`` (tuple or dict) is appended to every call. ``runtime_memory`` is
         Lithops' name for ``memory_mb``; ``chunksize=None`` (Lithops' default) means 1.
+
+        A data-driven map: ``iterdata`` a storage location (``"s3://bucket/prefix/"``, a
+        key, a glob; on the local backend a directory or glob), or for a function with
+        an ``obj`` parameter a list of them, runs ``fn`` once per object, or per chunk of
+        ``obj_chunk_size`` bytes / ``obj_chunk_number`` chunks of each object, split at
+        ``obj_newline`` (None: exact byte ranges). See ``datamap``.
         """
         memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
         chunksize = 1 if chunksize is None else chunksize
@@ -200,11 +207,53 @@ class Executor:
             raise TypeError(f"map() needs a callable first argument, got {type(fn).__name__}")
         options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
                                     memory_mb=memory_mb)
-        with gc_paused():  # bulk allocation: see outcomes.gc_paused
-            items = _check_iterdata(iterdata)
-            payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
-            calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        return self._submit(fn, calls, payloads=payloads, label=label, **options)
+        where = "map(): "
+        obj_chunk_size = config.check("obj_chunk_size", obj_chunk_size, where)
+        obj_chunk_number = config.check("obj_chunk_number", obj_chunk_number, where)
+        listing = None
+        if datamap.wants_data(fn, iterdata) and (not isinstance(iterdata, str)
+                                                 or datamap.is_location(iterdata)):
+            listing = self._plan_data(fn, iterdata, obj_chunk_size, obj_chunk_number, obj_newline,
+                                      extra_args)
+            calls: list[Call] | None = listing.calls
+            payloads = None
+        else:
+            if obj_chunk_size is not None or obj_chunk_number is not None:
+                raise TypeError("obj_chunk_size and obj_chunk_number split storage objects: "
+                                "iterdata must name them ('s3://bucket/prefix/', a list of "
+                                "keys for a function with an 'obj' parameter, a local directory)")
+            with gc_paused():  # bulk allocation: see outcomes.gc_paused
+                items = _check_iterdata(iterdata)
+                payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
+                calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
+        job = self._submit(fn, calls, payloads=payloads, label=label, **options)
+        if listing is not None:  # the listing is part of what the job cost
+            job.dispatcher.storage.add_counts(listing.requests)
+        return job
+
+    def _plan_data(self, fn: Callable[..., Any], iterdata: Any, chunk_size: int | None,
+                   chunk_number: int | None, newline: str | None,
+                   extra_args: tuple[Any, ...] | dict[str, Any] | None) -> datamap.Plan:
+        """List what a data-driven map reads, once, here: a location that names nothing is
+        an error before anything is uploaded."""
+        if self._closed:
+            raise RuntimeError("cannot schedule new work after shutdown")
+        return datamap.plan(fn, iterdata, chunk_size=chunk_size, chunk_number=chunk_number,
+                            newline=newline, local_files=self.backend.limits.reads_host_files,
+                            s3=self.data_service(), lambda_workers=not self.backend.limits.reads_host_files,
+                            extra_args=extra_args)
+
+    def data_service(self) -> datamap.S3Service:
+        """The S3 service data buckets are read from: the job storage's (Lambda: its region,
+        endpoint and credentials), else the config file's region, profile and S3 endpoint
+        (the host's credentials chain; local workers inherit it)."""
+        st = self.storage
+        if isinstance(st, S3Storage):
+            return datamap.S3Service(region=st.region, endpoint_url=st.endpoint_url,
+                                     profile=st.profile, session=st._session)
+        cfg = config.load()
+        return datamap.S3Service(region=cfg.region, endpoint_url=cfg.endpoints.get("s3"),
+                                 profile=cfg.profile)
 
     def call_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""

@@ -48,6 +48,8 @@ class BackendLimits:
     default_memory_mb: int            # memory of an invocation when the user sets none
     auto_batch_target_s: float        # how long one auto-sized batch should run
     architecture: str | None = None   # CPU architecture it bills (None: not billed)
+    reads_host_files: bool = False    # its workers see the host's files (a data-driven map
+                                      # may then read local paths)
 
 
 class InvocationListener(Protocol):
