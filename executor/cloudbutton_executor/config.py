@@ -441,6 +441,13 @@ def load(path: str | None = None) -> Config:
     return from_dict(read_file(path), path, env=os.environ)
 
 
+def load_or_defaults() -> Config:
+    """The config file if there is one, else the defaults (never an error for a missing
+    file): what the host's data access reads (region, profile, S3 endpoint)."""
+    path = config_path()
+    return from_dict(read_file(path), path if os.path.exists(path) else None, env=os.environ)
+
+
 def read_file(path: str) -> Any:
     """The YAML (or JSON) mapping in ``path``, unchecked; {} if the file is absent."""
     if not os.path.exists(path):

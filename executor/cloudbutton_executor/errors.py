@@ -113,6 +113,14 @@ class WorkerSetupError(InfrastructureError):
         return (type(self), (str(self), self.task_id, self.missing_module))
 
 
+class IntegrityError(InfrastructureError):
+    """Something read from storage failed verification: a tampered or foreign object (a
+    content-addressed blob that does not match its sha256 name, a status, result or
+    manifest whose seal does not verify with the job's key). Nothing of it was used."""
+
+    kind = "integrity"
+
+
 class VersionMismatchError(RuntimeError):
     """The deployed worker runs other versions than the host."""
 
@@ -123,4 +131,4 @@ class MissingPackageError(VersionMismatchError):
 
 INFRA_ERRORS = {cls.kind: cls for cls in
                 (InfrastructureError, TaskTimeoutError, OutOfMemoryError, WorkerDiedError,
-                 LostInvocationError, WorkerSetupError)}
+                 LostInvocationError, WorkerSetupError, IntegrityError)}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, datamap, job_modules, protocol, serialize
+from . import catalog, config, datamap, job_modules, objectstore, protocol, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import JobCancelled
@@ -243,6 +243,12 @@ class Executor:
                             s3=self.data_service(), lambda_workers=not self.backend.limits.reads_host_files,
                             extra_args=extra_args)
 
+    def object_storage(self) -> objectstore.ObjectStorage:
+        """The storage API over this executor's job storage (its S3 bucket, or its local
+        directory), as its tasks get it from ``ObjectStorage()``; for ``get_cloudobject``
+        of what tasks returned by reference."""
+        return objectstore.ObjectStorage.for_job_storage(self.storage, key_prefix=f"{self.prefix}/objects")
+
     def data_service(self) -> datamap.S3Service:
         """The S3 service data buckets are read from: the job storage's (Lambda: its region,
         endpoint and credentials), else the config file's region, profile and S3 endpoint
@@ -251,7 +257,7 @@ class Executor:
         if isinstance(st, S3Storage):
             return datamap.S3Service(region=st.region, endpoint_url=st.endpoint_url,
                                      profile=st.profile, session=st._session)
-        cfg = config.load()
+        cfg = config.load_or_defaults()
         return datamap.S3Service(region=cfg.region, endpoint_url=cfg.endpoints.get("s3"),
                                  profile=cfg.profile)
 
@@ -343,6 +349,7 @@ class Executor:
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        fn = objectstore.with_storage_argument(fn)  # a ``storage`` parameter gets the task's
         blob, modules = job_modules.dumps_with_modules(fn, f"function {name}")
         if payloads is None:
             assert calls is not None

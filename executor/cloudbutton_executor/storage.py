@@ -372,8 +372,14 @@ class S3Storage(Storage):
         return code in ("NoSuchKey", "404", "NotFound")
 
     def put(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import ClientError
+
         self._count("PUT")
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except ClientError as err:
+            self._is_missing(err)  # raises NoSuchBucket for a missing bucket
+            raise
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
@@ -464,8 +470,14 @@ class S3Storage(Storage):
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
 
     def delete(self, key: str) -> None:
+        from botocore.exceptions import ClientError
+
         self._count("DELETE")
-        self.client.delete_object(Bucket=self.bucket, Key=key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as err:
+            self._is_missing(err)  # raises NoSuchBucket for a missing bucket
+            raise
 
     def _check_bucket(self) -> None:
         from botocore.exceptions import ClientError

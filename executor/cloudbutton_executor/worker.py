@@ -191,6 +191,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
         return _write_status(storage, event, _setup_failure_status(event, exc, stats), counts_before)
     stats["setup_done"] = time.time()
+    _context.set_task(event)  # ObjectStorage() in the task: this job's storage
 
     first = protocol.task_range(tid)[0]
     with _job_deadline(event, context, worker_start):
