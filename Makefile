@@ -61,12 +61,16 @@ bench: install
 # tree's: when a module is renamed or split, edit these two lists. About 36 minutes on 2 cores.
 MUTATE_MODULES ?= \
 	executor/cloudbutton_executor/storage.py \
-	executor/cloudbutton_executor/serialize.py:_is_secret_type,_GuardedPickler.reducer_override \
-	kernel_magic/cloudbutton_magic/capture.py:looks_like_secret,check_and_measure \
+	executor/cloudbutton_executor/serialize.py:_GuardedPickler.reducer_override \
+	executor/cloudbutton_executor/screening.py \
+	executor/cloudbutton_executor/integrity.py \
+	executor/cloudbutton_executor/records.py \
+	kernel_magic/cloudbutton_magic/capture.py:check_and_measure \
 	cloudbutton_jupyter/handlers.py \
 	cloudbutton_jupyter/manager.py:validate_config,CloudManager.check_job_id,CloudManager.put_config,CloudManager.cancel
 MUTATE_TESTS ?= tests/test_storage.py tests/test_capture_secrets.py tests/test_manager_input.py \
-	tests/test_server_auth.py tests/test_server_api.py tests/test_cli_clean.py
+	tests/test_server_auth.py tests/test_server_api.py tests/test_cli_clean.py \
+	tests/test_secret_screening.py tests/test_integrity.py tests/test_resume.py
 
 mutate: install
 	# The `mutate` extra's packages, without rebuilding the project itself.

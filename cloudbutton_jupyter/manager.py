@@ -1,8 +1,9 @@
 """What the Jupyter panel asks the server, answered from storage and the config file.
 
 A plain class, testable without a server: the tornado handlers only parse
-requests and call it. It reads JSON manifests and statuses only and never
-unpickles anything (results stay in storage for the kernel to fetch).
+requests and call it. It reads JSON manifests, statuses and dispatch records only
+and never unpickles anything (results stay in storage for the kernel to fetch).
+It holds no job key, so the figures it shows are read unverified (see ``catalog``).
 """
 from __future__ import annotations
 
@@ -218,9 +219,10 @@ class CloudManager:
 
     @staticmethod
     def check_job_id(job_id: str) -> str:
-        if not isinstance(job_id, str) or not protocol.JOB_ID_RE.match(job_id):
-            raise InvalidInput(f"not a job id: {job_id!r} (expected YYYYMMDD-HHMMSSmmm-xxxxxx)")
-        return job_id
+        try:
+            return str(config.check("job_id", job_id))
+        except config.ConfigError as err:
+            raise InvalidInput(str(err)) from None
 
     def _manifest(self, storage, prefix, job_id) -> dict:
         manifest = catalog.manifest(storage, prefix, job_id)
@@ -239,22 +241,28 @@ class CloudManager:
 
     def _summary(self, storage, prefix, manifest: dict) -> dict:
         job_id = manifest["job_id"]
-        return accounting.stored_job_summary(manifest, self._statuses(storage, prefix, job_id),
+        statuses = self._statuses(storage, prefix, job_id)
+        unfinished = accounting.ended_items(statuses) < int(manifest.get("n_items", 0))
+        record = catalog.dispatch_record(storage, prefix, job_id) if unfinished else None
+        return accounting.stored_job_summary(manifest, statuses,
                                              catalog.cancel_info(storage, prefix, job_id),
-                                             time.time())
+                                             time.time(), record)
 
-    def list_jobs(self, limit: int = 30) -> list[dict]:
+    def list_jobs(self, limit: int | str = 30) -> list[dict]:
         """Summaries of the newest jobs, newest first.
 
         The panel polls this every few seconds, and on S3 every request costs: manifests
         (immutable) and the summaries of finished jobs are read once and kept, so a poll
         costs one LIST plus one per running job.
         """
-        if not isinstance(limit, int) or not 1 <= limit <= 500:
-            raise InvalidInput(f"limit must be an integer from 1 to 500, got {limit!r}")
+        try:  # from the query string (text) or from Python
+            n: int = config.OPTIONS["limit"].parse(limit) if isinstance(limit, str) \
+                else config.check("limit", limit)
+        except config.ConfigError as err:
+            raise InvalidInput(str(err)) from None
         conf = self.get_config()
         storage, prefix = self.storage(conf), self._prefix(conf)
-        ids = catalog.job_ids(storage, prefix, limit)
+        ids = catalog.job_ids(storage, prefix, n)
         root = json.dumps(storage.describe(), sort_keys=True) + prefix
         out = []
         for job_id in ids:

@@ -190,9 +190,9 @@ def lambda_ex(deployed, lambda_config, lambda_emulator, s3_proxy):
     from lambda_emulator import Faults
 
     lambda_emulator.reset(Faults())
-    s3_proxy.error_rate = 0.0
+    s3_proxy.reset()
     ex = Executor(backend="lambda", config_path=lambda_config, timeout=20)
     yield ex
     ex.shutdown(wait=False, cancel_futures=True)
     lambda_emulator.reset(Faults())
-    s3_proxy.error_rate = 0.0
+    s3_proxy.reset()

@@ -16,6 +16,7 @@ def settings(directory) -> dict:
     out = dict.fromkeys(AWS_ACCOUNT_VARS)
     out.update(CLOUDBUTTON_CONFIG=os.path.join(str(directory), "config.yaml"),
                CLOUDBUTTON_STORAGE_DIR=os.path.join(str(directory), "cache"),
+               CLOUDBUTTON_KEY_FILE=os.path.join(str(directory), "host.key"),
                AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
                AWS_EC2_METADATA_DISABLED="true")  # never probe an instance role
     return out

@@ -167,11 +167,33 @@ class ForwardingProxy:
         self.injected = 0
         self.requests = 0
         self.methods: dict[str, int] = {}
+        # An attacker with write access to the bucket: GETs of a key ending with one of
+        # these suffixes return the planted bytes instead (``tamper_for``: only for requests
+        # signed with that access key id, e.g. the workers' execution role).
+        self.tamper: dict[str, bytes] = {}
+        self.tamper_for: str | None = None
+        self.tampered = 0
+        self.log: list[tuple[str, str, str]] | None = None  # (access key id, method, key) if set
         self.lock = threading.Lock()
         self.server = _serve(_ProxyHandler, proxy=self)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def reset(self):
+        """No faults, no tampering, no request log."""
+        with self.lock:
+            self.error_rate = 0.0
+            self.tamper = {}
+            self.tamper_for = None
+            self.log = None
+
+    @staticmethod
+    def _who_and_key(h) -> tuple[str, str]:
+        m = re.search(r"Credential=([^/]+)/", h.headers.get("Authorization", ""))
+        path = urllib.parse.unquote(urllib.parse.urlsplit(h.path).path)
+        return (m.group(1) if m else ""), path.lstrip("/").partition("/")[2]
+
     def handle(self, h: _ProxyHandler, body: bytes):
+        who, key = self._who_and_key(h)
         with self.lock:
             self.requests += 1
             self.methods[h.command] = self.methods.get(h.command, 0) + 1
@@ -180,6 +202,17 @@ class ForwardingProxy:
             code = self.rng.choice((500, 503))
             if fault:
                 self.injected += 1
+            if self.log is not None:
+                self.log.append((who, h.command, key))
+            planted = next((v for k, v in self.tamper.items() if key and key.endswith(k)), None) \
+                if h.command == "GET" and (self.tamper_for is None or who == self.tamper_for) else None
+            if planted is not None:
+                self.tampered += 1
+        if planted is not None:
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range", ""))
+            if m:
+                planted = planted[int(m.group(1)):int(m.group(2)) + 1 if m.group(2) else None]
+            return h._reply(200, planted, {"Content-Type": "application/octet-stream"})
         if fault and not after:
             return self._error(h, code)
         status, headers, data = forward(self.target, h.command, h.path, h.headers, body)
@@ -204,12 +237,17 @@ class Faults:
     """Probabilities per accepted invocation (0..1) and what they did."""
 
     def __init__(self, drop=0.0, duplicate=0.0, throttle=0.0, retry_after=0.2, latency=0.0,
-                 kill=0.0, kill_after=(0.01, 0.1), seed=7):
+                 kill=0.0, kill_after=(0.01, 0.1), hang=0.0, hang_s=60.0, kill_task=0.0, seed=7):
         self.drop, self.duplicate, self.throttle = drop, duplicate, throttle
         self.retry_after, self.latency, self.kill, self.kill_after = retry_after, latency, kill, kill_after
+        # hang: the invoke endpoint takes the request and never answers (for hang_s);
+        # kill_task: the task process inside the execution environment is killed (SIGKILL,
+        # what an out-of-memory kill does), the runtime itself survives.
+        self.hang, self.hang_s, self.kill_task = hang, hang_s, kill_task
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.counts = {"accepted": 0, "dropped": 0, "duplicated": 0, "throttled": 0, "killed": 0}
+        self.counts = {"accepted": 0, "dropped": 0, "duplicated": 0, "throttled": 0, "killed": 0,
+                       "hung": 0, "tasks_killed": 0}
 
     def roll(self, p: float) -> bool:
         with self.lock:
@@ -466,6 +504,22 @@ class Sandbox:
                 self.current = None
         self._kill()
 
+    @staticmethod
+    def _kill_children(pid: int) -> int:
+        """SIGKILL the processes the runtime started (the task process): what the kernel's
+        out-of-memory killer does to the biggest process of an execution environment."""
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            return 0
+        for child in children:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(children)
+
     def _log_tail(self) -> str:
         try:
             with open(self.log_path, "rb") as f:
@@ -492,18 +546,26 @@ class Sandbox:
                                f" ({self.init_error or b''!r}); log tail:\n{self._log_tail()}")
                 return self._failed(inv, "init failed" if died else "init timeout")
         deadline = time.time() + spec.timeout
-        kill_at = None
+        kill_at = task_kill_at = None
         faults = self.emu.faults
         if faults.roll(faults.kill):
             lo, hi = faults.kill_after
             with faults.lock:
                 kill_at = time.time() + faults.rng.uniform(lo, hi)
+        elif faults.roll(faults.kill_task):
+            lo, hi = faults.kill_after
+            with faults.lock:
+                task_kill_at = time.time() + faults.rng.uniform(lo, hi)
         while not inv.done.wait(0.01):
             now = time.time()
             if kill_at is not None and now >= kill_at:
                 faults.count("killed")
                 self._kill()
                 return self._failed(inv, "killed")
+            if task_kill_at is not None and now >= task_kill_at:
+                task_kill_at = None
+                if self._kill_children(proc.pid):
+                    faults.count("tasks_killed")
             if proc.poll() is not None:
                 code = proc.returncode
                 self.proc = None
@@ -648,6 +710,13 @@ class LambdaEmulator:
         faults = self.faults
         if faults.latency:
             time.sleep(faults.latency)
+        if faults.roll(faults.hang):
+            faults.count("hung")
+            deadline = time.time() + faults.hang_s
+            while time.time() < deadline and not self.stopped:
+                time.sleep(0.05)
+            h.close_connection = True  # never answered
+            return
         spec = self._spec(name.split(":")[-1] if name.startswith("arn:") else name)
         if spec is None:
             return self._error(h, 404, "ResourceNotFoundException", f"Function not found: {name}")

@@ -109,7 +109,9 @@ def running_lab(tmp: Path, server_extension: bool = True):
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError("JupyterLab did not start:\n" + (tmp / "lab.log").read_text())
                 time.sleep(0.3)
-        yield {"base": base, "token": token, "tmp": tmp, "storage": tmp / "storage"}
+        # hermetic.environ gave the lab (and its kernels) tmp/host.key as their host key.
+        yield {"base": base, "token": token, "tmp": tmp, "storage": tmp / "storage",
+               "key_file": tmp / "host.key"}
     finally:
         proc.terminate()
         try:
@@ -487,6 +489,41 @@ def test_saved_notebook_and_its_html_show_the_jobs_offline(page, lab, browser, t
         pg.locator(".cloudbutton-job").first.screenshot(path=str(ARTIFACTS / "nbconvert-offline.png"))
     finally:
         context.close()
+
+
+def test_a_lost_job_is_finished_from_the_panel(page, lab, tmp_path, monkeypatch):
+    """A job whose kernel died (its host killed mid-job) shows as lost; "Finish" runs
+    `%cloud attach` in the current notebook's kernel, which finishes it."""
+    from cloudbutton_executor import integrity, protocol
+    from cloudbutton_executor.storage import LocalStorage
+    from test_resume import run_host
+
+    # The lab's kernel seals and verifies with the lab's host key: so does this job's host.
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(lab["key_file"]))
+    env = dict(os.environ, CLOUDBUTTON_STORAGE_DIR=str(lab["storage"]))
+    job_id = run_host(tmp_path, n=12, workers=1, sleep=0.2, die_after=2, env=env)
+    # Age its dispatch record (sealed again with the job's key, as its host would have):
+    # the panel calls a job lost once its host stopped writing it, 30 s later.
+    storage = LocalStorage(str(lab["storage"]))
+    rkey = protocol.dispatch_key("cloudbutton", job_id)
+    key = integrity.job_key(job_id)
+    record = integrity.open_sealed(key, protocol.object_name("cloudbutton", rkey), storage.get(rkey))
+    record.update(updated=time.time() - 600, deadline=time.time() - 600)
+    storage.put(rkey, integrity.seal(key, protocol.object_name("cloudbutton", rkey), record))
+
+    panel = _open_panel(page)
+    panel.locator(".cb-all-jobs").check()
+    row = panel.locator(f".cb-job.cb-state-lost[data-job-id='{job_id}']")
+    row.wait_for(timeout=30_000)
+    _select_cell(page, 4)
+    row.locator(".cb-job-finish").click()
+    panel.locator(f".cb-job.cb-state-done[data-job-id='{job_id}']").wait_for(timeout=60_000)
+    cell = _cell(page, 5)  # inserted below the selected cell
+    assert f"%cloud attach {job_id}" in cell.locator(".jp-InputArea").inner_text()
+    cell.locator(".cloudbutton-job:has-text('12 done')").wait_for(timeout=30_000)
+    assert "already loaded" not in cell.inner_text()  # the magics were loaded silently
+    _wait_kernel_idle(page)
+    panel.locator(".cb-all-jobs").uncheck()
 
 
 def test_missing_server_extension_is_reported(browser, tmp_path):

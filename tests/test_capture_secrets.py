@@ -1,11 +1,15 @@
 """What the capture refuses to ship: credential-shaped values, credential objects, copies of
-the environment, and long strings in variables whose name says they hold a secret."""
+the environment, and long strings in variables whose name says they hold a secret. The
+checks are the executor's (``screening``): each variable as it is (``describe_value``), then
+everything its pickle holds, at any depth."""
 import os
 
 import pytest
 
-from cloudbutton_executor import serialize
-from cloudbutton_magic.capture import CaptureError, capture, looks_like_secret
+from cloudbutton_executor import screening, serialize
+from cloudbutton_magic.capture import CaptureError, capture
+
+looks_like_secret = screening.describe_value
 
 KEY_ID = "AKIA" + "Q7" * 8
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -53,10 +57,6 @@ def test_names_or_values_outside_the_rule_travel(name, value):
     (os.environ, "it is os.environ"),
     ({"AWS_SECRET_ACCESS_KEY": "s"}, "holds AWS credentials"),
     ({"AWS_SESSION_TOKEN": "s"}, "holds AWS credentials"),
-    ({"outer": {"key": KEY_ID}}, "access key id (at key 'key') (at key 'outer')"),
-    ([1, (2, SECRET)], "secret access key (at index 1) (at index 1)"),
-    ({"a", KEY_ID}, "access key id (at index"),
-    (frozenset([KEY_ID]), "access key id (at index 0)"),
 ])
 def test_credential_shaped_values(value, why):
     found = looks_like_secret(value)
@@ -72,11 +72,27 @@ def test_credential_shaped_values(value, why):
         "create clients inside the cell (workers use their own role).")
 
 
+@pytest.mark.parametrize("value, where, what", [
+    ({"outer": {"key": KEY_ID}}, "['outer']['key']", "an AWS access key id"),
+    ([1, (2, SECRET)], "[1][1]", "an AWS secret access key"),
+    ({"a", KEY_ID}, " (an element)", "an AWS access key id"),
+    (frozenset([KEY_ID]), " (an element)", "an AWS access key id"),
+    ([SECRET], "[0]", "an AWS secret access key"),
+])
+def test_credentials_inside_containers_are_found_in_the_pickle(value, where, what):
+    """Inside a container the pickle is searched: the message says where, not what."""
+    assert looks_like_secret(value) is None  # nothing on the surface
+    with pytest.raises(CaptureError) as info:
+        ship("value", value)
+    assert str(info.value).startswith(f"refusing to ship variable 'value'{where}: it holds {what} (")
+    assert KEY_ID not in str(info.value) and SECRET not in str(info.value)
+
+
 def test_exact_reasons():
     assert looks_like_secret(os.environ) == "it is os.environ"
     assert looks_like_secret({"AWS_SESSION_TOKEN": 1}) == "it holds AWS credentials (AWS_SECRET_ACCESS_KEY)"
     assert looks_like_secret(KEY_ID) == "it contains an AWS access key id"
-    assert looks_like_secret([SECRET]) == "it looks like an AWS secret access key (at index 0)"
+    assert looks_like_secret(SECRET) == "it looks like an AWS secret access key"
 
 
 def test_the_name_rule_says_what_to_do():
@@ -123,18 +139,15 @@ def test_near_misses(value):
     assert looks_like_secret(value) is None
 
 
-def test_nesting_stops_at_depth_two():
-    assert looks_like_secret([[KEY_ID]]) is not None  # depth 0 -> 1 -> the string
-    assert looks_like_secret([[[KEY_ID]]]) is None  # a third level is not searched
-    assert looks_like_secret({"a": {"b": {"c": KEY_ID}}}) is None
-
-
-def test_only_the_first_200_elements_are_searched():
-    assert looks_like_secret([0] * 199 + [KEY_ID]) == "it contains an AWS access key id (at index 199)"
-    assert looks_like_secret([0] * 200 + [KEY_ID]) is None
-    big = {f"k{i}": 0 for i in range(200)}
-    big["last"] = KEY_ID
-    assert looks_like_secret(big) is None
+def test_no_depth_or_length_stops_the_search():
+    """What the old surface check missed (a third level, past the 200th element) the
+    search of the pickle finds."""
+    for value, where in (([[[KEY_ID]]], "[0][0][0]"), ({"a": {"b": {"c": KEY_ID}}}, "['a']['b']['c']"),
+                         ([0] * 250 + [KEY_ID], "[250]"),
+                         ({**{f"k{i}": 0 for i in range(200)}, "last": KEY_ID}, "['last']")):
+        with pytest.raises(CaptureError, match=rf"variable 'value'{__import__('re').escape(where)}: "
+                                               "it holds an AWS access key id"):
+            ship("value", value)
 
 
 def test_copy_of_the_environment(monkeypatch):
@@ -168,7 +181,7 @@ def test_credential_objects_are_refused_by_type_and_by_the_pickler():
                       (creds.get_frozen_credentials(), "ReadOnlyCredentials"),
                       (session._session, "botocore.session.Session")]:
         why = looks_like_secret(obj)
-        assert why is not None and "carries AWS credentials" in why and name in why, why
+        assert why is not None and "carries AWS credentials" in why, why
         with pytest.raises(serialize.SecretError, match="carries AWS credentials"):
             serialize.dumps({"deep": [obj]})
         with pytest.raises(CaptureError, match=r"refusing to ship variable 'thing'"):
@@ -180,4 +193,4 @@ def test_credential_objects_are_refused_by_type_and_by_the_pickler():
 
     with pytest.raises(CaptureError, match="refusing to ship variable 'h'.*Credentials"):
         ship("h", Holder())
-    assert not serialize._is_secret_type(object())
+    assert screening.credential_type(object()) is None

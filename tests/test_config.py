@@ -3,6 +3,8 @@ file, the environment and the CLI accept the same values and refuse the same one
 an error that names the setting."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -160,3 +162,68 @@ def test_magic_help_is_made_from_the_parsers():
         assert parser.prog in HELP and parser.description.split(";")[0][:40] in HELP
     for key, s in config.RUN.items():
         assert (s.flag or f"--{key}") in HELP and s.help.split("(")[0].strip()[:30] in HELP
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda ex: ex.jobs(limit=-1), "jobs(): limit must be an integer from 1 to 1000, got -1"),
+    (lambda ex: ex.jobs(limit="a"), "jobs(): limit must be an integer from 1 to 1000, got 'a'"),
+    (lambda ex: ex.map(abs, [1], extra_args="ab"),
+     "map(): extra_args must be a tuple of positional arguments or a dict"),
+    (lambda ex: ex.map(abs, [1], extra_args={1: 2}), "map(): extra_args must be"),
+    (lambda ex: ex.map(abs, [1], label=5), "map(): label must be 1-512 printable characters"),
+    (lambda ex: ex.map(abs, [1], retries="a"), "map(): retries must be an integer from 0 to 10, got 'a'"),
+    (lambda ex: ex.map(abs, [1], retries=-3), "map(): retries must be an integer from 0 to 10, got -3"),
+    (lambda ex: ex.attach("20260101-120000-abcdef\n"), "attach(): job_id must be a job id like"),
+    (lambda ex: ex.attach(5), "attach(): job_id must be a job id like"),
+])
+def test_every_api_option_is_checked_with_the_schema(call, needle, storage):
+    with Executor(workers=1, storage=storage) as ex:
+        with pytest.raises((config.ConfigError, TypeError), match=re.escape(needle)):
+            call(ex)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"prefix": "../x"}, "Executor(): prefix must be an S3 key prefix"),
+    ({"prefix": "a/./b"}, "Executor(): prefix must be an S3 key prefix"),
+    ({"auto_batch_target_s": "x"}, "Executor(): auto_batch_target_s must be a number"),
+    ({"auto_batch_target_s": 0}, "Executor(): auto_batch_target_s must be a number"),
+    ({"storage": "/tmp"}, "Executor(): storage must be a Storage object"),
+])
+def test_executor_options_are_checked(kwargs, needle):
+    with pytest.raises((config.ConfigError, TypeError), match=re.escape(needle)):
+        Executor(workers=1, **kwargs)
+
+
+def test_the_magic_cli_and_rest_check_job_ids_and_limits(ip, capsys):
+    for line in ("attach 20260101-120000-abcdefg", "cancel ../../x", "jobs -n -1", "jobs -n a"):
+        with pytest.raises(UsageError, match="job_id must be a job id|limit must be an integer"):
+            ip.run_line_magic("cloud", line)
+    from cloudbutton_jupyter.manager import CloudManager
+
+    manager = CloudManager()
+    for bad in ("20260101-120000-abcdef\n", "../x", 7):
+        with pytest.raises(InvalidInput, match="job_id must be a job id"):
+            manager.check_job_id(bad)
+    for bad in ("0", "many", "1.5", "-1"):
+        with pytest.raises(InvalidInput, match="limit must be an integer from 1 to 1000"):
+            manager.list_jobs(bad)
+    assert cli.main(["clean", "--job", "20260101-120000-abcdef/../x"]) == 2
+    assert "--job: job_id must be a job id" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["jobs", "--limit", "-1"])
+    assert "limit must be an integer from 1 to 1000" in capsys.readouterr().err
+
+
+def test_a_generator_that_raises_midway_reports_its_own_exception(storage):
+    def items():
+        yield 1
+        yield 2
+        raise TypeError("the source ran dry")
+
+    with Executor(workers=1, storage=storage) as ex:
+        with pytest.raises(TypeError, match="the source ran dry") as info:
+            ex.map(abs, items())
+        assert "iterdata must be" not in str(info.value)
+        assert "after 2 items" in "".join(getattr(info.value, "__notes__", []))
+        with pytest.raises(TypeError, match="iterdata must be an iterable"):
+            ex.map(abs, 5)

@@ -218,12 +218,14 @@ def test_a_silent_event_gets_backups_within_its_budget_and_the_first_status_wins
     first, second = be.sent
     for e in (first, second):
         be.listener.on_accepted(e, clock())
-    be.run(first)  # stored 0 s after submit: the typical latency is ~0
+    be.run(first)  # stored a moment (real time) after its fake submit time
     job.dispatcher.tick()
     assert job.item_state(0) == "done"
+    st = stored_status(storage, job, first["task"])["stats"]
+    latency = st["result_stored"] - st["host_submit"]
     # Presumed lost after min(lost_after + 2 x p90 latency, max(lost_after, (timeout +
-    # grace) / (redeliveries + 1))) = min(30, 40) = 30 s of silence.
-    clock.advance(29.9)
+    # grace) / (redeliveries + 1))) = min(30 + 2 x latency, 40) s of silence.
+    clock.advance(29.9 + 2 * latency)
     job.dispatcher.tick()
     assert len(be.sent) == 2
     clock.advance(0.2)
@@ -234,7 +236,7 @@ def test_a_silent_event_gets_backups_within_its_budget_and_the_first_status_wins
     be.listener.on_accepted(backup, clock())
     clock.advance(10.0)
     be.listener.on_accepted(second, clock())  # the original attempt, accepted late: ignored
-    clock.advance(20.1)  # 30.1 s after the backup was accepted
+    clock.advance(20.1 + 2 * latency)  # 30.1 s (+ 2 x latency) after the backup was accepted
     job.dispatcher.tick()
     assert len(be.sent) == 4 and be.sent[-1]["attempt"] == 2
     be.listener.on_accepted(be.sent[-1], clock())
@@ -297,6 +299,51 @@ def test_a_lost_event_is_sent_again_while_redeliveries_last_then_fails(storage, 
     assert len(be.sent) == 2  # budget spent, no user retries: the task fails
     (err,) = job.results(timeout=0)
     assert isinstance(err, LostInvocationError) and "lost again" in str(err)
+
+
+def _crash_report(storage, job, event, message):
+    from cloudbutton_executor import integrity
+
+    ckey = protocol.crash_key(PREFIX, job.job_id, event["task"], event["attempt"])
+    storage.put(ckey, integrity.seal(job.dispatcher.key, protocol.object_name(PREFIX, ckey), {
+        "v": 3, "job_id": job.job_id, "task": event["task"], "attempt": event["attempt"],
+        "kind": "died", "message": message}))
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_crash_report_ends_backups_and_counts_against_retries(storage, clock, retries):
+    """A task whose silence sent backups, then whose worker crashed: from the first crash
+    report on, no backups, and crashes of the attempts already sent count once."""
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1, 2], timeout=100.0, retries=retries)
+    first, second = be.sent
+    for e in (first, second):
+        be.listener.on_accepted(e, clock())
+    be.run(first)
+    job.dispatcher.tick()
+    clock.advance(31.0)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert backup["task"] == second["task"] and backup["attempt"] == 1
+    be.listener.on_accepted(backup, clock())
+    _crash_report(storage, job, second, "task 000001-000002: worker process was killed by SIGSEGV")
+    job.dispatcher.tick()
+    sent_after_crash = be.sent[3:]
+    assert len(sent_after_crash) == retries  # a retry, or the end
+    _crash_report(storage, job, backup, "the backup crashed too")  # superseded: no effect
+    for _ in range(2):  # 80 s of silence: backups (30 s), not the retry's deadline (120 s)
+        clock.advance(40.0)
+        job.dispatcher.tick()
+        for e in be.sent[3:]:
+            be.listener.on_accepted(e, clock())
+    assert len(be.sent) == 3 + retries  # no backups of a task known to have run
+    if retries:
+        retry = be.sent[-1]
+        assert retry["attempt"] == 2
+        _crash_report(storage, job, retry, "worker process was killed by SIGSEGV again")
+        job.dispatcher.tick()
+    out = job.results(timeout=0)
+    assert isinstance(out[1], WorkerDiedError) and "SIGSEGV" in str(out[1]) and out[0] == 1
 
 
 def test_events_the_backend_refuses_end_their_tasks_at_once(storage, clock):

@@ -84,7 +84,7 @@ def test_clean_bad_input_names_the_culprit(deployed, lambda_config, capsys):
     code, _ = run("clean", "--older-than", "soon")
     assert code == 2 and "--older-than 'soon'" in capsys.readouterr().err
     code, _ = run("clean", "--job", "../../etc")
-    assert code == 2 and "is not a job id" in capsys.readouterr().err
+    assert code == 2 and "--job: job_id must be a job id" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # argparse: exactly one of --job/--older-than
         cli.main(["clean"])
     assert info.value.code == 2

@@ -29,7 +29,7 @@ def test_first_deploy_creates_everything(deployed, moto_endpoint):
     assert verbs["async invoke config"] == "set"
     lam = lam_client(moto_endpoint)
     conf = lam.get_function_configuration(FunctionName=FUNCTION)
-    assert conf["Handler"] == "cloudbutton_executor.worker.handler"
+    assert conf["Handler"] == "cloudbutton_executor.supervisor.handler"
     assert conf["Runtime"] == f"python{host_versions()['python']}"
     assert (conf["MemorySize"], conf["Timeout"]) == (512, 30)
     env = conf["Environment"]["Variables"]
@@ -81,7 +81,10 @@ def test_iam_policy_grants_only_the_prefix(deployed, moto_endpoint):
             if actions == ["s3:ListBucket"]:
                 assert resources == [f"arn:aws:s3:::{BUCKET}"]
                 assert st["Condition"] == {"StringLike": {"s3:prefix": [f"{PREFIX}/*"]}}
+            elif actions == ["s3:PutObject"]:  # workers write only their tasks' outputs
+                assert resources == [f"arn:aws:s3:::{BUCKET}/{PREFIX}/jobs/*/tasks/*"]
             else:
+                assert actions == ["s3:GetObject"], actions  # read anything; delete nothing
                 assert resources == [f"arn:aws:s3:::{BUCKET}/{PREFIX}/*"]
         else:
             assert all(f":log-group:/aws/lambda/{FUNCTION}:" in r for r in resources), resources

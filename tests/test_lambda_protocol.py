@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from aws_fixtures import BUCKET, HOST_CREDS, PREFIX, REGION, config_dict, write_config
-from cloudbutton_executor import Executor, TaskTimeoutError, config
+from cloudbutton_executor import Executor, TaskTimeoutError, config, protocol, supervisor
 from cloudbutton_executor.backends.aws_lambda import deploy
 from lambda_emulator import ROLE_ENV
 
@@ -24,8 +24,12 @@ def test_deployed_zip_is_what_runs(lambda_ex, lambda_emulator):
         import cloudbutton_executor
         import cloudpickle
 
+        # The task runs in the supervisor's task process; its parent is Lambda's runtime
+        # (awslambdaric, started by the emulator's sandbox boot).
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().replace(b"\0", b" ").decode()
         return cloudbutton_executor.__file__, cloudpickle.__file__, os.environ["AWS_LAMBDA_FUNCTION_NAME"], \
-            "awslambdaric" in sys.modules
+            "lambda_sandbox_boot.py" in parent and "cloudbutton_executor.local_runtime" in sys.modules
 
     exe, cp, fn, ric = lambda_ex.map(where, [0]).result(timeout=60)[0]
     assert exe.startswith(lambda_emulator.root) and cp.startswith(lambda_emulator.root)
@@ -150,18 +154,20 @@ def test_task_over_the_lambda_timeout_ends_as_timeout_error(
     path = write_config(tmp_path / "short.yaml", config_dict(
         moto_endpoint, s3_proxy.url, lambda_emulator.url, function_name="cb-short", timeout=3))
     deploy(config.load(path))
+    killed_before = lambda_emulator.counts["timeouts"]
     with Executor(backend="lambda", config_path=path) as ex:  # job timeout 300 s, capped at 3 s
         t0 = time.time()
-        fut = ex.map(lambda s: __import__("time").sleep(s), [60])[0]
+        job = ex.map(lambda s: __import__("time").sleep(s), [60])
         with pytest.raises(TaskTimeoutError, match="timeout of 3 s"):
-            fut.result(timeout=60)
-        took = time.time() - fut.stats["host_submit"]  # not the job's setup: the task's own time
-    # Ended at the function's timeout, seen by the host within its grace (3 s) plus polling.
-    assert 3 <= took < 3 + 3 + 2 and time.time() - t0 < 30, took
-    deadline = time.time() + 15
-    while lambda_emulator.counts["timeouts"] < 1 and time.time() < deadline:
-        time.sleep(0.1)
-    assert lambda_emulator.counts["timeouts"] >= 1  # the runtime was killed at the timeout
+            job[0].result(timeout=60)
+        took = time.time() - t0
+        status = json.loads(ex.storage.get(protocol.status_key(PREFIX, job.job_id, job.task_ids()[0])))
+    # The task stops itself just before Lambda would (supervisor.TASK_MARGIN_S), stores its
+    # timeout, and the host sees it at once (not at the timeout plus a grace); the runtime
+    # is not killed.
+    assert 3 - supervisor.TASK_MARGIN_S <= took < 3 + 5, took
+    assert status.get("written_by") != "host" and status["items"]["errors"]["0"]["kind"] == "timeout"
+    assert lambda_emulator.counts["timeouts"] == killed_before
 
 
 def test_cancel_stops_sending_and_ends_futures(lambda_ex, lambda_emulator):

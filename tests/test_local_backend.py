@@ -213,7 +213,8 @@ def test_duplicate_delivery_yields_one_result(ex):
         time.sleep(0.05)
     assert [r["written"] for r in responses] == [False, False]
     assert ex.storage.get(key) == stored
-    status = worker.read_status(ex.storage, "cloudbutton", job.job_id, job[0].task_id)
+    status = worker.read_status(ex.storage, "cloudbutton", job.job_id, job[0].task_id,
+                                job.dispatcher.key)
     assert worker.read_results(ex.storage, "cloudbutton", job.job_id, status) == [(True, first)]
 
 
@@ -236,3 +237,39 @@ def test_events_queued_when_the_backend_shuts_down_end_as_lost(storage):
     assert outcomes[0] is None  # it was running: it finished
     for lost in outcomes[1:]:  # never sent to a worker: ended at once, not left hanging
         assert isinstance(lost, LostInvocationError) and "shut down before running it" in str(lost)
+
+
+def test_a_sigkill_names_memory_only_when_memory_caused_it(ex):
+    """A SIGKILL from elsewhere is not blamed on the memory limit; one that came after the
+    worker's memory neared its limit is (the system's OOM killer, Lambda's limit)."""
+    job = ex.map(_sigkill, [1], memory_mb=2048)
+    with pytest.raises(WorkerDiedError, match="killed by SIGKILL") as info:
+        job[0].result(timeout=20)
+    assert "memory" not in str(info.value)
+
+    def fill_then_die(mb):
+        import os
+        import signal
+        import time
+
+        blob = bytearray(mb * 1024 * 1024)
+        blob[::4096] = b"x" * len(blob[::4096])  # resident, not only reserved
+        time.sleep(1.5)  # long enough for the supervisor to sample it
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # RLIMIT_AS counts the worker's whole address space (~100 MB more than it uses):
+    # 1,880 MB resident is over 90 % of 2,048 MB and still fits.
+    job = ex.map(fill_then_die, [1880], memory_mb=2048)
+    with pytest.raises(WorkerDiedError, match=r"killed by SIGKILL, most likely out of memory "
+                                              r"\(it used \d+ MB of its 2048 MB\)"):
+        job[0].result(timeout=30)
+
+
+def test_a_result_that_cannot_be_pickled_within_the_memory_limit_says_so(ex):
+    def big(mb):
+        return bytes(mb * 1024 * 1024)  # fits once; pickling it needs a second copy
+
+    job = ex.map(big, [220], memory_mb=400)
+    with pytest.raises(OutOfMemoryError, match=r"could not be pickled within the memory limit "
+                                               r"of 400 MB"):
+        job[0].result(timeout=60)

@@ -162,6 +162,8 @@ def test_rebound_name_ships_new_value(ip):
     ("map [1] as 3x", "item", "variable name"),
     ("map [1]", "item + not_defined_anywhere", "'not_defined_anywhere'.*not defined"),
     ("frobnicate", "item", "unknown %cloud sub-command"),
+    ("map (1 // (2 - k) for k in range(5))", "item",
+     "raised ZeroDivisionError: integer division or modulo by zero after 2 elements"),
 ])
 def test_bad_input_is_reported_and_nothing_is_submitted(ip, line, body, message):
     with pytest.raises(UsageError, match=message):
@@ -289,7 +291,7 @@ def test_jobs_attach_cancel_config(ip, capsys):
     assert ip.user_ns["again"] == [1, 2, 3]
     with pytest.raises(UsageError, match="no job"):
         ip.run_line_magic("cloud", "attach 20000101-000000-000000")
-    with pytest.raises(UsageError, match="not a job id"):
+    with pytest.raises(UsageError, match="must be a job id"):
         ip.run_line_magic("cloud", "cancel nonsense")
     ip.run_line_magic("cloud", f"cancel {job_id}")
     ex = fresh.runner.executor(fresh.runner.settings())

@@ -134,7 +134,7 @@ def test_a_file_the_executor_cannot_read_is_saved_with_a_warning(manager, tmp_pa
                                     "20240101-000000-abcdef/..", "20240101-0000001-abcdef"])
 def test_job_ids_are_checked(manager, job_id):
     for call in (manager.job_detail, manager.cancel, CloudManager.check_job_id):
-        with pytest.raises(InvalidInput, match="not a job id"):
+        with pytest.raises(InvalidInput, match="job_id must be a job id"):
             call(job_id)
 
 

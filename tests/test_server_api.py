@@ -191,8 +191,8 @@ async def test_jobs_list_and_detail(jp_fetch, executor):
 
 
 async def test_job_id_validation_and_unknown_job(jp_fetch, cb_env):
-    assert "not a job id" in await expect_error(jp_fetch, 400, "jobs", "nonsense")
-    assert "not a job id" in await expect_error(jp_fetch, 400, "jobs", "..", "cancel", method="POST",
+    assert "must be a job id" in await expect_error(jp_fetch, 400, "jobs", "nonsense")
+    assert "must be a job id" in await expect_error(jp_fetch, 400, "jobs", "..", "cancel", method="POST",
                                                 body="")
     unknown = "20240101-000000-abcdef"
     assert unknown in await expect_error(jp_fetch, 404, "jobs", unknown)

@@ -79,7 +79,8 @@ def test_unreadable_inputs_write_one_error_status(storage):
     event = {"v": protocol.PROTOCOL_VERSION, "job_id": "20260101-000000-abcdef", "prefix": "p",
              "storage": storage.describe(), "function_key": fkey, "task": "000000-000002",
              "data": {"key": "p/jobs/20260101-000000-abcdef/data.pickle", "start": 0, "stop": 10,
-                      "offsets": [0, 5, 10]}, "host_submit": time.time(), "attempt": 0}
+                      "offsets": [0, 5, 10], "blocks": [[0, 10, "0" * 64]]},
+             "host_submit": time.time(), "attempt": 0, "auth": "ab" * 32}
     response = handler(event)
     assert response["state"] == "error" and response["written"]
     status = json.loads(storage.get(protocol.status_key("p", event["job_id"], event["task"])))

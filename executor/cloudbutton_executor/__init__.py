@@ -5,8 +5,8 @@ with Lambda's semantics (the default), with the vocabulary of
 ``concurrent.futures``.
 """
 from .context import report_flops
-from .errors import (InfrastructureError, JobCancelled, LostInvocationError, OutOfMemoryError,
-                     RemoteError, TaskTimeoutError, VersionMismatchError, WorkerDiedError,
+from .errors import (InfrastructureError, IntegrityError, JobCancelled, LostInvocationError,
+                     OutOfMemoryError, RemoteError, TaskTimeoutError, VersionMismatchError, WorkerDiedError,
                      WorkerSetupError, MissingPackageError)
 from .executor import Executor
 from .futures import (ALL_COMPLETED, ANY_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
@@ -25,7 +25,8 @@ __all__ = [
     "get_result",
     "ALL_COMPLETED", "ANY_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
     "InfrastructureError", "TaskTimeoutError", "OutOfMemoryError", "WorkerDiedError",
-    "LostInvocationError", "WorkerSetupError", "MissingPackageError", "RemoteError", "JobCancelled",
+    "LostInvocationError", "WorkerSetupError", "IntegrityError", "MissingPackageError", "RemoteError",
+    "JobCancelled",
     "VersionMismatchError", "SerializationError", "SecretError", "__version__",
     "ObjectStorage", "CloudObject", "DataPartition", "NotFound", "NoSuchBucket",
 ]

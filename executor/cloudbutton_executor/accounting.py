@@ -121,23 +121,26 @@ def ended_items(task_ids: Iterable[str]) -> int:
 
 
 def stored_state(manifest: dict[str, Any], ended: int, failed: int | None, cancelled: bool,
-                 now: float) -> str:
+                 now: float, record: dict[str, Any] | None = None) -> str:
     """done, failed, ended (all items have a status; failures not counted), cancelled,
-    lost (nobody can finish it any more) or running."""
+    lost (nobody dispatches it and nothing it sent can still finish: ``attach`` finishes
+    it) or running. ``record``: the job's dispatch record (see ``protocol.lost_deadline``)."""
     if ended >= int(manifest.get("n_items", 0)):
         return "ended" if failed is None else ("failed" if failed else "done")
     if cancelled:
         return "cancelled"
-    if now > protocol.lost_deadline(manifest):
+    if now > protocol.lost_deadline(manifest, record):
         return "lost"
     return "running"
 
 
 def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[str, Any]],
-                       cancel: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
-    """A job as its storage tells it (the panel and the CLI, which never unpickle):
-    state, counts, progress, duration and cost from the manifest, the task statuses and
-    the cancel marker (None if there is none)."""
+                       cancel: Mapping[str, Any] | None, now: float,
+                       record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job as its storage tells it (the panel and the CLI, which never unpickle and hold
+    no job key: these figures are read unverified): state, counts, progress, duration and
+    cost from the manifest, the task statuses, the cancel marker (None if there is none)
+    and the dispatch record (None for a job of an older version)."""
     n = int(manifest.get("n_items", 0))
     done = failed = 0
     covered: set[int] = set()
@@ -158,7 +161,7 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
             end = max(end or 0.0, t_end)
     remaining = max(0, n - len(covered))
     created = manifest.get("created") or now
-    state = stored_state(manifest, len(covered), failed, cancel is not None, now)
+    state = stored_state(manifest, len(covered), failed, cancel is not None, now, record)
     if state == "cancelled":
         end = (cancel or {}).get("at") or end
     elif state == "running":

@@ -1,12 +1,14 @@
-"""Jobs as their storage tells them: manifests, statuses and cancel markers, read as
-JSON only (never unpickled), for the Jupyter panel, the CLI and ``%cloud jobs``."""
+"""Jobs as their storage tells them: manifests, statuses, dispatch records and cancel
+markers, read as JSON only (never unpickled), for the Jupyter panel, the CLI and ``%cloud
+jobs``. These readers hold no job key, so what they show is unverified (a tampered status
+can skew a count or a cost shown, never run code): the kernel verifies everything it uses."""
 from __future__ import annotations
 
 import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from . import accounting, protocol
+from . import accounting, integrity, protocol
 from .storage import NotFound, Storage
 
 
@@ -16,10 +18,10 @@ def job_ids(storage: Storage, prefix: str, limit: int | None = None) -> list[str
 
 
 def manifest(storage: Storage, prefix: str, job_id: str) -> dict[str, Any] | None:
-    """A job's manifest; None if it is missing or still being written."""
+    """A job's manifest (unverified: no key here); None if it is missing or being written."""
     try:
-        data = json.loads(storage.get(protocol.manifest_key(prefix, job_id)))
-    except (NotFound, ValueError):
+        data = integrity.unsealed(storage.get(protocol.manifest_key(prefix, job_id)))
+    except (NotFound, ValueError, AttributeError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -59,6 +61,14 @@ def statuses(storage: Storage, prefix: str, job_id: str,
     return out
 
 
+def dispatch_record(storage: Storage, prefix: str, job_id: str) -> dict[str, Any] | None:
+    """The job's dispatch record as JSON, unverified (no key here); None if it has none."""
+    try:
+        return integrity.unsealed(storage.get(protocol.dispatch_key(prefix, job_id)))
+    except (NotFound, ValueError):
+        return None
+
+
 def cancel_info(storage: Storage, prefix: str, job_id: str) -> dict[str, Any] | None:
     """The job's cancel marker (who, when); None if it was not cancelled."""
     try:
@@ -71,8 +81,11 @@ def summary(storage: Storage, prefix: str, job_manifest: dict[str, Any], now: fl
             cache: MutableMapping[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """``accounting.stored_job_summary`` of a job, read from storage."""
     job_id = job_manifest["job_id"]
-    return accounting.stored_job_summary(job_manifest, statuses(storage, prefix, job_id, cache),
-                                         cancel_info(storage, prefix, job_id), now)
+    found = statuses(storage, prefix, job_id, cache)
+    record = None if accounting.ended_items(found) >= int(job_manifest.get("n_items", 0)) \
+        else dispatch_record(storage, prefix, job_id)
+    return accounting.stored_job_summary(job_manifest, found, cancel_info(storage, prefix, job_id),
+                                         now, record)
 
 
 def brief(storage: Storage, prefix: str, job_manifest: dict[str, Any], now: float) -> dict[str, Any]:
@@ -81,9 +94,11 @@ def brief(storage: Storage, prefix: str, job_manifest: dict[str, Any], now: floa
     job_id = job_manifest["job_id"]
     tids = stored_task_ids(storage, prefix, job_id)
     ended = accounting.ended_items(tids)
-    cancelled = storage.exists(protocol.cancel_key(prefix, job_id))
+    unfinished = ended < int(job_manifest.get("n_items", 0))
+    cancelled = unfinished and storage.exists(protocol.cancel_key(prefix, job_id))
+    record = dispatch_record(storage, prefix, job_id) if unfinished and not cancelled else None
     return {"job_id": job_id, "created": job_manifest.get("created"),
             "function": job_manifest.get("function"), "label": job_manifest.get("label"),
             "backend": job_manifest.get("backend"), "items": job_manifest.get("n_items"),
             "tasks_stored": len(tids), "ended": ended,
-            "state": accounting.stored_state(job_manifest, ended, None, cancelled, now)}
+            "state": accounting.stored_state(job_manifest, ended, None, cancelled, now, record)}

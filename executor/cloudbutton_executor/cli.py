@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     j = sub.add_parser("jobs", help="recent jobs from their manifests in S3",
                        description="List recent jobs (newest first) with their progress.")
-    j.add_argument("--limit", type=_LIMIT.argparse_type(), default=20, metavar="N",
+    j.add_argument("--limit", type=_config.OPTIONS["limit"].argparse_type(), default=20, metavar="N",
                    help="how many (default 20)")
     j.add_argument("--json", action="store_true", help="print JSON")
     j.add_argument("--cost", action="store_true",
@@ -83,7 +83,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_LIMIT = _config.Setting("--limit", int, 20, "how many jobs", low=1, high=1000)
 
 
 def parse_duration(text: str) -> float:
@@ -179,11 +178,11 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
+    if args.job:
+        _config.check("job_id", args.job, "--job: ")
     be = _backend(_load_config(args))
     st, prefix = be.storage, be.prefix
     if args.job:
-        if not protocol.JOB_ID_RE.match(args.job):
-            raise ValueError(f"--job {args.job!r} is not a job id (like 20260101-120000123-abcdef)")
         victims = [args.job]
         if not st.list(protocol.job_prefix(prefix, args.job) + "/"):
             print(f"no job {args.job} under s3://{st.bucket}/{protocol.jobs_prefix(prefix)}",

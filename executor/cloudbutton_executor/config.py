@@ -46,6 +46,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import protocol
+
 if TYPE_CHECKING:
     import boto3
 
@@ -306,16 +308,24 @@ AWS: dict[str, Setting] = _settings(Config)
 LAMBDA: dict[str, Setting] = _settings(LambdaConfig, "lambda.")
 SETTINGS: dict[str, Setting] = {**RUN, **AWS, **LAMBDA}  # every setting, by dotted key
 
-# Options of a data-driven map (``map(fn, "s3://bucket/prefix/", obj_chunk_size=...)``,
-# ``%%cloud map s3://... --obj-chunk-size``): per call, never saved.
-DATA_OPTIONS: dict[str, Setting] = {s.key: s for s in (
+# Options of a single call (never saved): the same checks and messages as the settings.
+OPTIONS: dict[str, Setting] = {s.key: s for s in (
+    Setting("limit", int, 20, "how many jobs to list, newest first", low=1, high=1000,
+            metavar="N"),
+    Setting("job_id", str, None, "a job's id, as `%cloud jobs` shows it",
+            pattern=protocol.JOB_ID_PATTERN, shape="a job id like 20260101-120000123-abcdef",
+            metavar="JOB_ID"),
+    Setting("label", str, None, "what the job list shows beside the job (the notebook's path)",
+            pattern=r"[^\x00-\x1f\x7f]{1,512}", shape="1-512 printable characters",
+            nullable=True),
+    Setting("auto_batch_target_s", float, None, "how long one chunksize='auto' batch should "
+            "run, in s (default: the backend's)", low=0.001, high=LAMBDA_MAX_TIMEOUT_S,
+            nullable=True),
+    # A data-driven map's (``map(fn, "s3://bucket/prefix/", obj_chunk_size=...)``)
     Setting("obj_chunk_size", int, None, "split each object into chunks of this many bytes "
             "(at line boundaries for text)", low=1, high=2 ** 50, nullable=True, metavar="BYTES"),
     Setting("obj_chunk_number", int, None, "split each object into this many chunks",
             low=1, high=100_000, nullable=True, metavar="N"),
-    Setting("large_value_bytes", int, None, "a captured global bigger than this is stored once, "
-            "content-addressed, and loaded by each worker on first use (default 8 MiB)",
-            low=1, high=2 ** 40, nullable=True, metavar="BYTES"),
 )}
 
 
@@ -325,8 +335,22 @@ def run_defaults() -> dict[str, Any]:
 
 
 def check(key: str, value: Any, where: str = "") -> Any:
-    """``value`` for the setting (or data option) ``key`` if valid, else a ConfigError naming it."""
-    return (SETTINGS.get(key) or DATA_OPTIONS[key]).check(value, where)
+    """``value`` for the setting (or call option) ``key`` if valid, else a ConfigError
+    naming it."""
+    return (SETTINGS.get(key) or OPTIONS[key]).check(value, where)
+
+
+def check_extra_args(value: Any, where: str = "") -> tuple[Any, ...] | dict[str, Any] | None:
+    """``map(extra_args=...)``: positional arguments (a tuple or list) or keyword
+    arguments (a dict with str keys) added to every call."""
+    if value is None or isinstance(value, tuple):
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return value
+    raise ConfigError(f"{where}extra_args must be a tuple of positional arguments or a dict of "
+                      f"keyword arguments, got {type(value).__name__} {value!r:.80}")
 
 
 def check_run(options: Mapping[str, Any], where: str = "") -> dict[str, Any]:

@@ -11,10 +11,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, datamap, job_modules, objectstore, protocol, serialize
+from . import catalog, config, datamap, integrity, job_modules, objectstore, protocol, screening, serialize
 from .backends import Backend, create
 from .dispatch import JobSpec
-from .errors import JobCancelled
+from .errors import IntegrityError, JobCancelled
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
 from .interrupt import cancel_jobs, cancel_on_interrupt
 from .job import Job, new_job
@@ -71,10 +71,18 @@ def _check_iterdata(iterdata: Iterable[Any]) -> list[Any]:
                         "wrap a single input in a list: [value] (a string that names storage, "
                         "'s3://bucket/prefix/' or a local directory, maps over its objects)")
     try:
-        return list(iterdata)
+        items = iter(iterdata)
     except TypeError:
         raise TypeError(f"iterdata must be an iterable of task inputs (list, range, generator...), "
                         f"got {type(iterdata).__name__!s}") from None
+    out: list[Any] = []
+    try:
+        out.extend(items)
+    except Exception as exc:  # a generator that fails midway: its own exception, placed
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"(raised by iterdata after {len(out)} items; nothing was submitted)")
+        raise
+    return out
 
 
 class Executor:
@@ -124,17 +132,15 @@ class Executor:
         self.timeout: float | None = config.check("timeout", timeout, where)
         self.memory_mb: int | None = config.check("memory_mb", memory_mb, where)
         self.retries = config.check("retries", retries, where)
-        if auto_batch_target_s is not None and (
-                isinstance(auto_batch_target_s, bool) or not isinstance(auto_batch_target_s, (int, float))
-                or auto_batch_target_s <= 0):
-            raise ValueError(f"{where}auto_batch_target_s must be a positive number of seconds, "
-                             f"got {auto_batch_target_s!r}")
-        self.auto_batch_target_s = auto_batch_target_s or limits.auto_batch_target_s
+        self.auto_batch_target_s = config.check("auto_batch_target_s", auto_batch_target_s,
+                                                where) or limits.auto_batch_target_s
         # A backend whose workers reach one storage (Lambda: its bucket) decides it.
         self.storage = self.backend.storage or storage or LocalStorage()
         # Lambda's IAM policy only grants its configured prefix: default to it.
         prefix = prefix if prefix is not None else self.backend.prefix
-        self.prefix = (prefix or "cloudbutton").strip("/") or "cloudbutton"
+        if isinstance(prefix, str):
+            prefix = prefix.strip("/") or None
+        self.prefix: str = config.check("prefix", prefix or "cloudbutton", where)
         self.concurrency = limits.concurrency
         self._uploaded: set[str] = set()
         self._jobs: list[Job] = []
@@ -208,6 +214,9 @@ class Executor:
         options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
                                     memory_mb=memory_mb)
         where = "map(): "
+        extra_args = config.check_extra_args(extra_args, where)
+        label = config.check("label", label, where)
+        inputs = screening.Budget(label="the inputs")
         obj_chunk_size = config.check("obj_chunk_size", obj_chunk_size, where)
         obj_chunk_number = config.check("obj_chunk_number", obj_chunk_number, where)
         listing = None
@@ -224,9 +233,9 @@ class Executor:
                                 "keys for a function with an 'obj' parameter, a local directory)")
             with gc_paused():  # bulk allocation: see outcomes.gc_paused
                 items = _check_iterdata(iterdata)
-                payloads = serialize.dumps_scalar_calls(items) if extra_args is None else None
+                payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
                 calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        job = self._submit(fn, calls, payloads=payloads, label=label, **options)
+        job = self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
         if listing is not None:  # the listing is part of what the job cost
             job.dispatcher.storage.add_counts(listing.requests)
         return job
@@ -344,24 +353,37 @@ class Executor:
 
     def _submit(self, fn: Callable[..., Any], calls: list[Call] | None, *,
                 payloads: list[serialize.Payload] | None = None, label: str | None = None,
-                **options: Any) -> Job:
-        """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled."""
+                inputs: screening.Budget | None = None, **options: Any) -> Job:
+        """Submit ``calls`` ((args, kwargs) each), or their ``payloads`` if already pickled.
+        Everything shipped is screened for credentials first (``screening``); what its
+        budget could not search is reported."""
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         fn = objectstore.with_storage_argument(fn)  # a ``storage`` parameter gets the task's
-        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}")
+        function = screening.Budget(label=f"function {name}")
+        inputs = inputs or screening.Budget(label="the inputs")
+        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function)
         if payloads is None:
             assert calls is not None
-            payloads = [serialize.dumps(call, f"iterdata[{i}]") for i, call in enumerate(calls)] \
-                if len(calls) < 64 else self._dumps_many(calls)
+            payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)
+                        for i, call in enumerate(calls)] \
+                if len(calls) < 64 else self._dumps_many(calls, inputs)
+        function.report()
+        inputs.report()
         return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
 
     @staticmethod
-    def _dumps_many(calls: list[Call]) -> list[serialize.Payload]:
+    def _dumps_many(calls: list[Call], budget: screening.Budget) -> list[serialize.Payload]:
         # One pickling pass for many inputs; on failure find and name the culprit.
         try:
-            return serialize.dumps_each(calls)
+            return serialize.dumps_each(calls, budget)
+        except serialize.SecretError as err:
+            if str(err).startswith("refusing to ship"):
+                raise  # it names where already
+            for i, call in enumerate(calls):
+                serialize.dumps(call, f"iterdata[{i}]")  # names the culprit
+            raise
         except serialize.SerializationError:
             for i, call in enumerate(calls):
                 serialize.dumps(call, f"iterdata[{i}]")
@@ -375,9 +397,16 @@ class Executor:
         # asked; it decides the memory and timeout the job runs with.
         fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
         memory_mb, timeout = fit["memory_mb"], fit["timeout"]
-        fkey = protocol.function_key(self.prefix, serialize.digest(blob))
+        digest = serialize.digest(blob)
+        fkey = protocol.function_key(self.prefix, digest)
         if fkey not in self._uploaded:
-            if not self.storage.exists(fkey):
+            # Content-addressed: skip the upload only if what is stored really is this blob
+            # (an object planted under its name in advance is replaced; workers check too).
+            try:
+                stored = integrity.sha256(self.storage.get(fkey)) == digest
+            except NotFound:
+                stored = False
+            if not stored:
                 self.storage.put(fkey, blob)
             self._uploaded.add(fkey)
         spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
@@ -445,24 +474,45 @@ class Executor:
     # Jobs in storage ----------------------------------------------------------
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Manifests of recent jobs in this storage, newest first."""
-        return list_jobs(self.storage, self.prefix, limit)
+        return list_jobs(self.storage, self.prefix, config.check("limit", limit, "jobs(): "))
 
     def attach(self, job_id: str) -> Job:
-        """Re-attach to a job from its manifest (e.g. after a kernel restart).
+        """Re-attach to a job from its (verified) manifest, e.g. after a kernel restart.
 
-        Tasks already stored are collected without re-running anything; the
-        rest finish as their statuses appear, or as lost once their deadline passed.
-        """
-        if not protocol.JOB_ID_RE.match(job_id or ""):
-            raise ValueError(f"not a job id: {job_id!r}")
+        Tasks already stored are collected without re-running anything. A job whose host
+        is gone is taken over and finished: what was never sent is sent, what is overdue
+        is sent again within its budgets. A job whose host still runs is followed (and
+        taken over if that host stops)."""
+        config.check("job_id", job_id, "attach(): ")
+        mkey = protocol.manifest_key(self.prefix, job_id)
         try:
-            manifest = json.loads(self.storage.get(protocol.manifest_key(self.prefix, job_id)))
+            raw = self.storage.get(mkey)
         except NotFound:
             raise KeyError(f"no job {job_id} in {self.storage.describe()}") from None
+        try:
+            manifest = integrity.open_sealed(integrity.job_key(job_id),
+                                             protocol.object_name(self.prefix, mkey), raw,
+                                             "the manifest")
+        except IntegrityError as err:
+            try:
+                legacy = "mac" not in json.loads(raw)
+            except ValueError:
+                legacy = False
+            if legacy:
+                raise IntegrityError(
+                    f"job {job_id} was made by an older version whose objects are not sealed: "
+                    "what it stored cannot be verified, so it is not attached") from None
+            raise IntegrityError(
+                f"the manifest of job {job_id} does not verify with this host's key "
+                f"({integrity.key_file()}): the job was started on another host (copy that "
+                "host's key file here to attach it) or the manifest was tampered with") from err
         job = new_job(JobSpec.from_manifest(manifest, self.prefix), self.backend, self.storage,
                       payloads=None)
-        self._lease.hold(job)
-        job.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
+        self._lease.hold(job)  # it may send invocations: the backend stays until it ends
+        job.dispatcher.follow()
+        # Its host is gone (a kernel restart): take it over at once and finish it. Else
+        # follow it; the monitor takes over if that host stops.
+        job.dispatcher.check_owner(time.time(), force=True)
         with self._lock:
             self._jobs.append(job)
         self._ensure_monitor()

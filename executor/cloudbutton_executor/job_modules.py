@@ -19,7 +19,7 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
-from . import serialize
+from . import screening, serialize
 
 _OWN = {"cloudbutton_executor", "cloudbutton_magic", "cloudbutton_jupyter", "cloudpickle", "__main__",
         "builtins", "__mp_main__"}
@@ -74,7 +74,8 @@ class _RecordingPickler(serialize._GuardedPickler):
         return out
 
 
-def dumps_with_modules(obj: Any, label: str = "object") -> tuple[bytes, set[str]]:
+def dumps_with_modules(obj: Any, label: str = "object",
+                       budget: screening.Budget | None = None) -> tuple[bytes, set[str]]:
     """``serialize.dumps(obj)`` and the installed modules the pickle needs on the worker."""
     with serialize._local_modules_by_value():
         buf = io.BytesIO()
@@ -82,11 +83,13 @@ def dumps_with_modules(obj: Any, label: str = "object") -> tuple[bytes, set[str]
         try:
             pickler.dump(obj)
         except serialize.SecretError as err:
-            raise serialize.SecretError(f"{label}: {err}") from None
+            raise serialize.SecretError(screening.refusal(label, str(err))) from None
         except Exception as err:
             raise serialize.SerializationError(
                 f"cannot ship {serialize.find_culprit(obj, label)}: {err}") from err
-        return buf.getvalue(), installed_only(pickler.modules)
+    blob = buf.getvalue()
+    screening.scan([blob], obj, label, budget)
+    return blob, installed_only(pickler.modules)
 
 
 def installed_only(modules: Iterable[str]) -> set[str]:

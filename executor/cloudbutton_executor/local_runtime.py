@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +25,127 @@ from typing import IO, Any
 
 _HEADER = struct.Struct(">I")
 _random = random.Random()
+
+
+class RuntimeProcess:
+    """A runtime process seen from its supervisor (the local backend's slots, the
+    Lambda handler's supervisor): send it events, receive its responses, notice
+    when it dies. While a response is awaited, its resident memory is sampled, so
+    a death by SIGKILL can say whether memory was the likely cause."""
+
+    SAMPLE_S = 0.5
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], cwd: str, stderr: Any):
+        self.popen: subprocess.Popen[bytes] = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=cwd,
+            start_new_session=True)
+        assert self.popen.stdout is not None and self.popen.stdin is not None
+        self.stdin = self.popen.stdin
+        self.out_fd = self.popen.stdout.fileno()
+        self._buf = b""
+        self.doomed = False  # killed by a cancel: never to be handed another event
+        self.peak_rss_mb = 0.0  # the most resident memory seen while it ran an event
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.stdin.write(encode_message(event))
+        self.stdin.flush()
+
+    def recv(self, deadline: float, tick: Callable[[], None] | None = None) -> dict[str, Any] | None:
+        """The response, or None if the process died; raises TimeoutError at the deadline.
+        ``tick`` (if given) is called about every ``SAMPLE_S`` while waiting."""
+        header = _HEADER
+        self.peak_rss_mb = 0.0
+        while True:
+            if len(self._buf) >= header.size:
+                (n,) = header.unpack_from(self._buf)
+                if len(self._buf) >= header.size + n:
+                    body = self._buf[header.size:header.size + n]
+                    self._buf = self._buf[header.size + n:]
+                    response: dict[str, Any] = json.loads(body)
+                    return response
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.out_fd], [], [], min(remaining, self.SAMPLE_S))
+            if ready:
+                chunk = os.read(self.out_fd, 1 << 16)
+                if not chunk:
+                    return None
+                self._buf += chunk
+            else:  # a long wait: sample its memory (and let the supervisor look around)
+                self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self.popen.pid))
+                if tick is not None:
+                    tick()
+
+    def kill(self) -> int:
+        try:
+            self.popen.kill()
+        except ProcessLookupError:
+            pass
+        return self.popen.wait()
+
+    def close(self) -> None:
+        try:
+            self.stdin.close()
+        except Exception:
+            pass
+        try:
+            self.popen.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def seconds_since_process_start() -> float | None:
+    """Seconds since this process started (Linux: its start in clock ticks after boot,
+    against the uptime now); None where that cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 3))
+    except Exception:
+        return None
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (0 if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# How a runtime ends itself when its task ignores a cancel (see ``worker._CancelWatch``).
+CANCELLED_EXIT_CODE = 75
+
+# A runtime whose resident memory came this close to its limit and was then killed by
+# SIGKILL was most likely killed for its memory (Lambda, the system's OOM killer).
+NEAR_MEMORY_LIMIT = 0.9
+
+
+def describe_exit(returncode: int, peak_rss_mb: float = 0.0, memory_mb: int | None = None) -> str:
+    """Why a runtime process ended mid-task, in words. Memory is named only when it is
+    the likely cause: a SIGKILL after its memory came near the limit."""
+    if returncode == CANCELLED_EXIT_CODE:
+        return "worker process stopped: its job was cancelled"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        text = f"worker process was killed by {name}"
+        if (returncode == -signal.SIGKILL and memory_mb and peak_rss_mb
+                and peak_rss_mb >= NEAR_MEMORY_LIMIT * memory_mb):
+            text += (f", most likely out of memory (it used {peak_rss_mb:.0f} MB of its "
+                     f"{memory_mb} MB)")
+        return text
+    return f"worker process exited with code {returncode} before finishing the task"
 
 
 def read_message(stream: IO[bytes]) -> Any:
@@ -63,7 +187,23 @@ def _set_memory_limit(memory_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (want, hard))
 
 
+def _die_with_parent() -> None:
+    """Lambda's semantics: invocations do not outlive what runs them. A local worker is
+    killed when its host process dies (Linux), instead of finishing its task unseen."""
+    try:
+        import ctypes
+
+        parent = os.getppid()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os._exit(1)
+    except (OSError, AttributeError):  # not Linux: the worker ends at its next read
+        pass
+
+
 def main() -> None:
+    _die_with_parent()
     events = sys.stdin.buffer
     # Our replies go to the original stdout; anything the task's C code prints
     # to fd 1 goes to stderr instead of corrupting the reply stream.
@@ -98,7 +238,10 @@ def _serve(event: dict[str, Any], handler: Callable[..., dict[str, Any]], replie
     response: dict[str, Any]
     try:
         _set_memory_limit(event.get("memory_mb"))
-        response = handler(event, Context(event.get("timeout") or 900, event.get("memory_mb")))
+        # A supervisor inside Lambda says when the invocation must have stopped.
+        left = (event["stop_at"] - time.time()) if event.get("stop_at") \
+            else (event.get("timeout") or 900)
+        response = handler(event, Context(left, event.get("memory_mb")))
     except BaseException as exc:  # an infrastructure failure of the handler itself
         response = {"task": event.get("task"), "state": "handler_error",
                     "error": f"{type(exc).__name__}: {exc}"}

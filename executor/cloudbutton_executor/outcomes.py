@@ -406,6 +406,21 @@ class OutcomeStore:
         self.finish()
         return n
 
+    def next_open(self, i: int) -> int:
+        """The first item from ``i`` on that has not ended (``n`` if none)."""
+        k = self._state.translate(_OPEN_TABLE).find(b"\x01", i)
+        return self.n if k < 0 else k
+
+    def open_until(self, i: int) -> int:
+        """The end of the run of items not ended that starts at ``i``."""
+        k = self._state.translate(_OPEN_TABLE).find(b"\x00", i)
+        return self.n if k < 0 else k
+
+    def any_open(self, a: int, b: int) -> bool:
+        """Whether any of items [a, b) has not ended."""
+        seg = self._state[a:b]
+        return seg.count(QUEUED) + seg.count(RUNNING) > 0
+
     def open_runs(self) -> list[tuple[int, int]]:
         """The runs [a, b) of consecutive items that have not ended."""
         flags = self._state.translate(_OPEN_TABLE)

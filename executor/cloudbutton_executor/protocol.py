@@ -16,12 +16,15 @@ import threading
 import time
 from typing import Any
 
-# 2: a status's "items" is columnar (see ``item_columns``); 1 had one record per item.
-PROTOCOL_VERSION = 2
+# 3: statuses, crash reports, manifests and dispatch records are sealed (``integrity``),
+# inputs are stored with a verifiable index; 2: a status's "items" is columnar (see
+# ``item_columns``); 1 had one record per item.
+PROTOCOL_VERSION = 3
 
 # YYYYMMDD-HHMMSSmmm-xxxxxx: UTC creation time to the millisecond, then 6 random hex digits,
 # so ids sort by creation time. Ids of earlier versions lack the milliseconds.
-JOB_ID_RE = re.compile(r"^\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6}\Z")
+JOB_ID_PATTERN = r"\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6}"
+JOB_ID_RE = re.compile(rf"^{JOB_ID_PATTERN}\Z")
 # A task (one invocation) covers items [start, stop) of its job; both numbers are
 # zero-padded to the same width within a job (``task_id_width``), so that the order
 # of status keys in a listing is the order of the items. Jobs of fewer than a
@@ -39,6 +42,10 @@ STDOUT_LIMIT = 64 * 1024
 # A job followed from storage only (re-attached) ends its missing items as lost this
 # long after the last moment its own host could still have run them (see ``lost_deadline``).
 LOST_JOB_GRACE_S = 60.0
+# A dispatching host rewrites its job's dispatch record at least this often while the
+# job runs; a record older than DISPATCH_STALE_S means that host is gone.
+HEARTBEAT_S = 10.0
+DISPATCH_STALE_S = 3 * HEARTBEAT_S
 
 
 _last_job_ms = 0
@@ -110,6 +117,20 @@ def data_key(prefix: str, job_id: str) -> str:
     return f"{job_prefix(prefix, job_id)}/data.pickle"
 
 
+def data_index_key(prefix: str, job_id: str) -> str:
+    return f"{job_prefix(prefix, job_id)}/data.index"
+
+
+def dispatch_key(prefix: str, job_id: str) -> str:
+    """What the job's dispatching host has sent, and when (see ``dispatch.DispatchRecord``)."""
+    return f"{job_prefix(prefix, job_id)}/dispatch.json"
+
+
+def owner_key(prefix: str, job_id: str, epoch: int) -> str:
+    """The claim of a host that dispatches the job from ``epoch`` on (first write wins)."""
+    return f"{job_prefix(prefix, job_id)}/owner-{epoch}"
+
+
 def tasks_prefix(prefix: str, job_id: str) -> str:
     return f"{job_prefix(prefix, job_id)}/tasks/"
 
@@ -122,14 +143,44 @@ def result_key(prefix: str, job_id: str, tid: str) -> str:
     return f"{tasks_prefix(prefix, job_id)}{tid}/result.pickle"
 
 
+def crash_key(prefix: str, job_id: str, tid: str, attempt: int) -> str:
+    """Where a supervisor reports that attempt ``attempt`` of task ``tid`` crashed (its
+    worker died, or ran out of time); the host then retries it or ends it."""
+    return f"{tasks_prefix(prefix, job_id)}{tid}/crash-{attempt}.json"
+
+
 def cancel_key(prefix: str, job_id: str) -> str:
     return f"{job_prefix(prefix, job_id)}/cancel"
+
+
+def function_digest(fkey: str) -> str:
+    """The sha256 a content-addressed function key names."""
+    name = fkey.rsplit("/", 1)[-1]
+    digest = name.removesuffix(".pickle")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"not a content-addressed function key: {fkey!r}")
+    return digest
+
+
+def object_name(prefix: str, key: str) -> str:
+    """A key below its prefix: what a seal binds an object to."""
+    return key[len(prefix) + 1:] if key.startswith(prefix + "/") else key
 
 
 def task_id_from_status_key(key: str) -> str | None:
     parts = key.rsplit("/", 2)
     if len(parts) == 3 and parts[2] == "status.json" and is_task_id(parts[1]):
         return parts[1]
+    return None
+
+
+def crash_from_key(key: str) -> tuple[str, int] | None:
+    """``(task id, attempt)`` of a crash report's key, else None."""
+    parts = key.rsplit("/", 2)
+    if len(parts) == 3 and is_task_id(parts[1]):
+        m = re.fullmatch(r"crash-(\d+)\.json", parts[2])
+        if m:
+            return parts[1], int(m.group(1))
     return None
 
 
@@ -159,9 +210,16 @@ def read_cancel_marker(raw: bytes) -> dict[str, Any]:
 
 
 # Deadlines --------------------------------------------------------------------------
-def lost_deadline(manifest: dict[str, Any]) -> float:
-    """When a job that nobody is dispatching any more has certainly lost what it has not
-    stored: every item run one after another at its timeout, plus a grace."""
+def lost_deadline(manifest: dict[str, Any], record: dict[str, Any] | None = None) -> float:
+    """When a job that nobody is dispatching any more can no longer get a result it has not
+    stored (``attach`` then finishes it: it sends what was never sent and what is overdue).
+
+    With its dispatch record: once its host stopped writing it (``DISPATCH_STALE_S``) and
+    what it had sent is past its deadline (the record's ``deadline``). A job of an older
+    version (no record): every item one after another at its timeout, plus a grace."""
+    if record:
+        return max(float(record.get("updated") or 0) + DISPATCH_STALE_S,
+                   float(record.get("deadline") or 0))
     n = max(1, int(manifest.get("n_items") or 0))
     timeout = float(manifest.get("timeout") or 300)
     return float(manifest.get("created") or 0) + timeout * n + LOST_JOB_GRACE_S

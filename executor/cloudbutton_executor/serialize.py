@@ -5,7 +5,8 @@ and never a credential.
   default); so do the user's own local modules (files that are not installed),
   so workers need not have them.
 - Installed modules (stdlib, site-packages) travel by reference.
-- AWS credential objects are refused wherever they hide in the object graph.
+- AWS credentials are refused wherever they hide: credential objects as the
+  pickler reaches them, key-shaped strings in the finished pickle (``screening``).
 """
 from __future__ import annotations
 
@@ -24,23 +25,12 @@ from typing import Any, TypeAlias, cast
 
 import cloudpickle
 
+from . import screening
 from .sources import code_source, restore_code, shipped_name
 
 # Our own packages are installed wherever the user put them (often an editable
 # checkout); they must never be shipped by value.
 _OWN_PACKAGES = {"cloudbutton_executor", "cloudbutton_magic", "cloudbutton_jupyter"}
-
-# Types that carry AWS credentials, by module and qualified name so that boto3
-# need not be imported to recognise them.
-_SECRET_TYPES = {
-    ("boto3.session", "Session"),
-    ("botocore.session", "Session"),
-    ("botocore.credentials", "Credentials"),
-    ("botocore.credentials", "RefreshableCredentials"),
-    ("botocore.credentials", "ReadOnlyCredentials"),
-    ("botocore.credentials", "DeferredRefreshableCredentials"),
-}
-
 
 class SerializationError(TypeError):
     """An object cannot be shipped to the workers; the message names it."""
@@ -48,17 +38,6 @@ class SerializationError(TypeError):
 
 class SecretError(SerializationError):
     """An object would carry credentials to the workers."""
-
-
-def _is_secret_type(obj: object) -> bool:
-    for klass in type(obj).__mro__:
-        key = (klass.__module__, klass.__qualname__)
-        if key in _SECRET_TYPES:
-            return True
-        # Every boto3/botocore client class derives from botocore.client.BaseClient.
-        if key == ("botocore.client", "BaseClient"):
-            return True
-    return False
 
 
 class _CodeAsIs:
@@ -71,6 +50,9 @@ class _CodeAsIs:
 
 
 class _GuardedPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types
+    """cloudpickle that refuses credential objects wherever they hide, and the globals of
+    by-value functions whose names say they hold secrets (see ``screening``)."""
+
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
         if t is types.CodeType:
@@ -80,11 +62,16 @@ class _GuardedPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle
             return restore_code, (_CodeAsIs(obj), shipped_name(obj.co_filename), first, lines)
         if t is _CodeAsIs:
             return self.dispatch_table[types.CodeType](obj.code)
-        if _is_secret_type(obj):
-            raise SecretError(
-                f"refusing to ship a {_type_name(obj)}: it carries AWS credentials. "
-                "Create clients inside the task; workers use their own execution role.")
-        return super().reducer_override(obj)
+        why = screening.check_object(obj)
+        if why:
+            raise SecretError(why)
+        out = super().reducer_override(obj)
+        if out is not NotImplemented and isinstance(obj, types.FunctionType):
+            # Travels by value, with the module-level variables its code reads.
+            why = screening.check_names(screening.code_globals(obj), f"read by {obj.__qualname__}()")
+            if why:
+                raise SecretError(why)
+        return out
 
 
 def _type_name(obj: object) -> str:
@@ -240,21 +227,29 @@ def join(payloads: Iterable[Payload]) -> bytes:
     return b"".join(flatten(payloads))
 
 
-def dumps(obj: Any, label: str = "object") -> bytes:
-    """Pickle ``obj`` for the workers, naming the culprit if that fails."""
+def dumps(obj: Any, label: str = "object", budget: screening.Budget | None = None) -> bytes:
+    """Pickle ``obj`` for the workers, naming the culprit if that fails; refuse it if it
+    carries credentials (see ``screening``)."""
     if _is_plain(obj):
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    with _local_modules_by_value():
-        try:
-            return _dump(obj)
-        except SecretError as err:
-            raise SecretError(f"{label}: {err}") from None
-        except Exception as err:
-            culprit = find_culprit(obj, label)
-            raise SerializationError(f"cannot ship {culprit}: {err}") from err
+        blob = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    else:
+        with _local_modules_by_value():
+            try:
+                blob = _dump(obj)
+            except SecretError as err:
+                raise SecretError(screening.refusal(label, str(err))) from None
+            except Exception as err:
+                culprit = find_culprit(obj, label)
+                raise SerializationError(f"cannot ship {culprit}: {err}") from err
+    screening.scan([blob], obj, label, budget)
+    return blob
 
 
-def dumps_scalar_calls(items: list[Any]) -> list[Payload] | None:
+_NO_TEXT = frozenset({int, float, complex, bool, type(None)})  # scalars that hold no string
+
+
+def dumps_scalar_calls(items: list[Any], budget: screening.Budget | None = None
+                       ) -> list[Payload] | None:
     """The payloads ``((x,), {})`` of a map over small scalars, or None if ``items`` holds
     anything else. The common case of big maps, without building the calls first."""
     scalars = _SCALARS
@@ -263,11 +258,15 @@ def dumps_scalar_calls(items: list[Any]) -> list[Payload] | None:
     if any(type(x) is bytes and len(x) >= _BIG for x in items):
         return None  # big bytes go through dumps_each, which does not copy them
     dumps, proto, no_kwargs = pickle.dumps, pickle.HIGHEST_PROTOCOL, {}  # type: ignore[var-annotated]
-    return [dumps(((x,), no_kwargs), proto) for x in items]
+    out: list[Payload] = [dumps(((x,), no_kwargs), proto) for x in items]
+    if not all(type(x) in _NO_TEXT for x in items):
+        screening.scan(flatten(out), items, "iterdata", budget)
+    return out
 
 
-def dumps_each(objs: Iterable[Any]) -> list[Payload]:
-    """Pickle many objects in one by-value registration (raises SerializationError)."""
+def dumps_each(objs: Iterable[Any], budget: screening.Budget | None = None) -> list[Payload]:
+    """Pickle many objects in one by-value registration (raises SerializationError), and
+    screen them for credentials."""
     objs = objs if isinstance(objs, (list, tuple)) else list(objs)
     out: list[Any] = []
     dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
@@ -290,8 +289,12 @@ def dumps_each(objs: Iterable[Any]) -> list[Payload]:
             try:
                 for i in rest:
                     out[i] = _dump(objs[i])
+            except SecretError:
+                raise
             except Exception as err:
                 raise SerializationError(str(err)) from err
+    # Big bytes inputs are written as they are (their own parts): data, not searched.
+    screening.scan(flatten(out), objs, "iterdata", budget, raw_from=_BIG)
     return out
 
 

@@ -11,18 +11,22 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
+import math
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import context as _context
-from . import protocol
-from .errors import ExceptionByState, OutOfMemoryError, RemoteError, TaskTimeoutError
+from . import integrity, protocol
+from .errors import (ExceptionByState, IntegrityError, OutOfMemoryError, RemoteError,
+                     TaskTimeoutError)
+from .local_runtime import CANCELLED_EXIT_CODE, seconds_since_process_start
 from .storage import NotFound, Storage, storage_from_description
 
 Outcome = tuple[bool, Any]  # (ok, the result or the exception an item raised)
@@ -30,18 +34,7 @@ Outcome = tuple[bool, Any]  # (ok, the result or the exception an item raised)
 _PROCESS_START = time.time()
 # Seconds from the runtime's start to this module's import (the part of Lambda's INIT
 # phase we can see): reported once, by the container's first (cold) invocation.
-def _seconds_since_process_start() -> float | None:
-    try:  # Linux: the process's start in clock ticks after boot, against the uptime now
-        with open("/proc/self/stat", "rb") as f:
-            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
-        with open("/proc/uptime", "rb") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 3))
-    except Exception:
-        return None
-
-
-_INIT_DURATION_S = _seconds_since_process_start()
+_INIT_DURATION_S = seconds_since_process_start()
 _invocations = 0
 _functions: dict[str, Callable[..., Any]] = {}  # warm containers keep function blobs
 _storages: dict[tuple[tuple[str, Any], ...], Storage] = {}
@@ -134,37 +127,41 @@ class _Tee(io.TextIOBase):
 
 def _load_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
     data = event["data"]
-    if "inline" in data:
+    if "inline" in data:  # the event itself is trusted: it came through the invoke API
         blob = base64.b64decode(data["inline"])
+        view = memoryview(blob)  # slices without copying (pickle.loads takes any buffer)
     else:
-        blob = storage.get(data["key"], data["start"], data["stop"])
+        # Fetch the blocks covering the range, check each against the digest the event
+        # names (the host hashed them when it stored them), then take the range.
+        blocks = data.get("blocks")
+        if not blocks or blocks[0][0] > data["start"] or blocks[-1][1] < data["stop"]:
+            raise IntegrityError(f"the event of task {event['task']} reads inputs it cannot verify")
+        first = blocks[0][0]
+        blob = storage.get(data["key"], first, blocks[-1][1])
+        view = memoryview(blob)
+        for a, b, digest in blocks:
+            integrity.check_content(view[a - first:b - first], digest,
+                                    f"bytes {a}-{b} of {data['key']}")
+        view = view[data["start"] - first:data["stop"] - first]
     offs = data["offsets"]
-    view = memoryview(blob)  # slices without copying (pickle.loads takes any buffer)
     return [view[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
 
 
 def _load_reduce_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
-    """A reduce task's input: the results of another job's tasks, in order."""
+    """A reduce task's input: the results of another job's tasks, in order, each status
+    verified with that job's key (which the event carries)."""
     spec = event["reduce"]
+    key = bytes.fromhex(spec["auth"])
     values = []
     for tid in spec["tasks"]:
-        status = json.loads(storage.get(protocol.status_key(event["prefix"], spec["job_id"], tid)))
-        for ok, value in _read_results(storage, event["prefix"], spec["job_id"], tid, status):
+        status = read_status(storage, event["prefix"], spec["job_id"], tid, key)
+        if status is None:
+            raise FileNotFoundError(f"task {tid} of job {spec['job_id']} has no stored status")
+        for ok, value in read_results(storage, event["prefix"], spec["job_id"], status):
             if not ok:
                 raise value
             values.append(value)
     return [memoryview(pickle.dumps(((values,), {})))]
-
-
-def _read_results(storage: Storage, prefix: str, job_id: str, tid: str,
-                  status: dict[str, Any]) -> list[Outcome]:
-    res = status["result"]
-    if "inline" in res:
-        blob = base64.b64decode(res["inline"])
-    else:
-        blob = storage.get(protocol.result_key(prefix, job_id, tid))
-    outcomes: list[Outcome] = pickle.loads(blob)
-    return outcomes
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -173,7 +170,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     error status naming the cause, so the host ends the task at once."""
     global _invocations
     worker_start = time.time()
-    cold = _invocations == 0
+    # Under a supervisor (Lambda), the container's cold start and INIT time are its.
+    runtime = event.get("runtime") or {}
+    cold = bool(runtime.get("cold", _invocations == 0))
+    init_s = runtime.get("init_s", _INIT_DURATION_S)
     _invocations += 1
     prefix, job_id, tid = event["prefix"], event["job_id"], event["task"]
     storage = _storage(event["storage"])
@@ -181,34 +181,46 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     stats: dict[str, Any] = {"host_submit": event.get("host_submit"), "worker_start": worker_start,
              "cold_start": cold, "runtime_start": _PROCESS_START,
              "request_id": getattr(context, "aws_request_id", None), "pid": os.getpid()}
-    if cold and _INIT_DURATION_S is not None:
-        stats["init_s"] = _INIT_DURATION_S  # billed INIT time of this container (cold starts)
+    if cold and init_s is not None:
+        stats["init_s"] = init_s  # billed INIT time of this container (cold starts)
+    try:
+        key = bytes.fromhex(event["auth"])  # seals what this invocation writes
+    except (KeyError, TypeError, ValueError):
+        # Without the job's key its status could not be told from a forgery: write nothing.
+        return {"task": tid, "state": "refused", "error": "the event carries no valid job key"}
     try:
         if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
         fn = _load_function(storage, event["function_key"])
         inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
-        return _write_status(storage, event, _setup_failure_status(event, exc, stats), counts_before)
+        return _write_status(storage, event, key, _setup_failure_status(event, exc, stats),
+                             counts_before)
     stats["setup_done"] = time.time()
     _context.set_task(event)  # ObjectStorage() in the task: this job's storage
 
     first = protocol.task_range(tid)[0]
-    with _job_deadline(event, context, worker_start):
-        outcomes, items = _run_items(fn, inputs, first, tid, event)
+    try:
+        with _job_deadline(event, context, worker_start), \
+                _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
+            outcomes, items = _run_items(fn, inputs, first, tid, event)
+    except _Cancelled:  # its job was cancelled while it ran: no results, no status
+        return {"task": tid, "state": "cancelled"}
     stats["compute_done"] = time.time()
 
-    blob = _dump_outcomes(outcomes, items["errors"], first)  # may add errors (unpicklable results)
+    # May add errors (a result that cannot be pickled, or not within the memory limit).
+    blob = _dump_outcomes(outcomes, items["errors"], first, event.get("memory_mb"))
     stats["peak_mem_mb"] = round(_peak_mem_mb(), 1)
     status: dict[str, Any] = {"v": protocol.PROTOCOL_VERSION, "job_id": job_id, "task": tid,
               "state": "error" if items["errors"] else "done", "attempt": event.get("attempt", 0),
               "items": items, "stats": stats}
     if len(blob) <= protocol.INLINE_RESULT_BYTES:
         status["result"] = {"inline": base64.b64encode(blob).decode()}
-    else:
+    else:  # named by its sha256 inside the sealed status: the host checks it before loading
         storage.put_if_absent(protocol.result_key(prefix, job_id, tid), blob)
-        status["result"] = {"key": protocol.result_key(prefix, job_id, tid), "bytes": len(blob)}
-    return _write_status(storage, event, status, counts_before)
+        status["result"] = {"key": protocol.result_key(prefix, job_id, tid), "bytes": len(blob),
+                            "sha256": integrity.sha256(blob)}
+    return _write_status(storage, event, key, status, counts_before)
 
 
 def _cancelled(storage: Storage, prefix: str, job_id: str, now: float, ttl: float | None) -> bool:
@@ -229,7 +241,9 @@ def _load_function(storage: Storage, fkey: str) -> Callable[..., Any]:
     if fn is None:
         import cloudpickle
 
-        fn = _functions[fkey] = cloudpickle.loads(storage.get(fkey))
+        blob = storage.get(fkey)
+        integrity.check_content(blob, protocol.function_digest(fkey), f"the function blob {fkey}")
+        fn = _functions[fkey] = cloudpickle.loads(blob)
     return fn
 
 
@@ -256,7 +270,11 @@ def _setup_failure_status(event: dict[str, Any], exc: BaseException,
     if missing:
         message += (f". The worker has no module {missing!r}: deploy the job's packages "
                     "(`cloudbutton deploy --sync`) or install it for the local workers")
-    infra: dict[str, Any] = {"type": "WorkerSetupError", "kind": "setup", "message": message,
+    error_type, kind = "WorkerSetupError", "setup"
+    if isinstance(exc, IntegrityError):  # not a problem of the worker's setup: say what it is
+        message = f"task {event['task']} could not start: {exc}"
+        error_type, kind = "IntegrityError", IntegrityError.kind
+    infra: dict[str, Any] = {"type": error_type, "kind": kind, "message": message,
              "exception": {"type": type(exc).__qualname__, "module": type(exc).__module__,
                            "message": str(exc)[:2000]},
              "traceback": traceback.format_exc()[-20000:], "worker": versions}
@@ -269,7 +287,7 @@ def _setup_failure_status(event: dict[str, Any], exc: BaseException,
             "stats": stats}
 
 
-def _write_status(storage: Storage, event: dict[str, Any], status: dict[str, Any],
+def _write_status(storage: Storage, event: dict[str, Any], key: bytes, status: dict[str, Any],
                   counts_before: dict[str, int]) -> dict[str, Any]:
     counts = storage.request_counts
     # The status PUT itself is counted here, before it happens, so the count is complete.
@@ -277,10 +295,92 @@ def _write_status(storage: Storage, event: dict[str, Any], status: dict[str, Any
     worker_requests["PUT"] = worker_requests.get("PUT", 0) + 1
     status["stats"]["requests"] = {k: v for k, v in worker_requests.items() if v}
     status["stats"]["result_stored"] = time.time()
+    skey = protocol.status_key(event["prefix"], event["job_id"], event["task"])
     written = storage.put_if_absent(
-        protocol.status_key(event["prefix"], event["job_id"], event["task"]),
-        json.dumps(status, separators=(",", ":")).encode())
+        skey, integrity.seal(key, protocol.object_name(event["prefix"], skey), status))
     return {"task": event["task"], "state": status["state"], "written": written}
+
+
+# Cancel while running ------------------------------------------------------------------
+CANCEL_WATCH_S = 3.0      # a running invocation looks for its job's cancel marker this often
+CANCEL_GRACE_S = 2.0      # a task still running this long after it was told to stop ...
+# ... ends its process with local_runtime.CANCELLED_EXIT_CODE (its supervisor writes nothing)
+
+
+class _Cancelled(BaseException):
+    """The invocation's job was cancelled while it ran (see ``_CancelWatch``)."""
+
+
+class _CancelWatch:
+    """Notices, within ``CANCEL_WATCH_S``, that the job of the running invocation was
+    cancelled, from a daemon thread (one per worker process): one HEAD of the cancel
+    marker every ``CANCEL_WATCH_S`` while an invocation runs longer than that, and none
+    for shorter ones. The task is stopped between items (a flag) and inside a long item
+    (SIGUSR1 to the main thread, which interrupts sleeps and Python code); one stuck in
+    native code for ``CANCEL_GRACE_S`` more ends its process, so the runtime is freed."""
+
+    def __init__(self) -> None:
+        self.current: tuple[Storage, str] | None = None  # (storage, cancel key) while running
+        self.checked = 0.0          # when the cancel marker was last looked for
+        self.cancelled = False      # the running invocation's job is cancelled
+        self.generation = 0         # which invocation runs (the thread stops only that one)
+        self._thread: threading.Thread | None = None
+        self._main_ident: int | None = None
+
+    @contextlib.contextmanager
+    def watching(self, storage: Storage, cancel_key: str) -> Iterator[None]:
+        self.generation += 1
+        self.cancelled = False
+        self.checked = time.time()  # the handler looked at its start
+        self.current = (storage, cancel_key)
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="cloudbutton-cancel-watch")
+            self._thread.start()
+        if self._main_ident is None and threading.current_thread() is threading.main_thread():
+            # Installed once and left: a signal that arrives just after an invocation ended
+            # must find this (harmless) handler, not the default action (death).
+            signal.signal(signal.SIGUSR1, self._raise)
+            self._main_ident = threading.get_ident()
+        try:
+            yield
+        finally:
+            self.current = None
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        if self.cancelled and self.current is not None:
+            raise _Cancelled()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(CANCEL_WATCH_S / 4)
+            current, generation = self.current, self.generation
+            if current is None or time.time() - self.checked < CANCEL_WATCH_S:
+                continue
+            self.checked = time.time()
+            storage, key = current
+            try:
+                found = storage.exists(key)
+            except Exception:  # storage trouble: try again at the next look
+                continue
+            if found and self.generation == generation and self.current is not None:
+                self.cancelled = True
+                self._stop(generation)
+
+    def _stop(self, generation: int) -> None:
+        if self._main_ident is not None:
+            signal.pthread_kill(self._main_ident, signal.SIGUSR1)
+        deadline = time.time() + CANCEL_GRACE_S
+        while time.time() < deadline:
+            if self.generation != generation or self.current is None:
+                return
+            time.sleep(0.05)
+        sys.stderr.write("cloudbutton: the job was cancelled and the task did not stop: ending "
+                         "the worker process\n")
+        os._exit(CANCELLED_EXIT_CODE)
+
+
+_WATCH = _CancelWatch()
 
 
 class _JobDeadline(BaseException):
@@ -292,15 +392,17 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
     """Stop the task at the job's timeout when it is shorter than what the runtime allows
     (Lambda: a per-job timeout under the function's Timeout): the items not finished
     then end as timeouts in this invocation's status, instead of running on and billing."""
-    import signal
-    import threading
-
     limit = event.get("timeout")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     left = remaining() / 1000.0 if remaining else None
-    armed = (limit and left is not None and limit + 1.0 < left
-             and threading.current_thread() is threading.main_thread())
-    if not armed or limit is None:
+    main = threading.current_thread() is threading.main_thread()
+    if event.get("stop_at") and main:
+        # Under Lambda's supervisor: stop in time to store what finished, before Lambda
+        # ends the invocation (its deadline, less the supervisor's margin).
+        stop_at = min(started + float(limit or math.inf), float(event["stop_at"]))
+    elif limit and left is not None and limit + 1.0 < left and main:
+        stop_at = started + limit
+    else:
         yield
         return
 
@@ -308,7 +410,7 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
         raise _JobDeadline()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(0.001, started + limit - time.time()))
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, stop_at - time.time()))
     try:
         yield
     finally:
@@ -356,14 +458,17 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
     reported = _context._flops
     reported[0] = 0
     clock, loads = time.time, pickle.loads
+    watch = _WATCH
     with contextlib.redirect_stdout(tee):
         for k, raw in enumerate(inputs):
+            if watch.cancelled:
+                raise _Cancelled()
             t0 = clock()
             try:
                 args, kwargs = loads(raw)
                 outcomes.append((True, fn(*args, **kwargs)))
-            except _JobDeadline:
-                raise  # ends the batch: see below
+            except (_JobDeadline, _Cancelled):
+                raise  # ends the batch: see _run_items and handler
             except MemoryError as exc:
                 limit = event.get("memory_mb")
                 oom = OutOfMemoryError(f"task exceeded the memory limit of {limit} MB" if limit
@@ -386,7 +491,8 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
                 buf = tee.buf = io.StringIO()
 
 
-def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int) -> bytes:
+def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int,
+                   memory_mb: int | None = None) -> bytes:
     # Plain pickle first: it is several times cheaper than cloudpickle for the
     # usual results, and it refuses (rather than mis-pickles) what it cannot
     # name: classes and functions defined inside the task, which exist only in
@@ -400,33 +506,68 @@ def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], f
     try:
         return bytes(cloudpickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:
-        return bytes(cloudpickle.dumps([_safe_outcome(o, errors, first + k)
+        return bytes(cloudpickle.dumps([_safe_outcome(o, errors, first + k, memory_mb)
                                         for k, o in enumerate(outcomes)],
                                        protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _safe_outcome(outcome: Outcome, errors: dict[str, dict[str, Any]], i: int) -> Outcome:
+def _safe_outcome(outcome: Outcome, errors: dict[str, dict[str, Any]], i: int,
+                  memory_mb: int | None) -> Outcome:
     ok, value = outcome
     import cloudpickle
 
     try:
         cloudpickle.dumps(value)
         return outcome
+    except MemoryError:
+        # Pickling needs about another copy of the result: name the limit it hit.
+        oom = OutOfMemoryError(
+            f"the task's result of type {type(value).__qualname__} could not be pickled within "
+            + (f"the memory limit of {memory_mb} MB" if memory_mb else "the worker's memory")
+            + " (pickling needs about as much memory again as the result): return a smaller "
+            "result, or run with more memory", None)
+        errors[str(i)] = dict(_error_record(oom), kind="oom", traceback="")
+        return (False, oom)
     except Exception as exc:
         msg = f"the task's result of type {type(value).__qualname__} cannot be pickled: {exc}"
         errors[str(i)] = {"type": "RemoteError", "module": __name__, "message": msg, "traceback": ""}
         return (False, RemoteError("PicklingError", msg))
 
 
-def read_status(storage: Storage, prefix: str, job_id: str, tid: str) -> dict[str, Any] | None:
+def read_status(storage: Storage, prefix: str, job_id: str, tid: str,
+                key: bytes) -> dict[str, Any] | None:
+    """Task ``tid``'s stored status, verified with the job's ``key`` (IntegrityError if
+    it does not verify); None if it is not stored."""
+    skey = protocol.status_key(prefix, job_id, tid)
     try:
-        status: dict[str, Any] = json.loads(storage.get(protocol.status_key(prefix, job_id, tid)))
-        return status
+        raw = storage.get(skey)
     except NotFound:
         return None
+    return open_status(raw, prefix, skey, key, job_id, tid)
+
+
+def open_status(raw: bytes, prefix: str, skey: str, key: bytes, job_id: str,
+                tid: str) -> dict[str, Any]:
+    """A status read from ``skey``, verified: its seal, and that it is this task's."""
+    status = integrity.open_sealed(key, protocol.object_name(prefix, skey), raw, "the status")
+    if status.get("job_id") != job_id or status.get("task") != tid:
+        raise IntegrityError(f"the status {skey} is a foreign object: it is task "
+                             f"{status.get('task')!r} of job {status.get('job_id')!r}")
+    return status
 
 
 def read_results(storage: Storage, prefix: str, job_id: str,
                  status: dict[str, Any]) -> list[Outcome]:
-    """The (ok, value) outcomes of a stored task, in item order."""
-    return _read_results(storage, prefix, job_id, status["task"], status)
+    """The (ok, value) outcomes of a verified stored task, in item order: a result blob is
+    checked against the sha256 its status names before it is unpickled."""
+    res = status["result"]
+    if "inline" in res:
+        blob = base64.b64decode(res["inline"])
+    else:
+        rkey = protocol.result_key(prefix, job_id, status["task"])
+        blob = storage.get(rkey)
+        if "sha256" not in res:
+            raise IntegrityError(f"the status of {rkey} names no sha256 for it")
+        integrity.check_content(blob, res["sha256"], f"the result {rkey}")
+    outcomes: list[Outcome] = pickle.loads(blob)
+    return outcomes

@@ -10,20 +10,15 @@ from __future__ import annotations
 import ast
 import builtins
 import io
-import os
-import re
 import socket
 import symtable
 import types
 from dataclasses import dataclass, field
 
-from cloudbutton_executor import serialize
+from cloudbutton_executor import screening, serialize
 
 WARN_TOTAL_BYTES = 50 * 1024 * 1024
 
-_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b")
-_AWS_SECRET = re.compile(r"^[A-Za-z0-9/+]{40}$")
-_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|private_key", re.I)
 
 
 class CaptureError(ValueError):
@@ -172,41 +167,6 @@ def analyse(code: str) -> tuple[list, list]:
     return reads, assigned
 
 
-# Secrets -----------------------------------------------------------------------
-def looks_like_secret(value, _depth: int = 0) -> str | None:
-    """Why ``value`` looks like it carries a credential, or None."""
-    if isinstance(value, str):
-        if _AWS_KEY_ID.search(value):
-            return "it contains an AWS access key id"
-        if _AWS_SECRET.match(value) and re.search(r"[A-Z]", value) and re.search(r"[a-z]", value) \
-                and re.search(r"[0-9/+]", value) and not re.fullmatch(r"[0-9a-fA-F]{40}", value):
-            return "it looks like an AWS secret access key"
-        return None
-    if isinstance(value, os._Environ):
-        return "it is os.environ"
-    if serialize._is_secret_type(value):
-        return f"it is a {_type_name(value)}, which carries AWS credentials"
-    if _depth >= 2:
-        return None
-    if isinstance(value, dict):
-        keys = {k for k in value if isinstance(k, str)}
-        if {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & keys:
-            return "it holds AWS credentials (AWS_SECRET_ACCESS_KEY)"
-        if len(keys) >= 8 and len(keys & set(os.environ)) >= 0.8 * len(keys) and "PATH" in keys:
-            return "it is a copy of os.environ"
-        items = list(value.items())[:200]
-        for k, v in items:
-            why = looks_like_secret(v, _depth + 1)
-            if why:
-                return f"{why} (at key {k!r})"
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for i, v in enumerate(list(value)[:200]):
-            why = looks_like_secret(v, _depth + 1)
-            if why:
-                return f"{why} (at index {i})"
-    return None
-
-
 # Capture -----------------------------------------------------------------------
 def capture(code: str, user_ns: dict, exclude=(), measure: bool = True) -> tuple[dict, CaptureReport]:
     """The globals ``code`` needs from ``user_ns``, checked, with a size report.
@@ -234,22 +194,23 @@ def capture(code: str, user_ns: dict, exclude=(), measure: bool = True) -> tuple
 
 
 def check_and_measure(captured: dict, report: CaptureReport, measure: bool = True) -> None:
+    # The executor screens what is pickled, at any depth, for every job; here each
+    # variable is checked as it is first, so the message names it and says why.
+    why = screening.check_names(captured)
+    if why:
+        raise CaptureError(why)
     for name, value in captured.items():
-        why = looks_like_secret(value)
+        why = screening.describe_value(value)
         if why:
             raise CaptureError(
                 f"refusing to ship variable {name!r}: {why}. Credentials never leave this machine; "
                 "create clients inside the cell (workers use their own role).")
-        if isinstance(value, str) and _SECRET_NAME.search(name) and len(value) >= 12:
-            raise CaptureError(
-                f"refusing to ship variable {name!r}: its name says it holds a secret. "
-                "Read it inside the task from the worker's own configuration instead.")
         size = 0
         if measure and not isinstance(value, types.ModuleType):
             try:
                 size = len(serialize.dumps(value, f"variable {name!r}"))
-            except serialize.SecretError as err:
-                raise CaptureError(f"refusing to ship variable {name!r}: {err}") from None
+            except serialize.SecretError as err:  # names the variable and the path inside it
+                raise CaptureError(str(err)) from None
             except serialize.SerializationError as err:
                 # The serializer's message already names the culprit and says why.
                 raise CaptureError(

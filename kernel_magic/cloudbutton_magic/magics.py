@@ -63,6 +63,7 @@ def _parser(prog, description, *groups, **positional):
 
 
 _KEYS = ", ".join(config.RUN)
+_JOB_ID = {"metavar": "JOB_ID", "type": config.OPTIONS["job_id"].argparse_type()}
 PARSERS = {
     "map-cell": _parser(
         "%%cloud map ITERABLE [as NAME]",
@@ -74,16 +75,14 @@ PARSERS = {
     "run": _parser("%%cloud run", "Run the cell once remotely; the names it assigns come back "
                    "into the notebook.", _add_backend_options, _add_run_options),
     "jobs": _parser("%cloud jobs", "Recent jobs, newest first.",
-                    lambda p: p.add_argument("-n", type=config.Setting(
-                        "n", int, 10, "how many", low=1, high=1000).argparse_type(), default=10,
-                        help="how many (default 10)")),
+                    lambda p: p.add_argument("-n", type=config.OPTIONS["limit"].argparse_type(),
+                                             default=10, metavar="N", help="how many (default 10)")),
     "attach": _parser("%cloud attach", "Re-attach to a job (e.g. after a kernel restart) and "
                       "collect its results.",
                       lambda p: p.add_argument("-o", "--out", metavar="OUT",
                                                help="name for the results (default: results)"),
-                      job_id={"metavar": "JOB_ID"}),
-    "cancel": _parser("%cloud cancel", "Cancel a job of this or another kernel.",
-                      job_id={"metavar": "JOB_ID"}),
+                      job_id=_JOB_ID),
+    "cancel": _parser("%cloud cancel", "Cancel a job of this or another kernel.", job_id=_JOB_ID),
     "config": _parser("%cloud config", f"Show, or set for this session, the run defaults ({_KEYS}); "
                       "the Cloud panel's config file and CLOUDBUTTON_* variables set them too.",
                       assignments={"nargs": "*", "metavar": "key=value"}),

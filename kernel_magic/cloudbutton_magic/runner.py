@@ -206,8 +206,10 @@ class CloudRunner:
             n = job.cancel()
             print(f"cancelled job {job_id} ({n} tasks had not finished)")
             return
-        if not protocol.JOB_ID_RE.match(job_id):
-            raise UsageError(f"not a job id: {job_id!r}")
+        try:
+            config.check("job_id", job_id, "%cloud cancel: ")
+        except config.ConfigError as err:
+            raise UsageError(str(err)) from None
         ex = self.executor(self.settings())
         if not ex.storage.exists(protocol.manifest_key(ex.prefix, job_id)):
             raise UsageError(f"no job {job_id} in {ex.storage.describe()}")
@@ -228,10 +230,17 @@ class CloudRunner:
             raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}; "
                              "wrap it in a list to run one task on it")
         try:
-            return list(value)
+            items = iter(value)
         except TypeError:
             raise UsageError(f"the iterable {expr!r} is a {type(value).__name__}, which is not "
                              "iterable") from None
+        out: list = []
+        try:
+            out.extend(items)
+        except Exception as err:  # a generator failing midway: its own error, not "not iterable"
+            raise UsageError(f"the iterable {expr!r} raised {type(err).__name__}: {err} "
+                             f"after {len(out)} elements; nothing was submitted") from None
+        return out
 
     def _cell_label(self) -> str | None:
         """The running cell's name as IPython's tracebacks give it ("In[5]"): the caller

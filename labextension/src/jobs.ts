@@ -1,10 +1,11 @@
 // The sidebar's "Jobs" section: the live list (this notebook's jobs, or all), cancel,
 // and one job's detail shown in place of the list.
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { Poll } from '@lumino/polling';
 import { PanelLayout, Widget } from '@lumino/widgets';
 import { api, IJobSummary } from './api';
 import { JobDetail } from './detail';
+import { loadMagics } from './kernel';
 import {
   basename,
   clipped,
@@ -24,11 +25,16 @@ export function jobOfNotebook(job: IJobSummary, path: string): boolean {
 
 /** The list of jobs, newest first. */
 class JobList extends Widget {
-  constructor(onOpen: (id: string) => void, onCancel: (id: string) => void) {
+  constructor(
+    onOpen: (id: string) => void,
+    onCancel: (id: string) => void,
+    onFinish: (id: string) => void
+  ) {
     super();
     this.addClass('cb-jobs');
     this._onOpen = onOpen;
     this._onCancel = onCancel;
+    this._onFinish = onFinish;
   }
 
   render(jobs: IJobSummary[]): void {
@@ -50,6 +56,24 @@ class JobList extends Widget {
           },
           'Cancel'
         );
+    // A job whose kernel died: `%cloud attach` in a notebook's kernel finishes it.
+    const finish =
+      job.state === 'lost'
+        ? h(
+            'button',
+            {
+              class: 'jp-mod-styled jp-mod-accept cb-job-finish',
+              title:
+                'Finish this job from the current notebook: %cloud attach sends what ' +
+                'its kernel never sent and again what is overdue',
+              onclick: (ev: Event) => {
+                ev.stopPropagation();
+                this._onFinish(job.job_id);
+              }
+            },
+            'Finish'
+          )
+        : null;
     return h(
       'div',
       {
@@ -89,13 +113,15 @@ class JobList extends Widget {
           },
           formatUsd(job.cost_usd)
         ),
-        cancel
+        cancel,
+        finish
       )
     );
   }
 
   private _onOpen: (id: string) => void;
   private _onCancel: (id: string) => void;
+  private _onFinish: (id: string) => void;
 }
 
 export class JobsSection extends Widget {
@@ -134,7 +160,8 @@ export class JobsSection extends Widget {
     });
     this._list = new JobList(
       id => this.openDetail(id),
-      id => void this.cancel(id)
+      id => void this.cancel(id),
+      id => void this.finish(id)
     );
     this._detail = new JobDetail();
     this._detail.hide();
@@ -195,6 +222,35 @@ export class JobsSection extends Widget {
     } catch (error) {
       this._action.set(`Cancel failed: ${(error as Error).message}`, 'error');
     }
+    void this._poll.refresh();
+  }
+
+  /** Finish a job whose kernel died: run `%cloud attach JOB_ID` in a new cell of the
+   * current notebook (its results land in that notebook, the live widget in the cell). */
+  async finish(jobId: string): Promise<void> {
+    const notebook = this._tracker.currentWidget;
+    if (!notebook) {
+      this._action.set(
+        `Open a notebook to finish ${jobId}: %cloud attach runs in its kernel.`,
+        'error'
+      );
+      return;
+    }
+    try {
+      await loadMagics(notebook.sessionContext);
+    } catch (error) {
+      this._action.set((error as Error).message, 'error');
+      return;
+    }
+    NotebookActions.insertBelow(notebook.content);
+    notebook.content.activeCell?.model.sharedModel.setSource(
+      `%cloud attach ${jobId}`
+    );
+    this._action.set(
+      `Finishing ${jobId} in ${basename(notebook.context.path)}…`,
+      'info'
+    );
+    await NotebookActions.run(notebook.content, notebook.sessionContext);
     void this._poll.refresh();
   }
 

@@ -141,6 +141,23 @@ export function magicLine(options: IRunOptions): string {
   return parts.join(' ');
 }
 
+/** Load the %cloud magics in the notebook's kernel, silently (a no-op when loaded). */
+export async function loadMagics(
+  sessionContext: ISessionContext
+): Promise<void> {
+  try {
+    await silentExecute(
+      kernelOf(sessionContext),
+      '%load_ext cloudbutton_jupyter'
+    );
+  } catch (error) {
+    throw new KernelError(
+      `Could not load the %cloud magic in this kernel (${(error as Error).message}). ` +
+        'Is cloudbutton-jupyter installed in the kernel environment?'
+    );
+  }
+}
+
 /**
  * Run `cell` over the iterable in the notebook's kernel: its outputs (the live widget)
  * go to the cell's own output area; the cell's source is left as it is.

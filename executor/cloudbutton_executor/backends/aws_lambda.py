@@ -40,7 +40,9 @@ from ..errors import InfrastructureError, MissingPackageError, VersionMismatchEr
 from ..storage import S3Storage
 from .base import Backend, BackendLimits, JobFit
 
-HANDLER = "cloudbutton_executor.worker.handler"
+# Runs each invocation in a supervised task process (``supervisor``), which runs the one
+# worker handler, ``worker.handler``: a crash is reported at once.
+HANDLER = "cloudbutton_executor.supervisor.handler"
 VERSIONS_ENV = "CLOUDBUTTON_VERSIONS"
 CODE_ENV = "CLOUDBUTTON_CODE_SHA256"
 MANIFEST_ENV = "CLOUDBUTTON_MANIFEST_SHA256"  # what was deployed: see deployment_key()
@@ -140,13 +142,17 @@ def trust_policy() -> dict:
 
 def access_policy(bucket: str, prefix: str, region: str, account: str, function: str,
                   partition: str = "aws") -> dict:
-    """Least privilege: objects under ``prefix/`` only, listing only that prefix, and the
-    function's own log group."""
+    """Least privilege: read objects under ``prefix/``; write only what workers write (a
+    task's status, result and crash reports, under ``jobs/*/tasks/``), so a task cannot
+    replace a function blob, another job's inputs or a manifest; delete nothing; list
+    only that prefix (so a missing key reads as missing, not forbidden); the function's
+    own log group."""
     logs = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{function}"
     return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "ObjectsUnderPrefix", "Effect": "Allow",
-         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+        {"Sid": "ReadUnderPrefix", "Effect": "Allow", "Action": "s3:GetObject",
          "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}/*"},
+        {"Sid": "WriteTaskOutputs", "Effect": "Allow", "Action": "s3:PutObject",
+         "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}/jobs/*/tasks/*"},
         {"Sid": "ListPrefix", "Effect": "Allow", "Action": "s3:ListBucket",
          "Resource": f"arn:{partition}:s3:::{bucket}",
          "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
@@ -724,12 +730,13 @@ class _FastInvoker:
         if sock is not None:
             sock.close()
 
-    def _roundtrip(self, payload: bytes) -> tuple[int, dict, bytes]:
+    def _roundtrip(self, payload: bytes, timeout: float) -> tuple[int, dict, bytes]:
         headers = self._signer.headers("POST", self._host_header, self._path, {
             "X-Amz-Invocation-Type": "Event", "Content-Type": "application/json"}, payload,
             scheme=self._scheme)
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         sock = self._sock()
+        sock.settimeout(max(0.05, timeout))  # connect and each read of this try
         sock.sendall(f"POST {self._path} HTTP/1.1\r\n{head}Content-Length: {len(payload)}\r\n\r\n"
                      .encode() + payload)
         buf = self._local.buf
@@ -758,14 +765,24 @@ class _FastInvoker:
             self._drop()
         return status, hdrs, body
 
-    def invoke(self, payload: bytes) -> None:
+    def invoke(self, payload: bytes, deadline: float | None = None) -> None:
+        """Send one Event invoke; a try that gets no answer within ``invoke_timeout`` is
+        retried (backoff) up to MAX_ATTEMPTS times and never past ``deadline``."""
+        started = time.time()
         for attempt in range(self.MAX_ATTEMPTS):
+            left = None if deadline is None else deadline - time.time()
             try:
-                status, headers, body = self._roundtrip(payload)
+                if left is not None and left <= 0:
+                    raise TimeoutError("the task's deadline passed")
+                status, headers, body = self._roundtrip(
+                    payload, self._timeout if left is None else min(self._timeout, left))
             except (OSError, ValueError, IndexError, http.client.HTTPException) as exc:
                 self._drop()
-                if attempt + 1 == self.MAX_ATTEMPTS:
-                    raise InfrastructureError(f"could not reach Lambda at {self._base}: {exc}") from exc
+                late = deadline is not None and time.time() + _backoff(attempt) >= deadline
+                if attempt + 1 == self.MAX_ATTEMPTS or late:
+                    raise InfrastructureError(
+                        f"could not reach Lambda at {self._base}: {exc} ({attempt + 1} tries in "
+                        f"{time.time() - started:.1f} s, {self._timeout:g} s each at most)") from exc
                 time.sleep(_backoff(attempt))
                 continue
             if status in (200, 202, 204):
@@ -783,10 +800,14 @@ class _Boto3Invoker:
     """``client.invoke`` with botocore's standard retries (slower per call, see _FastInvoker)."""
 
     def __init__(self, cfg: _config.Config, session, function: str, threads: int):
-        self._client = cfg.client("lambda", session, max_pool_connections=threads)
+        # A few seconds per try (connect and answer), like the fast path: botocore's
+        # default of 60 s each would leave a task waiting minutes on a silent endpoint.
+        t = cfg.lambda_.invoke_timeout
+        self._client = cfg.client("lambda", session, max_pool_connections=threads,
+                                  connect_timeout=t, read_timeout=t)
         self._function = function
 
-    def invoke(self, payload: bytes) -> None:
+    def invoke(self, payload: bytes, deadline: float | None = None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -928,12 +949,16 @@ class LambdaBackend(Backend):
             payload = json.dumps(dict(event, cancel_check_ttl=CANCEL_CHECK_TTL_S),
                                  separators=(",", ":")).encode()
             give_up = time.time() + self.config.lambda_.throttle_retry_s
+            # An endpoint that does not answer is retried until the task's own deadline
+            # (a few seconds per try): a task never waits on a silent endpoint for longer.
+            deadline = (event.get("host_submit") or time.time()) + float(event.get("timeout") or 0) \
+                + self.config.lambda_.deadline_grace
             attempt = 0
             while True:
                 if event["job_id"] in self._cancelled:
                     return
                 try:
-                    inv.invoke(payload)
+                    inv.invoke(payload, deadline)
                     with self._count_lock:
                         self.invocations += 1
                     listener.on_accepted(event, time.time())

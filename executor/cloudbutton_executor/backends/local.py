@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import atexit
 import collections
-import json
 import logging
 import os
-import select
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +25,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .. import local_runtime
+from ..local_runtime import RuntimeProcess
 from ..errors import LostInvocationError, TaskTimeoutError, WorkerDiedError
 from .base import Backend, BackendLimits, Event, InvocationListener
 
@@ -64,16 +61,6 @@ def _shutdown_all() -> None:
     # The interpreter is exiting: running tasks cannot report to anyone any more.
     for pool in list(_pools.values()):
         pool.shutdown(kill_running=True)
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"worker process was killed by {name}"
-    return f"worker process exited with code {returncode} before finishing the task"
 
 
 def _worker_env(workers: int) -> dict[str, str]:
@@ -112,62 +99,10 @@ def _worker_log() -> IO[bytes]:
     return _log_file
 
 
-class _Process:
-    """One warm worker process."""
-
-    def __init__(self, env: dict[str, str], cwd: str):
-        self.popen: subprocess.Popen[bytes] = subprocess.Popen(
-            [sys.executable, "-s", "-c",
-             "from cloudbutton_executor.local_runtime import main; main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=_worker_log(), env=env, cwd=cwd,
-            start_new_session=True)
-        assert self.popen.stdout is not None and self.popen.stdin is not None
-        self.stdin = self.popen.stdin
-        self.out_fd = self.popen.stdout.fileno()
-        self._buf = b""
-        self.doomed = False  # killed by cancel_job: never to be handed another event
-
-    def send(self, event: Event) -> None:
-        self.stdin.write(local_runtime.encode_message(event))
-        self.stdin.flush()
-
-    def recv(self, deadline: float) -> dict[str, Any] | None:
-        """The response, or None if the process died; raises TimeoutError at the deadline."""
-        header = local_runtime._HEADER
-        while True:
-            if len(self._buf) >= header.size:
-                (n,) = header.unpack_from(self._buf)
-                if len(self._buf) >= header.size + n:
-                    body = self._buf[header.size:header.size + n]
-                    self._buf = self._buf[header.size + n:]
-                    response: dict[str, Any] = json.loads(body)
-                    return response
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([self.out_fd], [], [], min(remaining, 1.0))
-            if ready:
-                chunk = os.read(self.out_fd, 1 << 16)
-                if not chunk:
-                    return None
-                self._buf += chunk
-
-    def kill(self) -> int:
-        try:
-            self.popen.kill()
-        except ProcessLookupError:
-            pass
-        return self.popen.wait()
-
-    def close(self) -> None:
-        try:
-            self.stdin.close()
-        except Exception:
-            pass
-        try:
-            self.popen.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill()
+def _new_process(env: dict[str, str], cwd: str) -> RuntimeProcess:
+    return RuntimeProcess([sys.executable, "-s", "-c",
+                           "from cloudbutton_executor.local_runtime import main; main()"],
+                          env=env, cwd=cwd, stderr=_worker_log())
 
 
 class LocalBackend(Backend):
@@ -184,7 +119,7 @@ class LocalBackend(Backend):
         self.closed = False
         self._queue: collections.deque[tuple[Event, InvocationListener]] = collections.deque()
         self._cond = threading.Condition()
-        self._running: dict[int, tuple[Event, _Process]] = {}  # slot -> (event, process)
+        self._running: dict[int, tuple[Event, RuntimeProcess]] = {}  # slot -> (event, process)
         self._killed: set[int] = set()
         self._env = env or _worker_env(workers)
         self._cwd = self._env.get("HOME") or "/"
@@ -284,7 +219,8 @@ class LocalBackend(Backend):
                 return None
             return self._queue.popleft()
 
-    def _begin(self, slot: int, item: tuple[Event, InvocationListener], proc: _Process) -> _Process:
+    def _begin(self, slot: int, item: tuple[Event, InvocationListener],
+               proc: RuntimeProcess) -> RuntimeProcess:
         """Mark ``item`` running on ``proc`` and send it; a process found dead
         before the event reached it is replaced (the event is not lost)."""
         event, listener = item
@@ -297,7 +233,7 @@ class LocalBackend(Backend):
                 self._killed.discard(slot)
         if doomed:
             proc.kill()
-            proc = _Process(self._env, self._cwd)
+            proc = _new_process(self._env, self._cwd)
             with self._cond:
                 self._running[slot] = (event, proc)
                 self._killed.discard(slot)
@@ -309,7 +245,7 @@ class LocalBackend(Backend):
             proc.send(event)
         except (BrokenPipeError, OSError):
             proc.kill()
-            proc = _Process(self._env, self._cwd)
+            proc = _new_process(self._env, self._cwd)
             with self._cond:
                 self._running[slot] = (event, proc)
             try:
@@ -319,7 +255,7 @@ class LocalBackend(Backend):
         return proc
 
     def _slot(self, slot: int) -> None:
-        proc: _Process | None = None
+        proc: RuntimeProcess | None = None
         idle_since = time.time()
         sent: tuple[Event, InvocationListener, float] | None = None  # written to proc already
         while True:
@@ -336,7 +272,7 @@ class LocalBackend(Backend):
                     continue
                 event, listener = item
                 if proc is None:
-                    proc = _Process(self._env, self._cwd)
+                    proc = _new_process(self._env, self._cwd)
                 timeout = float(event.get("timeout") or 900)
                 proc = self._begin(slot, item, proc)
                 sent = (event, listener, time.time() + timeout)
@@ -357,15 +293,15 @@ class LocalBackend(Backend):
                 except OSError:
                     response = None
                 if response is None:
+                    peak_mb = proc.peak_rss_mb
                     code = proc.kill()
                     proc = None
                     with self._cond:
                         cancelled = slot in self._killed
                     listener.on_failure(event, WorkerDiedError(
                         "job cancelled: worker killed" if cancelled else
-                        f"task {event['task']}: {_describe_exit(code)}"
-                        + (f" (memory limit {event['memory_mb']} MB)"
-                           if code == -signal.SIGKILL and event.get("memory_mb") else ""),
+                        f"task {event['task']}: "
+                        f"{local_runtime.describe_exit(code, peak_mb, event.get('memory_mb'))}",
                         event["task"]))
                     continue
                 # Pipelining: the worker is free, so hand it the next queued event

@@ -1,0 +1,157 @@
+"""Resume after a dead host: a job whose host process is killed mid-job (more tasks than it
+had sent) is finished by ``attach`` from a new process, from what storage says was sent.
+
+The host and the attaching process are real, separate Python processes; the host dies by
+SIGKILL (no cleanup, like a crashed kernel)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from cloudbutton_executor import Executor, protocol, records
+from cloudbutton_executor.storage import LocalStorage
+
+HOST_SCRIPT = """
+import os, signal, sys, time
+from cloudbutton_executor import Executor
+
+def work(x):
+    import time
+    time.sleep({sleep})
+    return x * x
+
+ex = Executor({backend!r}, workers={workers}, timeout={timeout}{options})
+job = ex.map(work, range({n}), chunksize={chunksize!r})
+print(job.job_id, flush=True)
+while job.counts()["done"] < {die_after}:
+    time.sleep(0.02)
+os.kill(os.getpid(), signal.SIGKILL)  # a kernel that dies: no cleanup, no cancel
+"""
+
+ATTACH_SCRIPT = """
+import json, logging, sys
+from cloudbutton_executor import Executor
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+ex = Executor({backend!r}, workers={workers}{options})
+job = ex.attach(sys.argv[1])
+out = job.results(timeout={wait})
+print(json.dumps({{"results": [o if not isinstance(o, BaseException) else repr(o) for o in out],
+                  "retried": job.retried, "attached": job.attached,
+                  "requests": job.stats["requests"]["host"]}}))
+"""
+
+
+def run_host(tmp_path, *, backend="local", workers=2, n=24, sleep=0.3, die_after=4,
+             chunksize=1, options="", env=None, timeout=60):
+    script = tmp_path / "host.py"
+    script.write_text(textwrap.dedent(HOST_SCRIPT.format(
+        backend=backend, workers=workers, n=n, sleep=sleep, die_after=die_after,
+        chunksize=chunksize, options=options, timeout=timeout)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    return proc.stdout.split()[0]
+
+
+def run_attach(tmp_path, job_id, *, backend="local", workers=2, options="", wait=120, env=None):
+    script = tmp_path / "attach.py"
+    script.write_text(textwrap.dedent(ATTACH_SCRIPT.format(
+        backend=backend, workers=workers, options=options, wait=wait)))
+    proc = subprocess.run([sys.executable, str(script), job_id], capture_output=True, text=True,
+                          timeout=wait + 60, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.stderr.write(proc.stderr[-5000:])  # shown when the test fails
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stored_record(storage, job_id):
+    return json.loads(storage.get(protocol.dispatch_key("cloudbutton", job_id)))
+
+
+@pytest.mark.parametrize("die_after", [2, 16])
+def test_a_killed_local_host_is_finished_by_attach_from_a_new_process(tmp_path, die_after):
+    """Dying early, before its record caught up with what it sent (fixed-size tasks: the
+    record may lag, a task sent twice is only done twice), and dying late."""
+    storage = LocalStorage()
+    job_id = run_host(tmp_path, n=24, workers=2, die_after=die_after)
+    done_before = len([k for k in storage.list(protocol.tasks_prefix("cloudbutton", job_id))
+                       if k.endswith("status.json")])
+    assert die_after <= done_before < 24
+    record = stored_record(storage, job_id)
+    # The local backend queues all it is given: the record says none or all were sent.
+    assert record["next_item"] in (0, 24)
+    inherited = [s for s in records.in_flight(record)
+                 if not storage.exists(protocol.status_key("cloudbutton", job_id, s.tid))]
+    out = run_attach(tmp_path, job_id)
+    assert out["results"] == [x * x for x in range(24)]
+    # The tasks the dead host had in flight were sent again, once each (its local
+    # workers died with it); the rest were sent for the first time.
+    assert out["retried"] == len(inherited)
+    if die_after == 16:
+        assert record["next_item"] == 24 and inherited
+    after = stored_record(storage, job_id)
+    assert after["epoch"] == 1 and after["owner"]["pid"] != record["owner"]["pid"]
+
+
+def test_auto_batches_are_resumed_on_their_recorded_boundaries(tmp_path):
+    storage = LocalStorage()
+    job_id = run_host(tmp_path, n=400, workers=2, sleep=0.005, die_after=40, chunksize="auto")
+    record = stored_record(storage, job_id)
+    sent = records.in_flight(record)
+    assert sent and all(protocol.task_range(s.tid)[0] < record["next_item"] for s in sent)
+    out = run_attach(tmp_path, job_id)
+    assert out["results"] == [x * x for x in range(400)]
+
+
+def test_the_lost_deadline_follows_what_was_sent_not_timeout_times_items(tmp_path):
+    """A 100-item job with a 60 s timeout: the old rule gave up 100 minutes after its
+    creation (8 h at the default 300 s); now a dead host's job is lost (nothing it sent can
+    still finish, and nobody dispatches: attach finishes it) a timeout after its last record."""
+    storage = LocalStorage()
+    job_id = run_host(tmp_path, n=100, workers=2, sleep=0.05, die_after=2)
+    manifest = json.loads(storage.get(protocol.manifest_key("cloudbutton", job_id)))
+    record = stored_record(storage, job_id)
+    old_rule = protocol.lost_deadline(manifest)
+    new_rule = protocol.lost_deadline(manifest, record)
+    assert old_rule - manifest["created"] == pytest.approx(60 * 100 + 60)  # timeout=60 here
+    assert new_rule <= record["updated"] + 60 + 1 and new_rule < old_rule - 5000
+    from cloudbutton_executor import accounting, catalog
+
+    now = new_rule + 1
+    summary = catalog.summary(storage, "cloudbutton", manifest, now)
+    assert summary["state"] == "lost" and summary["counts"]["lost"] > 0
+    assert accounting.stored_state(manifest, 2, 0, False, record["updated"] + 1, record) == "running"
+    run_attach(tmp_path, job_id)
+
+
+def test_attach_follows_a_live_host_and_takes_over_when_it_stops(storage, monkeypatch):
+    """Same process, two executors: the second attaches while the first dispatches (it
+    only follows), and takes over once the first stops sending and writing its record."""
+    def slowly(x):
+
+        time.sleep(0.1)
+        return x + 1
+
+    with Executor(workers=1, storage=storage, timeout=30) as owner, \
+            Executor(workers=2, storage=storage, timeout=30) as other:
+        job = owner.map(slowly, range(12))
+        follower = other.attach(job.job_id)
+        assert follower.dispatcher.following and follower.attached
+        follower.dispatcher.tick()
+        assert follower.dispatcher.following  # its host is alive: nothing is sent from here
+        # The owner hangs: it sends nothing more and its record ages.
+        monkeypatch.setattr(job.dispatcher, "_dispatch_more", lambda: None)
+        monkeypatch.setattr(job.dispatcher, "_write_record", lambda: None)
+        record = follower.dispatcher.read_record()
+        later = record["updated"] + protocol.DISPATCH_STALE_S + 1
+        assert not records.owner_alive(record, later)
+        assert follower.dispatcher.check_owner(later, force=True)
+        assert not follower.dispatcher.following
+        assert follower.result(timeout=60) == [x + 1 for x in range(12)]
