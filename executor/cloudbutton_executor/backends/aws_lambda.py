@@ -25,6 +25,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import config as _config
@@ -140,13 +142,60 @@ def trust_policy() -> dict:
         "Action": "sts:AssumeRole"}]}
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def data_prefix(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` named at deploy (``--data``) as ``(bucket, "prefix/")``: a
+    folder (``""`` for the whole bucket); never a wildcard, so a policy names it exactly."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise ValueError(f"--data takes s3://bucket/prefix, got {url!r}")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not _BUCKET_NAME.fullmatch(bucket):
+        raise ValueError(f"--data {url!r}: {bucket!r} is not an S3 bucket name "
+                         "(3-63 lowercase letters, digits, . and -)")
+    if any(c in prefix for c in "*?$"):
+        raise ValueError(f"--data {url!r}: a data prefix names objects exactly (no * ? or $)")
+    return bucket, (prefix.rstrip("/") + "/") if prefix.strip("/") else ""
+
+
+def data_statements(urls: Iterable[str], partition: str = "aws") -> list[dict]:
+    """Read and list access to the data prefixes named at deploy, and nothing more: a
+    data-driven map's tasks read their chunks there (GET; HEAD needs the same right)."""
+    by_bucket: dict[str, list[str]] = {}
+    for url in urls:
+        bucket, prefix = data_prefix(url)
+        if prefix not in by_bucket.setdefault(bucket, []):
+            by_bucket[bucket].append(prefix)
+    out: list[dict] = []
+    if by_bucket:
+        out.append({"Sid": "DataRead", "Effect": "Allow", "Action": "s3:GetObject",
+                    "Resource": [f"arn:{partition}:s3:::{b}/{p}*" for b, ps in sorted(by_bucket.items())
+                                 for p in sorted(ps)]})
+    for i, (bucket, prefixes) in enumerate(sorted(by_bucket.items())):
+        out.append({"Sid": f"DataList{i}", "Effect": "Allow", "Action": "s3:ListBucket",
+                    "Resource": f"arn:{partition}:s3:::{bucket}",
+                    "Condition": {"StringLike": {"s3:prefix": [f"{p}*" for p in sorted(prefixes)]}}})
+    return out
+
+
+def data_urls(policy: dict | None) -> list[str]:
+    """The data prefixes a deployed policy grants (kept by a deploy that names none)."""
+    urls = []
+    for st in (policy or {}).get("Statement", []):
+        if st.get("Sid") == "DataRead":
+            res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            urls += ["s3://" + r.split(":::", 1)[1][:-1] for r in res]
+    return urls
+
+
 def access_policy(bucket: str, prefix: str, region: str, account: str, function: str,
-                  partition: str = "aws") -> dict:
+                  partition: str = "aws", data: Iterable[str] = ()) -> dict:
     """Least privilege: read objects under ``prefix/``; write only what workers write (a
     task's status, result and crash reports, under ``jobs/*/tasks/``), so a task cannot
     replace a function blob, another job's inputs or a manifest; delete nothing; list
     only that prefix (so a missing key reads as missing, not forbidden); the function's
-    own log group."""
+    own log group; read and list the ``data`` prefixes named at deploy."""
     logs = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{function}"
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "ReadUnderPrefix", "Effect": "Allow", "Action": "s3:GetObject",
@@ -161,6 +210,7 @@ def access_policy(bucket: str, prefix: str, region: str, account: str, function:
         {"Sid": "LogStreams", "Effect": "Allow",
          "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
          "Resource": f"{logs}:log-stream:*"},
+        *data_statements(data, partition),
     ]}
 
 
@@ -198,8 +248,10 @@ class Deployer:
         return ident["Account"], arn.split(":")[1] if arn.startswith("arn:") else "aws"
 
     def run(self, *, memory=None, timeout=None, requirements=None, image_uri=None, sync=False,
-            modules=(), arch=None, image=False) -> list:
+            modules=(), arch=None, image=False, data=None) -> list:
         cfg = self.cfg
+        for url in data or ():
+            data_prefix(url)  # a bad --data stops the deploy before anything changes
         if memory is not None:
             cfg.lambda_.memory = int(memory)
         if timeout is not None:
@@ -213,7 +265,7 @@ class Deployer:
         bucket = cfg.bucket or default_bucket(account, self.region)
         self.bucket = bucket
         self.ensure_bucket(bucket)
-        role_arn = self.ensure_role(bucket, account, partition)
+        role_arn = self.ensure_role(bucket, account, partition, data)
         if pins is None:  # neither --sync nor --requirements: keep what is deployed
             layer = self.current_layer()
         elif pins:
@@ -416,7 +468,10 @@ class Deployer:
             "RestrictPublicBuckets": True})
         self._did("created", f"s3://{bucket}", f"region {self.region}")
 
-    def ensure_role(self, bucket: str, account: str, partition: str) -> str:
+    def ensure_role(self, bucket: str, account: str, partition: str,
+                    data: Iterable[str] | None = None) -> str:
+        """The worker's role and its policy; ``data``: the data prefixes it may read (None:
+        those the deployed policy grants already)."""
         iam = self.cfg.client("iam", self.session)
         name = self.cfg.role_name
         try:
@@ -432,18 +487,20 @@ class Deployer:
                 Description="cloudbutton worker: S3 under its prefix, its own logs",
                 Tags=[{"Key": MANAGED_TAG, "Value": "worker-role"}])["Role"]
             self._did("created", f"IAM role {name}")
-        want = access_policy(bucket, self.cfg.prefix, self.region, account,
-                             self.cfg.lambda_.function_name, partition)
         try:
             have = _policy_doc(iam.get_role_policy(RoleName=name, PolicyName=self.POLICY_NAME)
                                ["PolicyDocument"])
         except iam.exceptions.NoSuchEntityException:
             have = None
+        want = access_policy(bucket, self.cfg.prefix, self.region, account,
+                             self.cfg.lambda_.function_name, partition,
+                             data=data_urls(have) if data is None else data)
         if have != want:
             iam.put_role_policy(RoleName=name, PolicyName=self.POLICY_NAME,
                                 PolicyDocument=json.dumps(want))
             self._did("created" if have is None else "updated", f"IAM policy {self.POLICY_NAME}",
-                      f"s3://{bucket}/{self.cfg.prefix}/* and /aws/lambda/{self.cfg.lambda_.function_name}")
+                      f"s3://{bucket}/{self.cfg.prefix}/* and /aws/lambda/{self.cfg.lambda_.function_name}"
+                      + "".join(f", read s3://{u[5:]}" for u in data_urls(want)))
         else:
             self._did("unchanged", f"IAM policy {self.POLICY_NAME}")
         return role["Arn"]
@@ -577,11 +634,14 @@ def resolve_bucket(cfg: _config.Config, session=None) -> str:
 
 
 def deploy(cfg: _config.Config | None = None, *, memory=None, timeout=None, requirements=None,
-           image_uri=None, sync=False, modules=(), arch=None, image=False, out=None) -> list:
-    """``cloudbutton deploy``: returns the (verb, what, detail) actions taken."""
+           image_uri=None, sync=False, modules=(), arch=None, image=False, out=None,
+           data=None) -> list:
+    """``cloudbutton deploy``: returns the (verb, what, detail) actions taken. ``data``: the
+    ``s3://bucket/prefix`` the workers may read besides the project's prefix (None: keep
+    what is deployed; [] : none)."""
     return Deployer(cfg or _config.load(), out=out).run(
         memory=memory, timeout=timeout, requirements=requirements, image_uri=image_uri, sync=sync,
-        modules=modules, arch=arch, image=image)
+        modules=modules, arch=arch, image=image, data=data)
 
 
 def max_event_age(timeout_s: int) -> int:
