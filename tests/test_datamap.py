@@ -334,3 +334,15 @@ def test_local_paths_need_the_local_backend(tmp_path):
     with pytest.raises(DataLocationError, match="only the local backend"):
         plan(word_count, str(tmp_path), chunk_size=None, chunk_number=None, newline="\n",
              local_files=False, s3=S3Service(), lambda_workers=True)
+
+
+def test_map_reduce_over_a_prefix(place, data_ex):
+    """Lithops' word count: a data-driven map_reduce with chunked objects."""
+    for i in range(3):
+        place.put(f"wc/{i}.txt", b"a b c\nd e\n" * (i + 2))
+
+    def words(obj):
+        return sum(len(line.split()) for line in obj.data_stream)
+
+    total = data_ex.map_reduce(words, place.location("wc/"), sum, obj_chunk_size=7)
+    assert total.result(timeout=60) == 5 * (2 + 3 + 4)

@@ -288,11 +288,14 @@ class Executor:
                    chunksize: int | str | None = None, timeout: float | None = None,
                    retries: int | None = None, memory_mb: int | None = None,
                    map_runtime_memory: int | None = None, reduce_runtime_memory: int | None = None,
-                   label: str | None = None, **unsupported: Any) -> MapReduceFuture:
+                   label: str | None = None, obj_chunk_size: int | None = None,
+                   obj_chunk_number: int | None = None, obj_newline: str | None = "\n",
+                   **unsupported: Any) -> MapReduceFuture:
         """Map, then run ``reduce_fn(list_of_results)`` remotely on the stored results.
 
         Returns the reduce task's future; it fails with the first map failure. Options
-        apply to the map; ``map_runtime_memory``/``reduce_runtime_memory`` (Lithops'
+        apply to the map (a data-driven one too: ``obj_chunk_size``, ``obj_chunk_number``,
+        ``obj_newline``); ``map_runtime_memory``/``reduce_runtime_memory`` (Lithops'
         names) set each phase's memory, ``memory_mb`` both.
         """
         if unsupported:
@@ -303,7 +306,8 @@ class Executor:
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
         map_job = self.map(map_fn, iterdata, extra_args=extra_args, chunksize=chunksize,
                            timeout=timeout, retries=retries, label=label,
-                           memory_mb=map_runtime_memory or memory_mb)
+                           memory_mb=map_runtime_memory or memory_mb, obj_chunk_size=obj_chunk_size,
+                           obj_chunk_number=obj_chunk_number, obj_newline=obj_newline)
         # get_result() collects the reduce's value, not the map's results.
         self._uncollected = [u for u in self._uncollected if u[0] is not map_job]
         reduce_memory = reduce_runtime_memory or memory_mb

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
 
-from cloudbutton_executor import Executor, NotFound, SerializationError, catalog, config, protocol
+from cloudbutton_executor import (Executor, NotFound, SerializationError, catalog, config, largevalues,
+                                  protocol)
 from cloudbutton_executor.cell import CellTask
 from cloudbutton_executor.datamap import is_location
 from cloudbutton_executor.errors import JobCancelled
@@ -128,6 +129,8 @@ class CloudRunner:
             code = self._python_code(req.body, body_first_line(self.shell))
             try:
                 captured, report = cap.capture(code, self.shell.user_ns, exclude={req.name})
+                if not req.dry_run:
+                    self._store_large(captured, report, settings)
                 fn = CellTask(code, captured, name=req.name, label=self._cell_label())
             except (cap.CaptureError, SyntaxError) as err:
                 raise UsageError(str(err)) from None
@@ -140,7 +143,8 @@ class CloudRunner:
             if not callable(fn):
                 raise UsageError(f"FUNC {req.func!r} is a {type(fn).__name__}, not a function")
             try:
-                cap.check_and_measure(cap.function_globals(fn), report)
+                # A defined function's globals travel inside it (cloudpickle): none is stored apart.
+                cap.check_and_measure(cap.function_globals(fn), report, large_bytes=2 ** 63)
             except cap.CaptureError as err:
                 raise UsageError(str(err)) from None
             calls = location if location is not None else values
@@ -160,6 +164,8 @@ class CloudRunner:
         code = self._python_code(body, body_first_line(self.shell))
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
+            if not dry_run:
+                self._store_large(captured, report, settings)
             _, assigned = cap.analyse(code)
             fn = CellTask(code, captured, name=None, mode="assigned", assigned=tuple(assigned),
                           label=self._cell_label())
@@ -227,6 +233,15 @@ class CloudRunner:
         print(f"asked job {job_id} to cancel (its kernel stops it within a second)")
 
     # Internals -----------------------------------------------------------------------
+    def _store_large(self, captured: dict, report, settings: dict) -> None:
+        """Store each captured value the report found too large for the function blob
+        once, content-addressed, and ship a reference to it instead (largevalues)."""
+        if not report.large:
+            return
+        ex = self.executor(settings)
+        for name, blob in report.large.items():
+            captured[name] = largevalues.stash(ex.storage, ex.prefix, blob)
+
     def _data_location(self, expr: str) -> str | None:
         """The storage a data-driven map reads: ``s3://bucket/prefix/`` or a path written
         as is, or a notebook variable holding one; None for any other iterable."""

@@ -1,0 +1,91 @@
+"""A captured global over protocol.LARGE_VALUE_BYTES is stored once, content-addressed,
+and loaded once per warm worker, not shipped inside every function blob."""
+import os
+import textwrap
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from cloudbutton_executor import largevalues, protocol
+from cloudbutton_executor.errors import IntegrityError
+from cloudbutton_executor.storage import LocalStorage
+from cloudbutton_magic.magics import CloudMagics
+
+BIG = bytes(range(256)) * (protocol.LARGE_VALUE_BYTES // 256 + 4096)  # just over the threshold
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "no-config.yaml"))
+    shell = InteractiveShell.instance()
+    magics = CloudMagics(shell)
+    shell.register_magics(magics)
+    shell.runner = magics.runner
+    saved = dict(shell.user_ns)
+    yield shell
+    shell.user_ns.clear()
+    shell.user_ns.update(saved)
+
+
+def cell(ip, line, body):
+    return ip.run_cell_magic("cloud", line, textwrap.dedent(body))
+
+
+def stored(ip, kind):
+    ex = ip.runner.executor(ip.runner.settings())
+    return {k: len(ex.storage.get(k)) for k in ex.storage.list(f"{ex.prefix}/{kind}/")}
+
+
+def test_a_large_global_is_stored_once_not_in_the_function_blob(ip, capsys):
+    ip.user_ns.update(big=BIG, small=b"tiny")
+    cell(ip, "map range(6) as i --workers 2 --dry-run", "len(big) + len(small) + i")
+    report = capsys.readouterr().out
+    assert "stored once, loaded by each worker on first use" in report
+    assert [line for line in report.splitlines() if "stored once" in line][0].startswith("big ")
+    assert not stored(ip, "values")  # a dry run stores nothing
+
+    cell(ip, "map range(6) as i --workers 2", "len(big) + len(small) + i")
+    assert ip.user_ns["results"] == [len(BIG) + 4 + i for i in range(6)]
+    values = stored(ip, "values")
+    assert len(values) == 1 and list(values.values())[0] > protocol.LARGE_VALUE_BYTES
+    assert max(stored(ip, "functions").values()) < 100_000  # the function blob holds a reference
+    # Another cell reading the same value: the same stored object, not a second copy.
+    cell(ip, "map [1] as i", "big[:3]")
+    assert ip.user_ns["results"] == [BIG[:3]] and stored(ip, "values") == values
+    # %%cloud run too
+    cell(ip, "run", "n = len(big)")
+    assert ip.user_ns["n"] == len(BIG) and stored(ip, "values") == values
+
+
+def test_loaded_once_per_warm_worker(ip):
+    """Tasks on one warm process share one loaded copy: the value is read at a task's
+    first use and kept (a worker that read it again would have to read it again from
+    storage, which now holds something else and would be refused)."""
+    ip.user_ns["big"] = BIG
+    cell(ip, "map range(3) as i --workers 1", "import os; (os.getpid(), len(big))")
+    pids = {pid for pid, _n in ip.user_ns["results"]}
+    key = next(iter(stored(ip, "values")))
+    ex = ip.runner.executor(ip.runner.settings())
+    ex.storage.put(key, b"replaced behind the host's back")
+    cell(ip, "map range(3) as i --workers 1", "import os; (os.getpid(), big[:2])")
+    out = ip.user_ns["results"]
+    same = [r for r in out if not isinstance(r, BaseException) and r[0] in pids]
+    assert same and all(r[1] == BIG[:2] for r in same)  # the warm process's own copy
+    for r in out:  # a fresh process, if one ran, refused the tampered object
+        if isinstance(r, BaseException):
+            assert isinstance(r, IntegrityError)
+
+
+def test_a_tampered_stored_value_is_refused(tmp_path):
+    st = LocalStorage(str(tmp_path / "s"))
+    ref = largevalues.stash(st, "cb", b"\x80\x05K\x07.")  # pickle of 7
+    assert ref.key == protocol.value_key("cb", ref.sha256)
+    assert largevalues.load(ref, st) == 7
+    st.put(ref.key, b"\x80\x05K\x08.")  # a valid pickle of something else
+    largevalues._values.pop(ref.sha256)
+    with pytest.raises(IntegrityError, match="stored value"):
+        largevalues.load(ref, st)
+    with pytest.raises(RuntimeError, match="inside a task"):
+        largevalues.load(largevalues.StoredValue("cb/values/x.pickle", "0" * 64, 1))
+    assert os.path.getsize(os.path.join(st.root, ref.key)) == 5
