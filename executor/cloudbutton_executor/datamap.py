@@ -119,9 +119,10 @@ def plan(fn: Callable[..., Any], iterdata: Any, *, chunk_size: int | None, chunk
         if isinstance(entry, dict):
             params = {k: v for k, v in entry.items() if k != "obj"}
             entry = entry.get("obj")
-        if not is_location(entry):
+        if not isinstance(entry, str) or not is_location(entry):
             raise DataLocationError(f"{entry!r} is not a storage location: give 's3://bucket/prefix/', "
                                     "'s3://bucket/key' or (local backend) a directory or glob")
+        objects: Iterator[tuple[str | None, str, str | None, int]]
         if entry.startswith("s3://"):
             objects = _s3_objects(entry, s3, counters)
         else:

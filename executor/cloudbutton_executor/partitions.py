@@ -40,7 +40,8 @@ class DataPartition:
     def __init__(self, source: dict[str, Any], *, bucket: str | None, key: str, path: str | None,
                  size: int, start: int, stop: int, part: int, total_parts: int,
                  newline: str | None):
-        self.source = source  # how to reach it: {"kind": "s3", region, endpoint_url[, profile]} or {"kind": "file"}
+        # How to reach it: {"kind": "s3", region, endpoint_url[, profile]} or {"kind": "file"}.
+        self.source = source
         self.bucket = bucket
         self.key = key
         self.path = path

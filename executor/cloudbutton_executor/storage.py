@@ -201,7 +201,7 @@ class LocalStorage(Storage):
             self._check_root()
             raise NotFound(key) from None
         f.seek(start)
-        return f if stop is None else _Bounded(f, stop - start)
+        return f if stop is None else _Bounded(f, stop - start)  # type: ignore[return-value]
 
     def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
         self._check_root()
