@@ -1,35 +1,15 @@
 """A captured global over protocol.LARGE_VALUE_BYTES is stored once, content-addressed,
 and loaded once per warm worker, not shipped inside every function blob."""
 import os
-import textwrap
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from cloudbutton_executor import largevalues, protocol
 from cloudbutton_executor.errors import IntegrityError
 from cloudbutton_executor.storage import LocalStorage
-from cloudbutton_magic.magics import CloudMagics
+from test_magics import cell
 
 BIG = bytes(range(256)) * (protocol.LARGE_VALUE_BYTES // 256 + 4096)  # just over the threshold
-
-
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
-    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "no-config.yaml"))
-    shell = InteractiveShell.instance()
-    magics = CloudMagics(shell)
-    shell.register_magics(magics)
-    shell.runner = magics.runner
-    saved = dict(shell.user_ns)
-    yield shell
-    shell.user_ns.clear()
-    shell.user_ns.update(saved)
-
-
-def cell(ip, line, body):
-    return ip.run_cell_magic("cloud", line, textwrap.dedent(body))
 
 
 def stored(ip, kind):

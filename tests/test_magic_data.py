@@ -1,35 +1,15 @@
 """``%%cloud map s3://bucket/prefix/ as obj``: the magic's data-driven map, on local files
 and on S3 (moto over HTTP), through a real IPython shell and real local workers."""
-import textwrap
 
 import boto3
 import pytest
 import yaml
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
-from cloudbutton_magic.magics import CloudMagics
+from test_magics import cell
 
 REGION = "us-east-1"
 TEXT = {"a.txt": b"one two\nthree\n", "b.txt": b"four five six\n", "c.txt": b""}
-
-
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
-    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "no-config.yaml"))
-    shell = InteractiveShell.instance()
-    magics = CloudMagics(shell)
-    shell.register_magics(magics)
-    shell.runner = magics.runner
-    saved = dict(shell.user_ns)
-    yield shell
-    shell.user_ns.clear()
-    shell.user_ns.update(saved)
-
-
-def cell(ip, line, body):
-    return ip.run_cell_magic("cloud", line, textwrap.dedent(body))
 
 
 WORDS = "sum(len(line.split()) for line in obj.data_stream)"
