@@ -12,6 +12,7 @@ it with its sha256, which ``get_cloudobject`` checks before handing the bytes ov
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -54,6 +55,19 @@ def _body_bytes(body: Any) -> bytes:
         return data.encode() if isinstance(data, str) else bytes(data)
     raise TypeError(f"an object's body must be bytes, str or a file-like object, got "
                     f"{type(body).__name__}")
+
+
+@contextlib.contextmanager
+def _bucket_errors(bucket: str | None) -> Iterator[None]:
+    """S3's NoSuchBucket as the storage API's NoSuchBucket (the job storage itself keeps
+    botocore's error: for the job protocol a missing bucket is no missing key)."""
+    try:
+        yield
+    except Exception as err:
+        response = getattr(err, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") == "NoSuchBucket":
+            raise NoSuchBucket(f"no such bucket: {bucket}") from None
+        raise
 
 
 def _range_of(extra_get_args: dict[str, Any] | None) -> tuple[int | None, int | None]:
@@ -159,7 +173,8 @@ class ObjectStorage:
     # Lithops' Storage API ---------------------------------------------------------------------
     def put_object(self, bucket: str, key: str, body: Any) -> None:
         """Store ``body`` (bytes, str or a file-like object) at ``key``, replacing it."""
-        self._existing(bucket).put(key, _body_bytes(body))
+        with _bucket_errors(bucket):
+            self._existing(bucket).put(key, _body_bytes(body))
 
     def get_object(self, bucket: str, key: str, stream: bool = False,
                    extra_get_args: dict[str, Any] | None = None, *,
@@ -169,12 +184,13 @@ class ObjectStorage:
         ``extra_get_args={"Range": "bytes=first-last"}``, reads a slice."""
         start, stop = byte_range if byte_range is not None else _range_of(extra_get_args)
         st = self._existing(bucket)
-        if stream:
-            return st.open_range(key, start or 0, stop)
-        if start is None and stop is None:
-            return st.get(key)
-        size = None if stop is not None else st.size(key)
-        return st.get(key, start or 0, stop if stop is not None else size)
+        with _bucket_errors(bucket):
+            if stream:
+                return st.open_range(key, start or 0, stop)
+            if start is None and stop is None:
+                return st.get(key)
+            size = None if stop is not None else st.size(key)
+            return st.get(key, start or 0, stop if stop is not None else size)
 
     def head_object(self, bucket: str, key: str) -> dict[str, Any]:
         """``{"content-length": "N", "ContentLength": N}`` (NotFound if absent)."""
@@ -193,12 +209,14 @@ class ObjectStorage:
         return [k for k, _n in self.iter_objects(bucket, prefix or "")]
 
     def delete_object(self, bucket: str, key: str) -> None:
-        self._existing(bucket).delete(key)
+        with _bucket_errors(bucket):
+            self._existing(bucket).delete(key)
 
     def delete_objects(self, bucket: str, key_list: list[str]) -> None:
         st = self._existing(bucket)
-        for key in key_list:
-            st.delete(key)
+        with _bucket_errors(bucket):
+            for key in key_list:
+                st.delete(key)
 
     # Objects by reference ----------------------------------------------------------------------
     def put_cloudobject(self, body: Any, bucket: str | None = None,
@@ -210,13 +228,15 @@ class ObjectStorage:
         if not name:
             raise ValueError("put_cloudobject() needs a bucket: this ObjectStorage has no default")
         key = key or f"{self.key_prefix}/{next(_counter):06d}-{os.urandom(6).hex()}"
-        self._existing(name).put(key, data)
+        with _bucket_errors(name):
+            self._existing(name).put(key, data)
         return CloudObject(self.backend, name, key, len(data), hashlib.sha256(data).hexdigest())
 
     def get_cloudobject(self, cloudobject: CloudObject, stream: bool = False) -> Any:
         """The bytes ``cloudobject`` names, once they match its sha256 (IntegrityError if
         anything else is stored there now)."""
-        data = self._existing(cloudobject.bucket).get(cloudobject.key)
+        with _bucket_errors(cloudobject.bucket):
+            data = self._existing(cloudobject.bucket).get(cloudobject.key)
         if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), cloudobject.sha256):
             raise IntegrityError(f"{cloudobject} does not hold what was stored there: its "
                                  f"content does not match its sha256 {cloudobject.sha256[:16]}…")

@@ -366,20 +366,21 @@ class S3Storage(Storage):
         return self._client
 
     def _is_missing(self, err: Any) -> bool:
+        """Whether ``err`` says the key is missing (a missing bucket is no missing key: the
+        job protocol must not wait for a key in a bucket that is gone)."""
         code = err.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            raise NoSuchBucket(f"no such bucket: {self.bucket}") from None
         return code in ("NoSuchKey", "404", "NotFound")
 
-    def put(self, key: str, data: bytes) -> None:
-        from botocore.exceptions import ClientError
+    def _is_missing_object(self, err: Any) -> bool:
+        """For reads of data (size, open_range, iter_objects, the storage API): a missing
+        bucket raises NoSuchBucket; else whether the key is missing."""
+        if err.response.get("Error", {}).get("Code", "") == "NoSuchBucket":
+            raise NoSuchBucket(f"no such bucket: {self.bucket}") from None
+        return self._is_missing(err)
 
+    def put(self, key: str, data: bytes) -> None:
         self._count("PUT")
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
-        except ClientError as err:
-            self._is_missing(err)  # raises NoSuchBucket for a missing bucket
-            raise
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
@@ -443,7 +444,7 @@ class S3Storage(Storage):
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key, Range=rng)["Body"]
         except ClientError as err:
-            if self._is_missing(err):
+            if self._is_missing_object(err):
                 raise NotFound(key) from None
             if err.response.get("Error", {}).get("Code") == "InvalidRange":
                 return io.BytesIO(b"")  # at or past the end of the object
@@ -461,7 +462,7 @@ class S3Storage(Storage):
             try:
                 resp = self.client.list_objects_v2(**kwargs)
             except ClientError as err:
-                self._is_missing(err)  # raises NoSuchBucket for a missing bucket
+                self._is_missing_object(err)  # raises NoSuchBucket for a missing bucket
                 raise
             for obj in resp.get("Contents", []):
                 yield obj["Key"], int(obj["Size"])
@@ -470,14 +471,8 @@ class S3Storage(Storage):
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import ClientError
-
         self._count("DELETE")
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except ClientError as err:
-            self._is_missing(err)  # raises NoSuchBucket for a missing bucket
-            raise
+        self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def _check_bucket(self) -> None:
         from botocore.exceptions import ClientError

@@ -197,15 +197,16 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return _write_status(storage, event, key, _setup_failure_status(event, exc, stats),
                              counts_before)
     stats["setup_done"] = time.time()
-    _context.set_task(event)  # ObjectStorage() in the task: this job's storage
-
     first = protocol.task_range(tid)[0]
+    _context.set_task(event)  # ObjectStorage() in the task: this job's storage
     try:
         with _job_deadline(event, context, worker_start), \
                 _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
             outcomes, items = _run_items(fn, inputs, first, tid, event)
     except _Cancelled:  # its job was cancelled while it ran: no results, no status
         return {"task": tid, "state": "cancelled"}
+    finally:  # a handler run in the host's own process (tests, tools) leaves no task behind
+        _context.set_task(None)
     stats["compute_done"] = time.time()
 
     # May add errors (a result that cannot be pickled, or not within the memory limit).
