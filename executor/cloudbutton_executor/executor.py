@@ -232,9 +232,13 @@ class Executor:
                                 "iterdata must name them ('s3://bucket/prefix/', a list of "
                                 "keys for a function with an 'obj' parameter, a local directory)")
             with gc_paused():  # bulk allocation: see outcomes.gc_paused
-                items = _check_iterdata(iterdata)
-                payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
-                calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
+                # A numpy array's rows travel as slices of its buffer (no pickle per row).
+                payloads = serialize.dumps_array_rows(iterdata) if extra_args is None else None
+                calls = None
+                if payloads is None:
+                    items = _check_iterdata(iterdata)
+                    payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
+                    calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
         job = self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
         if listing is not None:  # the listing is part of what the job cost
             job.dispatcher.storage.add_counts(listing.requests)
