@@ -2,6 +2,7 @@
 and loaded once per warm worker, not shipped inside every function blob."""
 import os
 
+import numpy as np
 import pytest
 
 from cloudbutton_executor import largevalues, protocol
@@ -69,3 +70,38 @@ def test_a_tampered_stored_value_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="inside a task"):
         largevalues.load(largevalues.StoredValue("cb/values/x.pickle", "0" * 64, 1))
     assert os.path.getsize(os.path.join(st.root, ref.key)) == 5
+
+
+BIG_ROWS = np.arange(protocol.LARGE_VALUE_BYTES // 8 + 1024, dtype=np.float64)
+
+
+def reads_the_big_global(i):
+    return float(BIG_ROWS[i]), len(BIG_ROWS)
+
+
+def test_a_large_global_of_a_python_function_is_stored_apart(ex):
+    """The Python API: a function's large numpy/bytes global is named in its blob by
+    sha256 and stored once beside it, loaded by each warm worker once."""
+    out = ex.map(reads_the_big_global, [0, 5, 7]).result(timeout=60)
+    assert out == [(0.0, len(BIG_ROWS)), (5.0, len(BIG_ROWS)), (7.0, len(BIG_ROWS))]
+    values = ex.storage.list(f"{ex.prefix}/values/")
+    functions = ex.storage.list(f"{ex.prefix}/functions/")
+    assert len(values) == 1 and len(ex.storage.get(values[0])) > BIG_ROWS.nbytes
+    assert all(len(ex.storage.get(k)) < 100_000 for k in functions)
+    ex.map(reads_the_big_global, [1]).result(timeout=60)
+    assert ex.storage.list(f"{ex.prefix}/values/") == values  # not stored twice
+
+
+BIG_WITH_KEY = b"x" * protocol.LARGE_VALUE_BYTES + b" AKIAIOSFODNN7EXAMPLE "
+
+
+def reads_a_big_secret(i):
+    return len(BIG_WITH_KEY)
+
+
+def test_a_large_global_is_screened_like_the_blob(ex):
+    from cloudbutton_executor import SecretError
+
+    with pytest.raises(SecretError, match="access key"):
+        ex.map(reads_a_big_secret, [1])
+    assert ex.storage.list(f"{ex.prefix}/values/") == []  # nothing stored

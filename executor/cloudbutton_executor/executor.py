@@ -11,7 +11,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import catalog, config, datamap, integrity, job_modules, objectstore, protocol, screening, serialize
+from . import (catalog, config, datamap, integrity, job_modules, largevalues, objectstore, protocol,
+               screening, serialize)
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import IntegrityError, JobCancelled
@@ -371,7 +372,10 @@ class Executor:
         fn = objectstore.with_storage_argument(fn)  # a ``storage`` parameter gets the task's
         function = screening.Budget(label=f"function {name}")
         inputs = inputs or screening.Budget(label="the inputs")
-        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function)
+        large: dict[str, bytes] = {}
+        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function, large)
+        for value in large.values():  # before the blob that names them: stored once each
+            largevalues.stash(self.storage, self.prefix, value)
         if payloads is None:
             assert calls is not None
             payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)

@@ -9,8 +9,10 @@ trusted unverified), and keeps it for the next tasks of that warm process.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from . import context, integrity, protocol
@@ -56,6 +58,39 @@ def load(ref: StoredValue, storage: Storage | None = None) -> Any:
 
         value = _values[ref.sha256] = cloudpickle.loads(blob)
         return value
+
+
+# The job storage a worker is reading a function blob from (see ``reading_from``).
+_reading: threading.local = threading.local()
+
+
+@contextlib.contextmanager
+def reading_from(storage: Storage, prefix: str) -> Iterator[None]:
+    """While a worker unpickles a function blob: where the large values it names are."""
+    _reading.where = (storage, prefix)
+    try:
+        yield
+    finally:
+        _reading.where = None
+
+
+def load_digest(digest: str) -> Any:
+    """Unpickling a function blob whose global was stored apart (``is_large``): the value,
+    loaded once per process (the blob names it by its sha256 only)."""
+    where = getattr(_reading, "where", None)
+    if where is None:
+        raise RuntimeError(f"a stored value ({digest[:16]}…) is loaded by a worker reading its function")
+    storage, prefix = where
+    return load(StoredValue(protocol.value_key(prefix, digest), digest, 0), storage)
+
+
+def is_large(obj: Any, limit: int = protocol.LARGE_VALUE_BYTES) -> bool:
+    """Whether ``obj`` is a value a function blob should name instead of holding: bytes,
+    bytearray or a numpy array over ``limit`` bytes (their size is known without pickling)."""
+    t = type(obj)
+    if t is bytes or t is bytearray:
+        return len(obj) > limit
+    return t.__module__ == "numpy" and t.__name__ == "ndarray" and obj.nbytes > limit
 
 
 def resolve(namespace: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import context as _context
-from . import integrity, protocol
+from . import integrity, largevalues, protocol
 from .errors import (ExceptionByState, IntegrityError, OutOfMemoryError, RemoteError,
                      TaskTimeoutError)
 from .local_runtime import CANCELLED_EXIT_CODE, seconds_since_process_start
@@ -191,7 +191,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     try:
         if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
-        fn = _load_function(storage, event["function_key"])
+        with largevalues.reading_from(storage, prefix):  # large globals it names
+            fn = _load_function(storage, event["function_key"])
         inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
         return _write_status(storage, event, key, _setup_failure_status(event, exc, stats),
