@@ -194,9 +194,10 @@ def bench_layer() -> dict:
     runtime = packaging.runtime_for_host()
     pins = packaging.host_pins(["numpy", "scikit-learn"], runtime)
     layer = packaging.build_layer(pins, runtime, "x86_64")
-    return {"zip": len(layer.zip), "unzipped": layer.unzipped_bytes, "build_s": layer.build_s,
-            "resolved": layer.resolution.resolved, "fallbacks": layer.resolution.fallbacks,
-            "runtime": runtime}
+    site = layer.site
+    return {"zip": len(layer.zip), "unzipped": site.unzipped_bytes, "build_s": site.build_s,
+            "resolved": site.resolution.resolved, "fallbacks": site.resolution.fallbacks,
+            "excluded": site.excluded, "runtime": runtime}
 
 
 def main():
@@ -238,7 +239,7 @@ def main():
         print("| " + " | ".join(r) + " |")
     d = chain["req_1_detail"]
     print(f"\nchunksize 1 requests: host {d['host']}, workers {d['workers']}")
-    print(f"layer resolved: {layer['resolved']}")
+    print(f"layer resolved: {layer['resolved']}; left out (provided): {layer['excluded']}")
     for name, fb in layer["fallbacks"].items():
         print(f"layer fallback: {fb['reason']}")
 

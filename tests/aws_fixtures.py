@@ -149,9 +149,12 @@ def _emulator_errors_fail_the_test(request):
 
 
 def config_dict(moto_endpoint, s3_url, lambda_url, **lambda_overrides) -> dict:
+    from lambda_emulator import RUNTIME_CALENDAR
+
     lam = {"function_name": FUNCTION, "memory": 512, "timeout": 30, "workers": CONCURRENCY,
            "invoke_threads": 16, "poll_interval": 0.1, "deadline_grace": 3, "lost_after": 1.5,
-           "redeliveries": 5, "throttle_retry_s": 60}
+           "redeliveries": 5, "throttle_retry_s": 60,
+           "runtime_calendar": RUNTIME_CALENDAR}  # the emulator is not AWS (see lambda_emulator)
     lam.update(lambda_overrides)
     return {"region": REGION, "bucket": BUCKET, "prefix": PREFIX, "lambda": lam,
             "endpoints": {"s3": s3_url, "lambda": lambda_url, "iam": moto_endpoint,

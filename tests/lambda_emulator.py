@@ -21,6 +21,14 @@ awslambdaric, in sandboxes that see only what Lambda would.
   size-capped tmpfs as scratch dir and read-only code (in a private mount namespace
   when the OS allows it). Warm reuse, cold start when the code or configuration
   changed, killed at the function timeout.
+- Container images: ``push_image(uri, context)`` stands in for ``docker build`` +
+  ``docker push``: it builds a build context's Dockerfile as far as it can without
+  docker (FROM an AWS Lambda Python base image, COPY into the task root, CMD the
+  handler) and registers it under the URI. A PackageType=Image function then runs
+  in the same sandboxes with what the base image gives (the runtime dir: awslambdaric
+  and the bundled SDK) and the image's task root; creating a function from an image
+  never pushed is refused, as Lambda refuses a missing ECR image. The same push is
+  served over HTTP (``REGISTRY_PATH``) for a stand-in ``docker`` in another process.
 - ``Faults``: drop / duplicate / throttle (429 + retryAfterSeconds) / latency /
   kill-mid-task, seeded, with counters so tests can check the faults really happened.
 - Anything unexpected inside the emulator (a slot's exception, a server handler's
@@ -52,6 +60,17 @@ import time
 import urllib.parse
 import uuid
 import zipfile
+
+# An emulator is not AWS: it runs the one zip runtime it was built for (the host's Python),
+# whatever AWS's runtime calendar (packaging.RUNTIMES) says about that runtime on the day the
+# tests run. Deploys against it declare that here, once: aws_fixtures.config_dict puts this
+# value in every emulator config as `lambda.runtime_calendar`. The calendar's refusals and
+# warnings are tested against its dates with an injected "today" (test_lambda_runtimes.py).
+RUNTIME_CALENDAR = "waive"
+
+# The emulator's stand-in for an ECR registry: what a ``docker push`` would send (see
+# ``registry_push``); not an AWS API.
+REGISTRY_PATH = "/_emulator/images"
 
 # Lambda's documented limits the emulator enforces (developer guide, "Lambda quotas").
 ASYNC_PAYLOAD_LIMIT = 1024 * 1024     # asynchronous invocation payload (was 256 KB until 2025)
@@ -174,6 +193,11 @@ class ForwardingProxy:
         self.tamper_for: str | None = None
         self.tampered = 0
         self.log: list[tuple[str, str, str]] | None = None  # (access key id, method, key) if set
+        # A bucket policy (or IAM) that refuses writes: PUTs of a key ending with one of
+        # these suffixes get 403 AccessDenied (``deny_for``: only those signed with that
+        # access key id).
+        self.deny_puts: tuple[str, ...] = ()
+        self.deny_for: str | None = None
         self.lock = threading.Lock()
         self.server = _serve(_ProxyHandler, proxy=self)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -185,6 +209,8 @@ class ForwardingProxy:
             self.tamper = {}
             self.tamper_for = None
             self.log = None
+            self.deny_puts = ()
+            self.deny_for = None
 
     @staticmethod
     def _who_and_key(h) -> tuple[str, str]:
@@ -213,6 +239,9 @@ class ForwardingProxy:
             if m:
                 planted = planted[int(m.group(1)):int(m.group(2)) + 1 if m.group(2) else None]
             return h._reply(200, planted, {"Content-Type": "application/octet-stream"})
+        if h.command == "PUT" and key and key.endswith(self.deny_puts) \
+                and (self.deny_for is None or who == self.deny_for):
+            return self._error(h, 403)
         if fault and not after:
             return self._error(h, code)
         status, headers, data = forward(self.target, h.command, h.path, h.headers, body)
@@ -222,7 +251,7 @@ class ForwardingProxy:
 
     @staticmethod
     def _error(h, code):
-        kind = "InternalError" if code == 500 else "SlowDown"
+        kind = {500: "InternalError", 503: "SlowDown", 403: "AccessDenied"}[code]
         body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{kind}</Code>'
                 f'<Message>injected by the test proxy</Message></Error>').encode()
         h._reply(code, body if h.command != "HEAD" else b"", {"Content-Type": "application/xml"})
@@ -260,7 +289,7 @@ class Faults:
 
 # Function state from moto's control plane ---------------------------------------------
 class FunctionSpec:
-    def __init__(self, fn, backend, root: str):
+    def __init__(self, fn, backend, root: str, images: dict | None = None):
         self.name = fn.function_name
         self.arn = fn.function_arn
         self.handler = fn.handler
@@ -278,19 +307,44 @@ class FunctionSpec:
         self.max_event_age = float(conf.get("MaximumEventAgeInSeconds", DEFAULT_EVENT_AGE_S))
         self.code_sha = fn.code_sha_256
         layer_arns = [ly["Arn"] for ly in (fn.layers or [])]
+        self.image = None
+        if self.package_type == "Image":
+            # What the image's base gives (the runtime's Python, awslambdaric, its SDK) is the
+            # emulator's runtime dir; the image's task root is what its Dockerfile copied in.
+            self.image = (images or {}).get((fn.code or {}).get("ImageUri"))
+            self.opt = None
+            if self.image is not None:
+                self.task_root, self.runtime = self.image.task_root, self.image.runtime
+                command = (getattr(fn.image_config, "cmd", None) or [])
+                self.handler = command[0] if command else self.image.handler
+            else:
+                self.task_root = None
         self.key = (self.code_sha, self.handler, self.runtime, self.timeout, self.memory, self.tmp_mb,
-                    tuple(sorted(self.env.items())), tuple(layer_arns))
+                    tuple(sorted(self.env.items())), tuple(layer_arns),
+                    self.image.digest if self.image is not None else None)
+        self._unpacked = threading.Lock()
+        self._pending = None
         if self.package_type != "Zip":
-            self.task_root, self.opt = None, None
             return
-        self.task_root = _unzip([fn.code_bytes], os.path.join(root, "code", _safe(self.code_sha)))
-        # Lambda extracts every layer, in order, into one /opt (later layers win).
-        blobs, shas = [], []
-        for arn in layer_arns:
-            lv = backend.layers_versions_by_arn(arn)
-            blobs.append(lv.code_bytes)
-            shas.append(lv.code_sha_256)
-        self.opt = _unzip(blobs, os.path.join(root, "opt", _safe("-".join(shas) or "none"))) if blobs else None
+        # Lambda extracts every layer, in order, into one /opt (later layers win). Unpacked by
+        # the first sandbox that starts the function (``prepare``), not in the invoke request:
+        # Lambda accepts an async event at once, however big the layers.
+        layers = [backend.layers_versions_by_arn(arn) for arn in layer_arns]
+        self.task_root = os.path.join(root, "code", _safe(self.code_sha))
+        shas = "-".join(lv.code_sha_256 for lv in layers)
+        self.opt = os.path.join(root, "opt", _safe(shas)) if layers else None
+        self._pending = (fn.code_bytes, [lv.code_bytes for lv in layers])
+
+    def prepare(self) -> None:
+        """Unpack the function zip and its layers (once, read-only)."""
+        with self._unpacked:
+            if self._pending is None:
+                return
+            code, blobs = self._pending
+            _unzip([code], self.task_root)
+            if self.opt:
+                _unzip(blobs, self.opt)
+            self._pending = None
 
 
 def _safe(s: str) -> str:
@@ -447,6 +501,7 @@ class Sandbox:
 
     def _start(self, spec: FunctionSpec):
         self._kill()
+        spec.prepare()
         self.inbox = queue.Queue(maxsize=1)
         if os.path.isdir(self.tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)  # a fresh execution environment
@@ -617,6 +672,15 @@ class _InvokeAPI(_Quiet):
             return self.emu.handle_invoke(self, urllib.parse.unquote(m.group(1)), body)
         if self.command == "GET" and self.path.rstrip("/") == "/2016-08-19/account-settings":
             return self.emu.account_settings(self)
+        if self.command == "POST" and self.path == REGISTRY_PATH:
+            return self.emu.registry_push(self, body)
+        if (self.command == "POST" and self.path.rstrip("/") == "/2015-03-31/functions") or \
+                (self.command == "PUT" and re.fullmatch(r"/2015-03-31/functions/[^/]+/code", self.path)):
+            uri = self.emu.image_uri_of(body)
+            if uri is not None and uri not in self.emu.images:
+                # Lambda checks the image in ECR when the function is created or updated.
+                return self.emu._error(self, 400, "InvalidParameterValueException",
+                                       f"Source image {uri} does not exist. Provide a valid source image.")
         relay(self, *forward(self.emu.moto_target, self.command, self.path, self.headers, body))
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _any
@@ -655,6 +719,7 @@ class LambdaEmulator:
                        "expired": 0, "runtime_exits": 0, "max_queued": 0}
         self._lock = threading.Lock()
         self._specs: dict[tuple, FunctionSpec] = {}
+        self.images: dict[str, BuiltImage] = {}  # image URI -> what `docker push` would have sent
         self.sandboxes = [Sandbox(self, i) for i in range(concurrency)]
         self.server = _serve(_InvokeAPI, on_error=self.error, emu=self)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -687,14 +752,51 @@ class LambdaEmulator:
         except Exception:
             return None
         cfgs = getattr(fn, "event_invoke_config", []) or []
-        key = (fn.function_arn, fn.code_sha_256, fn.last_modified, len(cfgs))
+        image = self.images.get((fn.code or {}).get("ImageUri"))
+        # moto keeps LastModified on configuration updates: the configuration itself is the key.
+        key = (fn.function_arn, fn.code_sha_256, fn.last_modified, len(cfgs),
+               image.digest if image is not None else None, fn.handler, fn.run_time, fn.timeout,
+               fn.memory_size, str(getattr(fn, "ephemeral_storage", None)),
+               tuple(sorted((fn.environment_vars or {}).items())),
+               tuple(ly["Arn"] for ly in (fn.layers or [])), tuple(fn.image_config.cmd or ()))
         with self._lock:
             spec = self._specs.get(key)
         if spec is None:
-            spec = FunctionSpec(fn, backend, self.root)
+            spec = FunctionSpec(fn, backend, self.root, self.images)
             with self._lock:
                 self._specs[key] = spec
         return spec
+
+    # Container images: the tests' stand-in for `docker build` + `docker push` to ECR.
+    def push_image(self, uri: str, context: str) -> "BuiltImage":
+        """Build the image of a build context as far as the emulator can (see
+        ``build_image``) and register it under ``uri`` (a later push of the tag replaces it)."""
+        image = build_image(context, os.path.join(self.root, "images"))
+        with self._lock:
+            self.images[uri] = image
+        return image
+
+    def registry_push(self, h, body: bytes):
+        """``POST REGISTRY_PATH`` {"uri", "context"}: ``push_image`` over HTTP, for a
+        stand-in ``docker push`` running in another process."""
+        try:
+            req = json.loads(body)
+            image = self.push_image(req["uri"], req["context"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            return self._error(h, 400, "InvalidImage", f"{type(exc).__name__}: {exc}")
+        return h._reply(200, json.dumps({"digest": image.digest}).encode(),
+                        {"Content-Type": "application/json"})
+
+    @staticmethod
+    def image_uri_of(body: bytes) -> str | None:
+        """The ImageUri of a CreateFunction or UpdateFunctionCode request, if any."""
+        try:
+            req = json.loads(body or b"{}")
+        except ValueError:
+            return None
+        code = req.get("Code", req) if isinstance(req, dict) else {}
+        uri = code.get("ImageUri") if isinstance(code, dict) else None
+        return uri if isinstance(uri, str) else None
 
     def account_settings(self, h):
         """GetAccountSettings: moto has none; the data plane knows its concurrency."""
@@ -720,8 +822,9 @@ class LambdaEmulator:
         spec = self._spec(name.split(":")[-1] if name.startswith("arn:") else name)
         if spec is None:
             return self._error(h, 404, "ResourceNotFoundException", f"Function not found: {name}")
-        if spec.package_type != "Zip":
-            return self._error(h, 400, "InvalidRuntimeException", "the emulator runs zip functions only")
+        if spec.package_type == "Image" and spec.image is None:
+            return self._error(h, 400, "InvalidParameterValueException",
+                               f"image {spec.name} was never pushed to this emulator")
         if spec.runtime != self.runtime:
             return self._error(h, 400, "InvalidRuntimeException",
                                f"runtime {spec.runtime} not available here (only {self.runtime})")
@@ -817,9 +920,73 @@ class LambdaEmulator:
         for s in self.sandboxes:
             s.thread.join(timeout=5)
             s.close()
-        for sub in ("code", "opt"):
+        for sub in ("code", "opt", "images"):
             if os.path.isdir(os.path.join(self.root, sub)):
                 _writable(os.path.join(self.root, sub))
+
+
+class BuiltImage:
+    def __init__(self, task_root: str, runtime: str, handler: str, digest: str):
+        self.task_root, self.runtime, self.handler, self.digest = task_root, runtime, handler, digest
+
+
+_BASE_IMAGE = re.compile(r"public\.ecr\.aws/lambda/python:(3\.\d+)")
+_TASK_ROOT = ("${LAMBDA_TASK_ROOT}", "${LAMBDA_TASK_ROOT}/", "/var/task", "/var/task/")
+
+
+def build_image(context: str, images_root: str) -> BuiltImage:
+    """An image from a build context, for a Dockerfile the emulator can run without docker:
+    FROM one of AWS's Lambda Python base images (its equivalent here: the standard library,
+    awslambdaric and the bundled SDK of the emulator's runtime dir), COPY into the task root
+    (a directory's contents or a file, as docker copies them), CMD the handler. Any other
+    instruction is refused: the emulator cannot pretend to have run it."""
+    with open(os.path.join(context, "Dockerfile"), encoding="utf-8") as f:
+        lines = [ln.strip() for ln in f if ln.strip() and not ln.strip().startswith("#")]
+    runtime = handler = None
+    copies = []
+    for line in lines:
+        op, _, rest = line.partition(" ")
+        args = [a for a in rest.split() if not a.startswith("--platform")]
+        if op == "FROM":
+            m = _BASE_IMAGE.fullmatch(args[0]) if len(args) == 1 else None
+            if m is None:
+                raise ValueError(f"the emulator runs images FROM public.ecr.aws/lambda/python:X only, not {rest!r}")
+            runtime = f"python{m.group(1)}"
+        elif op == "COPY":
+            if len(args) < 2 or args[-1] not in _TASK_ROOT:
+                raise ValueError(f"the emulator copies into the task root only: COPY {rest}")
+            copies += args[:-1]
+        elif op == "CMD":
+            cmd = json.loads(rest)
+            if not (isinstance(cmd, list) and len(cmd) == 1 and isinstance(cmd[0], str)):
+                raise ValueError(f"CMD must name the handler: {rest}")
+            handler = cmd[0]
+        else:
+            raise ValueError(f"the emulator cannot build {op} instructions (no docker here): {line}")
+    if runtime is None or handler is None:
+        raise ValueError(f"{context}/Dockerfile needs a FROM and a CMD")
+    digest = hashlib.sha256()
+    staging = os.path.join(images_root, uuid.uuid4().hex)
+    task = os.path.join(staging, "task")
+    os.makedirs(task)
+    for src in copies:
+        full = os.path.normpath(os.path.join(context, src))
+        if not full.startswith(os.path.abspath(context)) or not os.path.exists(full):
+            raise ValueError(f"COPY {src}: not in the build context {context}")
+        if os.path.isdir(full):
+            shutil.copytree(full, task, dirs_exist_ok=True, symlinks=True)
+        else:
+            shutil.copy2(full, task)
+    for dirpath, dirs, files in os.walk(task):
+        dirs.sort()
+        for name in sorted(files):
+            p = os.path.join(dirpath, name)
+            digest.update(os.path.relpath(p, task).encode())
+            if not os.path.islink(p):
+                with open(p, "rb") as f:
+                    digest.update(hashlib.sha256(f.read()).digest())
+    _read_only(task)
+    return BuiltImage(task, runtime, handler, digest.hexdigest())
 
 
 def build_runtime_dir(runtime: str, cache_root: str) -> str:
@@ -831,7 +998,7 @@ def build_runtime_dir(runtime: str, cache_root: str) -> str:
     from cloudbutton_executor import packaging
 
     machine = {"x86_64": "x86_64", "aarch64": "arm64"}[os.uname().machine]
-    want = dict(packaging.runtime_info(runtime)["sdk"], awslambdaric=md.version("awslambdaric"))
+    want = dict(packaging.runtime_info(runtime).sdk, awslambdaric=md.version("awslambdaric"))
     key = hashlib.sha256(json.dumps([runtime, machine, sorted(want.items())]).encode()).hexdigest()[:16]
     dest = os.path.join(cache_root, "runtimes", f"{runtime}-{machine}-{key}")
     if os.path.isdir(dest):

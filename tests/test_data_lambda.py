@@ -9,7 +9,7 @@ import pytest
 
 from aws_fixtures import BUCKET, FUNCTION, PREFIX, REGION
 from cloudbutton_executor import cli
-from cloudbutton_executor.backends.aws_lambda import access_policy, data_prefix, data_urls
+from cloudbutton_executor.backends.aws_lambda.iam import access_policy, data_prefix, data_urls
 
 ROLE = f"{FUNCTION}-role"
 

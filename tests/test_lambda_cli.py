@@ -53,6 +53,11 @@ def test_status(deployed, lambda_config):
     code, out = run("status")
     assert code == 0, out
     assert "versions: match" in out and "deployed: yes" in out and "cb-lambda-tests" in out
+    from cloudbutton_executor.packaging import RUNTIMES, runtime_for_host, runtime_phase, utc_today
+
+    r = RUNTIMES[runtime_for_host()]
+    assert (f"runtime: {r.name} (zip): {runtime_phase(r.name, utc_today())} (deprecated {r.deprecated}, "
+            f"function create blocked {r.block_create}, update blocked {r.block_update})") in out
     code, out = run("status", "--json")
     assert code == 0 and json.loads(out)["versions_match"] is True
     code, out = run("--region", "eu-west-1", "status")  # nothing deployed there

@@ -198,7 +198,7 @@ def test_fast_invoke_signature_is_botocores(token):
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from cloudbutton_executor.backends.aws_lambda import SigV4Signer
+    from cloudbutton_executor.backends.aws_lambda.invoke import SigV4Signer
 
     creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
     host, path = "lambda.eu-west-1.amazonaws.com", "/2015-03-31/functions/my%3Afn/invocations"
@@ -215,6 +215,89 @@ def test_fast_invoke_signature_is_botocores(token):
         assert ours["Host"] == host
 
 
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, written as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloudbutton test endpoint")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "ca.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_the_fast_invoker_verifies_tls_with_aws_ca_bundle(tmp_path, monkeypatch):
+    """An HTTPS endpoint whose certificate only AWS_CA_BUNDLE vouches for: trusted with the
+    bundle (the signed request arrives, keep-alive reused), refused without it."""
+    import http.server
+    import ssl
+    import threading
+
+    import boto3
+
+    from cloudbutton_executor import InfrastructureError
+    from cloudbutton_executor.backends.aws_lambda.invoke import FastInvoker
+
+    cert, key = _self_signed(tmp_path)
+    seen = []
+
+    class Invoke(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers.get("Authorization", ""), body, id(self.connection)))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Invoke)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    session = boto3.session.Session(aws_access_key_id="AKIAHOSTDUMMYKEY0001",
+                                    aws_secret_access_key="x" * 40, region_name=REGION)
+    try:
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        with pytest.raises(InfrastructureError, match="could not reach Lambda.*CERTIFICATE_VERIFY_FAILED"):
+            FastInvoker(session, REGION, url, "fn", timeout_s=2).invoke(b"{}")
+        assert seen == []
+        monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+        inv = FastInvoker(boto3.session.Session(aws_access_key_id="AKIAHOSTDUMMYKEY0001",
+                                                aws_secret_access_key="x" * 40, region_name=REGION),
+                          REGION, url, "fn", timeout_s=2)
+        inv.invoke(b'{"a": 1}')
+        inv.invoke(b'{"a": 2}')
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(p, b) for p, _, b, _ in seen] == [("/2015-03-31/functions/fn/invocations", b'{"a": 1}'),
+                                              ("/2015-03-31/functions/fn/invocations", b'{"a": 2}')]
+    assert all(a.startswith("AWS4-HMAC-SHA256 Credential=AKIAHOSTDUMMYKEY0001/") for _, a, _, _ in seen)
+    assert seen[0][3] == seen[1][3]  # one pooled keep-alive connection
+
+
 def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch):
     """Each try has a short timeout (connect and answer), then botocore-style retries."""
     import socket
@@ -222,7 +305,7 @@ def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch)
     import boto3
 
     from cloudbutton_executor import InfrastructureError
-    from cloudbutton_executor.backends.aws_lambda import _FastInvoker
+    from cloudbutton_executor.backends.aws_lambda.invoke import FastInvoker
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -230,15 +313,71 @@ def test_an_invoke_endpoint_that_never_answers_fails_within_seconds(monkeypatch)
     try:
         session = boto3.session.Session(aws_access_key_id="AKIAHOSTDUMMYKEY0001",
                                         aws_secret_access_key="x" * 40, region_name=REGION)
-        inv = _FastInvoker(session, REGION, f"http://127.0.0.1:{silent.getsockname()[1]}", "fn",
+        inv = FastInvoker(session, REGION, f"http://127.0.0.1:{silent.getsockname()[1]}", "fn",
                            timeout_s=0.3)
         t0 = time.time()
         with pytest.raises(InfrastructureError, match="could not reach Lambda"):
             inv.invoke(b"{}")
         took = time.time() - t0
+        # Tries never run past the task's deadline: the first try is cut to what is left of
+        # it (1 s of 2), and no second one starts (5 tries of 2 s would take 10 s).
+        slow = FastInvoker(session, REGION, f"http://127.0.0.1:{silent.getsockname()[1]}", "fn",
+                           timeout_s=2.0)
+        t1 = time.time()
+        with pytest.raises(InfrastructureError, match=r"could not reach Lambda.*\(1 tries in"):
+            slow.invoke(b"{}", deadline=t1 + 1.0)
+        cut = time.time() - t1
     finally:
         silent.close()
     assert 4 * 0.3 <= took < 5 * 0.3 + 3, took
+    assert 0.9 <= cut < 2.0, cut
+
+
+def test_the_backend_gives_up_on_a_silent_endpoint_at_the_tasks_deadline():
+    """The backend passes each event's deadline (submitted + timeout + deadline_grace) to
+    its invoker: with 2 s per try, a task of timeout 1 s and a grace of 1 s fails after
+    about 2 s (one try), not after 5 tries of 2 s."""
+    import socket
+    import threading
+
+    from cloudbutton_executor import InfrastructureError
+    from cloudbutton_executor.backends.aws_lambda import LambdaBackend
+
+    class Listener:
+        def __init__(self):
+            self.failed: list[tuple[float, BaseException]] = []
+            self.done = threading.Event()
+
+        def on_accepted(self, event, at):
+            raise AssertionError("a silent endpoint accepted nothing")
+
+        def on_throttled(self, event, retry_after):
+            raise AssertionError("a silent endpoint throttles nothing")
+
+        def on_failure(self, event, err):
+            self.failed.append((time.time(), err))
+            self.done.set()
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections (the kernel does), never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    session = boto3.session.Session(aws_access_key_id="AKIAHOSTDUMMYKEY0001",
+                                    aws_secret_access_key="x" * 40, region_name=REGION)
+    be = LambdaBackend(config=config_dict(url, url, url, invoke_timeout=2.0, deadline_grace=1),
+                       storage=object(), session=session)
+    listener = Listener()
+    try:
+        submitted = time.time()
+        be.invoke([{"job_id": "20260101-000000000-abcdef", "task": "000000-000001",
+                    "host_submit": submitted, "timeout": 1}], listener)
+        assert listener.done.wait(30)
+    finally:
+        silent.close()
+        be.shutdown()
+    (at, err), = listener.failed
+    assert isinstance(err, InfrastructureError) and "could not reach Lambda" in str(err), err
+    assert at - submitted < 1 + 1 + 1.5, at - submitted
 
 
 def test_every_event_lost_still_ends_by_the_timeout(
@@ -279,3 +418,21 @@ def test_status_without_credentials(lambda_config, monkeypatch):
     assert st["credentials"] is False and st["ok"] is False and "AWS_PROFILE" in st["message"]
     with pytest.raises(RuntimeError, match="no AWS credentials"):
         be.invoke([], None)
+
+
+def test_shutdown_leaves_no_thread_of_ours_behind(deployed, lambda_config, lambda_emulator):
+    """After ``shutdown(wait=True)`` a Lambda executor leaves no thread: not the invoker's,
+    not the job's follower, not the status fetchers (a poll that finds many new statuses
+    fetches them on threads; a pool kept for the process's life used to stay)."""
+    import threading
+
+    from lambda_emulator import Faults
+
+    lambda_emulator.reset(Faults())
+    before = set(threading.enumerate())
+    with Executor(backend="lambda", config_path=lambda_config, timeout=20) as ex:
+        job = ex.map(time.sleep, [0.3] * 24)
+        assert job.results(timeout=60) == [None] * 24
+    left = [t.name for t in set(threading.enumerate()) - before
+            if t.is_alive() and t.name.startswith("cloudbutton")]
+    assert left == [], left

@@ -1,5 +1,9 @@
 """Every invocation writes exactly one terminal status, also when its setup fails: the
 task ends at once with an error naming the cause (not at its deadline)."""
+import json
+import os
+import shutil
+import subprocess
 import sys
 import time
 import types
@@ -90,3 +94,41 @@ def test_unreadable_inputs_write_one_error_status(storage):
     assert sorted(errors) == [0, 1] and errors[0]["traceback"]
     # A second delivery of the same event cannot write a second status (first write wins).
     assert handler(event)["written"] is False
+
+
+_FULL_TMP_JOB = """
+import json, time
+from cloudbutton_executor import Executor
+with Executor(backend="local") as ex:
+    t0 = time.time()
+    out = ex.map(abs, [-1, -2], timeout=60).results(timeout=60)
+    print(json.dumps({"took": time.time() - t0,
+                      "out": [[type(o).__name__, str(o)] for o in out]}))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs util-linux's unshare")
+def test_a_full_tmp_ends_the_task_at_once_naming_it(tmp_path):
+    """Workers whose /tmp (TMPDIR) has no room left report that as the task's setup
+    failure, in seconds: they neither die at start (a vague crash, as Python's
+    tempfile.gettempdir() probe would make them) nor move to another directory.
+    The full /tmp is a real one: a tmpfs with no inode left, in a private mount
+    namespace of a child process (root can mount there)."""
+    full = tmp_path / "tmp"
+    full.mkdir()
+    script = tmp_path / "job.py"
+    script.write_text(_FULL_TMP_JOB)
+    shell = (f"mount -t tmpfs -o size=1m,nr_inodes=2 tmpfs {full} && touch {full}/a; "
+             f"touch {full}/b 2>/dev/null; exec {sys.executable} {script}")
+    env = dict(os.environ, TMPDIR=str(full))
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", shell], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if "mount" in proc.stderr and "permission denied" in proc.stderr.lower():
+        pytest.skip(f"no mount namespaces here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["took"] < 10, report
+    for kind, text in report["out"]:
+        assert kind == "WorkerSetupError", report
+        assert "No space left on device" in text and str(full) in text, text
+        assert f"Python {sys.version_info.major}.{sys.version_info.minor}" in text, text

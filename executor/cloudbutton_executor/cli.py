@@ -114,7 +114,7 @@ def _backend(cfg: _config.Config) -> Any:
 
 
 def _data_url(text: str) -> str:
-    from .backends.aws_lambda import data_prefix
+    from .backends.aws_lambda.iam import data_prefix
 
     try:
         data_prefix(text)
@@ -147,7 +147,13 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
              ("prefix", st["prefix"]), ("function", st["function"]),
              ("deployed", {True: "yes", False: "no", None: "unknown"}[st.get("deployed")])]
     if st.get("deployed"):
-        lines += [("memory/timeout", f"{st['memory']} MB / {st['timeout']} s"),
+        dates = st.get("runtime_dates")
+        runtime = f"{st.get('runtime') or 'container image'} ({st.get('package_type', 'Zip').lower()})"
+        if dates:
+            runtime += (f": {dates['phase']} (deprecated {dates['deprecated']}, function create "
+                        f"blocked {dates['block_create']}, update blocked {dates['block_update']})")
+        lines += [("runtime", runtime),
+                  ("memory/timeout", f"{st['memory']} MB / {st['timeout']} s"),
                   ("versions", "match" if st["versions_match"] else "DIFFER"),
                   ("host", json.dumps(st["host_versions"], sort_keys=True)),
                   ("deployed", json.dumps(st["deployed_versions"], sort_keys=True))]

@@ -24,6 +24,7 @@ Example::
       memory: 1024               # MB
       timeout: 300               # s, at most 900
       architecture: x86_64       # or arm64
+      runtime_calendar: enforce  # or waive (an emulator; AWS moved the dates)
       workers: 100               # concurrent invocations per job
       invoke_threads: 96         # threads sending invocations
     endpoints:                   # only for emulators (moto, LocalStack)
@@ -55,6 +56,7 @@ DEFAULT_PATH = os.path.join("~", ".cloudbutton", "config.yaml")
 CONFIG_ENV = "CLOUDBUTTON_CONFIG"
 BACKENDS = ("local", "lambda")
 ARCHITECTURES = ("x86_64", "arm64")
+RUNTIME_CALENDAR = ("enforce", "waive")
 LAMBDA_MAX_TIMEOUT_S = 900  # Lambda's documented maximum
 _SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                 "access_key", "secret_key", "secret_access_key", "session_token", "password"}
@@ -219,6 +221,10 @@ class LambdaConfig:
     timeout: int = setting(300, int, "function timeout in s", low=1, high=LAMBDA_MAX_TIMEOUT_S)
     architecture: str = setting("x86_64", str, "CPU architecture (arm64: Graviton); wheels are "
                                 "chosen to match", choices=ARCHITECTURES)
+    runtime_calendar: str = setting("enforce", str, "AWS's runtime calendar for zip functions: "
+                                    "enforce refuses to deploy a runtime AWS blocks; waive warns "
+                                    "instead (for endpoints that are not AWS, such as an emulator, "
+                                    "or when AWS has moved the dates)", choices=RUNTIME_CALENDAR)
     workers: int = setting(100, int, "concurrent invocations per job", low=1, high=10_000)
     invoke_threads: int = setting(96, int, "threads sending invocations", low=1, high=1024)
     fast_invoke: bool = setting(True, bool, "signed HTTP invokes without botocore's per-call "

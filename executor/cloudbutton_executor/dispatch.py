@@ -52,19 +52,6 @@ log = logging.getLogger("cloudbutton.dispatch")
 CANCEL_CHECK_INTERVAL_S = 0.5  # how often a running job looks for a cancel marker written elsewhere
 FETCH_THREADS = 16  # statuses fetched at once when a poll finds many
 
-_pool: cf.ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _fetch_pool() -> cf.ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = cf.ThreadPoolExecutor(max_workers=FETCH_THREADS,
-                                          thread_name_prefix="cloudbutton-fetch")
-        return _pool
-
-
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
     """What a job is: fixed when it is submitted, written to its manifest."""
@@ -616,9 +603,13 @@ class Dispatcher:
             def fetch(tid: str) -> bytes:
                 return self.storage.get(protocol.status_key(spec.prefix, spec.job_id, tid))
 
-            futs = [_fetch_pool().submit(fetch, tid) for tid in new]
-            for tid, fut in zip(new, futs, strict=True):
-                self._collect(tid, seen, raw=fut.result(), any_task=wide)
+            # A pool per poll (a thread costs tens of microseconds, a GET milliseconds):
+            # no thread outlives the job, so shutdown(wait=True) leaves none behind.
+            with cf.ThreadPoolExecutor(max_workers=min(len(new), FETCH_THREADS),
+                                       thread_name_prefix="cloudbutton-fetch") as pool:
+                futs = [pool.submit(fetch, tid) for tid in new]
+                for tid, fut in zip(new, futs, strict=True):
+                    self._collect(tid, seen, raw=fut.result(), any_task=wide)
         elif new:
             self._collect(new[0], seen, any_task=wide)
         for key in crashes:

@@ -214,7 +214,11 @@ def main() -> None:
     from .worker import handler
 
     home = os.getcwd()
-    scratch_root = os.environ.get("CLOUDBUTTON_SCRATCH") or tempfile.gettempdir()
+    # Not tempfile.gettempdir(): it probes by writing, and with a full /tmp it would end this
+    # process before any event (a vague crash) or fall back to another directory. A scratch
+    # dir that cannot be made is the invocation's setup failure, reported by the handler.
+    scratch_root = (os.environ.get("CLOUDBUTTON_SCRATCH") or os.environ.get("TMPDIR")
+                    or ("/tmp" if os.name == "posix" else tempfile.gettempdir()))
     scratch = None
     try:
         while True:
@@ -230,18 +234,24 @@ def main() -> None:
 def _serve(event: dict[str, Any], handler: Callable[..., dict[str, Any]], replies: IO[bytes],
            home: str, scratch_root: str, scratch: str | None) -> str | None:
     """Run one invocation; returns the (empty) scratch dir the next one may reuse."""
+    setup_error: OSError | None = None
     if scratch is None:
-        scratch = tempfile.mkdtemp(prefix="invocation-", dir=scratch_root)
-    os.chdir(scratch)
-    os.environ["TMPDIR"] = scratch
-    tempfile.tempdir = scratch
+        try:
+            scratch = tempfile.mkdtemp(prefix="invocation-", dir=scratch_root)
+        except OSError as exc:  # a full or missing /tmp: the task's status says so
+            setup_error = OSError(exc.errno, f"no scratch dir (/tmp) for the invocation in "
+                                  f"{scratch_root}: {exc.strerror or exc}")
+    if scratch is not None:
+        os.chdir(scratch)
+        os.environ["TMPDIR"] = scratch
+        tempfile.tempdir = scratch
     response: dict[str, Any]
     try:
         _set_memory_limit(event.get("memory_mb"))
         # A supervisor inside Lambda says when the invocation must have stopped.
         left = (event["stop_at"] - time.time()) if event.get("stop_at") \
             else (event.get("timeout") or 900)
-        response = handler(event, Context(left, event.get("memory_mb")))
+        response = handler(event, Context(left, event.get("memory_mb")), setup_error=setup_error)
     except BaseException as exc:  # an infrastructure failure of the handler itself
         response = {"task": event.get("task"), "state": "handler_error",
                     "error": f"{type(exc).__name__}: {exc}"}
@@ -251,7 +261,7 @@ def _serve(event: dict[str, Any], handler: Callable[..., dict[str, Any]], replie
         tempfile.tempdir = None
         # An invocation that left its scratch dir empty hands an equally fresh
         # one to the next (rmtree + mkdtemp cost more than a small task).
-        if not _is_empty_dir(scratch):
+        if scratch is not None and not _is_empty_dir(scratch):
             shutil.rmtree(scratch, ignore_errors=True)
             scratch = None
     replies.write(encode_message(response))

@@ -93,6 +93,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         why = local_runtime.describe_exit(code, peak, event.get("memory_mb"))
         kind = "oom" if "out of memory" in why else "died"
         return _report(event, kind, f"task {event['task']}: {why}", started)
+    if response.get("state") == "handler_error":
+        # The handler itself failed (e.g. its status write was refused): nothing says so
+        # but this report, as the local backend says it (WorkerDiedError), at once.
+        return _report(event, "died", f"task {event['task']}: worker handler failed: "
+                       f"{response.get('error')}", started)
     return response
 
 

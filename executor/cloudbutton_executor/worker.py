@@ -164,10 +164,12 @@ def _load_reduce_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryv
     return [memoryview(pickle.dumps(((values,), {})))]
 
 
-def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: Any = None, *,
+            setup_error: BaseException | None = None) -> dict[str, Any]:
     """Run one invocation; whatever happens, exactly one terminal status is written
-    (PyWren's rule): a setup failure (cancel check, function, inputs) becomes an
-    error status naming the cause, so the host ends the task at once."""
+    (PyWren's rule): a setup failure (the runtime's own, as ``setup_error``, e.g. a
+    full /tmp; cancel check, function, inputs) becomes an error status naming the
+    cause, so the host ends the task at once."""
     global _invocations
     worker_start = time.time()
     # Under a supervisor (Lambda), the container's cold start and INIT time are its.
@@ -189,6 +191,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         # Without the job's key its status could not be told from a forgery: write nothing.
         return {"task": tid, "state": "refused", "error": "the event carries no valid job key"}
     try:
+        if setup_error is not None:
+            raise setup_error
         if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
         with largevalues.reading_from(storage, prefix):  # large globals it names

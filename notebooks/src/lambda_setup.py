@@ -51,9 +51,13 @@ print("function:", cfg.lambda_.function_name, f"| {cfg.lambda_.memory} MB, {cfg.
 #
 # `cloudbutton deploy` creates (or updates, idempotently) the S3 bucket, an
 # IAM role that can reach only the configured prefix and its logs, and the
-# worker function: a zip of `cloudbutton_executor` and `cloudpickle`. Extra
-# packages your tasks import go in a layer (`--requirements requirements.txt`)
-# or a container image (`--image-uri`). In a terminal:
+# worker function: a zip of `cloudbutton_executor` and `cloudpickle`. The
+# packages your tasks import go in a layer (`--sync`: those your Lambda jobs
+# imported, at this environment's versions; or `--requirements requirements.txt`)
+# or a container image (`--image`). AWS retires old Python runtimes: when your
+# kernel's Python can no longer be deployed as a zip, the deploy says so, with
+# the dates and the ways out (`--image`, or a kernel on a newer Python). In a
+# terminal:
 #
 # ```
 # cloudbutton deploy
