@@ -84,3 +84,23 @@ def ex(storage):
         yield executor
 
 # moto_endpoint, s3_bucket and the Lambda emulator fixtures live in aws_fixtures.py.
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """A real IPython shell with the %cloud magics, its jobs in this test's storage."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from cloudbutton_magic.magics import CloudMagics
+
+    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "no-config.yaml"))
+    shell = InteractiveShell.instance()
+    magics = CloudMagics(shell)
+    shell.register_magics(magics)
+    shell.runner = magics.runner
+    saved = dict(shell.user_ns)
+    shell.run_cell("%cloud config workers=2")
+    yield shell
+    shell.user_ns.clear()
+    shell.user_ns.update(saved)

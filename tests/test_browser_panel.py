@@ -65,6 +65,7 @@ def _notebook() -> dict:
                   code("y = x\nz = (x +* 1)\nz"),
                   code("%%cloud map range(6) --memory 10240\nimport time\ntime.sleep(0.3)\nitem"),
                   code("print('squares:', results)"),
+                  code("len(obj.data_stream.read())"),
                   code("%load_ext cloudbutton_jupyter\nimport os\nmark = os.path.abspath('rerun-fixed')"),
                   code("%%cloud map range(5) -o flaky\n"
                        "10 * item if item % 4 or os.path.exists(mark) else 1 // 0")],
@@ -391,6 +392,24 @@ def test_cancel_long_job_while_kernel_is_busy(page, lab):
     page.wait_for_timeout(500)
     panel.screenshot(path=str(ARTIFACTS / "browser-panel-cancelled.png"))
     _cell(page, 2).screenshot(path=str(ARTIFACTS / "browser-widget-cancelled.png"))
+
+
+def test_run_cell_over_a_storage_path(page, lab):
+    """"Run cell over…" takes a storage path: the cell runs once per object, each run
+    getting its chunk as ``obj`` (no element name typed)."""
+    data = lab["tmp"] / "corpus"
+    data.mkdir(exist_ok=True)
+    for i in range(3):
+        (data / f"part-{i}.txt").write_bytes(b"word\n" * (i + 1))
+    panel = _open_panel(page)
+    panel.locator(".cb-iterable").fill(f"{data}/")
+    panel.locator(".cb-as").fill("")
+    _select_cell(page, 6)
+    panel.locator(".cb-run").click()
+    out = _cell(page, 6).locator(".jp-OutputArea")
+    out.locator(".cloudbutton-header:has-text('3 done')").wait_for(timeout=90_000)
+    assert "0 failed" in out.locator(".cloudbutton-header").first.inner_text()
+    _wait_kernel_idle(page)
 
 
 def test_syntax_error_names_the_users_own_line(page, lab):

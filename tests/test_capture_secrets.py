@@ -114,8 +114,13 @@ def test_report_rows_sizes_and_the_size_warning():
     assert sizes["m"] == 0 and report.warnings == []  # modules are re-imported, not shipped
     _, unmeasured = capture("a\n", {"a": 1}, measure=False)
     assert unmeasured.rows == [{"name": "a", "type": "int", "size": 0}]
+    # Values over the large-value threshold are stored apart (once), so they count for no
+    # function blob; many values under it still add up to a warning.
     _, big = capture("blob\n", {"blob": b"x" * (51 * 1024 * 1024)})
-    assert len(big.warnings) == 1 and big.warnings[0].startswith("the captured variables total 51")
+    assert big.rows[0]["stored"] and big.total == 0 and big.warnings == []
+    nine = {f"v{i}": bytes([i]) * (9 * 1024 * 1024) for i in range(6)}
+    _, many = capture(" + ".join(nine) + "\n", nine)
+    assert len(many.warnings) == 1 and many.warnings[0].startswith("the captured variables total 54")
     with pytest.raises(CaptureError) as info:
         ship("conn", sqlite3.connect(":memory:"))
     assert str(info.value).startswith("cannot ship variable 'conn' (type sqlite3.Connection): ")

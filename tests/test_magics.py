@@ -7,25 +7,9 @@ import time
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 from cloudbutton_executor import protocol
 from cloudbutton_magic.magics import CloudMagics, split_expression
-
-
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
-    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "no-config.yaml"))
-    shell = InteractiveShell.instance()
-    magics = CloudMagics(shell)
-    shell.register_magics(magics)
-    shell.runner = magics.runner
-    saved = dict(shell.user_ns)
-    shell.run_cell("%cloud config workers=2")
-    yield shell
-    shell.user_ns.clear()
-    shell.user_ns.update(saved)
 
 
 def cell(ip, line, body):

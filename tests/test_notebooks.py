@@ -26,7 +26,7 @@ pytest.importorskip("nbclient")
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = {"quickstart", "gflops_benchmark", "monte_carlo", "hyperparameter_search",
-             "batched_scraping", "lambda_setup"}
+             "batched_scraping", "lambda_setup", "word_count"}
 VIEW = "application/vnd.jupyter.widget-view+json"
 MARK = "CLOUDBUTTON_SUMMARY "
 
@@ -215,6 +215,31 @@ def test_batched_scraping_batches_win(tmp_path):
     assert len(widgets) == 3
     for w in widgets:
         assert_done(w, n)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_word_count_over_objects(where, tmp_path, monkeypatch, request):
+    """The data-driven map notebook: generated text in a local directory, or in a moto
+    bucket over HTTP (the config file's S3 endpoint); every word counted exactly once."""
+    if where == "s3":
+        import yaml
+
+        endpoint, bucket = request.getfixturevalue("moto_endpoint"), request.getfixturevalue("s3_bucket")
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(yaml.safe_dump({"endpoints": {"s3": endpoint}, "region": "us-east-1"}))
+        monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(cfg))
+        monkeypatch.setenv("WORDCOUNT_DATA", f"s3://{bucket}/corpus/")
+    else:
+        monkeypatch.delenv("WORDCOUNT_DATA", raising=False)
+    nb = run_notebook("word_count", tmp_path)
+    s = summary(nb)
+    assert s["correct"] and s["words"] == s["expected_words"] > 0
+    assert s["data"].startswith("s3://") == (where == "s3")
+    assert s["bytes_read"] == s["bytes"]  # every byte read by exactly one task
+    assert s["tasks"] > s["objects"] == 8  # objects were split into chunks
+    assert s["median_task_mib_s"] > 0 and s["aggregate_mib_s"] > 0
+    (w,) = job_widgets(nb)
+    assert_done(w, s["tasks"])
 
 
 def test_lambda_setup_against_the_emulator(tmp_path, deployed, lambda_config, lambda_emulator,

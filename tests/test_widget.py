@@ -288,8 +288,8 @@ def test_capture_report_collapsed(ex):
 
     as_dict = normalize_report({"rows": [{"name": "a", "type": "int", "size_bytes": 28}],
                                 "total": 28, "warnings": []})
-    assert as_dict == {"rows": [{"name": "a", "type": "int", "size": 28}], "total": 28,
-                       "warnings": []}
+    assert as_dict == {"rows": [{"name": "a", "type": "int", "size": 28, "stored": False}],
+                       "total": 28, "warnings": []}
     assert normalize_report(rep)["total"] == 3 * 2**20 + 1200
 
 

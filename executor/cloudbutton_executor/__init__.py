@@ -12,8 +12,11 @@ from .executor import Executor
 from .futures import (ALL_COMPLETED, ANY_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
                       CancelledError, TaskFuture, as_completed, get_result, wait)
 from .job import Job
+from .objectstore import CloudObject, ObjectStorage
+from .partitions import DataPartition
 from .pool import CloudPoolExecutor
 from .serialize import SecretError, SerializationError
+from .storage import NoSuchBucket, NotFound
 
 __version__ = "0.1.0"
 
@@ -25,4 +28,5 @@ __all__ = [
     "LostInvocationError", "WorkerSetupError", "IntegrityError", "MissingPackageError", "RemoteError",
     "JobCancelled",
     "VersionMismatchError", "SerializationError", "SecretError", "__version__",
+    "ObjectStorage", "CloudObject", "DataPartition", "NotFound", "NoSuchBucket",
 ]

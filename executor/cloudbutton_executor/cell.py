@@ -69,7 +69,9 @@ class CellTask:
         self.assigned = tuple(assigned)
 
     def __call__(self, *element: Any) -> Any:
-        ns = dict(self.namespace)
+        from . import largevalues
+
+        ns = dict(largevalues.resolve(self.namespace))  # large values: loaded once per process
         ns["__builtins__"] = builtins
         ns.setdefault("__name__", "__main__")
         if self.name is not None:

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
                    default=[], help="also these importable modules (e.g. numpy,sklearn)")
     d.add_argument("--requirements", metavar="FILE",
                    help="pip requirements added to the layer (exact pins win over --sync)")
+    dg = d.add_mutually_exclusive_group()
+    dg.add_argument("--data", metavar="S3_URL", action="append", type=_data_url,
+                   help="s3://bucket/prefix the workers may read (and list) for data-driven maps; "
+                        "repeat for more; without it a deploy keeps the prefixes granted before")
+    dg.add_argument("--no-data", action="store_true",
+                   help="take back the read access every earlier --data granted")
     g = d.add_mutually_exclusive_group()
     g.add_argument("--image", action="store_true",
                    help="the container-image path: a Dockerfile on the public Lambda Python image "
@@ -114,6 +120,16 @@ def _backend(cfg: _config.Config) -> Any:
     return LambdaBackend(config=cfg)
 
 
+def _data_url(text: str) -> str:
+    from .backends.aws_lambda.iam import data_prefix
+
+    try:
+        data_prefix(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     from .backends.aws_lambda import deploy
 
@@ -121,7 +137,7 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     print(f"Deploying {cfg.lambda_.function_name} (config: {cfg.path or 'defaults'})", file=out)
     actions = deploy(cfg, memory=args.memory, timeout=args.timeout, requirements=args.requirements,
                      image_uri=args.image_uri, sync=args.sync, modules=args.modules, arch=args.arch,
-                     image=args.image, out=out)
+                     image=args.image, out=out, data=[] if args.no_data else args.data)
     changed = [a for a in actions if a[0] != "unchanged"]
     print("Nothing to do: everything is up to date." if not changed
           else f"Done: {len(changed)} change(s).", file=out)

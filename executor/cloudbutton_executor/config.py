@@ -341,6 +341,11 @@ OPTIONS: dict[str, Setting] = {s.key: s for s in (
     Setting("auto_batch_target_s", float, None, "how long one chunksize='auto' batch should "
             "run, in s (default: the backend's)", low=0.001, high=LAMBDA_MAX_TIMEOUT_S,
             nullable=True),
+    # A data-driven map's (``map(fn, "s3://bucket/prefix/", obj_chunk_size=...)``)
+    Setting("obj_chunk_size", int, None, "split each object into chunks of this many bytes "
+            "(at line boundaries for text)", low=1, high=2 ** 50, nullable=True, metavar="BYTES"),
+    Setting("obj_chunk_number", int, None, "split each object into this many chunks",
+            low=1, high=100_000, nullable=True, metavar="N"),
 )}
 
 
@@ -485,6 +490,13 @@ def load(path: str | None = None) -> Config:
             raise ConfigError(f"config file {path} does not exist")
         return from_dict({}, env=os.environ)
     return from_dict(read_file(path), path, env=os.environ)
+
+
+def load_or_defaults() -> Config:
+    """The config file if there is one, else the defaults (never an error for a missing
+    file): what the host's data access reads (region, profile, S3 endpoint)."""
+    path = config_path()
+    return from_dict(read_file(path), path if os.path.exists(path) else None, env=os.environ)
 
 
 def read_file(path: str) -> Any:

@@ -11,7 +11,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import cache, catalog, config, integrity, job_modules, protocol, screening, serialize
+from . import (cache, catalog, config, datamap, integrity, job_modules, largevalues, objectstore,
+               protocol, screening, serialize)
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import IntegrityError, JobCancelled
@@ -20,7 +21,7 @@ from .interrupt import cancel_jobs, cancel_on_interrupt
 from .job import Job, new_job
 from .lease import BackendLease
 from .outcomes import gc_paused
-from .storage import LocalStorage, NotFound, Storage
+from .storage import LocalStorage, NotFound, S3Storage, Storage
 
 log = logging.getLogger("cloudbutton.executor")
 
@@ -32,8 +33,7 @@ BACKEND_ALIASES = {"localhost": "local", "aws_lambda": "lambda"}
 _UNSUPPORTED_MAP_REDUCE = {
     "spawn_reducer": "the reduce starts once every map task has ended",
     "extra_env": "workers see only their event; pass values as arguments",
-    "obj_chunk_size": "no storage-object partitioning", "obj_chunk_number": "no storage-object partitioning",
-    "obj_newline": "no storage-object partitioning", "obj_reduce_by_key": "no storage-object partitioning",
+    "obj_reduce_by_key": "one reduce over every chunk of every object",
     "include_modules": "local modules travel by value automatically",
     "exclude_modules": "local modules travel by value automatically",
 }
@@ -69,7 +69,8 @@ def _as_call(item: Any, extra_args: tuple[Any, ...] | dict[str, Any] | None) -> 
 def _check_iterdata(iterdata: Iterable[Any]) -> list[Any]:
     if isinstance(iterdata, (str, bytes)):
         raise TypeError(f"iterdata must be an iterable of task inputs, got a {type(iterdata).__name__}; "
-                        "wrap a single input in a list: [value]")
+                        "wrap a single input in a list: [value] (a string that names storage, "
+                        "'s3://bucket/prefix/' or a local directory, maps over its objects)")
     try:
         items = iter(iterdata)
     except TypeError:
@@ -207,7 +208,9 @@ class Executor:
             chunksize: int | str | None = 1, timeout: float | None = None, retries: int | None = None,
             memory_mb: int | None = None, label: str | None = None,
             runtime_memory: int | None = None, cache: bool | None = None,
-            budget: float | None = None, backups: bool | None = None) -> Job:
+            budget: float | None = None, backups: bool | None = None,
+            obj_chunk_size: int | None = None, obj_chunk_number: int | None = None,
+            obj_newline: str | None = "\n") -> Job:
         """Run ``fn`` once per element of ``iterdata``; returns a ``Job`` of futures in input order.
 
         Elements may be scalars (``fn(x)``), tuples (``fn(*t)``) or dicts (``fn(**d)``);
@@ -217,6 +220,12 @@ class Executor:
         (see ``cache.py``); ``budget``: USD the job may cost, it stops once its projected
         total would pass it; ``backups``: backup invocations for slow tasks. Each defaults
         to the executor's setting.
+
+        A data-driven map: ``iterdata`` a storage location (``"s3://bucket/prefix/"``, a
+        key, a glob; on the local backend a directory or glob), or for a function with
+        an ``obj`` parameter a list of them, runs ``fn`` once per object, or per chunk of
+        ``obj_chunk_size`` bytes / ``obj_chunk_number`` chunks of each object, split at
+        ``obj_newline`` (None: exact byte ranges). See ``datamap``.
         """
         memory_mb = _alias("memory_mb", memory_mb, "runtime_memory", runtime_memory)
         chunksize = 1 if chunksize is None else chunksize
@@ -225,14 +234,66 @@ class Executor:
         options = self._job_options(chunksize=chunksize, timeout=timeout, retries=retries,
                                     memory_mb=memory_mb, cache=cache, budget=budget,
                                     backups=backups)
-        extra_args = config.check_extra_args(extra_args, "map(): ")
-        label = config.check("label", label, "map(): ")
+        where = "map(): "
+        extra_args = config.check_extra_args(extra_args, where)
+        label = config.check("label", label, where)
         inputs = screening.Budget(label="the inputs")
-        with gc_paused():  # bulk allocation: see outcomes.gc_paused
-            items = _check_iterdata(iterdata)
-            payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
-            calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        return self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
+        obj_chunk_size = config.check("obj_chunk_size", obj_chunk_size, where)
+        obj_chunk_number = config.check("obj_chunk_number", obj_chunk_number, where)
+        listing = None
+        if datamap.wants_data(fn, iterdata) and (not isinstance(iterdata, str)
+                                                 or datamap.is_location(iterdata)):
+            listing = self._plan_data(fn, iterdata, obj_chunk_size, obj_chunk_number, obj_newline,
+                                      extra_args)
+            calls: list[Call] | None = listing.calls
+            payloads = None
+        else:
+            if obj_chunk_size is not None or obj_chunk_number is not None:
+                raise TypeError("obj_chunk_size and obj_chunk_number split storage objects: "
+                                "iterdata must name them ('s3://bucket/prefix/', a list of "
+                                "keys for a function with an 'obj' parameter, a local directory)")
+            with gc_paused():  # bulk allocation: see outcomes.gc_paused
+                # A numpy array's rows travel as slices of its buffer (no pickle per row).
+                payloads = serialize.dumps_array_rows(iterdata) if extra_args is None else None
+                calls = None
+                if payloads is None:
+                    items = _check_iterdata(iterdata)
+                    payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
+                    calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
+        job = self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
+        if listing is not None:  # the listing is part of what the job cost
+            job.dispatcher.storage.add_counts(listing.requests)
+        return job
+
+    def _plan_data(self, fn: Callable[..., Any], iterdata: Any, chunk_size: int | None,
+                   chunk_number: int | None, newline: str | None,
+                   extra_args: tuple[Any, ...] | dict[str, Any] | None) -> datamap.Plan:
+        """List what a data-driven map reads, once, here: a location that names nothing is
+        an error before anything is uploaded."""
+        if self._closed:
+            raise RuntimeError("cannot schedule new work after shutdown")
+        return datamap.plan(fn, iterdata, chunk_size=chunk_size, chunk_number=chunk_number,
+                            newline=newline, local_files=self.backend.limits.reads_host_files,
+                            s3=self.data_service(), lambda_workers=not self.backend.limits.reads_host_files,
+                            extra_args=extra_args)
+
+    def object_storage(self) -> objectstore.ObjectStorage:
+        """The storage API over this executor's job storage (its S3 bucket, or its local
+        directory), as its tasks get it from ``ObjectStorage()``; for ``get_cloudobject``
+        of what tasks returned by reference."""
+        return objectstore.ObjectStorage.for_job_storage(self.storage, key_prefix=f"{self.prefix}/objects")
+
+    def data_service(self) -> datamap.S3Service:
+        """The S3 service data buckets are read from: the job storage's (Lambda: its region,
+        endpoint and credentials), else the config file's region, profile and S3 endpoint
+        (the host's credentials chain; local workers inherit it)."""
+        st = self.storage
+        if isinstance(st, S3Storage):
+            return datamap.S3Service(region=st.region, endpoint_url=st.endpoint_url,
+                                     profile=st.profile, session=st._session)
+        cfg = config.load_or_defaults()
+        return datamap.S3Service(region=cfg.region, endpoint_url=cfg.endpoints.get("s3"),
+                                 profile=cfg.profile)
 
     def call_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Run ``fn(*args, **kwargs)`` once; returns its future."""
@@ -252,11 +313,14 @@ class Executor:
                    chunksize: int | str | None = None, timeout: float | None = None,
                    retries: int | None = None, memory_mb: int | None = None,
                    map_runtime_memory: int | None = None, reduce_runtime_memory: int | None = None,
-                   label: str | None = None, **unsupported: Any) -> MapReduceFuture:
+                   label: str | None = None, obj_chunk_size: int | None = None,
+                   obj_chunk_number: int | None = None, obj_newline: str | None = "\n",
+                   **unsupported: Any) -> MapReduceFuture:
         """Map, then run ``reduce_fn(list_of_results)`` remotely on the stored results.
 
         Returns the reduce task's future; it fails with the first map failure. Options
-        apply to the map; ``map_runtime_memory``/``reduce_runtime_memory`` (Lithops'
+        apply to the map (a data-driven one too: ``obj_chunk_size``, ``obj_chunk_number``,
+        ``obj_newline``); ``map_runtime_memory``/``reduce_runtime_memory`` (Lithops'
         names) set each phase's memory, ``memory_mb`` both.
         """
         if unsupported:
@@ -267,7 +331,8 @@ class Executor:
             raise TypeError(f"map_reduce() needs a callable reduce_fn, got {type(reduce_fn).__name__}")
         map_job = self.map(map_fn, iterdata, extra_args=extra_args, chunksize=chunksize,
                            timeout=timeout, retries=retries, label=label,
-                           memory_mb=map_runtime_memory or memory_mb)
+                           memory_mb=map_runtime_memory or memory_mb, obj_chunk_size=obj_chunk_size,
+                           obj_chunk_number=obj_chunk_number, obj_newline=obj_newline)
         # get_result() collects the reduce's value, not the map's results.
         self._uncollected = [u for u in self._uncollected if u[0] is not map_job]
         reduce_memory = reduce_runtime_memory or memory_mb
@@ -330,9 +395,13 @@ class Executor:
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        fn = objectstore.with_storage_argument(fn)  # a ``storage`` parameter gets the task's
         function = screening.Budget(label=f"function {name}")
         inputs = inputs or screening.Budget(label="the inputs")
-        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function)
+        large: dict[str, bytes] = {}
+        blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function, large)
+        for value in large.values():  # before the blob that names them: stored once each
+            largevalues.stash(self.storage, self.prefix, value)
         if payloads is None:
             assert calls is not None
             payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)

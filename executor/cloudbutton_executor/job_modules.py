@@ -19,7 +19,7 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
-from . import screening, serialize
+from . import integrity, largevalues, screening, serialize
 
 _OWN = {"cloudbutton_executor", "cloudbutton_magic", "cloudbutton_jupyter", "cloudpickle", "__main__",
         "builtins", "__mp_main__"}
@@ -52,11 +52,24 @@ def source_imports(code: str) -> set[str]:
 
 
 class _RecordingPickler(serialize._GuardedPickler):
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, large: dict[str, bytes] | None = None,
+                 budget: screening.Budget | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.modules: set[str] = set()
+        self.large = large    # sha256 -> pickle of each large value stored apart
+        self.budget = budget
 
     def reducer_override(self, obj: Any) -> Any:
+        if self.large is not None and largevalues.is_large(obj):
+            # A large global: the blob names it by its pickle's sha256; it is stored once
+            # on its own and each warm worker loads it once (largevalues).
+            # Plain pickle (bytes and arrays hold no code; serialize.dumps would re-enter
+            # the by-value registration this pickler holds), screened like the blob.
+            blob = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+            screening.scan([blob], obj, f"a large {type(obj).__name__}", self.budget)
+            digest = integrity.sha256(blob)
+            self.large[digest] = blob
+            return largevalues.load_digest, (digest,)
         if isinstance(obj, types.ModuleType):
             self.modules.add(obj.__name__.partition(".")[0])
             return super().reducer_override(obj)
@@ -75,11 +88,14 @@ class _RecordingPickler(serialize._GuardedPickler):
 
 
 def dumps_with_modules(obj: Any, label: str = "object",
-                       budget: screening.Budget | None = None) -> tuple[bytes, set[str]]:
-    """``serialize.dumps(obj)`` and the installed modules the pickle needs on the worker."""
+                       budget: screening.Budget | None = None,
+                       large: dict[str, bytes] | None = None) -> tuple[bytes, set[str]]:
+    """``serialize.dumps(obj)`` and the installed modules the pickle needs on the worker.
+    With ``large`` (a dict), large values inside are left out and put there (sha256 ->
+    pickle) for the caller to store (largevalues)."""
     with serialize._local_modules_by_value():
         buf = io.BytesIO()
-        pickler = _RecordingPickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler = _RecordingPickler(buf, protocol=pickle.HIGHEST_PROTOCOL, large=large, budget=budget)
         try:
             pickler.dump(obj)
         except serialize.SecretError as err:

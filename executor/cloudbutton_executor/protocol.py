@@ -100,6 +100,16 @@ def function_key(prefix: str, digest: str) -> str:
     return f"{prefix}/functions/{digest}.pickle"
 
 
+def value_key(prefix: str, digest: str) -> str:
+    """A large captured value, stored once and named by its pickle's sha256 (see largevalues)."""
+    return f"{prefix}/values/{digest}.pickle"
+
+
+# A captured global whose pickle is larger than this is stored once on its own (content-
+# addressed) instead of inside every function blob, and loaded once per warm worker.
+LARGE_VALUE_BYTES = 10 * 1024 * 1024
+
+
 def jobs_prefix(prefix: str) -> str:
     """Where every job of a prefix lives: one folder per job id below it."""
     return f"{prefix}/jobs/"

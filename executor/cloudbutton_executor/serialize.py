@@ -264,6 +264,28 @@ def dumps_scalar_calls(items: list[Any], budget: screening.Budget | None = None
     return out
 
 
+def dumps_array_rows(arr: Any) -> list[Payload] | None:
+    """The payloads ``((row,), {})`` of a map over a numpy array's rows (``arr[i]``), or None
+    for anything else. One row is pickled; every payload is that pickle with the row's
+    bytes swapped for its own row's: a slice of the array's buffer, neither pickled
+    again nor copied. Numbers only (text would need screening), C order, 2-D and up (the
+    elements of a 1-D array are numpy scalars: the usual path)."""
+    np = sys.modules.get("numpy")
+    if (np is None or type(arr) is not np.ndarray or arr.ndim < 2 or not len(arr)
+            or not arr.flags.c_contiguous or arr.dtype.kind not in "biufc"
+            or arr.dtype.fields is not None or not arr[0].nbytes):
+        return None
+    template = pickle.dumps(((arr[0],), {}), 5)
+    row0 = arr[0].tobytes()
+    at = template.find(row0)
+    if at < 0 or template.find(row0, at + 1) >= 0:
+        return None  # the row's bytes are not one clear run in its pickle
+    prefix, suffix = template[:at], template[at + len(row0):]
+    n = len(row0)
+    raw = memoryview(arr).cast("B")
+    return [Pieces([prefix, raw[i * n:(i + 1) * n], suffix]) for i in range(len(arr))]
+
+
 def dumps_each(objs: Iterable[Any], budget: screening.Budget | None = None) -> list[Payload]:
     """Pickle many objects in one by-value registration (raises SerializationError), and
     screen them for credentials."""

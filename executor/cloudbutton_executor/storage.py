@@ -9,14 +9,22 @@ from __future__ import annotations
 import abc
 import builtins
 import collections
+import io
 import os
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 
 class NotFound(KeyError):
     """The key does not exist in storage."""
+
+    def __str__(self) -> str:  # KeyError's repr of its argument reads badly in messages
+        return str(self.args[0]) if self.args else "not found"
+
+
+class NoSuchBucket(NotFound):
+    """The bucket (a local storage's root directory) does not exist."""
 
 
 def default_local_root() -> str:
@@ -66,6 +74,24 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int:
+        """The size of ``key`` in bytes (NotFound if it does not exist)."""
+
+    @abc.abstractmethod
+    def open_range(self, key: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        """A file-like object streaming bytes ``[start, stop)`` of ``key`` (to its end if
+        ``stop`` is None): one ranged GET, read as the caller reads."""
+
+    @abc.abstractmethod
+    def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        """``(key, size)`` of every key under ``prefix``, in key order, page by page
+        (a listing of millions of keys never sits in memory at once)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key`` (nothing happens if it does not exist)."""
 
     @abc.abstractmethod
     def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
@@ -144,6 +170,7 @@ class LocalStorage(Storage):
         try:
             fd = os.open(self._path(key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
+            self._check_root()
             raise NotFound(key) from None
         try:
             if start is None or stop is None:
@@ -157,6 +184,43 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         self._count("HEAD")
         return os.path.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        self._count("HEAD")
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            self._check_root()
+            raise NotFound(key) from None
+
+    def open_range(self, key: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        self._count("GET")
+        try:
+            f = open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            self._check_root()
+            raise NotFound(key) from None
+        f.seek(start)
+        return f if stop is None else _Bounded(f, stop - start)  # type: ignore[return-value]
+
+    def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        self._check_root()
+        for key in self.list(prefix, start_after):
+            try:
+                yield key, os.stat(self._path(key)).st_size
+            except FileNotFoundError:  # deleted since the listing
+                continue
+
+    def delete(self, key: str) -> None:
+        self._count("DELETE")
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def _check_root(self) -> None:
+        if not os.path.isdir(self.root):
+            raise NoSuchBucket(f"no such directory: {self.root}")
 
     def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         self._count("LIST")
@@ -223,6 +287,29 @@ def _read_all(fd: int, start: int) -> bytes:
     return _read_range(fd, start, os.fstat(fd).st_size - start)
 
 
+class _Bounded(io.RawIOBase):
+    """At most ``n`` bytes of an open file, from where it stands."""
+
+    def __init__(self, f: BinaryIO, n: int):
+        self._f = f
+        self._left = max(0, n)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")[:self._left]
+        if not view:
+            return 0
+        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        self._left -= n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 def _conditional_puts(client: Any) -> None:
     """Let ``put_object(IfNoneMatch="*")`` work on botocore releases older than S3's
     conditional writes (Aug 2024) -- such as the one Lambda's Python runtimes bundle:
@@ -248,16 +335,18 @@ class S3Storage(Storage):
     kind = "s3"
 
     def __init__(self, bucket: str, region: str | None = None, endpoint_url: str | None = None,
-                 max_pool_connections: int = 64, session: Any = None):
+                 max_pool_connections: int = 64, session: Any = None, profile: str | None = None,
+                 client: Any = None):
         super().__init__()
         if not bucket:
             raise ValueError("S3 storage needs a bucket name")
         self.bucket = bucket
         self.region = region
         self.endpoint_url = endpoint_url
+        self.profile = profile  # a name in the host's ~/.aws (local workers only), never a secret
         self._max_pool = max_pool_connections
         self._session = session
-        self._client: Any = None
+        self._client: Any = client  # shared by the buckets of one ObjectStorage
         self._client_lock = threading.Lock()
 
     @property
@@ -268,7 +357,7 @@ class S3Storage(Storage):
                     import boto3
                     from botocore.config import Config
 
-                    session = self._session or boto3.session.Session()
+                    session = self._session or boto3.session.Session(profile_name=self.profile)
                     self._client = session.client(
                         "s3", region_name=self.region, endpoint_url=self.endpoint_url,
                         config=Config(retries={"mode": "standard", "max_attempts": 8},
@@ -277,8 +366,17 @@ class S3Storage(Storage):
         return self._client
 
     def _is_missing(self, err: Any) -> bool:
+        """Whether ``err`` says the key is missing (a missing bucket is no missing key: the
+        job protocol must not wait for a key in a bucket that is gone)."""
         code = err.response.get("Error", {}).get("Code", "")
         return code in ("NoSuchKey", "404", "NotFound")
+
+    def _is_missing_object(self, err: Any) -> bool:
+        """For reads of data (size, open_range, iter_objects, the storage API): a missing
+        bucket raises NoSuchBucket; else whether the key is missing."""
+        if err.response.get("Error", {}).get("Code", "") == "NoSuchBucket":
+            raise NoSuchBucket(f"no such bucket: {self.bucket}") from None
+        return self._is_missing(err)
 
     def put(self, key: str, data: bytes) -> None:
         self._count("PUT")
@@ -323,6 +421,70 @@ class S3Storage(Storage):
                 return False
             raise
 
+    def size(self, key: str) -> int:
+        from botocore.exceptions import ClientError
+
+        self._count("HEAD")
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as err:
+            if self._is_missing(err):
+                # HEAD has no error body: a 404 may be the bucket's. Ask once to say which.
+                self._check_bucket()
+                raise NotFound(key) from None
+            raise
+
+    def open_range(self, key: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        self._count("GET")
+        if stop is not None and stop <= start:
+            return io.BytesIO(b"")  # S3 refuses an empty range
+        rng = f"bytes={start}-{'' if stop is None else stop - 1}"
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key, Range=rng)["Body"]
+        except ClientError as err:
+            if self._is_missing_object(err):
+                raise NotFound(key) from None
+            if err.response.get("Error", {}).get("Code") == "InvalidRange":
+                return io.BytesIO(b"")  # at or past the end of the object
+            raise
+        return body  # type: ignore[no-any-return]  # botocore's StreamingBody: read(n), close()
+
+    def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        from botocore.exceptions import ClientError
+
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            self._count("LIST")
+            try:
+                resp = self.client.list_objects_v2(**kwargs)
+            except ClientError as err:
+                self._is_missing_object(err)  # raises NoSuchBucket for a missing bucket
+                raise
+            for obj in resp.get("Contents", []):
+                yield obj["Key"], int(obj["Size"])
+            if not resp.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+    def delete(self, key: str) -> None:
+        self._count("DELETE")
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def _check_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        self._count("HEAD")
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code", "") in ("404", "NoSuchBucket", "NotFound"):
+                raise NoSuchBucket(f"no such bucket: {self.bucket}") from None
+            raise
+
     def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         out: builtins.list[str] = []
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
@@ -364,6 +526,8 @@ class S3Storage(Storage):
             desc["region"] = self.region
         if self.endpoint_url:
             desc["endpoint_url"] = self.endpoint_url
+        if self.profile:
+            desc["profile"] = self.profile
         return desc
 
 
@@ -374,7 +538,7 @@ def storage_from_description(desc: dict[str, Any]) -> Storage:
         return LocalStorage(desc["root"])
     if kind == "s3":
         return S3Storage(desc["bucket"], region=desc.get("region"),
-                         endpoint_url=desc.get("endpoint_url"))
+                         endpoint_url=desc.get("endpoint_url"), profile=desc.get("profile"))
     raise ValueError(f"unknown storage kind {kind!r}")
 
 
@@ -389,6 +553,12 @@ class CountingView(Storage):
     @property
     def counts(self) -> dict[str, int]:
         return self.request_counts
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        """Count requests made for this job through another storage (a data listing)."""
+        for op, n in counts.items():
+            if n:
+                self._count(op, n)
 
     def put(self, key: str, data: bytes) -> None:
         self._count("PUT")
@@ -409,6 +579,22 @@ class CountingView(Storage):
     def exists(self, key: str) -> bool:
         self._count("HEAD")
         return self.inner.exists(key)
+
+    def size(self, key: str) -> int:
+        self._count("HEAD")
+        return self.inner.size(key)
+
+    def open_range(self, key: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        self._count("GET")
+        return self.inner.open_range(key, start, stop)
+
+    def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        self._count("LIST")
+        return self.inner.iter_objects(prefix, start_after)
+
+    def delete(self, key: str) -> None:
+        self._count("DELETE")
+        self.inner.delete(key)
 
     def list(self, prefix: str, start_after: str | None = None) -> builtins.list[str]:
         self._count("LIST")

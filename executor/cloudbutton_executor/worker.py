@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import context as _context
-from . import integrity, protocol
+from . import integrity, largevalues, protocol
 from .errors import (ExceptionByState, IntegrityError, OutOfMemoryError, RemoteError,
                      TaskTimeoutError)
 from .local_runtime import CANCELLED_EXIT_CODE, seconds_since_process_start
@@ -269,20 +269,23 @@ def handler(event: dict[str, Any], context: Any = None, *,
             raise setup_error
         if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
-        fn = _load_function(storage, event["function_key"])
+        with largevalues.reading_from(storage, prefix):  # large globals it names
+            fn = _load_function(storage, event["function_key"])
         inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
         return _write_status(storage, event, key, _setup_failure_status(event, exc, stats),
                              counts_before)
     stats["setup_done"] = time.time()
-
     first = protocol.task_range(tid)[0]
+    _context.set_task(event)  # ObjectStorage() in the task: this job's storage
     try:
         with _job_deadline(event, context, worker_start), \
                 _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
             outcomes, items = _run_items(fn, inputs, first, tid, event, storage, key)
     except _Cancelled:  # its job was cancelled while it ran: no results, no status
         return {"task": tid, "state": "cancelled"}
+    finally:  # a handler run in the host's own process (tests, tools) leaves no task behind
+        _context.set_task(None)
     stats["compute_done"] = time.time()
 
     # May add errors (a result that cannot be pickled, or not within the memory limit).

@@ -15,7 +15,7 @@ import symtable
 import types
 from dataclasses import dataclass, field
 
-from cloudbutton_executor import screening, serialize
+from cloudbutton_executor import protocol, screening, serialize
 
 WARN_TOTAL_BYTES = 50 * 1024 * 1024
 
@@ -27,18 +27,23 @@ class CaptureError(ValueError):
 
 @dataclass
 class CaptureReport:
-    rows: list = field(default_factory=list)  # {"name", "type", "size"}
+    rows: list = field(default_factory=list)  # {"name", "type", "size"[, "stored": True]}
     warnings: list = field(default_factory=list)
+    # The pickles of values over protocol.LARGE_VALUE_BYTES, by name: stored once on their
+    # own (largevalues), not inside the function blob.
+    large: dict = field(default_factory=dict, repr=False)
 
     @property
     def total(self) -> int:
-        return sum(r["size"] for r in self.rows)
+        """Bytes that travel inside the function blob (stored values do not)."""
+        return sum(r["size"] for r in self.rows if not r.get("stored"))
 
     def to_text(self) -> str:
         lines = [f"{'name':<20} {'type':<28} {'size':>10}"]
         for r in self.rows:
-            lines.append(f"{r['name']:<20} {r['type'][:28]:<28} {_human(r['size']):>10}")
-        lines.append(f"{'total':<20} {'':<28} {_human(self.total):>10}")
+            note = "  stored once, loaded by each worker on first use" if r.get("stored") else ""
+            lines.append(f"{r['name']:<20} {r['type'][:28]:<28} {_human(r['size']):>10}{note}")
+        lines.append(f"{'total':<20} {'':<28} {_human(self.total):>10}  in the function blob")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -193,7 +198,8 @@ def capture(code: str, user_ns: dict, exclude=(), measure: bool = True) -> tuple
     return captured, report
 
 
-def check_and_measure(captured: dict, report: CaptureReport, measure: bool = True) -> None:
+def check_and_measure(captured: dict, report: CaptureReport, measure: bool = True,
+                      large_bytes: int = protocol.LARGE_VALUE_BYTES) -> None:
     # The executor screens what is pickled, at any depth, for every job; here each
     # variable is checked as it is first, so the message names it and says why.
     why = screening.check_names(captured)
@@ -205,10 +211,13 @@ def check_and_measure(captured: dict, report: CaptureReport, measure: bool = Tru
             raise CaptureError(
                 f"refusing to ship variable {name!r}: {why}. Credentials never leave this machine; "
                 "create clients inside the cell (workers use their own role).")
-        size = 0
+        size, stored = 0, False
         if measure and not isinstance(value, types.ModuleType):
             try:
-                size = len(serialize.dumps(value, f"variable {name!r}"))
+                blob = serialize.dumps(value, f"variable {name!r}")
+                size = len(blob)
+                if size > large_bytes:
+                    report.large[name], stored = blob, True
             except serialize.SecretError as err:  # names the variable and the path inside it
                 raise CaptureError(str(err)) from None
             except serialize.SerializationError as err:
@@ -216,7 +225,8 @@ def check_and_measure(captured: dict, report: CaptureReport, measure: bool = Tru
                 raise CaptureError(
                     f"{str(err).rstrip('.')}. Create it inside the cell instead, or pass what "
                     "it holds (e.g. a path or plain data).") from None
-        report.rows.append({"name": name, "type": _type_name(value), "size": size})
+        report.rows.append({"name": name, "type": _type_name(value), "size": size,
+                            **({"stored": True} if stored else {})})
         why = live_resource(value)
         if why:
             report.warnings.append(f"{name!r} {why}")

@@ -51,6 +51,15 @@ def _add_map_options(parser):
                    help="re-raise the first task failure at the end")
 
 
+def _add_data_options(parser):
+    g = parser.add_argument_group("a data-driven map (ITERABLE names storage: s3://bucket/prefix/, "
+                                  "keys, a glob or a local directory)")
+    for key in ("obj_chunk_size", "obj_chunk_number"):
+        s = config.OPTIONS[key]
+        g.add_argument(f"--{key.replace('_', '-')}", dest=key, type=s.argparse_type(),
+                       metavar=s.metavar, help=s.help)
+
+
 def _add_run_options(parser):
     g = parser.add_argument_group("what comes back")
     g.add_argument("-o", "--out", metavar="OUT", help="also put the assigned names in OUT (a dict)")
@@ -73,10 +82,12 @@ PARSERS = {
     "map-cell": _parser(
         "%%cloud map ITERABLE [as NAME]",
         "Run the cell once per element of ITERABLE (bound to NAME, default `item`); the value "
-        "of each run's last expression lands, in order, in OUT (default `results`).",
-        _add_backend_options, _add_map_options),
+        "of each run's last expression lands, in order, in OUT (default `results`). An ITERABLE "
+        "that names storage (s3://bucket/prefix/) runs it once per object or chunk, NAME "
+        "bound to the chunk (obj.data_stream, obj.key, obj.part).",
+        _add_backend_options, _add_map_options, _add_data_options),
     "map-line": _parser("%cloud map FUNC ITERABLE", "Map a function already defined.",
-                        _add_backend_options, _add_map_options),
+                        _add_backend_options, _add_map_options, _add_data_options),
     "run": _parser("%%cloud run", "Run the cell once remotely; the names it assigns come back "
                    "into the notebook.", _add_backend_options, _add_run_options),
     "jobs": _parser("%cloud jobs", "Recent jobs, newest first.",
@@ -194,7 +205,7 @@ class CloudMagics(Magics):
             raise UsageError("%%cloud map needs an ITERABLE expression: %%cloud map xs [as x]")
         request = MapRequest(iterable=iterable, name=name, func=func, body=cell, out=args.out or "results",
                              options=_options(args), noblock=args.noblock, dry_run=args.dry_run,
-                             raise_=args.raise_)
+                             raise_=args.raise_, data_options=_data_options(args))
         return self.runner.map(request)
 
     def _run(self, rest, cell):
@@ -221,6 +232,11 @@ class CloudMagics(Magics):
 
     def _config(self, rest, cell):
         self.runner.configure(PARSERS["config"].parse_argstring(rest).assignments)
+
+
+def _data_options(args) -> dict:
+    return {key: getattr(args, key) for key in ("obj_chunk_size", "obj_chunk_number")
+            if getattr(args, key, None) is not None}
 
 
 def _options(args) -> dict:

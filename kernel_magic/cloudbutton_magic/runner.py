@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
 
-from cloudbutton_executor import Executor, SerializationError, catalog, config, protocol
+from cloudbutton_executor import (Executor, NotFound, SerializationError, catalog, config, largevalues,
+                                  protocol)
 from cloudbutton_executor import cache as result_cache
 from cloudbutton_executor.cell import CellTask
+from cloudbutton_executor.datamap import is_location
 from cloudbutton_executor.errors import JobCancelled
 from cloudbutton_executor.interrupt import cancel_jobs
 
@@ -72,6 +74,7 @@ class MapRequest:
     noblock: bool = False
     dry_run: bool = False
     raise_: bool = False
+    data_options: dict = field(default_factory=dict)  # obj_chunk_size / obj_chunk_number
 
 
 class CloudRunner:
@@ -116,16 +119,23 @@ class CloudRunner:
     # %%cloud map / %cloud map -----------------------------------------------------
     def map(self, req: MapRequest):
         settings = self.settings(**req.options)
-        values = self._evaluate_iterable(req.iterable)
+        location = self._data_location(req.iterable)
+        if req.data_options and location is None:
+            raise UsageError(f"--obj-chunk-size and --obj-chunk-number split storage objects: "
+                             f"the iterable {req.iterable!r} names none (s3://bucket/prefix/, a "
+                             "local directory, or a variable holding one)")
+        values = [] if location is not None else self._evaluate_iterable(req.iterable)
         report = cap.CaptureReport()
         if req.body is not None:
             code = self._python_code(req.body, body_first_line(self.shell))
             try:
                 captured, report = cap.capture(code, self.shell.user_ns, exclude={req.name})
+                if not req.dry_run:
+                    self._store_large(captured, report, settings)
                 fn = CellTask(code, captured, name=req.name, label=self._cell_label())
             except (cap.CaptureError, SyntaxError) as err:
                 raise UsageError(str(err)) from None
-            calls = [(v,) for v in values]
+            calls = location if location is not None else [(v,) for v in values]
         else:
             try:
                 fn = self.shell.ev(req.func)
@@ -134,16 +144,19 @@ class CloudRunner:
             if not callable(fn):
                 raise UsageError(f"FUNC {req.func!r} is a {type(fn).__name__}, not a function")
             try:
-                cap.check_and_measure(cap.function_globals(fn), report)
+                # A defined function's globals travel inside it (cloudpickle): none is stored apart.
+                cap.check_and_measure(cap.function_globals(fn), report, large_bytes=2 ** 63)
             except cap.CaptureError as err:
                 raise UsageError(str(err)) from None
-            calls = values
+            calls = location if location is not None else values
         if req.dry_run:
-            print(f"would run {len(calls)} tasks on the {settings['backend']} backend "
+            what = (f"one task per object or chunk of {location}" if location is not None
+                    else f"{len(calls)} tasks")
+            print(f"would run {what} on the {settings['backend']} backend "
                   f"(chunksize {settings['chunksize']}); captured:")
             print(report.to_text())
             return None
-        job = self._submit(fn, calls, settings)
+        job = self._submit(fn, calls, settings, req.data_options)
         return self._follow(job, report, out=req.out, noblock=req.noblock, raise_=req.raise_)
 
     # %%cloud run ------------------------------------------------------------------
@@ -152,6 +165,8 @@ class CloudRunner:
         code = self._python_code(body, body_first_line(self.shell))
         try:
             captured, report = cap.capture(code, self.shell.user_ns)
+            if not dry_run:
+                self._store_large(captured, report, settings)
             _, assigned = cap.analyse(code)
             fn = CellTask(code, captured, name=None, mode="assigned", assigned=tuple(assigned),
                           label=self._cell_label())
@@ -255,6 +270,27 @@ class CloudRunner:
         print(f"cleared the result cache{' of ' + identity if identity else ''}: {n} objects")
 
     # Internals -----------------------------------------------------------------------
+    def _store_large(self, captured: dict, report, settings: dict) -> None:
+        """Store each captured value the report found too large for the function blob
+        once, content-addressed, and ship a reference to it instead (largevalues)."""
+        if not report.large:
+            return
+        ex = self.executor(settings)
+        for name, blob in report.large.items():
+            captured[name] = largevalues.stash(ex.storage, ex.prefix, blob)
+
+    def _data_location(self, expr: str) -> str | None:
+        """The storage a data-driven map reads: ``s3://bucket/prefix/`` or a path written
+        as is, or a notebook variable holding one; None for any other iterable."""
+        text = expr.strip()
+        if is_location(text) and not any(c.isspace() for c in text):
+            return text
+        if text.isidentifier():
+            value = self.shell.user_ns.get(text)
+            if isinstance(value, str) and is_location(value):
+                return value
+        return None
+
     def _evaluate_iterable(self, expr: str) -> list:
         try:
             value = self.shell.ev(expr)
@@ -305,14 +341,15 @@ class CloudRunner:
             raise UsageError(cap.describe_syntax_error(err, first_line)) from None
         return code
 
-    def _submit(self, fn, calls, settings):
+    def _submit(self, fn, calls, settings, data_options=None):
         ex = self.executor(settings)
         try:
             job = ex.map(fn, calls, chunksize=settings["chunksize"], timeout=settings["timeout"],
                          retries=settings["retries"], memory_mb=settings["memory_mb"],
                          label=notebook_label(self.shell), cache=settings["cache"],
-                         budget=settings["budget"], backups=settings["backups"])
-        except (SerializationError, ValueError, TypeError) as err:
+                         budget=settings["budget"], backups=settings["backups"],
+                         **(data_options or {}))
+        except (SerializationError, ValueError, TypeError, NotFound) as err:
             raise UsageError(str(err)) from None
         self.jobs[job.job_id] = job
         return job

@@ -95,7 +95,7 @@ def normalize_report(report) -> dict | None:
         r = r if isinstance(r, dict) else vars(r)
         size = r.get("size", r.get("size_bytes", 0)) or 0
         rows.append({"name": str(r.get("name", "?")), "type": str(r.get("type", "")),
-                     "size": int(size)})
+                     "size": int(size), "stored": bool(r.get("stored"))})
     total = get("total", None)
     if total is None:
         total = get("total_bytes", None)
@@ -750,8 +750,9 @@ class JobView(_Progress):
         r = self.report
         assert r is not None
         rows = "".join(f"<tr><td>{html.escape(x['name'])}</td><td>{html.escape(x['type'])}</td>"
-                       f"<td style='text-align:right'>{fmt_bytes(x['size'])}</td></tr>"
-                       for x in r["rows"])
+                       f"<td style='text-align:right'>{fmt_bytes(x['size'])}"
+                       + (" (stored once, loaded by each worker on first use)" if x["stored"] else "")
+                       + "</td></tr>" for x in r["rows"])
         warns = "".join(f"<div style='color:#b35900'>⚠ {html.escape(wn)}</div>"
                         for wn in r["warnings"])
         return (f"{warns}<table class='cloudbutton-capture'><tr><th>name</th><th>type</th>"

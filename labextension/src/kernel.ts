@@ -100,6 +100,11 @@ function checkIdentifier(what: string, value: string): void {
   }
 }
 
+/** Whether the iterable names storage (a data-driven map): `s3://bucket/prefix/` or a path. */
+export function isStoragePath(iterable: string): boolean {
+  return /^(s3:\/\/|\/|\.\.?\/|~)/.test(iterable.trim());
+}
+
 /** The magic's first line: `%%cloud map ITERABLE [as NAME] [-o OUT] [options]`. */
 export function magicLine(options: IRunOptions): string {
   const iterable = options.iterable.trim();
@@ -109,11 +114,19 @@ export function magicLine(options: IRunOptions): string {
   if (iterable.includes('\n')) {
     throw new KernelError('The iterable must fit on one line.');
   }
+  const storage = isStoragePath(iterable);
+  if (storage && /\s/.test(iterable)) {
+    throw new KernelError(
+      `The storage path "${iterable}" has a space: put it in a variable and run over that.`
+    );
+  }
   checkIdentifier('The element name', options.name.trim());
   checkIdentifier('The results name', options.out.trim());
   const parts = ['%%cloud map', iterable];
-  if (options.name.trim()) {
-    parts.push('as', options.name.trim());
+  // Over storage each run gets its chunk as `obj`, Lithops' name, unless named otherwise.
+  const name = options.name.trim() || (storage ? 'obj' : '');
+  if (name) {
+    parts.push('as', name);
   }
   if (options.out.trim()) {
     parts.push('-o', options.out.trim());

@@ -104,7 +104,7 @@ export class RunSection extends Widget {
       class: 'cb-iterable',
       type: 'text',
       list: 'cb-iterables',
-      placeholder: 'xs, range(100), df.index…',
+      placeholder: 'xs, range(100), s3://bucket/prefix/…',
       onfocus: () => void this._refreshNames(),
       onkeydown: (ev: KeyboardEvent) => {
         if (ev.key === 'Enter') {
@@ -116,7 +116,7 @@ export class RunSection extends Widget {
     this._name = h('input', {
       class: 'cb-as',
       type: 'text',
-      placeholder: 'item'
+      placeholder: 'item (obj over storage)'
     }) as HTMLInputElement;
     this._out = h('input', {
       class: 'cb-out',

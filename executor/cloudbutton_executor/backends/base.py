@@ -50,6 +50,8 @@ class BackendLimits:
     architecture: str | None = None   # CPU architecture it bills (None: not billed)
     live_stdout_s: float | None = None  # a printing task stores its output this often
                                       # (None: only at its end)
+    reads_host_files: bool = False    # its workers see the host's files (a data-driven map
+                                      # may then read local paths)
 
 
 class InvocationListener(Protocol):

@@ -115,7 +115,7 @@ class LocalBackend(Backend):
             can_stop_running=True, calls_back=True, poll_interval_s=None,
             deadline_grace_s=None,  # each slot kills its worker at the timeout and says so
             lost_after_s=None, redeliveries=0, reports_accepted=False,
-            default_memory_mb=2048, auto_batch_target_s=0.05,
+            default_memory_mb=2048, auto_batch_target_s=0.05, reads_host_files=True,
             live_stdout_s=0.5)  # + a 0.25 s tick: printed lines show within about a second
         self.closed = False
         self._queue: collections.deque[tuple[Event, InvocationListener]] = collections.deque()

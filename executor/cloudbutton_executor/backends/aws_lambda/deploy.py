@@ -76,8 +76,10 @@ class Deployer:
     def run(self, *, memory: int | None = None, timeout: int | None = None,
             requirements: str | None = None, image_uri: str | None = None, sync: bool = False,
             modules: Iterable[str] = (), arch: str | None = None,
-            image: bool = False) -> list[Action]:
+            image: bool = False, data: Iterable[str] | None = None) -> list[Action]:
         cfg = self.cfg
+        for url in data or ():
+            iam.data_prefix(url)  # a bad --data stops the deploy before anything changes
         if memory is not None:
             cfg.lambda_.memory = int(memory)
         if timeout is not None:
@@ -91,7 +93,7 @@ class Deployer:
         account, partition = self.account()
         self.bucket = cfg.bucket or default_bucket(account, self.region)
         self.ensure_bucket(self.bucket)
-        role_arn = self.ensure_role(self.bucket, account, partition)
+        role_arn = self.ensure_role(self.bucket, account, partition, data)
         current = self.current_packages()
         # A function's package type is fixed: an image function's packages go into an image.
         as_image = image or bool(image_uri) or self.existing_type == "Image"
@@ -380,7 +382,10 @@ class Deployer:
             "RestrictPublicBuckets": True})
         self._did("created", f"s3://{bucket}", f"region {self.region}")
 
-    def ensure_role(self, bucket: str, account: str, partition: str) -> str:
+    def ensure_role(self, bucket: str, account: str, partition: str,
+                    data: Iterable[str] | None = None) -> str:
+        """The worker's role and its policy; ``data``: the data prefixes it may read (None:
+        those the deployed policy grants already)."""
         client = self.cfg.client("iam", self.session)
         name = self.cfg.role_name
         trust = iam.trust_policy()
@@ -397,18 +402,20 @@ class Deployer:
                 Description="cloudbutton worker: S3 under its prefix, its own logs",
                 Tags=[{"Key": MANAGED_TAG, "Value": "worker-role"}])["Role"]
             self._did("created", f"IAM role {name}")
-        want = iam.access_policy(bucket, self.cfg.prefix, self.region, account,
-                                 self.cfg.lambda_.function_name, partition)
         try:
             have = iam.policy_doc(client.get_role_policy(RoleName=name, PolicyName=self.POLICY_NAME)
                                   ["PolicyDocument"])
         except client.exceptions.NoSuchEntityException:
             have = None
+        want = iam.access_policy(bucket, self.cfg.prefix, self.region, account,
+                                 self.cfg.lambda_.function_name, partition,
+                                 data=iam.data_urls(have) if data is None else data)
         if have != want:
             client.put_role_policy(RoleName=name, PolicyName=self.POLICY_NAME,
                                    PolicyDocument=json.dumps(want))
             self._did("created" if have is None else "updated", f"IAM policy {self.POLICY_NAME}",
-                      f"s3://{bucket}/{self.cfg.prefix}/* and /aws/lambda/{self.cfg.lambda_.function_name}")
+                      f"s3://{bucket}/{self.cfg.prefix}/* and /aws/lambda/{self.cfg.lambda_.function_name}"
+                      + "".join(f", read s3://{u[5:]}" for u in iam.data_urls(want)))
         else:
             self._did("unchanged", f"IAM policy {self.POLICY_NAME}")
         return str(role["Arn"])
@@ -549,10 +556,12 @@ def deploy(cfg: _config.Config | None = None, *, memory: int | None = None,
            timeout: int | None = None, requirements: str | None = None,
            image_uri: str | None = None, sync: bool = False, modules: Iterable[str] = (),
            arch: str | None = None, image: bool = False, out: TextIO | None = None,
-           today: datetime.date | None = None) -> list[Action]:
+           today: datetime.date | None = None, data: Iterable[str] | None = None) -> list[Action]:
     """``cloudbutton deploy``: returns the (verb, what, detail) actions taken. ``today``:
-    the date the runtime calendar is read at (UTC today by default)."""
+    the date the runtime calendar is read at (UTC today by default). ``data``: the
+    ``s3://bucket/prefix`` the workers may read besides the project's prefix (None: keep
+    what is deployed; []: none)."""
     return Deployer(cfg or _config.load(), out=out, today=today).run(
         memory=memory, timeout=timeout, requirements=requirements, image_uri=image_uri, sync=sync,
-        modules=modules, arch=arch, image=image)
+        modules=modules, arch=arch, image=image, data=data)
 
