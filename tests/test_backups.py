@@ -177,4 +177,6 @@ def test_a_local_straggler_is_beaten_by_its_backup_and_killed(tmp_path):
     assert took < 15, f"the backup should have finished the job long before 30 s ({took:.1f} s)"
     (mark,) = job[7].backups
     assert mark["reason"] == "slow" and job[7].attempts == 2
-    assert job.stats["billed_invocations"] == 21
+    # Every backup is billed (on a loaded machine another task may turn straggler too).
+    backups = sum(len(job[i].backups) for i in range(20))
+    assert job.stats["billed_invocations"] == 20 + backups

@@ -57,13 +57,18 @@ def test_s3_requests_per_task_with_auto_batching(lambda_ex):
 
 
 def test_warm_containers_do_not_download_the_function_again(lambda_ex, lambda_emulator):
-    lambda_ex.map(abs, range(12)).result(timeout=60)  # warm every sandbox for this function
+    warm = lambda_ex.map(abs, range(12))  # warm every sandbox for this function
+    warm.result(timeout=60)
+    warm_pids = {f.stats.get("pid") for f in warm}
     cold_before = lambda_emulator.counts["cold_starts"]
     job = lambda_ex.map(abs, range(-60, 0))
     assert job.result(timeout=60) == list(range(60, 0, -1))
     new_cold = lambda_emulator.counts["cold_starts"] - cold_before
+    # Task processes this job met first: a new container's, or a warm container's whose
+    # task process an earlier test ended (the supervisor starts another).
+    new_pids = {f.stats.get("pid") for f in job} - warm_pids
     gets = job.stats["requests"]["workers"].get("GET", 0)
-    assert gets <= new_cold, (gets, new_cold)  # only cold containers fetch the function blob
+    assert gets <= len(new_pids), (gets, new_pids)  # only new task processes fetch the blob
     assert sum(f.stats["cold_start"] for f in job) == new_cold
 
 
