@@ -56,17 +56,24 @@ def test_s3_requests_per_task_with_auto_batching(lambda_ex):
     assert req["per_task"] <= 0.1, req
 
 
+def _task_pids(job):
+    """The task processes that ran a job's tasks (from their statuses' stats)."""
+    pids = {job.outcomes.task_record(job.item_task(i))[0].get("pid") for i in range(len(job))}
+    assert None not in pids, pids
+    return pids
+
+
 def test_warm_containers_do_not_download_the_function_again(lambda_ex, lambda_emulator):
     warm = lambda_ex.map(abs, range(12))  # warm every sandbox for this function
     warm.result(timeout=60)
-    warm_pids = {f.stats.get("pid") for f in warm}
+    warm_pids = _task_pids(warm)
     cold_before = lambda_emulator.counts["cold_starts"]
     job = lambda_ex.map(abs, range(-60, 0))
     assert job.result(timeout=60) == list(range(60, 0, -1))
     new_cold = lambda_emulator.counts["cold_starts"] - cold_before
     # Task processes this job met first: a new container's, or a warm container's whose
     # task process an earlier test ended (the supervisor starts another).
-    new_pids = {f.stats.get("pid") for f in job} - warm_pids
+    new_pids = _task_pids(job) - warm_pids
     gets = job.stats["requests"]["workers"].get("GET", 0)
     assert gets <= len(new_pids), (gets, new_pids)  # only new task processes fetch the blob
     assert sum(f.stats["cold_start"] for f in job) == new_cold
