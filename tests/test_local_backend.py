@@ -12,6 +12,7 @@ import pytest
 from cloudbutton_executor import (Executor, OutOfMemoryError, TaskTimeoutError, WorkerDiedError,
                                   protocol, worker)
 from cloudbutton_executor.backends.local import get_local_backend
+from test_interrupt import _alive  # a zombie counts as gone
 
 
 def test_timeout_kills_the_task_and_others_finish(ex):
@@ -93,16 +94,6 @@ def test_cancel_stops_queued_work_and_kills_running_workers(ex, tmp_path):
     assert ex.map(abs, [-5]).result(timeout=20) == [5]  # the pool recovers
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_cancel_never_kills_the_next_jobs_tasks(ex):
