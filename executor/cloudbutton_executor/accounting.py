@@ -150,6 +150,18 @@ def job_stats(*, n_items: int, counts: Mapping[str, int], created: float, end: f
             "projected_usd": projected}
 
 
+def job_end(*, finished: bool, cancelled_at: float | None, last_stored: float | None,
+            now: float) -> float:
+    """When a job's elapsed time stops, the same in every view (widget, panel, CLI): a
+    cancelled job's at its cancel marker's time (whoever wrote it), a finished job's at its
+    last status stored (not when some host happened to see it), a running job's now."""
+    if cancelled_at is not None:
+        return float(cancelled_at)
+    if finished and last_stored:
+        return float(last_stored)
+    return now
+
+
 def ended_items(task_ids: Iterable[str]) -> int:
     """How many items the stored statuses of these tasks cover."""
     return sum(b - a for a, b in map(protocol.task_range, set(task_ids)))
@@ -204,14 +216,12 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
     remaining = max(0, n - len(covered))
     created = manifest.get("created") or now
     state = stored_state(manifest, len(covered), failed, cancel is not None, now, record)
-    if state == "cancelled":
-        end = (cancel or {}).get("at") or end
-    elif state == "running":
-        end = None
     if state == "running" and not statuses and cached:
-        end = created  # everything so far came from the cache
+        now = created  # everything so far came from the cache
+    end = job_end(finished=state != "running", last_stored=end, now=now,
+                  cancelled_at=(cancel or {}).get("at") if state == "cancelled" else None)
     stats = job_stats(n_items=n, counts={"done": done, "failed": failed, "cached": cached},
-                      created=created, end=end or now, usage=usage, flops=flops,
+                      created=created, end=end, usage=usage, flops=flops,
                       memory_mb=manifest.get("memory_mb"), architecture=manifest.get("architecture"))
     return {
         "job_id": manifest.get("job_id"), "created": created,
