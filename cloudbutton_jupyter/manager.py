@@ -30,6 +30,7 @@ DEFAULT_CONFIG: dict[str, Any] = {**{k: config.SETTINGS[k].default for k in PANE
 # What the Lambda backend reads from the file.
 AWS_KEYS = (*config.AWS, "lambda", "endpoints")
 TRACEBACK_LIMIT = 8000
+RERUN_SCAN = 50  # how many newer jobs a job's detail looks through for its re-runs
 
 
 class InvalidInput(ValueError):
@@ -289,7 +290,7 @@ class CloudManager:
                         self._finished[key] = summary
             out.append(summary)
         self._forget_except({(root, j) for j in ids})
-        return out
+        return accounting.link_reruns(out)
 
     def _forget_except(self, keep: set) -> None:
         """Bound the caches to the jobs still listed."""
@@ -308,6 +309,7 @@ class CloudManager:
         manifest = self._manifest(storage, prefix, job_id)
         statuses = self._statuses(storage, prefix, job_id)
         out = self._summary(storage, prefix, manifest)
+        out = accounting.link_reruns([out, *self._reruns_of(storage, prefix, job_id)])[0]
         created = out["created"]
         tasks, failures = [], []
         for tid in sorted(statuses):
@@ -333,6 +335,24 @@ class CloudManager:
                     "stdout": stdout.get(i, "")[-2000:],
                 })
         out.update(tasks_detail=tasks, failures=failures, manifest=manifest)
+        return out
+
+    def _reruns_of(self, storage, prefix, job_id: str) -> list[dict]:
+        """Summaries of the jobs that re-ran ``job_id``'s failed items: among the
+        ``RERUN_SCAN`` oldest jobs newer than it (a re-run is newer than what it re-runs)."""
+        newer = sorted(j for j in catalog.job_ids(storage, prefix) if j > job_id)[:RERUN_SCAN]
+        out = []
+        root = json.dumps(storage.describe(), sort_keys=True) + prefix
+        for other in newer:
+            m = self._manifests.get((root, other))
+            if m is None:
+                m = catalog.manifest(storage, prefix, other)
+                if m is None:
+                    continue
+                with self._lock:  # immutable: read once (the panel refreshes a detail often)
+                    self._manifests[(root, other)] = m
+            if m and m.get("rerun_of") == job_id:
+                out.append(self._summary(storage, prefix, m))
         return out
 
     def cancel(self, job_id: str) -> dict:

@@ -239,5 +239,38 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
         "projected_usd": stats["projected_usd"] if state == "running" else stats["cost_usd"],
         "budget_usd": manifest.get("budget_usd"),
         "stopped": (cancel or {}).get("reason") if (cancel or {}).get("by") == "budget" else None,
-        "phases": breakdown.as_dict(),
+        "phases": breakdown.as_dict(), "rerun_of": manifest.get("rerun_of"),
     }
+
+
+def rerun_outcome(rerun: Mapping[str, Any]) -> str:
+    """What a re-run came to, in words, from its summary (or brief: no failure count)."""
+    state = rerun.get("state")
+    if state == "done":
+        return "all succeeded"
+    if state == "failed":  # a summary counts failures in ``counts``, a CLI row beside them
+        failed = (rerun.get("counts") or {}).get("failed", rerun.get("failed"))
+        return "some still failed" if failed is None else f"{failed} still failed"
+    return str(state)
+
+
+def link_reruns(jobs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``jobs`` (summaries or briefs, each with ``job_id``, ``state`` and ``rerun_of``), each
+    job that another of them re-ran (``Job.rerun_failed``) given ``rerun_by``: its newest
+    re-run's id, state and outcome, and the line the views show ("failed → re-run as <id>:
+    all succeeded"). Its own records stay as they were: the re-run's results reach the
+    original job's results only in the kernel."""
+    jobs = [dict(j) for j in jobs]
+    newest: dict[str, dict[str, Any]] = {}
+    for j in jobs:
+        of = j.get("rerun_of")
+        if of and (of not in newest or str(j["job_id"]) > str(newest[of]["job_id"])):
+            newest[of] = j
+    for j in jobs:
+        rerun = newest.get(str(j.get("job_id")))
+        if rerun is not None:
+            outcome = rerun_outcome(rerun)
+            j["rerun_by"] = {"job_id": rerun["job_id"], "state": rerun.get("state"),
+                             "outcome": outcome,
+                             "text": f"{j.get('state')} → re-run as {rerun['job_id']}: {outcome}"}
+    return jobs

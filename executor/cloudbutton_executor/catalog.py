@@ -100,5 +100,5 @@ def brief(storage: Storage, prefix: str, job_manifest: dict[str, Any], now: floa
     return {"job_id": job_id, "created": job_manifest.get("created"),
             "function": job_manifest.get("function"), "label": job_manifest.get("label"),
             "backend": job_manifest.get("backend"), "items": job_manifest.get("n_items"),
-            "tasks_stored": len(tids), "ended": ended,
+            "tasks_stored": len(tids), "ended": ended, "rerun_of": job_manifest.get("rerun_of"),
             "state": accounting.stored_state(job_manifest, ended, None, cancelled, now, record)}

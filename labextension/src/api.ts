@@ -53,6 +53,17 @@ export interface IJobSummary {
   budget_usd: number | null;
   stopped: string | null;
   phases?: IPhases;
+  /** The job whose failed items this one re-runs. */
+  rerun_of?: string | null;
+  /** Its newest re-run (accounting.link_reruns): what the views show of the link. */
+  rerun_by?: IRerunLink;
+}
+
+export interface IRerunLink {
+  job_id: string;
+  state: string;
+  outcome: string;
+  text: string;
 }
 
 /** Where the tasks' time went (executor/cloudbutton_executor/phases.py), summed. */

@@ -136,7 +136,11 @@ export class JobDetail extends Widget {
           `${formatDuration(job.duration_s)} · ${costText(job)} at Lambda prices`,
           'cb-detail-cost'
         ),
-        job.stopped ? clipped(job.stopped, 'cb-detail-stopped') : null
+        job.stopped ? clipped(job.stopped, 'cb-detail-stopped') : null,
+        job.rerun_by ? clipped(job.rerun_by.text, 'cb-detail-rerun') : null,
+        job.rerun_of
+          ? clipped(`re-run of ${job.rerun_of}`, 'cb-detail-rerun-of')
+          : null
       ),
       ...[phasesBar(job.phases), this._rerunButton(job)].filter(
         (e): e is HTMLElement => e !== null
