@@ -260,17 +260,17 @@ def link_reruns(jobs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     re-run's id, state and outcome, and the line the views show ("failed → re-run as <id>:
     all succeeded"). Its own records stay as they were: the re-run's results reach the
     original job's results only in the kernel."""
-    jobs = [dict(j) for j in jobs]
+    out = [dict(j) for j in jobs]
     newest: dict[str, dict[str, Any]] = {}
-    for j in jobs:
+    for j in out:
         of = j.get("rerun_of")
         if of and (of not in newest or str(j["job_id"]) > str(newest[of]["job_id"])):
             newest[of] = j
-    for j in jobs:
+    for j in out:
         rerun = newest.get(str(j.get("job_id")))
         if rerun is not None:
             outcome = rerun_outcome(rerun)
             j["rerun_by"] = {"job_id": rerun["job_id"], "state": rerun.get("state"),
                              "outcome": outcome,
                              "text": f"{j.get('state')} → re-run as {rerun['job_id']}: {outcome}"}
-    return jobs
+    return out
