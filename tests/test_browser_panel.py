@@ -67,7 +67,7 @@ def _notebook() -> dict:
                   code("print('squares:', results)"),
                   code("len(obj.data_stream.read())"),
                   code("%load_ext cloudbutton_jupyter\nimport os\nmark = os.path.abspath('rerun-fixed')"),
-                  code("%%cloud map range(5) -o flaky\n"
+                  code("%%cloud map range(5) -o flaky\nprint('ran', item)\n"
                        "10 * item if item % 4 or os.path.exists(mark) else 1 // 0")],
     }
 
@@ -589,6 +589,9 @@ def test_a_click_on_a_bar_shows_its_task_and_failed_items_are_rerun(page, lab):
     panel.screenshot(path=str(ARTIFACTS / "browser-panel-task-detail.png"))
     detail.locator(".cb-tasks tbody tr[data-task='000002-000003']").click()
     assert "task 000002-000003" in box.inner_text() and "ZeroDivisionError" not in box.inner_text()
+    # A task that succeeded shows its input and what it printed too.
+    assert box.locator(".cb-task-input").inner_text() == "item 2 input: 2"
+    assert box.locator(".cb-task-stdout").inner_text().strip() == "ran 2"
 
     (lab["tmp"] / "root" / "rerun-fixed").write_text("")  # the cause is fixed
     flaky.locator(".jp-InputPrompt").click()  # %cloud rerun goes in a new cell below
@@ -598,7 +601,17 @@ def test_a_click_on_a_bar_shows_its_task_and_failed_items_are_rerun(page, lab):
         timeout=60_000)
     _wait_kernel_idle(page)
     rerun.screenshot(path=str(ARTIFACTS / "browser-rerun-failed.png"))
+    # The original job links to its re-run and what it came to, in the detail and the list.
+    detail.locator(".cb-detail-rerun:has-text('all succeeded')").wait_for(timeout=30_000)
+    assert detail.locator(".cb-detail-rerun").inner_text().startswith("failed → re-run as ")
     detail.locator(".cb-detail-back").click()
+    link = panel.locator(f".cb-job[data-job-id='{job_id}'] .cb-job-rerun")
+    link.wait_for()
+    again = link.inner_text().split("re-run as ")[1].split(":")[0]
+    assert link.inner_text() == f"failed → re-run as {again}: all succeeded"
+    assert panel.locator(f".cb-job[data-job-id='{again}'] .cb-job-rerun-of").inner_text() == \
+        f"re-run of {job_id}"
+    panel.screenshot(path=str(ARTIFACTS / "browser-panel-rerun-link.png"))
 
 
 def test_missing_server_extension_is_reported(browser, tmp_path):

@@ -8,7 +8,7 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from . import accounting, integrity, protocol
+from . import accounting, integrity, protocol, shown_inputs
 from .storage import NotFound, Storage
 
 
@@ -34,6 +34,16 @@ def manifests(storage: Storage, prefix: str, limit: int = 20) -> list[dict[str, 
         if m is not None:
             out.append(m)
     return out
+
+
+def inputs_shown(storage: Storage, prefix: str, job_id: str) -> list[str]:
+    """Short reprs of the job's first inputs (``shown_inputs``; unverified: no key here, and
+    only ever shown as text); empty for a job that stored none."""
+    try:
+        doc = integrity.unsealed(storage.get(protocol.inputs_shown_key(prefix, job_id)))
+    except (NotFound, ValueError, AttributeError):
+        return []
+    return shown_inputs.read(doc, job_id)
 
 
 def stored_task_ids(storage: Storage, prefix: str, job_id: str) -> list[str]:

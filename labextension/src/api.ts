@@ -84,6 +84,8 @@ export interface ITaskDetail {
   peak_mem_mb: number | null;
   infra: { kind: string; message: string } | null;
   t: { [key: string]: number | null };
+  /** Its first items: a short repr of the input (null if not kept) and the stdout. */
+  item_detail?: { i: number; input: string | null; stdout: string }[];
 }
 
 export interface IFailure {
