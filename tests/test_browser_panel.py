@@ -68,7 +68,9 @@ def _notebook() -> dict:
                   code("len(obj.data_stream.read())"),
                   code("%load_ext cloudbutton_jupyter\nimport os\nmark = os.path.abspath('rerun-fixed')"),
                   code("%%cloud map range(5) -o flaky\nprint('ran', item)\n"
-                       "10 * item if item % 4 or os.path.exists(mark) else 1 // 0")],
+                       "10 * item if item % 4 or os.path.exists(mark) else 1 // 0"),
+                  code("%%cloud map range(3) -o doubled\nimport time\ntime.sleep(1.5)\n"
+                       "print('tapped', item)\n2 * item")],
     }
 
 
@@ -239,13 +241,15 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     assert "%%cloud" not in _cell(page, 1).locator(".jp-InputArea").inner_text()
     assert _cell(page, 1).locator(".jp-InputArea").inner_text().strip().endswith("x * x")
 
-    # Once the job has ended the widget gives way to its static rendering: counts and
-    # both plots as images, which need no kernel or widget manager.
-    static = out.locator(".cloudbutton-job")
-    static.wait_for(timeout=60_000)
-    assert out.locator(".cloudbutton-job-widget").count() == 0
-    assert static.locator("img.cloudbutton-plot").count() == 2
-    assert "20 done · 0 failed" in static.inner_text()
+    # Once the job has ended, while its kernel lives, the cell shows the ended job's widget
+    # (its bars still open a task's detail), and only it: the static rendering it carries
+    # (counts and both plots as images) stands in where no kernel has the widget (see
+    # test_saved_notebook_and_its_html_show_the_jobs_offline).
+    ended = out.locator(".cb-job-output-live .cloudbutton-job-widget")
+    ended.wait_for(timeout=60_000)
+    assert out.locator(".cloudbutton-job").count() == 1
+    assert out.locator("img.cloudbutton-plot").count() == 0
+    assert "20 done · 0 failed" in ended.locator(".cloudbutton-header").inner_text()
 
     row = panel.locator(".cb-job.cb-state-done").first
     row.wait_for(timeout=30_000)
@@ -612,6 +616,48 @@ def test_a_click_on_a_bar_shows_its_task_and_failed_items_are_rerun(page, lab):
     assert panel.locator(f".cb-job[data-job-id='{again}'] .cb-job-rerun-of").inner_text() == \
         f"re-run of {job_id}"
     panel.screenshot(path=str(ARTIFACTS / "browser-panel-rerun-link.png"))
+
+
+def _bar_under_the_mouse(page, canvas):
+    """Move the mouse over ``canvas`` until the timeline's hover tool names a task; returns
+    that point (a real bar, found the way a user finds one)."""
+    box = canvas.bounding_box()
+    tip = page.locator(".bk-tooltip-content:has-text('task')")
+    for fy in (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8):
+        for fx in (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.9):
+            x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+            page.mouse.move(x, y)
+            page.wait_for_timeout(60)
+            if tip.count() and tip.first.is_visible():
+                return x, y, tip.first.inner_text()
+    raise AssertionError("no timeline bar under the mouse anywhere on the plot")
+
+
+def test_a_click_on_a_bar_of_the_widget_shows_its_task_after_the_job(page, lab):
+    """The cell's own widget: once the job has ended (the kernel idle, the cell done), a
+    click on a bar of its bokeh timeline shows that task's input, stdout and timings."""
+    import re
+
+    _cell(page, 0).wait_for()
+    _wait_kernel_idle(page)
+    _run_cell_with(page, "rerun-fixed")  # %load_ext cloudbutton_jupyter
+    cell = _run_cell_with(page, "-o doubled")
+    out = cell.locator(".jp-OutputArea")
+    live = out.locator(".cb-job-output-live .cloudbutton-job-widget")
+    live.wait_for(timeout=60_000)  # the ended job's output: its widget, not only the images
+    assert "3 done · 0 failed" in live.locator(".cloudbutton-header").inner_text()
+    canvas = live.locator("canvas").first
+    canvas.wait_for()
+    x, y, tip = _bar_under_the_mouse(page, canvas)
+    item = int(re.search(r"items\s*:?\s*(\d+)", tip).group(1))
+    page.mouse.click(x, y)
+    detail = live.locator(".cloudbutton-task")
+    detail.wait_for(timeout=15_000)
+    text = detail.inner_text()
+    assert f"item {item} · state done" in text
+    assert f"input: {item}" in text and f"tapped {item}" in text
+    assert "compute" in text and ("warm start" in text or "cold start" in text)
+    cell.screenshot(path=str(ARTIFACTS / "browser-widget-bar-click.png"))
 
 
 def test_missing_server_extension_is_reported(browser, tmp_path):

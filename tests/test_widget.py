@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cloudbutton_executor import protocol, report_flops
-from cloudbutton_magic.widget import (JobWidget, TextProgress, make_progress, normalize_report,
+from cloudbutton_magic.widget import (JOB_VIEW, JobWidget, TextProgress, make_progress, normalize_report,
                                       task_detail_html, widgets_available)
 from cloudbutton_magic.widget_state import JobTracker
 
@@ -459,6 +459,28 @@ def test_notebook_output_ends_as_a_static_rendering(tmp_path):
     assert "finished: 6 done, 0 failed" in final["text/plain"]
     size = len(json.dumps(nb))
     assert size < 250_000, size  # tens of KB per job, not megabytes
+
+
+def test_an_ended_jobs_widget_stays_clickable_beside_its_static_rendering(tmp_path):
+    """Ended: the output holds the static rendering and a reference to the widget (not a
+    widget view, which kernel-less viewers cannot show); the widget stays open, so a click
+    on a bar after the job (the selection syncs from the page, here set in a later cell)
+    shows that task's detail."""
+    cells = [*NOTEBOOK_CELLS,
+             "k = list(view.plots.timeline_source.data['bottom']).index(4)\n"
+             "view.plots.timeline_source.selected.indices = [k]\n"
+             "print(view.task_detail.value)\n"
+             "print('open:', all(x.comm is not None for x in (view.box, view.bokeh, view.task_detail)))"]
+    nb = run_cells(cells, tmp_path)
+    data = [o["data"] for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    (final,) = [d for d in data if "text/html" in d]
+    assert set(final) == {JOB_VIEW, "text/html", "text/plain"}
+    assert len(final[JOB_VIEW]["model_id"]) == 32
+    assert len(static_images(final["text/html"])) == 2
+    shown = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "item 4 · state done" in shown and "input: <code>4" in shown
+    assert "out 4" in shown and "compute" in shown
+    assert "open: True" in shown  # the page can still show it, and send clicks to it
 
 
 def test_a_job_displays_itself(tmp_path):

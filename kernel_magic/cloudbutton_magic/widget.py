@@ -508,6 +508,9 @@ CSS = """<style>
 STATE_COLOURS = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4",
                  "cancelled": "#7f7f7f", "queued": "#c7c7c7", "cached": COMPUTE_CACHED}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# An ended job's live widget, by model id: rendered by the lab extension (labextension/src/
+# joboutput.ts) while the kernel has the model, beside the static text/html it falls back to.
+JOB_VIEW = "application/vnd.cloudbutton.job+json"
 FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.5"
 PRE = ("max-height: 240px; overflow: auto; font-size: 12px; margin: 2px 0; "
        "white-space: pre-wrap")
@@ -766,8 +769,13 @@ class JobWidget(JobView):
     Displayed with a fallback: the output carries the widget view and, beside it, the
     static rendering (``text/html``), which viewers without a widget manager show.
     When the job ends the output is replaced, in place (its display id), by the final
-    static rendering alone and the widgets are closed: what stays in the notebook needs
-    no kernel, no widget manager and no network, and weighs a few tens of KB.
+    static rendering and a reference to the widget (``JOB_VIEW``), not a widget view:
+    what stays in the notebook needs no kernel, no widget manager and no network, and
+    weighs a few tens of KB. The widgets stay open while the kernel lives, so that the
+    lab extension's renderer for ``JOB_VIEW`` shows the live widget (whose timeline bars
+    a click still opens, after the job) while its model exists, and the static rendering
+    otherwise: after a kernel restart, in nbconvert's HTML, on GitHub, in viewers without
+    the extension (they skip a mimetype they do not know).
     """
 
     def __init__(self, job, capture_report=None, *, min_interval: float = MIN_INTERVAL_S):
@@ -802,6 +810,8 @@ class JobWidget(JobView):
             children.append(self.report_box)
         self.box = w.VBox(children)
         self.box.add_class("cloudbutton-job-widget")
+        self.box.add_class("cloudbutton-job")  # what the static rendering's root is called
+        self._closed = False
         self._render_text()
 
     # Display ------------------------------------------------------------------
@@ -813,7 +823,9 @@ class JobWidget(JobView):
 
     def bundle(self) -> dict:
         if self.finished:
-            return super().bundle()
+            if self._closed:
+                return super().bundle()
+            return {JOB_VIEW: {"model_id": self.box.model_id}, **super().bundle()}
         return {**self.box._repr_mimebundle_(), "text/html": self.static_html(),
                 "text/plain": self.text_line()}
 
@@ -835,8 +847,10 @@ class JobWidget(JobView):
         self._render_text()
         if final:
             if self._handle is not None:
-                self._handle.update(super().bundle(), raw=True)
-            self.close()
+                # The ended job's output shows the widget in a new view, which starts from
+                # the plots' document as first sent: send the document as it is now.
+                self.bokeh.update_from_model(self.plots.layout)
+                self._handle.update(self.bundle(), raw=True)
             self._offer_rerun()
 
     def _on_tap(self, _attr, _old, new) -> None:
@@ -879,6 +893,7 @@ class JobWidget(JobView):
         static rendering."""
         import ipywidgets as w
 
+        self._closed = True
         widgets = [self.box, *self.box.children]
         if self.report_box is not None:
             widgets.extend(self.report_box.children)
