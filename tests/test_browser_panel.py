@@ -70,7 +70,9 @@ def _notebook() -> dict:
                   code("%%cloud map range(5) -o flaky\nprint('ran', item)\n"
                        "10 * item if item % 4 or os.path.exists(mark) else 1 // 0"),
                   code("%%cloud map range(3) -o doubled\nimport time\ntime.sleep(1.5)\n"
-                       "print('tapped', item)\n2 * item")],
+                       "print('tapped', item)\n2 * item"),
+                  code("%%cloud map range(60) --budget 0.0002 -o capped\nimport time\n"
+                       "time.sleep(0.3)\nitem")],
     }
 
 
@@ -658,6 +660,41 @@ def test_a_click_on_a_bar_of_the_widget_shows_its_task_after_the_job(page, lab):
     assert f"input: {item}" in text and f"tapped {item}" in text
     assert "compute" in text and ("warm start" in text or "cold start" in text)
     cell.screenshot(path=str(ARTIFACTS / "browser-widget-bar-click.png"))
+
+
+def test_a_job_stopped_by_its_budget_says_so_in_the_panel(page, lab):
+    """The panel's list and detail show the budget's stop line (what was projected against
+    the budget) and the money: spent and the budget."""
+    import re
+
+    _cell(page, 0).wait_for()
+    _wait_kernel_idle(page)
+    _run_cell_with(page, "rerun-fixed")  # %load_ext cloudbutton_jupyter
+    cell = _run_cell_with(page, "-o capped")
+    header = cell.locator(".cloudbutton-header")
+    header.locator(".cb-budget-stop").wait_for(timeout=60_000)
+    job_id = re.search(r"job (\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6})", header.inner_text()).group(1)
+    panel = _open_panel(page)
+    row = panel.locator(f".cb-job[data-job-id='{job_id}']")
+    stop = row.locator(".cb-job-stopped")
+    stop.wait_for(timeout=30_000)
+    line = stop.inner_text()
+    assert line.startswith("stopped by its budget: its projected total of $"), line
+    assert "would pass its budget of $0.0002" in line and "of 60 items have results" in line
+    projected = float(re.search(r"projected total of \$([0-9.]+)", line).group(1))
+    assert projected > 0.0002
+    assert "cb-state-cancelled" in row.get_attribute("class")  # stopped, never "failed"
+    cost = row.locator(".cb-job-cost")
+    assert re.fullmatch(r"(< )?\$[0-9.]+", cost.inner_text())
+    assert cost.get_attribute("title").endswith("spent · budget $0.0002 (" + line + ")")
+    row.click()
+    detail = panel.locator(".cb-detail")
+    detail.locator(".cb-detail-stopped").wait_for()
+    assert detail.locator(".cb-detail-stopped").inner_text() == line
+    spent = detail.locator(".cb-detail-cost").inner_text()
+    assert re.search(r"\$[0-9.]+ spent · budget \$0\.0002 at Lambda prices", spent), spent
+    panel.screenshot(path=str(ARTIFACTS / "browser-panel-budget-stop.png"))
+    detail.locator(".cb-detail-back").click()
 
 
 def test_missing_server_extension_is_reported(browser, tmp_path):
