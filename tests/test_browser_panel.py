@@ -646,7 +646,9 @@ def test_a_click_on_a_bar_of_the_widget_shows_its_task_after_the_job(page, lab):
     cell = _run_cell_with(page, "-o doubled")
     out = cell.locator(".jp-OutputArea")
     live = out.locator(".cb-job-output-live .cloudbutton-job-widget")
-    live.wait_for(timeout=60_000)  # the ended job's output: its widget, not only the images
+    live.locator(".cloudbutton-header:has-text('finished')").wait_for(timeout=60_000)
+    _wait_kernel_idle(page)  # the cell has ended: a click reaches the kernel at once
+    # The ended job's output: its widget, not only the images.
     assert "3 done · 0 failed" in live.locator(".cloudbutton-header").inner_text()
     canvas = live.locator("canvas").first
     canvas.wait_for()

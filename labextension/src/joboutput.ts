@@ -1,8 +1,9 @@
-// The output an ended job leaves in its cell: the live widget (its timeline bars still
-// open a task's detail on a click) while the kernel that made it still has its model,
-// the static rendering otherwise. The kernel sends both: a reference to the widget
-// (JOB_MIME, see kernel_magic/cloudbutton_magic/widget.py JOB_VIEW) and the static
-// rendering as text/html, which every viewer without this renderer shows instead.
+// A job's cell output: the live widget (its timeline bars open a task's detail on a
+// click, after the job too) while the kernel that made it still has its model, the
+// static rendering otherwise. The kernel sends both: a reference to the widget (JOB_MIME,
+// see kernel_magic/cloudbutton_magic/widget.py JOB_VIEW) and the static rendering as
+// text/html, refreshed every few seconds while the job runs, which every viewer without
+// this renderer shows instead (with the widget view while the job runs, if it has one).
 import type { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import type { NotebookPanel } from '@jupyterlab/notebook';
 import { Panel } from '@lumino/widgets';
@@ -34,8 +35,15 @@ export class JobOutput extends Panel implements IRenderMime.IRenderer {
 
   async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
     this._model = model;
-    await this._showStatic();
     const ref = model.data[JOB_MIME] as { model_id?: string } | undefined;
+    if (ref?.model_id && ref.model_id === this._liveId) {
+      // The kernel refreshed the static rendering (a running job's, every few seconds,
+      // or the ended job's): the live view shown stays, it updates itself.
+      return;
+    }
+    this._liveId = null;
+    this.removeClass('cb-job-output-live');
+    await this._showStatic();
     if (!ref?.model_id || !this._registry.getFactory(WIDGET_MIME)) {
       return; // no widget manager in this notebook: the static rendering it is
     }
@@ -59,10 +67,12 @@ export class JobOutput extends Panel implements IRenderMime.IRenderer {
     for (const old of this.widgets.filter(w => w !== live)) {
       old.dispose(); // one rendering in the page, not a hidden twin
     }
+    this._liveId = ref.model_id;
     this.addClass('cb-job-output-live');
-    // The kernel restarted or closed the widget: back to the static rendering.
+    // The kernel restarted or closed the widget: back to the latest static rendering.
     view.disposed.connect(() => {
-      if (this._model === model && !this.isDisposed) {
+      if (this._liveId === ref.model_id && !this.isDisposed) {
+        this._liveId = null;
         this.removeClass('cb-job-output-live');
         live.dispose();
         void this._showStatic();
@@ -87,6 +97,7 @@ export class JobOutput extends Panel implements IRenderMime.IRenderer {
 
   private _registry: Registry;
   private _model: IRenderMime.IMimeModel | null = null;
+  private _liveId: string | null = null;
 }
 
 /** Let the notebook's outputs of ended jobs render with `JobOutput`. */
@@ -103,6 +114,6 @@ export function addJobOutputRenderer(panel: NotebookPanel): void {
       mimeTypes: [JOB_MIME],
       createRenderer: () => new JobOutput(registry)
     },
-    0
+    -20 // before the widget view (-10) that a running job's output carries too
   );
 }
