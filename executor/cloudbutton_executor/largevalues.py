@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
 from . import context, integrity, protocol
+from .cleanup import refresh_or_put
 from .storage import Storage, storage_from_description
 
 _values: dict[str, Any] = {}  # sha256 -> the loaded value, for this warm process
-_lock = threading.Lock()
+_lock = threading.RLock()  # a stored value may name another (loaded while it unpickles)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +35,11 @@ class StoredValue:
 
 def stash(storage: Storage, prefix: str, blob: bytes) -> StoredValue:
     """Store ``blob`` (a value's pickle, already screened) under its sha256, unless it is
-    there already; the reference a task's namespace carries instead of the value."""
+    there already (then only its last-modified time is refreshed, which keeps it from
+    `cloudbutton clean`); the reference a task's namespace carries instead of the value."""
     digest = integrity.sha256(blob)
     key = protocol.value_key(prefix, digest)
-    if not storage.exists(key):
-        storage.put(key, blob)
+    refresh_or_put(storage, key, blob)
     return StoredValue(key, digest, len(blob))
 
 
