@@ -399,10 +399,12 @@ class Executor:
         fn = objectstore.with_storage_argument(fn)  # a ``storage`` parameter gets the task's
         function = screening.Budget(label=f"function {name}")
         inputs = inputs or screening.Budget(label="the inputs")
-        large: dict[str, bytes] = {}
+        large: dict[str, tuple[str, bytes]] = {}
         blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function, large)
-        for value in large.values():  # before the blob that names them: stored once each
-            largevalues.stash(self.storage, self.prefix, value)
+        for what, value in large.values():  # before the blob that names them: stored once each
+            ref = largevalues.stash(self.storage, self.prefix, value)
+            log.info("%s: %s (%.1f MB) stored apart at %s, loaded once per warm worker",
+                     name, what, ref.size / 1e6, ref.key)
         if payloads is None:
             assert calls is not None
             payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)

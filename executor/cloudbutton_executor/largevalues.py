@@ -86,9 +86,15 @@ def load_digest(digest: str) -> Any:
     return load(StoredValue(protocol.value_key(prefix, digest), digest, 0), storage)
 
 
+def cell_of(digest: str) -> Any:
+    """A closure's cell holding a stored value (``load_digest``)."""
+    return types.CellType(load_digest(digest))
+
+
 def is_large(obj: Any, limit: int = protocol.LARGE_VALUE_BYTES) -> bool:
-    """Whether ``obj`` is a value a function blob should name instead of holding: bytes,
-    bytearray or a numpy array over ``limit`` bytes (their size is known without pickling)."""
+    """Whether ``obj`` is a bytes, bytearray or numpy array over ``limit`` bytes (its size
+    is known without pickling). Values of any other type are measured by pickling them
+    (``job_modules``): a by-value function's globals, defaults and closure values."""
     t = type(obj)
     if t is bytes or t is bytearray:
         return len(obj) > limit
