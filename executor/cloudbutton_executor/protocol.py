@@ -300,8 +300,9 @@ def inline_event_limit(payload_limit_bytes: int | None) -> int:
 # all of its items failed with that error.
 # Its "stats" holds the invocation's timestamps (host_submit, worker_start, setup_done,
 # compute_done, result_stored), cold_start, peak_mem_mb, the storage requests the
-# worker made ("requests": {"PUT": n, ...}) and, where the backend reports it, the
-# billed INIT time of a cold start ("init_s").
+# worker made ("requests": {"PUT": n, ...}), where the backend reports it, the
+# billed INIT time of a cold start ("init_s") and, for a task that read data from
+# storage (``obj`` chunks, ``ObjectStorage``), "read_bytes" and the "read_s" spent on them.
 
 def item_columns(status: dict[str, Any]) -> dict[str, Any]:
     """The columnar "items" of a status, whatever the version that wrote it."""
