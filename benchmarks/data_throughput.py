@@ -11,8 +11,16 @@
 3. Host memory of the listing and planning as the dataset grows: the peak Python
    allocation (tracemalloc) of planning a map over 1 GB and 10 GB of objects (sparse
    files: listing reads no data) at the same chunk size.
+4. Host memory of the whole map as the dataset grows (``--flat-gb 1,10``): a data map over
+   sparse local files whose tasks read every byte of their chunk and discard it. The host's
+   RSS before the executor starts, after the job, and its peak while the job runs
+   (sampled every 5 ms, and the kernel's VmHWM reset before each run), plus the bytes the
+   host process itself read while the job ran (/proc/self/io rchar, taken before the
+   workers end: a reaped child's reads are added to its parent's): the data flows through
+   the workers only.
 
 Usage: python benchmarks/data_throughput.py [--gb 1] [--s3-mb 200] [--reps 3] [--chunk-mb 64]
+                                            [--flat-gb 1,10] [--only throughput|memory]
 Prints a Markdown table. Figures are medians of ``--reps`` runs; the first run of each
 warms the page cache and the workers and is not counted.
 """
@@ -172,24 +180,114 @@ def bench_listing_memory(args, tmp):
             f"peak {peak / 1024:,.0f} KiB |" for gb, objects, parts, peak in out]
 
 
+def drain(obj):
+    """Read the chunk and keep nothing."""
+    n = 0
+    while True:
+        block = obj.data_stream.read(MB)
+        if not block:
+            return n
+        n += len(block)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _host_read_bytes() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def _peak_rss_since_reset() -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
+def bench_host_memory_flat(args, tmp):
+    """One row per dataset size: the host's RSS before, after and at its peak around a data
+    map whose tasks read every byte (sparse files: no disk, the kernel hands out zeros)."""
+    import threading
+
+    from cloudbutton_executor import Executor
+    from cloudbutton_executor.storage import LocalStorage
+
+    rows = []
+    for gb in [0.25, *args.flat_gb]:  # the first run warms imports and the executor: not shown
+        root = os.path.join(tmp, f"flat-{gb:g}")
+        os.makedirs(root)
+        per_file = 256 * MB
+        n_files = max(1, int(gb * 1024 * MB) // per_file)
+        for i in range(n_files):
+            with open(os.path.join(root, f"part-{i:05d}.bin"), "wb") as f:
+                f.truncate(per_file)
+        nbytes = n_files * per_file
+        peak = [0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.005):
+                peak[0] = max(peak[0], _rss())
+
+        before = _rss()
+        read_before = _host_read_bytes()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the kernel's peak RSS (VmHWM) from here on
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t = time.perf_counter()
+        with Executor(storage=LocalStorage(os.path.join(tmp, "jobs"))) as ex:
+            job = ex.map(drain, root + "/", obj_chunk_size=args.chunk_mb * MB, obj_newline=None)
+            read = sum(job.result(timeout=3600))
+            # Before the workers end: once reaped, a child's reads count as its parent's.
+            host_read = _host_read_bytes() - read_before
+            del job
+        wall = time.perf_counter() - t
+        stop.set()
+        sampler.join()
+        after = _rss()
+        kernel_peak = _peak_rss_since_reset()
+        assert read == nbytes, (read, nbytes)
+        rows.append((gb, nbytes, n_files, nbytes // (args.chunk_mb * MB), wall, before, after,
+                     max(peak[0], kernel_peak), host_read))
+        shutil.rmtree(root)
+    out = ["| dataset read by the tasks | tasks | wall | total | host RSS before | after | peak "
+           "| peak - before | bytes the host read |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for gb, nbytes, _files, tasks, wall, before, after, peak, host_read in rows[1:]:
+        out.append(f"| {nbytes / 2**30:,.1f} GiB | {tasks} | {wall:.1f} s | "
+                   f"{nbytes / MB / wall:,.0f} MB/s | {before / MB:,.1f} MB | {after / MB:,.1f} MB | "
+                   f"{peak / MB:,.1f} MB | {(peak - before) / MB:+,.1f} MB | {host_read / MB:,.1f} MB |")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gb", type=float, default=1.0, help="local dataset size (GB)")
     ap.add_argument("--s3-mb", type=float, default=200, help="S3 dataset size (MB, in moto's memory)")
     ap.add_argument("--chunk-mb", type=int, default=64, help="obj_chunk_size of the local map (MB)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--flat-gb", type=lambda t: [float(x) for x in t.split(",")], default=[1.0, 10.0],
+                    help="dataset sizes of the host-memory run, comma-separated (GB)")
+    ap.add_argument("--only", choices=("throughput", "memory"),
+                    help="run only the throughput tables or only the host-memory runs")
     args = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="cb-data-bench-")
     try:
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
               f"Python {sys.version.split()[0]}\n")
-        print("| dataset | size | tasks | per task (median) | data map, total | one sequential reader "
-              "| ratio |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        print(bench_local(args, tmp), flush=True)
-        print(bench_s3(args, tmp), flush=True)
-        print("\n| host memory of listing and planning | |\n| --- | --- |")
-        print("\n".join(bench_listing_memory(args, tmp)))
+        if args.only != "memory":
+            print("| dataset | size | tasks | per task (median) | data map, total | one sequential reader "
+                  "| ratio |")
+            print("| --- | --- | --- | --- | --- | --- | --- |")
+            print(bench_local(args, tmp), flush=True)
+            print(bench_s3(args, tmp), flush=True)
+        if args.only != "throughput":
+            print("\n| host memory of listing and planning | |\n| --- | --- |")
+            print("\n".join(bench_listing_memory(args, tmp)))
+            print()
+            print("\n".join(bench_host_memory_flat(args, tmp)), flush=True)
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

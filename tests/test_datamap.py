@@ -412,3 +412,37 @@ def test_each_task_reports_its_read_throughput_and_the_timeline_draws_it(place, 
     (row,) = JobTracker(plain).poll().rows
     assert row["read"] == "" and math.isnan(row["read_mbs"])
     assert static_plots._read_labels(Figure().add_subplot(), [row]) == ""
+
+
+def drain(obj):
+    n = 0
+    while True:
+        block = obj.data_stream.read(1 << 20)
+        if not block:
+            return n
+        n += len(block)
+
+
+def host_read_bytes():
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's per-process I/O counts")
+def test_the_host_never_reads_the_data_itself(tmp_path):
+    """A data map's bytes flow through its workers only: the host lists, plans and collects
+    (statuses, a few KB) while its tasks read 128 MB. rchar counts every byte the host's
+    threads read(); it is taken before the workers end (a reaped child's reads would be
+    added to it). Sparse files: no disk, the kernel hands out zeros."""
+    root = tmp_path / "sparse"
+    root.mkdir()
+    for i in range(4):
+        with open(root / f"part-{i}.bin", "wb") as f:
+            f.truncate(32 << 20)
+    with Executor(workers=2, storage=LocalStorage(str(tmp_path / "jobs")), timeout=120) as ex:
+        assert ex.map(len, ["warm"]).result(timeout=60) == [4]  # workers started, modules loaded
+        before = host_read_bytes()
+        job = ex.map(drain, f"{root}/", obj_chunk_size=8 << 20, obj_newline=None)
+        assert sum(job.result(timeout=120)) == 128 << 20 and len(job) == 16
+        host_read = host_read_bytes() - before
+    assert host_read < 4 << 20, f"the host read {host_read / 2**20:.1f} MB"
