@@ -227,7 +227,7 @@ def bench_host_memory_flat(args, tmp):
         peak = [0]
         stop = threading.Event()
 
-        def sample():
+        def sample(peak=peak, stop=stop):
             while not stop.wait(0.005):
                 peak[0] = max(peak[0], _rss())
 
@@ -254,7 +254,7 @@ def bench_host_memory_flat(args, tmp):
                      max(peak[0], kernel_peak), host_read))
         shutil.rmtree(root)
     out = ["| dataset read by the tasks | tasks | wall | total | host RSS before | after | peak "
-           "| peak - before | bytes the host read |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| peak - before | bytes the host read |", "|" + " --- |" * 9]
     for gb, nbytes, _files, tasks, wall, before, after, peak, host_read in rows[1:]:
         out.append(f"| {nbytes / 2**30:,.1f} GiB | {tasks} | {wall:.1f} s | "
                    f"{nbytes / MB / wall:,.0f} MB/s | {before / MB:,.1f} MB | {after / MB:,.1f} MB | "
