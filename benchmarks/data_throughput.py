@@ -7,7 +7,10 @@
    and the ratio total / sequential.
 2. The same over S3 (a moto server over HTTP, ``--s3-mb`` MB: moto keeps objects in
    memory), read by local workers with ranged GETs, against one process GETting the
-   objects one after the other.
+   objects one after the other; and read by the worker deployed on the Lambda emulator
+   (``--lambda-workers`` sandboxes of AWS's awslambdaric under a bare interpreter, the
+   worker's role granted the data prefix by ``deploy --data``), per task from the tasks'
+   own read statistics.
 3. Host memory of the listing and planning as the dataset grows: the peak Python
    allocation (tracemalloc) of planning a map over 1 GB and 10 GB of objects (sparse
    files: listing reads no data) at the same chunk size.
@@ -20,7 +23,8 @@
    the workers only.
 
 Usage: python benchmarks/data_throughput.py [--gb 1] [--s3-mb 200] [--reps 3] [--chunk-mb 64]
-                                            [--flat-gb 1,10] [--only throughput|memory]
+                                            [--flat-gb 1,10] [--lambda-workers 6]
+                                            [--only throughput|memory|lambda]
 Prints a Markdown table. Figures are medians of ``--reps`` runs; the first run of each
 warms the page cache and the workers and is not counted.
 """
@@ -116,6 +120,21 @@ def bench_local(args, tmp):
     return row("local files, local backend", nbytes, seq_wall, map_wall, parts)
 
 
+def s3_corpus(s3, megabytes: float):
+    """16 MB text objects under s3://bench-data/corpus/ (about ``megabytes`` in all): their
+    total size, and one process reading them one GET after the other."""
+    s3.create_bucket(Bucket="bench-data")
+    per_object = 16 * MB
+    body = (LINE * (per_object // len(LINE) + 1))[:per_object]
+    keys = [f"corpus/{i:05d}.txt" for i in range(max(1, int(megabytes * MB) // per_object))]
+    for k in keys:
+        s3.put_object(Bucket="bench-data", Key=k, Body=body)
+
+    def sequential():
+        return sum(len(s3.get_object(Bucket="bench-data", Key=k)["Body"].read()) for k in keys)
+    return len(keys) * len(body), sequential
+
+
 def bench_s3(args, tmp):
     import boto3
     from moto.server import ThreadedMotoServer
@@ -133,18 +152,8 @@ def bench_s3(args, tmp):
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        s3.create_bucket(Bucket="bench-data")
-        per_object, total = 16 * MB, int(args.s3_mb * MB)
-        body = (LINE * (per_object // len(LINE) + 1))[:per_object]
-        keys = [f"corpus/{i:05d}.txt" for i in range(max(1, total // per_object))]
-        for k in keys:
-            s3.put_object(Bucket="bench-data", Key=k, Body=body)
-        nbytes = len(keys) * len(body)
-
-        def sequential():
-            return sum(len(s3.get_object(Bucket="bench-data", Key=k)["Body"].read()) for k in keys)
-
+        nbytes, sequential = s3_corpus(boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1"),
+                                       args.s3_mb)
         seq_wall, n = timed(sequential, args.reps)
         cfg = os.path.join(tmp, "config.yaml")
         with open(cfg, "w") as f:
@@ -156,6 +165,40 @@ def bench_s3(args, tmp):
         return row("S3 (moto over HTTP), local backend", nbytes, seq_wall, map_wall, parts)
     finally:
         server.stop()
+
+
+def bench_lambda(args, tmp):
+    """The S3 map on the Lambda emulator (AWS's awslambdaric running the deployed worker
+    under a bare interpreter, moto S3 over HTTP), beside one process GETting the objects
+    one after the other. Per task: the tasks' own read statistics (read_bytes / read_s)."""
+    import boto3
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from lambda_overheads import emulated_lambda
+
+    from cloudbutton_executor import Executor, config
+    from cloudbutton_executor.backends.aws_lambda import deploy
+
+    with emulated_lambda(concurrency=args.lambda_workers) as (path, data, _root):
+        endpoint = data["endpoints"]["s3"]
+        nbytes, sequential = s3_corpus(
+            boto3.client("s3", endpoint_url=endpoint, region_name=data["region"]), args.s3_mb)
+        deploy(config.load(path), data=["s3://bench-data/corpus/"])  # the workers may read it
+        seq_wall, n = timed(sequential, args.reps)
+        rates = []
+        with Executor(backend="lambda", config_path=path) as ex:
+            def run():
+                job = ex.map(count, "s3://bench-data/corpus/", obj_chunk_size=4 * MB)
+                parts = job.result(timeout=1800)
+                rates.extend(f.stats["read_bytes"] / MB / f.stats["read_s"] for f in job)
+                return parts
+            map_wall, parts = timed(run, args.reps)
+        assert sum(p[0] for p in parts) == n == nbytes
+        per_task = statistics.median(rates[-len(parts):])
+        total_rate, seq = nbytes / MB / map_wall, nbytes / MB / seq_wall
+        return (f"| S3 (moto over HTTP), Lambda emulator ({args.lambda_workers} sandboxes) | "
+                f"{nbytes / MB:,.0f} MB | {len(parts)} | {per_task:,.0f} MB/s | {total_rate:,.0f} MB/s | "
+                f"{seq:,.0f} MB/s | {total_rate / seq:.2f}x |")
 
 
 def bench_listing_memory(args, tmp):
@@ -270,7 +313,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--flat-gb", type=lambda t: [float(x) for x in t.split(",")], default=[1.0, 10.0],
                     help="dataset sizes of the host-memory run, comma-separated (GB)")
-    ap.add_argument("--only", choices=("throughput", "memory"),
+    ap.add_argument("--lambda-workers", type=int, default=6,
+                    help="sandboxes of the Lambda emulator run (0: skip it)")
+    ap.add_argument("--only", choices=("throughput", "memory", "lambda"),
                     help="run only the throughput tables or only the host-memory runs")
     args = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="cb-data-bench-")
@@ -281,9 +326,12 @@ def main(argv=None) -> int:
             print("| dataset | size | tasks | per task (median) | data map, total | one sequential reader "
                   "| ratio |")
             print("| --- | --- | --- | --- | --- | --- | --- |")
-            print(bench_local(args, tmp), flush=True)
-            print(bench_s3(args, tmp), flush=True)
-        if args.only != "throughput":
+            if args.only != "lambda":
+                print(bench_local(args, tmp), flush=True)
+                print(bench_s3(args, tmp), flush=True)
+            if args.lambda_workers:
+                print(bench_lambda(args, tmp), flush=True)
+        if args.only not in ("throughput", "lambda"):
             print("\n| host memory of listing and planning | |\n| --- | --- |")
             print("\n".join(bench_listing_memory(args, tmp)))
             print()
