@@ -175,3 +175,21 @@ def test_a_large_value_of_any_type_is_loaded_once_per_warm_worker_and_verified(s
         with pytest.raises(IntegrityError, match="stored value"):
             job.result(timeout=60)
         assert job[0].stats["cold_start"]
+
+
+BIG_NESTED = {"rows": np.zeros(protocol.LARGE_VALUE_BYTES // 8 + 1024), "name": "nested",
+              "labels": [f"label-{i:090d}" for i in range(protocol.LARGE_VALUE_BYTES // 90)]}
+
+
+def reads_the_nested_array(i):
+    return float(BIG_NESTED["rows"][i]), BIG_NESTED["name"]
+
+
+def test_a_large_value_is_stored_whole_naming_no_other(ex):
+    """A large dict holding a large array (and large besides) is one stored value: a stored
+    value never names another, so a job's function blob names every value it needs
+    (`cloudbutton clean`)."""
+    assert ex.map(reads_the_nested_array, [1]).result(timeout=60) == [(0.0, "nested")]
+    (key,) = value_keys(ex)
+    fkey = ex.storage.list(f"{ex.prefix}/functions/")[0]
+    assert protocol.content_digest(key).encode() in ex.storage.get(fkey)

@@ -92,8 +92,9 @@ class _RecordingPickler(serialize._GuardedPickler):
             blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         else:
             buf = io.BytesIO()
-            inner = _RecordingPickler(buf, protocol=pickle.HIGHEST_PROTOCOL, large=self.large,
-                                      budget=self.budget, apart=False)
+            # Whole: a value stored apart never names another (`cloudbutton clean` finds
+            # the values a job needs in its function blob only).
+            inner = _RecordingPickler(buf, protocol=pickle.HIGHEST_PROTOCOL, budget=self.budget)
             inner.dump(value)
             self.modules |= inner.modules
             blob = buf.getvalue()

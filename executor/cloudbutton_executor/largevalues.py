@@ -21,7 +21,7 @@ from .cleanup import refresh_or_put
 from .storage import Storage, storage_from_description
 
 _values: dict[str, Any] = {}  # sha256 -> the loaded value, for this warm process
-_lock = threading.RLock()  # a stored value may name another (loaded while it unpickles)
+_lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
