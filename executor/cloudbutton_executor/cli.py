@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import cache, catalog, cleanup, protocol
+from . import accounting, cache, catalog, cleanup, protocol
 from . import config as _config
 from .storage import LocalStorage
 from .units import format_usd
@@ -194,7 +194,7 @@ def _job_rows(storage: Any, prefix: str, limit: int, cost: bool = False) -> list
 
 def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     be = _backend(_load_config(args))
-    rows = _job_rows(be.storage, be.prefix, args.limit, cost=args.cost)
+    rows = accounting.link_reruns(_job_rows(be.storage, be.prefix, args.limit, cost=args.cost))
     if args.json:
         print(json.dumps(rows, indent=1), file=out)
         return 0
@@ -210,6 +210,8 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
         cost = f" {r['failed']:>6} {format_usd(r['cost_usd']):>9}" if args.cost else ""
         print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>7} {r['ended']:>7} "
               f"{r['state']:<9}{cost}  {r['function']}{label}", file=out)
+        if r.get("rerun_by"):  # the re-run's results went into this job's, in its kernel
+            print(f"{'':<23} {r['rerun_by']['text']}", file=out)
     return 0
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import (cache, catalog, cleanup, config, datamap, integrity, job_modules, largevalues, objectstore,
-               protocol, screening, serialize)
+from . import (cache, catalog, cleanup, config, datamap, integrity, job_modules, largevalues,
+               objectstore, protocol, screening, serialize, shown_inputs)
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import IntegrityError, JobCancelled
@@ -242,6 +242,7 @@ class Executor:
         obj_chunk_size = config.check("obj_chunk_size", obj_chunk_size, where)
         obj_chunk_number = config.check("obj_chunk_number", obj_chunk_number, where)
         listing = None
+        shown: list[str] | None = None  # short reprs of the inputs, for the panel
         if datamap.wants_data(fn, iterdata) and (not isinstance(iterdata, str)
                                                  or datamap.is_location(iterdata)):
             listing = self._plan_data(fn, iterdata, obj_chunk_size, obj_chunk_number, obj_newline,
@@ -257,11 +258,14 @@ class Executor:
                 # A numpy array's rows travel as slices of its buffer (no pickle per row).
                 payloads = serialize.dumps_array_rows(iterdata) if extra_args is None else None
                 calls = None
+                shown = None if payloads is None else shown_inputs.reprs(iterdata)
                 if payloads is None:
                     items = _check_iterdata(iterdata)
+                    shown = shown_inputs.reprs(items)
                     payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
                     calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        job = self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
+        job = self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs,
+                           shown=shown, **options)
         if listing is not None:  # the listing is part of what the job cost
             job.dispatcher.storage.add_counts(listing.requests)
         return job
@@ -439,7 +443,8 @@ class Executor:
                      label: str | None = None, reduce: dict[str, Any] | None = None,
                      modules: Collection[str] = (), single: bool = False, track: bool = True,
                      identity: str | None = None, budget: float | None = None,
-                     backups: bool = True, cache: bool = False, rerun_of: str | None = None) -> Job:
+                     backups: bool = True, cache: bool = False, rerun_of: str | None = None,
+                     shown: list[str] | None = None) -> Job:
         # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as
         # asked; it decides the memory and timeout the job runs with.
         fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
@@ -470,6 +475,11 @@ class Executor:
                        backups=backups, rerun_of=rerun_of)
         job = new_job(spec, self.backend, self.storage, payloads)
         job.executor = self
+        if shown:  # what the panel shows of the inputs, stored before the manifest lists the job
+            key = protocol.inputs_shown_key(self.prefix, spec.job_id)
+            job.dispatcher.storage.put(key, integrity.seal(
+                integrity.job_key(spec.job_id), protocol.object_name(self.prefix, key),
+                shown_inputs.document(spec.job_id, shown)))
         if spec.cache and payloads:
             job.dispatcher.use_cache()
         with self._lock:

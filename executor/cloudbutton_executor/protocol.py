@@ -181,6 +181,15 @@ def crash_key(prefix: str, job_id: str, tid: str, attempt: int) -> str:
     return f"{tasks_prefix(prefix, job_id)}{tid}/crash-{attempt}.json"
 
 
+def inputs_shown_key(prefix: str, job_id: str) -> str:
+    """Short reprs of the job's first inputs (``shown_inputs``), for the panel."""
+    return f"{job_prefix(prefix, job_id)}/inputs_shown.json"
+
+
+INPUT_REPRS_MAX = 1000   # items whose input the panel can show
+INPUT_REPR_CHARS = 80    # characters of each
+
+
 def cancel_key(prefix: str, job_id: str) -> str:
     return f"{job_prefix(prefix, job_id)}/cancel"
 

@@ -362,11 +362,9 @@ class JobTracker:
     def header_stats(self, now: float | None = None) -> dict:
         """Elapsed time, rate, ETA, GFLOPS and the cost so far (``accounting.job_stats``)."""
         job = self.job
-        end = job.finished_at or now or time.time()
-        if job.done() and not job.cancelled and self.last_stored:
-            # As the panel and the CLI read it from storage: the last status stored, not
-            # when this host happened to see it.
-            end = self.last_stored
+        end = accounting.job_end(finished=job.done(), last_stored=self.last_stored,
+                                 cancelled_at=job.cancelled_at if job.cancelled else None,
+                                 now=job.finished_at or now or time.time())
         return accounting.job_stats(
             n_items=self.n, counts=self.counts, created=self.t0,
             end=end, usage=self.usage,
