@@ -153,6 +153,21 @@ def test_worker_sees_only_its_event(ex, monkeypatch):
     assert not a["modules"]
 
 
+def test_workers_get_the_host_variables_named_in_cloudbutton_worker_env(storage, monkeypatch):
+    # The local stand-in for a Lambda function's own environment variables.
+    monkeypatch.setenv("CB_TEST_SETTING", "on")
+    monkeypatch.setenv("CB_TEST_OTHER", "2")
+    monkeypatch.setenv("CB_TEST_UNNAMED", "secret")
+    monkeypatch.setenv("CLOUDBUTTON_WORKER_ENV", " CB_TEST_SETTING,,CB_TEST_OTHER ,CB_TEST_MISSING")
+
+    def probe(_):
+        return {k: v for k, v in os.environ.items() if k.startswith("CB_TEST_")}
+
+    with Executor(workers=1, storage=storage, timeout=60) as ex:
+        seen = ex.map(probe, [1]).result(timeout=30)[0]
+    assert seen == {"CB_TEST_SETTING": "on", "CB_TEST_OTHER": "2"}
+
+
 def test_cold_start_then_warm_reuse(storage):
     get_local_backend(workers=1).shutdown()  # a fresh pool: the first invocation is cold
     with Executor(workers=1, storage=storage) as ex:
