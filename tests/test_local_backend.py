@@ -279,3 +279,54 @@ def test_a_result_that_cannot_be_pickled_within_the_memory_limit_says_so(ex):
     with pytest.raises(OutOfMemoryError, match=r"could not be pickled within the memory limit "
                                                r"of 400 MB"):
         job[0].result(timeout=60)
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot travel")
+
+
+class _TwoArgs(Exception):  # plain unpickling would call __init__ with one argument
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def test_a_failed_items_type_message_and_traceback_reach_the_host_and_the_panel(
+        ex, storage, monkeypatch, tmp_path):
+    """What the worker records of a user exception: its type and module, the message
+    (its first 2,000 characters) and the traceback (its last 20,000), shown by the panel
+    and carried by RemoteError when the exception itself cannot travel back."""
+    from cloudbutton_executor import RemoteError
+    from cloudbutton_jupyter.manager import CloudManager
+
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "none.yaml"))
+
+    def fails(i):
+        if i == 0:
+            raise KeyError("plain")
+        if i == 1:
+            raise ValueError("m" * 2500 + "END")
+        if i == 3:
+            raise _TwoArgs(7, "seven")
+        raise _Unpicklable("x" * 30_000 + "TAIL")
+
+    job = ex.map(fails, range(4))
+    with pytest.raises(KeyError):
+        job[0].result(timeout=30)
+    with pytest.raises(ValueError):
+        job[1].result(timeout=30)
+    with pytest.raises(RemoteError) as info:
+        job[2].result(timeout=30)
+    with pytest.raises(_TwoArgs, match="7: seven") as two:
+        job[3].result(timeout=30)
+    assert two.value.code == 7
+    remote = info.value
+    assert remote.type_name == "_Unpicklable" and remote.message == "x" * 2000
+    assert len(remote.remote_traceback) == 20_000 and remote.remote_traceback.endswith("TAIL\n")
+
+    failures = {f["i"]: f for f in CloudManager(storage=storage).job_detail(job.job_id)["failures"]}
+    assert [(failures[i]["type"], failures[i]["message"][:7]) for i in range(3)] == [
+        ("KeyError", "'plain'"), ("ValueError", "m" * 7), ("_Unpicklable", "x" * 7)]
+    assert failures[1]["message"] == "m" * 2000  # the first 2,000 characters
+    assert "raise ValueError" in failures[1]["traceback"]
