@@ -153,6 +153,31 @@ def test_worker_sees_only_its_event(ex, monkeypatch):
     assert not a["modules"]
 
 
+def test_workers_get_the_hosts_path_home_locale_timezone_and_aws_variables(storage, monkeypatch):
+    passed = {"PATH": os.environ["PATH"], "HOME": "/home/cb-test", "LANG": "C.UTF-8",
+              "LC_ALL": "C.UTF-8", "TZ": "Europe/Madrid", "LD_LIBRARY_PATH": "/opt/cb-test/lib",
+              "SYSTEMROOT": "C:\\Windows", "AWS_REGION": "eu-west-1", "AWS_PROFILE": "research"}
+    for k, v in passed.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")  # the workers' own: the package's parent
+    monkeypatch.setenv("XAWS_REGION", "not an AWS_ variable")
+
+    def probe(_):
+        return dict(os.environ)
+
+    with Executor(workers=1, storage=storage, timeout=60) as ex:
+        env = ex.map(probe, [1]).result(timeout=30)[0]
+    assert {k: env.get(k) for k in passed} == passed
+    assert "XAWS_REGION" not in env
+    import cloudbutton_executor
+    assert env["PYTHONPATH"] == os.path.dirname(os.path.dirname(cloudbutton_executor.__file__))
+    assert env["CLOUDBUTTON_WORKER"] == "local" and env["PYTHONUNBUFFERED"] == "1"
+    # One worker: its BLAS/OpenMP pools may use every core.
+    threads = {k: env.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                       "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
+    assert set(threads.values()) == {str(os.cpu_count())}
+
+
 def test_workers_get_the_host_variables_named_in_cloudbutton_worker_env(storage, monkeypatch):
     # The local stand-in for a Lambda function's own environment variables.
     monkeypatch.setenv("CB_TEST_SETTING", "on")
