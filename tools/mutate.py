@@ -28,6 +28,7 @@ import argparse
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -148,14 +149,19 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     passed |= {"MUTANT_UNDER_TEST", "MUTMUT_DEPENDENCY_DEPTH", "CLOUDBUTTON_MUTATE_HITS"}
     env.update(CLOUDBUTTON_WORKER_ENV=",".join(sorted(passed)), CLOUDBUTTON_MUTATE_HITS=str(hits))
     patterns = [pat for _, _, pats in specs for pat in pats]
-    mutmut = Path(sys.executable).with_name("mutmut")
     print(f"mutate: group {name}: {' '.join(modules)} against {' '.join(tests)}", flush=True)
     t0 = time.time()
-    run = subprocess.run([sys.executable, "-c", RUN_MUTMUT, "run", "--max-children", str(args.workers),
-                          *patterns], cwd=where, env=env)
+    run = subprocess.Popen([sys.executable, "-c", RUN_MUTMUT, "run", "--max-children", str(args.workers),
+                            *patterns], cwd=where, env=env)
+    try:
+        returncode = run.wait()
+    finally:  # interrupted or terminated: no mutmut left running
+        if run.poll() is None:
+            run.terminate()
+            run.wait()
     took = time.time() - t0
-    if run.returncode:
-        raise SystemExit(f"mutate: mutmut run of group {name} failed ({run.returncode}); see above")
+    if returncode:
+        raise SystemExit(f"mutate: mutmut run of group {name} failed ({returncode}); see above")
     status = results(where)
     if status and not DETECTED & set(status.values()):
         raise SystemExit(f"mutate: no mutant of group {name} was detected: are they switched on?")
@@ -181,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--pytest-arg", action="append", default=[], help="passed to every pytest run")
     p.add_argument("modules", nargs="*", metavar="MODULE[:FUNC,...]")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally above runs
 
     if args.plan:
         plan = tomllib.loads(args.plan.read_text())

@@ -75,5 +75,5 @@ else:
 
     # mutmut's own teardown hook reads the calls; this one must run before it.
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(item, nextitem):  # noqa: ARG001 - pytest's hook signature
+    def pytest_runtest_teardown(item, nextitem):
         _take_worker_hits()
