@@ -11,13 +11,16 @@ staging tree twice:
   package's parent there). During the stats run it appends each function a process calls
   to a file of its own in ``$CLOUDBUTTON_MUTATE_HITS``;
 - as the pytest plugin ``mutate_hits`` of the test process: after each test it adds what
-  the workers recorded to the test's calls, as if the test had made them itself.
+  the workers recorded to the test's calls, as if the test had made them itself; and
+  before the tests it compiles the staged modules (a worker process that compiled a
+  mutated module itself would spend its task's timeout on it).
 
 The variables reach the workers through ``CLOUDBUTTON_WORKER_ENV`` (see the README).
 """
 from __future__ import annotations
 
 import os
+import sys
 
 HITS = "CLOUDBUTTON_MUTATE_HITS"
 
@@ -72,6 +75,15 @@ if __name__ == "sitecustomize":
     _install_in_worker()
 else:
     import pytest
+
+    def pytest_sessionstart(session):
+        # Mutated modules are large (every mutant is a function in them): compiled once
+        # here, not by each fresh worker process inside its task's timeout.
+        import compileall
+
+        for entry in sys.path:
+            if os.path.isfile(os.path.join(entry, "mutate_hits.py")):
+                compileall.compile_dir(entry, quiet=1)
 
     # mutmut's own teardown hook reads the calls; this one must run before it.
     @pytest.hookimpl(tryfirst=True)
