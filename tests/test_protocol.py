@@ -74,3 +74,45 @@ def test_digests_are_64_lowercase_hex_digits():
         protocol.function_digest(f"pre/functions/{good[:-1]}.pickle")
     assert protocol.result_key("pre", "job", "000000-000001").startswith(
         protocol.tasks_prefix("pre", "job") + "000000-000001/")
+
+
+def test_every_key_of_a_job_lives_below_its_own_folder():
+    tid = protocol.task_id(0, 1, 1)
+    keys = {
+        "manifest": protocol.manifest_key, "data": protocol.data_key,
+        "data index": protocol.data_index_key, "dispatch": protocol.dispatch_key,
+        "cancel": protocol.cancel_key, "owner": lambda p, j: protocol.owner_key(p, j, 2),
+        "status": lambda p, j: protocol.status_key(p, j, tid),
+        "result": lambda p, j: protocol.result_key(p, j, tid),
+        "crash": lambda p, j: protocol.crash_key(p, j, tid, 0),
+    }
+    mine = {name: key("pre", "job-a") for name, key in keys.items()}
+    assert all(k.startswith("pre/jobs/job-a/") for k in mine.values()), mine
+    assert len(set(mine.values())) == len(mine)  # no two share a key
+    # Another job or another prefix: none of the same keys (cleaning one never touches
+    # another; the worker policy's prefix covers them all).
+    others = {key(p, j) for key in keys.values() for p, j in (("pre", "job-b"), ("other", "job-a"))}
+    assert not others & set(mine.values())
+    assert protocol.owner_key("pre", "job-a", 1) != protocol.owner_key("pre", "job-a", 2)
+
+
+def test_an_objects_name_below_its_prefix_is_what_a_seal_binds():
+    assert protocol.object_name("pre", "pre/jobs/j/tasks/t/status.json") == "jobs/j/tasks/t/status.json"
+    assert protocol.object_name("pre", "prefix/jobs/j") == "prefix/jobs/j"  # not below "pre/"
+    assert protocol.object_name("a/b", "a/b/c") == "c"
+    assert protocol.object_name("pre", "elsewhere/x") == "elsewhere/x"
+
+
+def test_inline_inputs_leave_half_of_a_backends_payload_limit_for_the_rest():
+    assert protocol.inline_event_limit(None) == protocol.INLINE_EVENT_BYTES
+    assert protocol.inline_event_limit(10 * protocol.INLINE_EVENT_BYTES) == protocol.INLINE_EVENT_BYTES
+    assert protocol.inline_event_limit(1001) == 500
+    assert isinstance(protocol.inline_event_limit(1001), int)
+
+
+def test_what_items_printed_is_read_by_item_index():
+    status = {"items": {"base": 0.0, "errors": {}, "flops": {}, "stdout": {"3": "hi\n", "10": "x"}}}
+    assert protocol.item_stdout(status) == {3: "hi\n", 10: "x"}
+    v1 = {"items": [{"i": 0, "ok": True, "t0": 1.0, "t1": 2.0, "stdout": "a"},
+                    {"i": 1, "ok": True, "t0": 1.5, "t1": 2.5}]}
+    assert protocol.item_stdout(v1) == {0: "a"}  # a version 1 status: one record per item
