@@ -149,6 +149,15 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     passed |= {"MUTANT_UNDER_TEST", "MUTMUT_DEPENDENCY_DEPTH", "CLOUDBUTTON_MUTATE_HITS"}
     env.update(CLOUDBUTTON_WORKER_ENV=",".join(sorted(passed)), CLOUDBUTTON_MUTATE_HITS=str(hits))
     patterns = [pat for _, _, pats in specs for pat in pats]
+    if args.retest_survivors and (where / "mutants").is_dir():
+        # mutmut keeps a result until its function changes; new tests need this.
+        import fnmatch
+
+        again = sorted(k for k, v in results(where).items() if v in ("survived", "no tests")
+                       and any(fnmatch.fnmatchcase(k, pat) for pat in patterns))
+        if not again:
+            print(f"mutate: group {name}: no survivor to test again")
+        patterns = again or patterns
     print(f"mutate: group {name}: {' '.join(modules)} against {' '.join(tests)}", flush=True)
     t0 = time.time()
     run = subprocess.Popen([sys.executable, "-c", RUN_MUTMUT, "run", "--max-children", str(args.workers),
@@ -183,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--fail-under", type=float, default=80.0,
                    help="minimum score of each module in %% (default 80)")
     p.add_argument("--fresh", action="store_true", help="forget earlier results")
+    p.add_argument("--retest-survivors", action="store_true",
+                   help="test again the mutants that survived (after adding tests)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--pytest-arg", action="append", default=[], help="passed to every pytest run")
     p.add_argument("modules", nargs="*", metavar="MODULE[:FUNC,...]")
