@@ -116,3 +116,64 @@ def test_what_items_printed_is_read_by_item_index():
     v1 = {"items": [{"i": 0, "ok": True, "t0": 1.0, "t1": 2.0, "stdout": "a"},
                     {"i": 1, "ok": True, "t0": 1.5, "t1": 2.5}]}
     assert protocol.item_stdout(v1) == {0: "a"}  # a version 1 status: one record per item
+
+
+@pytest.fixture
+def india_time(monkeypatch):
+    """A local time zone that is not UTC (job ids must not depend on it)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_job_ids_are_their_utc_creation_time_to_the_millisecond_and_strictly_increasing(
+        monkeypatch, india_time):
+    import datetime
+
+    now_ns = int(datetime.datetime(2026, 1, 1, 12, 0, 0, 999000,
+                                   tzinfo=datetime.timezone.utc).timestamp() * 1e9)
+    monkeypatch.setattr(protocol.time, "time_ns", lambda: now_ns)
+    monkeypatch.setattr(protocol, "_last_job_ms", 0)
+    first, second, third = (protocol.new_job_id() for _ in range(3))
+    # Made within one millisecond, they still sort in the order they were made.
+    assert [first[:18], second[:18], third[:18]] == [
+        "20260101-120000999", "20260101-120001000", "20260101-120001001"]
+    assert all(protocol.JOB_ID_RE.match(j) for j in (first, second, third))
+    assert protocol.job_created(first) == datetime.datetime(
+        2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc).timestamp()
+
+
+def test_when_a_job_nobody_dispatches_can_no_longer_get_results():
+    stale = protocol.DISPATCH_STALE_S
+    # With its host's record: once the host stopped writing it and what it sent is overdue.
+    assert protocol.lost_deadline({}, {"updated": 1000.0, "deadline": 900.0}) == 1000.0 + stale
+    assert protocol.lost_deadline({}, {"updated": 1000.0, "deadline": 5000.0}) == 5000.0
+    assert protocol.lost_deadline({}, {"updated": 1000.0}) == 1000.0 + stale
+    # Without one (an older version): every item one after another at its timeout, plus a grace.
+    grace = protocol.LOST_JOB_GRACE_S
+    assert protocol.lost_deadline({"created": 1000.0, "n_items": 3, "timeout": 10}) == 1030.0 + grace
+    assert protocol.lost_deadline({"created": 1000.0, "n_items": 0, "timeout": 10}) == 1010.0 + grace
+    assert protocol.lost_deadline({"created": 1000.0, "n_items": 2}) == 1600.0 + grace  # 300 s
+
+
+def test_a_version_1_status_reads_as_columns():
+    v1 = {"items": [
+        {"i": 4, "ok": True, "t0": 10.0, "t1": 10.5, "flops": 2e9, "stdout": "four\n"},
+        {"i": 5, "ok": False, "t0": 10.5, "t1": 10.75, "error": {"type": "KeyError"}},
+        {"i": 6, "ok": False, "t0": 10.75, "t1": 11.0},
+    ]}
+    cols = protocol.item_columns(v1)
+    assert cols == {"base": 10.0, "t0_us": [0, 500000, 750000], "t1_us": [500000, 750000, 1000000],
+                    "errors": {"5": {"type": "KeyError"}, "6": {}},
+                    "flops": {"4": 2e9}, "stdout": {"4": "four\n"}}
+    assert protocol.item_flops(v1) == 2e9
+    assert protocol.item_errors(v1) == {5: {"type": "KeyError"}, 6: {}}
+    # Without every item's times, no timeline (rather than a wrong one).
+    partial = {"items": [{"i": 0, "ok": True, "t0": 3.0}, {"i": 1, "ok": True, "t0": 2.0, "t1": 4.0}]}
+    assert protocol.item_columns(partial) == {"base": 2.0, "errors": {}, "flops": {}, "stdout": {}}
+    assert protocol.item_columns({}) == {}  # a host-written status: no items
+    assert protocol.item_flops({"items": {"flops": {"0": 1e9, "2": 5e8}}}) == 1.5e9
