@@ -435,3 +435,20 @@ def test_task_ids_of_a_million_item_job_keep_key_order(storage, clock):
         protocol.task_range("../000001")
     with pytest.raises(NotFound):
         storage.get(protocol.status_key(PREFIX, "j", tids[0]))
+
+
+def test_a_status_is_read_only_once_verified_and_the_refusal_names_it():
+    from cloudbutton_executor import IntegrityError, integrity
+
+    key, other = b"k" * 32, b"o" * 32
+    tid, skey = "000000-000001", protocol.status_key("pre", "job1", "000000-000001")
+    doc = {"job_id": "job1", "task": tid, "state": "done"}
+    name = protocol.object_name("pre", skey)
+    assert worker.open_status(integrity.seal(key, name, doc), "pre", skey, key, "job1", tid) == doc
+    with pytest.raises(IntegrityError, match=f"^the status {name} is a tampered or foreign object"):
+        worker.open_status(integrity.seal(other, name, doc), "pre", skey, key, "job1", tid)
+    # Sealed with the job's key, but another task's status copied here.
+    moved = {**doc, "task": "000001-000002"}
+    with pytest.raises(IntegrityError, match=f"the status {skey} is a foreign object: it is task "
+                                             "'000001-000002' of job 'job1'"):
+        worker.open_status(integrity.seal(key, name, moved), "pre", skey, key, "job1", tid)
