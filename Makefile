@@ -59,8 +59,9 @@ bench: install
 # Mutation testing (tools/mutate.py runs mutmut): the groups of tools/mutate.toml (modules,
 # optionally narrowed to functions, and the tests that exercise them), each scored per
 # module; `make mutate MUTATE_ONLY="worker local"` runs some groups. Results are kept in
-# build/mutate/<group>/ (a later run re-tests only changed functions; MUTATE_ARGS=--fresh
-# starts over). See the README for the run time.
+# build/mutate/<group>/ (a later run re-tests only changed functions; after adding tests,
+# MUTATE_ARGS=--retest-survivors; MUTATE_ARGS=--fresh starts over). See the README for the
+# run time.
 MUTATE_PLAN ?= tools/mutate.toml
 MUTATE_ONLY ?=
 MUTATE_ARGS ?=
