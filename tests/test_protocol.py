@@ -177,3 +177,24 @@ def test_a_version_1_status_reads_as_columns():
     assert protocol.item_columns(partial) == {"base": 2.0, "errors": {}, "flops": {}, "stdout": {}}
     assert protocol.item_columns({}) == {}  # a host-written status: no items
     assert protocol.item_flops({"items": {"flops": {"0": 1e9, "2": 5e8}}}) == 1.5e9
+
+
+def test_task_ids_name_non_empty_ranges_of_items():
+    assert protocol.task_id(3, 5, 10) == "000003-000005"
+    assert protocol.task_range("000003-000005") == (3, 5)
+    assert protocol.task_range(protocol.task_id(5, 123_456_789, 123_456_789)) == (5, 123_456_789)
+    for start, stop in ((3, 3), (4, 3), (-1, 2), (0, 11)):
+        with pytest.raises(ValueError, match=rf"no task \[{start}, {stop}\) in a job of 10 items"):
+            protocol.task_id(start, stop, 10)
+    with pytest.raises(ValueError, match="not a task id: 'status.json'"):
+        protocol.task_range("status.json")
+    assert protocol.is_task_id("000003-000005")
+    assert not protocol.is_task_id("000003-000003") and not protocol.is_task_id("000005-000003")
+
+
+def test_a_host_written_status_without_details_still_fails_its_items_readably():
+    errors = protocol.item_errors({"task": "000000-000002", "infra": {}})
+    record = {"type": "InfrastructureError", "kind": None, "message": "", "traceback": ""}
+    assert errors == {0: record, 1: record}
+    with_tb = protocol.item_errors({"task": "000000-000001", "infra": {"traceback": "tb"}})
+    assert with_tb[0]["traceback"] == "tb"
