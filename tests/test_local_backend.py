@@ -355,3 +355,34 @@ def test_a_failed_items_type_message_and_traceback_reach_the_host_and_the_panel(
         ("KeyError", "'plain'"), ("ValueError", "m" * 7), ("_Unpicklable", "x" * 7)]
     assert failures[1]["message"] == "m" * 2000  # the first 2,000 characters
     assert "raise ValueError" in failures[1]["traceback"]
+
+
+def test_one_pool_per_concurrency_and_environment_shared_until_its_last_release(monkeypatch):
+    with pytest.raises(ValueError, match=r"workers must be at least 1 \(got -1\)"):
+        get_local_backend(workers=-1)
+    with pytest.raises(TypeError, match="unknown option.s. for the local backend: colour, size"):
+        get_local_backend(workers=1, size=2, colour="red")
+    a = get_local_backend(workers=3)
+    b = get_local_backend(workers=3)
+    other = get_local_backend(workers=4)
+    monkeypatch.setenv("CLOUDBUTTON_WORKER_ENV", "CB_TEST_MODE")
+    monkeypatch.setenv("CB_TEST_MODE", "x")
+    elsewhere = get_local_backend(workers=3)  # workers would see other variables
+    try:
+        assert a is b and other is not a and elsewhere is not a
+        assert a.workers == 3 and other.workers == 4
+        a.release()
+        assert not b.closed  # another executor still holds it
+        b.release()
+        assert a.closed
+        fresh = get_local_backend(workers=3)
+        monkeypatch.delenv("CB_TEST_MODE")
+        again = get_local_backend(workers=3)
+        assert again is not a and again is not fresh  # the variable's value changed
+        fresh.release()
+        again.release()
+    finally:
+        other.release()
+        elsewhere.release()
+    assert get_local_backend().workers == os.cpu_count()  # default: one per core
+    get_local_backend().release()
