@@ -153,6 +153,25 @@ def test_without_retries_the_failure_is_stored_first_and_a_late_result_loses(sto
     assert isinstance(job.results(timeout=0)[0], WorkerDiedError)
 
 
+def test_a_task_failing_every_time_runs_retries_plus_one_times_and_stores_its_last_failure(
+        storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [3], retries=2)
+    tid = be.sent[0]["task"]
+    errors = []
+    for n in range(3):
+        clock.advance(1)
+        errors.append(WorkerDiedError(f"killed by SIGKILL ({n})", tid))
+        be.listener.on_failure(be.event(tid), errors[-1])
+    assert [e["attempt"] for e in be.sent] == [0, 1, 2]  # no fourth
+    (out,) = job.results(timeout=0)
+    assert out is not None and str(out) == str(errors[-1]) and job.retried == 2
+    status = stored_status(storage, job, tid)
+    assert status["attempt"] == 2 and status["state"] == "error"
+    assert status["infra"] == {"type": "WorkerDiedError", "kind": "died", "message": str(errors[-1])}
+    assert status["stats"]["host_submit"] == be.sent[-1]["host_submit"]
+
+
 # Deadlines ----------------------------------------------------------------------------
 def test_a_silent_invocation_ends_lost_at_its_timeout_plus_grace(storage, clock):
     be = FakeBackend(deadline_grace_s=5.0)
