@@ -148,12 +148,17 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     passed = {n for n in env.get("CLOUDBUTTON_WORKER_ENV", "").split(",") if n}
     passed |= {"MUTANT_UNDER_TEST", "MUTMUT_DEPENDENCY_DEPTH", "CLOUDBUTTON_MUTATE_HITS"}
     env.update(CLOUDBUTTON_WORKER_ENV=",".join(sorted(passed)), CLOUDBUTTON_MUTATE_HITS=str(hits))
+    # Python processes the tests start themselves (a host killed and attached again) import
+    # the mutated tree too, and report what they call like the workers.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(where / "mutants" / "src"),
+                                                      env.get("PYTHONPATH")]))
     patterns = [pat for _, _, pats in specs for pat in pats]
     if args.retest_survivors and (where / "mutants").is_dir():
         # mutmut keeps a result until its function changes; new tests need this.
         import fnmatch
 
-        again = sorted(k for k, v in results(where).items() if v in ("survived", "no tests")
+        again = sorted(k for k, v in results(where).items()
+                       if v in ("survived", "no tests", "not checked")
                        and any(fnmatch.fnmatchcase(k, pat) for pat in patterns))
         if not again:
             print(f"mutate: group {name}: no survivor to test again")
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
                    help="minimum score of each module in %% (default 80)")
     p.add_argument("--fresh", action="store_true", help="forget earlier results")
     p.add_argument("--retest-survivors", action="store_true",
-                   help="test again the mutants that survived (after adding tests)")
+                   help="test again the mutants that survived or were not tried (after adding tests)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--pytest-arg", action="append", default=[], help="passed to every pytest run")
     p.add_argument("modules", nargs="*", metavar="MODULE[:FUNC,...]")
