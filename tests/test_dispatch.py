@@ -398,6 +398,24 @@ def test_a_cancel_marker_written_elsewhere_cancels_at_the_next_tick(storage, clo
     assert marker["by"] == "jupyter-panel"  # first write wins: the panel's marker stays
 
 
+def touch(path):
+    open(path, "x").close()
+    return path
+
+
+def test_an_event_of_a_cancelled_job_runs_nothing_and_writes_nothing(storage, clock, tmp_path):
+    be = FakeBackend()
+    marks = [str(tmp_path / f"ran-{i}") for i in range(2)]
+    job = start_job(storage, be, clock, marks, fn=touch)
+    storage.put_if_absent(protocol.cancel_key(PREFIX, job.job_id),
+                          protocol.cancel_marker(by="jupyter-panel", at=clock()))
+    event = be.sent[0]  # delivered after the marker (a queued or redelivered event)
+    assert worker.handler(event) == {"task": event["task"], "state": "cancelled"}
+    assert not (tmp_path / "ran-0").exists()
+    with pytest.raises(NotFound):
+        storage.get(protocol.status_key(PREFIX, job.job_id, event["task"]))
+
+
 def test_a_followed_job_collects_stored_statuses_and_ends_the_rest_as_lost(storage, clock):
     be = FakeBackend()
     started = start_job(storage, be, clock, [1, 2, 3, 4])
