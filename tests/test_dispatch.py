@@ -489,3 +489,25 @@ def test_a_status_is_read_only_once_verified_and_the_refusal_names_it():
     with pytest.raises(IntegrityError, match=f"the status {skey} is a foreign object: it is task "
                                              "'000001-000002' of job 'job1'"):
         worker.open_status(integrity.seal(key, name, moved), "pre", skey, key, "job1", tid)
+
+
+def test_a_forged_status_ends_its_task_with_an_integrity_error_and_nothing_else(storage, clock):
+    from cloudbutton_executor import IntegrityError, integrity
+
+    be = FakeBackend(deadline_grace_s=5.0)
+    job = start_job(storage, be, clock, [1, 2], timeout=10.0)
+    ev = be.sent[0]
+    skey = protocol.status_key(PREFIX, job.job_id, ev["task"])
+    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
+                                     {"job_id": job.job_id, "task": ev["task"], "state": "done"}))
+    be.listener.on_done(ev, {"state": "done"})
+    err = job[0].exception(timeout=0)
+    assert isinstance(err, IntegrityError)
+    assert str(err).startswith(f"task {ev['task']}: the status ") and "tampered or foreign" in str(err)
+    assert job[0].attempts == 1 and job.counts()["failed"] == 1
+    be.run(be.sent[1])
+    assert job.done() and job.results(timeout=0)[1] == 4
+    # Refused once and for all: not sent again, not ended again as lost at its deadline.
+    clock.advance(60)
+    job.dispatcher.tick()
+    assert job[0].exception(timeout=0) is err and len([e for e in be.sent if e["task"] == ev["task"]]) == 1
