@@ -12,6 +12,7 @@ from cloudbutton_executor.local_runtime import CANCELLED_EXIT_CODE, Context, _is
 @pytest.mark.parametrize("code, peak, limit, text", [
     (CANCELLED_EXIT_CODE, 0, None, "worker process stopped: its job was cancelled"),
     (3, 0, None, "worker process exited with code 3 before finishing the task"),
+    (0, 0, None, "worker process exited with code 0 before finishing the task"),  # os._exit(0)
     (-signal.SIGSEGV, 0, None, "worker process was killed by SIGSEGV"),
     (-200, 0, None, "worker process was killed by signal 200"),
     # Memory is named only for a SIGKILL after the process came within 90 % of its limit.
