@@ -150,6 +150,8 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     env.update(CLOUDBUTTON_WORKER_ENV=",".join(sorted(passed)), CLOUDBUTTON_MUTATE_HITS=str(hits))
     # Python processes the tests start themselves (a host killed and attached again) import
     # the mutated tree too, and report what they call like the workers.
+    # (Made now: a directory missing when Python starts is never looked in again.)
+    (where / "mutants" / "src").mkdir(parents=True, exist_ok=True)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(where / "mutants" / "src"),
                                                       env.get("PYTHONPATH")]))
     patterns = [pat for _, _, pats in specs for pat in pats]
