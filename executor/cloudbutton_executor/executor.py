@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import (cache, catalog, config, datamap, integrity, job_modules, largevalues, objectstore,
+from . import (cache, catalog, cleanup, config, datamap, integrity, job_modules, largevalues, objectstore,
                protocol, screening, serialize)
 from .backends import Backend, create
 from .dispatch import JobSpec
@@ -156,7 +156,8 @@ class Executor:
             prefix = prefix.strip("/") or None
         self.prefix: str = config.check("prefix", prefix or "cloudbutton", where)
         self.concurrency = limits.concurrency
-        self._uploaded: set[str] = set()
+        # Function blobs this executor stored or refreshed, and when (time.monotonic()).
+        self._uploaded: dict[str, float] = {}
         self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
@@ -398,10 +399,12 @@ class Executor:
         fn = objectstore.with_storage_argument(fn)  # a ``storage`` parameter gets the task's
         function = screening.Budget(label=f"function {name}")
         inputs = inputs or screening.Budget(label="the inputs")
-        large: dict[str, bytes] = {}
+        large: dict[str, tuple[str, bytes]] = {}
         blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function, large)
-        for value in large.values():  # before the blob that names them: stored once each
-            largevalues.stash(self.storage, self.prefix, value)
+        for what, value in large.values():  # before the blob that names them: stored once each
+            ref = largevalues.stash(self.storage, self.prefix, value)
+            log.info("%s: %s (%.1f MB) stored apart at %s, loaded once per warm worker",
+                     name, what, ref.size / 1e6, ref.key)
         if payloads is None:
             assert calls is not None
             payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)
@@ -443,16 +446,22 @@ class Executor:
         memory_mb, timeout = fit["memory_mb"], fit["timeout"]
         digest = serialize.digest(blob)
         fkey = protocol.function_key(self.prefix, digest)
-        if fkey not in self._uploaded:
+        refreshed = self._uploaded.get(fkey)
+        if refreshed is None:
             # Content-addressed: skip the upload only if what is stored really is this blob
             # (an object planted under its name in advance is replaced; workers check too).
             try:
                 stored = integrity.sha256(self.storage.get(fkey)) == digest
             except NotFound:
                 stored = False
-            if not stored:
+            if stored:  # an old copy: `cloudbutton clean` keeps what was just refreshed
+                cleanup.refresh_or_put(self.storage, fkey, blob)
+            else:
                 self.storage.put(fkey, blob)
-            self._uploaded.add(fkey)
+            self._uploaded[fkey] = time.monotonic()
+        elif time.monotonic() - refreshed > protocol.CONTENT_REFRESH_S:
+            cleanup.refresh_or_put(self.storage, fkey, blob)
+            self._uploaded[fkey] = time.monotonic()
         spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
                        function_name=name, n_items=len(payloads), chunksize=chunksize,
                        timeout=timeout, retries=retries, memory_mb=memory_mb, created=time.time(),
