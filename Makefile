@@ -56,26 +56,20 @@ bench: install
 	$(BIN)/python $(PIP_LOCKED) -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
 
-# Mutation testing (tools/mutate.py runs mutmut): the modules, each optionally narrowed to
-# functions (path:func,Class.method), and the tests that exercise them. Paths are the
-# tree's: when a module is renamed or split, edit these two lists. About 36 minutes on 2 cores.
-MUTATE_MODULES ?= \
-	executor/cloudbutton_executor/storage.py \
-	executor/cloudbutton_executor/serialize.py:_GuardedPickler.reducer_override \
-	executor/cloudbutton_executor/screening.py \
-	executor/cloudbutton_executor/integrity.py \
-	executor/cloudbutton_executor/records.py \
-	kernel_magic/cloudbutton_magic/capture.py:check_and_measure \
-	cloudbutton_jupyter/handlers.py \
-	cloudbutton_jupyter/manager.py:validate_config,CloudManager.check_job_id,CloudManager.put_config,CloudManager.cancel
-MUTATE_TESTS ?= tests/test_storage.py tests/test_capture_secrets.py tests/test_manager_input.py \
-	tests/test_server_auth.py tests/test_server_api.py tests/test_cli_clean.py \
-	tests/test_secret_screening.py tests/test_integrity.py tests/test_resume.py
+# Mutation testing (tools/mutate.py runs mutmut): the groups of tools/mutate.toml (modules,
+# optionally narrowed to functions, and the tests that exercise them), each scored per
+# module; `make mutate MUTATE_ONLY="worker local"` runs some groups. Results are kept in
+# build/mutate/<group>/ (a later run re-tests only changed functions; after adding tests,
+# MUTATE_ARGS=--retest-survivors; MUTATE_ARGS=--fresh starts over). See the README for the
+# run time.
+MUTATE_PLAN ?= tools/mutate.toml
+MUTATE_ONLY ?=
+MUTATE_ARGS ?=
 
 mutate: install
 	# The `mutate` extra's packages, without rebuilding the project itself.
 	$(BIN)/python -m pip install -q -c $(LOCK) $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['mutate']))")
-	$(BIN)/python tools/mutate.py --tests $(MUTATE_TESTS) -- $(MUTATE_MODULES)
+	$(BIN)/python tools/mutate.py --plan $(MUTATE_PLAN) $(if $(MUTATE_ONLY),--only $(MUTATE_ONLY)) $(MUTATE_ARGS)
 
 # Resolve the lock with pip's resolver in a scratch venv: `lock` keeps the pins it has and
 # adds what is new; `lock-upgrade` moves everything to the newest releases that fit pyproject.

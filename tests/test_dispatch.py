@@ -153,6 +153,25 @@ def test_without_retries_the_failure_is_stored_first_and_a_late_result_loses(sto
     assert isinstance(job.results(timeout=0)[0], WorkerDiedError)
 
 
+def test_a_task_failing_every_time_runs_retries_plus_one_times_and_stores_its_last_failure(
+        storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [3], retries=2)
+    tid = be.sent[0]["task"]
+    errors = []
+    for n in range(3):
+        clock.advance(1)
+        errors.append(WorkerDiedError(f"killed by SIGKILL ({n})", tid))
+        be.listener.on_failure(be.event(tid), errors[-1])
+    assert [e["attempt"] for e in be.sent] == [0, 1, 2]  # no fourth
+    (out,) = job.results(timeout=0)
+    assert out is not None and str(out) == str(errors[-1]) and job.retried == 2
+    status = stored_status(storage, job, tid)
+    assert status["attempt"] == 2 and status["state"] == "error"
+    assert status["infra"] == {"type": "WorkerDiedError", "kind": "died", "message": str(errors[-1])}
+    assert status["stats"]["host_submit"] == be.sent[-1]["host_submit"]
+
+
 # Deadlines ----------------------------------------------------------------------------
 def test_a_silent_invocation_ends_lost_at_its_timeout_plus_grace(storage, clock):
     be = FakeBackend(deadline_grace_s=5.0)
@@ -379,6 +398,24 @@ def test_a_cancel_marker_written_elsewhere_cancels_at_the_next_tick(storage, clo
     assert marker["by"] == "jupyter-panel"  # first write wins: the panel's marker stays
 
 
+def touch(path):
+    open(path, "x").close()
+    return path
+
+
+def test_an_event_of_a_cancelled_job_runs_nothing_and_writes_nothing(storage, clock, tmp_path):
+    be = FakeBackend()
+    marks = [str(tmp_path / f"ran-{i}") for i in range(2)]
+    job = start_job(storage, be, clock, marks, fn=touch)
+    storage.put_if_absent(protocol.cancel_key(PREFIX, job.job_id),
+                          protocol.cancel_marker(by="jupyter-panel", at=clock()))
+    event = be.sent[0]  # delivered after the marker (a queued or redelivered event)
+    assert worker.handler(event) == {"task": event["task"], "state": "cancelled"}
+    assert not (tmp_path / "ran-0").exists()
+    with pytest.raises(NotFound):
+        storage.get(protocol.status_key(PREFIX, job.job_id, event["task"]))
+
+
 def test_a_followed_job_collects_stored_statuses_and_ends_the_rest_as_lost(storage, clock):
     be = FakeBackend()
     started = start_job(storage, be, clock, [1, 2, 3, 4])
@@ -435,3 +472,42 @@ def test_task_ids_of_a_million_item_job_keep_key_order(storage, clock):
         protocol.task_range("../000001")
     with pytest.raises(NotFound):
         storage.get(protocol.status_key(PREFIX, "j", tids[0]))
+
+
+def test_a_status_is_read_only_once_verified_and_the_refusal_names_it():
+    from cloudbutton_executor import IntegrityError, integrity
+
+    key, other = b"k" * 32, b"o" * 32
+    tid, skey = "000000-000001", protocol.status_key("pre", "job1", "000000-000001")
+    doc = {"job_id": "job1", "task": tid, "state": "done"}
+    name = protocol.object_name("pre", skey)
+    assert worker.open_status(integrity.seal(key, name, doc), "pre", skey, key, "job1", tid) == doc
+    with pytest.raises(IntegrityError, match=f"^the status {name} is a tampered or foreign object"):
+        worker.open_status(integrity.seal(other, name, doc), "pre", skey, key, "job1", tid)
+    # Sealed with the job's key, but another task's status copied here.
+    moved = {**doc, "task": "000001-000002"}
+    with pytest.raises(IntegrityError, match=f"the status {skey} is a foreign object: it is task "
+                                             "'000001-000002' of job 'job1'"):
+        worker.open_status(integrity.seal(key, name, moved), "pre", skey, key, "job1", tid)
+
+
+def test_a_forged_status_ends_its_task_with_an_integrity_error_and_nothing_else(storage, clock):
+    from cloudbutton_executor import IntegrityError, integrity
+
+    be = FakeBackend(deadline_grace_s=5.0)
+    job = start_job(storage, be, clock, [1, 2], timeout=10.0)
+    ev = be.sent[0]
+    skey = protocol.status_key(PREFIX, job.job_id, ev["task"])
+    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
+                                     {"job_id": job.job_id, "task": ev["task"], "state": "done"}))
+    be.listener.on_done(ev, {"state": "done"})
+    err = job[0].exception(timeout=0)
+    assert isinstance(err, IntegrityError)
+    assert str(err).startswith(f"task {ev['task']}: the status ") and "tampered or foreign" in str(err)
+    assert job[0].attempts == 1 and job.counts()["failed"] == 1
+    be.run(be.sent[1])
+    assert job.done() and job.results(timeout=0)[1] == 4
+    # Refused once and for all: not sent again, not ended again as lost at its deadline.
+    clock.advance(60)
+    job.dispatcher.tick()
+    assert job[0].exception(timeout=0) is err and len([e for e in be.sent if e["task"] == ev["task"]]) == 1

@@ -153,6 +153,46 @@ def test_worker_sees_only_its_event(ex, monkeypatch):
     assert not a["modules"]
 
 
+def test_workers_get_the_hosts_path_home_locale_timezone_and_aws_variables(storage, monkeypatch):
+    passed = {"PATH": os.environ["PATH"], "HOME": "/home/cb-test", "LANG": "C.UTF-8",
+              "LC_ALL": "C.UTF-8", "TZ": "Europe/Madrid", "LD_LIBRARY_PATH": "/opt/cb-test/lib",
+              "SYSTEMROOT": "C:\\Windows", "AWS_REGION": "eu-west-1", "AWS_PROFILE": "research"}
+    for k, v in passed.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")  # the workers' own: the package's parent
+    monkeypatch.setenv("XAWS_REGION", "not an AWS_ variable")
+
+    def probe(_):
+        return dict(os.environ)
+
+    with Executor(workers=1, storage=storage, timeout=60) as ex:
+        env = ex.map(probe, [1]).result(timeout=30)[0]
+    assert {k: env.get(k) for k in passed} == passed
+    assert "XAWS_REGION" not in env
+    import cloudbutton_executor
+    assert env["PYTHONPATH"] == os.path.dirname(os.path.dirname(cloudbutton_executor.__file__))
+    assert env["CLOUDBUTTON_WORKER"] == "local" and env["PYTHONUNBUFFERED"] == "1"
+    # One worker: its BLAS/OpenMP pools may use every core.
+    threads = {k: env.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                       "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
+    assert set(threads.values()) == {str(os.cpu_count())}
+
+
+def test_workers_get_the_host_variables_named_in_cloudbutton_worker_env(storage, monkeypatch):
+    # The local stand-in for a Lambda function's own environment variables.
+    monkeypatch.setenv("CB_TEST_SETTING", "on")
+    monkeypatch.setenv("CB_TEST_OTHER", "2")
+    monkeypatch.setenv("CB_TEST_UNNAMED", "secret")
+    monkeypatch.setenv("CLOUDBUTTON_WORKER_ENV", " CB_TEST_SETTING,,CB_TEST_OTHER ,CB_TEST_MISSING")
+
+    def probe(_):
+        return {k: v for k, v in os.environ.items() if k.startswith("CB_TEST_")}
+
+    with Executor(workers=1, storage=storage, timeout=60) as ex:
+        seen = ex.map(probe, [1]).result(timeout=30)[0]
+    assert seen == {"CB_TEST_SETTING": "on", "CB_TEST_OTHER": "2"}
+
+
 def test_cold_start_then_warm_reuse(storage):
     get_local_backend(workers=1).shutdown()  # a fresh pool: the first invocation is cold
     with Executor(workers=1, storage=storage) as ex:
@@ -264,3 +304,85 @@ def test_a_result_that_cannot_be_pickled_within_the_memory_limit_says_so(ex):
     with pytest.raises(OutOfMemoryError, match=r"could not be pickled within the memory limit "
                                                r"of 400 MB"):
         job[0].result(timeout=60)
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot travel")
+
+
+class _TwoArgs(Exception):  # plain unpickling would call __init__ with one argument
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def test_a_failed_items_type_message_and_traceback_reach_the_host_and_the_panel(
+        ex, storage, monkeypatch, tmp_path):
+    """What the worker records of a user exception: its type and module, the message
+    (its first 2,000 characters) and the traceback (its last 20,000), shown by the panel
+    and carried by RemoteError when the exception itself cannot travel back."""
+    from cloudbutton_executor import RemoteError
+    from cloudbutton_jupyter.manager import CloudManager
+
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "none.yaml"))
+
+    def fails(i):
+        if i == 0:
+            raise KeyError("plain")
+        if i == 1:
+            raise ValueError("m" * 2500 + "END")
+        if i == 3:
+            raise _TwoArgs(7, "seven")
+        raise _Unpicklable("x" * 30_000 + "TAIL")
+
+    job = ex.map(fails, range(4))
+    with pytest.raises(KeyError):
+        job[0].result(timeout=30)
+    with pytest.raises(ValueError):
+        job[1].result(timeout=30)
+    with pytest.raises(RemoteError) as info:
+        job[2].result(timeout=30)
+    with pytest.raises(_TwoArgs, match="7: seven") as two:
+        job[3].result(timeout=30)
+    assert two.value.code == 7
+    remote = info.value
+    assert remote.type_name == "_Unpicklable" and remote.message == "x" * 2000
+    assert len(remote.remote_traceback) == 20_000 and remote.remote_traceback.endswith("TAIL\n")
+
+    failures = {f["i"]: f for f in CloudManager(storage=storage).job_detail(job.job_id)["failures"]}
+    assert [(failures[i]["type"], failures[i]["message"][:7]) for i in range(3)] == [
+        ("KeyError", "'plain'"), ("ValueError", "m" * 7), ("_Unpicklable", "x" * 7)]
+    assert failures[1]["message"] == "m" * 2000  # the first 2,000 characters
+    assert "raise ValueError" in failures[1]["traceback"]
+
+
+def test_one_pool_per_concurrency_and_environment_shared_until_its_last_release(monkeypatch):
+    with pytest.raises(ValueError, match=r"workers must be at least 1 \(got -1\)"):
+        get_local_backend(workers=-1)
+    with pytest.raises(TypeError, match="unknown option.s. for the local backend: colour, size"):
+        get_local_backend(workers=1, size=2, colour="red")
+    a = get_local_backend(workers=3)
+    b = get_local_backend(workers=3)
+    other = get_local_backend(workers=4)
+    monkeypatch.setenv("CLOUDBUTTON_WORKER_ENV", "CB_TEST_MODE")
+    monkeypatch.setenv("CB_TEST_MODE", "x")
+    elsewhere = get_local_backend(workers=3)  # workers would see other variables
+    try:
+        assert a is b and other is not a and elsewhere is not a
+        assert a.workers == 3 and other.workers == 4
+        a.release()
+        assert not b.closed  # another executor still holds it
+        b.release()
+        assert a.closed
+        fresh = get_local_backend(workers=3)
+        monkeypatch.delenv("CB_TEST_MODE")
+        again = get_local_backend(workers=3)
+        assert again is not a and again is not fresh  # the variable's value changed
+        fresh.release()
+        again.release()
+    finally:
+        other.release()
+        elsewhere.release()
+    assert get_local_backend().workers == os.cpu_count()  # default: one per core
+    get_local_backend().release()

@@ -2,16 +2,25 @@
 
 mutmut 3 names a mutant after its file's path (``src.`` stripped) and puts ``src/`` first
 on ``sys.path``; our packages live in ``executor/``, ``kernel_magic/`` and the root, so the
-run happens in a staging tree, ``build/mutate/src/<package>/...`` plus a copy of
-``tests/``. ``build/mutate/mutants/`` keeps mutmut's results between runs (only functions
-that changed are tested again); ``--fresh`` starts over.
+run happens in a staging tree, ``build/mutate/<group>/src/<package>/...`` plus a copy of
+``tests/``. ``build/mutate/<group>/mutants/`` keeps mutmut's results between runs (only
+functions that changed are tested again); ``--fresh`` starts over.
 
+    python tools/mutate.py [--fresh] [--fail-under 80] --plan tools/mutate.toml [--only GROUP...]
     python tools/mutate.py [--fresh] [--fail-under 80] --tests TEST... -- MODULE[:FUNC,...]...
+
+A plan names groups, each a list of modules and the tests that exercise them (each group is
+its own mutmut run: its stats run only runs its tests). Without a plan, one group of the
+modules and tests given.
 
 MODULE is a path in the repository (``executor/cloudbutton_executor/storage.py``); the
 optional FUNC list (``Class.method`` for methods) limits the run to those functions.
 Score = (killed + timed out) / mutants, as mutmut's own badge counts it; a mutant that no
 test reaches counts as surviving.
+
+Code that runs in local worker processes is measured too: the run names MUTANT_UNDER_TEST
+in CLOUDBUTTON_WORKER_ENV, so the workers run the mutant under test, and
+``tools/mutate_hits.py`` credits the stats run with what the workers call.
 """
 from __future__ import annotations
 
@@ -19,9 +28,11 @@ import argparse
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,31 +70,42 @@ def patterns_for(spec: str) -> tuple[str, Path, list[str]]:
     return dotted, staged, out
 
 
-def stage(tests: list[str], staged_files: list[Path], extra_pytest_args: list[str]) -> None:
-    STAGE.mkdir(parents=True, exist_ok=True)
+def stage(where: Path, tests: list[str], staged_files: list[Path],
+          extra_pytest_args: list[str]) -> None:
+    where.mkdir(parents=True, exist_ok=True)
     for sub in ("src", "tests"):
-        shutil.rmtree(STAGE / sub, ignore_errors=True)
+        shutil.rmtree(where / sub, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "labextension", "*.pyc")
-    for name, where in PACKAGES.items():
-        shutil.copytree(where, STAGE / "src" / name, ignore=ignore)  # keeps mtimes
-    shutil.copytree(ROOT / "tests", STAGE / "tests", ignore=ignore)
+    for name, package in PACKAGES.items():
+        shutil.copytree(package, where / "src" / name, ignore=ignore)  # keeps mtimes
+    shutil.copytree(ROOT / "tests", where / "tests", ignore=ignore)
+    # Worker processes import sitecustomize from their PYTHONPATH (the staged packages'
+    # parent); the test process loads the same file as a pytest plugin.
+    hits = ROOT / "tools" / "mutate_hits.py"
+    shutil.copy2(hits, where / "src" / "sitecustomize.py")
+    shutil.copy2(hits, where / "src" / "mutate_hits.py")
     toml = [
         "[tool.mutmut]",
         'source_paths = ["src"]',
         f"only_mutate = {[str(p) for p in staged_files]!r}".replace("'", '"'),
         f"pytest_add_cli_args_test_selection = {tests!r}".replace("'", '"'),
-        f"pytest_add_cli_args = {['-q', '-p', 'no:randomly', *extra_pytest_args]!r}".replace("'", '"'),
+        f"pytest_add_cli_args = {['-q', '-p', 'no:randomly', '-p', 'mutate_hits', *extra_pytest_args]!r}"
+        .replace("'", '"'),
+        # A mutant that hangs (a dispatcher loop that never ends) is cut after
+        # (its tests' time + 5 s) x 3 rather than mutmut's default x 15.
+        "timeout_multiplier = 3.0",
+        "timeout_constant = 5.0",
         "",
         "[tool.pytest.ini_options]",
         'testpaths = ["tests"]',
-        "timeout = 300",
+        "timeout = 120",
     ]
-    (STAGE / "pyproject.toml").write_text("\n".join(toml) + "\n")
+    (where / "pyproject.toml").write_text("\n".join(toml) + "\n")
 
 
-def results() -> dict[str, str]:
+def results(where: Path) -> dict[str, str]:
     mutmut = Path(sys.executable).with_name("mutmut")
-    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=STAGE, check=True,
+    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=where, check=True,
                          capture_output=True, text=True).stdout
     status = {}
     for line in out.splitlines():
@@ -93,56 +115,140 @@ def results() -> dict[str, str]:
     return status
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tests", nargs="+", required=True, help="test files that exercise the modules")
-    p.add_argument("--fail-under", type=float, default=80.0, help="minimum score in %% (default 80)")
-    p.add_argument("--fresh", action="store_true", help="forget earlier results")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--pytest-arg", action="append", default=[], help="passed to every pytest run")
-    p.add_argument("modules", nargs="+", metavar="MODULE[:FUNC,...]")
-    args = p.parse_args(argv)
+# mutmut's own set-up check ("forced fail") runs the tests in its main process with every
+# mutated function raising; a host-side function that raises where nothing expects it
+# (worker.open_status in the job monitor) leaves that process waiting forever, with no
+# timeout to end it. The check is replaced by ours: a group whose mutants are all
+# "survived" has mutants that never switch on, and fails (see main()).
+RUN_MUTMUT = """
+import sys
+import mutmut.__main__ as m
+m.run_forced_fail_test = lambda runner: None
+sys.argv[0] = "mutmut"
+sys.exit(m.cli())
+"""
 
-    specs = [patterns_for(m) for m in args.modules]
-    if args.fresh:
-        shutil.rmtree(STAGE / "mutants", ignore_errors=True)
-    stage(args.tests, sorted({s for _, s, _ in specs}), args.pytest_arg)
-    patterns = [pat for _, _, pats in specs for pat in pats]
-    mutmut = Path(sys.executable).with_name("mutmut")
-    t0 = time.time()
-    run = subprocess.run([str(mutmut), "run", "--max-children", str(args.workers), *patterns], cwd=STAGE)
-    took = time.time() - t0
-    if run.returncode:
-        print(f"mutate: mutmut run failed ({run.returncode}); see above", file=sys.stderr)
-        return run.returncode
 
+def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Namespace
+              ) -> tuple[list[tuple[str, int, int, collections.Counter[str]]], list[str], float]:
+    """One mutmut run: (rows of module, mutants, detected, statuses), survivors, seconds."""
     import fnmatch
 
-    status = results()
+    where = STAGE / name
+    specs = [patterns_for(m) for m in modules]
+    if args.fresh:
+        shutil.rmtree(where / "mutants", ignore_errors=True)
+    stage(where, tests, sorted({s for _, s, _ in specs}), args.pytest_arg)
+    hits = where / "hits"
+    shutil.rmtree(hits, ignore_errors=True)
+    hits.mkdir()
+    env = dict(os.environ)
+    # The local backend passes these to its workers: the mutant to switch on, and where
+    # the stats run's workers record what they call (tools/mutate_hits.py).
+    passed = {n for n in env.get("CLOUDBUTTON_WORKER_ENV", "").split(",") if n}
+    passed |= {"MUTANT_UNDER_TEST", "MUTMUT_DEPENDENCY_DEPTH", "CLOUDBUTTON_MUTATE_HITS"}
+    env.update(CLOUDBUTTON_WORKER_ENV=",".join(sorted(passed)), CLOUDBUTTON_MUTATE_HITS=str(hits))
+    # Python processes the tests start themselves (a host killed and attached again) import
+    # the mutated tree too, and report what they call like the workers.
+    # (Made now: a directory missing when Python starts is never looked in again.)
+    (where / "mutants" / "src").mkdir(parents=True, exist_ok=True)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(where / "mutants" / "src"),
+                                                      env.get("PYTHONPATH")]))
+    patterns = [pat for _, _, pats in specs for pat in pats]
+    if args.retest_survivors and (where / "mutants").is_dir():
+        # mutmut keeps a result until its function changes; new tests need this.
+        import fnmatch
+
+        again = sorted(k for k, v in results(where).items()
+                       if v in ("survived", "no tests", "not checked")
+                       and any(fnmatch.fnmatchcase(k, pat) for pat in patterns))
+        if not again:
+            print(f"mutate: group {name}: no survivor to test again")
+        patterns = again or patterns
+    print(f"mutate: group {name}: {' '.join(modules)} against {' '.join(tests)}", flush=True)
+    t0 = time.time()
+    run = subprocess.Popen([sys.executable, "-c", RUN_MUTMUT, "run", "--max-children", str(args.workers),
+                            *patterns], cwd=where, env=env)
+    try:
+        returncode = run.wait()
+    finally:  # interrupted or terminated: no mutmut left running
+        if run.poll() is None:
+            run.terminate()
+            run.wait()
+    took = time.time() - t0
+    if returncode:
+        raise SystemExit(f"mutate: mutmut run of group {name} failed ({returncode}); see above")
+    status = results(where)
+    if status and not DETECTED & set(status.values()):
+        raise SystemExit(f"mutate: no mutant of group {name} was detected: are they switched on?")
     rows, survivors = [], []
-    total = collections.Counter()
-    for spec, (dotted, _, pats) in zip(args.modules, specs):
+    for spec, (_, _, pats) in zip(modules, specs):
         mine = {k: v for k, v in status.items() if any(fnmatch.fnmatchcase(k, pat) for pat in pats)}
         c = collections.Counter(mine.values())
         n = len(mine) - c["skipped"]
-        detected = sum(c[s] for s in DETECTED)
-        total.update(n=n, detected=detected)
-        rows.append((spec, n, detected, c))
+        rows.append((spec, n, sum(c[s] for s in DETECTED), c))
         survivors += sorted(k for k, v in mine.items() if v not in DETECTED | {"skipped"})
-    lines = [f"{'module':<70} {'mutants':>7} {'killed':>7} {'score':>6}  other"]
-    for spec, n, detected, c in rows:
+    return rows, survivors, took
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", type=Path, help="a TOML file of groups (modules and their tests)")
+    p.add_argument("--only", nargs="+", default=[], metavar="GROUP", help="run only these groups")
+    p.add_argument("--tests", nargs="+", help="test files that exercise the modules (no plan)")
+    p.add_argument("--fail-under", type=float, default=80.0,
+                   help="minimum score of each module in %% (default 80)")
+    p.add_argument("--fresh", action="store_true", help="forget earlier results")
+    p.add_argument("--retest-survivors", action="store_true",
+                   help="test again the mutants that survived or were not tried (after adding tests)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--pytest-arg", action="append", default=[], help="passed to every pytest run")
+    p.add_argument("modules", nargs="*", metavar="MODULE[:FUNC,...]")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally above runs
+
+    if args.plan:
+        plan = tomllib.loads(args.plan.read_text())
+        unknown = set(args.only) - set(plan)
+        if unknown:
+            p.error(f"no group {', '.join(sorted(unknown))} in {args.plan} (it has {', '.join(plan)})")
+        groups = {g: (v["modules"], v["tests"]) for g, v in plan.items()
+                  if not args.only or g in args.only}
+    elif args.tests and args.modules:
+        groups = {"adhoc": (args.modules, args.tests)}
+    else:
+        p.error("give --plan, or --tests and modules")
+
+    rows, survivors, timings = [], [], []
+    for name, (modules, tests) in groups.items():
+        r, s, took = run_group(name, modules, tests, args)
+        rows += [(*row, took if i == 0 else None) for i, row in enumerate(r)]
+        survivors += s
+        timings.append((name, took))
+    total = collections.Counter()
+    lines = [f"{'module':<70} {'mutants':>7} {'killed':>7} {'score':>6} {'min':>5}  other"]
+    low = []
+    for spec, n, detected, c, took in rows:
+        total.update(n=n, detected=detected)
+        score = 100 * detected / max(n, 1)
+        if score < args.fail_under:
+            low.append(f"{spec} ({score:.1f}%)")
         other = ", ".join(f"{v} {k}" for k, v in sorted(c.items()) if k not in DETECTED) or "-"
-        lines.append(f"{spec[:70]:<70} {n:>7} {detected:>7} {100 * detected / max(n, 1):>5.1f}%  {other}")
-    score = 100 * total["detected"] / max(total["n"], 1)
-    lines.append(f"{'total':<70} {total['n']:>7} {total['detected']:>7} {score:>5.1f}%  "
-                 f"({took / 60:.1f} min, {args.workers} workers)")
+        minutes = f"{took / 60:5.1f}" if took is not None else "    ,"
+        lines.append(f"{spec[:70]:<70} {n:>7} {detected:>7} {score:>5.1f}% {minutes}  {other}")
+    spent = sum(t for _, t in timings)
+    lines.append(f"{'total':<70} {total['n']:>7} {total['detected']:>7} "
+                 f"{100 * total['detected'] / max(total['n'], 1):>5.1f}% {spent / 60:5.1f}  "
+                 f"({args.workers} workers; a group's minutes are on its first module)")
     report = "\n".join(lines)
+    STAGE.mkdir(parents=True, exist_ok=True)
     (STAGE / "survivors.txt").write_text("\n".join(survivors) + "\n")
     (STAGE / "report.txt").write_text(report + "\n")
     print(report)
-    print(f"survivors: {STAGE / 'survivors.txt'} (see one with: cd {STAGE} && {mutmut} show NAME)")
-    if score < args.fail_under:
-        print(f"mutate: score {score:.1f}% is below {args.fail_under:g}%", file=sys.stderr)
+    print(f"survivors: {STAGE / 'survivors.txt'} (see one with: cd {STAGE}/GROUP && "
+          f"{Path(sys.executable).with_name('mutmut')} show NAME)")
+    if low:
+        print(f"mutate: below {args.fail_under:g}%: {'; '.join(low)}", file=sys.stderr)
         return 1
     return 0
 

@@ -63,12 +63,18 @@ def _shutdown_all() -> None:
         pool.shutdown(kill_running=True)
 
 
+WORKER_ENV = "CLOUDBUTTON_WORKER_ENV"  # comma-separated names of host variables workers get
+
+
 def _worker_env(workers: int) -> dict[str, str]:
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     threads = str(max(1, (os.cpu_count() or 1) // workers))
+    # CLOUDBUTTON_WORKER_ENV names more variables to pass: the local stand-in for a Lambda
+    # function's own environment variables (also how a test harness reaches the workers).
+    extra = {n.strip() for n in os.environ.get(WORKER_ENV, "").split(",")} - {""}
     env = {k: v for k, v in os.environ.items()
            if k in ("PATH", "HOME", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "TZ", "SYSTEMROOT", "TMPDIR")
-           or k.startswith("AWS_")}  # the local stand-in for a worker's execution role
+           or k.startswith("AWS_") or k in extra}  # AWS_*: the stand-in for an execution role
     env.update({
         "PYTHONPATH": pkg_parent,
         "PYTHONUNBUFFERED": "1",
