@@ -93,8 +93,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="unprofiled runs for the CPU figure")
     ap.add_argument("--top", type=int, default=0, help="also print the top functions by tottime")
     args = ap.parse_args()
-    os.environ.setdefault("CLOUDBUTTON_STORAGE_DIR",
-                          tempfile.mkdtemp(prefix="profile-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    os.environ.setdefault("CLOUDBUTTON_STORAGE_DIR", tempfile.mkdtemp(prefix="profile-", dir=shm))
     prof_dir = tempfile.mkdtemp(prefix="worker-prof-")
 
     from cloudbutton_executor import Executor
@@ -122,7 +122,8 @@ def main() -> None:
     ph = {"worker_start -> setup_done (cancel check, function, inputs)": ("worker_start", "setup_done"),
           "setup_done -> compute_done (run the item)": ("setup_done", "compute_done"),
           "compute_done -> result_stored (pickle, seal, status put)": ("compute_done", "result_stored"),
-          "host_submit -> worker_start (queue wait: all events are queued at once)": ("host_submit", "worker_start")}
+          "host_submit -> worker_start (queue wait: all events are queued at once)":
+              ("host_submit", "worker_start")}
     print("\n| worker phase (from the statuses' stats, last run) | µs per task (median) |\n|---|---|")
     for label, (a, b) in ph.items():
         vals = [s[b] - s[a] for s in stats_rows if s.get(a) and s.get(b)]
@@ -184,7 +185,8 @@ def main() -> None:
             host.add(p)
         except TypeError:
             pass  # a profiler that saw nothing
-    print("\n" + _table(host, HOST_PHASES, n, "host phase (cProfile, thread CPU time, cumulative, all threads)"))
+    print("\n" + _table(host, HOST_PHASES, n,
+                         "host phase (cProfile, thread CPU time, cumulative, all threads)"))
     files = glob.glob(os.path.join(prof_dir, "*.prof"))
     if files:
         worker = pstats.Stats(*files)
