@@ -25,7 +25,7 @@ from typing import Any, TypeAlias, cast
 
 import cloudpickle
 
-from . import screening
+from . import screening, sharedbuffers
 from .sources import code_source, restore_code, shipped_name
 
 # Our own packages are installed wherever the user put them (often an editable
@@ -148,10 +148,23 @@ def _local_modules_by_value() -> Iterator[None]:
                     pass
 
 
+class _OutOfBandPickler(_GuardedPickler):
+    """Large buffers go to the job's shared memory (local backend): see sharedbuffers."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        return sharedbuffers.persistent_id(obj)
+
+
 def _dump(obj: Any) -> bytes:
     buf = io.BytesIO()
-    _GuardedPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    pickler = _GuardedPickler if sharedbuffers.active() is None else _OutOfBandPickler
+    pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     return buf.getvalue()
+
+
+def _out_of_band(big: bool) -> bool:
+    """Big bytes are sent out of band (a job of the local backend is being pickled)."""
+    return big and sharedbuffers.active() is not None
 
 
 # Plain data: these exact types pickle the same with the standard pickler as with
@@ -175,14 +188,14 @@ def _is_plain(obj: Any, depth: int = 0) -> bool:
 _BIG = 1 << 16  # the pickler hands bytes this big to write() as they are
 
 
-def _has_big_bytes(obj: Any, depth: int = 0) -> bool:
+def _has_big_bytes(obj: Any, depth: int = 0, limit: int = _BIG) -> bool:
     t = type(obj)
     if t is bytes:
-        return len(obj) >= _BIG
+        return len(obj) >= limit
     if t is dict:
-        return depth < 5 and any(_has_big_bytes(v, depth + 1) for v in obj.values())
+        return depth < 5 and any(_has_big_bytes(v, depth + 1, limit) for v in obj.values())
     if t is tuple or t is list:
-        return depth < 5 and any(_has_big_bytes(x, depth + 1) for x in obj)
+        return depth < 5 and any(_has_big_bytes(x, depth + 1, limit) for x in obj)
     return False
 
 
@@ -230,7 +243,8 @@ def join(payloads: Iterable[Payload]) -> bytes:
 def dumps(obj: Any, label: str = "object", budget: screening.Budget | None = None) -> bytes:
     """Pickle ``obj`` for the workers, naming the culprit if that fails; refuse it if it
     carries credentials (see ``screening``)."""
-    if _is_plain(obj):
+    if _is_plain(obj) and not (sharedbuffers.active() is not None
+                               and _has_big_bytes(obj, limit=sharedbuffers.THRESHOLD)):
         blob = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     else:
         with _local_modules_by_value():
@@ -299,10 +313,17 @@ def dumps_each(objs: Iterable[Any], budget: screening.Budget | None = None) -> l
         if (type(o) is tuple and len(o) == 2 and type(o[0]) is tuple and len(o[0]) == 1
                 and type(o[1]) is dict and not o[1] and type(o[0][0]) in scalars):
             x = o[0][0]
-            out.append(_dump_plain_pieces(o, proto) if type(x) is bytes and len(x) >= _BIG
-                       else dumps(o, proto))
+            if type(x) is bytes and len(x) >= _BIG:
+                out.append(_dump(o) if _out_of_band(len(x) >= sharedbuffers.THRESHOLD)
+                           else _dump_plain_pieces(o, proto))
+            else:
+                out.append(dumps(o, proto))
         elif _is_plain(o):
-            out.append(_dump_plain_pieces(o, proto) if _has_big_bytes(o) else dumps(o, proto))
+            if _has_big_bytes(o):
+                out.append(_dump(o) if _out_of_band(_has_big_bytes(o, limit=sharedbuffers.THRESHOLD))
+                           else _dump_plain_pieces(o, proto))
+            else:
+                out.append(dumps(o, proto))
         else:
             out.append(None)
             rest.append(i)

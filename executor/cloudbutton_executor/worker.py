@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import context as _context
-from . import integrity, largevalues, protocol
+from . import integrity, largevalues, protocol, sharedbuffers
 from .errors import (ExceptionByState, IntegrityError, OutOfMemoryError, RemoteError,
                      TaskTimeoutError)
 from .local_runtime import CANCELLED_EXIT_CODE, seconds_since_process_start
@@ -286,6 +286,7 @@ def handler(event: dict[str, Any], context: Any = None, *,
         return {"task": tid, "state": "cancelled"}
     finally:  # a handler run in the host's own process (tests, tools) leaves no task behind
         _context.set_task(None)
+        sharedbuffers.forget_maps()
     stats["compute_done"] = time.time()
 
     # May add errors (a result that cannot be pickled, or not within the memory limit).
@@ -546,7 +547,7 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
     buf = tee.buf
     reported = _context._flops
     reported[0] = 0
-    clock, loads = time.time, pickle.loads
+    clock, loads = time.time, sharedbuffers.loads  # pickle.loads, out-of-band buffers mapped
     watch = _WATCH
     with contextlib.redirect_stdout(tee):
         for k, raw in enumerate(inputs):
