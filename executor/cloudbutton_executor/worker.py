@@ -377,9 +377,14 @@ def _write_status(storage: Storage, event: dict[str, Any], key: bytes, status: d
     status["stats"]["requests"] = {k: v for k, v in worker_requests.items() if v}
     status["stats"]["result_stored"] = time.time()
     skey = protocol.status_key(event["prefix"], event["job_id"], event["task"])
-    written = storage.put_if_absent(
-        skey, integrity.seal(key, protocol.object_name(event["prefix"], skey), status))
-    return {"task": event["task"], "state": status["state"], "written": written}
+    sealed = integrity.seal(key, protocol.object_name(event["prefix"], skey), status)
+    written = storage.put_if_absent(skey, sealed)
+    response = {"task": event["task"], "state": status["state"], "written": written}
+    if written and event.get("reply_status"):
+        # What it stored, for a host that hears back (local workers): the host verifies it
+        # as it would the stored object, without reading it back. (Sealed JSON is ASCII.)
+        response["sealed"] = sealed.decode("ascii")
+    return response
 
 
 # Cancel while running ------------------------------------------------------------------
