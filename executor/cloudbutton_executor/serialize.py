@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 import pickle
 import site
@@ -252,7 +253,7 @@ def joined_runs(payloads: Sequence[Payload], run: int = 4096,
     one piece (a map's many small pickles written at C speed; big inputs never copied)."""
     for i in range(0, len(payloads), run):
         chunk = payloads[i:i + run]
-        if all(type(p) is bytes for p in chunk) and sum(map(len, chunk)) <= small:
+        if set(map(type, chunk)) == {bytes} and sum(map(len, chunk)) <= small:
             yield b"".join(cast("Sequence[bytes]", chunk))  # all bytes, checked
         else:
             yield from flatten(chunk)
@@ -284,14 +285,16 @@ def dumps_scalar_calls(items: list[Any], budget: screening.Budget | None = None
                        ) -> list[Payload] | None:
     """The payloads ``((x,), {})`` of a map over small scalars, or None if ``items`` holds
     anything else. The common case of big maps, without building the calls first."""
-    scalars = _SCALARS
-    if not all(type(x) in scalars for x in items):
+    kinds = set(map(type, items))  # one pass in C (a million items: tens of ms)
+    if not kinds <= _SCALARS:
         return None
-    if any(type(x) is bytes and len(x) >= _BIG for x in items):
+    if bytes in kinds and any(type(x) is bytes and len(x) >= _BIG for x in items):
         return None  # big bytes go through dumps_each, which does not copy them
-    dumps, proto, no_kwargs = pickle.dumps, pickle.HIGHEST_PROTOCOL, {}  # type: ignore[var-annotated]
-    out: list[Payload] = [dumps(((x,), no_kwargs), proto) for x in items]
-    if not all(type(x) in _NO_TEXT for x in items):
+    no_kwargs: dict[str, Any] = {}
+    # ((x,), {}) for every x, pickled, without a Python-level loop.
+    out: list[Payload] = list(map(pickle.dumps, zip(zip(items), itertools.repeat(no_kwargs)),
+                                  itertools.repeat(pickle.HIGHEST_PROTOCOL)))
+    if not kinds <= _NO_TEXT:
         screening.scan(flatten(out), items, "iterdata", budget)
     return out
 
