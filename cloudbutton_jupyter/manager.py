@@ -30,6 +30,9 @@ DEFAULT_CONFIG: dict[str, Any] = {**{k: config.SETTINGS[k].default for k in PANE
 # What the Lambda backend reads from the file.
 AWS_KEYS = (*config.AWS, "lambda", "endpoints")
 TRACEBACK_LIMIT = 8000
+TASK_ITEMS_SHOWN = 5       # items of a task whose input and stdout its detail shows
+TASK_STDOUT_LIMIT = 2000   # the last characters of each
+RERUN_SCAN = 50  # how many newer jobs a job's detail looks through for its re-runs
 
 
 class InvalidInput(ValueError):
@@ -96,6 +99,7 @@ class CloudManager:
         self._lambda_cache: tuple[str, Any] | None = None
         self._manifests: dict[tuple[str, str], dict] = {}
         self._finished: dict[tuple[str, str], dict] = {}
+        self._shown: dict[str, list[str]] = {}
 
     # Config -------------------------------------------------------------------
     @property
@@ -289,7 +293,7 @@ class CloudManager:
                         self._finished[key] = summary
             out.append(summary)
         self._forget_except({(root, j) for j in ids})
-        return out
+        return accounting.link_reruns(out)
 
     def _forget_except(self, keep: set) -> None:
         """Bound the caches to the jobs still listed."""
@@ -308,7 +312,9 @@ class CloudManager:
         manifest = self._manifest(storage, prefix, job_id)
         statuses = self._statuses(storage, prefix, job_id)
         out = self._summary(storage, prefix, manifest)
+        out = accounting.link_reruns([out, *self._reruns_of(storage, prefix, job_id)])[0]
         created = out["created"]
+        shown = self._inputs_shown(storage, prefix, job_id)
         tasks, failures = [], []
         for tid in sorted(statuses):
             st = statuses[tid]
@@ -324,6 +330,10 @@ class CloudManager:
                 "attempt": st.get("attempt", 0), "cold_start": s.get("cold_start"),
                 "peak_mem_mb": s.get("peak_mem_mb"), "requests": s.get("requests"),
                 "infra": st.get("infra"), "t": rel,
+                # What its first items were given and printed, whatever their state.
+                "item_detail": [{"i": i, "input": shown[i] if i < len(shown) else None,
+                                 "stdout": stdout.get(i, "")[-TASK_STDOUT_LIMIT:]}
+                                for i in range(a, min(b, a + TASK_ITEMS_SHOWN))],
             })
             for i, err in sorted(errors.items()):
                 failures.append({
@@ -333,6 +343,34 @@ class CloudManager:
                     "stdout": stdout.get(i, "")[-2000:],
                 })
         out.update(tasks_detail=tasks, failures=failures, manifest=manifest)
+        return out
+
+    def _inputs_shown(self, storage, prefix, job_id: str) -> list[str]:
+        """The job's input reprs, read once (written once, before its manifest)."""
+        with self._lock:
+            known = self._shown.get(job_id)
+        if known is None:
+            known = catalog.inputs_shown(storage, prefix, job_id)
+            with self._lock:
+                self._shown = {job_id: known}  # the detail open now: one job's kept
+        return known
+
+    def _reruns_of(self, storage, prefix, job_id: str) -> list[dict]:
+        """Summaries of the jobs that re-ran ``job_id``'s failed items: among the
+        ``RERUN_SCAN`` oldest jobs newer than it (a re-run is newer than what it re-runs)."""
+        newer = sorted(j for j in catalog.job_ids(storage, prefix) if j > job_id)[:RERUN_SCAN]
+        out = []
+        root = json.dumps(storage.describe(), sort_keys=True) + prefix
+        for other in newer:
+            m = self._manifests.get((root, other))
+            if m is None:
+                m = catalog.manifest(storage, prefix, other)
+                if m is None:
+                    continue
+                with self._lock:  # immutable: read once (the panel refreshes a detail often)
+                    self._manifests[(root, other)] = m
+            if m and m.get("rerun_of") == job_id:
+                out.append(self._summary(storage, prefix, m))
         return out
 
     def cancel(self, job_id: str) -> dict:

@@ -60,3 +60,41 @@ def test_the_job_the_widget_and_the_panel_agree_on_a_job(ex, storage, monkeypatc
     host = Usage(requests=stats["requests"]["host"])  # only the job knows the host's requests
     assert stats["cost_usd"] == pytest.approx(
         panel["cost_usd"] + cost(host, memory_mb=job.memory_mb)["cost_usd"])
+
+
+def slow_but_first(x):
+    import time
+
+    time.sleep(0.05 if x == 0 else 30)
+    return x
+
+
+@pytest.mark.parametrize("by", ["kernel", "panel"])
+def test_a_cancelled_job_shows_one_elapsed_time_everywhere(by, ex, storage, monkeypatch, tmp_path):
+    import time
+
+    from cloudbutton_jupyter.manager import CloudManager
+    from cloudbutton_magic.widget_state import JobTracker
+
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "none.yaml"))
+    job = ex.map(slow_but_first, range(3))
+    job[0].result(timeout=30)
+    time.sleep(0.3)
+    manager = CloudManager(storage=storage)
+    if by == "kernel":
+        job.cancel()
+    else:  # the panel writes the marker; the kernel's monitor notices it a moment later
+        manager.cancel(job.job_id)
+        assert job.wait(10) and job.cancelled
+    assert job.finished_at >= job.cancelled_at  # the host ends it after the marker's time
+    if by == "panel":  # by up to a cancel check interval: what the views disagreed on
+        assert job.finished_at > job.cancelled_at + 0.01
+    time.sleep(0.2)
+    (panel,) = manager.list_jobs()
+    tracker = JobTracker(job)
+    tracker.poll()
+    widget = tracker.header_stats()
+    assert panel["state"] == "cancelled"
+    assert widget["elapsed_s"] == panel["duration_s"] == job.stats["elapsed_s"]
+    assert manager.job_detail(job.job_id)["duration_s"] == panel["duration_s"]
+    assert panel["duration_s"] == pytest.approx(job.cancelled_at - job.created)

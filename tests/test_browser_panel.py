@@ -67,8 +67,12 @@ def _notebook() -> dict:
                   code("print('squares:', results)"),
                   code("len(obj.data_stream.read())"),
                   code("%load_ext cloudbutton_jupyter\nimport os\nmark = os.path.abspath('rerun-fixed')"),
-                  code("%%cloud map range(5) -o flaky\n"
-                       "10 * item if item % 4 or os.path.exists(mark) else 1 // 0")],
+                  code("%%cloud map range(5) -o flaky\nprint('ran', item)\n"
+                       "10 * item if item % 4 or os.path.exists(mark) else 1 // 0"),
+                  code("%%cloud map range(3) -o doubled\nimport time\ntime.sleep(1.5)\n"
+                       "print('tapped', item)\n2 * item"),
+                  code("%%cloud map range(60) --budget 0.0002 -o capped\nimport time\n"
+                       "time.sleep(0.3)\nitem")],
     }
 
 
@@ -239,13 +243,15 @@ def test_run_cell_over_list_from_the_panel(page, lab):
     assert "%%cloud" not in _cell(page, 1).locator(".jp-InputArea").inner_text()
     assert _cell(page, 1).locator(".jp-InputArea").inner_text().strip().endswith("x * x")
 
-    # Once the job has ended the widget gives way to its static rendering: counts and
-    # both plots as images, which need no kernel or widget manager.
-    static = out.locator(".cloudbutton-job")
-    static.wait_for(timeout=60_000)
-    assert out.locator(".cloudbutton-job-widget").count() == 0
-    assert static.locator("img.cloudbutton-plot").count() == 2
-    assert "20 done · 0 failed" in static.inner_text()
+    # Once the job has ended, while its kernel lives, the cell shows the ended job's widget
+    # (its bars still open a task's detail), and only it: the static rendering it carries
+    # (counts and both plots as images) stands in where no kernel has the widget (see
+    # test_saved_notebook_and_its_html_show_the_jobs_offline).
+    ended = out.locator(".cb-job-output-live .cloudbutton-job-widget")
+    ended.wait_for(timeout=60_000)
+    assert out.locator(".cloudbutton-job").count() == 1
+    assert out.locator("img.cloudbutton-plot").count() == 0
+    assert "20 done · 0 failed" in ended.locator(".cloudbutton-header").inner_text()
 
     row = panel.locator(".cb-job.cb-state-done").first
     row.wait_for(timeout=30_000)
@@ -589,6 +595,9 @@ def test_a_click_on_a_bar_shows_its_task_and_failed_items_are_rerun(page, lab):
     panel.screenshot(path=str(ARTIFACTS / "browser-panel-task-detail.png"))
     detail.locator(".cb-tasks tbody tr[data-task='000002-000003']").click()
     assert "task 000002-000003" in box.inner_text() and "ZeroDivisionError" not in box.inner_text()
+    # A task that succeeded shows its input and what it printed too.
+    assert box.locator(".cb-task-input").inner_text() == "item 2 input: 2"
+    assert box.locator(".cb-task-stdout").inner_text().strip() == "ran 2"
 
     (lab["tmp"] / "root" / "rerun-fixed").write_text("")  # the cause is fixed
     flaky.locator(".jp-InputPrompt").click()  # %cloud rerun goes in a new cell below
@@ -598,6 +607,95 @@ def test_a_click_on_a_bar_shows_its_task_and_failed_items_are_rerun(page, lab):
         timeout=60_000)
     _wait_kernel_idle(page)
     rerun.screenshot(path=str(ARTIFACTS / "browser-rerun-failed.png"))
+    # The original job links to its re-run and what it came to, in the detail and the list.
+    detail.locator(".cb-detail-rerun:has-text('all succeeded')").wait_for(timeout=30_000)
+    assert detail.locator(".cb-detail-rerun").inner_text().startswith("failed → re-run as ")
+    detail.locator(".cb-detail-back").click()
+    link = panel.locator(f".cb-job[data-job-id='{job_id}'] .cb-job-rerun")
+    link.wait_for()
+    again = link.inner_text().split("re-run as ")[1].split(":")[0]
+    assert link.inner_text() == f"failed → re-run as {again}: all succeeded"
+    assert panel.locator(f".cb-job[data-job-id='{again}'] .cb-job-rerun-of").inner_text() == \
+        f"re-run of {job_id}"
+    panel.screenshot(path=str(ARTIFACTS / "browser-panel-rerun-link.png"))
+
+
+def _bar_under_the_mouse(page, canvas):
+    """Move the mouse over ``canvas`` until the timeline's hover tool names a task; returns
+    that point (a real bar, found the way a user finds one)."""
+    box = canvas.bounding_box()
+    tip = page.locator(".bk-tooltip-content:has-text('task')")
+    for fy in (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8):
+        for fx in (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.9):
+            x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+            page.mouse.move(x, y)
+            page.wait_for_timeout(60)
+            if tip.count() and tip.first.is_visible():
+                return x, y, tip.first.inner_text()
+    raise AssertionError("no timeline bar under the mouse anywhere on the plot")
+
+
+def test_a_click_on_a_bar_of_the_widget_shows_its_task_after_the_job(page, lab):
+    """The cell's own widget: once the job has ended (the kernel idle, the cell done), a
+    click on a bar of its bokeh timeline shows that task's input, stdout and timings."""
+    import re
+
+    _cell(page, 0).wait_for()
+    _wait_kernel_idle(page)
+    _run_cell_with(page, "rerun-fixed")  # %load_ext cloudbutton_jupyter
+    cell = _run_cell_with(page, "-o doubled")
+    out = cell.locator(".jp-OutputArea")
+    live = out.locator(".cb-job-output-live .cloudbutton-job-widget")
+    live.locator(".cloudbutton-header:has-text('finished')").wait_for(timeout=60_000)
+    _wait_kernel_idle(page)  # the cell has ended: a click reaches the kernel at once
+    # The ended job's output: its widget, not only the images.
+    assert "3 done · 0 failed" in live.locator(".cloudbutton-header").inner_text()
+    canvas = live.locator("canvas").first
+    canvas.wait_for()
+    x, y, tip = _bar_under_the_mouse(page, canvas)
+    item = int(re.search(r"items\s*:?\s*(\d+)", tip).group(1))
+    page.mouse.click(x, y)
+    detail = live.locator(".cloudbutton-task")
+    detail.wait_for(timeout=15_000)
+    text = detail.inner_text()
+    assert f"item {item} · state done" in text
+    assert f"input: {item}" in text and f"tapped {item}" in text
+    assert "compute" in text and ("warm start" in text or "cold start" in text)
+    cell.screenshot(path=str(ARTIFACTS / "browser-widget-bar-click.png"))
+
+
+def test_a_job_stopped_by_its_budget_says_so_in_the_panel(page, lab):
+    """The panel's list and detail show the budget's stop line (what was projected against
+    the budget) and the money: spent and the budget."""
+    import re
+
+    _cell(page, 0).wait_for()
+    _wait_kernel_idle(page)
+    _run_cell_with(page, "rerun-fixed")  # %load_ext cloudbutton_jupyter
+    cell = _run_cell_with(page, "-o capped")
+    header = cell.locator(".cloudbutton-header")
+    header.locator(".cb-budget-stop").wait_for(timeout=60_000)
+    job_id = re.search(r"job (\d{8}-\d{6}(?:\d{3})?-[0-9a-f]{6})", header.inner_text()).group(1)
+    panel = _open_panel(page)
+    row = panel.locator(f".cb-job[data-job-id='{job_id}']")
+    stop = row.locator(".cb-job-stopped")
+    stop.wait_for(timeout=30_000)
+    line = stop.inner_text()
+    assert line.startswith("stopped by its budget: its projected total of $"), line
+    assert "would pass its budget of $0.0002" in line and "of 60 items have results" in line
+    projected = float(re.search(r"projected total of \$([0-9.]+)", line).group(1))
+    assert projected > 0.0002
+    assert "cb-state-cancelled" in row.get_attribute("class")  # stopped, never "failed"
+    cost = row.locator(".cb-job-cost")
+    assert re.fullmatch(r"(< )?\$[0-9.]+", cost.inner_text())
+    assert cost.get_attribute("title").endswith("spent · budget $0.0002 (" + line + ")")
+    row.click()
+    detail = panel.locator(".cb-detail")
+    detail.locator(".cb-detail-stopped").wait_for()
+    assert detail.locator(".cb-detail-stopped").inner_text() == line
+    spent = detail.locator(".cb-detail-cost").inner_text()
+    assert re.search(r"\$[0-9.]+ spent · budget \$0\.0002 at Lambda prices", spent), spent
+    panel.screenshot(path=str(ARTIFACTS / "browser-panel-budget-stop.png"))
     detail.locator(".cb-detail-back").click()
 
 

@@ -1,5 +1,6 @@
 """Data-driven map: storage locations listed once on the host, split into chunks that every
 task reads by byte range, on local files and on S3 (a real moto server over HTTP)."""
+import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -8,7 +9,7 @@ import boto3
 import pytest
 import yaml
 
-from cloudbutton_executor import Executor, NoSuchBucket, NotFound, datamap
+from cloudbutton_executor import Executor, NoSuchBucket, NotFound, datamap, partitions
 from cloudbutton_executor.datamap import S3Service, split
 from cloudbutton_executor.partitions import DataPartition
 from cloudbutton_executor.storage import LocalStorage, S3Storage
@@ -356,3 +357,92 @@ def test_map_reduce_over_a_prefix(place, data_ex):
 
     total = data_ex.map_reduce(words, place.location("wc/"), sum, obj_chunk_size=7)
     assert total.result(timeout=60) == 5 * (2 + 3 + 4)
+
+
+def bytes_of_chunk(obj):
+    return len(obj.data_stream.read())
+
+
+def test_each_task_reports_its_read_throughput_and_the_timeline_draws_it(place, data_ex):
+    """A data-map task's stats hold the bytes it read from storage and the time it waited
+    for them; the widget's timeline rows carry them (hover) and the static timeline labels
+    each bar with MB/s. A task that reads nothing has none."""
+    from matplotlib.figure import Figure
+
+    from cloudbutton_magic import static_plots
+    from cloudbutton_magic.widget_state import JobTracker
+
+    for i in range(3):
+        place.put(f"rt/part{i}.txt", b"".join(b"line %06d of %d\n" % (k, i) for k in range(12_000)))
+    job = data_ex.map(bytes_of_chunk, place.location("rt/"), obj_chunk_size=80_000)
+    sizes = job.result(timeout=60)
+    assert sum(sizes) == 3 * 12_000 * len(b"line 000000 of 0\n") and len(sizes) > 3
+    for f, n in zip(job, sizes, strict=True):
+        # Its chunk, plus the byte before it and the line across its end, from the lookahead.
+        assert n <= f.stats["read_bytes"] <= n + partitions.LOOKAHEAD + 1, f.stats
+        assert 0 < f.stats["read_s"] < 30
+    tracker = JobTracker(job)
+    rows = tracker.poll().rows
+    assert len(rows) == len(sizes)
+    for r in rows:
+        st = job[r["bottom"]].stats
+        assert r["read_mbs"] == pytest.approx(st["read_bytes"] / 1e6 / st["read_s"])
+        assert r["read"] == f"{st['read_bytes'] / 1e6:,.1f} MB at {r['read_mbs']:,.1f} MB/s"
+    from bokeh.models import HoverTool
+
+    from cloudbutton_magic.widget import JobWidget
+
+    view = JobWidget(job)
+    view.update()
+    view.finish()
+    drawn = view.plots.timeline_source.data
+    assert sorted(drawn["read"]) == sorted(r["read"] for r in rows)
+    (hover,) = [t for t in view.plots.timeline.tools if isinstance(t, HoverTool)]
+    assert ("read (task)", "@read") in hover.tooltips
+    ax = Figure().add_subplot()
+    suffix = static_plots._read_labels(ax, rows)
+    assert suffix.startswith("\nread per task: median ") and f"{len(rows)} tasks" in suffix
+    assert sorted(t.get_text() for t in ax.texts) == sorted(
+        f" {r['read_mbs']:,.0f} MB/s" for r in rows)
+    unlabelled = [dict(r, read_mbs=math.nan) for r in rows]
+    assert static_plots.timeline_png(rows, "t") != static_plots.timeline_png(unlabelled, "t")
+
+    plain = data_ex.map(len, ["abc"])
+    assert plain.result(timeout=60) == [3] and "read_bytes" not in plain[0].stats
+    (row,) = JobTracker(plain).poll().rows
+    assert row["read"] == "" and math.isnan(row["read_mbs"])
+    assert static_plots._read_labels(Figure().add_subplot(), [row]) == ""
+
+
+def drain(obj):
+    n = 0
+    while True:
+        block = obj.data_stream.read(1 << 20)
+        if not block:
+            return n
+        n += len(block)
+
+
+def host_read_bytes():
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's per-process I/O counts")
+def test_the_host_never_reads_the_data_itself(tmp_path):
+    """A data map's bytes flow through its workers only: the host lists, plans and collects
+    (statuses, a few KB) while its tasks read 128 MB. rchar counts every byte the host's
+    threads read(); it is taken before the workers end (a reaped child's reads would be
+    added to it). Sparse files: no disk, the kernel hands out zeros."""
+    root = tmp_path / "sparse"
+    root.mkdir()
+    for i in range(4):
+        with open(root / f"part-{i}.bin", "wb") as f:
+            f.truncate(32 << 20)
+    with Executor(workers=2, storage=LocalStorage(str(tmp_path / "jobs")), timeout=120) as ex:
+        assert ex.map(len, ["warm"]).result(timeout=60) == [4]  # workers started, modules loaded
+        before = host_read_bytes()
+        job = ex.map(drain, f"{root}/", obj_chunk_size=8 << 20, obj_newline=None)
+        assert sum(job.result(timeout=120)) == 128 << 20 and len(job) == 16
+        host_read = host_read_bytes() - before
+    assert host_read < 4 << 20, f"the host read {host_read / 2**20:.1f} MB"

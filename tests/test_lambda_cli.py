@@ -128,3 +128,25 @@ def test_cache_list_and_clear_in_s3(lambda_ex, capsys):
     assert identity not in run("cache", "list")[1]
     again = lambda_ex.map(lambda x: x * 3, range(3), cache=True)
     assert again.result(timeout=60) == [0, 3, 6] and again.counts()["cached"] == 0
+
+
+def failing_odd(x):
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def test_jobs_shows_a_failed_job_re_run_and_its_outcome(lambda_ex):
+    job = lambda_ex.map(failing_odd, range(4), label="rerun-cli")
+    job.wait(60)
+    again = job.rerun_failed()
+    again.wait(60)
+    code, out = run("jobs", "--cost", "--limit", "50")
+    assert code == 0
+    lines = out.splitlines()
+    at = [k for k, line in enumerate(lines) if line.startswith(job.job_id)][0]
+    assert " failed " in lines[at]
+    assert lines[at + 1].strip() == f"failed → re-run as {again.job_id}: 2 still failed"
+    rows = {r["job_id"]: r for r in json.loads(run("jobs", "--json", "--limit", "50")[1])}
+    assert rows[again.job_id]["rerun_of"] == job.job_id
+    assert rows[job.job_id]["rerun_by"]["job_id"] == again.job_id

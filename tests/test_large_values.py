@@ -105,3 +105,91 @@ def test_a_large_global_is_screened_like_the_blob(ex):
     with pytest.raises(SecretError, match="access key"):
         ex.map(reads_a_big_secret, [1])
     assert ex.storage.list(f"{ex.prefix}/values/") == []  # nothing stored
+
+
+# Values of any type, not only bytes and arrays: a dict global, a list a closure captured,
+# an object of the notebook's own class; each pickle just over the threshold.
+BIG_TABLE = {i: f"{i:0100d}" for i in range(protocol.LARGE_VALUE_BYTES // 100)}
+
+
+class Catalogue:
+    def __init__(self, n):
+        self.names = [f"name-{i:090d}" for i in range(n)]
+
+
+BIG_CATALOGUE = Catalogue(protocol.LARGE_VALUE_BYTES // 90)
+
+
+def reads_the_table(i):
+    return BIG_TABLE[i][-3:], len(BIG_TABLE), BIG_CATALOGUE.names[i][-2:]
+
+
+def closure_over_a_big_list():
+    rows = [f"row-{i:090d}" for i in range(protocol.LARGE_VALUE_BYTES // 90)]
+
+    def nth(i, scale=1):
+        return rows[i * scale][-2:], len(rows)
+    return nth
+
+
+def value_keys(ex):
+    return ex.storage.list(f"{ex.prefix}/values/")
+
+
+def test_large_globals_and_closures_of_any_type_are_stored_apart(ex, caplog):
+    """The Python API: a by-value function's dict global, custom object global and a
+    closure's list are each stored once apart (the blob names them), the results right."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="cloudbutton.executor"):
+        assert ex.map(reads_the_table, [3, 7]).result(timeout=60) == [
+            ("003", len(BIG_TABLE), "03"), ("007", len(BIG_TABLE), "07")]
+    assert "global BIG_TABLE read by reads_the_table()" in caplog.text  # says what was stored
+    values = value_keys(ex)
+    assert len(values) == 2 and all(len(ex.storage.get(k)) > protocol.LARGE_VALUE_BYTES for k in values)
+    nth = closure_over_a_big_list()
+    assert ex.map(nth, [2, 4]).result(timeout=60) == [("02", len(BIG_CATALOGUE.names)),
+                                                    ("04", len(BIG_CATALOGUE.names))]
+    assert len(value_keys(ex)) == 3
+    assert all(len(ex.storage.get(k)) < 100_000 for k in ex.storage.list(f"{ex.prefix}/functions/"))
+    ex.map(reads_the_table, [1]).result(timeout=60)
+    assert len(value_keys(ex)) == 3  # the same values: not stored twice
+
+
+def test_a_large_value_of_any_type_is_loaded_once_per_warm_worker_and_verified(storage):
+    """One warm process loads the stored dict once (a tampered copy stored after that is
+    never read by it); a fresh process reads the tampered copy and refuses it."""
+    from cloudbutton_executor import Executor
+    from cloudbutton_executor.errors import IntegrityError
+
+    with Executor(workers=1, storage=storage, timeout=60) as ex:
+        first = ex.map(reads_the_table, [1, 2]).result(timeout=60)
+        assert first == [("001", len(BIG_TABLE), "01"), ("002", len(BIG_TABLE), "02")]
+        for key in value_keys(ex):  # one bit changed behind the host's back
+            data = storage.get(key)
+            storage.put(key, data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
+        again = ex.map(reads_the_table, [5, 6]).result(timeout=60)
+        assert again == [("005", len(BIG_TABLE), "05"), ("006", len(BIG_TABLE), "06")]
+    with Executor(workers=3, storage=storage, timeout=60) as fresh:  # another pool: new processes
+        job = fresh.map(reads_the_table, [1])
+        with pytest.raises(IntegrityError, match="stored value"):
+            job.result(timeout=60)
+        assert job[0].stats["cold_start"]
+
+
+BIG_NESTED = {"rows": np.zeros(protocol.LARGE_VALUE_BYTES // 8 + 1024), "name": "nested",
+              "labels": [f"label-{i:090d}" for i in range(protocol.LARGE_VALUE_BYTES // 90)]}
+
+
+def reads_the_nested_array(i):
+    return float(BIG_NESTED["rows"][i]), BIG_NESTED["name"]
+
+
+def test_a_large_value_is_stored_whole_naming_no_other(ex):
+    """A large dict holding a large array (and large besides) is one stored value: a stored
+    value never names another, so a job's function blob names every value it needs
+    (`cloudbutton clean`)."""
+    assert ex.map(reads_the_nested_array, [1]).result(timeout=60) == [(0.0, "nested")]
+    (key,) = value_keys(ex)
+    fkey = ex.storage.list(f"{ex.prefix}/functions/")[0]
+    assert protocol.content_digest(key).encode() in ex.storage.get(fkey)

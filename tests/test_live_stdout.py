@@ -134,3 +134,28 @@ def test_lambda_live_stdout_costs_at_most_one_request_per_task_second(lambda_ex)
     quiet = lambda_ex.map(silent, range(4))
     assert quiet.result(timeout=60) == list(range(4))
     assert quiet.stats["requests"]["workers"]["PUT"] == 4  # silent: no live stdout at all
+
+
+def quick_or_chatty(x):
+    import time
+
+    if x == 0:
+        return x  # ends at once: the job learns its submit-to-stored latency
+    for k in range(14):
+        print(f"still working {k}", flush=True)
+        time.sleep(0.5)
+    return x
+
+
+def test_a_task_seen_printing_is_not_presumed_lost_on_lambda(lambda_ex, lambda_emulator):
+    # The emulator's config presumes an event lost after 1.5 s of silence (plus twice the
+    # job's p90 latency): a task that runs 7 s without a status would be sent again as
+    # "lost" by then, unless what it prints proves it runs. Slow backups are off, so any
+    # backup here is a lost-event backup.
+    job = lambda_ex.map(quick_or_chatty, [0, 1], backups=False)
+    assert job.result(timeout=60) == [0, 1]
+    fut = job[1]
+    assert fut.stdout.count("still working") == 14
+    assert fut.backups == [] and fut.attempts == 1, (fut.backups, fut.attempts)
+    assert job.backups_sent == 0
+    assert lambda_emulator.faults.counts["accepted"] == 2, lambda_emulator.faults.counts

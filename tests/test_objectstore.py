@@ -119,6 +119,8 @@ def test_tasks_store_results_by_reference_beside_their_status(job_storage):
             assert f"cb/jobs/{job.job_id}/tasks/" in ref.key
             # ... and read back on the host through the same API
             assert host.get_cloudobject(ref) == f"value {x}".encode()
+        for f, x in zip(job, [1, 2, 3]):  # what it read back counts in its read throughput
+            assert f.stats["read_bytes"] == len(f"value {x}") and f.stats["read_s"] > 0
 
 
 def test_object_storage_in_a_task_without_the_parameter(job_storage):

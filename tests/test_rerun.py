@@ -101,3 +101,55 @@ def test_the_magic_reruns_failed_items_into_results(tmp_path, monkeypatch, capsy
     assert shell.user_ns["results"] == [0, 10, 20, 30]
     with pytest.raises(UsageError, match="must be a job id"):
         shell.run_line_magic("cloud", "rerun ../etc")
+
+
+def test_the_panel_links_a_failed_job_to_its_rerun_and_what_it_came_to(ex, storage, tmp_path):
+    from cloudbutton_jupyter.manager import CloudManager
+
+    fixed = tmp_path / "fixed"
+    job = ex.map(flaky, range(4), extra_args=(str(fixed),))
+    job.wait(30)
+    manager = CloudManager(storage=storage)
+    (listed,) = manager.list_jobs()
+    assert listed["state"] == "failed" and "rerun_by" not in listed  # nothing re-ran it yet
+    fixed.write_text("")
+    again = job.rerun_failed()
+    again.wait(30)
+    job.wait(30)
+    rows = {j["job_id"]: j for j in manager.list_jobs()}
+    original, rerun = rows[job.job_id], rows[again.job_id]
+    # The original's own records still say failed; the link says what became of it.
+    assert original["state"] == "failed" and rerun["state"] == "done"
+    assert rerun["rerun_of"] == job.job_id and "rerun_by" not in rerun
+    assert original["rerun_by"] == {
+        "job_id": again.job_id, "state": "done", "outcome": "all succeeded",
+        "text": f"failed → re-run as {again.job_id}: all succeeded"}
+    assert manager.job_detail(job.job_id)["rerun_by"] == original["rerun_by"]
+    assert manager.job_detail(again.job_id)["rerun_of"] == job.job_id
+
+
+def test_a_rerun_that_fails_again_is_shown_as_such(ex, storage, tmp_path):
+    from cloudbutton_jupyter.manager import CloudManager
+
+    job = ex.map(flaky, range(7), extra_args=(str(tmp_path / "never"),))
+    job.wait(30)
+    first = job.rerun_failed()
+    first.wait(30)
+    job.wait(30)
+    (tmp_path / "never").write_text("")
+    second = job.rerun_failed()  # the newest re-run is the one the link names
+    second.wait(30)
+    job.wait(30)
+    manager = CloudManager(storage=storage)
+    rows = {j["job_id"]: j for j in manager.list_jobs()}
+    assert rows[first.job_id]["state"] == "failed"
+    assert rows[job.job_id]["rerun_by"]["job_id"] == second.job_id
+    assert rows[job.job_id]["rerun_by"]["text"].endswith(": all succeeded")
+    # A re-run still failing says how many.
+    link = manager.job_detail(job.job_id)["rerun_by"]
+    assert link["job_id"] == second.job_id
+    from cloudbutton_executor import accounting
+
+    (linked, _) = accounting.link_reruns([rows[job.job_id] | {"rerun_by": None},
+                                          rows[first.job_id] | {"rerun_of": job.job_id}])
+    assert linked["rerun_by"]["text"] == f"failed → re-run as {first.job_id}: 3 still failed"

@@ -291,3 +291,23 @@ def test_counting_view_counts_only_its_own_requests(tmp_path):
     assert view.counts == {"PUT": 3, "GET": 1, "HEAD": 1, "LIST": 3}
     assert view.inner is st and view.describe() == st.describe()
     assert st.request_counts["GET"] == 2
+
+
+def test_touch_refreshes_last_modified_without_changing_the_bytes(any_storage):
+    """``cloudbutton clean`` keeps what a starting job refreshed: touch moves the
+    last-modified time to now and leaves the object as it was; a missing key is NotFound."""
+    import time
+
+    st = any_storage
+    st.put("p/values/a.pickle", b"payload")
+    if isinstance(st, LocalStorage):  # age it (S3 dates are the server's: compare before/after)
+        os.utime(os.path.join(st.root, "p/values/a.pickle"), (1_000_000, 1_000_000))
+    before = dict(st.iter_modified("p/"))["p/values/a.pickle"]
+    time.sleep(1.1)  # S3's Last-Modified has a resolution of a second
+    st.touch("p/values/a.pickle")
+    after = dict(st.iter_modified("p/"))
+    assert list(after) == ["p/values/a.pickle"] and after["p/values/a.pickle"] > before
+    assert abs(after["p/values/a.pickle"] - time.time()) < 60
+    assert st.get("p/values/a.pickle") == b"payload"
+    with pytest.raises(NotFound):
+        st.touch("p/values/missing.pickle")

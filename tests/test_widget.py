@@ -3,6 +3,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from cloudbutton_executor import protocol, report_flops
-from cloudbutton_magic.widget import (JobWidget, TextProgress, make_progress, normalize_report,
+from cloudbutton_magic.widget import (JOB_VIEW, JobWidget, TextProgress, make_progress, normalize_report,
                                       task_detail_html, widgets_available)
 from cloudbutton_magic.widget_state import JobTracker
 
@@ -461,6 +462,28 @@ def test_notebook_output_ends_as_a_static_rendering(tmp_path):
     assert size < 250_000, size  # tens of KB per job, not megabytes
 
 
+def test_an_ended_jobs_widget_stays_clickable_beside_its_static_rendering(tmp_path):
+    """Ended: the output holds the static rendering and a reference to the widget (not a
+    widget view, which kernel-less viewers cannot show); the widget stays open, so a click
+    on a bar after the job (the selection syncs from the page, here set in a later cell)
+    shows that task's detail."""
+    cells = [*NOTEBOOK_CELLS,
+             "k = list(view.plots.timeline_source.data['bottom']).index(4)\n"
+             "view.plots.timeline_source.selected.indices = [k]\n"
+             "print(view.task_detail.value)\n"
+             "print('open:', all(x.comm is not None for x in (view.box, view.bokeh, view.task_detail)))"]
+    nb = run_cells(cells, tmp_path)
+    data = [o["data"] for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    (final,) = [d for d in data if "text/html" in d]
+    assert set(final) == {JOB_VIEW, "text/html", "text/plain"}
+    assert len(final[JOB_VIEW]["model_id"]) == 32
+    assert len(static_images(final["text/html"])) == 2
+    shown = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "item 4 · state done" in shown and "input: <code>4" in shown
+    assert "out 4" in shown and "compute" in shown
+    assert "open: True" in shown  # the page can still show it, and send clicks to it
+
+
 def test_a_job_displays_itself(tmp_path):
     """``job`` as a cell's last expression: the live widget, following the job from a
     background thread, replaced by the static rendering once the job has ended (sent from
@@ -525,6 +548,70 @@ def test_background_thread_messages_land_in_their_cell(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_kernel_killed_mid_job_leaves_its_latest_static_rendering(tmp_path):
+    """While a job runs, its output's static rendering (header, counts, both plots) is sent
+    again every few seconds: a kernel killed mid-job (SIGKILL, nothing runs after it)
+    leaves a notebook whose saved output shows where the job had got, with no kernel."""
+    import nbformat
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3",
+                              env=dict(os.environ, CB_WIDGET_TEST_STORAGE=str(tmp_path / "s")))
+    outputs: dict[str, dict] = {}  # display id -> its latest data, as a frontend keeps it
+    try:
+        kc.execute(textwrap.dedent(NOTEBOOK_CELLS[0]) + "\nimport bokeh.plotting, ipywidgets, jupyter_bokeh")
+        assert kc.get_shell_msg(timeout=60)["content"]["status"] == "ok"
+        kc.execute(textwrap.dedent("""
+            job = ex.map(work, range(800))  # 0.1 s each on 2 workers: 40 s, more than we wait
+            view = make_progress(job)
+            view.display()
+            while not job.wait(0.1):
+                view.update()
+        """))
+        t0 = time.time()
+        refreshed = []
+        while time.time() - t0 < 25:
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except Exception:  # queue.Empty
+                continue
+            if msg["msg_type"] in ("display_data", "update_display_data"):
+                did = msg["content"].get("transient", {}).get("display_id")
+                if did:
+                    outputs[did] = msg["content"]["data"]
+                    if (msg["msg_type"] == "update_display_data"
+                            and "cloudbutton-job" in outputs[did].get("text/html", "")):
+                        refreshed.append(time.time() - t0)
+        os.kill(km.provisioner.pid, 9)  # no atexit, no final update: what a crash leaves
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    (data,) = [d for d in outputs.values() if "cloudbutton-job" in d.get("text/html", "")]
+    # Refreshed while it ran, every few seconds (not at each of the 5 renders a second;
+    # less often on a loaded machine, where drawing the plots takes longer).
+    assert 1 <= len(refreshed) <= 25 / 5 + 1, refreshed
+    assert all(b - a > 2.5 for a, b in zip(refreshed, refreshed[1:])), refreshed
+    page = data["text/html"]
+    done = int(re.search(r"(\d+) done · 0 failed", page).group(1))
+    assert 40 <= done < 800, done  # the latest counts, not the first header
+    assert ">running<" in page
+    images = static_images(page)
+    assert len(images) == 2 and all(im.startswith(PNG_MAGIC) for im in images)
+    assert "[3] out 3" in page  # the tasks' stdout so far
+    # What JupyterLab saves: the output as last updated (the widget view it also carries
+    # shows "model not found" without a kernel; the lab extension and nbconvert show the
+    # static rendering). Small: one job's static rendering, no BokehJS.
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("job", outputs=[
+        nbformat.v4.new_output("display_data", data=data)])]
+    path = tmp_path / "crashed.ipynb"
+    nbformat.write(nb, path)
+    size = path.stat().st_size
+    print(f"saved notebook after a kernel death: {size} bytes")
+    assert size < 150_000, size
+    assert "application/javascript" not in data and JOB_VIEW in data
 
 
 # --- cached items -----------------------------------------------------------------------

@@ -150,6 +150,18 @@ def job_stats(*, n_items: int, counts: Mapping[str, int], created: float, end: f
             "projected_usd": projected}
 
 
+def job_end(*, finished: bool, cancelled_at: float | None, last_stored: float | None,
+            now: float) -> float:
+    """When a job's elapsed time stops, the same in every view (widget, panel, CLI): a
+    cancelled job's at its cancel marker's time (whoever wrote it), a finished job's at its
+    last status stored (not when some host happened to see it), a running job's now."""
+    if cancelled_at is not None:
+        return float(cancelled_at)
+    if finished and last_stored:
+        return float(last_stored)
+    return now
+
+
 def ended_items(task_ids: Iterable[str]) -> int:
     """How many items the stored statuses of these tasks cover."""
     return sum(b - a for a, b in map(protocol.task_range, set(task_ids)))
@@ -204,14 +216,12 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
     remaining = max(0, n - len(covered))
     created = manifest.get("created") or now
     state = stored_state(manifest, len(covered), failed, cancel is not None, now, record)
-    if state == "cancelled":
-        end = (cancel or {}).get("at") or end
-    elif state == "running":
-        end = None
     if state == "running" and not statuses and cached:
-        end = created  # everything so far came from the cache
+        now = created  # everything so far came from the cache
+    end = job_end(finished=state != "running", last_stored=end, now=now,
+                  cancelled_at=(cancel or {}).get("at") if state == "cancelled" else None)
     stats = job_stats(n_items=n, counts={"done": done, "failed": failed, "cached": cached},
-                      created=created, end=end or now, usage=usage, flops=flops,
+                      created=created, end=end, usage=usage, flops=flops,
                       memory_mb=manifest.get("memory_mb"), architecture=manifest.get("architecture"))
     return {
         "job_id": manifest.get("job_id"), "created": created,
@@ -229,5 +239,38 @@ def stored_job_summary(manifest: dict[str, Any], statuses: Mapping[str, Mapping[
         "projected_usd": stats["projected_usd"] if state == "running" else stats["cost_usd"],
         "budget_usd": manifest.get("budget_usd"),
         "stopped": (cancel or {}).get("reason") if (cancel or {}).get("by") == "budget" else None,
-        "phases": breakdown.as_dict(),
+        "phases": breakdown.as_dict(), "rerun_of": manifest.get("rerun_of"),
     }
+
+
+def rerun_outcome(rerun: Mapping[str, Any]) -> str:
+    """What a re-run came to, in words, from its summary (or brief: no failure count)."""
+    state = rerun.get("state")
+    if state == "done":
+        return "all succeeded"
+    if state == "failed":  # a summary counts failures in ``counts``, a CLI row beside them
+        failed = (rerun.get("counts") or {}).get("failed", rerun.get("failed"))
+        return "some still failed" if failed is None else f"{failed} still failed"
+    return str(state)
+
+
+def link_reruns(jobs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``jobs`` (summaries or briefs, each with ``job_id``, ``state`` and ``rerun_of``), each
+    job that another of them re-ran (``Job.rerun_failed``) given ``rerun_by``: its newest
+    re-run's id, state and outcome, and the line the views show ("failed → re-run as <id>:
+    all succeeded"). Its own records stay as they were: the re-run's results reach the
+    original job's results only in the kernel."""
+    out = [dict(j) for j in jobs]
+    newest: dict[str, dict[str, Any]] = {}
+    for j in out:
+        of = j.get("rerun_of")
+        if of and (of not in newest or str(j["job_id"]) > str(newest[of]["job_id"])):
+            newest[of] = j
+    for j in out:
+        rerun = newest.get(str(j.get("job_id")))
+        if rerun is not None:
+            outcome = rerun_outcome(rerun)
+            j["rerun_by"] = {"job_id": rerun["job_id"], "state": rerun.get("state"),
+                             "outcome": outcome,
+                             "text": f"{j.get('state')} → re-run as {rerun['job_id']}: {outcome}"}
+    return out

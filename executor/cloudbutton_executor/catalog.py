@@ -8,7 +8,7 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from . import accounting, integrity, protocol
+from . import accounting, integrity, protocol, shown_inputs
 from .storage import NotFound, Storage
 
 
@@ -34,6 +34,16 @@ def manifests(storage: Storage, prefix: str, limit: int = 20) -> list[dict[str, 
         if m is not None:
             out.append(m)
     return out
+
+
+def inputs_shown(storage: Storage, prefix: str, job_id: str) -> list[str]:
+    """Short reprs of the job's first inputs (``shown_inputs``; unverified: no key here, and
+    only ever shown as text); empty for a job that stored none."""
+    try:
+        doc = integrity.unsealed(storage.get(protocol.inputs_shown_key(prefix, job_id)))
+    except (NotFound, ValueError, AttributeError):
+        return []
+    return shown_inputs.read(doc, job_id)
 
 
 def stored_task_ids(storage: Storage, prefix: str, job_id: str) -> list[str]:
@@ -100,5 +110,5 @@ def brief(storage: Storage, prefix: str, job_manifest: dict[str, Any], now: floa
     return {"job_id": job_id, "created": job_manifest.get("created"),
             "function": job_manifest.get("function"), "label": job_manifest.get("label"),
             "backend": job_manifest.get("backend"), "items": job_manifest.get("n_items"),
-            "tasks_stored": len(tids), "ended": ended,
+            "tasks_stored": len(tids), "ended": ended, "rerun_of": job_manifest.get("rerun_of"),
             "state": accounting.stored_state(job_manifest, ended, None, cancelled, now, record)}

@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import cache, catalog, protocol
+from . import accounting, cache, catalog, cleanup, protocol
 from . import config as _config
+from .storage import LocalStorage
 from .units import format_usd
 
 
@@ -80,11 +82,16 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("clean", help="delete a job's objects, or all jobs older than a duration",
                        description="Delete stored jobs: one (--job ID) or every job older than "
-                       "a duration (--older-than 7d; units s, m, h, d; a bare number means days).")
+                       "a duration (--older-than 7d; units s, m, h, d; a bare number means days); "
+                       "then the function blobs and large values no remaining job names (those "
+                       "stored or reused within the last hour are kept: a job may be starting).")
     cg = c.add_mutually_exclusive_group(required=True)
     cg.add_argument("--job", metavar="ID", help="job id (as `cloudbutton jobs` shows)")
     cg.add_argument("--older-than", metavar="D", help="e.g. 30m, 12h, 7d")
     c.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+    c.add_argument("--local", action="store_true",
+                   help="the local backend's storage ($CLOUDBUTTON_STORAGE_DIR, else "
+                        "~/.cache/cloudbutton; prefix 'cloudbutton') instead of S3")
 
     k = sub.add_parser("cache", help="list or clear the per-item result cache in S3",
                        description="List the result cache (one row per cached function), or "
@@ -187,7 +194,7 @@ def _job_rows(storage: Any, prefix: str, limit: int, cost: bool = False) -> list
 
 def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     be = _backend(_load_config(args))
-    rows = _job_rows(be.storage, be.prefix, args.limit, cost=args.cost)
+    rows = accounting.link_reruns(_job_rows(be.storage, be.prefix, args.limit, cost=args.cost))
     if args.json:
         print(json.dumps(rows, indent=1), file=out)
         return 0
@@ -203,19 +210,25 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
         cost = f" {r['failed']:>6} {format_usd(r['cost_usd']):>9}" if args.cost else ""
         print(f"{r['job_id']:<23} {created:%Y-%m-%d %H:%M:%S} {r['items']:>7} {r['ended']:>7} "
               f"{r['state']:<9}{cost}  {r['function']}{label}", file=out)
+        if r.get("rerun_by"):  # the re-run's results went into this job's, in its kernel
+            print(f"{'':<23} {r['rerun_by']['text']}", file=out)
     return 0
 
 
 def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
     if args.job:
         _config.check("job_id", args.job, "--job: ")
-    be = _backend(_load_config(args))
-    st, prefix = be.storage, be.prefix
+    if args.local:
+        st, prefix = LocalStorage(), "cloudbutton"  # what Executor("local") uses by default
+        where = os.path.join(st.root, protocol.jobs_prefix(prefix))
+    else:
+        be = _backend(_load_config(args))
+        st, prefix = be.storage, be.prefix
+        where = f"s3://{st.bucket}/{protocol.jobs_prefix(prefix)}"
     if args.job:
         victims = [args.job]
         if not st.list(protocol.job_prefix(prefix, args.job) + "/"):
-            print(f"no job {args.job} under s3://{st.bucket}/{protocol.jobs_prefix(prefix)}",
-                  file=out)
+            print(f"no job {args.job} under {where}", file=out)
             return 1
     else:
         age = parse_duration(args.older_than)
@@ -230,6 +243,14 @@ def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
         total += n
         print(f"{'would delete' if args.dry_run else 'deleted'} {job_id} ({n} objects)", file=out)
     print(f"{len(victims)} job(s), {total} object(s){' (dry run)' if args.dry_run else ''}", file=out)
+    shared = cleanup.unreferenced(st, prefix, excluding=victims)
+    for key in shared:
+        if not args.dry_run:
+            st.delete(key)
+        print(f"{'would delete' if args.dry_run else 'deleted'} {key} (no remaining job names it)",
+              file=out)
+    print(f"{len(shared)} function blob(s) and large value(s) no remaining job names"
+          f"{' (dry run)' if args.dry_run else ''}", file=out)
     return 0
 
 

@@ -178,6 +178,7 @@ class Dispatcher:
         self._follow_deadline: float | None = None
         self.following = False  # a job started elsewhere, followed through storage only
         self.cancelled = False
+        self.cancelled_at: float | None = None  # the cancel marker's time, once cancelled
         self.retried = 0        # tasks sent again: retries, redeliveries and backups
         self.throttled = 0      # times the backend refused an event for now
         self.error: Exception | None = None  # the last error of the job's monitoring
@@ -1012,6 +1013,15 @@ class Dispatcher:
         median = durations[len(durations) // 2]
         return max(BACKUP_SLOW_FACTOR * median, median + BACKUP_MIN_EXTRA_S)
 
+    def _marker_time(self, key: str, default: float) -> float:
+        """The time the cancel marker at ``key`` states; ``default`` if it cannot be read."""
+        try:
+            at = protocol.read_cancel_marker(self.storage.get(key)).get("at")
+        except Exception as exc:  # the cancel goes on: only the shown end time is at stake
+            log.warning("job %s: cannot read its cancel marker: %s", self.spec.job_id, exc)
+            return default
+        return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else default
+
     def _end_open_items_as_lost(self) -> None:
         for a, b in self.store.open_runs():
             tid = protocol.task_id(a, b, self.spec.n_items)
@@ -1029,12 +1039,17 @@ class Dispatcher:
                 return 0
             self.cancelled = True
             self._inflight.clear()
+        at = self.clock()
+        key = protocol.cancel_key(self.spec.prefix, self.spec.job_id)
         try:
-            self.storage.put_if_absent(
-                protocol.cancel_key(self.spec.prefix, self.spec.job_id),
-                protocol.cancel_marker(by=by, at=self.clock(), reason=reason))
+            if not self.storage.put_if_absent(key, protocol.cancel_marker(by=by, at=at, reason=reason)):
+                # Cancelled by someone else first (the panel, another kernel): the job ended
+                # when their marker says, as the panel and the CLI read it.
+                at = self._marker_time(key, at)
         finally:
+            self.cancelled_at = at
             self.backend.cancel_job(self.spec.job_id)
             if self.cache_writer is not None:  # what finished is kept
                 self._guarded(self.cache_writer.flush, True)
         return self.store.cancel()
+

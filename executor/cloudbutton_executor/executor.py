@@ -11,8 +11,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import (cache, catalog, config, datamap, integrity, job_modules, largevalues, objectstore,
-               protocol, screening, serialize, sharedbuffers)
+from . import (cache, catalog, cleanup, config, datamap, integrity, job_modules, largevalues,
+               objectstore, protocol, screening, serialize, sharedbuffers, shown_inputs)
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import IntegrityError, JobCancelled
@@ -156,7 +156,8 @@ class Executor:
             prefix = prefix.strip("/") or None
         self.prefix: str = config.check("prefix", prefix or "cloudbutton", where)
         self.concurrency = limits.concurrency
-        self._uploaded: set[str] = set()
+        # Function blobs this executor stored or refreshed, and when (time.monotonic()).
+        self._uploaded: dict[str, float] = {}
         self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
@@ -241,6 +242,7 @@ class Executor:
         obj_chunk_size = config.check("obj_chunk_size", obj_chunk_size, where)
         obj_chunk_number = config.check("obj_chunk_number", obj_chunk_number, where)
         listing = None
+        shown: list[str] | None = None  # short reprs of the inputs, for the panel
         if datamap.wants_data(fn, iterdata) and (not isinstance(iterdata, str)
                                                  or datamap.is_location(iterdata)):
             listing = self._plan_data(fn, iterdata, obj_chunk_size, obj_chunk_number, obj_newline,
@@ -256,11 +258,14 @@ class Executor:
                 # A numpy array's rows travel as slices of its buffer (no pickle per row).
                 payloads = serialize.dumps_array_rows(iterdata) if extra_args is None else None
                 calls = None
+                shown = None if payloads is None else shown_inputs.reprs(iterdata)
                 if payloads is None:
                     items = _check_iterdata(iterdata)
+                    shown = shown_inputs.reprs(items)
                     payloads = serialize.dumps_scalar_calls(items, inputs) if extra_args is None else None
                     calls = None if payloads is not None else [_as_call(x, extra_args) for x in items]
-        job = self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs, **options)
+        job = self._submit(fn, calls, payloads=payloads, label=label, inputs=inputs,
+                           shown=shown, **options)
         if listing is not None:  # the listing is part of what the job cost
             job.dispatcher.storage.add_counts(listing.requests)
         return job
@@ -398,10 +403,12 @@ class Executor:
         fn = objectstore.with_storage_argument(fn)  # a ``storage`` parameter gets the task's
         function = screening.Budget(label=f"function {name}")
         inputs = inputs or screening.Budget(label="the inputs")
-        large: dict[str, bytes] = {}
+        large: dict[str, tuple[str, bytes]] = {}
         blob, modules = job_modules.dumps_with_modules(fn, f"function {name}", function, large)
-        for value in large.values():  # before the blob that names them: stored once each
-            largevalues.stash(self.storage, self.prefix, value)
+        for what, value in large.values():  # before the blob that names them: stored once each
+            ref = largevalues.stash(self.storage, self.prefix, value)
+            log.info("%s: %s (%.1f MB) stored apart at %s, loaded once per warm worker",
+                     name, what, ref.size / 1e6, ref.key)
         shared = None
         if payloads is None:
             assert calls is not None
@@ -446,23 +453,30 @@ class Executor:
                      label: str | None = None, reduce: dict[str, Any] | None = None,
                      modules: Collection[str] = (), single: bool = False, track: bool = True,
                      identity: str | None = None, budget: float | None = None,
-                     backups: bool = True, cache: bool = False, rerun_of: str | None = None) -> Job:
+                     backups: bool = True, cache: bool = False, rerun_of: str | None = None,
+                     shown: list[str] | None = None) -> Job:
         # Pre-flight: refuse (before anything is uploaded) what the backend cannot run as
         # asked; it decides the memory and timeout the job runs with.
         fit = self.backend.check_job(modules=modules, memory_mb=memory_mb, timeout=timeout)
         memory_mb, timeout = fit["memory_mb"], fit["timeout"]
         digest = serialize.digest(blob)
         fkey = protocol.function_key(self.prefix, digest)
-        if fkey not in self._uploaded:
+        refreshed = self._uploaded.get(fkey)
+        if refreshed is None:
             # Content-addressed: skip the upload only if what is stored really is this blob
             # (an object planted under its name in advance is replaced; workers check too).
             try:
                 stored = integrity.sha256(self.storage.get(fkey)) == digest
             except NotFound:
                 stored = False
-            if not stored:
+            if stored:  # an old copy: `cloudbutton clean` keeps what was just refreshed
+                cleanup.refresh_or_put(self.storage, fkey, blob)
+            else:
                 self.storage.put(fkey, blob)
-            self._uploaded.add(fkey)
+            self._uploaded[fkey] = time.monotonic()
+        elif time.monotonic() - refreshed > protocol.CONTENT_REFRESH_S:
+            cleanup.refresh_or_put(self.storage, fkey, blob)
+            self._uploaded[fkey] = time.monotonic()
         spec = JobSpec(job_id=protocol.new_job_id(), prefix=self.prefix, function_key=fkey,
                        function_name=name, n_items=len(payloads), chunksize=chunksize,
                        timeout=timeout, retries=retries, memory_mb=memory_mb, created=time.time(),
@@ -471,6 +485,11 @@ class Executor:
                        backups=backups, rerun_of=rerun_of)
         job = new_job(spec, self.backend, self.storage, payloads)
         job.executor = self
+        if shown:  # what the panel shows of the inputs, stored before the manifest lists the job
+            key = protocol.inputs_shown_key(self.prefix, spec.job_id)
+            job.dispatcher.storage.put(key, integrity.seal(
+                integrity.job_key(spec.job_id), protocol.object_name(self.prefix, key),
+                shown_inputs.document(spec.job_id, shown)))
         if spec.cache and payloads:
             job.dispatcher.use_cache()
         with self._lock:

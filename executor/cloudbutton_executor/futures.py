@@ -34,7 +34,8 @@ class TaskFuture(cf.Future[Any]):
 
     ``stats`` holds the item's timestamps (host_submit, worker_start,
     setup_done, compute_start, compute_done, result_stored, host_seen,
-    host_fetched), cold_start, peak_mem_mb and flops; ``stdout`` what it
+    host_fetched), cold_start, peak_mem_mb and flops (and read_bytes, read_s if its
+    task read data from storage); ``stdout`` what it
     printed; ``task_id`` the invocation that ran it. They are read from the
     job, which holds every item's outcome.
     """

@@ -113,6 +113,11 @@ class Job(Sequence[TaskFuture]):
         return self.dispatcher.cancelled
 
     @property
+    def cancelled_at(self) -> float | None:
+        """When the job was cancelled, as its cancel marker says (None if it was not)."""
+        return self.dispatcher.cancelled_at
+
+    @property
     def attached(self) -> bool:
         """Re-attached from storage: statuses are polled, nothing is dispatched."""
         return self.dispatcher.following
@@ -300,13 +305,17 @@ class Job(Sequence[TaskFuture]):
         """Counts, timings, FLOPs, storage requests and the Lambda cost (``accounting``)."""
         c = self.counts()
         usage = accounting.Usage()
+        last_stored = 0.0
         for st, attempt in self.outcomes.task_records():
             usage.add_task(st, attempt)
+            last_stored = max(last_stored, st.get("result_stored") or st.get("compute_done") or 0.0)
         worker_req = dict(usage.requests)
         host_req = dict(self.dispatcher.storage.counts)
         usage.add_requests(host_req)
         total_req = sum(usage.requests.values())
-        end = self.finished_at or self.dispatcher.clock()
+        end = accounting.job_end(finished=self.done(), last_stored=last_stored,
+                                 cancelled_at=self.cancelled_at if self.cancelled else None,
+                                 now=self.finished_at or self.dispatcher.clock())
         figures = accounting.job_stats(
             n_items=len(self), counts=c, created=self.created, end=end, usage=usage,
             flops=self.outcomes.flops, memory_mb=self.memory_mb,

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
 from . import context, integrity, protocol
+from .cleanup import refresh_or_put
 from .storage import Storage, storage_from_description
 
 _values: dict[str, Any] = {}  # sha256 -> the loaded value, for this warm process
@@ -33,11 +35,11 @@ class StoredValue:
 
 def stash(storage: Storage, prefix: str, blob: bytes) -> StoredValue:
     """Store ``blob`` (a value's pickle, already screened) under its sha256, unless it is
-    there already; the reference a task's namespace carries instead of the value."""
+    there already (then only its last-modified time is refreshed, which keeps it from
+    `cloudbutton clean`); the reference a task's namespace carries instead of the value."""
     digest = integrity.sha256(blob)
     key = protocol.value_key(prefix, digest)
-    if not storage.exists(key):
-        storage.put(key, blob)
+    refresh_or_put(storage, key, blob)
     return StoredValue(key, digest, len(blob))
 
 
@@ -84,9 +86,15 @@ def load_digest(digest: str) -> Any:
     return load(StoredValue(protocol.value_key(prefix, digest), digest, 0), storage)
 
 
+def cell_of(digest: str) -> Any:
+    """A closure's cell holding a stored value (``load_digest``)."""
+    return types.CellType(load_digest(digest))
+
+
 def is_large(obj: Any, limit: int = protocol.LARGE_VALUE_BYTES) -> bool:
-    """Whether ``obj`` is a value a function blob should name instead of holding: bytes,
-    bytearray or a numpy array over ``limit`` bytes (their size is known without pickling)."""
+    """Whether ``obj`` is a bytes, bytearray or numpy array over ``limit`` bytes (its size
+    is known without pickling). Values of any other type are measured by pickling them
+    (``job_modules``): a by-value function's globals, defaults and closure values."""
     t = type(obj)
     if t is bytes or t is bytearray:
         return len(obj) > limit

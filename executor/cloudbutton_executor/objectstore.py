@@ -19,6 +19,7 @@ import hmac
 import io
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -184,13 +185,17 @@ class ObjectStorage:
         ``extra_get_args={"Range": "bytes=first-last"}``, reads a slice."""
         start, stop = byte_range if byte_range is not None else _range_of(extra_get_args)
         st = self._existing(bucket)
+        began = time.perf_counter()
         with _bucket_errors(bucket):
             if stream:
                 return st.open_range(key, start or 0, stop)
             if start is None and stop is None:
-                return st.get(key)
-            size = None if stop is not None else st.size(key)
-            return st.get(key, start or 0, stop if stop is not None else size)
+                data = st.get(key)
+            else:
+                size = None if stop is not None else st.size(key)
+                data = st.get(key, start or 0, stop if stop is not None else size)
+        context.count_read(len(data), time.perf_counter() - began)  # the task's read throughput
+        return data
 
     def head_object(self, bucket: str, key: str) -> dict[str, Any]:
         """``{"content-length": "N", "ContentLength": N}`` (NotFound if absent)."""
@@ -235,8 +240,10 @@ class ObjectStorage:
     def get_cloudobject(self, cloudobject: CloudObject, stream: bool = False) -> Any:
         """The bytes ``cloudobject`` names, once they match its sha256 (IntegrityError if
         anything else is stored there now)."""
+        began = time.perf_counter()
         with _bucket_errors(cloudobject.bucket):
             data = self._existing(cloudobject.bucket).get(cloudobject.key)
+        context.count_read(len(data), time.perf_counter() - began)
         if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), cloudobject.sha256):
             raise IntegrityError(f"{cloudobject} does not hold what was stored there: its "
                                  f"content does not match its sha256 {cloudobject.sha256[:16]}…")

@@ -235,6 +235,8 @@ class OutcomeStore:
                    host_fetched=host.get("host_fetched"), cold_start=st.get("cold_start"),
                    peak_mem_mb=st.get("peak_mem_mb"), compute_start=None, compute_done=None,
                    flops=0)
+        if st.get("read_bytes"):  # what its task read from storage (the task's, not the item's)
+            out.update(read_bytes=st["read_bytes"], read_s=st.get("read_s"))
         cols = self._task_items.get(tid) or {}
         t0, t1 = cols.get("t0_us"), cols.get("t1_us")
         k = i - protocol.task_range(tid)[0]

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from typing import Any, BinaryIO
 
+from . import context
 from .storage import S3Storage
 
 BLOCK = 1 << 20        # bytes read from the source at a time
@@ -147,6 +149,7 @@ class _Cursor:
     def read(self, n: int) -> bytes:
         if self.pos >= self.size or n <= 0:
             return b""
+        began = time.perf_counter()
         if self.pos >= self._end or self._src is None:
             if self._src is not None:
                 self._src.close()
@@ -155,6 +158,7 @@ class _Cursor:
             self._src = self._open(self.pos, self._end)
         assert self._src is not None
         data = self._src.read(min(n, self._end - self.pos))
+        context.count_read(len(data), time.perf_counter() - began)  # the task's read throughput
         if not data:  # the object is shorter than its listing said
             self.size = self.pos
             return b""

@@ -98,13 +98,35 @@ def is_task_id(text: str) -> bool:
 
 
 # Keys -------------------------------------------------------------------------------
+def functions_prefix(prefix: str) -> str:
+    return f"{prefix}/functions/"
+
+
 def function_key(prefix: str, digest: str) -> str:
-    return f"{prefix}/functions/{digest}.pickle"
+    return f"{functions_prefix(prefix)}{digest}.pickle"
+
+
+def values_prefix(prefix: str) -> str:
+    return f"{prefix}/values/"
 
 
 def value_key(prefix: str, digest: str) -> str:
     """A large captured value, stored once and named by its pickle's sha256 (see largevalues)."""
-    return f"{prefix}/values/{digest}.pickle"
+    return f"{values_prefix(prefix)}{digest}.pickle"
+
+
+def content_digest(key: str) -> str | None:
+    """The sha256 a function's or a value's key names (None for any other key)."""
+    m = re.search(r"/(?:functions|values)/([0-9a-f]{64})\.pickle\Z", key)
+    return m.group(1) if m else None
+
+
+# Function blobs and large values are shared by jobs (content-addressed). A host about to
+# name one in a new job stores it or refreshes its last-modified time first, at least this
+# often; ``cloudbutton clean`` deletes only those no remaining job names AND unmodified for
+# twice as long, so a job being submitted never loses what it is about to name.
+CONTENT_REFRESH_S = 1800.0
+CONTENT_GRACE_S = 2 * CONTENT_REFRESH_S
 
 
 # A captured global whose pickle is larger than this is stored once on its own (content-
@@ -159,6 +181,15 @@ def crash_key(prefix: str, job_id: str, tid: str, attempt: int) -> str:
     """Where a supervisor reports that attempt ``attempt`` of task ``tid`` crashed (its
     worker died, or ran out of time); the host then retries it or ends it."""
     return f"{tasks_prefix(prefix, job_id)}{tid}/crash-{attempt}.json"
+
+
+def inputs_shown_key(prefix: str, job_id: str) -> str:
+    """Short reprs of the job's first inputs (``shown_inputs``), for the panel."""
+    return f"{job_prefix(prefix, job_id)}/inputs_shown.json"
+
+
+INPUT_REPRS_MAX = 1000   # items whose input the panel can show
+INPUT_REPR_CHARS = 80    # characters of each
 
 
 def cancel_key(prefix: str, job_id: str) -> str:
@@ -280,8 +311,9 @@ def inline_event_limit(payload_limit_bytes: int | None) -> int:
 # all of its items failed with that error.
 # Its "stats" holds the invocation's timestamps (host_submit, worker_start, setup_done,
 # compute_done, result_stored), cold_start, peak_mem_mb, the storage requests the
-# worker made ("requests": {"PUT": n, ...}) and, where the backend reports it, the
-# billed INIT time of a cold start ("init_s").
+# worker made ("requests": {"PUT": n, ...}), where the backend reports it, the
+# billed INIT time of a cold start ("init_s") and, for a task that read data from
+# storage (``obj`` chunks, ``ObjectStorage``), "read_bytes" and the "read_s" spent on them.
 
 def item_columns(status: dict[str, Any]) -> dict[str, Any]:
     """The columnar "items" of a status, whatever the version that wrote it."""

@@ -12,6 +12,7 @@ import collections
 import io
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -88,6 +89,15 @@ class Storage(abc.ABC):
     def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
         """``(key, size)`` of every key under ``prefix``, in key order, page by page
         (a listing of millions of keys never sits in memory at once)."""
+
+    @abc.abstractmethod
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """``(key, last modified as a Unix time)`` of every key under ``prefix``."""
+
+    @abc.abstractmethod
+    def touch(self, key: str) -> None:
+        """Make ``key``'s last-modified time now, without sending its bytes again
+        (NotFound if it does not exist)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
@@ -241,6 +251,20 @@ class LocalStorage(Storage):
                 yield key, os.stat(self._path(key)).st_size
             except FileNotFoundError:  # deleted since the listing
                 continue
+
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        for key in self.list(prefix):
+            try:
+                yield key, os.stat(self._path(key)).st_mtime
+            except FileNotFoundError:  # deleted since the listing
+                continue
+
+    def touch(self, key: str) -> None:
+        self._count("PUT")
+        try:
+            os.utime(self._path(key))
+        except FileNotFoundError:
+            raise NotFound(key) from None
 
     def delete(self, key: str) -> None:
         self._count("DELETE")
@@ -508,6 +532,31 @@ class S3Storage(Storage):
                 return
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
 
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            self._count("LIST")
+            resp = self.client.list_objects_v2(**kwargs)
+            for obj in resp.get("Contents", []):
+                yield obj["Key"], obj["LastModified"].timestamp()
+            if not resp.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+    def touch(self, key: str) -> None:
+        from botocore.exceptions import ClientError
+
+        self._count("PUT")  # a COPY, billed as a PUT: the bytes stay in S3
+        try:  # S3 copies an object onto itself only when something changes: its metadata
+            self.client.copy_object(Bucket=self.bucket, Key=key,
+                                    CopySource={"Bucket": self.bucket, "Key": key},
+                                    MetadataDirective="REPLACE",
+                                    Metadata={"touched": f"{time.time():.3f}"})
+        except ClientError as err:
+            if self._is_missing_object(err):
+                raise NotFound(key) from None
+            raise
+
     def delete(self, key: str) -> None:
         self._count("DELETE")
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -629,6 +678,14 @@ class CountingView(Storage):
     def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
         self._count("LIST")
         return self.inner.iter_objects(prefix, start_after)
+
+    def iter_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        self._count("LIST")
+        return self.inner.iter_modified(prefix)
+
+    def touch(self, key: str) -> None:
+        self._count("PUT")
+        self.inner.touch(key)
 
     def delete(self, key: str) -> None:
         self._count("DELETE")

@@ -278,6 +278,7 @@ def handler(event: dict[str, Any], context: Any = None, *,
     stats["setup_done"] = time.time()
     first = protocol.task_range(tid)[0]
     _context.set_task(event)  # ObjectStorage() in the task: this job's storage
+    _context.take_reads()  # from zero: what this invocation's task reads
     try:
         with _job_deadline(event, context, worker_start), \
                 _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
@@ -288,6 +289,9 @@ def handler(event: dict[str, Any], context: Any = None, *,
         _context.set_task(None)
         sharedbuffers.forget_maps()
     stats["compute_done"] = time.time()
+    read_bytes, read_s = _context.take_reads()
+    if read_bytes:  # its read throughput (obj chunks, ObjectStorage): the timeline shows it
+        stats["read_bytes"], stats["read_s"] = read_bytes, round(read_s, 6)
 
     # May add errors (a result that cannot be pickled, or not within the memory limit).
     blob = _dump_outcomes(outcomes, items["errors"], first, event.get("memory_mb"))

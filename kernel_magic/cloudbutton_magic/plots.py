@@ -67,7 +67,7 @@ class JobPlots:
             ("task", "@task"), ("items", "@items"), ("state", "@state"),
             ("queue/invoke", "@queue_s{0.000} s"), ("setup", "@setup_s{0.000} s"),
             ("compute", "@compute_s{0.000} s"), ("return", "@return_s{0.000} s"),
-            ("cold start", "@cold"), ("error", "@error"),
+            ("cold start", "@cold"), ("error", "@error"), ("read (task)", "@read"),
         ]))
         _legend_above(tl)
         self.timeline = tl

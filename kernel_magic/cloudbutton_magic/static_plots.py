@@ -68,6 +68,7 @@ def timeline_png(rows: list[dict], title: str, elapsed: float | None = None) -> 
         handles.append(Patch(color=COMPUTE_FAILED, label="compute (failed)"))
     if any(r["compute_color"] == COMPUTE_CACHED for r in rows):
         handles.append(Patch(color=COMPUTE_CACHED, label="cached"))
+    title += _read_labels(ax, rows)
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xlabel(TIME_AXIS)
     ax.set_ylabel("item index")
@@ -76,6 +77,26 @@ def timeline_png(rows: list[dict], title: str, elapsed: float | None = None) -> 
               fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
+
+
+# Up to this many rows each bar is labelled with its task's read throughput.
+MAX_READ_LABELS = 60
+
+
+def _read_labels(ax, rows: list[dict]) -> str:
+    """Per-task read throughput (tasks that read data from storage): a label at the end of
+    each compute bar, and the median and range for the title ("" if nothing was read)."""
+    rates = [(r, r["read_mbs"]) for r in rows if _finite(r.get("read_mbs"))]
+    if not rates:
+        return ""
+    if len(rows) <= MAX_READ_LABELS:
+        for r, mbs in rates:
+            if _finite(r["c1"]):
+                ax.annotate(f" {mbs:,.0f} MB/s", (r["c1"], (r["bottom"] + r["top"]) / 2),
+                            fontsize=7, va="center", ha="left", annotation_clip=False)
+    values = sorted(v for _r, v in rates)
+    return (f"\nread per task: median {values[len(values) // 2]:,.1f} MB/s "
+            f"(min {values[0]:,.1f}, max {values[-1]:,.1f}; {len(values)} tasks)")
 
 
 def rates_png(series: dict, labels: dict) -> str | None:

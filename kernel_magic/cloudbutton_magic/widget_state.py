@@ -31,8 +31,19 @@ COMPUTE_CACHED = "#17becf"  # items the result cache served (STATE_COLOURS["cach
 TIMELINE_COLUMNS = (
     "bottom", "top", "submit", "start", "setup", "c0", "c1", "fetched", "compute_color",
     "cold_x", "cold_y", "task", "items", "state", "queue_s", "setup_s", "compute_s", "return_s",
-    "cold", "error",
+    "cold", "error", "read", "read_mbs",
 )
+
+
+def read_columns(stats: dict) -> dict:
+    """The timeline's read columns of a task that read data from storage (``obj`` chunks,
+    ``ObjectStorage``): "read" for the hover, "read_mbs" (MB/s, NaN if it read nothing)."""
+    n, s = stats.get("read_bytes"), stats.get("read_s")
+    if not n:
+        return {"read": "", "read_mbs": NAN}
+    mbs = n / 1e6 / s if s else NAN
+    rate = f" at {mbs:,.1f} MB/s" if s else ""
+    return {"read": f"{n / 1e6:,.1f} MB{rate}", "read_mbs": mbs}
 
 
 def _num(v):
@@ -322,6 +333,7 @@ class JobTracker:
             "compute_s": _dur(c0, c1), "return_s": _dur(c1, fetched),
             "cold": "yes" if cold else "no",
             "error": error_line(failure_info(job, failed[0])) if failed else "",
+            **read_columns(first),
         }
 
     def _cached_row(self, a: int, b: int) -> dict:
@@ -336,7 +348,7 @@ class JobTracker:
             "items": str(a) if b - a == 1 else f"{a}..{b - 1} ({b - a})", "state": "cached",
             "queue_s": 0.0, "setup_s": 0.0,
             "compute_s": _dur(first.get("compute_start"), last.get("compute_done")),
-            "return_s": 0.0, "cold": "no", "error": "",
+            "return_s": 0.0, "cold": "no", "error": "", "read": "", "read_mbs": NAN,
         }
 
     @property
@@ -350,11 +362,9 @@ class JobTracker:
     def header_stats(self, now: float | None = None) -> dict:
         """Elapsed time, rate, ETA, GFLOPS and the cost so far (``accounting.job_stats``)."""
         job = self.job
-        end = job.finished_at or now or time.time()
-        if job.done() and not job.cancelled and self.last_stored:
-            # As the panel and the CLI read it from storage: the last status stored, not
-            # when this host happened to see it.
-            end = self.last_stored
+        end = accounting.job_end(finished=job.done(), last_stored=self.last_stored,
+                                 cancelled_at=job.cancelled_at if job.cancelled else None,
+                                 now=job.finished_at or now or time.time())
         return accounting.job_stats(
             n_items=self.n, counts=self.counts, created=self.t0,
             end=end, usage=self.usage,

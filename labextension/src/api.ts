@@ -53,6 +53,17 @@ export interface IJobSummary {
   budget_usd: number | null;
   stopped: string | null;
   phases?: IPhases;
+  /** The job whose failed items this one re-runs. */
+  rerun_of?: string | null;
+  /** Its newest re-run (accounting.link_reruns): what the views show of the link. */
+  rerun_by?: IRerunLink;
+}
+
+export interface IRerunLink {
+  job_id: string;
+  state: string;
+  outcome: string;
+  text: string;
 }
 
 /** Where the tasks' time went (executor/cloudbutton_executor/phases.py), summed. */
@@ -73,6 +84,8 @@ export interface ITaskDetail {
   peak_mem_mb: number | null;
   infra: { kind: string; message: string } | null;
   t: { [key: string]: number | null };
+  /** Its first items: a short repr of the input (null if not kept) and the stdout. */
+  item_detail?: { i: number; input: string | null; stdout: string }[];
 }
 
 export interface IFailure {

@@ -136,7 +136,11 @@ export class JobDetail extends Widget {
           `${formatDuration(job.duration_s)} · ${costText(job)} at Lambda prices`,
           'cb-detail-cost'
         ),
-        job.stopped ? clipped(job.stopped, 'cb-detail-stopped') : null
+        job.stopped ? clipped(job.stopped, 'cb-detail-stopped') : null,
+        job.rerun_by ? clipped(job.rerun_by.text, 'cb-detail-rerun') : null,
+        job.rerun_of
+          ? clipped(`re-run of ${job.rerun_of}`, 'cb-detail-rerun-of')
+          : null
       ),
       ...[phasesBar(job.phases), this._rerunButton(job)].filter(
         (e): e is HTMLElement => e !== null
@@ -200,6 +204,21 @@ export class JobDetail extends Widget {
           f.stdout ? h('pre', { class: 'cb-stdout' }, f.stdout) : null
         )
       );
+    const failed = new Set(failures.length ? job.failures.map(f => f.i) : []);
+    const items = (t.item_detail ?? []).map(d =>
+      h(
+        'div',
+        { class: 'cb-task-item', 'data-item': String(d.i) },
+        clipped(
+          `item ${d.i} input: ${d.input ?? '(not kept: beyond the first inputs)'}`,
+          'cb-task-input'
+        ),
+        // A failed item's stdout is shown with its traceback below.
+        d.stdout && !failed.has(d.i)
+          ? h('pre', { class: 'cb-stdout cb-task-stdout' }, d.stdout)
+          : null
+      )
+    );
     const facts = [
       `task ${t.task}`,
       `items ${itemsText(t)}`,
@@ -234,6 +253,7 @@ export class JobDetail extends Widget {
       ...(t.infra
         ? [h('pre', { class: 'cb-task-infra' }, t.infra.message)]
         : []),
+      ...items,
       ...failures
     );
   }

@@ -8,6 +8,7 @@ import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
+import { addJobOutputRenderer } from './joboutput';
 import { CloudSidebar } from './sidebar';
 
 const PLUGIN_ID = 'cloudbutton-jupyter:plugin';
@@ -44,6 +45,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     labShell: ILabShell | null,
     settings: ISettingRegistry | null
   ) => {
+    // An ended job's cell output: its live widget while the kernel has it (joboutput.ts).
+    tracker.forEach(addJobOutputRenderer);
+    tracker.widgetAdded.connect((_, nb) => addJobOutputRenderer(nb));
     const panel = new CloudSidebar(tracker);
     panel.title.icon = cloudIcon;
     app.shell.add(panel, 'left', { rank: 950 });

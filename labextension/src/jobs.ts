@@ -120,7 +120,11 @@ class JobList extends Widget {
         cancel,
         finish
       ),
-      job.stopped ? clipped(job.stopped, 'cb-job-stopped') : null
+      job.stopped ? clipped(job.stopped, 'cb-job-stopped') : null,
+      job.rerun_by ? clipped(job.rerun_by.text, 'cb-job-rerun') : null,
+      job.rerun_of
+        ? clipped(`re-run of ${job.rerun_of}`, 'cb-job-rerun-of')
+        : null
     );
   }
 

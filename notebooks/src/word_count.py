@@ -106,7 +106,9 @@ print(f"{len(parts)} tasks over {OBJECTS} objects: {sum(total.values()):,} words
 # ## Read throughput
 #
 # Per task: the bytes it read over the time it spent reading them; in total: every byte
-# over the job's wall time (host listing to last result).
+# over the job's wall time (host listing to last result). The timeline above shows each
+# task's read throughput too (hover a bar; the saved rendering labels each bar with its
+# MB/s), from the statistics the worker keeps of every task's reads.
 
 # %% id="rates"
 rates = sorted(p["bytes"] / 2**20 / max(p["seconds"], 1e-9) for p in parts)
