@@ -17,6 +17,7 @@ benchmarks/README.md for what each figure measures.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+import tracemalloc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,6 +56,11 @@ def nbytes(blob):
 
 def whoami(_):
     return os.getpid()
+
+
+def array_sum_first(arr):
+    """Touches the array (its first and last element) and returns its size in bytes."""
+    return int(arr.nbytes) if arr[0] == arr[0] and arr[-1] == arr[-1] else -1
 
 
 def dgemm(seed, n=2048, loops=3):
@@ -343,6 +350,50 @@ def measure(peer_name, args, rec):
     except Exception as exc:
         rec.put("inputs", {"error": _reason(exc)})
 
+    # 3b. Large numpy inputs: MB/s from submit to the last (tiny) result, chunksize 1.
+    for key, count, mb in (("np_10x10", 10, 10), ("np_1x100", 1, 100)):
+        try:
+            import numpy as np
+
+            arrays = [np.random.default_rng(k).random(mb * (1 << 20) // 8) for k in range(count)]
+            peer.map(array_sum_first, arrays[:1], 1)  # warm-up (numpy imported in a worker)
+
+            def run(arrays=arrays, count=count, mb=mb):
+                t, res = _timed(peer.map, array_sum_first, arrays, 1)
+                if res != [a.nbytes for a in arrays]:
+                    raise RuntimeError(f"wrong results {res[:3]}")
+                return count * mb * (1 << 20) / 1e6 / t
+
+            rec.put(key, _summary(_reps_within(run, reps, budget), reps=reps))
+            del arrays
+        except Exception as exc:
+            rec.put(key, {"error": _reason(exc)})
+
+    # 3c. Host memory per task: tracemalloc's peak of this (host) process's Python
+    #     allocations during a no-op map, results held, divided by the items.
+    for n, cs in args.mem_sizes:
+        key = f"mem_{n}_{cs}"
+        try:
+            items = list(range(n))
+            t_probe, _ = _timed(peer.map, noop, items[: max(1, n // 100)], cs)
+            if t_probe * 100 * 3 > budget * 2:  # tracemalloc slows a map down ~3x
+                rec.put(key, {"error": f"skipped: a {n:,}-item run would take "
+                                       f"~{_fmt_duration(t_probe * 300)} traced"})
+                continue
+            gc.collect()
+            tracemalloc.start()
+            try:
+                res = peer.map(noop, items, cs)
+                _cur, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            if len(res) != n:
+                raise RuntimeError(f"wrong results ({len(res)} of {n})")
+            del res
+            rec.put(key, _summary([peak / n / 1024], reps=1))
+        except Exception as exc:
+            rec.put(key, {"error": _reason(exc)})
+
     # 4. DGEMM: 8 tasks x 3 np.dot of n x n; effective GFLOPS over the job's wall time.
     try:
         n_mat = args.dgemm_n
@@ -411,7 +462,8 @@ def run_peer_process(name, args, out_path):
     cmd = [sys.executable, os.path.abspath(__file__), "--peer", name, "--result-file", out_path,
            "--reps", str(args.reps), "--budget", str(args.budget), "--probe", str(args.probe),
            "--sizes", ",".join(map(str, args.sizes)), "--inputs", str(args.inputs),
-           "--dgemm-n", str(args.dgemm_n)]
+           "--dgemm-n", str(args.dgemm_n),
+           "--mem-sizes", ",".join(f"{n}:{cs}" for n, cs in args.mem_sizes)]
     env = dict(os.environ)
     storage = tempfile.mkdtemp(prefix=f"bench-{name}-", dir=args.storage_root)
     env["CLOUDBUTTON_STORAGE_DIR"] = storage  # a fresh storage dir for our runs
@@ -455,9 +507,49 @@ FIGURES = [
 def _fmt(v, unit):
     if unit == "s":
         return f"{v:.3f} s"
+    if unit == "KB":
+        return f"{v:.2f} KB"
     if v >= 100:
         return f"{v:,.0f}"
     return f"{v:.1f}"
+
+
+# The issue's targets: (peer or "peak" or None for an absolute bound, factor, higher is better)
+TARGETS = {
+    "cold": ("processpool", 2.0, False),
+    "noop_*_1": ("processpool", 1.0, True),
+    "noop_*_auto": ("processpool", 1.0, True),
+    "np_10x10": ("joblib", 1.0, True),
+    "np_1x100": ("joblib", 1.0, True),
+    "mem_*": (None, 1.0, False),  # KB per task
+    "dgemm": ("peak", 0.95, True),
+}
+
+
+def _target(key, ours, results, peak):
+    """The (target, met?) cells of a figure: ours against the issue's target."""
+    import fnmatch
+
+    rule = next((r for pat, r in TARGETS.items() if fnmatch.fnmatch(key, pat)), None)
+    mine = (ours.get(key) or {}).get("median")
+    if rule is None:
+        return "-", "-"
+    peer, factor, higher = rule
+    if peer is None:
+        base, name, text = 1.0, "", f"{'≥' if higher else '≤'} {factor:g} KB"
+    elif peer == "peak":
+        base, name = peak, "numpy's peak"
+        text = f"≥ {factor:.2f} x {name}"
+    else:
+        fig = results.get(peer, {}).get("figures", {}).get(key) or {}
+        base, name = fig.get("median"), TITLES[peer]
+        text = f"{'≥' if higher else '≤'} {factor:.1f} x {name}"
+    if not mine or not base:
+        return text, "n/a"
+    ratio = mine / base
+    ok = ratio >= factor if higher else ratio <= factor
+    got = f"{mine:.2f} KB" if peer is None else f"{ratio:.2f} x"
+    return text, f"{'yes' if ok else 'no'} ({got})"
 
 
 def build_table(results, args, peak):
@@ -467,10 +559,17 @@ def build_table(results, args, peak):
         rows.append((f"noop_{n}_1", f"No-op map N={n:,}, chunksize 1 (tasks/s)", "/s"))
         rows.append((f"noop_{n}_auto", f'No-op map N={n:,}, "auto" (tasks/s)', "/s"))
     rows += [("inputs", f"{args.inputs} x 1 MB inputs (MB/s)", "MB/s"),
-             ("dgemm", f"DGEMM: 8 tasks x 3 np.dot {args.dgemm_n}² (effective GFLOPS)", "GFLOPS")]
+             ("np_10x10", "10 x 10 MB numpy inputs (MB/s)", "MB/s"),
+             ("np_1x100", "1 x 100 MB numpy input (MB/s)", "MB/s")]
+    for n, cs in args.mem_sizes:
+        how = '"auto"' if cs == "auto" else f"chunksize {cs}"
+        rows.append((f"mem_{n}_{cs}", f"Host memory per task, no-op map N={n:,}, {how} "
+                                      "(KB, lower is better)", "KB"))
+    rows.append(("dgemm", f"DGEMM: 8 tasks x 3 np.dot {args.dgemm_n}² (effective GFLOPS)", "GFLOPS"))
     footnotes = []
-    header = "| Figure | " + " | ".join(TITLES[p] for p in order) + " |"
-    lines = [header, "|" + "---|" * (len(order) + 1)]
+    header = ("| Figure | " + " | ".join(TITLES[p] for p in order)
+              + " | target (cloudbutton) | met? |")
+    lines = [header, "|" + "---|" * (len(order) + 3)]
     ours = results.get("cloudbutton", {}).get("figures", {})
     for key, label, unit in rows:
         cells = []
@@ -496,7 +595,8 @@ def build_table(results, args, peak):
             elif fig.get("reps_wanted") and fig["reps"] < fig["reps_wanted"]:
                 marks.append(f"({fig['reps']} rep{'s' if fig['reps'] > 1 else ''})")
             cells.append(" ".join([cell] + marks))
-        lines.append(f"| {label} | " + " | ".join(_cell(c) for c in cells) + " |")
+        target, met = _target(key, ours, results, peak)
+        lines.append(f"| {label} | " + " | ".join(_cell(c) for c in cells + [target, met]) + " |")
     if peak:
         ours_dgemm = ours.get("dgemm", {}).get("median")
         frac = f"; cloudbutton reaches {ours_dgemm / peak:.2f} x peak" if ours_dgemm else ""
@@ -506,8 +606,8 @@ def build_table(results, args, peak):
     auto = [f"{TITLES[p]}: {results[p]['meta']['auto_label']}" for p in order
             if results[p]["meta"].get("auto_label")]
     lines.append("")
-    lines.append("Ratios in parentheses are peer / cloudbutton (for cold start lower is better, "
-                 "for everything else higher). \"auto\" means: " + "; ".join(auto) + ".")
+    lines.append("Ratios in parentheses are peer / cloudbutton (for cold start and memory lower "
+                 "is better, for everything else higher). \"auto\" means: " + "; ".join(auto) + ".")
     for i, note in enumerate(footnotes, 1):
         lines.append(f"[{i}] {note}")
     return "\n".join(lines)
@@ -547,6 +647,8 @@ def main(argv=None):
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--inputs", type=int, default=100)
     ap.add_argument("--dgemm-n", type=int, default=2048, choices=(1024, 2048))
+    ap.add_argument("--mem-sizes", default="100000:auto,1000000:auto,10000:1",
+                    help="the host-memory-per-task maps, as N:chunksize")
     ap.add_argument("--storage-root", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                     help="where the fresh CLOUDBUTTON_STORAGE_DIR is made (default: /dev/shm, "
                          "a tmpfs, when there is one; the peers move data through memory too)")
@@ -555,8 +657,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.sizes, args.inputs, args.dgemm_n = 1, "200,1000", 20, 1024
+        args.mem_sizes = "10000:auto,1000:1"
         args.budget = min(args.budget, 20.0)
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
+    args.mem_sizes = [(int(n), cs if cs == "auto" else int(cs))
+                      for n, cs in (m.split(":") for m in str(args.mem_sizes).split(",") if m)]
 
     if args.peer:  # inside one peer's own process
         rec = Recorder(args.result_file)

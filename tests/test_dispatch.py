@@ -450,6 +450,9 @@ def test_a_status_that_cannot_be_read_is_recorded_and_collected_at_the_next_tick
     be = FakeBackend()
     job = start_job(storage, be, clock, [7])
     storage.fail_next = True
+    # A response without the status (a worker whose write was not the first, a backend
+    # that does not call back): the host reads it from storage.
+    assert be.sent[0].pop("reply_status") is True
     be.run(be.sent[0])
     assert not job.done() and isinstance(job.monitor_error, OSError)
     job.dispatcher.tick()

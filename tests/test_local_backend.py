@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cloudbutton_executor import (Executor, OutOfMemoryError, TaskTimeoutError, WorkerDiedError,
-                                  protocol, worker)
+from cloudbutton_executor import (Executor, IntegrityError, OutOfMemoryError, TaskTimeoutError,
+                                  WorkerDiedError, integrity, protocol, worker)
 from cloudbutton_executor.backends.local import get_local_backend
 from test_interrupt import _alive  # a zombie counts as gone
 
@@ -243,10 +243,37 @@ def test_duplicate_delivery_yields_one_result(ex):
     while len(responses) < 2 and time.time() < deadline:
         time.sleep(0.05)
     assert [r["written"] for r in responses] == [False, False]
+    assert not [r for r in responses if "sealed" in r]  # only the stored status comes back
     assert ex.storage.get(key) == stored
     status = worker.read_status(ex.storage, "cloudbutton", job.job_id, job[0].task_id,
                                 job.dispatcher.key)
     assert worker.read_results(ex.storage, "cloudbutton", job.job_id, status) == [(True, first)]
+
+
+def test_statuses_come_back_with_the_responses(ex):
+    """A local worker's response carries the sealed status it stored: the host verifies
+    it without reading it back from storage; a forged one is refused like a stored one."""
+    ex.map(abs, [1]).result(timeout=30)  # warm: the function blob is checked once
+    before = dict(ex.storage.request_counts)
+    job = ex.map(abs, range(-20, 0), chunksize=1)
+    assert job.result(timeout=60) == list(range(20, 0, -1))
+    counts = ex.storage.request_counts
+    assert counts.get("GET", 0) - before.get("GET", 0) <= 2  # not one per task
+
+    def slow(x):
+        time.sleep(1.5)
+        return x
+
+    job = ex.map(slow, [8], chunksize=1)
+    tid = job[0].task_id
+    skey = protocol.status_key("cloudbutton", job.job_id, tid)
+    forged = integrity.seal(b"k" * 32, protocol.object_name("cloudbutton", skey),
+                            {"v": protocol.PROTOCOL_VERSION, "job_id": job.job_id, "task": tid,
+                             "state": "done", "attempt": 0, "items": {}, "stats": {}})
+    job.dispatcher.on_done(job.dispatcher.event(tid, 0, 1), {"task": tid, "state": "done", "written": True,
+                                   "sealed": forged.decode()})
+    with pytest.raises(IntegrityError, match="seal does not verify"):
+        job.result(timeout=30)
 
 
 def test_events_queued_when_the_backend_shuts_down_end_as_lost(storage):

@@ -1,4 +1,5 @@
 """Both storages honour one contract; the executor runs unchanged on S3 (a real moto server)."""
+import array
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,6 +98,15 @@ def test_list_children_and_start_after(any_storage):
     assert st.list("j/b/t/", start_after="j/b/t/1") == ["j/b/t/1/s", "j/b/t/2/s"]
     assert st.list("j/b/t/", start_after="j/b/t/1/s") == ["j/b/t/2/s"]
     assert st.list("j/", start_after="j/b/t/2/s") == []
+    # Names where a directory sorts differently from its keys ("/" sorts before "0"
+    # and "a"): listing from a key inside, or between, directories misses nothing.
+    for k in ["j/b/t/10/s", "j/b/t/1a/s", "j/b/t/1/u/v"]:
+        st.put(k, b"-")
+    after = ["j/b/t/1/s", "j/b/t/1/u/v", "j/b/t/10/s", "j/b/t/1a/s", "j/b/t/2/s"]
+    for start in ["j/b/t/0", "j/b/t/1", "j/b/t/1/", "j/b/t/1/s", "j/b/t/1/t", "j/b/t/1/u/v",
+                  "j/b/t/1/v", "j/b/t/10", "j/b/t/10/s", "j/b/t/1a", "j/b/t/1b", "j/b/t/2/s"]:
+        assert st.list("j/b/t/", start_after=start) == [k for k in after if k > start], start
+    assert st.list("j/", start_after="j/a") == ["j/a/m", "j/b/m"] + after
     assert st.children("j/") == ["a", "b"] and st.children("j") == ["a", "b"]
     assert st.children("j/b/") == ["m", "t"]
 
@@ -123,6 +133,18 @@ def test_delete_prefix_leaves_the_rest(any_storage):
     assert st.delete_prefix("d/x/") == 2
     assert st.list("d/") == ["d/xy/3", "d/y/4"]
     assert st.children("d/") == ["xy", "y"]  # no empty directory left behind
+
+
+def test_local_put_parts_many_small_and_large(tmp_path):
+    st = LocalStorage(str(tmp_path))
+    # Many small parts (written in joined runs) around large ones (written as they are),
+    # views of other item sizes among them: the same bytes, in order.
+    big = os.urandom(3 << 20)
+    words = array.array("Q", range(1000))
+    parts = ([i.to_bytes(3, "big") for i in range(400_000)] + [big, memoryview(words)]
+             + [b"x"] * 10 + [memoryview(big)[5:(1 << 20) + 7], b"end"])
+    st.put_parts("many", parts)
+    assert st.get("many") == b"".join(bytes(p) for p in parts)
 
 
 def test_local_storage_details(tmp_path, monkeypatch):

@@ -527,6 +527,8 @@ class Dispatcher:
             event["reduce"] = dict(spec.reduce, auth=integrity.job_key(spec.reduce["job_id"]).hex())
         if self.limits.live_stdout_s:
             event["live_stdout"] = self.limits.live_stdout_s
+        if self.limits.calls_back:
+            event["reply_status"] = True  # the response carries the status it stored
         return event
 
     def _invocation_timeout(self, n_items: int) -> float:
@@ -569,7 +571,11 @@ class Dispatcher:
     def on_done(self, event: Event, response: dict[str, Any]) -> None:
         if response.get("state") == "cancelled" or self.cancelled:
             return  # the worker saw the cancel marker: the job is (being) cancelled
-        self._guarded(self._collect, event["task"], self.clock())
+        # The status the worker stored, if its write was the first (else read the winner's);
+        # verified in _collect exactly as the stored object would be.
+        sealed = response.get("sealed") if response.get("written") is True else None
+        raw = sealed.encode("ascii") if isinstance(sealed, str) else None
+        self._guarded(self._collect, event["task"], self.clock(), raw)
 
     def on_failure(self, event: Event, error: InfrastructureError) -> None:
         """Retry the task if the user allowed it, else end it with ``error``. An attempt

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from . import (cache, catalog, cleanup, config, datamap, integrity, job_modules, largevalues,
-               objectstore, protocol, screening, serialize, shown_inputs)
+               objectstore, protocol, screening, serialize, sharedbuffers, shown_inputs)
 from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import IntegrityError, JobCancelled
@@ -409,18 +409,28 @@ class Executor:
             ref = largevalues.stash(self.storage, self.prefix, value)
             log.info("%s: %s (%.1f MB) stored apart at %s, loaded once per warm worker",
                      name, what, ref.size / 1e6, ref.key)
+        shared = None
         if payloads is None:
             assert calls is not None
-            payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)
-                        for i, call in enumerate(calls)] \
-                if len(calls) < 64 else self._dumps_many(calls, inputs)
+            # Local workers map large buffers from the host's memory (no copy through
+            # storage); cached items are keyed by their bytes, so those stay in band.
+            if (self.backend.limits.reads_host_files and not options["cache"]
+                    and sharedbuffers.available()):
+                shared = sharedbuffers.HostBuffers()
+            with sharedbuffers.collecting(shared):
+                payloads = [serialize.dumps(call, f"iterdata[{i}]", inputs)
+                            for i, call in enumerate(calls)] \
+                    if len(calls) < 64 else self._dumps_many(calls, inputs)
         function.report()
         inputs.report()
         if options["cache"] or (options["budget"] is not None
                                 and self.backend.limits.architecture is not None):
             # The key of the cache and of earlier runs' timings (for a billed job's estimate).
             options["identity"] = cache.function_identity(fn, modules)
-        return self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
+        job = self._submit_blob(blob, name, payloads, label=label, modules=modules, **options)
+        if shared is not None and shared.count:
+            job.hold_shared_buffers(shared)
+        return job
 
     @staticmethod
     def _dumps_many(calls: list[Call], budget: screening.Budget) -> list[serialize.Payload]:

@@ -46,6 +46,7 @@ class Job(Sequence[TaskFuture]):
         # The Executor that submitted it (re-runs go through it), weakly: a job must not keep
         # an executor alive, whose collection shuts it down (CloudPoolExecutor's ``del``).
         self._executor: weakref.ref[Any] | None = None
+        self._shared: Any = None  # its out-of-band inputs (sharedbuffers.HostBuffers)
         store.job = self
 
     @property
@@ -225,6 +226,20 @@ class Job(Sequence[TaskFuture]):
         Returns the number of tasks cancelled."""
         return self.dispatcher.cancel()
 
+    def hold_shared_buffers(self, buffers: Any) -> None:
+        """Keep the job's out-of-band inputs (``sharedbuffers.HostBuffers``) while they may be
+        read: freed when the job ends with no failed item, else when the job is released
+        (a re-run of its failed items reads them again)."""
+        self._shared = buffers
+        store = self.outcomes
+
+        def release() -> None:
+            if store.done() and not store.counts()["failed"]:
+                buffers.close()
+
+        store.add_listener(release)
+        release()
+
     def rerun_failed(self) -> Job | None:
         """Run this job's failed items again, into its own results: they become queued, a
         new job (its manifest says ``rerun_of`` this one) computes them with the same
@@ -251,6 +266,8 @@ class Job(Sequence[TaskFuture]):
             timeout=spec.timeout, retries=spec.retries, memory_mb=spec.memory_mb,
             label=spec.label, identity=spec.identity, cache=spec.cache,
             budget=spec.budget_usd, backups=spec.backups, rerun_of=spec.job_id)
+        if self._shared is not None:  # the re-run reads the same out-of-band inputs
+            again.hold_shared_buffers(self._shared)
         cursor = [0]
         lock = threading.Lock()
 

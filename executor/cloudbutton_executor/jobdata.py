@@ -18,6 +18,7 @@ import array
 import base64
 import bisect
 import hashlib
+import itertools
 import json
 import sys
 import zlib
@@ -56,11 +57,7 @@ class JobInputs:
     def __init__(self, sizes: array.array[int], blocks: list[tuple[int, int, str]],
                  payloads: Sequence[serialize.Payload] | None = None):
         self.n = len(sizes)
-        self.offsets = array.array("Q", [0])
-        total = 0
-        for s in sizes:
-            total += s
-            self.offsets.append(total)
+        self.offsets = array.array("Q", itertools.accumulate(sizes, initial=0))
         self.sizes = sizes
         self.blocks = blocks                      # (first item, stop item, sha256)
         self._block_starts = [a for a, _b, _d in blocks]
@@ -78,24 +75,25 @@ class JobInputs:
     def from_payloads(cls, payloads: Sequence[serialize.Payload], chunksize: int | str) -> JobInputs:
         """The index of ``payloads``: blocks end on task boundaries for a fixed chunksize,
         on item boundaries otherwise; each is hashed once (``upload`` hashes them)."""
-        sizes = array.array("Q", (len(p) for p in payloads))
+        sizes = array.array("Q", map(len, payloads))
         step = chunksize if isinstance(chunksize, int) else 1
-        blocks: list[tuple[int, int, str]] = []
+        inputs = cls(sizes, [], payloads)
+        offsets, blocks = inputs.offsets, inputs.blocks
         a = 0
         n = len(payloads)
         while a < n:
-            b = min(n, a + step)
-            size = sum(sizes[a:b])
-            while b < n:  # add whole tasks while the block stays small
-                nxt = min(n, b + step)
-                more = sum(sizes[b:nxt])
-                if size + more > BLOCK_BYTES:
-                    break
-                size += more
-                b = nxt
+            b = min(n, a + step)  # at least one task
+            # Then whole tasks (the last may be short) while the block stays small: up to
+            # the last item boundary within BLOCK_BYTES of the block's start.
+            far = bisect.bisect_right(offsets, offsets[a] + BLOCK_BYTES, b) - 1
+            if far >= n:
+                b = n
+            elif far > b:
+                b += (far - b) // step * step
             blocks.append((a, b, ""))  # hashed by upload()
             a = b
-        return cls(sizes, blocks, payloads)
+        inputs._block_starts = [a for a, _b, _d in blocks]
+        return inputs
 
     def _hash_blocks(self) -> None:
         assert self.payloads is not None
@@ -121,7 +119,7 @@ class JobInputs:
         assert self.payloads is not None
         # (Hashing in a thread while writing measured no faster on two busy cores.)
         self._hash_blocks()
-        storage.put_parts(protocol.data_key(prefix, job_id), serialize.flatten(self.payloads))
+        storage.put_parts(protocol.data_key(prefix, job_id), serialize.joined_runs(self.payloads))
         index = self.index_document()
         storage.put(protocol.data_index_key(prefix, job_id), index)
         return {"bytes": self.nbytes, "n": self.n, "index_sha256": integrity.sha256(index)}

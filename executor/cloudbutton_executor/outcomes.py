@@ -15,6 +15,7 @@ import concurrent.futures as cf
 import gc
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -485,8 +486,10 @@ class OutcomeStore:
                         attempts=status.get("attempt", 0) + 1)
             if st.get("host_submit") is not None:
                 host["host_submit"] = st["host_submit"]  # the attempt whose status won
-            self._task_stats[tid] = st
-            self._task_items[tid] = cols
+            self._task_stats[tid] = _interned(st)
+            # Empty columns (no errors, flops or stdout: the usual case) are not kept;
+            # their readers take a missing one as empty.
+            self._task_items[tid] = _interned({k: v for k, v in cols.items() if v != {}})
             self._flops += sum((cols.get("flops") or {}).values())
             self._end_items(tid, a, b, outcomes, errors, infra)
             self._ended_log.append((tid, a, b))
@@ -605,3 +608,12 @@ class OutcomeStore:
             except Exception as exc:  # a listener's bug must not stop the job
                 self.listener_error = exc
                 log.exception("a listener of job %s failed", self.job_id)
+
+
+def _interned(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` (decoded JSON, kept for the job's life) with its keys, and those of the dicts
+    in it, interned: JSON decoding makes new key strings for every status, and at one
+    status per item (chunksize 1) they were most of the host's memory per task."""
+    intern = sys.intern  # not item numbers (the keys of a task's errors, flops, stdout)
+    return {(k if k.isdigit() else intern(k)): (_interned(v) if type(v) is dict else v)
+            for k, v in doc.items()}

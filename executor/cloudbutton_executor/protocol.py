@@ -9,6 +9,7 @@ it, in ``accounting.py``.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -82,6 +83,7 @@ def task_id(start: int, stop: int, n_items: int) -> str:
     return f"{start:0{w}d}-{stop:0{w}d}"
 
 
+@functools.lru_cache(maxsize=1 << 12)  # the host asks ~10 times per task it runs
 def task_range(tid: str) -> tuple[int, int]:
     """``(start, stop)`` of a task id, whatever its width."""
     m = TASK_ID_RE.match(tid)

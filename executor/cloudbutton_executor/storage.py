@@ -120,6 +120,37 @@ class Storage(abc.ABC):
         """What a worker needs to reach this storage (never credentials)."""
 
 
+_COALESCE_BYTES = 1 << 20
+
+
+def _coalesced(parts: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """``parts`` with runs of small ones joined into pieces of up to about 1 MB: one write
+    per piece instead of one per part (a map's data.pickle is one small part per item);
+    a large part passes as it is, never copied."""
+    run: builtins.list[bytes | memoryview] = []
+    size = 0
+    for part in parts:
+        n = len(part) if not isinstance(part, memoryview) else part.nbytes
+        if n >= _COALESCE_BYTES:
+            if run:
+                yield b"".join(run)
+                run, size = [], 0
+            yield part
+            continue
+        run.append(part)
+        size += n
+        if size >= _COALESCE_BYTES:
+            yield b"".join(run)
+            run, size = [], 0
+    if run:
+        yield run[0] if len(run) == 1 else b"".join(run)
+
+
+def _all_before(dir_key: str, start_after: str) -> bool:
+    """Every key below ``dir_key`` (ending in "/") sorts before ``start_after``."""
+    return dir_key < start_after and not start_after.startswith(dir_key)
+
+
 class LocalStorage(Storage):
     kind = "local"
 
@@ -141,7 +172,7 @@ class LocalStorage(Storage):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(tmp, flags, 0o666)
         try:
-            for part in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+            for part in _coalesced([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
                 view = memoryview(part)
                 while view:
                     view = view[os.write(fd, view):]
@@ -250,11 +281,18 @@ class LocalStorage(Storage):
         self._count("LIST")
         base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
         out = []
-        for dirpath, _dirs, files in os.walk(base):
-            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+        cut = len(self.root) + 1
+        for dirpath, dirs, files in os.walk(base):
+            rel = dirpath[cut:].replace(os.sep, "/") if dirpath != self.root else ""
+            here = f"{rel}/" if rel else ""
+            if start_after is not None:
+                # A directory whose every key sorts before start_after is not entered: a
+                # poll that lists from its first pending task reads the names of the
+                # finished ones, not their contents (else each poll walks the whole job).
+                dirs[:] = [d for d in dirs if not _all_before(f"{here}{d}/", start_after)]
             for name in files:
                 if not name.endswith(".tmp"):
-                    key = name if rel == "." else f"{rel}/{name}"
+                    key = f"{here}{name}"
                     if key.startswith(prefix) and (start_after is None or key > start_after):
                         out.append(key)
         return sorted(out)

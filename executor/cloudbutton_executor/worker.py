@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import context as _context
-from . import integrity, largevalues, protocol
+from . import integrity, largevalues, protocol, sharedbuffers
 from .errors import (ExceptionByState, IntegrityError, OutOfMemoryError, RemoteError,
                      TaskTimeoutError)
 from .local_runtime import CANCELLED_EXIT_CODE, seconds_since_process_start
@@ -287,6 +287,7 @@ def handler(event: dict[str, Any], context: Any = None, *,
         return {"task": tid, "state": "cancelled"}
     finally:  # a handler run in the host's own process (tests, tools) leaves no task behind
         _context.set_task(None)
+        sharedbuffers.forget_maps()
     stats["compute_done"] = time.time()
     read_bytes, read_s = _context.take_reads()
     if read_bytes:  # its read throughput (obj chunks, ObjectStorage): the timeline shows it
@@ -380,9 +381,14 @@ def _write_status(storage: Storage, event: dict[str, Any], key: bytes, status: d
     status["stats"]["requests"] = {k: v for k, v in worker_requests.items() if v}
     status["stats"]["result_stored"] = time.time()
     skey = protocol.status_key(event["prefix"], event["job_id"], event["task"])
-    written = storage.put_if_absent(
-        skey, integrity.seal(key, protocol.object_name(event["prefix"], skey), status))
-    return {"task": event["task"], "state": status["state"], "written": written}
+    sealed = integrity.seal(key, protocol.object_name(event["prefix"], skey), status)
+    written = storage.put_if_absent(skey, sealed)
+    response = {"task": event["task"], "state": status["state"], "written": written}
+    if written and event.get("reply_status"):
+        # What it stored, for a host that hears back (local workers): the host verifies it
+        # as it would the stored object, without reading it back. (Sealed JSON is ASCII.)
+        response["sealed"] = sealed.decode("ascii")
+    return response
 
 
 # Cancel while running ------------------------------------------------------------------
@@ -550,7 +556,7 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
     buf = tee.buf
     reported = _context._flops
     reported[0] = 0
-    clock, loads = time.time, pickle.loads
+    clock, loads = time.time, sharedbuffers.loads  # pickle.loads, out-of-band buffers mapped
     watch = _WATCH
     with contextlib.redirect_stdout(tee):
         for k, raw in enumerate(inputs):

@@ -279,6 +279,12 @@ class LocalBackend(Backend):
 
     def _slot(self, slot: int) -> None:
         proc: RuntimeProcess | None = None
+        try:
+            # Pre-warmed: the runtime starts (interpreter, imports) while the host is still
+            # submitting the first job, not after it; its first invocation is still cold.
+            proc = _new_process(self._env, self._cwd)
+        except OSError:
+            log.exception("local backend slot %d: could not start a worker yet", slot)
         idle_since = time.time()
         sent: tuple[Event, InvocationListener, float] | None = None  # written to proc already
         while True:
