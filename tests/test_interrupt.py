@@ -88,7 +88,8 @@ def test_ctrl_c_in_a_plain_script(tmp_path, main):
     marks.mkdir()
     script = tmp_path / "run.py"
     script.write_text(TASK + textwrap.dedent(f"""
-        import sys
+        import faulthandler, signal, sys
+        faulthandler.register(signal.SIGUSR2, all_threads=True)  # the test's view of a hang
         from cloudbutton_executor import Executor, as_completed
         from cloudbutton_executor.storage import LocalStorage
         MARKS = sys.argv[1]
@@ -100,7 +101,14 @@ def test_ctrl_c_in_a_plain_script(tmp_path, main):
     try:
         _wait_for_marker(marks, proc)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR2)
+            time.sleep(1.0)
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"still running 30 s after Ctrl-C; stdout {out!r}; stderr and threads:\n{err}")
     finally:
         proc.kill()
     assert proc.returncode != 0 and "not reached" not in out

@@ -305,21 +305,28 @@ def test_a_sigkill_names_memory_only_when_memory_caused_it(ex):
         job[0].result(timeout=20)
     assert "memory" not in str(info.value)
 
-    def fill_then_die(mb):
+    def fill_then_die(limit_mb):
         import os
         import signal
         import time
 
+        def status_mb(field):
+            with open("/proc/self/status") as f:
+                line = next(ln for ln in f if ln.startswith(field + ":"))
+            return int(line.split()[1]) // 1024
+
+        # RLIMIT_AS counts the whole address space, which a warm worker's earlier tasks
+        # (numpy's thread pools, mapped files) may have grown: fill up to 93 % of the
+        # limit as resident memory, as far as the address space left allows.
+        mb = min(int(0.93 * limit_mb) - status_mb("VmRSS"), limit_mb - status_mb("VmSize") - 48)
         blob = bytearray(mb * 1024 * 1024)
         blob[::4096] = b"x" * len(blob[::4096])  # resident, not only reserved
         time.sleep(1.5)  # long enough for the supervisor to sample it
         os.kill(os.getpid(), signal.SIGKILL)
 
-    # RLIMIT_AS counts the worker's whole address space (~100 MB more than it uses):
-    # 1,880 MB resident is over 90 % of 2,048 MB and still fits.
-    job = ex.map(fill_then_die, [1880], memory_mb=2048)
+    job = ex.map(fill_then_die, [4096], memory_mb=4096)
     with pytest.raises(WorkerDiedError, match=r"killed by SIGKILL, most likely out of memory "
-                                              r"\(it used \d+ MB of its 2048 MB\)"):
+                                              r"\(it used \d+ MB of its 4096 MB\)"):
         job[0].result(timeout=30)
 
 
