@@ -14,8 +14,19 @@ from typing import Any
 
 from . import protocol
 
+class _BoundedRepr(reprlib.Repr):
+    """reprlib has no rule for bytes-like objects and would repr a 100 MB input whole:
+    only its head is shown, with its length."""
+
+    def repr_bytes(self, x: bytes | bytearray, level: int) -> str:
+        half = self.maxstring // 2  # room for the length within the repr's bound
+        return repr(x) if len(x) <= half else f"{x[:half]!r}… ({len(x):,} bytes)"
+
+    repr_bytearray = repr_bytes
+
+
 def _repr() -> reprlib.Repr:
-    r = reprlib.Repr()  # attributes, not keywords: Python 3.11's takes none
+    r = _BoundedRepr()  # attributes, not keywords: Python 3.11's takes none
     r.maxlevel = 2
     r.maxtuple = r.maxlist = r.maxarray = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = 4
     r.maxstring = r.maxother = protocol.INPUT_REPR_CHARS
