@@ -19,7 +19,7 @@ class _BoundedRepr(reprlib.Repr):
     only its head is shown, with its length."""
 
     def repr_bytes(self, x: bytes | bytearray, level: int) -> str:
-        half = self.maxstring // 2  # room for the length within the repr's bound
+        half = self.maxstring // 3  # room for the length within the repr's bound
         return repr(x) if len(x) <= half else f"{x[:half]!r}… ({len(x):,} bytes)"
 
     repr_bytearray = repr_bytes
