@@ -591,6 +591,7 @@ def test_a_take_over_logs_where_the_dead_host_stopped_and_claims_the_next_epoch(
     assert (f"job {job.job_id}: resumed from a host that stopped at {stopped} (2 tasks in "
             "flight, items 2.. never sent)") in caplog.messages
     assert stored_record(storage, first)["epoch"] == 1
+    assert first.item_input_repr(3) == "4"  # its inputs: read back from storage, verified
     # The rival read the same stale record: its claim of epoch 1 loses, it only follows.
     assert rival.dispatcher.resume(record, None) is False
     assert rival.dispatcher.following and not rival.dispatcher.backend.sent
