@@ -634,6 +634,7 @@ def test_a_taken_over_task_keeps_its_attempts_used_retries_and_deadline(storage,
     other = following(storage, clock, job, be2)
     assert other.dispatcher.check_owner(clock(), force=True)
     assert be2.sent == [] and other.item_state(1) == "done"
+    assert other[0].stats["host_submit"] == pytest.approx(retry["host_submit"], abs=1e-3)
     # Its record says the same: a further take-over would keep that deadline and count.
     assert [tuple(s) for s in records.in_flight(stored_record(storage, other))] == [
         (first["task"], round(retry["host_submit"], 3), 1, 1, 0)]
@@ -730,3 +731,40 @@ def test_a_status_unreadable_once_then_found_forged_is_refused_once(tmp_path, cl
     # Nothing is left to collect: a backend that calls back is not polled any more.
     assert job.dispatcher.storage.counts.get("LIST", 0) == lists
     assert len([r for r in caplog.records if "tampered or foreign" in r.getMessage()]) == 1
+
+
+def test_a_status_stored_just_before_the_take_over_is_not_run_again(storage, clock):
+    """The dead host's record lags what it sent (its first record: nothing sent yet); one of
+    its tasks stores its status after the follower's last poll. Taking over, the new host
+    collects it first and sends only the items without a result."""
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2, 3])
+    assert stored_record(storage, job)["next_item"] == 0
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job)
+    be.run(be.sent[1])  # after the follower looked
+    assert other.item_state(1) == "queued"
+    assert other.dispatcher.check_owner(clock(), force=True)
+    be2 = other.dispatcher.backend
+    assert [e["task"] for e in be2.sent] == [be.sent[0]["task"], be.sent[2]["task"]]
+    for e in list(be2.sent):
+        be2.run(e)
+    assert other.result(timeout=0) == [1, 4, 9]
+
+
+def test_tasks_a_dead_host_sent_that_stay_silent_all_end_at_their_deadline(storage, clock):
+    limits = dict(deadline_grace_s=5.0, lost_after_s=30.0, redeliveries=0, reports_accepted=True)
+    be = FakeBackend(**limits)
+    job = start_job(storage, be, clock, [1, 2, 3], timeout=100.0)
+    for e in be.sent:
+        be.listener.on_accepted(e, clock())
+    sent_at = be.sent[0]["host_submit"]
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record, then it stopped
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job, FakeBackend(**limits))
+    assert other.dispatcher.check_owner(clock(), force=True)
+    clock.t = sent_at + 100.0 + 5.0 + 0.01
+    other.dispatcher.tick()
+    out = other.results(timeout=0)
+    assert all(isinstance(e, LostInvocationError) for e in out) and other.monitor_error is None
