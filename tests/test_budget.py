@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cloudbutton_executor import accounting, cache, protocol, spending
-from test_dispatch import FakeBackend, FakeClock, start_job
+from test_dispatch import FakeBackend, FakeClock, forge_status, start_job
 
 
 def billed(**limits):
@@ -137,16 +137,14 @@ def test_a_local_job_stops_at_its_budget(ex):
 def test_a_probe_task_refused_by_verification_still_ends_the_probe(storage, clock):
     """A probe task whose stored status is forged ends with an IntegrityError; the probe
     goes on to its estimate from the tasks that ran, and the rest of the job is sent."""
-    from cloudbutton_executor import IntegrityError, integrity
+    from cloudbutton_executor import IntegrityError
 
     be = billed(concurrency=10)
     job = start_job(storage, be, clock, list(range(40)), budget_usd=0.005)
     probe = list(be.sent)
     assert len(probe) == spending.PROBE_INVOCATIONS
     forged = probe[1]  # items [1, 2)
-    skey = protocol.status_key("cb", job.job_id, forged["task"])
-    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name("cb", skey),
-                                     {"job_id": job.job_id, "task": forged["task"], "state": "done"}))
+    forge_status(storage, job, forged["task"])
     be.listener.on_done(forged, {"state": "done"})
     assert isinstance(job[1].exception(timeout=0), IntegrityError)
     for e in (probe[0], probe[2]):

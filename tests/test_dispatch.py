@@ -125,6 +125,15 @@ def stored_status(storage, job, tid):
     return json.loads(storage.get(protocol.status_key(PREFIX, job.job_id, tid)))
 
 
+def forge_status(storage, job, tid):
+    """A "done" status for ``tid``, sealed with a key that is not the job's."""
+    from cloudbutton_executor import integrity
+
+    skey = protocol.status_key(PREFIX, job.job_id, tid)
+    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
+                                     {"job_id": job.job_id, "task": tid, "state": "done"}))
+
+
 # Retries ------------------------------------------------------------------------------
 def test_an_infrastructure_failure_is_retried_then_succeeds(storage, clock, caplog):
     caplog.set_level(logging.INFO, logger="cloudbutton.dispatch")
@@ -535,14 +544,12 @@ def test_a_status_is_read_only_once_verified_and_the_refusal_names_it():
 
 def test_a_forged_status_ends_its_task_with_an_integrity_error_and_nothing_else(storage, clock,
                                                                                caplog):
-    from cloudbutton_executor import IntegrityError, integrity
+    from cloudbutton_executor import IntegrityError
 
     be = FakeBackend(deadline_grace_s=5.0)
     job = start_job(storage, be, clock, [1, 2], timeout=10.0)
     ev = be.sent[0]
-    skey = protocol.status_key(PREFIX, job.job_id, ev["task"])
-    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
-                                     {"job_id": job.job_id, "task": ev["task"], "state": "done"}))
+    forge_status(storage, job, ev["task"])
     be.listener.on_done(ev, {"state": "done"})
     err = job[0].exception(timeout=0)
     assert isinstance(err, IntegrityError)
@@ -680,7 +687,7 @@ def test_a_refused_retry_keeps_its_attempts_and_times_and_is_never_sent_again(st
     """A task retried once whose second attempt's status is forged: it ends with the
     refusal, counting both attempts, stamped when the host saw it; later deadlines and
     ticks leave it alone (the other task is retried at its own deadline)."""
-    from cloudbutton_executor import IntegrityError, integrity
+    from cloudbutton_executor import IntegrityError
 
     be = FakeBackend(deadline_grace_s=5.0)
     job = start_job(storage, be, clock, [1, 2], timeout=10.0, retries=1)
@@ -689,9 +696,7 @@ def test_a_refused_retry_keeps_its_attempts_and_times_and_is_never_sent_again(st
     be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
     retry = be.event(first["task"], attempt=1)
     clock.advance(1)
-    skey = protocol.status_key(PREFIX, job.job_id, first["task"])
-    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
-                                     {"job_id": job.job_id, "task": first["task"], "state": "done"}))
+    forge_status(storage, job, first["task"])
     be.listener.on_done(retry, {"state": "done"})
     err = job[0].exception(timeout=0)
     assert isinstance(err, IntegrityError) and job[0].attempts == 2
@@ -709,15 +714,13 @@ def test_a_refused_retry_keeps_its_attempts_and_times_and_is_never_sent_again(st
 
 
 def test_a_status_unreadable_once_then_found_forged_is_refused_once(tmp_path, clock, caplog):
-    from cloudbutton_executor import IntegrityError, integrity
+    from cloudbutton_executor import IntegrityError
 
     storage = FlakyStorage(str(tmp_path / "flaky"))
     be = FakeBackend()
     job = start_job(storage, be, clock, [7, 8])
     ev = be.sent[0]
-    skey = protocol.status_key(PREFIX, job.job_id, ev["task"])
-    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
-                                     {"job_id": job.job_id, "task": ev["task"], "state": "done"}))
+    forge_status(storage, job, ev["task"])
     storage.fail_next = True
     be.listener.on_done(ev, {"state": "done"})
     assert isinstance(job.monitor_error, OSError)
