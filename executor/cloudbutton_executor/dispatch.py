@@ -203,8 +203,11 @@ class Dispatcher:
             manifest["data"] = self.inputs.upload(self.storage, spec.prefix, spec.job_id)
         self.storage.put(protocol.manifest_key(spec.prefix, spec.job_id),
                          self._seal(protocol.manifest_key(spec.prefix, spec.job_id), manifest))
-        self._write_record()
-        self._dispatch_more()
+        if self._batcher is None:
+            self._write_record()
+            self._dispatch_more()
+        else:  # one record, written with the first tasks' boundaries before they are sent
+            self._dispatch_more(record=True)
 
     def item_payloads(self, items: Sequence[int]) -> list[serialize.Payload]:
         """The pickled calls of ``items``, as this job sent them (a re-run sends them again)."""
@@ -465,7 +468,9 @@ class Dispatcher:
             free -= 1
         return sizes
 
-    def _dispatch_more(self) -> None:
+    def _dispatch_more(self, record: bool = False) -> None:
+        """Plan and send what may go now. ``record``: write the dispatch record even if
+        nothing goes."""
         events = []
         with self._lock:
             for n in self.plan_sizes():
@@ -489,14 +494,13 @@ class Dispatcher:
                 events.append(event)
             if events:
                 self._record_dirty = True
-        if not events:
-            return
-        if self._batcher is not None:
+        if record or (events and self._batcher is not None):
             # Sizes chosen on the fly: a host that takes over must know these tasks'
             # boundaries before any of them runs (fixed sizes give the same task ids
             # again, so their record may lag: a task sent twice is only done twice).
             self._write_record()
-        self._invoke(events)
+        if events:
+            self._invoke(events)
 
     def event(self, tid: str, start: int, stop: int) -> Event:
         """The invocation event of task ``tid`` (items [start, stop)), first attempt. It
@@ -831,15 +835,18 @@ class Dispatcher:
 
     def poll_live_stdout(self) -> None:
         """What the running tasks printed so far, for a backend that reports each end itself
-        (the storage poll reads it on the others): one listing of the job's tasks."""
+        (the storage poll reads it on the others): a listing of each started task's own
+        keys. A task prints only once started (``on_start`` comes before its event is
+        sent), and one that ended hands all it printed in its status: queued and finished
+        tasks are not listed (a listing of the whole job from its first pending task read
+        every later task's directory on each tick, O(tasks) per tick at chunksize 1)."""
         with self._lock:
-            pending = set(self._inflight)
-        if not pending:
+            running = sorted(self._first_start.keys() & self._inflight.keys())
+        if not running:
             return
-        spec = self.spec
-        tasks_prefix = protocol.tasks_prefix(spec.prefix, spec.job_id)
-        self._read_live_stdout(self.storage.list(tasks_prefix, start_after=tasks_prefix + min(pending)),
-                               pending)
+        tasks_prefix = protocol.tasks_prefix(self.spec.prefix, self.spec.job_id)
+        keys = [key for tid in running for key in self.storage.list(f"{tasks_prefix}{tid}/")]
+        self._read_live_stdout(keys, set(running))
 
     def _read_live_stdout(self, keys: Sequence[str], pending: set[str]) -> None:
         """Read the new live stdout objects among ``keys`` (of tasks still running), verify
