@@ -162,6 +162,7 @@ class Dispatcher:
         self._latencies: list[float] = []         # submit -> stored of collected tasks
         self._per_item_s: list[float] = []        # worker time per item of collected tasks
         self._first_start: dict[str, float] = {}  # task -> when its first attempt started
+        self._started: set[str] = set()           # tasks started (any attempt), not collected
         self._sent_at: dict[str, dict[int, float]] = {}  # task -> attempt -> when sent
         self._backups: dict[str, int] = {}        # task -> backups sent (slow or lost)
         self._live_attempts: dict[str, set[int]] = {}  # task -> attempts sent, not ended
@@ -567,9 +568,10 @@ class Dispatcher:
 
     def on_start(self, event: Event) -> None:
         now = self.clock()
-        if not event.get("attempt"):
-            with self._lock:  # a later start (a Lambda accept) is the same attempt's
+        with self._lock:
+            if not event.get("attempt"):  # a later start (a Lambda accept) is the same attempt's
                 self._first_start[event["task"]] = now
+            self._started.add(event["task"])
         self.store.mark_running(event["task"], now)
 
     def on_done(self, event: Event, response: dict[str, Any]) -> None:
@@ -704,6 +706,7 @@ class Dispatcher:
             raise
         with self._lock:
             self._inflight.pop(tid, None)
+            self._started.discard(tid)
             self._uncollected.discard(tid)
             st = status.get("stats") or {}
             if st.get("result_stored") and st.get("host_submit"):
@@ -841,7 +844,7 @@ class Dispatcher:
         tasks are not listed (a listing of the whole job from its first pending task read
         every later task's directory on each tick, O(tasks) per tick at chunksize 1)."""
         with self._lock:
-            running = sorted(self._first_start.keys() & self._inflight.keys())
+            running = sorted(self._started & self._inflight.keys())
         if not running:
             return
         tasks_prefix = protocol.tasks_prefix(self.spec.prefix, self.spec.job_id)
