@@ -495,10 +495,14 @@ class Dispatcher:
                 events.append(event)
             if events:
                 self._record_dirty = True
-        if record or (events and self._batcher is not None):
-            # Sizes chosen on the fly: a host that takes over must know these tasks'
-            # boundaries before any of them runs (fixed sizes give the same task ids
-            # again, so their record may lag: a task sent twice is only done twice).
+        if record or (events and self._batcher is not None and self.limits.lost_after_s is not None):
+            # Sizes chosen on the fly: where an event outlives its host (Lambda), a host
+            # that takes over must know these tasks' boundaries before any of them runs
+            # (fixed sizes give the same task ids again, so their record may lag: a task
+            # sent twice is only done twice). Local workers die with their host
+            # (PDEATHSIG): all they will ever store is stored when another host takes
+            # over, which collects it and plans only items still open, so the record
+            # follows at its interval, as for fixed sizes (one write per task before).
             self._write_record()
         if events:
             self._invoke(events)
