@@ -379,14 +379,24 @@ def test_a_sigkill_names_memory_only_when_memory_caused_it(ex):
         job[0].result(timeout=30)
 
 
-def test_a_result_that_cannot_be_pickled_within_the_memory_limit_says_so(ex):
+def test_a_result_that_cannot_be_pickled_within_the_memory_limit_says_so(storage):
+    from cloudbutton_executor.backends.local import LocalBackend
+
     def big(mb):
         return bytes(mb * 1024 * 1024)  # fits once; pickling it needs a second copy
 
-    job = ex.map(big, [220], memory_mb=400)
-    with pytest.raises(OutOfMemoryError, match=r"could not be pickled within the memory limit "
-                                               r"of 400 MB"):
-        job[0].result(timeout=60)
+    # Its own pool, so a fresh worker: a warm one that imported numpy in another test
+    # already holds enough address space for the 220 MB to fail before the pickling.
+    backend = LocalBackend(1)
+    ex = Executor(backend=backend, storage=storage, timeout=60)
+    try:
+        job = ex.map(big, [220], memory_mb=400)
+        with pytest.raises(OutOfMemoryError, match=r"could not be pickled within the memory "
+                                                   r"limit of 400 MB"):
+            job[0].result(timeout=60)
+    finally:
+        ex.shutdown(wait=False)
+        backend.shutdown(wait=True)
 
 
 class _Unpicklable(Exception):
