@@ -821,3 +821,21 @@ def test_auto_batch_boundaries_are_recorded_before_they_are_sent_where_events_ou
         record = json.loads(storage.get(protocol.dispatch_key(PREFIX, job.job_id)))
         assert record["next_item"] == protocol.task_range(be.sent[-1]["task"])[1]
         assert {e["task"] for e in later} <= {s.tid for s in records.in_flight(record)}
+
+
+def test_a_local_take_over_sends_each_inherited_task_again_as_its_next_attempt(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2], retries=1)
+    first, second = be.sent
+    be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record (the retry in flight), then it stopped
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job)  # local workers die with their host: sent again
+    assert other.dispatcher.check_owner(clock(), force=True)
+    be2 = other.dispatcher.backend
+    assert sorted((e["task"], e["attempt"]) for e in be2.sent) == [(first["task"], 2),
+                                                                   (second["task"], 1)]
+    for e in list(be2.sent):
+        be2.run(e)
+    assert other.result(timeout=0) == [1, 4] and other.monitor_error is None
