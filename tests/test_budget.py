@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cloudbutton_executor import accounting, cache, protocol, spending
-from test_dispatch import FakeBackend, FakeClock, start_job
+from test_dispatch import FakeBackend, FakeClock, forge_status, start_job
 
 
 def billed(**limits):
@@ -132,3 +132,25 @@ def test_a_local_job_stops_at_its_budget(ex):
     # with results need not be the first ones; each is right.
     assert 3 <= len(done) < 60 and all(out[i] == i * i for i in done)
     assert job.counts()["cancelled"] == 60 - len(done) - job.counts()["failed"]
+
+
+def test_a_probe_task_refused_by_verification_still_ends_the_probe(storage, clock):
+    """A probe task whose stored status is forged ends with an IntegrityError; the probe
+    goes on to its estimate from the tasks that ran, and the rest of the job is sent."""
+    from cloudbutton_executor import IntegrityError
+
+    be = billed(concurrency=10)
+    job = start_job(storage, be, clock, list(range(40)), budget_usd=0.005)
+    probe = list(be.sent)
+    assert len(probe) == spending.PROBE_INVOCATIONS
+    forged = probe[1]  # items [1, 2)
+    forge_status(storage, job, forged["task"])
+    be.listener.on_done(forged, {"state": "done"})
+    assert isinstance(job[1].exception(timeout=0), IntegrityError)
+    for e in (probe[0], probe[2]):
+        be.run(e)
+    est = job.spending["estimate"]
+    assert est["source"] == "probe" and est["invocations"] == 40 and job.monitor_error is None
+    assert len(be.sent) == 40
+    # What the three probe items cost, scaled to the 40 items (the refused one counts).
+    assert est["usd"] == pytest.approx(job.spending["spent_usd"] * 40 / 3, rel=0.02)

@@ -10,6 +10,7 @@ checked by moving the clock and calling ``tick()``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -20,6 +21,7 @@ from cloudbutton_executor import (
     TaskTimeoutError,
     WorkerDiedError,
     protocol,
+    records,
     serialize,
     worker,
 )
@@ -123,13 +125,25 @@ def stored_status(storage, job, tid):
     return json.loads(storage.get(protocol.status_key(PREFIX, job.job_id, tid)))
 
 
+def forge_status(storage, job, tid):
+    """A "done" status for ``tid``, sealed with a key that is not the job's."""
+    from cloudbutton_executor import integrity
+
+    skey = protocol.status_key(PREFIX, job.job_id, tid)
+    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
+                                     {"job_id": job.job_id, "task": tid, "state": "done"}))
+
+
 # Retries ------------------------------------------------------------------------------
-def test_an_infrastructure_failure_is_retried_then_succeeds(storage, clock):
+def test_an_infrastructure_failure_is_retried_then_succeeds(storage, clock, caplog):
+    caplog.set_level(logging.INFO, logger="cloudbutton.dispatch")
     be = FakeBackend()
     job = start_job(storage, be, clock, [3], retries=1)
     (first,) = be.sent
     clock.advance(2)
     be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
+    # The log says which task is retried and why (the retry is otherwise silent).
+    assert f"job {job.job_id}: retrying task {first['task']} after killed by SIGKILL" in caplog.messages
     again = be.event(first["task"])
     assert again is not first and again["attempt"] == 1 and again["host_submit"] == clock()
     assert job.retried == 1 and not job.done()
@@ -213,6 +227,17 @@ def test_the_deadline_clock_starts_when_the_backend_accepts_the_event(storage, c
     assert isinstance(job.results(timeout=0)[0], LostInvocationError)
 
 
+def test_an_event_not_yet_accepted_does_not_hold_up_the_deadlines_of_the_others(storage, clock):
+    be = FakeBackend(deadline_grace_s=5.0, reports_accepted=True)
+    job = start_job(storage, be, clock, [1, 2], timeout=10.0)
+    first, second = be.sent
+    be.listener.on_accepted(second, clock())  # the first is still throttled
+    clock.advance(15.1)
+    job.dispatcher.tick()
+    assert job.item_state(0) == "queued"
+    assert isinstance(job[1].exception(timeout=0), LostInvocationError)
+
+
 def test_a_retry_gets_a_fresh_deadline(storage, clock):
     be = FakeBackend(deadline_grace_s=5.0)
     job = start_job(storage, be, clock, [4], retries=1, timeout=10.0)
@@ -269,6 +294,26 @@ def test_a_silent_event_gets_backups_within_its_budget_and_the_first_status_wins
     job.dispatcher.tick()
     assert job.result(timeout=0) == [1, 4]
     assert stored_status(storage, job, second["task"])["attempt"] == 1
+
+
+def test_backups_do_not_move_the_deadline_of_their_task(storage, clock):
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1, 2], timeout=100.0)
+    first, second = be.sent
+    t0 = clock()
+    for e in (first, second):
+        be.listener.on_accepted(e, t0)
+    be.run(first)
+    while clock() < t0 + 119.0:  # timeout + grace = 120 s after the first acceptance
+        clock.advance(5.0)
+        n = len(be.sent)
+        job.dispatcher.tick()
+        for e in be.sent[n:]:
+            be.listener.on_accepted(e, clock())
+    assert len(be.sent) == 4 and not job.done()  # two backups (the budget), still waiting
+    clock.t = t0 + 120.01
+    job.dispatcher.tick()
+    assert isinstance(job[1].exception(timeout=0), TaskTimeoutError) and job.done()
 
 
 def test_backups_wait_for_a_typical_latency_to_compare_with(storage, clock):
@@ -426,6 +471,9 @@ def test_a_followed_job_collects_stored_statuses_and_ends_the_rest_as_lost(stora
     follower.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
     assert follower.item_state(0) == "done" and follower.item_state(2) == "done"
     assert protocol.lost_deadline(manifest) == manifest["created"] + 10.0 * 4 + 60
+    clock.t = protocol.lost_deadline(manifest)  # exactly at the deadline: not yet lost
+    follower.dispatcher.tick()
+    assert not follower.done() and follower.monitor_error is None
     clock.t = protocol.lost_deadline(manifest) + 0.1
     follower.dispatcher.tick()
     out = follower.results(timeout=0)
@@ -494,26 +542,235 @@ def test_a_status_is_read_only_once_verified_and_the_refusal_names_it():
         worker.open_status(integrity.seal(key, name, moved), "pre", skey, key, "job1", tid)
 
 
-def test_a_forged_status_ends_its_task_with_an_integrity_error_and_nothing_else(storage, clock):
-    from cloudbutton_executor import IntegrityError, integrity
+def test_a_forged_status_ends_its_task_with_an_integrity_error_and_nothing_else(storage, clock,
+                                                                               caplog):
+    from cloudbutton_executor import IntegrityError
 
     be = FakeBackend(deadline_grace_s=5.0)
     job = start_job(storage, be, clock, [1, 2], timeout=10.0)
     ev = be.sent[0]
-    skey = protocol.status_key(PREFIX, job.job_id, ev["task"])
-    storage.put(skey, integrity.seal(b"o" * 32, protocol.object_name(PREFIX, skey),
-                                     {"job_id": job.job_id, "task": ev["task"], "state": "done"}))
+    forge_status(storage, job, ev["task"])
     be.listener.on_done(ev, {"state": "done"})
     err = job[0].exception(timeout=0)
     assert isinstance(err, IntegrityError)
     assert str(err).startswith(f"task {ev['task']}: the status ") and "tampered or foreign" in str(err)
     assert job[0].attempts == 1 and job.counts()["failed"] == 1
+    # Logged as an error naming the job, the task and the refusal.
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"job {job.job_id}: {err}"]
     be.run(be.sent[1])
     assert job.done() and job.results(timeout=0)[1] == 4
     # Refused once and for all: not sent again, not ended again as lost at its deadline.
     clock.advance(60)
     job.dispatcher.tick()
     assert job[0].exception(timeout=0) is err and len([e for e in be.sent if e["task"] == ev["task"]]) == 1
+
+
+# Taking over a job whose host stopped ------------------------------------------------------
+def stored_record(storage, job):
+    return json.loads(storage.get(protocol.dispatch_key(PREFIX, job.job_id)))
+
+
+def following(storage, clock, job, backend=None):
+    """Another host attaches to ``job``: it follows it through storage only."""
+    manifest = json.loads(storage.get(protocol.manifest_key(PREFIX, job.job_id)))
+    other = new_job(JobSpec.from_manifest(manifest, PREFIX), backend or FakeBackend(), storage,
+                    None, clock)
+    other.dispatcher.follow()
+    return other
+
+
+def test_a_take_over_logs_where_the_dead_host_stopped_and_claims_the_next_epoch(storage, clock,
+                                                                             caplog):
+    """Each take-over claims the next epoch (first claim wins: a host that read the same
+    record loses), and says in the log when and where the host it replaces stopped."""
+    caplog.set_level(logging.INFO, logger="cloudbutton.dispatch")
+    clock.t -= 3600  # the dead host stopped an hour ago
+    job = start_job(storage, FakeBackend(max_inflight=2), clock, [1, 2, 3, 4, 5])
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record, then it stopped
+    record = stored_record(storage, job)
+    assert record["epoch"] == 0 and record["next_item"] == 2
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    first, rival = following(storage, clock, job), following(storage, clock, job)
+    assert first.dispatcher.check_owner(clock(), force=True)
+    stopped = time.strftime("%H:%M:%S", time.localtime(record["updated"]))
+    assert (f"job {job.job_id}: resumed from a host that stopped at {stopped} (2 tasks in "
+            "flight, items 2.. never sent)") in caplog.messages
+    assert stored_record(storage, first)["epoch"] == 1
+    assert first.item_input_repr(3) == "4"  # its inputs: read back from storage, verified
+    # The rival read the same stale record: its claim of epoch 1 loses, it only follows.
+    assert rival.dispatcher.resume(record, None) is False
+    assert rival.dispatcher.following and not rival.dispatcher.backend.sent
+    # Another job taken over in the same storage claims its own epoch 1.
+    other_job = start_job(storage, FakeBackend(), clock, [6])
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    assert following(storage, clock, other_job).dispatcher.check_owner(clock(), force=True)
+    # The first taker stops too: a third host takes over at epoch 2 and finishes the job.
+    third = following(storage, clock, job)
+    assert third.dispatcher.check_owner(clock(), force=True)
+    assert stored_record(storage, third)["epoch"] == 2
+    be = third.dispatcher.backend
+    for tid in sorted({e["task"] for e in be.sent}):
+        be.run(be.event(tid))
+    assert third.result(timeout=0) == [1, 4, 9, 16, 25]
+    # Everything the take-overs stored lies under the job's prefix (``clean`` finds it).
+    assert all(k.startswith(PREFIX + "/") for k in storage.list(""))
+
+
+def test_a_taken_over_task_keeps_its_attempts_used_retries_and_deadline(storage, clock):
+    """On a backend whose events outlive their host (Lambda), a task the dead host had
+    retried is not sent again at once: it keeps its deadline, and once silent past it, has
+    no retry left (nor redelivery): it ends lost, with the attempts it really had."""
+    limits = dict(deadline_grace_s=5.0, lost_after_s=30.0, redeliveries=0, reports_accepted=True)
+    be = FakeBackend(**limits)
+    job = start_job(storage, be, clock, [1, 2], timeout=100.0, retries=1)
+    first, second = be.sent
+    for e in (first, second):
+        be.listener.on_accepted(e, clock())
+    clock.advance(1)
+    be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
+    retry = be.event(first["task"])
+    assert retry["attempt"] == 1
+    be.listener.on_accepted(retry, clock())
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # the record now says: the retry in flight since its acceptance
+    be.run(second)  # stored after the record: collected by the next host, not sent again
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    be2 = FakeBackend(**limits)
+    other = following(storage, clock, job, be2)
+    assert other.dispatcher.check_owner(clock(), force=True)
+    assert be2.sent == [] and other.item_state(1) == "done"
+    assert other[0].stats["host_submit"] == pytest.approx(retry["host_submit"], abs=1e-3)
+    # Its record says the same: a further take-over would keep that deadline and count.
+    assert [tuple(s) for s in records.in_flight(stored_record(storage, other))] == [
+        (first["task"], round(retry["host_submit"], 3), 1, 1, 0)]
+    deadline = retry["host_submit"] + 100.0 + 5.0
+    clock.t = deadline - 0.5
+    other.dispatcher.tick()
+    assert not other.done() and other.monitor_error is None
+    clock.t = deadline + 0.01
+    other.dispatcher.tick()
+    assert other.monitor_error is None and other.done() and be2.sent == []
+    err = other[0].exception(timeout=0)
+    assert isinstance(err, LostInvocationError) and "sent before its host stopped" in str(err)
+    assert other[0].attempts == 2 and other.results(timeout=0)[1] == 4
+
+
+@pytest.mark.parametrize("what, key, field", [
+    ("the dispatch record", protocol.dispatch_key, "next_item"),  # "all sent": none would run
+    ("the manifest", protocol.manifest_key, "timeout"),
+])
+def test_a_tampered_record_or_manifest_is_refused_by_name_and_nothing_is_taken_over(
+        storage, clock, what, key, field):
+    import re
+
+    from cloudbutton_executor import IntegrityError
+
+    job = start_job(storage, FakeBackend(), clock, [1, 2])
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job)
+    tampered = key(PREFIX, job.job_id)
+    doc = json.loads(storage.get(tampered))
+    doc[field] = 2
+    storage.put(tampered, json.dumps(doc).encode())
+    name = protocol.object_name(PREFIX, tampered)
+    with pytest.raises(IntegrityError,
+                       match="^" + re.escape(f"{what} {name} is a tampered or foreign object")):
+        other.dispatcher.check_owner(clock(), force=True)
+    assert other.dispatcher.following and other.dispatcher.backend.sent == []
+
+
+
+def test_a_refused_retry_keeps_its_attempts_and_times_and_is_never_sent_again(storage, clock,
+                                                                             caplog):
+    """A task retried once whose second attempt's status is forged: it ends with the
+    refusal, counting both attempts, stamped when the host saw it; later deadlines and
+    ticks leave it alone (the other task is retried at its own deadline)."""
+    from cloudbutton_executor import IntegrityError
+
+    be = FakeBackend(deadline_grace_s=5.0)
+    job = start_job(storage, be, clock, [1, 2], timeout=10.0, retries=1)
+    first = be.sent[0]
+    clock.advance(1)
+    be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
+    retry = be.event(first["task"], attempt=1)
+    clock.advance(1)
+    forge_status(storage, job, first["task"])
+    be.listener.on_done(retry, {"state": "done"})
+    err = job[0].exception(timeout=0)
+    assert isinstance(err, IntegrityError) and job[0].attempts == 2
+    assert job[0].error_info["type"] == "IntegrityError" and job[0].error_info["message"] == str(err)
+    stats = job[0].stats
+    assert stats["host_submit"] == retry["host_submit"]
+    assert stats["host_seen"] == stats["host_fetched"] == clock()
+    for _ in range(3):
+        clock.advance(20)
+        job.dispatcher.tick()
+    assert [e["attempt"] for e in be.sent if e["task"] == first["task"]] == [0, 1]
+    assert [e["attempt"] for e in be.sent if e["task"] != first["task"]] == [0, 1]  # its retry
+    assert job[0].exception(timeout=0) is err
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+
+def test_a_status_unreadable_once_then_found_forged_is_refused_once(tmp_path, clock, caplog):
+    from cloudbutton_executor import IntegrityError
+
+    storage = FlakyStorage(str(tmp_path / "flaky"))
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [7, 8])
+    ev = be.sent[0]
+    forge_status(storage, job, ev["task"])
+    storage.fail_next = True
+    be.listener.on_done(ev, {"state": "done"})
+    assert isinstance(job.monitor_error, OSError)
+    job.dispatcher.tick()  # read again: refused
+    err = job[0].exception(timeout=0)
+    assert isinstance(err, IntegrityError)
+    lists = job.dispatcher.storage.counts.get("LIST", 0)
+    for _ in range(2):
+        job.dispatcher.tick()
+    assert job[0].exception(timeout=0) is err
+    # Nothing is left to collect: a backend that calls back is not polled any more.
+    assert job.dispatcher.storage.counts.get("LIST", 0) == lists
+    assert len([r for r in caplog.records if "tampered or foreign" in r.getMessage()]) == 1
+
+
+def test_a_status_stored_just_before_the_take_over_is_not_run_again(storage, clock):
+    """The dead host's record lags what it sent (its first record: nothing sent yet); one of
+    its tasks stores its status after the follower's last poll. Taking over, the new host
+    collects it first and sends only the items without a result."""
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2, 3])
+    assert stored_record(storage, job)["next_item"] == 0
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job)
+    be.run(be.sent[1])  # after the follower looked
+    assert other.item_state(1) == "queued"
+    assert other.dispatcher.check_owner(clock(), force=True)
+    be2 = other.dispatcher.backend
+    assert [e["task"] for e in be2.sent] == [be.sent[0]["task"], be.sent[2]["task"]]
+    for e in list(be2.sent):
+        be2.run(e)
+    assert other.result(timeout=0) == [1, 4, 9]
+
+
+def test_tasks_a_dead_host_sent_that_stay_silent_all_end_at_their_deadline(storage, clock):
+    limits = dict(deadline_grace_s=5.0, lost_after_s=30.0, redeliveries=0, reports_accepted=True)
+    be = FakeBackend(**limits)
+    job = start_job(storage, be, clock, [1, 2, 3], timeout=100.0)
+    for e in be.sent:
+        be.listener.on_accepted(e, clock())
+    sent_at = be.sent[0]["host_submit"]
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record, then it stopped
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job, FakeBackend(**limits))
+    assert other.dispatcher.check_owner(clock(), force=True)
+    clock.t = sent_at + 100.0 + 5.0 + 0.01
+    other.dispatcher.tick()
+    out = other.results(timeout=0)
+    assert all(isinstance(e, LostInvocationError) for e in out) and other.monitor_error is None
 
 
 # The dispatch record of auto-batched jobs ---------------------------------------------
@@ -564,3 +821,21 @@ def test_auto_batch_boundaries_are_recorded_before_they_are_sent_where_events_ou
         record = json.loads(storage.get(protocol.dispatch_key(PREFIX, job.job_id)))
         assert record["next_item"] == protocol.task_range(be.sent[-1]["task"])[1]
         assert {e["task"] for e in later} <= {s.tid for s in records.in_flight(record)}
+
+
+def test_a_local_take_over_sends_each_inherited_task_again_as_its_next_attempt(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2], retries=1)
+    first, second = be.sent
+    be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record (the retry in flight), then it stopped
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job)  # local workers die with their host: sent again
+    assert other.dispatcher.check_owner(clock(), force=True)
+    be2 = other.dispatcher.backend
+    assert sorted((e["task"], e["attempt"]) for e in be2.sent) == [(first["task"], 2),
+                                                                   (second["task"], 1)]
+    for e in list(be2.sent):
+        be2.run(e)
+    assert other.result(timeout=0) == [1, 4] and other.monitor_error is None

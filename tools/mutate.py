@@ -155,12 +155,12 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(where / "mutants" / "src"),
                                                       env.get("PYTHONPATH")]))
     patterns = [pat for _, _, pats in specs for pat in pats]
-    if args.retest_survivors and (where / "mutants").is_dir():
+    if (args.retest_survivors or args.untried) and (where / "mutants").is_dir():
         # mutmut keeps a result until its function changes; new tests need this.
-        import fnmatch
-
+        # --untried continues a stopped run without testing its survivors again yet.
+        wanted = {"not checked"} if args.untried else {"survived", "no tests", "not checked"}
         again = sorted(k for k, v in results(where).items()
-                       if v in ("survived", "no tests", "not checked")
+                       if v in wanted
                        and any(fnmatch.fnmatchcase(k, pat) for pat in patterns))
         if not again:
             print(f"mutate: group {name}: no survivor to test again")
@@ -201,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="forget earlier results")
     p.add_argument("--retest-survivors", action="store_true",
                    help="test again the mutants that survived or were not tried (after adding tests)")
+    p.add_argument("--untried", action="store_true",
+                   help="test only the mutants not tried yet (a stopped run continued)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--pytest-arg", action="append", default=[], help="passed to every pytest run")
     p.add_argument("modules", nargs="*", metavar="MODULE[:FUNC,...]")

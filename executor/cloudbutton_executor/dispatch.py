@@ -937,6 +937,9 @@ class Dispatcher:
                         continue
                     self._clock_start[tid] = start
                 if now > start + e["timeout"] + grace:
+                    # The deadline is the task's (backups do not move it): it ends every
+                    # attempt, else silent backups would keep the task waiting forever.
+                    self._live_attempts.pop(tid, None)
                     late.append(e)
         for event in late:
             err: InfrastructureError
