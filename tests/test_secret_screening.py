@@ -4,6 +4,7 @@ through the plain API and through the magics, before anything is uploaded."""
 from __future__ import annotations
 
 import pickle
+import re
 import textwrap
 import warnings
 
@@ -177,3 +178,109 @@ def test_the_scan_reads_the_pickle_not_the_objects():
         blob = pickle.dumps(value, 5)
         assert screening.scan_bytes(blob) is not None, value
     assert screening.scan_bytes(pickle.dumps("3f786850e387550fdab836ed7e6dc881de23001b", 5)) is None
+
+
+def test_the_message_names_the_attribute_slot_or_cell_variable_holding_the_secret(storage):
+    """The path in the message follows attributes, slots (set ones only) and a cell's
+    captured variables; a plain object's ``namespace`` attribute is just an attribute."""
+    from cloudbutton_executor.cell import CellTask
+
+    ns = notebook("""
+        class Settings:
+            pass
+        class Slotted:
+            __slots__ = ("unset", "key")
+        conf = Settings()
+        conf.endpoint = "https://example.invalid"
+        conf.key = SECRET
+        slotted = Slotted()
+        slotted.key = KEY_ID
+        plugin = Settings()
+        plugin.namespace = {"token": KEY_ID}
+        def by_attribute(x):
+            return conf.key[:0] + str(x)
+        def by_slot(x):
+            return slotted.key[:0] + str(x)
+        def by_namespace(x):
+            return plugin.namespace["token"][:0] + str(x)
+    """)
+    cases = [(ns["by_attribute"], r"global 'conf' of by_attribute\(\)\.key: it holds an AWS secret"),
+             (ns["by_slot"], r"global 'slotted' of by_slot\(\)\.key: it holds an AWS access key id"),
+             (ns["by_namespace"],
+              r"global 'plugin' of by_namespace\(\)\.namespace\['token'\]: it holds an AWS access"),
+             (CellTask("cfg['a'][:0] + str(x)", {"cfg": {"a": KEY_ID}, "n": 1}, name="x"),
+              r"^refusing to ship variable 'cfg'\['a'\]: it holds an AWS access key id")]
+    with Executor(workers=1, storage=storage) as ex:
+        for fn, where in cases:
+            with pytest.raises(SecretError, match=where):
+                ex.map(fn, [1])
+    assert jobs_in(storage) == []
+
+
+def test_a_secret_named_variable_read_by_a_helper_is_refused_once_by_name(storage):
+    ns = notebook("""
+        db_password = "correct horse battery staple"
+        def helper(x):
+            return db_password[:x]
+        def f(x):
+            return helper(x)
+    """)
+    with Executor(workers=1, storage=storage) as ex:
+        with pytest.raises(SecretError) as info:
+            ex.map(ns["f"], [1])
+    # The pickler's message already names its culprit: it is not prefixed a second time.
+    assert str(info.value) == (
+        "refusing to ship variable 'db_password' (read by helper()): its name says it holds a "
+        "secret. Read it inside the task from the worker's own configuration instead.")
+
+
+def test_a_budget_that_runs_out_says_how_much_was_searched_and_skipped_once(storage, monkeypatch,
+                                                                            caplog):
+    monkeypatch.setattr(screening, "BUDGET_BYTES", 2 ** 20)
+    rows = [f"{i:07d}" * 100 for i in range(4300)]  # 3.0 MB of distinct text, about 2 MB past the budget
+    with Executor(workers=1, storage=storage) as ex:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            job = ex.map(lambda x: len(rows) + x, [1])  # the warning names this line
+        assert job.result(timeout=60) == [4301]
+    [w] = [w for w in seen if issubclass(w.category, screening.ScreeningWarning)]
+    m = re.fullmatch(r"secret screening of function \S+<lambda> stopped after 1\.0 MB \(its budget\): "
+                     r"(\d+\.\d) MB more of what it ships were not searched for key-shaped strings "
+                     r"\(credential objects were still refused\)", str(w.message))
+    assert m and 1.8 <= float(m.group(1)) <= 2.2, str(w.message)
+    assert (w.filename, w.lineno) == (__file__, job_line(test_a_budget_that_runs_out_says_how_much_was_searched_and_skipped_once))
+    assert [r.getMessage() for r in caplog.records if r.name == "cloudbutton.screening"] == [str(w.message)]
+
+
+def job_line(test) -> int:
+    """The line of ``test`` that calls ``ex.map`` (where a warning should point)."""
+    import inspect
+
+    lines, first = inspect.getsourcelines(test)
+    return first + next(i for i, line in enumerate(lines) if "ex.map(" in line)
+
+
+def test_large_raw_bytes_inputs_are_data_but_what_follows_them_is_searched(storage):
+    """Inputs of 64 KiB and more are sent as they are and not searched (data may hold any
+    bytes); every other input of the same map still is."""
+    from cloudbutton_executor import serialize
+
+    raw = b"." * (serialize._BIG - 20) + b"AKIA" + b"B" * 16  # exactly 64 KiB, a key id at its end
+    assert len(raw) == 1 << 16
+    small = [b"row"] * 63  # 64 inputs: the many-inputs path
+    with Executor(workers=1, storage=storage) as ex:
+        assert ex.map(len, [raw, *small]).result(timeout=60)[0] == 1 << 16
+        with pytest.raises(SecretError, match=r"iterdata\[2\]\[0\]\[0\]: it holds an AWS access key id"):
+            ex.map(len, [raw, b"fine", KEY_ID, *small])
+
+
+def test_the_line_form_names_the_global_holding_the_secret(ip):  # noqa: F811
+    """``%cloud map FUNC``: each global the function reads is checked as a variable first,
+    so the message names it, as the cell form does."""
+    ns = notebook(BYPASSES["dict three levels deep"])
+    ip.user_ns.update({k: v for k, v in ns.items() if not k.startswith("__")})
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("cloud", "map f [1, 2]")
+    assert str(info.value).startswith(
+        "refusing to ship variable 'cfg'['a']['b']['c']: it holds an AWS access key id (AKIA…)"), \
+        str(info.value)
