@@ -284,3 +284,47 @@ def test_the_line_form_names_the_global_holding_the_secret(ip):  # noqa: F811
     assert str(info.value).startswith(
         "refusing to ship variable 'cfg'['a']['b']['c']: it holds an AWS access key id (AKIA…)"), \
         str(info.value)
+
+
+def test_a_secret_in_a_bytearray_is_refused_past_other_bytearrays(storage):
+    """Bytearrays are written in a pickle with their own opcode: each 40-byte one is
+    looked at, a key is found whether it comes before or after ordinary ones, and the
+    message names the input and masks the key."""
+    plain = bytearray(b"x" * 40)
+    key = bytearray(SECRET.encode())
+    tail = ". Credentials never leave this machine: create clients inside the task (workers use " \
+           "their own execution role)"
+    with Executor(workers=1, storage=storage) as ex:
+        for items, where in (([plain, key], "iterdata[1][0][0]"), ([key, plain], "iterdata[0][0][0]"),
+                             ([[plain, key, plain[:39] + b"y"]], "iterdata[0][0][0][1]")):
+            with pytest.raises(SecretError) as info:
+                ex.map(len, items)
+            assert str(info.value) == f"refusing to ship {where}: it holds an AWS secret access key (wJal…){tail}"
+    assert jobs_in(storage) == []
+
+
+def test_the_inputs_budget_counts_every_input_it_did_not_search(storage, monkeypatch):
+    monkeypatch.setattr(screening, "BUDGET_BYTES", 2 ** 20)
+    items = [f"{i:05d}" * 6000 for i in range(100)]  # 100 inputs of 30,000 characters: 3 MB
+    with Executor(workers=1, storage=storage) as ex:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            job = ex.map(len, items)
+        assert job.result(timeout=60) == [30_000] * 100
+    [w] = [w for w in seen if issubclass(w.category, screening.ScreeningWarning)]
+    m = re.match(r"secret screening of the inputs stopped after 1\.0 MB \(its budget\): (\d+\.\d) MB more",
+                 str(w.message))
+    assert m and 1.7 <= float(m.group(1)) <= 1.9, str(w.message)
+
+
+def test_a_credential_object_is_refused_with_what_to_do_instead(storage):
+    import boto3
+
+    session = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y",
+                                    region_name="us-east-1")
+    with Executor(workers=1, storage=storage) as ex:
+        with pytest.raises(SecretError) as info:
+            ex.map(len, [[1, {"s": session}]])
+    assert str(info.value) == (
+        "refusing to ship iterdata[0]: it holds a boto3 Session, which carries AWS credentials. "
+        "Create clients inside the task; workers use their own execution role")
