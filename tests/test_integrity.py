@@ -201,3 +201,18 @@ def test_a_status_naming_another_task_is_foreign_even_when_sealed_right():
                          {"v": 3, "job_id": job_id, "task": "000000-000001"})
     with pytest.raises(IntegrityError, match="foreign object"):
         worker.open_status(raw, "p", skey, key, job_id, "000001-000002")
+
+
+def test_readers_without_the_key_see_a_sealed_documents_content_without_its_seal(storage):
+    """The panel and ``cloudbutton jobs`` hold no key: they read a manifest's fields as the
+    kernel verified them, and no seal among them."""
+    from cloudbutton_executor import catalog
+
+    with Executor(workers=1, storage=storage) as ex:
+        job = ex.map(tripled, [1, 2])
+        job.result(timeout=60)
+    mkey = protocol.manifest_key(PREFIX, job.job_id)
+    verified = integrity.open_sealed(integrity.job_key(job.job_id), protocol.object_name(PREFIX, mkey),
+                                     storage.get(mkey))
+    shown = catalog.manifest(storage, PREFIX, job.job_id)
+    assert shown == verified and "mac" not in shown and shown["job_id"] == job.job_id

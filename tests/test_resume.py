@@ -155,3 +155,42 @@ def test_attach_follows_a_live_host_and_takes_over_when_it_stops(storage, monkey
         assert follower.dispatcher.check_owner(later, force=True)
         assert not follower.dispatcher.following
         assert follower.result(timeout=60) == [x + 1 for x in range(12)]
+
+
+def test_the_record_gives_back_every_task_in_flight_with_its_budgets():
+    """What a host records as sent (runs of equal tasks, as one line each) is what an
+    attaching host reads back: each task, its size, when it was sent (the earliest of a
+    run: deadlines never move later) and the attempts, retries and redeliveries it used."""
+    n = 20
+    tid = lambda a, b: protocol.task_id(a, b, n)  # noqa: E731
+    t = 1_700_000_000.0
+    sent = [records.Sent(tid(0, 4), t + 0.5, 1, 0, 0), records.Sent(tid(4, 8), t, 1, 0, 0),
+            records.Sent(tid(8, 10), t, 1, 0, 0),          # another size: another run
+            records.Sent(tid(10, 14), t, 2, 1, 0),         # other counters: another run
+            records.Sent(tid(14, 18), t, 2, 1, 3)]
+    doc = records.document("job", 1, records.owner("s"), 18, reversed(sent), t + 1, n)
+    assert json.loads(json.dumps(doc)) == doc  # stored as JSON
+    assert len(doc["open"]) == 4
+    back = records.in_flight(doc)
+    assert [s.tid for s in back] == [s.tid for s in sent]
+    assert [(s.attempt, s.retries_used, s.redelivered) for s in back] == \
+        [(1, 0, 0), (1, 0, 0), (1, 0, 0), (2, 1, 0), (2, 1, 3)]
+    assert [s.sent_at for s in back] == [t, t, t, t, t]
+    assert all(type(v) is int for s in back for v in (s.attempt, s.retries_used, s.redelivered))
+
+
+def test_a_record_is_stale_only_past_the_heartbeat_allowance():
+    """An attaching host takes over when the record's host has not written it for more than
+    ``DISPATCH_STALE_S`` (or its process is gone); at exactly that age it still waits."""
+    import os
+
+    t = 1_700_000_000.0
+    mine = {"updated": t, "owner": records.owner("s")}
+    assert records.owner_alive(mine, t + protocol.DISPATCH_STALE_S)
+    assert not records.owner_alive(mine, t + protocol.DISPATCH_STALE_S + 0.01)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = {"updated": t, "owner": dict(records.owner("s"), pid=int(gone.stdout))}
+    assert not records.owner_alive(dead, t + 1)
+    elsewhere = {"updated": t, "owner": dict(records.owner("s"), host="another-host", pid=os.getpid())}
+    assert records.owner_alive(elsewhere, t + 1)

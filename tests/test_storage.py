@@ -311,3 +311,42 @@ def test_touch_refreshes_last_modified_without_changing_the_bytes(any_storage):
     assert st.get("p/values/a.pickle") == b"payload"
     with pytest.raises(NotFound):
         st.touch("p/values/missing.pickle")
+
+
+OLD_BOTOCORE_PUTS = r"""
+import json, sys
+import botocore
+from cloudbutton_executor.storage import S3Storage
+
+bucket, endpoint = sys.argv[1:3]
+st = S3Storage(bucket, region="us-east-1", endpoint_url=endpoint)
+shape = st.client.meta.service_model.operation_model("PutObject").input_shape
+first, second = st.put_if_absent("status", b"first"), st.put_if_absent("status", b"second")
+st.put("plain", b"one")
+st.put("plain", b"two")  # a plain put still replaces (no condition sent with it)
+print(json.dumps({"botocore": botocore.__version__, "knows_if_none_match": "IfNoneMatch" in shape.members,
+                  "first": first, "second": second, "status": st.get("status").decode(),
+                  "plain": st.get("plain").decode()}))
+"""
+
+
+def test_first_write_wins_with_the_botocore_lambdas_runtime_bundles(moto_endpoint, s3_bucket):
+    """Lambda's Python runtime bundles a botocore older than S3's conditional writes: the
+    workers' first-write-wins puts (their statuses) must still send If-None-Match there."""
+    import json
+    import subprocess
+    import sys
+
+    import cloudbutton_executor
+    from aws_fixtures import emulator_runtime
+
+    _, runtime_dir = emulator_runtime()
+    package_parent = os.path.dirname(os.path.dirname(cloudbutton_executor.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([runtime_dir, package_parent]))
+    p = subprocess.run([sys.executable, "-c", OLD_BOTOCORE_PUTS, s3_bucket, moto_endpoint],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out["knows_if_none_match"] is False, out  # else this test tests nothing
+    assert (out["first"], out["second"], out["status"]) == (True, False, "first"), out
+    assert out["plain"] == "two", out
