@@ -216,3 +216,17 @@ def test_readers_without_the_key_see_a_sealed_documents_content_without_its_seal
                                      storage.get(mkey))
     shown = catalog.manifest(storage, PREFIX, job.job_id)
     assert shown == verified and "mac" not in shown and shown["job_id"] == job.job_id
+    # One written without a seal (by anyone who can write to the bucket) is shown as it is,
+    # unverified like every document these readers show.
+    storage.put(mkey, json.dumps(verified).encode())
+    assert catalog.manifest(storage, PREFIX, job.job_id) == verified
+
+
+def test_content_that_does_not_match_its_address_is_refused_naming_the_digest():
+    data = b"the blob a worker was told to run"
+    digest = integrity.sha256(data)
+    integrity.check_content(data, digest, "function blob f")
+    with pytest.raises(IntegrityError) as info:
+        integrity.check_content(data + b"!", digest, "function blob f")
+    assert str(info.value) == ("function blob f is a tampered or foreign object: its content does "
+                               f"not match its sha256 {digest[:16]}…")

@@ -350,3 +350,27 @@ def test_first_write_wins_with_the_botocore_lambdas_runtime_bundles(moto_endpoin
     assert out["knows_if_none_match"] is False, out  # else this test tests nothing
     assert (out["first"], out["second"], out["status"]) == (True, False, "first"), out
     assert out["plain"] == "two", out
+
+
+def test_a_counting_view_passes_every_argument_through(tmp_path):
+    """A job's view of its storage reads and writes exactly what the storage would."""
+    from cloudbutton_executor.storage import CountingView
+
+    st = LocalStorage(str(tmp_path))
+    view = CountingView(st)
+    view.put("d/a", b"0123456789")
+    view.put("d/sub/b", b"x")
+    assert view.get("d/a", 2, 5) == b"234" and view.get("d/a", 7) == b"789"
+    assert view.size("d/a") == 10
+    with view.open_range("d/a", 3, 6) as f:
+        assert f.read() == b"345"
+    assert list(view.iter_objects("d/", start_after="d/a")) == [("d/sub/b", 1)]
+    assert [k for k, _ in view.iter_modified("d/")] == ["d/a", "d/sub/b"]
+    view.touch("d/a")
+    view.delete("d/a")
+    assert not st.exists("d/a")
+    assert view.delete_prefix("d/") == 1 and st.list("d/") == []
+    assert view.counts == {"PUT": 3, "GET": 3, "HEAD": 1, "LIST": 2, "DELETE": 2}
+    assert view.kind == "local"
+    view.add_counts({"GET": 5, "LIST": 0})  # a data listing's requests, made elsewhere
+    assert view.counts["GET"] == 8 and view.counts["LIST"] == 2
