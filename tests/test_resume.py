@@ -167,13 +167,13 @@ def test_the_record_gives_back_every_task_in_flight_with_its_budgets():
     t = 1_700_000_000.0
     sent = [records.Sent(tid(0, 4), t + 0.5, 1, 0, 0), records.Sent(tid(4, 8), t, 1, 0, 0),
             records.Sent(tid(8, 12), t + 1.0, 1, 0, 0),    # a second after the run's earliest
-            records.Sent(tid(12, 16), t + 1.5, 1, 0, 0),   # more than a second: another run
+            records.Sent(tid(12, 16), t + 1.5004, 1, 0, 0),  # over a second: another run
             records.Sent(tid(16, 18), t, 1, 0, 0),         # another size: another run
             records.Sent(tid(18, 22), t, 2, 1, 0),         # other counters: another run
             records.Sent(tid(22, 26), t, 2, 1, 3)]
     doc = records.document("job", 1, records.owner("s"), 26, reversed(sent), t + 2, n)
     assert json.loads(json.dumps(doc)) == doc  # stored as JSON
-    assert doc["open"] == [[0, 12, 4, t, 1, 0, 0], [12, 16, 4, t + 1.5, 1, 0, 0],
+    assert doc["open"] == [[0, 12, 4, t, 1, 0, 0], [12, 16, 4, t + 1.5, 1, 0, 0],  # to the millisecond
                            [16, 18, 2, t, 1, 0, 0], [18, 22, 4, t, 2, 1, 0], [22, 26, 4, t, 2, 1, 3]]
     back = records.in_flight(doc)
     assert [s.tid for s in back] == [s.tid for s in sent]
