@@ -172,7 +172,10 @@ def test_the_record_gives_back_every_task_in_flight_with_its_budgets():
             records.Sent(tid(18, 22), t, 2, 1, 0),         # other counters: another run
             records.Sent(tid(22, 26), t, 2, 1, 3)]
     doc = records.document("job", 1, records.owner("s"), 26, reversed(sent), t + 2, n)
-    assert json.loads(json.dumps(doc)) == doc  # stored as JSON
+    assert json.loads(json.dumps(doc)) == doc  # stored as JSON, read by a host in another process
+    assert {k: v for k, v in doc.items() if k != "open"} == {
+        "v": protocol.PROTOCOL_VERSION, "job_id": "job", "epoch": 1, "owner": records.owner("s"),
+        "updated": t + 2, "next_item": 26, "n_items": n}
     assert doc["open"] == [[0, 12, 4, t, 1, 0, 0], [12, 16, 4, t + 1.5, 1, 0, 0],  # to the millisecond
                            [16, 18, 2, t, 1, 0, 0], [18, 22, 4, t, 2, 1, 0], [22, 26, 4, t, 2, 1, 3]]
     back = records.in_flight(doc)
@@ -196,6 +199,9 @@ def test_a_record_is_stale_only_past_the_heartbeat_allowance():
                           capture_output=True, text=True, check=True)
     dead = {"updated": t, "owner": dict(records.owner("s"), pid=int(gone.stdout))}
     assert not records.owner_alive(dead, t + 1)
+    # A record this process writes says it is alive, and says so no longer once stale.
+    written = records.document("job", 1, records.owner("s"), 0, [], t, 10)
+    assert records.owner_alive(written, t + 1) and not records.owner_alive(written, t + 1 + protocol.DISPATCH_STALE_S)
     # On another machine the pid says nothing: only the heartbeat counts.
     elsewhere = {"updated": t, "owner": dict(records.owner("s"), host="another-host", pid=int(gone.stdout))}
     assert records.owner_alive(elsewhere, t + 1)
