@@ -234,9 +234,11 @@ def test_content_that_does_not_match_its_address_is_refused_naming_the_digest():
 
 def test_the_host_key_lives_in_the_users_cloudbutton_directory_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("CLOUDBUTTON_KEY_FILE", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
     key = integrity.job_key("20260101-000000-aaaaaa")
-    path = tmp_path / ".cloudbutton" / "host.key"
-    assert os.listdir(tmp_path) == [".cloudbutton"] and os.listdir(path.parent) == ["host.key"]
+    path = home / ".cloudbutton" / "host.key"
+    assert os.listdir(home) == [".cloudbutton"] and os.listdir(path.parent) == ["host.key"]
     assert os.stat(path).st_mode & 0o777 == 0o600 and len(bytes.fromhex(path.read_text())) == 32
     assert integrity.job_key("20260101-000000-aaaaaa") == key
