@@ -242,3 +242,15 @@ def test_the_host_key_lives_in_the_users_cloudbutton_directory_by_default(tmp_pa
     assert os.listdir(home) == [".cloudbutton"] and os.listdir(path.parent) == ["host.key"]
     assert os.stat(path).st_mode & 0o777 == 0o600 and len(bytes.fromhex(path.read_text())) == 32
     assert integrity.job_key("20260101-000000-aaaaaa") == key
+
+
+def test_a_running_kernel_keeps_the_host_key_it_read(tmp_path, monkeypatch):
+    """Jobs in flight stay verifiable: the key is read once per key file, so replacing the
+    file changes nothing for this process (a new process would read the new key)."""
+    path = tmp_path / "k" / "host.key"
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(path))
+    key = integrity.job_key("20260101-000000-aaaaaa")
+    path.write_text(os.urandom(32).hex() + "\n")
+    assert integrity.job_key("20260101-000000-aaaaaa") == key
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(tmp_path / "other.key"))  # another file: read
+    assert integrity.job_key("20260101-000000-aaaaaa") != key
