@@ -241,6 +241,7 @@ def test_the_host_key_lives_in_the_users_cloudbutton_directory_by_default(tmp_pa
     path = home / ".cloudbutton" / "host.key"
     assert os.listdir(home) == [".cloudbutton"] and os.listdir(path.parent) == ["host.key"]
     assert os.stat(path).st_mode & 0o777 == 0o600 and len(bytes.fromhex(path.read_text())) == 32
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700  # the directory is private too
     assert integrity.job_key("20260101-000000-aaaaaa") == key
 
 
