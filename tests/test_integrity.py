@@ -258,3 +258,15 @@ def test_a_running_kernel_keeps_the_host_key_it_read(tmp_path, monkeypatch):
     assert integrity.job_key("20260101-000000-aaaaaa") == key
     monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(tmp_path / "other.key"))  # another file: read
     assert integrity.job_key("20260101-000000-aaaaaa") != key
+
+
+def test_a_host_key_readable_by_others_is_made_private_and_said(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "host.key"
+    path.write_text(os.urandom(32).hex() + "\n")
+    os.chmod(path, 0o644)
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(path))
+    key = integrity.job_key("20260101-000000-aaaaaa")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert [r.getMessage() for r in caplog.records if r.name == "cloudbutton.integrity"] == [
+        f"{path} was readable by other users; its mode is now 0600"]
+    assert key == integrity.job_key("20260101-000000-aaaaaa")  # the same key, kept
