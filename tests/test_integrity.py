@@ -270,3 +270,15 @@ def test_a_host_key_readable_by_others_is_made_private_and_said(tmp_path, monkey
     assert [r.getMessage() for r in caplog.records if r.name == "cloudbutton.integrity"] == [
         f"{path} was readable by other users; its mode is now 0600"]
     assert key == integrity.job_key("20260101-000000-aaaaaa")  # the same key, kept
+
+
+def test_a_seal_is_hmac_sha256_over_the_objects_name_a_nul_and_the_rest_of_the_document():
+    """The sealed format, as a reader in another language (or release) would check it."""
+    import hashlib
+    import hmac
+
+    key, name = bytes(range(32)), "cloudbutton/jobs/j/manifest.json"
+    sealed = integrity.seal(key, name, {"job_id": "j", "n_items": 3})
+    mac, rest = sealed[len(b'{"mac":"'):len(b'{"mac":"') + 64], b"{" + sealed[len(b'{"mac":"') + 66:]
+    assert rest == b'{"job_id":"j","n_items":3}'
+    assert mac.decode() == hmac.new(key, name.encode() + b"\x00" + rest, hashlib.sha256).hexdigest()
