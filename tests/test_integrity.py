@@ -282,3 +282,7 @@ def test_a_seal_is_hmac_sha256_over_the_objects_name_a_nul_and_the_rest_of_the_d
     mac, rest = sealed[len(b'{"mac":"'):len(b'{"mac":"') + 64], b"{" + sealed[len(b'{"mac":"') + 66:]
     assert rest == b'{"job_id":"j","n_items":3}'
     assert mac.decode() == hmac.new(key, name.encode() + b"\x00" + rest, hashlib.sha256).hexdigest()
+    # Only a non-empty object can carry the seal as its first member.
+    for doc in ({}, [1, 2], "text"):
+        with pytest.raises(ValueError, match="^only a non-empty JSON object can be sealed$"):
+            integrity.seal(key, name, doc)
