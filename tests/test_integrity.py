@@ -286,3 +286,31 @@ def test_a_seal_is_hmac_sha256_over_the_objects_name_a_nul_and_the_rest_of_the_d
     for doc in ({}, [1, 2], "text"):
         with pytest.raises(ValueError, match="^only a non-empty JSON object can be sealed$"):
             integrity.seal(key, name, doc)
+
+
+def test_a_job_key_is_hkdf_sha256_of_the_host_key_with_the_job_id_as_info(tmp_path, monkeypatch):
+    """RFC 5869 with one block of output, computed here independently: a host that attaches
+    after a restart (or an upgrade) derives the same key from the same host key."""
+    import hashlib
+    import hmac
+
+    path = tmp_path / "host.key"
+    host = bytes(range(32))
+    path.write_text(host.hex() + "\n")
+    os.chmod(path, 0o600)
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(path))
+    job_id = "20260101-000000-aaaaaa"
+    prk = hmac.new(b"cloudbutton job key v1", host, hashlib.sha256).digest()
+    assert integrity.job_key(job_id) == hmac.new(prk, job_id.encode() + b"\x01", hashlib.sha256).digest()
+
+
+@pytest.mark.parametrize("text", ["", "not hex at all", "00" * 15])
+def test_a_key_file_without_a_key_is_refused_saying_what_to_do(tmp_path, monkeypatch, text):
+    path = tmp_path / "host.key"
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(path))
+    with pytest.raises(IntegrityError) as info:
+        integrity.job_key("20260101-000000-aaaaaa")
+    assert str(info.value) == (f"{path} does not hold a host key (64 hex digits); move it away to make "
+                               "a new one (jobs sealed with the old one cannot be attached)")
