@@ -314,3 +314,14 @@ def test_a_key_file_without_a_key_is_refused_saying_what_to_do(tmp_path, monkeyp
         integrity.job_key("20260101-000000-aaaaaa")
     assert str(info.value) == (f"{path} does not hold a host key (64 hex digits); move it away to make "
                                "a new one (jobs sealed with the old one cannot be attached)")
+
+
+def test_a_document_whose_seal_is_damaged_anywhere_is_refused_naming_it():
+    key, name = bytes(32), "p/jobs/j/manifest.json"
+    sealed = integrity.seal(key, name, {"a": 1})
+    assert integrity.open_sealed(key, name, sealed) == {"a": 1}
+    for raw in (b"not json", b'{"MAC"' + sealed[6:], sealed.replace(b'",', b'" ,', 1), sealed[:-2] + b"2}"):
+        with pytest.raises(IntegrityError) as info:
+            integrity.open_sealed(key, name, raw)
+        assert str(info.value) == (f"object {name} is a tampered or foreign object: its seal does not "
+                                   "verify with this job's key"), raw
