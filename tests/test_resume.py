@@ -189,7 +189,6 @@ def test_the_record_gives_back_every_task_in_flight_with_its_budgets():
 def test_a_record_is_stale_only_past_the_heartbeat_allowance():
     """An attaching host takes over when the record's host has not written it for more than
     ``DISPATCH_STALE_S`` (or its process is gone); at exactly that age it still waits."""
-    import os
 
     t = 1_700_000_000.0
     mine = {"updated": t, "owner": records.owner("s")}

@@ -130,8 +130,12 @@ def test_credential_objects_and_secret_names_at_any_depth(storage):
             def f(x):
                 return helper(x)
         """)
-        with pytest.raises(SecretError, match="variable 'db_password'.*name says it holds a secret"):
+        with pytest.raises(SecretError) as info:
             ex.map(ns["f"], [1])
+    # The pickler's message already names its culprit: it is not prefixed a second time.
+    assert str(info.value) == (
+        "refusing to ship variable 'db_password' (read by helper()): its name says it holds a "
+        "secret. Read it inside the task from the worker's own configuration instead.")
 
 
 def test_inputs_are_screened_too(storage):
@@ -216,23 +220,6 @@ def test_the_message_names_the_attribute_slot_or_cell_variable_holding_the_secre
             with pytest.raises(SecretError, match=where):
                 ex.map(fn, [1])
     assert jobs_in(storage) == []
-
-
-def test_a_secret_named_variable_read_by_a_helper_is_refused_once_by_name(storage):
-    ns = notebook("""
-        db_password = "correct horse battery staple"
-        def helper(x):
-            return db_password[:x]
-        def f(x):
-            return helper(x)
-    """)
-    with Executor(workers=1, storage=storage) as ex:
-        with pytest.raises(SecretError) as info:
-            ex.map(ns["f"], [1])
-    # The pickler's message already names its culprit: it is not prefixed a second time.
-    assert str(info.value) == (
-        "refusing to ship variable 'db_password' (read by helper()): its name says it holds a "
-        "secret. Read it inside the task from the worker's own configuration instead.")
 
 
 def test_a_budget_that_runs_out_says_how_much_was_searched_and_skipped_once(storage, monkeypatch,
