@@ -514,3 +514,53 @@ def test_a_forged_status_ends_its_task_with_an_integrity_error_and_nothing_else(
     clock.advance(60)
     job.dispatcher.tick()
     assert job[0].exception(timeout=0) is err and len([e for e in be.sent if e["task"] == ev["task"]]) == 1
+
+
+# The dispatch record of auto-batched jobs ---------------------------------------------
+class RecordReadingBackend(FakeBackend):
+    """Reads the job's stored dispatch record whenever it is handed events."""
+
+    def __init__(self, storage, **limits):
+        super().__init__(**limits)
+        self.storage = storage
+        self.records_seen: list[dict] = []
+
+    def invoke(self, events, listener):
+        job_id = events[0]["job_id"]
+        raw = self.storage.get(protocol.dispatch_key(PREFIX, job_id))
+        self.records_seen.append(json.loads(raw))
+        super().invoke(events, listener)
+
+
+@pytest.mark.parametrize("events_outlive_their_host", [True, False])
+def test_auto_batch_boundaries_are_recorded_before_they_are_sent_where_events_outlive_the_host(
+        storage, clock, events_outlive_their_host):
+    """Sizes chosen on the fly: on a backend whose events may still run after their host
+    died (Lambda), a host taking over must find every task's boundaries in the record, so
+    each dispatch writes it first. Local workers die with their host (all they store is
+    stored when another host takes over): the first tasks are recorded at once, later
+    ones at the record's interval."""
+    from cloudbutton_executor import records
+
+    limits = dict(lost_after_s=30.0) if events_outlive_their_host else {}
+    be = RecordReadingBackend(storage, **limits)
+    job = start_job(storage, be, clock, list(range(200)), chunksize="auto")
+    first_window = list(be.sent)
+    assert len(first_window) == 4 and len(be.records_seen) == 1
+    recorded = {s.tid for s in records.in_flight(be.records_seen[0])}
+    assert {e["task"] for e in first_window} <= recorded
+    for _ in range(3):  # each completion sends the next batch
+        be.run(be.sent[len(be.sent) - 4])
+    later = be.sent[4:]
+    assert later
+    if events_outlive_their_host:
+        for event, record in zip(later, be.records_seen[1:], strict=True):
+            assert event["task"] in {s.tid for s in records.in_flight(record)}
+            assert protocol.task_range(event["task"])[1] <= record["next_item"]
+    else:
+        assert all(r == be.records_seen[0] for r in be.records_seen[1:])
+        clock.advance(records.RECORD_INTERVAL_S)
+        job.dispatcher.tick()  # the record catches up at its interval
+        record = json.loads(storage.get(protocol.dispatch_key(PREFIX, job.job_id)))
+        assert record["next_item"] == protocol.task_range(be.sent[-1]["task"])[1]
+        assert {e["task"] for e in later} <= {s.tid for s in records.in_flight(record)}

@@ -107,6 +107,55 @@ def test_a_cancel_never_kills_the_next_jobs_tasks(ex):
         assert outcomes == [4, 3, 2, 1], outcomes
 
 
+def test_a_stop_between_taking_an_event_and_starting_it_withdraws_it(storage, tmp_path):
+    """A slot takes an event from the queue and marks it running a moment later: a stop
+    (a backup race's loser) or a cancel in between (here held open on purpose) finds it in
+    neither place unless the slot's claim is visible to it. A stopped task has no cancel
+    marker for its worker to see, so a withdrawn event that slipped through would run."""
+    import threading
+
+    from cloudbutton_executor.backends.local import LocalBackend
+
+    ran = tmp_path / "ran"
+
+    def mark(x):
+        with open(ran, "a") as f:
+            f.write(f"{x}\n")
+        return x
+
+    backend = LocalBackend(1)  # its own pool: one slot, so events run in queue order
+    taken, go = threading.Event(), threading.Event()
+    armed = [False]
+    take = backend._next
+
+    def paused_after_taking(slot, block):
+        item = take(slot, block)
+        if item is not None and armed[0]:
+            armed[0] = False
+            taken.set()
+            go.wait(20)  # the stop happens here, between _next and _begin
+        return item
+
+    backend._next = paused_after_taking  # type: ignore[method-assign]
+    ex = Executor(backend=backend, storage=storage, timeout=30)
+    try:
+        ex.map(abs, [-1]).result(timeout=30)  # a warm worker: the task would run at once
+        armed[0] = True
+        job = ex.map(mark, [7])
+        assert taken.wait(20)
+        assert backend.stop_task(job.job_id, job[0].task_id)
+        go.set()
+        # One slot: once a later job's result is back, the withdrawn event was either sent
+        # before it (and ran) or dropped.
+        assert ex.map(abs, [-2]).result(timeout=30) == [2]
+        assert not ran.exists(), "a stopped event reached a worker"
+        assert job.item_state(0) != "running"  # never started (its listener was not told)
+    finally:
+        go.set()
+        ex.shutdown(wait=False, cancel_futures=True)
+        backend.shutdown()
+
+
 def test_cancel_marker_written_by_someone_else_cancels_the_job(ex):
     job = ex.map(time.sleep, [30, 30, 30])
     time.sleep(0.3)
@@ -330,14 +379,24 @@ def test_a_sigkill_names_memory_only_when_memory_caused_it(ex):
         job[0].result(timeout=30)
 
 
-def test_a_result_that_cannot_be_pickled_within_the_memory_limit_says_so(ex):
+def test_a_result_that_cannot_be_pickled_within_the_memory_limit_says_so(storage):
+    from cloudbutton_executor.backends.local import LocalBackend
+
     def big(mb):
         return bytes(mb * 1024 * 1024)  # fits once; pickling it needs a second copy
 
-    job = ex.map(big, [220], memory_mb=400)
-    with pytest.raises(OutOfMemoryError, match=r"could not be pickled within the memory limit "
-                                               r"of 400 MB"):
-        job[0].result(timeout=60)
+    # Its own pool, so a fresh worker: a warm one that imported numpy in another test
+    # already holds enough address space for the 220 MB to fail before the pickling.
+    backend = LocalBackend(1)
+    ex = Executor(backend=backend, storage=storage, timeout=60)
+    try:
+        job = ex.map(big, [220], memory_mb=400)
+        with pytest.raises(OutOfMemoryError, match=r"could not be pickled within the memory "
+                                                   r"limit of 400 MB"):
+            job[0].result(timeout=60)
+    finally:
+        ex.shutdown(wait=False)
+        backend.shutdown(wait=True)
 
 
 class _Unpicklable(Exception):

@@ -108,6 +108,12 @@ def test_auto_batches_are_resumed_on_their_recorded_boundaries(tmp_path):
     assert sent and all(protocol.task_range(s.tid)[0] < record["next_item"] for s in sent)
     out = run_attach(tmp_path, job_id)
     assert out["results"] == [x * x for x in range(400)]
+    # The stored statuses (both hosts') cover every item exactly once: the taking-over
+    # host planned only items still open, whatever boundaries the dead one had chosen.
+    tids = [protocol.task_id_from_status_key(k)
+            for k in storage.list(protocol.tasks_prefix("cloudbutton", job_id))]
+    ranges = [protocol.task_range(t) for t in tids if t]
+    assert sorted(i for a, b in ranges for i in range(a, b)) == list(range(400))
 
 
 def test_the_lost_deadline_follows_what_was_sent_not_timeout_times_items(tmp_path):

@@ -3,6 +3,8 @@ submitted the job) and what it printed, for succeeded tasks too; the server read
 JSON text and never unpickles anything."""
 import pickle
 
+import pytest
+
 from cloudbutton_executor import integrity, protocol, shown_inputs
 from cloudbutton_jupyter.manager import CloudManager
 
@@ -75,3 +77,22 @@ def test_a_large_bytes_input_is_shown_by_its_head_and_length():
         assert text.endswith("… (100,000,000 bytes)") and len(text) <= protocol.INPUT_REPR_CHARS
     assert shown_inputs.short_repr(b"ab") == "b'ab'"
     assert shown_inputs.short_repr(bytearray(b"ab")) == "bytearray(b'ab')"
+
+
+@pytest.mark.parametrize("items", [
+    list(range(-5, 1000)),                       # the common head: plain numbers
+    [0.1, 1e300, float("nan"), True, None, "it's", ""],
+    [10 ** 60, 1, 2],                            # a number past reprlib's 40 digits
+    ["x" * 200, "a"],                            # a string past the bound
+    [1, (2,), {"k": 1}],                         # a 1-tuple is shown bare; other kinds
+    [type("Odd", (int,), {"__repr__": lambda self: 1 / 0})(3), 4],  # a failing repr
+])
+def test_the_shown_reprs_of_plain_inputs_are_reprlibs_bounded_ones(items):
+    """Numbers and short strings take a fast path (every map pays for its shown inputs
+    before its first task): it must give what the bounded reprlib rule gives."""
+    from cloudbutton_executor import shown_inputs
+
+    expected = [shown_inputs.short_repr(x[0] if type(x) is tuple and len(x) == 1 else x)
+                for x in items[:protocol.INPUT_REPRS_MAX]]
+    assert shown_inputs.reprs(items) == expected
+    assert shown_inputs.reprs(iter(items)) == expected

@@ -28,9 +28,11 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import dataclasses
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import pickle
 import threading
@@ -162,6 +164,7 @@ class Dispatcher:
         self._latencies: list[float] = []         # submit -> stored of collected tasks
         self._per_item_s: list[float] = []        # worker time per item of collected tasks
         self._first_start: dict[str, float] = {}  # task -> when its first attempt started
+        self._started: set[str] = set()           # tasks started (any attempt), not collected
         self._sent_at: dict[str, dict[int, float]] = {}  # task -> attempt -> when sent
         self._backups: dict[str, int] = {}        # task -> backups sent (slow or lost)
         self._live_attempts: dict[str, set[int]] = {}  # task -> attempts sent, not ended
@@ -203,8 +206,11 @@ class Dispatcher:
             manifest["data"] = self.inputs.upload(self.storage, spec.prefix, spec.job_id)
         self.storage.put(protocol.manifest_key(spec.prefix, spec.job_id),
                          self._seal(protocol.manifest_key(spec.prefix, spec.job_id), manifest))
-        self._write_record()
-        self._dispatch_more()
+        if self._batcher is None:
+            self._write_record()
+            self._dispatch_more()
+        else:  # one record, written with the first tasks' boundaries before they are sent
+            self._dispatch_more(record=True)
 
     def item_payloads(self, items: Sequence[int]) -> list[serialize.Payload]:
         """The pickled calls of ``items``, as this job sent them (a re-run sends them again)."""
@@ -465,7 +471,9 @@ class Dispatcher:
             free -= 1
         return sizes
 
-    def _dispatch_more(self) -> None:
+    def _dispatch_more(self, record: bool = False) -> None:
+        """Plan and send what may go now. ``record``: write the dispatch record even if
+        nothing goes."""
         events = []
         with self._lock:
             for n in self.plan_sizes():
@@ -489,14 +497,17 @@ class Dispatcher:
                 events.append(event)
             if events:
                 self._record_dirty = True
-        if not events:
-            return
-        if self._batcher is not None:
-            # Sizes chosen on the fly: a host that takes over must know these tasks'
-            # boundaries before any of them runs (fixed sizes give the same task ids
-            # again, so their record may lag: a task sent twice is only done twice).
+        if record or (events and self._batcher is not None and self.limits.lost_after_s is not None):
+            # Sizes chosen on the fly: where an event outlives its host (Lambda), a host
+            # that takes over must know these tasks' boundaries before any of them runs
+            # (fixed sizes give the same task ids again, so their record may lag: a task
+            # sent twice is only done twice). Local workers die with their host
+            # (PDEATHSIG): all they will ever store is stored when another host takes
+            # over, which collects it and plans only items still open, so the record
+            # follows at its interval, as for fixed sizes (one write per task before).
             self._write_record()
-        self._invoke(events)
+        if events:
+            self._invoke(events)
 
     def event(self, tid: str, start: int, stop: int) -> Event:
         """The invocation event of task ``tid`` (items [start, stop)), first attempt. It
@@ -508,7 +519,8 @@ class Dispatcher:
             data = {"offsets": [0, 0], "inline": ""}
         else:
             base = inputs.offsets
-            offs = [int(base[i] - base[start]) for i in range(start, stop + 1)]
+            # The items' offsets within the task, without a Python step per item.
+            offs = list(map(operator.sub, base[start:stop + 1], itertools.repeat(base[start])))
             if inputs.size(start, stop) <= protocol.inline_event_limit(self.limits.payload_limit_bytes):
                 data = {"inline": base64.b64encode(inputs.item_bytes(start, stop)).decode(),
                         "offsets": offs}
@@ -563,9 +575,10 @@ class Dispatcher:
 
     def on_start(self, event: Event) -> None:
         now = self.clock()
-        if not event.get("attempt"):
-            with self._lock:  # a later start (a Lambda accept) is the same attempt's
+        with self._lock:
+            if not event.get("attempt"):  # a later start (a Lambda accept) is the same attempt's
                 self._first_start[event["task"]] = now
+            self._started.add(event["task"])
         self.store.mark_running(event["task"], now)
 
     def on_done(self, event: Event, response: dict[str, Any]) -> None:
@@ -700,6 +713,7 @@ class Dispatcher:
             raise
         with self._lock:
             self._inflight.pop(tid, None)
+            self._started.discard(tid)
             self._uncollected.discard(tid)
             st = status.get("stats") or {}
             if st.get("result_stored") and st.get("host_submit"):
@@ -831,15 +845,18 @@ class Dispatcher:
 
     def poll_live_stdout(self) -> None:
         """What the running tasks printed so far, for a backend that reports each end itself
-        (the storage poll reads it on the others): one listing of the job's tasks."""
+        (the storage poll reads it on the others): a listing of each started task's own
+        keys. A task prints only once started (``on_start`` comes before its event is
+        sent), and one that ended hands all it printed in its status: queued and finished
+        tasks are not listed (a listing of the whole job from its first pending task read
+        every later task's directory on each tick, O(tasks) per tick at chunksize 1)."""
         with self._lock:
-            pending = set(self._inflight)
-        if not pending:
+            running = sorted(self._started & self._inflight.keys())
+        if not running:
             return
-        spec = self.spec
-        tasks_prefix = protocol.tasks_prefix(spec.prefix, spec.job_id)
-        self._read_live_stdout(self.storage.list(tasks_prefix, start_after=tasks_prefix + min(pending)),
-                               pending)
+        tasks_prefix = protocol.tasks_prefix(self.spec.prefix, self.spec.job_id)
+        keys = [key for tid in running for key in self.storage.list(f"{tasks_prefix}{tid}/")]
+        self._read_live_stdout(keys, set(running))
 
     def _read_live_stdout(self, keys: Sequence[str], pending: set[str]) -> None:
         """Read the new live stdout objects among ``keys`` (of tasks still running), verify

@@ -488,7 +488,7 @@ class Executor:
         if shown:  # what the panel shows of the inputs, stored before the manifest lists the job
             key = protocol.inputs_shown_key(self.prefix, spec.job_id)
             job.dispatcher.storage.put(key, integrity.seal(
-                integrity.job_key(spec.job_id), protocol.object_name(self.prefix, key),
+                job.dispatcher.key, protocol.object_name(self.prefix, key),
                 shown_inputs.document(spec.job_id, shown)))
         if spec.cache and payloads:
             job.dispatcher.use_cache()

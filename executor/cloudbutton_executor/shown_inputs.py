@@ -47,11 +47,22 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+# Types whose reprlib rendering is their plain repr whenever that is short enough.
+_PLAIN = frozenset({int, float, bool, str, type(None)})
+_PLAIN_CHARS = min(_REPR.maxlong, _REPR.maxstring, _REPR.maxother, protocol.INPUT_REPR_CHARS)
+
+
 def reprs(items: Iterable[Any]) -> list[str]:
     """Short reprs of the first ``INPUT_REPRS_MAX`` items. A 1-tuple is the one argument
     its call gets (``fn(*t)``; a ``%%cloud map`` cell's item travels so): shown bare."""
-    return [short_repr(x[0] if type(x) is tuple and len(x) == 1 else x)
-            for x in itertools.islice(items, protocol.INPUT_REPRS_MAX)]
+    head = list(itertools.islice(items, protocol.INPUT_REPRS_MAX))
+    if set(map(type, head)) <= _PLAIN:
+        # Every map pays this before its first task: a head of numbers or short strings
+        # (the common case) is repr'd in C, ~20x faster than reprlib item by item.
+        texts = list(map(repr, head))
+        if max(map(len, texts), default=0) <= _PLAIN_CHARS:
+            return texts
+    return [short_repr(x[0] if type(x) is tuple and len(x) == 1 else x) for x in head]
 
 
 def document(job_id: str, shown: list[str]) -> dict[str, Any]:

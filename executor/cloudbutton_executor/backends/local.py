@@ -128,6 +128,10 @@ class LocalBackend(Backend):
         self._cond = threading.Condition()
         self._running: dict[int, tuple[Event, RuntimeProcess]] = {}  # slot -> (event, process)
         self._killed: set[int] = set()
+        # An event a slot took from the queue and has not yet marked running: a cancel in
+        # between finds it here (it is in neither the queue nor _running) and withdraws it.
+        self._claimed: dict[int, Event] = {}  # slot -> event
+        self._withdrawn: set[int] = set()     # slots whose claimed event must not be sent
         self._env = env or _worker_env(workers)
         self._cwd = self._env.get("HOME") or "/"
         if not os.path.isdir(self._cwd):
@@ -158,9 +162,13 @@ class LocalBackend(Backend):
 
     def cancel_job(self, job_id: str) -> None:
         """Drop the job's queued events and kill its running workers."""
+        def its(event: dict[str, Any]) -> bool:
+            return bool(event["job_id"] == job_id)
+
         with self._cond:
-            self._queue = collections.deque(x for x in self._queue if x[0]["job_id"] != job_id)
-            self._kill_running(lambda event: event["job_id"] == job_id)
+            self._queue = collections.deque(x for x in self._queue if not its(x[0]))
+            self._withdraw_claimed(its)
+            self._kill_running(its)
 
     def stop_task(self, job_id: str, task: str) -> bool:
         """Drop the task's queued events and kill the workers running it (a backup race
@@ -170,8 +178,16 @@ class LocalBackend(Backend):
 
         with self._cond:
             self._queue = collections.deque(x for x in self._queue if not its(x[0]))
+            self._withdraw_claimed(its)
             self._kill_running(its)
         return True
+
+    def _withdraw_claimed(self, which: Callable[[dict[str, Any]], bool]) -> None:
+        """Events taken from the queue but not yet marked running, for which ``which(event)``
+        holds, are dropped like queued ones (lock held): their slots never send them."""
+        for slot, event in self._claimed.items():
+            if which(event):
+                self._withdrawn.add(slot)
 
     def _kill_running(self, which: Callable[[dict[str, Any]], bool]) -> None:
         """Kill the workers running an event for which ``which(event)`` holds (lock held);
@@ -231,8 +247,9 @@ class LocalBackend(Backend):
         return {"backend": "local", "workers": self.workers, "ok": not self.closed}
 
     # One slot = one concurrent worker --------------------------------------
-    def _next(self, block: bool) -> tuple[Event, InvocationListener] | None:
-        """The next queued (event, listener), or None (closed, or empty and not blocking)."""
+    def _next(self, slot: int, block: bool) -> tuple[Event, InvocationListener] | None:
+        """The next queued (event, listener), claimed by ``slot`` until ``_begin``; or None
+        (closed, or empty and not blocking)."""
         with self._cond:
             while block and not self._queue and not self.closed:
                 self._cond.wait(timeout=60)
@@ -240,14 +257,24 @@ class LocalBackend(Backend):
                     return None  # let the slot check idleness
             if self.closed or not self._queue:
                 return None
-            return self._queue.popleft()
+            item = self._queue.popleft()
+            self._claimed[slot] = item[0]
+            self._withdrawn.discard(slot)
+            return item
 
     def _begin(self, slot: int, item: tuple[Event, InvocationListener],
-               proc: RuntimeProcess) -> RuntimeProcess:
-        """Mark ``item`` running on ``proc`` and send it; a process found dead
-        before the event reached it is replaced (the event is not lost)."""
+               proc: RuntimeProcess) -> tuple[RuntimeProcess, bool]:
+        """Mark ``item`` (claimed by ``_next``) running on ``proc`` and send it; a process
+        found dead before the event reached it is replaced (the event is not lost). False:
+        a cancel withdrew the event after ``_next`` took it, and it was not sent."""
         event, listener = item
         with self._cond:
+            # Claimed to running in one step under the lock: a cancel sees it in one or
+            # the other, never in neither.
+            self._claimed.pop(slot, None)
+            if slot in self._withdrawn:
+                self._withdrawn.discard(slot)
+                return proc, False
             # A cancel may have killed this process just after it answered its last
             # event: it must not take this one (another job's, perhaps) down with it.
             doomed = proc.doomed
@@ -275,7 +302,7 @@ class LocalBackend(Backend):
                 proc.send(event)
             except (BrokenPipeError, OSError):
                 pass  # a fresh process that cannot take one event: recv() reports it
-        return proc
+        return proc, True
 
     def _slot(self, slot: int) -> None:
         proc: RuntimeProcess | None = None
@@ -289,7 +316,7 @@ class LocalBackend(Backend):
         sent: tuple[Event, InvocationListener, float] | None = None  # written to proc already
         while True:
             if sent is None:
-                item = self._next(block=True)
+                item = self._next(slot, block=True)
                 if item is None:
                     if self.closed:
                         if proc is not None:
@@ -303,7 +330,9 @@ class LocalBackend(Backend):
                 if proc is None:
                     proc = _new_process(self._env, self._cwd)
                 timeout = float(event.get("timeout") or 900)
-                proc = self._begin(slot, item, proc)
+                proc, begun = self._begin(slot, item, proc)
+                if not begun:
+                    continue  # withdrawn by a cancel
                 sent = (event, listener, time.time() + timeout)
             event, listener, deadline = sent
             sent = None
@@ -336,12 +365,13 @@ class LocalBackend(Backend):
                 # Pipelining: the worker is free, so hand it the next queued event
                 # before this response is processed (the host's share of a task
                 # then overlaps the worker's next one instead of idling it).
-                nxt = self._next(block=False)
+                nxt = self._next(slot, block=False)
                 if nxt is not None:
                     t_next = float(nxt[0].get("timeout") or 900)
                     try:
-                        proc = self._begin(slot, nxt, proc)
-                        sent = (nxt[0], nxt[1], time.time() + t_next)
+                        proc, begun = self._begin(slot, nxt, proc)
+                        if begun:  # else withdrawn by a cancel: the finally frees the slot
+                            sent = (nxt[0], nxt[1], time.time() + t_next)
                     except Exception:  # e.g. no process could be started: requeue it
                         with self._cond:
                             self._queue.appendleft(nxt)
