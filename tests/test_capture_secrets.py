@@ -199,3 +199,94 @@ def test_credential_objects_are_refused_by_type_and_by_the_pickler():
     with pytest.raises(CaptureError, match="refusing to ship variable 'h'.*Credentials"):
         ship("h", Holder())
     assert screening.credential_type(object()) is None
+
+
+def test_the_path_skips_other_bytes_and_cycles():
+    cyclic = []
+    cyclic.append(cyclic)
+    cyclic.append(KEY_ID)
+    for value, where in (({"a": b"plain bytes", "b": KEY_ID.encode()}, "['b']"), (cyclic, "[1]")):
+        with pytest.raises(CaptureError) as info:
+            ship("value", value)
+        assert str(info.value).startswith(f"refusing to ship variable 'value'{where}: it holds an "
+                                          "AWS access key id ("), (where, str(info.value))
+
+
+def test_the_search_for_where_a_secret_sits_is_bounded():
+    """The walk that names the place visits at most 200,000 objects (the list, then its
+    items in order); past that the message names the variable alone. The value is refused
+    either way."""
+    walked = 200_000
+    found = [0] * (walked - 2) + [KEY_ID]  # the list and 199,998 items before the key: 200,000
+    with pytest.raises(CaptureError, match=rf"^refusing to ship variable 'value'\[{walked - 2}\]: it holds"):
+        ship("value", found)
+    with pytest.raises(CaptureError, match=r"^refusing to ship variable 'value': it holds an AWS access"):
+        ship("value", [0] * (walked - 1) + [KEY_ID])
+    with pytest.raises(CaptureError, match=r"^refusing to ship variable 'value'\[150000\]: it holds"):
+        ship("value", [0] * 150_000 + [KEY_ID])
+
+
+@pytest.mark.parametrize("value", ["é" * 40, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEé",
+                                   "Ключ" * 10])
+def test_forty_characters_of_other_alphabets_are_not_a_secret_key(value):
+    assert looks_like_secret(value) is None
+    assert ship("value", value) == {"value": value}
+
+
+def test_the_capture_report_warns_of_live_resources_and_of_a_large_total(tmp_path):
+    from cloudbutton_magic.capture import WARN_TOTAL_BYTES, CaptureReport, check_and_measure
+
+    data = tmp_path / "data.txt"
+    data.write_text("x")
+    with open(data) as fh:
+        _, report = capture("fh\n", {"fh": fh})
+    assert report.warnings == [f"'fh' is an open file handle ({data}, mode 'r'): each worker gets a "
+                               "copy of what it holds now, not the file (writes stay on the worker); open it inside the cell"], \
+        report.warnings
+
+    overhead = big_bytes_overhead()
+
+    def total_warnings(size: int) -> list[str]:
+        """The warnings for one variable whose pickle is ``size`` bytes (none stored apart)."""
+        report = CaptureReport()
+        check_and_measure({"v": b"x" * (size - overhead)}, report, large_bytes=2 ** 63)
+        assert report.total == size
+        return report.warnings
+
+    assert total_warnings(WARN_TOTAL_BYTES) == []
+    assert total_warnings(WARN_TOTAL_BYTES + 1) == [
+        "the captured variables total 50.0 MB: every task downloads them; consider passing "
+        "large data through the iterable or reading it inside the task"]
+
+
+def big_bytes_overhead() -> int:
+    """How many bytes the pickle of a large bytes value adds to it, as the report counts
+    (the same for every size from 64 KiB: such bytes are written outside pickle frames)."""
+    _, probe = capture("v\n", {"v": b"x" * 2 ** 20})
+    return probe.rows[0]["size"] - 2 ** 20
+
+
+def test_values_over_the_large_value_threshold_are_stored_apart_exactly_past_it():
+    from cloudbutton_executor import protocol
+
+    limit = protocol.LARGE_VALUE_BYTES
+    overhead = big_bytes_overhead()
+    _, at = capture("v\n", {"v": b"x" * (limit - overhead)})
+    _, past = capture("v\n", {"v": b"x" * (limit + 1 - overhead)})
+    assert at.rows[0]["size"] == limit and "stored" not in at.rows[0] and at.total == limit
+    assert past.rows[0]["size"] == limit + 1 and past.rows[0]["stored"] and past.total == 0
+
+
+class Handle:
+    """A library object whose pickling error ends with a full stop."""
+
+    def __reduce__(self):
+        raise TypeError("Handle objects cannot be pickled.")
+
+
+def test_an_unpicklable_variable_is_named_in_one_sentence():
+    with pytest.raises(CaptureError) as info:
+        ship("h", Handle())
+    assert str(info.value) == (
+        "cannot ship variable 'h' (type test_capture_secrets.Handle): Handle objects cannot be "
+        "pickled. Create it inside the cell instead, or pass what it holds (e.g. a path or plain data).")

@@ -161,3 +161,66 @@ def test_attach_follows_a_live_host_and_takes_over_when_it_stops(storage, monkey
         assert follower.dispatcher.check_owner(later, force=True)
         assert not follower.dispatcher.following
         assert follower.result(timeout=60) == [x + 1 for x in range(12)]
+
+
+def test_the_record_gives_back_every_task_in_flight_with_its_budgets():
+    """What a host records as sent is stored as runs (adjacent tasks of one size with equal
+    counters, sent within a second of the run's first: one line for thousands), and an
+    attaching host reads back each task, when it was sent (the earliest of its run:
+    deadlines never move later) and the attempts, retries and redeliveries it used."""
+    n = 40
+    tid = lambda a, b: protocol.task_id(a, b, n)  # noqa: E731
+    t = 1_700_000_000.0
+    sent = [records.Sent(tid(0, 4), t + 0.5, 1, 0, 0), records.Sent(tid(4, 8), t, 1, 0, 0),
+            records.Sent(tid(8, 12), t + 1.0, 1, 0, 0),    # a second after the run's earliest
+            records.Sent(tid(12, 16), t + 1.5004, 1, 0, 0),  # over a second: another run
+            records.Sent(tid(16, 18), t, 1, 0, 0),         # another size: another run
+            records.Sent(tid(18, 22), t, 2, 1, 0),         # other counters: another run
+            records.Sent(tid(22, 26), t, 2, 1, 3)]
+    doc = records.document("job", 1, records.owner("s"), 26, reversed(sent), t + 2, n)
+    assert json.loads(json.dumps(doc)) == doc  # stored as JSON, read by a host in another process
+    assert {k: v for k, v in doc.items() if k != "open"} == {
+        "v": protocol.PROTOCOL_VERSION, "job_id": "job", "epoch": 1, "owner": records.owner("s"),
+        "updated": t + 2, "next_item": 26, "n_items": n}
+    assert doc["open"] == [[0, 12, 4, t, 1, 0, 0], [12, 16, 4, t + 1.5, 1, 0, 0],  # to the millisecond
+                           [16, 18, 2, t, 1, 0, 0], [18, 22, 4, t, 2, 1, 0], [22, 26, 4, t, 2, 1, 3]]
+    back = records.in_flight(doc)
+    assert [s.tid for s in back] == [s.tid for s in sent]
+    assert [(s.attempt, s.retries_used, s.redelivered) for s in back] == \
+        [(1, 0, 0)] * 5 + [(2, 1, 0), (2, 1, 3)]
+    assert [s.sent_at for s in back] == [t, t, t, t + 1.5, t, t, t]
+    assert all(type(v) is int for s in back for v in (s.attempt, s.retries_used, s.redelivered))
+
+
+def test_a_record_is_stale_only_past_the_heartbeat_allowance():
+    """An attaching host takes over when the record's host has not written it for more than
+    ``DISPATCH_STALE_S`` (or its process is gone); at exactly that age it still waits."""
+
+    t = 1_700_000_000.0
+    mine = {"updated": t, "owner": records.owner("s")}
+    assert records.owner_alive(mine, t + protocol.DISPATCH_STALE_S)
+    assert not records.owner_alive(mine, t + protocol.DISPATCH_STALE_S + 0.01)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = {"updated": t, "owner": dict(records.owner("s"), pid=int(gone.stdout))}
+    assert not records.owner_alive(dead, t + 1)
+    # A record this process writes says it is alive, and says so no longer once stale.
+    written = records.document("job", 1, records.owner("s"), 0, [], t, 10)
+    assert records.owner_alive(written, t + 1) and not records.owner_alive(written, t + 1 + protocol.DISPATCH_STALE_S)
+    # On another machine the pid says nothing: only the heartbeat counts.
+    elsewhere = {"updated": t, "owner": dict(records.owner("s"), host="another-host", pid=int(gone.stdout))}
+    assert records.owner_alive(elsewhere, t + 1)
+    # A process this user may not signal (pid 1) exists: its host is alive. Root may signal
+    # anything, so a child process checks as "nobody" (after loading what it needs).
+    check = f"""
+import os, socket
+from cloudbutton_executor import records
+record = {{"updated": {t}, "owner": {{"host": socket.gethostname(), "pid": 1}}}}
+records.owner_alive(record, {t + 1})
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+print(records.owner_alive(record, {t + 1}))
+"""
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out.stderr

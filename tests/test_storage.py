@@ -311,3 +311,66 @@ def test_touch_refreshes_last_modified_without_changing_the_bytes(any_storage):
     assert st.get("p/values/a.pickle") == b"payload"
     with pytest.raises(NotFound):
         st.touch("p/values/missing.pickle")
+
+
+OLD_BOTOCORE_PUTS = r"""
+import json, sys
+import botocore
+from cloudbutton_executor.storage import S3Storage
+
+bucket, endpoint = sys.argv[1:3]
+st = S3Storage(bucket, region="us-east-1", endpoint_url=endpoint)
+shape = st.client.meta.service_model.operation_model("PutObject").input_shape
+first, second = st.put_if_absent("status", b"first"), st.put_if_absent("status", b"second")
+st.put("plain", b"one")
+st.put("plain", b"two")  # a plain put still replaces (no condition sent with it)
+print(json.dumps({"botocore": botocore.__version__, "knows_if_none_match": "IfNoneMatch" in shape.members,
+                  "first": first, "second": second, "status": st.get("status").decode(),
+                  "plain": st.get("plain").decode()}))
+"""
+
+
+def test_first_write_wins_with_the_botocore_lambdas_runtime_bundles(moto_endpoint, s3_bucket):
+    """Lambda's Python runtime bundles a botocore older than S3's conditional writes: the
+    workers' first-write-wins puts (their statuses) must still send If-None-Match there."""
+    import json
+    import subprocess
+    import sys
+
+    import cloudbutton_executor
+    from aws_fixtures import emulator_runtime
+
+    _, runtime_dir = emulator_runtime()
+    package_parent = os.path.dirname(os.path.dirname(cloudbutton_executor.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([runtime_dir, package_parent]))
+    p = subprocess.run([sys.executable, "-c", OLD_BOTOCORE_PUTS, s3_bucket, moto_endpoint],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out["knows_if_none_match"] is False, out  # else this test tests nothing
+    assert (out["first"], out["second"], out["status"]) == (True, False, "first"), out
+    assert out["plain"] == "two", out
+
+
+def test_a_counting_view_passes_every_argument_through(tmp_path):
+    """A job's view of its storage reads and writes exactly what the storage would."""
+    from cloudbutton_executor.storage import CountingView
+
+    st = LocalStorage(str(tmp_path))
+    view = CountingView(st)
+    view.put("d/a", b"0123456789")
+    view.put("d/sub/b", b"x")
+    assert view.get("d/a", 2, 5) == b"234" and view.get("d/a", 7) == b"789"
+    assert view.size("d/a") == 10
+    with view.open_range("d/a", 3, 6) as f:
+        assert f.read() == b"345"
+    assert list(view.iter_objects("d/", start_after="d/a")) == [("d/sub/b", 1)]
+    assert [k for k, _ in view.iter_modified("d/")] == ["d/a", "d/sub/b"]
+    view.touch("d/a")
+    view.delete("d/a")
+    assert not st.exists("d/a")
+    assert view.delete_prefix("d/") == 1 and st.list("d/") == []
+    assert view.counts == {"PUT": 3, "GET": 3, "HEAD": 1, "LIST": 2, "DELETE": 2}
+    assert view.kind == "local"
+    view.add_counts({"GET": 5, "LIST": 0})  # a data listing's requests, made elsewhere
+    assert view.counts["GET"] == 8 and view.counts["LIST"] == 2

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 import types
 import warnings
 from collections.abc import Iterable, Mapping
@@ -140,7 +141,17 @@ class Budget:
                    "searched for key-shaped strings (credential objects were still refused)")
             self.skipped = 0
             log.warning(msg)
-            warnings.warn(msg, ScreeningWarning, stacklevel=3)
+            warnings.warn(msg, ScreeningWarning, stacklevel=_outside_this_package())
+
+
+def _outside_this_package() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in the caller) of the first frame outside
+    this package, so a warning names the user's line whichever API path led to it."""
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def scan(parts: Iterable[bytes | memoryview], obj: Any, label: str, budget: Budget | None = None,
