@@ -148,7 +148,8 @@ def _outside_this_package() -> int:
     """The ``stacklevel`` (for a ``warnings.warn`` in the caller) of the first frame outside
     this package, so a warning names the user's line whichever API path led to it."""
     here = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(2), 2
+    frame: types.FrameType | None = sys._getframe(2)
+    level = 2
     while frame is not None and frame.f_code.co_filename.startswith(here):
         frame, level = frame.f_back, level + 1
     return level
