@@ -192,6 +192,21 @@ def test_the_record_gives_back_every_task_in_flight_with_its_budgets():
     assert all(type(v) is int for s in back for v in (s.attempt, s.retries_used, s.redelivered))
 
 
+def test_checking_that_an_owner_is_alive_sends_it_no_signal():
+    """owner_alive probes the owner's pid with signal 0 (existence only): the host it asks
+    about, here a live child process, keeps running."""
+    t = 1_700_000_000.0
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"updated": t, "owner": dict(records.owner("s"), pid=child.pid)}
+        assert records.owner_alive(record, t + 1)
+        time.sleep(0.2)  # a signal that ends a process takes effect at once, but not in 0 s
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_record_is_stale_only_past_the_heartbeat_allowance():
     """An attaching host takes over when the record's host has not written it for more than
     ``DISPATCH_STALE_S`` (or its process is gone); at exactly that age it still waits."""
