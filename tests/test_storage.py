@@ -494,6 +494,8 @@ def test_small_parts_are_written_in_runs_of_about_a_megabyte():
     assert pieces[0] == almost + one and pieces[1] == almost + one and pieces[3] == almost + one
     assert pieces[2] is big and pieces[4] is words and pieces[5] == b"stail"
     assert list(_coalesced([tail]))[0] is tail
+    # Small parts waiting when a large one comes are written first; the count starts over.
+    assert [len(p) for p in _coalesced([b"s", big, almost, one, b"z"])] == [1, MB, MB, 1]
     assert list(_coalesced([])) == []
 
 
