@@ -104,3 +104,20 @@ def test_a_marker_written_elsewhere_stops_the_local_job(storage):
         time.sleep(1.0)
     assert not [k for k in storage.list(protocol.tasks_prefix("cloudbutton", job.job_id))
                 if k.endswith("status.json")]
+
+
+def test_a_cancel_after_the_task_ended_leaves_the_idle_runtime_alone(storage, runtime):
+    """The watch follows only the running invocation: a job cancelled after its task ended
+    on this runtime neither stops nor ends the (idle, warm) process, which serves the next."""
+    job, event = event_for(storage, nap, [0.01])
+    runtime.send(event)
+    assert runtime.recv(time.time() + 20)["state"] == "done"
+    storage.put_if_absent(protocol.cancel_key("cb", job.job_id),
+                          protocol.cancel_marker(by="jupyter-panel", at=time.time()))
+    pid = runtime.pid
+    # Past a look of the watch and the grace it would give a task that ignores the cancel.
+    time.sleep(worker.CANCEL_WATCH_S + worker.CANCEL_GRACE_S + 1.0)
+    assert runtime.popen.poll() is None, "an idle runtime was ended by a later cancel"
+    job2, event2 = event_for(storage, nap, [0.01])
+    runtime.send(event2)
+    assert runtime.recv(time.time() + 20)["state"] == "done" and runtime.pid == pid
