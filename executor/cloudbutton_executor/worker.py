@@ -278,12 +278,17 @@ def handler(event: dict[str, Any], context: Any = None, *,
     first = protocol.task_range(tid)[0]
     _context.set_task(event)  # ObjectStorage() in the task: this job's storage
     _context.take_reads()  # from zero: what this invocation's task reads
+    outcomes: list[Outcome] | None = None
     try:
         with _job_deadline(event, context, worker_start), \
                 _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
             outcomes, items = _run_items(fn, inputs, first, tid, event, storage, key)
     except _Cancelled:  # its job was cancelled while it ran: no results, no status
         return {"task": tid, "state": "cancelled"}
+    except _JobDeadline:
+        if outcomes is None:  # it passed before the items' loop could catch it (a setup that
+            # took the invocation's time): every item ends as a timeout, in a status as usual
+            outcomes, items = _run_items(_deadline_passed, inputs, first, tid, event)
     finally:  # a handler run in the host's own process (tests, tools) leaves no task behind
         _context.set_task(None)
         sharedbuffers.forget_maps()
@@ -502,6 +507,10 @@ def _job_deadline(event: dict[str, Any], context: Any,
     else:
         return _NO_DEADLINE  # the runtime's own timeout is the job's (local workers)
     return _timer_until(stop_at)
+
+
+def _deadline_passed(*args: Any, **kwargs: Any) -> None:
+    raise _JobDeadline()
 
 
 @contextlib.contextmanager
