@@ -573,3 +573,79 @@ def test_prefixes_ending_in_x_are_cut_at_their_slash_only(any_storage):
     assert st.children("p/boX/") == ["1", "sub"] and st.children("p/boX") == ["1", "sub"]
     assert st.delete_prefix("p/boX/") == 2
     assert st.list("p/") == ["p/bo/3"] and st.children("p/") == ["bo"]
+
+
+@pytest.mark.parametrize("unnamed_files", [True, False], ids=["o_tmpfile", "portable"])
+def test_racing_first_writes_one_wins_and_no_reader_sees_a_partial_object(
+        tmp_path, monkeypatch, unnamed_files):
+    """put_if_absent on Linux writes an unnamed file and links it in place; elsewhere (or
+    where the kernel refuses) a named temporary file. Either way exactly one writer of a key
+    wins, and a reader meanwhile finds nothing or one writer's complete bytes."""
+    import threading
+
+    from cloudbutton_executor import storage
+
+    if unnamed_files and not storage._ANONYMOUS_FILES:
+        pytest.skip("no O_TMPFILE or /proc here")
+    monkeypatch.setattr(storage, "_ANONYMOUS_FILES", unnamed_files)
+    st = LocalStorage(str(tmp_path))
+    payloads = [bytes([i]) * (4 << 20) for i in range(6)]  # several writes per object
+    for round_ in range(5):
+        key = f"p/jobs/j/tasks/{round_:06d}/status.json"
+        barrier, wins, seen, stop = threading.Barrier(len(payloads) + 1), [], [], threading.Event()
+
+        def write(data, key=key, barrier=barrier, wins=wins):
+            barrier.wait()
+            wins.append((st.put_if_absent(key, data), data[:1]))
+
+        def read(key=key, barrier=barrier, seen=seen, stop=stop):
+            barrier.wait()
+            while not stop.is_set():
+                try:
+                    seen.append(st.get(key))
+                except NotFound:
+                    pass
+
+        reader = threading.Thread(target=read)
+        writers = [threading.Thread(target=write, args=(p,)) for p in payloads]
+        for t in [reader, *writers]:
+            t.start()
+        for t in writers:
+            t.join()
+        stop.set()
+        reader.join()
+        winners = [first for ok, first in wins if ok]
+        assert len(wins) == len(payloads) and len(winners) == 1
+        stored = st.get(key)
+        assert stored == winners[0] * len(stored) and len(stored) == 4 << 20
+        assert all(s == stored for s in seen)  # never partial, never another writer's
+        assert os.listdir(os.path.dirname(os.path.join(st.root, key))) == ["status.json"]
+
+
+def test_unnamed_files_refused_falls_back_to_named_temporary_files(tmp_path, monkeypatch):
+    """A sandbox or filesystem that refuses to link an unnamed file (no /proc, EXDEV) gets
+    the portable write, and the process stops trying."""
+    import errno
+
+    from cloudbutton_executor import storage
+
+    if not storage._ANONYMOUS_FILES:
+        pytest.skip("no O_TMPFILE or /proc here")
+    real_link = os.link
+    tried = []
+
+    def link(src, dst, **kw):
+        if str(src).startswith("/proc/self/fd/"):
+            tried.append(dst)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, **kw)
+
+    monkeypatch.setattr(storage.os, "link", link)
+    monkeypatch.setattr(storage, "_ANONYMOUS_FILES", True)
+    st = LocalStorage(str(tmp_path))
+    assert st.put_if_absent("p/a/status.json", b"first") is True
+    assert st.put_if_absent("p/a/status.json", b"second") is False
+    assert st.put_if_absent("p/b/status.json", b"other") is True
+    assert st.get("p/a/status.json") == b"first" and st.get("p/b/status.json") == b"other"
+    assert len(tried) == 1 and storage._ANONYMOUS_FILES is False  # tried once, then not
+    assert sorted(os.listdir(tmp_path / "p" / "a")) == ["status.json"]  # no temp files

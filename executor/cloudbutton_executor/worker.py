@@ -269,8 +269,7 @@ def handler(event: dict[str, Any], context: Any = None, *,
             raise setup_error
         if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
-        with largevalues.reading_from(storage, prefix):  # large globals it names
-            fn = _load_function(storage, event["function_key"])
+        fn = _load_function(storage, event["function_key"], prefix)
         inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
         return _write_status(storage, event, key, _setup_failure_status(event, exc, stats),
@@ -279,12 +278,17 @@ def handler(event: dict[str, Any], context: Any = None, *,
     first = protocol.task_range(tid)[0]
     _context.set_task(event)  # ObjectStorage() in the task: this job's storage
     _context.take_reads()  # from zero: what this invocation's task reads
+    outcomes: list[Outcome] | None = None
     try:
         with _job_deadline(event, context, worker_start), \
                 _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
             outcomes, items = _run_items(fn, inputs, first, tid, event, storage, key)
     except _Cancelled:  # its job was cancelled while it ran: no results, no status
         return {"task": tid, "state": "cancelled"}
+    except _JobDeadline:
+        if outcomes is None:  # it passed before the items' loop could catch it (a setup that
+            # took the invocation's time): every item ends as a timeout, in a status as usual
+            outcomes, items = _run_items(_deadline_passed, inputs, first, tid, event)
     finally:  # a handler run in the host's own process (tests, tools) leaves no task behind
         _context.set_task(None)
         sharedbuffers.forget_maps()
@@ -321,14 +325,15 @@ def _cancelled(storage: Storage, prefix: str, job_id: str, now: float, ttl: floa
     return False
 
 
-def _load_function(storage: Storage, fkey: str) -> Callable[..., Any]:
+def _load_function(storage: Storage, fkey: str, prefix: str) -> Callable[..., Any]:
     fn = _functions.get(fkey)
     if fn is None:
         import cloudpickle
 
         blob = storage.get(fkey)
         integrity.check_content(blob, protocol.function_digest(fkey), f"the function blob {fkey}")
-        fn = _functions[fkey] = cloudpickle.loads(blob)
+        with largevalues.reading_from(storage, prefix):  # large globals it names
+            fn = _functions[fkey] = cloudpickle.loads(blob)
     return fn
 
 
@@ -417,8 +422,9 @@ class _CancelWatch:
         self._thread: threading.Thread | None = None
         self._main_ident: int | None = None
 
-    @contextlib.contextmanager
-    def watching(self, storage: Storage, cancel_key: str) -> Iterator[None]:
+    def watching(self, storage: Storage, cancel_key: str) -> _CancelWatch:
+        """Watch the job of the invocation that runs inside ``with`` (the watch itself is
+        the context manager: no object made per invocation)."""
         self.generation += 1
         self.cancelled = False
         self.checked = time.time()  # the handler looked at its start
@@ -432,10 +438,13 @@ class _CancelWatch:
             # must find this (harmless) handler, not the default action (death).
             signal.signal(signal.SIGUSR1, self._raise)
             self._main_ident = threading.get_ident()
-        try:
-            yield
-        finally:
-            self.current = None
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.current = None
 
     def _raise(self, signum: int, frame: Any) -> None:
         if self.cancelled and self.current is not None:
@@ -477,8 +486,11 @@ class _JobDeadline(BaseException):
     """The job's own timeout, shorter than the runtime's, has passed (see _job_deadline)."""
 
 
-@contextlib.contextmanager
-def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterator[None]:
+_NO_DEADLINE = contextlib.nullcontext()
+
+
+def _job_deadline(event: dict[str, Any], context: Any,
+                  started: float) -> contextlib.AbstractContextManager[Any]:
     """Stop the task at the job's timeout when it is shorter than what the runtime allows
     (Lambda: a per-job timeout under the function's Timeout): the items not finished
     then end as timeouts in this invocation's status, instead of running on and billing."""
@@ -493,9 +505,17 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
     elif limit and left is not None and limit + 1.0 < left and main:
         stop_at = started + limit
     else:
-        yield
-        return
+        return _NO_DEADLINE  # the runtime's own timeout is the job's (local workers)
+    return _timer_until(stop_at)
 
+
+def _deadline_passed(*args: Any, **kwargs: Any) -> None:
+    raise _JobDeadline()
+
+
+@contextlib.contextmanager
+def _timer_until(stop_at: float) -> Iterator[None]:
+    """Raise _JobDeadline in the main thread at ``stop_at`` (SIGALRM)."""
     def expire(signum: int, frame: Any) -> None:
         raise _JobDeadline()
 
