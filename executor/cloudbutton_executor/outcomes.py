@@ -250,7 +250,8 @@ class OutcomeStore:
         """What item ``i`` printed: all of it once its task ended, what reached the host so
         far while it runs (live stdout), what it printed when computed if it was cached."""
         tid = self.item_task(i)
-        cols = _unpacked(self._task_items.get(tid)) if tid else None
+        packed = self._task_items.get(tid) if tid else None
+        cols = None if packed is None else _unpacked(packed)  # None: not collected yet
         rerun = self._cache_info.get(i)
         if rerun is not None and rerun.get("rerun"):
             return str(rerun.get("stdout") or "")
