@@ -28,11 +28,9 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import dataclasses
-import itertools
 import json
 import logging
 import math
-import operator
 import os
 import pickle
 import threading
@@ -521,15 +519,13 @@ class Dispatcher:
             data = {"offsets": [0, 0], "inline": ""}
         else:
             base = inputs.offsets
-            # The items' offsets within the task, without a Python step per item.
-            offs = list(map(operator.sub, base[start:stop + 1], itertools.repeat(base[start])))
             if inputs.size(start, stop) <= protocol.inline_event_limit(self.limits.payload_limit_bytes):
-                data = {"inline": base64.b64encode(inputs.item_bytes(start, stop)).decode(),
-                        "offsets": offs}
+                data = {"inline": base64.b64encode(inputs.item_bytes(start, stop)).decode()}
             else:  # read from storage by the worker, which checks the covering blocks
                 data = {"key": protocol.data_key(spec.prefix, spec.job_id),
-                        "start": int(base[start]), "stop": int(base[stop]), "offsets": offs,
+                        "start": int(base[start]), "stop": int(base[stop]),
                         "blocks": [list(b) for b in inputs.covering(start, stop)]}
+            data.update(protocol.encode_item_sizes(inputs.sizes[start:stop]))
         event: Event = {
             "v": protocol.PROTOCOL_VERSION, "job_id": spec.job_id, "prefix": spec.prefix,
             "storage": self._storage_desc, "function_key": spec.function_key,

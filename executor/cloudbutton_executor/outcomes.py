@@ -205,7 +205,7 @@ class OutcomeStore:
     def item_backups(self, i: int) -> list[dict[str, Any]]:
         """The backup invocations sent for item ``i``'s task: ``{"at", "reason", "attempt"}``."""
         tid = self.item_task(i)
-        return list((self._task_host.get(tid) or {}).get("backups", ())) if tid else []
+        return list((self._task_host.get(tid) or _NO_HOST).get("backups", ())) if tid else []
 
     def item_task(self, i: int) -> str | None:
         """The task (invocation) that runs or ran item ``i``; None while it is queued."""
@@ -285,7 +285,7 @@ class OutcomeStore:
 
     def item_attempts(self, i: int) -> int:
         tid = self.item_task(i)
-        return int((self._task_host.get(tid) or {}).get("attempts", 0)) if tid else 0
+        return int((self._task_host.get(tid) or _NO_HOST).get("attempts", 0)) if tid else 0
 
     def forget(self, i: int) -> None:
         """Drop the references to ended item ``i``'s value and future (its state stays): for
@@ -399,7 +399,7 @@ class OutcomeStore:
 
     def task_backups(self, tid: str) -> list[dict[str, Any]]:
         with self._lock:
-            return list((self._task_host.get(tid) or {}).get("backups", ()))
+            return list((self._task_host.get(tid) or _NO_HOST).get("backups", ()))
 
     def apply_cached(self, items: Sequence[int], values: Sequence[Any],
                      infos: Sequence[dict[str, Any]]) -> None:

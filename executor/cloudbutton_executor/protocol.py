@@ -12,6 +12,7 @@ import array
 import base64
 import datetime
 import functools
+import itertools
 import json
 import os
 import re
@@ -361,7 +362,7 @@ def item_times(cols: dict[str, Any]) -> list[tuple[float, float]]:
         marks = array.array("d", base64.b64decode(text))
         if sys.byteorder != "little":
             marks.byteswap()
-        return list(zip(marks, marks[1:]))
+        return list(itertools.pairwise(marks))
     t0, t1 = cols.get("t0_us") or [], cols.get("t1_us") or []
     base = cols.get("base") or 0.0
     return [(base + a / 1e6, base + b / 1e6) for a, b in zip(t0, t1)]
@@ -382,6 +383,30 @@ def item_time(cols: dict[str, Any], k: int) -> tuple[float, float] | None:
         return None
     base = cols.get("base") or 0.0
     return base + t0[k] / 1e6, base + t1[k] / 1e6
+
+
+def encode_item_sizes(sizes: array.array[int]) -> dict[str, Any]:
+    """An event's item boundaries: ``{"sizes": base64 of little-endian uint32s}``, one per
+    item (no JSON number per item: the host encodes and the worker decodes them in C), or
+    ``{"offsets": [0, ...]}`` if an item is too big for 32 bits."""
+    try:
+        packed = array.array("I", sizes)
+    except OverflowError:
+        return {"offsets": list(itertools.accumulate(sizes, initial=0))}
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return {"sizes": base64.b64encode(packed.tobytes()).decode("ascii")}
+
+
+def item_offsets(data: dict[str, Any]) -> list[int]:
+    """The item offsets (from 0, one more than items) of an event's data, either form."""
+    text = data.get("sizes")
+    if text is None:
+        return list(data["offsets"])
+    sizes = array.array("I", base64.b64decode(text))
+    if sys.byteorder != "little":
+        sizes.byteswap()
+    return list(itertools.accumulate(sizes, initial=0))
 
 
 def item_errors(status: dict[str, Any]) -> dict[int, dict[str, Any]]:

@@ -225,7 +225,7 @@ def _load_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
             integrity.check_content(view[a - first:b - first], digest,
                                     f"bytes {a}-{b} of {data['key']}")
         view = view[data["start"] - first:data["stop"] - first]
-    offs = data["offsets"]
+    offs = protocol.item_offsets(data)
     return [view[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
 
 
