@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -168,13 +169,13 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     print(f"mutate: group {name}: {' '.join(modules)} against {' '.join(tests)}", flush=True)
     t0 = time.time()
     run = subprocess.Popen([sys.executable, "-c", RUN_MUTMUT, "run", "--max-children", str(args.workers),
-                            *patterns], cwd=where, env=env)
+                            *patterns], cwd=where, env=env,
+                           start_new_session=True)  # its own group: mutmut forks a worker per mutant
     try:
         returncode = run.wait()
-    finally:  # interrupted or terminated: no mutmut left running
+    finally:  # interrupted or terminated: nothing of mutmut's left running
         if run.poll() is None:
-            run.terminate()
-            run.wait()
+            stop_group(run)
     took = time.time() - t0
     if returncode:
         raise SystemExit(f"mutate: mutmut run of group {name} failed ({returncode}); see above")
@@ -189,6 +190,17 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
         rows.append((spec, n, sum(c[s] for s in DETECTED), c))
         survivors += sorted(k for k, v in mine.items() if v not in DETECTED | {"skipped"})
     return rows, survivors, took
+
+
+def stop_group(run: subprocess.Popen) -> None:
+    """Ends mutmut and every process it forked (a worker per mutant and its pytest run):
+    ending mutmut alone leaves those running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(run.pid, signal.SIGTERM)  # mutmut first, so it can stop its children
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.wait(10)
+        os.killpg(run.pid, signal.SIGKILL)  # whatever of the group is left
+    run.wait()
 
 
 def main(argv=None) -> int:
