@@ -132,6 +132,11 @@ def test_stdout_and_flops_land_in_stats(ex):
         report_flops(1e6 * x)
         return x
 
+    # One task of three items: each item's prints and FLOPs are its own.
+    batch = ex.map(work, [1, 2, 3], chunksize=3)
+    assert batch.result() == [1, 2, 3]
+    assert [batch[i].stdout for i in range(3)] == [f"working on {x}\n" for x in (1, 2, 3)]
+    assert [batch[i].stats["flops"] for i in range(3)] == [1e6, 2e6, 3e6]
     job = ex.map(work, [1, 2])
     job.result()
     assert job[1].stdout == "working on 2\n"

@@ -101,11 +101,14 @@ def _picklable_exception(exc: BaseException, record: dict[str, Any]) -> Any:
 class _Tee(io.TextIOBase):
     """Captures a task's prints, item by item, while keeping them visible in the worker's
     log. The item printing is the one whose outcome comes next (``first`` + how many
-    outcomes there are), so the item loop does no per-item work for stdout."""
+    outcomes there are), so the item loop does no per-item work for stdout; an item's
+    buffer becomes a plain string once the next item prints."""
 
     def __init__(self, stream: TextIO | None, outcomes: list[Outcome], first: int,
                  live: _LiveStdout | None = None):
-        self.texts: dict[int, io.StringIO] = {}  # item -> what it printed
+        self.texts: dict[int, str] = {}  # item -> what it printed (items before ``_item``)
+        self._item = first               # the item ``_buf`` holds the prints of
+        self._buf = io.StringIO()
         self.stream = stream
         self.outcomes = outcomes
         self.first = first
@@ -115,17 +118,13 @@ class _Tee(io.TextIOBase):
         return True
 
     def write(self, s: str) -> int:
-        item = self.first + len(self.outcomes)
-        buf = self.texts.get(item)
-        if buf is None:
-            buf = self.texts[item] = io.StringIO()
-        if buf.tell() < protocol.STDOUT_LIMIT:
-            live = self.live
-            if live is None:
-                buf.write(s)
-            else:
-                with live.lock:
-                    buf.write(s)
+        live = self.live
+        if live is None:
+            self._capture(s)
+        else:
+            with live.lock:
+                kept = self._capture(s)
+            if kept:
                 live.printed()
         if self.stream is not None:
             try:
@@ -133,6 +132,17 @@ class _Tee(io.TextIOBase):
             except Exception:
                 pass
         return len(s)
+
+    def _capture(self, s: str) -> bool:
+        item = self.first + len(self.outcomes)
+        if item != self._item:  # a later item prints: the earlier one's text is final
+            if self._buf.tell():
+                self.texts[self._item] = self._buf.getvalue()
+            self._item, self._buf = item, io.StringIO()
+        if self._buf.tell() >= protocol.STDOUT_LIMIT:
+            return False
+        self._buf.write(s)
+        return True
 
     def flush(self) -> None:
         if self.stream is not None:
@@ -143,7 +153,11 @@ class _Tee(io.TextIOBase):
 
     def captured(self) -> dict[str, str]:
         """What each item printed (those that printed), for the status's "stdout"."""
-        return {str(i): text for i, buf in self.texts.items() if (text := buf.getvalue())}
+        out = {str(i): text for i, text in self.texts.items()}
+        current = self._buf.getvalue()
+        if current:
+            out[str(self._item)] = current
+        return out
 
 
 class _LiveStdout:
