@@ -29,6 +29,28 @@ def _wait_for_marker(marks, proc=None, limit=120):
     raise AssertionError("no task started")
 
 
+def _threads_taking_sigint(pid: int) -> tuple[list[int], int]:
+    """The threads of ``pid`` other than its main thread that do not block SIGINT, and how
+    many threads it has. Linux delivers a process's SIGINT to any thread not blocking it,
+    and only the main thread runs Python's handler: one taken elsewhere wakes no wait."""
+    bit = 1 << (signal.SIGINT - 1)
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    taking = []
+    for tid in tids:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+        if tid != pid and not blocked & bit:
+            taking.append(tid)
+    return taking, len(tids)
+
+
+def _as_from_a_terminal() -> None:
+    """In the child, before it runs Python: Ctrl-C at its default. A parent that ignores
+    SIGINT (a shell's background job, mutmut's fork server) passes the ignore on to its
+    children, and a Python started with SIGINT ignored never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _started(marks) -> list[tuple[int, int]]:
     return [tuple(map(int, name.split("-"))) for name in os.listdir(marks)]
 
@@ -97,9 +119,14 @@ def test_ctrl_c_in_a_plain_script(tmp_path, main):
         if __name__ == "__main__":
     """) + textwrap.indent(textwrap.dedent(MAIN[main].format(N=N)), "    ") + '    print("not reached")\n')
     proc = subprocess.Popen([sys.executable, str(script), str(marks)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                            preexec_fn=_as_from_a_terminal)
     try:
         _wait_for_marker(marks, proc)
+        # Ctrl-C can reach only the main thread: the executor's monitor and the local
+        # backend's slot threads (at least 3 here) block SIGINT.
+        taking, n_threads = _threads_taking_sigint(proc.pid)
+        assert taking == [] and n_threads >= 4, (taking, n_threads)
         proc.send_signal(signal.SIGINT)
         try:
             out, err = proc.communicate(timeout=30)
@@ -140,7 +167,7 @@ def test_ctrl_c_in_terminal_ipython(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "IPython", "--simple-prompt", "--no-banner",
                              "--no-confirm-exit", "--colors=nocolor"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(tmp_path), env=env)
+                            text=True, cwd=str(tmp_path), env=env, preexec_fn=_as_from_a_terminal)
     try:
         proc.stdin.write(lines)
         proc.stdin.flush()
