@@ -8,6 +8,7 @@ role (on Lambda) or the local filesystem.
 """
 from __future__ import annotations
 
+import array
 import base64
 import contextlib
 import io
@@ -98,25 +99,32 @@ def _picklable_exception(exc: BaseException, record: dict[str, Any]) -> Any:
 
 
 class _Tee(io.TextIOBase):
-    """Captures a task's prints while keeping them visible in the worker's log."""
+    """Captures a task's prints, item by item, while keeping them visible in the worker's
+    log. The item printing is the one whose outcome comes next (``first`` + how many
+    outcomes there are), so the item loop does no per-item work for stdout; an item's
+    buffer becomes a plain string once the next item prints."""
 
-    def __init__(self, stream: TextIO | None, live: _LiveStdout | None = None):
-        self.buf = io.StringIO()
+    def __init__(self, stream: TextIO | None, outcomes: list[Outcome], first: int,
+                 live: _LiveStdout | None = None):
+        self.texts: dict[int, str] = {}  # item -> what it printed (items before ``_item``)
+        self._item = first               # the item ``_buf`` holds the prints of
+        self._buf = io.StringIO()
         self.stream = stream
+        self.outcomes = outcomes
+        self.first = first
         self.live = live
-        self.item = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, s: str) -> int:
-        if self.buf.tell() < protocol.STDOUT_LIMIT:
-            live = self.live
-            if live is None:
-                self.buf.write(s)
-            else:
-                with live.lock:
-                    self.buf.write(s)
+        live = self.live
+        if live is None:
+            self._capture(s)
+        else:
+            with live.lock:
+                kept = self._capture(s)
+            if kept:
                 live.printed()
         if self.stream is not None:
             try:
@@ -125,12 +133,31 @@ class _Tee(io.TextIOBase):
                 pass
         return len(s)
 
+    def _capture(self, s: str) -> bool:
+        item = self.first + len(self.outcomes)
+        if item != self._item:  # a later item prints: the earlier one's text is final
+            if self._buf.tell():
+                self.texts[self._item] = self._buf.getvalue()
+            self._item, self._buf = item, io.StringIO()
+        if self._buf.tell() >= protocol.STDOUT_LIMIT:
+            return False
+        self._buf.write(s)
+        return True
+
     def flush(self) -> None:
         if self.stream is not None:
             try:
                 self.stream.flush()
             except Exception:
                 pass
+
+    def captured(self) -> dict[str, str]:
+        """What each item printed (those that printed), for the status's "stdout"."""
+        out = {str(i): text for i, text in self.texts.items()}
+        current = self._buf.getvalue()
+        if current:
+            out[str(self._item)] = current
+        return out
 
 
 class _LiveStdout:
@@ -139,10 +166,8 @@ class _LiveStdout:
     writes nothing). Each flush is a new sealed object (``protocol.live_stdout_key``)
     holding the whole text so far of every item whose text changed since the last one."""
 
-    def __init__(self, storage: Storage, event: dict[str, Any], key: bytes,
-                 stdout: dict[str, str], interval: float):
+    def __init__(self, storage: Storage, event: dict[str, Any], key: bytes, interval: float):
         self.storage, self.event, self.key = storage, event, key
-        self.stdout = stdout
         self.interval = interval
         self.lock = threading.Lock()
         self.tee: _Tee | None = None
@@ -169,10 +194,7 @@ class _LiveStdout:
             self._timer = None
             if self._closed or self.tee is None:
                 return
-            texts = dict(self.stdout)
-            current = self.tee.buf.getvalue()
-            if current:  # the item running now (earlier ones are in ``stdout``)
-                texts[str(self.tee.item)] = current
+            texts = self.tee.captured()
             changed = {i: t for i, t in texts.items() if len(t) != self._sent.get(i)}
             if not changed:
                 return
@@ -217,7 +239,7 @@ def _load_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
             integrity.check_content(view[a - first:b - first], digest,
                                     f"bytes {a}-{b} of {data['key']}")
         view = view[data["start"] - first:data["stop"] - first]
-    offs = data["offsets"]
+    offs = protocol.item_offsets(data)
     return [view[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
 
 
@@ -534,59 +556,58 @@ def _run_items(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
     """Run the task's items in order: their (ok, value) outcomes and the status's
     item columns (see ``protocol.item_columns``).
 
-    Kept lean: a batch of tiny items spends most of its time here, so the
-    per-item work is a few attribute reads, two clock reads and an unpickle."""
+    Kept lean: a batch of tiny items spends most of its time here, so the per-item
+    work is an unpickle, the call, one clock read (an item ends when the next starts)
+    and two flag checks; stdout is attributed by the capture itself (``_Tee``)."""
     outcomes: list[Outcome] = []
     errors: dict[str, dict[str, Any]] = {}
     flops: dict[str, float] = {}
-    stdout: dict[str, str] = {}
-    t0_us: list[int] = []
-    t1_us: list[int] = []
     live = None
     if event.get("live_stdout") and storage is not None and key is not None:
-        live = _LiveStdout(storage, event, key, stdout, float(event["live_stdout"]))
-    tee = _Tee(sys.stdout, live)  # one capture for the batch, emptied after each item
+        live = _LiveStdout(storage, event, key, float(event["live_stdout"]))
+    tee = _Tee(sys.stdout, outcomes, first, live)  # one capture for the batch
     if live is not None:
         live.tee = tee
-    base = time.time()
+    marks = array.array("d", [time.time()])  # item k ran from marks[k] to marks[k + 1]
     try:
-        _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, stdout, t0_us, t1_us, tee, base)
+        _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, marks, tee)
     except _JobDeadline:
         # The item running then and the rest end as timeouts; the status still gets written.
-        now = int((time.time() - base) * 1e6)
+        now = time.time()
         for j in range(len(outcomes), len(inputs)):
             tmo = TaskTimeoutError(f"item {first + j} did not finish within the job's "
                                    f"timeout of {event.get('timeout'):g} s", tid)
             errors[str(first + j)] = dict(_error_record(tmo), kind="timeout")
             outcomes.append((False, tmo))
-        for col in (t0_us, t1_us):
-            del col[len(outcomes):]
-            col.extend([now] * (len(outcomes) - len(col)))
+        del marks[len(outcomes) + 1:]
+        marks.extend([now] * (len(outcomes) + 1 - len(marks)))
     finally:
         if live is not None:
             live.close()
-    return outcomes, {"base": base, "t0_us": t0_us, "t1_us": t1_us,
-                      "errors": errors, "flops": flops, "stdout": stdout}
+    return outcomes, {"t_marks": protocol.encode_marks(marks), "errors": errors,
+                      "flops": flops, "stdout": tee.captured()}
 
 
 def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid: str,
                event: dict[str, Any], outcomes: list[Outcome], errors: dict[str, dict[str, Any]],
-               flops: dict[str, float], stdout: dict[str, str], t0_us: list[int],
-               t1_us: list[int], tee: _Tee, base: float) -> None:
-    buf = tee.buf
+               flops: dict[str, float], marks: array.array[float], tee: _Tee) -> None:
     reported = _context._flops
     reported[0] = 0
-    clock, loads = time.time, sharedbuffers.loads  # pickle.loads, out-of-band buffers mapped
+    clock, mark, done = time.time, marks.append, outcomes.append
+    # Plain pickle.loads first; an input naming out-of-band buffers fails it with an
+    # UnpicklingError and is loaded again with them mapped (sharedbuffers.loads).
+    loads, oob_loads, unpickling_error = pickle.loads, sharedbuffers.loads, pickle.UnpicklingError
     watch = _WATCH
     with contextlib.redirect_stdout(tee):
-        for k, raw in enumerate(inputs):
+        for raw in inputs:
             if watch.cancelled:
                 raise _Cancelled()
-            tee.item = first + k  # whose prints the buffer holds (live stdout)
-            t0 = clock()
             try:
-                args, kwargs = loads(raw)
-                outcomes.append((True, fn(*args, **kwargs)))
+                try:
+                    args, kwargs = loads(raw)
+                except unpickling_error:
+                    args, kwargs = oob_loads(raw)
+                done((True, fn(*args, **kwargs)))
             except (_JobDeadline, _Cancelled):
                 raise  # ends the batch: see _run_items and handler
             except MemoryError as exc:
@@ -594,26 +615,17 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
                 oom = OutOfMemoryError(f"task exceeded the memory limit of {limit} MB" if limit
                                        else "task ran out of memory", tid)
                 oom.__cause__ = exc
-                errors[str(first + k)] = dict(_error_record(oom), kind="oom")
-                outcomes.append((False, oom))
+                errors[str(first + len(outcomes))] = dict(_error_record(oom), kind="oom")
+                done((False, oom))
             except BaseException as exc:  # the user's exception, whatever it is
                 if isinstance(exc, (SystemExit, KeyboardInterrupt)) and not isinstance(exc, Exception):
                     exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
-                rec = errors[str(first + k)] = _error_record(exc)
-                outcomes.append((False, _picklable_exception(exc, rec)))
-            t0_us.append(int((t0 - base) * 1e6))
-            t1_us.append(int((clock() - base) * 1e6))
+                rec = errors[str(first + len(outcomes))] = _error_record(exc)
+                done((False, _picklable_exception(exc, rec)))
+            mark(clock())
             if reported[0]:
-                flops[str(first + k)] = reported[0]
+                flops[str(first + len(outcomes) - 1)] = reported[0]
                 reported[0] = 0
-            if buf.tell():
-                if tee.live is None:
-                    stdout[str(first + k)] = buf.getvalue()
-                    buf = tee.buf = io.StringIO()
-                else:
-                    with tee.live.lock:
-                        stdout[str(first + k)] = buf.getvalue()
-                        buf = tee.buf = io.StringIO()
 
 
 def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int,
