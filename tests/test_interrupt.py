@@ -29,6 +29,21 @@ def _wait_for_marker(marks, proc=None, limit=120):
     raise AssertionError("no task started")
 
 
+def _threads_taking_sigint(pid: int) -> tuple[list[int], int]:
+    """The threads of ``pid`` other than its main thread that do not block SIGINT, and how
+    many threads it has. Linux delivers a process's SIGINT to any thread not blocking it,
+    and only the main thread runs Python's handler: one taken elsewhere wakes no wait."""
+    bit = 1 << (signal.SIGINT - 1)
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    taking = []
+    for tid in tids:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+        if tid != pid and not blocked & bit:
+            taking.append(tid)
+    return taking, len(tids)
+
+
 def _started(marks) -> list[tuple[int, int]]:
     return [tuple(map(int, name.split("-"))) for name in os.listdir(marks)]
 
@@ -100,6 +115,10 @@ def test_ctrl_c_in_a_plain_script(tmp_path, main):
                             stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
     try:
         _wait_for_marker(marks, proc)
+        # Ctrl-C can reach only the main thread: the executor's monitor and the local
+        # backend's slot threads (at least 3 here) block SIGINT.
+        taking, n_threads = _threads_taking_sigint(proc.pid)
+        assert taking == [] and n_threads >= 4, (taking, n_threads)
         proc.send_signal(signal.SIGINT)
         try:
             out, err = proc.communicate(timeout=30)

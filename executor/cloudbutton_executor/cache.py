@@ -54,6 +54,7 @@ import cloudpickle
 
 from . import accounting, integrity, protocol, serialize
 from .errors import IntegrityError
+from .interrupt import block_interrupts
 from .storage import NotFound, Storage
 
 log = logging.getLogger("cloudbutton.cache")
@@ -182,7 +183,8 @@ class ResultCache:
 
             # A pool for this lookup alone (as the dispatcher's polls): no thread outlives it.
             with cf.ThreadPoolExecutor(max_workers=min(len(names), FETCH_THREADS),
-                                       thread_name_prefix="cloudbutton-cache") as pool:
+                                       thread_name_prefix="cloudbutton-cache",
+                                       initializer=block_interrupts) as pool:
                 raws = list(pool.map(self._get, names))
             for name, raw in zip(names, raws, strict=True):
                 if raw is not None:

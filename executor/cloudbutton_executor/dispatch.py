@@ -47,6 +47,7 @@ from .cache import CacheWriter, ResultCache, item_keys, read_timings, write_timi
 from .spending import PROBE_INVOCATIONS, Spending
 from .errors import (INFRA_ERRORS, InfrastructureError, IntegrityError, LostInvocationError,
                      TaskTimeoutError)
+from .interrupt import block_interrupts
 from .jobdata import JobInputs
 from .outcomes import OutcomeStore
 from .storage import CountingView, NotFound, Storage
@@ -833,7 +834,8 @@ class Dispatcher:
             # A pool per poll (a thread costs tens of microseconds, a GET milliseconds):
             # no thread outlives the job, so shutdown(wait=True) leaves none behind.
             with cf.ThreadPoolExecutor(max_workers=min(len(new), FETCH_THREADS),
-                                       thread_name_prefix="cloudbutton-fetch") as pool:
+                                       thread_name_prefix="cloudbutton-fetch",
+                                       initializer=block_interrupts) as pool:
                 futs = [pool.submit(fetch, tid) for tid in new]
                 for tid, fut in zip(new, futs, strict=True):
                     self._collect(tid, seen, raw=fut.result(), any_task=wide)

@@ -17,7 +17,7 @@ from .backends import Backend, create
 from .dispatch import JobSpec
 from .errors import IntegrityError, JobCancelled
 from .futures import ALL_COMPLETED, as_completed, get_result, wait
-from .interrupt import cancel_jobs, cancel_on_interrupt
+from .interrupt import cancel_jobs, cancel_on_interrupt, start_thread
 from .job import Job, new_job
 from .lease import BackendLease
 from .outcomes import gc_paused
@@ -372,7 +372,7 @@ class Executor:
                               modules=reduce_modules, **reduce_options
                               )[0].add_done_callback(lambda f: _chain(f, outer))
         else:
-            threading.Thread(target=run_reduce, daemon=True, name="cloudbutton-reduce").start()
+            start_thread(run_reduce, name="cloudbutton-reduce")
         return outer
 
     def _job_options(self, *, chunksize: int | str = 1, timeout: float | None = None,
@@ -601,9 +601,8 @@ class Executor:
     def _ensure_monitor(self) -> None:
         with self._lock:
             if self._monitor is None or not self._monitor.is_alive():
-                self._monitor = threading.Thread(target=_monitor_loop, args=(weakref.ref(self),),
-                                                 daemon=True, name="cloudbutton-monitor")
-                self._monitor.start()
+                self._monitor = start_thread(_monitor_loop, weakref.ref(self),
+                                             name="cloudbutton-monitor")
 
 
 _MONITOR_LINGER_S = 5.0  # an idle monitor waits this long for the next job before exiting

@@ -8,12 +8,20 @@ cancelled")``. It is still a KeyboardInterrupt, so ``except KeyboardInterrupt``
 keeps working and ``except Exception`` does not swallow it. IPython shows only
 its message (``_render_traceback_``); a plain script prints only its message
 too (a chained ``sys.excepthook``, installed the first time one is raised).
+
+The host's own threads block SIGINT (``start_thread``, ``block_interrupts``). Linux hands a
+process's SIGINT to any thread that does not block it, and Python runs signal handlers only
+in the main thread: a main thread blocked in a wait with no timeout is woken only if the
+signal was delivered to it, so a Ctrl-C taken by a background thread went unseen until the
+next task ended (minutes, or never).
 """
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -76,3 +84,20 @@ def _excepthook(etype: type[BaseException], value: BaseException,
         print(value, file=sys.stderr)
     else:
         (_previous_hook or sys.__excepthook__)(etype, value, tb)
+
+
+def block_interrupts() -> None:
+    """Keep Ctrl-C (SIGINT) from being delivered to the calling thread: called first in every
+    background thread of the host, and as the initializer of its thread pools."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def start_thread(target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:
+    """A started daemon thread running ``target(*args)`` with SIGINT blocked."""
+    def run() -> None:
+        block_interrupts()
+        target(*args)
+
+    thread = threading.Thread(target=run, daemon=True, name=name)
+    thread.start()
+    return thread

@@ -24,6 +24,7 @@ import time
 import weakref
 from typing import Any
 
+from cloudbutton_executor.interrupt import start_thread
 from cloudbutton_executor.phases import PHASES, batching_hint, task_phases
 from cloudbutton_executor.units import format_usd
 
@@ -294,9 +295,7 @@ class _Progress(abc.ABC):
             if not self.finished:
                 self.finish()
 
-        self._thread = threading.Thread(target=ctx.run, args=(loop,), daemon=True,
-                                        name=f"cloudbutton-progress-{self.job.job_id}")
-        self._thread.start()
+        self._thread = start_thread(ctx.run, loop, name=f"cloudbutton-progress-{self.job.job_id}")
         return self._thread
 
     @abc.abstractmethod

@@ -27,6 +27,7 @@ from typing import IO, Any
 from .. import local_runtime
 from ..local_runtime import RuntimeProcess
 from ..errors import LostInvocationError, TaskTimeoutError, WorkerDiedError
+from ..interrupt import start_thread
 from .base import Backend, BackendLimits, Event, InvocationListener
 
 log = logging.getLogger("cloudbutton.local")
@@ -138,10 +139,8 @@ class LocalBackend(Backend):
             self._cwd = "/"
         self._key: tuple[Any, ...] = ()  # its key in the process-wide _pools
         self._holds = 0  # executors holding it (see get_local_backend)
-        self._threads = [threading.Thread(target=self._slot, args=(i,), daemon=True,
-                                          name=f"cloudbutton-local-{i}") for i in range(workers)]
-        for t in self._threads:
-            t.start()
+        self._threads = [start_thread(self._slot, i, name=f"cloudbutton-local-{i}")
+                         for i in range(workers)]
 
     @property
     def limits(self) -> BackendLimits:

@@ -28,6 +28,7 @@ from typing import Any
 from ... import config as _config
 from ... import packaging
 from ...errors import InfrastructureError, MissingPackageError, VersionMismatchError
+from ...interrupt import block_interrupts
 from ...storage import S3Storage
 from ..base import Backend, BackendLimits, Event, InvocationListener, JobFit
 from .function import (CODE_ENV, MANIFEST_ENV, VERSIONS_ENV, decode_versions, default_bucket,
@@ -111,7 +112,8 @@ class LambdaBackend(Backend):
             live_stdout_s=LIVE_STDOUT_S)
         self._threads = lam.invoke_threads
         self._pool = ThreadPoolExecutor(max_workers=lam.invoke_threads,
-                                        thread_name_prefix="cloudbutton-invoke")
+                                        thread_name_prefix="cloudbutton-invoke",
+                                        initializer=block_interrupts)
         self._invoker: Invoker | None = None
         self._invoker_lock = threading.Lock()
         self._cancelled: set[str] = set()
