@@ -44,6 +44,13 @@ def _threads_taking_sigint(pid: int) -> tuple[list[int], int]:
     return taking, len(tids)
 
 
+def _as_from_a_terminal() -> None:
+    """In the child, before it runs Python: Ctrl-C at its default. A parent that ignores
+    SIGINT (a shell's background job, mutmut's fork server) passes the ignore on to its
+    children, and a Python started with SIGINT ignored never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _started(marks) -> list[tuple[int, int]]:
     return [tuple(map(int, name.split("-"))) for name in os.listdir(marks)]
 
@@ -112,7 +119,8 @@ def test_ctrl_c_in_a_plain_script(tmp_path, main):
         if __name__ == "__main__":
     """) + textwrap.indent(textwrap.dedent(MAIN[main].format(N=N)), "    ") + '    print("not reached")\n')
     proc = subprocess.Popen([sys.executable, str(script), str(marks)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                            preexec_fn=_as_from_a_terminal)
     try:
         _wait_for_marker(marks, proc)
         # Ctrl-C can reach only the main thread: the executor's monitor and the local
@@ -159,7 +167,7 @@ def test_ctrl_c_in_terminal_ipython(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "IPython", "--simple-prompt", "--no-banner",
                              "--no-confirm-exit", "--colors=nocolor"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(tmp_path), env=env)
+                            text=True, cwd=str(tmp_path), env=env, preexec_fn=_as_from_a_terminal)
     try:
         proc.stdin.write(lines)
         proc.stdin.flush()
