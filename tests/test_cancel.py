@@ -104,3 +104,42 @@ def test_a_marker_written_elsewhere_stops_the_local_job(storage):
         time.sleep(1.0)
     assert not [k for k in storage.list(protocol.tasks_prefix("cloudbutton", job.job_id))
                 if k.endswith("status.json")]
+
+
+def test_a_cancel_after_the_task_ended_leaves_the_idle_runtime_alone(storage, runtime):
+    """The watch follows only the running invocation: a job cancelled after its task ended
+    on this runtime neither stops nor ends the (idle, warm) process, which serves the next."""
+    job, event = event_for(storage, nap, [0.01])
+    runtime.send(event)
+    assert runtime.recv(time.time() + 20)["state"] == "done"
+    storage.put_if_absent(protocol.cancel_key("cb", job.job_id),
+                          protocol.cancel_marker(by="jupyter-panel", at=time.time()))
+    pid = runtime.pid
+    # Past a look of the watch and the grace it would give a task that ignores the cancel.
+    time.sleep(worker.CANCEL_WATCH_S + worker.CANCEL_GRACE_S + 1.0)
+    assert runtime.popen.poll() is None, "an idle runtime was ended by a later cancel"
+    job2, event2 = event_for(storage, nap, [0.01])
+    runtime.send(event2)
+    assert runtime.recv(time.time() + 20)["state"] == "done" and runtime.pid == pid
+
+
+def test_a_deadline_that_passes_before_the_first_item_still_ends_in_a_timeout_status(
+        storage, monkeypatch):
+    """Under Lambda's supervisor the handler stops at ``stop_at``. A setup that used the time
+    (a slow cold start) arms a timer that fires before the items' loop can catch it: the
+    items still end as timeouts in the stored status, not as a failed handler."""
+    job, event = event_for(storage, nap, [5, 5], chunksize=2)
+    real = worker._WATCH.watching
+
+    def slow_to_start(*args):  # the timer fires in this window, between arming and the loop
+        time.sleep(0.05)
+        return real(*args)
+
+    monkeypatch.setattr(worker._WATCH, "watching", slow_to_start)
+    started = time.time()
+    response = worker.handler(dict(event, stop_at=started + 0.01), local_runtime.Context(60, None))
+    assert response["state"] == "error" and response["written"] is True
+    assert time.time() - started < 2  # the naps never ran
+    status = worker.read_status(storage, "cb", job.job_id, event["task"], bytes.fromhex(event["auth"]))
+    assert {e["kind"] for e in status["items"]["errors"].values()} == {"timeout"}
+    assert len(status["items"]["errors"]) == 2

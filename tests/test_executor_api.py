@@ -132,6 +132,11 @@ def test_stdout_and_flops_land_in_stats(ex):
         report_flops(1e6 * x)
         return x
 
+    # One task of three items: each item's prints and FLOPs are its own.
+    batch = ex.map(work, [1, 2, 3], chunksize=3)
+    assert batch.result() == [1, 2, 3]
+    assert [batch[i].stdout for i in range(3)] == [f"working on {x}\n" for x in (1, 2, 3)]
+    assert [batch[i].stats["flops"] for i in range(3)] == [1e6, 2e6, 3e6]
     job = ex.map(work, [1, 2])
     job.result()
     assert job[1].stdout == "working on 2\n"
@@ -159,8 +164,10 @@ def test_batched_status_is_columnar_and_v1_statuses_still_read(ex, storage):
     assert job.results()[:4] == [0, 1, 2, 3]
     st = json.loads(storage.get(protocol.status_key(ex.prefix, job.job_id, "000003-000006")))
     cols = st["items"]
-    assert st["state"] == "error" and len(cols["t0_us"]) == len(cols["t1_us"]) == 3
-    assert all(0 <= a <= b for a, b in zip(cols["t0_us"], cols["t1_us"]))
+    times = protocol.item_times(cols)  # one clock read per item: each starts where the last ended
+    assert st["state"] == "error" and len(times) == 3
+    assert all(0 < a <= b for a, b in times) and all(times[k][1] == times[k + 1][0] for k in range(2))
+    assert [protocol.item_time(cols, k) for k in range(4)] == times + [None]
     assert list(cols["errors"]) == ["4"] and cols["errors"]["4"]["type"] == "KeyError"
     assert cols["stdout"] == {"4": "four\n"} and cols["flops"] == {"3": 3, "5": 5}
     assert protocol.item_errors(st).keys() == {4} and protocol.item_flops(st) == 8
@@ -173,6 +180,8 @@ def test_batched_status_is_columnar_and_v1_statuses_still_read(ex, storage):
                                          "errors": {"4": {"type": "KeyError"}}, "flops": {"3": 3},
                                          "stdout": {"4": "four\n"}}
     assert protocol.item_errors(v1) == {4: {"type": "KeyError"}} and protocol.item_stdout(v1) == {4: "four\n"}
+    assert protocol.item_times(protocol.item_columns(v1)) == [(10.0, 10.5), (10.5, 11.0)]
+    assert protocol.item_time(protocol.item_columns(v1), 1) == (10.5, 11.0)
 
 
 def test_chunksize_and_auto_batching(ex):

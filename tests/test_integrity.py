@@ -304,6 +304,19 @@ def test_a_job_key_is_hkdf_sha256_of_the_host_key_with_the_job_id_as_info(tmp_pa
     assert integrity.job_key(job_id) == hmac.new(prk, job_id.encode() + b"\x01", hashlib.sha256).digest()
 
 
+def test_a_key_file_of_16_bytes_is_the_shortest_accepted(tmp_path, monkeypatch):
+    """A host key needs at least 16 bytes (32 hex digits); a shorter one is refused below."""
+    import hashlib
+    import hmac
+
+    path = tmp_path / "host.key"
+    path.write_text("ab" * 16 + "\n")
+    os.chmod(path, 0o600)
+    monkeypatch.setenv("CLOUDBUTTON_KEY_FILE", str(path))
+    prk = hmac.new(b"cloudbutton job key v1", b"\xab" * 16, hashlib.sha256).digest()
+    assert integrity.job_key("j") == hmac.new(prk, b"j\x01", hashlib.sha256).digest()
+
+
 @pytest.mark.parametrize("text", ["", "not hex at all", "00" * 15])
 def test_a_key_file_without_a_key_is_refused_saying_what_to_do(tmp_path, monkeypatch, text):
     path = tmp_path / "host.key"

@@ -45,7 +45,7 @@ def run_200(lambda_ex, moto_endpoint, timeout=150):
     assert len(statuses) == N
     assert all(st.get("written_by") != "host" and st["state"] == "done" for st in statuses.values())
     ranges = [protocol.task_range(st["task"]) for st in statuses.values()]
-    assert all(len(st["items"]["t0_us"]) == b - a for st, (a, b) in zip(statuses.values(), ranges))
+    assert all(len(protocol.item_times(st["items"])) == b - a for st, (a, b) in zip(statuses.values(), ranges))
     assert sorted(i for a, b in ranges for i in range(a, b)) == list(range(N))
     assert job.monitor_error is None
     return job, elapsed

@@ -479,3 +479,24 @@ def test_one_pool_per_concurrency_and_environment_shared_until_its_last_release(
         elsewhere.release()
     assert get_local_backend().workers == os.cpu_count()  # default: one per core
     get_local_backend().release()
+
+
+def test_warm_workers_look_at_the_cancel_marker_once_in_a_while_not_per_task(ex):
+    """A warm local worker trusts its last look at the job's cancel marker for
+    CANCEL_CHECK_TTL_S (as Lambda's containers do): most tasks of a quick map make no HEAD.
+    The marker written by someone else still ends the job (the host looks and kills its
+    workers: test_cancel_marker_written_by_someone_else_cancels_the_job)."""
+    from cloudbutton_executor.backends import local
+
+    n = 40
+    started = time.time()
+    job = ex.map(abs, range(-n, 0), chunksize=1)
+    assert job.result(timeout=60) == list(range(n, 0, -1))
+    took = time.time() - started
+    statuses = [json.loads(ex.storage.get(protocol.status_key("cloudbutton", job.job_id, f.task_id)))
+                for f in job]
+    looks = sum(s["stats"]["requests"].get("HEAD", 0) for s in statuses)
+    pids = {s["stats"]["pid"] for s in statuses}
+    # One look per worker and per window at most (it ran for ``took`` seconds), and not none.
+    assert 1 <= looks <= len(pids) * (1 + took / local.CANCEL_CHECK_TTL_S), (looks, took)
+    assert looks < n / 2

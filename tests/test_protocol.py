@@ -198,3 +198,26 @@ def test_a_host_written_status_without_details_still_fails_its_items_readably():
     assert errors == {0: record, 1: record}
     with_tb = protocol.item_errors({"task": "000000-000001", "infra": {"traceback": "tb"}})
     assert with_tb[0]["traceback"] == "tb"
+
+
+def test_an_events_item_boundaries_travel_as_packed_sizes_and_read_back_as_offsets():
+    import array
+
+    sizes = array.array("Q", [23, 0, 70000, 5])
+    data = protocol.encode_item_sizes(sizes)
+    assert set(data) == {"sizes"} and protocol.item_offsets(data) == [0, 23, 23, 70023, 70028]
+    assert protocol.item_offsets(protocol.encode_item_sizes(array.array("Q"))) == [0]
+    # An item too big for 32 bits: the plain offsets, which workers read as well.
+    big = protocol.encode_item_sizes(array.array("Q", [1, 2 ** 33]))
+    assert big == {"offsets": [0, 1, 2 ** 33 + 1]} and protocol.item_offsets(big) == [0, 1, 2 ** 33 + 1]
+
+
+def test_item_times_read_the_marks_of_a_status_and_the_older_columns_alike():
+    import array
+
+    cols = {"t_marks": protocol.encode_marks(array.array("d", [10.0, 10.5, 12.0]))}
+    assert protocol.item_times(cols) == [(10.0, 10.5), (10.5, 12.0)]
+    assert [protocol.item_time(cols, k) for k in (-1, 0, 1, 2)] == [None, (10.0, 10.5), (10.5, 12.0), None]
+    old = {"base": 10.0, "t0_us": [0, 500000], "t1_us": [500000, 2000000]}
+    assert protocol.item_times(old) == [(10.0, 10.5), (10.5, 12.0)] and protocol.item_time(old, 2) is None
+    assert protocol.item_times({}) == [] and protocol.item_time({}, 0) is None

@@ -192,6 +192,38 @@ def test_the_record_gives_back_every_task_in_flight_with_its_budgets():
     assert all(type(v) is int for s in back for v in (s.attempt, s.retries_used, s.redelivered))
 
 
+CHILD_WITH_DEFAULT_SIGNALS = """
+import signal, time
+for sig in signal.valid_signals():
+    try:
+        signal.signal(sig, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_checking_that_an_owner_is_alive_sends_it_no_signal():
+    """owner_alive probes the owner's pid with signal 0 (existence only): the host it asks
+    about, here a live child process, keeps running."""
+    t = 1_700_000_000.0
+    # Every signal at its default action (under nohup a parent ignores SIGHUP, and its
+    # children inherit that): signal 1, or any other that ends a process, would end it.
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WITH_DEFAULT_SIGNALS],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        record = {"updated": t, "owner": dict(records.owner("s"), pid=child.pid)}
+        assert records.owner_alive(record, t + 1)
+        time.sleep(0.2)  # a signal that ends a process takes effect at once, but not in 0 s
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
 def test_a_record_is_stale_only_past_the_heartbeat_allowance():
     """An attaching host takes over when the record's host has not written it for more than
     ``DISPATCH_STALE_S`` (or its process is gone); at exactly that age it still waits."""

@@ -364,13 +364,288 @@ def test_a_counting_view_passes_every_argument_through(tmp_path):
     assert view.size("d/a") == 10
     with view.open_range("d/a", 3, 6) as f:
         assert f.read() == b"345"
+    with view.open_range("d/a") as f:  # from the start by default
+        assert f.read() == b"0123456789"
     assert list(view.iter_objects("d/", start_after="d/a")) == [("d/sub/b", 1)]
     assert [k for k, _ in view.iter_modified("d/")] == ["d/a", "d/sub/b"]
     view.touch("d/a")
     view.delete("d/a")
     assert not st.exists("d/a")
     assert view.delete_prefix("d/") == 1 and st.list("d/") == []
-    assert view.counts == {"PUT": 3, "GET": 3, "HEAD": 1, "LIST": 2, "DELETE": 2}
+    assert view.counts == {"PUT": 3, "GET": 4, "HEAD": 1, "LIST": 2, "DELETE": 2}
     assert view.kind == "local"
     view.add_counts({"GET": 5, "LIST": 0})  # a data listing's requests, made elsewhere
-    assert view.counts["GET"] == 8 and view.counts["LIST"] == 2
+    assert view.counts["GET"] == 9 and view.counts["LIST"] == 2
+
+
+# Sizes, streams, listings with sizes and deletes, on both storages --------------------------
+def test_sizes_streams_listings_and_deletes(any_storage):
+    """size, open_range, iter_objects and delete answer alike on a directory and on S3:
+    exact bytes for every range (empty, past the end, cut short by the object's end),
+    a missing key is NotFound naming it, and each call counts as one request of its kind."""
+    st = any_storage
+    st.put("p/a", b"0123456789")
+    st.put("p/sub/b", b"xy")
+    st.put("q/empty", b"")
+    assert (st.size("p/a"), st.size("p/sub/b"), st.size("q/empty")) == (10, 2, 0)
+    assert st.request_counts == {"PUT": 3, "HEAD": 3}
+    st.touch("q/empty")
+    assert st.request_counts == {"PUT": 4, "HEAD": 3} and st.get("q/empty") == b""
+
+    def read(*args):
+        with st.open_range("p/a", *args) as f:
+            assert f.readable()
+            return f.read()
+
+    assert read() == b"0123456789"  # from the start by default
+    assert read(3) == b"3456789" and read(3, 7) == b"3456" and read(0, 1) == b"0"
+    assert read(5, 100) == b"56789"  # the object ends first
+    assert read(7, 7) == b"" and read(8, 3) == b""  # an empty range reads nothing
+    assert read(10) == b"" and read(20, 25) == b""  # at or past the end
+    with st.open_range("p/a", 1, 8) as f:  # read piece by piece: never past the range
+        assert [f.read(3), f.read(3), f.read(3), f.read(3)] == [b"123", b"456", b"7", b""]
+    assert st.request_counts["GET"] == 11
+
+    assert list(st.iter_objects("p/")) == [("p/a", 10), ("p/sub/b", 2)]
+    assert list(st.iter_objects("p/", start_after="p/a")) == [("p/sub/b", 2)]
+    assert list(st.iter_objects("")) == [("p/a", 10), ("p/sub/b", 2), ("q/empty", 0)]
+    assert list(st.iter_objects("none/")) == []
+    assert [k for k, _ in st.iter_modified("p/")] == ["p/a", "p/sub/b"]
+
+    for call in (st.size, st.open_range):
+        with pytest.raises(NotFound) as info:
+            call("p/none")
+        assert type(info.value) is NotFound and str(info.value) == "p/none"
+    with pytest.raises(NotFound) as info:
+        st.touch("p/none")
+    assert type(info.value) is NotFound and str(info.value) == "p/none"
+    counts = st.request_counts
+    st.delete("p/a")
+    st.delete("p/a")  # deleting a missing key is no error
+    assert not st.exists("p/a") and st.list("") == ["p/sub/b", "q/empty"]
+    assert st.request_counts["DELETE"] == counts.get("DELETE", 0) + 2
+
+
+def test_not_found_reads_as_its_key():
+    assert str(NotFound("p/jobs/x/manifest.json")) == "p/jobs/x/manifest.json"
+    assert str(NotFound()) == "not found"
+
+
+def test_a_missing_bucket_is_named_not_taken_for_a_missing_key(tmp_path, moto_endpoint):
+    """Reads of data in a bucket (or local root) that does not exist raise NoSuchBucket
+    naming it: the job protocol must not wait for keys that can never appear."""
+    from cloudbutton_executor.storage import NoSuchBucket
+
+    absent = str(tmp_path / "absent")
+    gone = [(LocalStorage(absent), f"no such directory: {absent}"),
+            (S3Storage("no-such-bucket-cb", region="us-east-1", endpoint_url=moto_endpoint),
+             "no such bucket: no-such-bucket-cb")]
+    def reads(st):
+        last = st.get if isinstance(st, LocalStorage) else st.touch
+        return [lambda: st.size("k"), lambda: st.open_range("k", 0, 4),
+                lambda: list(st.iter_objects("p/")), lambda: last("k")]
+
+    for st, message in gone:
+        for call in reads(st):
+            with pytest.raises(NoSuchBucket) as info:
+                call()
+            assert str(info.value) == message
+
+
+def test_a_missing_key_is_told_from_a_missing_bucket_at_one_head_more(tmp_path, moto_endpoint,
+                                                                      s3_bucket):
+    """S3's HEAD has no error body: a 404 for a key in a bucket that exists costs one
+    more HEAD (of the bucket) to say it is the key; a directory needs none."""
+    for st, heads in ((LocalStorage(str(tmp_path)), 1),
+                      (S3Storage(s3_bucket, region="us-east-1", endpoint_url=moto_endpoint), 2)):
+        with pytest.raises(NotFound) as info:
+            st.size("k")
+        assert type(info.value) is NotFound and st.request_counts == {"HEAD": heads}
+
+
+def test_local_listings_skip_keys_deleted_while_they_are_read(tmp_path):
+    """A key deleted after the listing was taken is skipped; the keys after it still come."""
+    st = LocalStorage(str(tmp_path))
+    for k in ("p/a", "p/b", "p/c"):
+        st.put(k, b"12")
+    for listing in (st.iter_objects, st.iter_modified):
+        st.put("p/b", b"12")
+        it = listing("p/")
+        assert next(it)[0] == "p/a"
+        st.delete("p/b")
+        assert [k for k, _ in it] == ["p/c"]
+
+
+def test_small_parts_are_written_in_runs_of_about_a_megabyte():
+    """put_parts' pieces: runs of small parts joined until they reach 1 MB (then written),
+    a part of 1 MB or more (counted in bytes, whatever its item size) passed as it is,
+    never copied, and a last lone part as it is."""
+    from cloudbutton_executor.storage import _COALESCE_BYTES as MB
+    from cloudbutton_executor.storage import _coalesced
+
+    almost, one = b"x" * (MB - 1), b"y"
+    big = b"B" * MB
+    words = memoryview(array.array("Q", range(MB // 8)))  # MB // 8 items, MB bytes
+    tail = bytearray(b"tail")
+    parts = [almost, one, almost, one, big, almost, one, words, b"s", tail]
+    pieces = list(_coalesced(parts))
+    assert [len(p) if not isinstance(p, memoryview) else p.nbytes for p in pieces] == [
+        MB, MB, MB, MB, MB, 5]
+    assert pieces[0] == almost + one and pieces[1] == almost + one and pieces[3] == almost + one
+    assert pieces[2] is big and pieces[4] is words and pieces[5] == b"stail"
+    assert list(_coalesced([tail]))[0] is tail
+    # Small parts waiting when a large one comes are written first; the count starts over.
+    assert [len(p) for p in _coalesced([b"s", big, almost, one, b"z"])] == [1, MB, MB, 1]
+    assert list(_coalesced([])) == []
+
+
+def test_s3_touch_copies_the_object_onto_itself_with_new_metadata(moto_endpoint, s3_bucket):
+    """S3 copies an object onto itself only if something changes: touch replaces its
+    metadata with the time of the touch, billed as one PUT."""
+    import time
+
+    st = S3Storage(s3_bucket, region="us-east-1", endpoint_url=moto_endpoint)
+    st.put("k", b"payload")
+    before = time.time()
+    st.touch("k")
+    meta = st.client.head_object(Bucket=s3_bucket, Key="k")["Metadata"]
+    assert list(meta) == ["touched"] and before - 1 <= float(meta["touched"]) <= time.time() + 1
+    assert st.request_counts == {"PUT": 2} and st.get("k") == b"payload"
+
+
+def test_s3_construction_and_descriptions_with_a_profile(moto_endpoint, s3_bucket):
+    """A profile (a name in the host's ~/.aws, never a secret) travels in the description;
+    a given session or client is the one used."""
+    import boto3
+
+    with pytest.raises(ValueError) as info:
+        S3Storage("")
+    assert str(info.value) == "S3 storage needs a bucket name"
+    named = storage_from_description({"kind": "s3", "bucket": "b", "profile": "work"})
+    assert isinstance(named, S3Storage) and named.profile == "work"
+    assert named.describe() == {"kind": "s3", "bucket": "b", "profile": "work"}
+    session = boto3.session.Session(region_name="eu-west-3")
+    assert S3Storage("b", session=session).client.meta.region_name == "eu-west-3"
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    shared = S3Storage(s3_bucket, client=client)
+    assert shared.client is client
+    shared.put("k", b"v")
+    assert client.get_object(Bucket=s3_bucket, Key="k")["Body"].read() == b"v"
+
+
+def test_s3_listings_with_sizes_and_times_follow_every_page(moto_endpoint, s3_bucket):
+    """iter_objects and iter_modified read S3's pages of 1,000 keys one after another (one
+    LIST each), so a job of more tasks than a page is listed whole."""
+    import time
+
+    import boto3
+
+    st = S3Storage(s3_bucket, region="us-east-1", endpoint_url=moto_endpoint)
+    keys = [f"many/{i:05d}" for i in range(1001)]
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=s3_bucket, Key=k, Body=b"12"), keys))
+    client.put_object(Bucket=s3_bucket, Key="many/ZZX/deeper", Body=b"abc")
+    assert list(st.iter_objects("many/")) == [(k, 2) for k in keys] + [("many/ZZX/deeper", 3)]
+    assert st.request_counts == {"LIST": 2}
+    assert list(st.iter_objects("many/", start_after="many/00999")) == [
+        ("many/01000", 2), ("many/ZZX/deeper", 3)]
+    assert st.request_counts == {"LIST": 3}
+    modified = list(st.iter_modified("many/"))
+    assert [k for k, _ in modified] == keys + ["many/ZZX/deeper"]
+    assert all(abs(t - time.time()) < 600 for _, t in modified)
+    assert st.request_counts == {"LIST": 5}
+
+
+def test_put_parts_stores_the_parts_joined(any_storage):
+    st = any_storage
+    st.put_parts("p/joined", [b"ab", bytearray(b"cd"), b"", b"e"])
+    assert st.get("p/joined") == b"abcde" and st.request_counts == {"PUT": 1, "GET": 1}
+
+
+def test_prefixes_ending_in_x_are_cut_at_their_slash_only(any_storage):
+    """A prefix loses its trailing "/" and nothing more (not a set of characters): jobs
+    named like "...X/" list, show as children and are deleted like any other."""
+    st = any_storage
+    for k in ["p/boX/1", "p/boX/sub/2", "p/bo/3"]:
+        st.put(k, b"-")
+    assert st.list("p/boX/") == ["p/boX/1", "p/boX/sub/2"]
+    assert st.children("p/boX/") == ["1", "sub"] and st.children("p/boX") == ["1", "sub"]
+    assert st.delete_prefix("p/boX/") == 2
+    assert st.list("p/") == ["p/bo/3"] and st.children("p/") == ["bo"]
+
+
+@pytest.mark.parametrize("unnamed_files", [True, False], ids=["o_tmpfile", "portable"])
+def test_racing_first_writes_one_wins_and_no_reader_sees_a_partial_object(
+        tmp_path, monkeypatch, unnamed_files):
+    """put_if_absent on Linux writes an unnamed file and links it in place; elsewhere (or
+    where the kernel refuses) a named temporary file. Either way exactly one writer of a key
+    wins, and a reader meanwhile finds nothing or one writer's complete bytes."""
+    import threading
+
+    from cloudbutton_executor import storage
+
+    if unnamed_files and not storage._ANONYMOUS_FILES:
+        pytest.skip("no O_TMPFILE or /proc here")
+    monkeypatch.setattr(storage, "_ANONYMOUS_FILES", unnamed_files)
+    st = LocalStorage(str(tmp_path))
+    payloads = [bytes([i]) * (4 << 20) for i in range(6)]  # several writes per object
+    for round_ in range(5):
+        key = f"p/jobs/j/tasks/{round_:06d}/status.json"
+        barrier, wins, seen, stop = threading.Barrier(len(payloads) + 1), [], [], threading.Event()
+
+        def write(data, key=key, barrier=barrier, wins=wins):
+            barrier.wait()
+            wins.append((st.put_if_absent(key, data), data[:1]))
+
+        def read(key=key, barrier=barrier, seen=seen, stop=stop):
+            barrier.wait()
+            while not stop.is_set():
+                try:
+                    seen.append(st.get(key))
+                except NotFound:
+                    pass
+
+        reader = threading.Thread(target=read)
+        writers = [threading.Thread(target=write, args=(p,)) for p in payloads]
+        for t in [reader, *writers]:
+            t.start()
+        for t in writers:
+            t.join()
+        stop.set()
+        reader.join()
+        winners = [first for ok, first in wins if ok]
+        assert len(wins) == len(payloads) and len(winners) == 1
+        stored = st.get(key)
+        assert stored == winners[0] * len(stored) and len(stored) == 4 << 20
+        assert all(s == stored for s in seen)  # never partial, never another writer's
+        assert os.listdir(os.path.dirname(os.path.join(st.root, key))) == ["status.json"]
+
+
+def test_unnamed_files_refused_falls_back_to_named_temporary_files(tmp_path, monkeypatch):
+    """A sandbox or filesystem that refuses to link an unnamed file (no /proc, EXDEV) gets
+    the portable write, and the process stops trying."""
+    import errno
+
+    from cloudbutton_executor import storage
+
+    if not storage._ANONYMOUS_FILES:
+        pytest.skip("no O_TMPFILE or /proc here")
+    real_link = os.link
+    tried = []
+
+    def link(src, dst, **kw):
+        if str(src).startswith("/proc/self/fd/"):
+            tried.append(dst)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, **kw)
+
+    monkeypatch.setattr(storage.os, "link", link)
+    monkeypatch.setattr(storage, "_ANONYMOUS_FILES", True)
+    st = LocalStorage(str(tmp_path))
+    assert st.put_if_absent("p/a/status.json", b"first") is True
+    assert st.put_if_absent("p/a/status.json", b"second") is False
+    assert st.put_if_absent("p/b/status.json", b"other") is True
+    assert st.get("p/a/status.json") == b"first" and st.get("p/b/status.json") == b"other"
+    assert len(tried) == 1 and storage._ANONYMOUS_FILES is False  # tried once, then not
+    assert sorted(os.listdir(tmp_path / "p" / "a")) == ["status.json"]  # no temp files

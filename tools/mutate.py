@@ -159,7 +159,8 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     if (args.retest_survivors or args.untried) and (where / "mutants").is_dir():
         # mutmut keeps a result until its function changes; new tests need this.
         # --untried continues a stopped run without testing its survivors again yet.
-        wanted = {"not checked"} if args.untried else {"survived", "no tests", "not checked"}
+        wanted = ({"not checked"} if args.untried
+                  else {"survived", "no tests", "not checked", "suspicious"})
         again = sorted(k for k, v in results(where).items()
                        if v in wanted
                        and any(fnmatch.fnmatchcase(k, pat) for pat in patterns))
@@ -212,7 +213,8 @@ def main(argv=None) -> int:
                    help="minimum score of each module in %% (default 80)")
     p.add_argument("--fresh", action="store_true", help="forget earlier results")
     p.add_argument("--retest-survivors", action="store_true",
-                   help="test again the mutants that survived or were not tried (after adding tests)")
+                   help="test again the mutants that survived, were suspicious or were not tried "
+                   "(after adding tests)")
     p.add_argument("--untried", action="store_true",
                    help="test only the mutants not tried yet (a stopped run continued)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)

@@ -259,10 +259,8 @@ class CacheWriter:
         stats = {k: v for k, v in (status.get("stats") or {}).items()
                  if k in ("host_submit", "worker_start", "setup_done", "compute_done",
                           "result_stored", "cold_start", "init_s", "peak_mem_mb")}
-        times = []
-        base, t0, t1 = cols.get("base") or 0.0, cols.get("t0_us") or [], cols.get("t1_us") or []
-        for k in range(b - a):
-            times.append([base + t0[k] / 1e6, base + t1[k] / 1e6] if k < len(t0) else [None, None])
+        known = protocol.item_times(cols)
+        times = [list(known[k]) if k < len(known) else [None, None] for k in range(b - a)]
         stdout = {str(int(i) - a): text for i, text in (cols.get("stdout") or {}).items()}
         part = {"task": tid, "keys": list(self.keys[a:b]), "ok": list(ok), "stats": stats,
                 "times": times, "stdout": stdout, "sha256": integrity.sha256(blob), "len": len(blob)}

@@ -28,11 +28,9 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import dataclasses
-import itertools
 import json
 import logging
 import math
-import operator
 import os
 import pickle
 import threading
@@ -140,6 +138,7 @@ class Dispatcher:
         self._payloads = payloads  # None: a job followed from storage (until it resumes)
         self.inputs: JobInputs | None = None  # the stored inputs' index (start or resume)
         self.key = integrity.job_key(spec.job_id)  # seals what this job's hosts and workers write
+        self._key_hex = self.key.hex()
         self._session = os.urandom(8).hex()
         self._epoch = 0                            # which dispatching host of the job this is
         self._record_dirty = False
@@ -456,13 +455,14 @@ class Dispatcher:
                             if self._batcher is None else PROBE_INVOCATIONS)
         if self._batcher is None:
             size = int(self.spec.chunksize)
-            sizes = [min(size, remaining - k) for k in range(0, remaining, size)]
+            count = -(-remaining // size)
             # Backends without their own queue (Lambda) get only about their concurrency
-            # at once, so an invocation's deadline clock starts when it can really run.
+            # at once, so an invocation's deadline clock starts when it can really run. Only
+            # those are planned (not a list of every remaining task per dispatch).
             cap = self.limits.max_inflight
             if cap:
-                sizes = sizes[:max(0, cap - len(self._inflight))]
-            return sizes
+                count = min(count, max(0, cap - len(self._inflight)))
+            return [min(size, remaining - k * size) for k in range(count)]
         sizes = []
         free = self._window - len(self._inflight)
         while free > 0 and remaining > 0:
@@ -520,21 +520,19 @@ class Dispatcher:
             data = {"offsets": [0, 0], "inline": ""}
         else:
             base = inputs.offsets
-            # The items' offsets within the task, without a Python step per item.
-            offs = list(map(operator.sub, base[start:stop + 1], itertools.repeat(base[start])))
             if inputs.size(start, stop) <= protocol.inline_event_limit(self.limits.payload_limit_bytes):
-                data = {"inline": base64.b64encode(inputs.item_bytes(start, stop)).decode(),
-                        "offsets": offs}
+                data = {"inline": base64.b64encode(inputs.item_bytes(start, stop)).decode()}
             else:  # read from storage by the worker, which checks the covering blocks
                 data = {"key": protocol.data_key(spec.prefix, spec.job_id),
-                        "start": int(base[start]), "stop": int(base[stop]), "offsets": offs,
+                        "start": int(base[start]), "stop": int(base[stop]),
                         "blocks": [list(b) for b in inputs.covering(start, stop)]}
+            data.update(protocol.encode_item_sizes(inputs.sizes[start:stop]))
         event: Event = {
             "v": protocol.PROTOCOL_VERSION, "job_id": spec.job_id, "prefix": spec.prefix,
             "storage": self._storage_desc, "function_key": spec.function_key,
             "task": tid, "data": data, "host_submit": self.clock(), "attempt": 0,
             "timeout": self._invocation_timeout(stop - start), "memory_mb": spec.memory_mb,
-            "auth": self.key.hex(),
+            "auth": self._key_hex,  # one string for every event (a job's events may all be queued)
         }
         if spec.reduce is not None:
             event["reduce"] = dict(spec.reduce, auth=integrity.job_key(spec.reduce["job_id"]).hex())

@@ -94,9 +94,14 @@ def _mac(key: bytes, name: str, body: bytes) -> bytes:
     return hmac.new(key, name.encode() + b"\x00" + body, "sha256").hexdigest().encode()
 
 
+# One encoder for every sealed document: json.dumps with options builds one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode  # given text: json.loads of bytes guesses their encoding
+
+
 def seal(key: bytes, name: str, doc: dict[str, Any]) -> bytes:
     """``doc`` as JSON, sealed for storage under ``name`` (its key below the prefix)."""
-    body = json.dumps(doc, separators=(",", ":")).encode()
+    body = _encode(doc).encode()
     if not body.startswith(b"{") or body == b"{}":
         raise ValueError("only a non-empty JSON object can be sealed")
     return _MAC_HEAD + _mac(key, name, body) + b'",' + body[1:]
@@ -111,7 +116,7 @@ def open_sealed(key: bytes, name: str, raw: bytes, what: str = "object") -> dict
                                        _mac(key, name, b"{" + raw[head + _MAC_HEX + 2:]))):
         raise IntegrityError(f"{what} {name} is a tampered or foreign object: its seal does not "
                              "verify with this job's key")
-    doc: dict[str, Any] = json.loads(b"{" + raw[head + _MAC_HEX + 2:])
+    doc: dict[str, Any] = _decode("{" + str(raw[head + _MAC_HEX + 2:], "utf-8"))
     return doc
 
 

@@ -23,6 +23,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None  # type: ignore[assignment]
+
 _HEADER = struct.Struct(">I")
 _random = random.Random()
 
@@ -42,6 +47,7 @@ class RuntimeProcess:
         assert self.popen.stdout is not None and self.popen.stdin is not None
         self.stdin = self.popen.stdin
         self.out_fd = self.popen.stdout.fileno()
+        os.set_blocking(self.out_fd, False)  # recv reads first, and waits only if nothing came
         self._buf = b""
         self.doomed = False  # killed by a cancel: never to be handed another event
         self.peak_rss_mb = 0.0  # the most resident memory seen while it ran an event
@@ -65,21 +71,23 @@ class RuntimeProcess:
                 if len(self._buf) >= header.size + n:
                     body = self._buf[header.size:header.size + n]
                     self._buf = self._buf[header.size + n:]
-                    response: dict[str, Any] = json.loads(body)
+                    response: dict[str, Any] = _decode(body.decode())
                     return response
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise TimeoutError
-            ready, _, _ = select.select([self.out_fd], [], [], min(remaining, self.SAMPLE_S))
-            if ready:
+            try:  # a reply already written costs no select (a busy host finds most so)
                 chunk = os.read(self.out_fd, 1 << 16)
-                if not chunk:
-                    return None
-                self._buf += chunk
-            else:  # a long wait: sample its memory (and let the supervisor look around)
-                self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self.popen.pid))
-                if tick is not None:
-                    tick()
+            except BlockingIOError:
+                ready, _, _ = select.select([self.out_fd], [], [], min(remaining, self.SAMPLE_S))
+                if not ready:  # a long wait: sample its memory (and let the supervisor look around)
+                    self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self.popen.pid))
+                    if tick is not None:
+                        tick()
+                continue
+            if not chunk:
+                return None
+            self._buf += chunk
 
     def kill(self) -> int:
         try:
@@ -154,12 +162,14 @@ def read_message(stream: IO[bytes]) -> Any:
         return None
     (n,) = _HEADER.unpack(header)
     body = stream.read(n)
-    return json.loads(body)
+    return _decode(body.decode())
 
 
 # One encoder for every message: json.dumps with options builds a new one per call
 # (~2.5 µs of each event and each response).
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+# And one decoder, given text: json.loads of bytes first guesses their encoding.
+_decode = json.JSONDecoder().decode
 
 
 def encode_message(obj: Any) -> bytes:
@@ -180,12 +190,18 @@ class Context:
         return max(0, int((self._deadline - time.time()) * 1000))
 
 
+_hard_as: int | None = None  # RLIMIT_AS's hard limit: read once (only this process lowers it)
+
+
 def _set_memory_limit(memory_mb: int | None) -> None:
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not POSIX
+    """The invocation's memory limit (RLIMIT_AS), or none between invocations. Two calls per
+    invocation: the resource module and the hard limit are looked up once per process."""
+    global _hard_as
+    if resource is None:  # pragma: no cover - not POSIX
         return
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if _hard_as is None:
+        _hard_as = resource.getrlimit(resource.RLIMIT_AS)[1]
+    hard = _hard_as
     want = resource.RLIM_INFINITY if not memory_mb else int(memory_mb) * 1024 * 1024
     if hard != resource.RLIM_INFINITY and (want == resource.RLIM_INFINITY or want > hard):
         want = hard

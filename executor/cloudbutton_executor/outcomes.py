@@ -10,6 +10,7 @@ values the store already holds.
 """
 from __future__ import annotations
 
+import array
 import bisect
 import concurrent.futures as cf
 import gc
@@ -88,9 +89,10 @@ class OutcomeStore:
         self._sync_lock = threading.Lock()  # moves futures between states, one at a time
         self._task_starts: list[int] = []  # sorted first items of the known tasks
         self._task_at: dict[int, tuple[str, int]] = {}  # first item -> (task id, stop)
-        self._task_host: dict[str, dict[str, Any]] = {}  # task id -> host-side times, attempts
-        self._task_stats: dict[str, dict[str, Any]] = {}  # task id -> the status's stats
-        self._task_items: dict[str, dict[str, Any]] = {}  # task id -> the status's item columns
+        self._task_host: dict[str, _HostSeen] = {}  # task id -> host-side times, attempts
+        # Kept for the job's life, one per task: packed (see ``_packed``), not dicts.
+        self._task_stats: dict[str, tuple[Any, ...]] = {}  # task id -> the status's stats
+        self._task_items: dict[str, tuple[Any, ...]] = {}  # task id -> the status's item columns
         self._error_info: dict[int, dict[str, Any]] = {}  # item -> type, message, traceback
         self._flops = 0.0
         self._ended_log: list[tuple[str | None, int, int]] = []  # see ended_tasks()
@@ -161,7 +163,7 @@ class OutcomeStore:
     def task_records(self) -> list[tuple[dict[str, Any], int]]:
         """``(stats, attempt)`` of every stored status applied so far (see ``task_record``)."""
         with self._lock:
-            return [self._record(tid, st) for tid, st in self._task_stats.items()]
+            return [self._record(tid, _unpacked(st)) for tid, st in self._task_stats.items()]
 
     def task_record(self, tid: str) -> tuple[dict[str, Any], int] | None:
         """``(stats, attempt)`` of task ``tid``'s applied status; None before it is applied.
@@ -170,7 +172,7 @@ class OutcomeStore:
         ``backup_s``."""
         with self._lock:
             st = self._task_stats.get(tid)
-            return None if st is None else self._record(tid, st)
+            return None if st is None else self._record(tid, _unpacked(st))
 
     def _record(self, tid: str, st: dict[str, Any]) -> tuple[dict[str, Any], int]:
         host = self._task_host[tid]
@@ -182,7 +184,7 @@ class OutcomeStore:
     def note_losers(self, tid: str, sent: int, backup_s: float) -> None:
         """Task ``tid`` was sent ``sent`` times; the attempts that lost ran ``backup_s``."""
         with self._lock:
-            host = self._task_host.setdefault(tid, {})
+            host = self._host(tid)
             host["sent"] = sent
             host["backup_s"] = backup_s
 
@@ -203,7 +205,7 @@ class OutcomeStore:
     def item_backups(self, i: int) -> list[dict[str, Any]]:
         """The backup invocations sent for item ``i``'s task: ``{"at", "reason", "attempt"}``."""
         tid = self.item_task(i)
-        return list((self._task_host.get(tid) or {}).get("backups", ())) if tid else []
+        return list((self._task_host.get(tid) or _NO_HOST).get("backups", ())) if tid else []
 
     def item_task(self, i: int) -> str | None:
         """The task (invocation) that runs or ran item ``i``; None while it is queued."""
@@ -223,11 +225,11 @@ class OutcomeStore:
             return dict(info.get("stats") or {})
         if tid is None:
             return dict(info.get("stats") or {}, cached=True) if info else {}
-        host = self._task_host.get(tid) or {}
+        host = self._task_host.get(tid) or _NO_HOST
         out: dict[str, Any] = {"host_submit": host.get("host_submit")}
         if "host_start_seen" in host:
             out["host_start_seen"] = host["host_start_seen"]
-        st = self._task_stats.get(tid)
+        st = _unpacked(self._task_stats.get(tid))
         if not st:  # not (completely) collected yet
             return out
         out.update(worker_start=st.get("worker_start"), setup_done=st.get("setup_done"),
@@ -237,13 +239,10 @@ class OutcomeStore:
                    flops=0)
         if st.get("read_bytes"):  # what its task read from storage (the task's, not the item's)
             out.update(read_bytes=st["read_bytes"], read_s=st.get("read_s"))
-        cols = self._task_items.get(tid) or {}
-        t0, t1 = cols.get("t0_us"), cols.get("t1_us")
-        k = i - protocol.task_range(tid)[0]
-        if t0 and t1 and k < len(t0):
-            base = cols.get("base") or 0.0
-            out["compute_start"] = base + t0[k] / 1e6
-            out["compute_done"] = base + t1[k] / 1e6
+        cols = _unpacked(self._task_items.get(tid))
+        times = protocol.item_time(cols, i - protocol.task_range(tid)[0])
+        if times is not None:
+            out["compute_start"], out["compute_done"] = times
         out["flops"] = (cols.get("flops") or {}).get(str(i), 0)
         return out
 
@@ -251,7 +250,8 @@ class OutcomeStore:
         """What item ``i`` printed: all of it once its task ended, what reached the host so
         far while it runs (live stdout), what it printed when computed if it was cached."""
         tid = self.item_task(i)
-        cols = self._task_items.get(tid) if tid else None
+        packed = self._task_items.get(tid) if tid else None
+        cols = None if packed is None else _unpacked(packed)  # None: not collected yet
         rerun = self._cache_info.get(i)
         if rerun is not None and rerun.get("rerun"):
             return str(rerun.get("stdout") or "")
@@ -285,7 +285,7 @@ class OutcomeStore:
 
     def item_attempts(self, i: int) -> int:
         tid = self.item_task(i)
-        return int((self._task_host.get(tid) or {}).get("attempts", 0)) if tid else 0
+        return int((self._task_host.get(tid) or _NO_HOST).get("attempts", 0)) if tid else 0
 
     def forget(self, i: int) -> None:
         """Drop the references to ended item ``i``'s value and future (its state stays): for
@@ -369,7 +369,14 @@ class OutcomeStore:
         """A task covering items of ``tid`` is sent (first attempt at ``host_submit``)."""
         with self._lock:
             self._register(tid)
-            self._task_host.setdefault(tid, {})["host_submit"] = host_submit
+            self._host(tid)["host_submit"] = host_submit
+
+    def _host(self, tid: str) -> _HostSeen:
+        """Task ``tid``'s host-side record, made if new (lock held)."""
+        host = self._task_host.get(tid)
+        if host is None:
+            host = self._task_host[tid] = _HostSeen()
+        return host
 
     def _register(self, tid: str) -> None:
         """Record which items a task covers (lock held)."""
@@ -387,12 +394,12 @@ class OutcomeStore:
     def note_backup(self, tid: str, at: float, reason: str, attempt: int) -> None:
         """A backup invocation of task ``tid`` was sent (``reason``: "slow" or "lost")."""
         with self._lock:
-            host = self._task_host.setdefault(tid, {})
+            host = self._host(tid)
             host.setdefault("backups", []).append({"at": at, "reason": reason, "attempt": attempt})
 
     def task_backups(self, tid: str) -> list[dict[str, Any]]:
         with self._lock:
-            return list((self._task_host.get(tid) or {}).get("backups", ()))
+            return list((self._task_host.get(tid) or _NO_HOST).get("backups", ()))
 
     def apply_cached(self, items: Sequence[int], values: Sequence[Any],
                      infos: Sequence[dict[str, Any]]) -> None:
@@ -464,7 +471,7 @@ class OutcomeStore:
         """A worker picked the task up: its queued items run."""
         a, b = protocol.task_range(tid)
         with self._lock:
-            self._task_host.setdefault(tid, {}).setdefault("host_start_seen", seen_at)
+            self._host(tid).setdefault("host_start_seen", seen_at)
             # Only queued items move to running (a retry finds them running already).
             self._state[a:b] = self._state[a:b].replace(*_TO_RUNNING)
             futs = self._futures_in(a, b)
@@ -481,15 +488,16 @@ class OutcomeStore:
         st = status.get("stats") or {}
         with self._lock:
             self._register(tid)
-            host = self._task_host.setdefault(tid, {})
+            tid = self._task_at[a][0]  # the registered id string: one per task kept, not two
+            host = self._host(tid)
             host.update(host_seen=host_seen, host_fetched=fetched,
                         attempts=status.get("attempt", 0) + 1)
             if st.get("host_submit") is not None:
                 host["host_submit"] = st["host_submit"]  # the attempt whose status won
-            self._task_stats[tid] = _interned(st)
+            self._task_stats[tid] = _packed(st)
             # Empty columns (no errors, flops or stdout: the usual case) are not kept;
             # their readers take a missing one as empty.
-            self._task_items[tid] = _interned({k: v for k, v in cols.items() if v != {}})
+            self._task_items[tid] = _packed({k: v for k, v in cols.items() if v != {}})
             self._flops += sum((cols.get("flops") or {}).values())
             self._end_items(tid, a, b, outcomes, errors, infra)
             self._ended_log.append((tid, a, b))
@@ -610,10 +618,96 @@ class OutcomeStore:
                 log.exception("a listener of job %s failed", self.job_id)
 
 
-def _interned(doc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` (decoded JSON, kept for the job's life) with its keys, and those of the dicts
-    in it, interned: JSON decoding makes new key strings for every status, and at one
-    status per item (chunksize 1) they were most of the host's memory per task."""
-    intern = sys.intern  # not item numbers (the keys of a task's errors, flops, stdout)
-    return {(k if k.isdigit() else intern(k)): (_interned(v) if type(v) is dict else v)
-            for k, v in doc.items()}
+class _HostSeen:
+    """What the host saw of one task, read and written like a dict: ``host_submit``,
+    ``host_start_seen``, ``host_seen``, ``host_fetched`` and ``attempts`` in slots (a job
+    keeps one per task for its life: at one task per item a dict each was most of the
+    host's memory per task), rarer keys (``sent``, ``backup_s``, ``backups``) in a dict."""
+
+    __slots__ = ("host_submit", "host_start_seen", "host_seen", "host_fetched", "attempts", "rare")
+    _SLOTS = frozenset(__slots__[:-1])
+
+    def __init__(self) -> None:
+        self.host_submit = self.host_start_seen = self.host_seen = self.host_fetched = _UNSET
+        self.attempts: Any = _UNSET
+        self.rare: dict[str, Any] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._SLOTS:
+            value = getattr(self, key)
+            return default if value is _UNSET else value
+        return default if self.rare is None else self.rare.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, _UNSET) is not _UNSET
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _UNSET)
+        if value is _UNSET:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._SLOTS:
+            setattr(self, key, value)
+        else:
+            if self.rare is None:
+                self.rare = {}
+            self.rare[key] = value
+
+    def setdefault(self, key: str, value: Any) -> Any:
+        current = self.get(key, _UNSET)
+        if current is _UNSET:
+            self[key] = value
+            return value
+        return current
+
+    def update(self, **values: Any) -> None:
+        for key, value in values.items():
+            self[key] = value
+
+
+_UNSET: Any = object()
+_NO_HOST = _HostSeen()  # read-only stand-in for a task the host has no record of
+
+# The key layouts shared by every packed document with the same keys and value kinds (a
+# status's stats, its columns: a few shapes per job), bounded in case of documents of
+# ever-new keys.
+_LAYOUTS: dict[tuple[Any, ...], tuple[tuple[str, ...], tuple[bool, ...]]] = {}
+_LAYOUTS_MAX = 4096
+
+
+def _packed(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """``doc`` (decoded JSON, kept for the job's life) as ``(layout, floats, *others)``:
+    its float values in one ``array('d')`` (8 bytes each instead of a 24-byte object and
+    a slot), the rest in order, dicts in it packed the same way, and the layout (its keys,
+    which are floats) shared with every document of the same shape. JSON decoding makes
+    new key strings, a new dict and a float object per value for every status, and at one
+    status per item (chunksize 1) those were most of the host's memory per task. Dicts
+    keyed by item numbers (a task's errors, flops, stdout) stay dicts: their keys differ
+    from task to task. ``_unpacked`` gives the dict back."""
+    values = list(doc.values())
+    kinds = tuple(type(v) is float for v in values)
+    shape = (*doc, *kinds)
+    layout = _LAYOUTS.get(shape)
+    if layout is None:
+        layout = (tuple(k if k.isdigit() else sys.intern(k) for k in doc), kinds)
+        if len(_LAYOUTS) < _LAYOUTS_MAX:
+            _LAYOUTS[shape] = layout
+    floats = array.array("d", [v for v, f in zip(values, kinds) if f]) if any(kinds) else None
+    return (layout, floats, *[(_packed(v) if type(v) is dict and not _numbered(v) else v)
+                              for v, f in zip(values, kinds) if not f])
+
+
+def _numbered(doc: dict[str, Any]) -> bool:
+    return any(k.isdigit() for k in doc)
+
+
+def _unpacked(packed: tuple[Any, ...] | None) -> dict[str, Any]:
+    """The dict ``_packed`` made ``packed`` from (empty for None)."""
+    if not packed:
+        return {}
+    (keys, kinds), floats, *others = packed
+    fl, ot = iter(floats or ()), iter(others)
+    return {k: next(fl) if f else (_unpacked(v) if type(v := next(ot)) is tuple else v)
+            for k, f in zip(keys, kinds)}

@@ -8,11 +8,16 @@ it, in ``accounting.py``.
 """
 from __future__ import annotations
 
+import array
+import base64
 import datetime
 import functools
+import itertools
 import json
 import os
 import re
+import struct
+import sys
 import threading
 import time
 from typing import Any
@@ -304,8 +309,13 @@ def inline_event_limit(payload_limit_bytes: int | None) -> int:
 # Statuses -------------------------------------------------------------------------
 # A status's "items" describes the items of its task column-wise, so a batch of
 # thousands of tiny items stays a small, fast JSON document:
-#   {"base": t, "t0_us": [...], "t1_us": [...],     compute start/end, µs after base
+#   {"t_marks": "<base64>",                          compute start/end, see below
 #    "errors": {"<i>": record}, "flops": {"<i>": n}, "stdout": {"<i>": text}}
+# "t_marks" is the worker's clock (epoch seconds) read once per item, as little-endian
+# float64s, base64: one more mark than items, item k ran from mark k to mark k + 1. It
+# costs the worker one clock read per item and no per-item JSON; earlier statuses of
+# this version carry "base" (seconds) with "t0_us" and "t1_us" (µs after it) instead:
+# ``item_times`` reads both.
 # Only failed items have an error record; flops and stdout only where non-empty.
 # A host-written status (an infrastructure failure) has "infra" and empty "items":
 # all of its items failed with that error.
@@ -334,6 +344,69 @@ def item_columns(status: dict[str, Any]) -> dict[str, Any]:
                 cols["stdout"][key] = r["stdout"]
         return cols
     return dict(items)
+
+
+def encode_marks(marks: array.array[float]) -> str:
+    """``marks`` (float64 clock readings) as a status's "t_marks"."""
+    if sys.byteorder != "little":
+        marks = array.array("d", marks)
+        marks.byteswap()
+    return base64.b64encode(marks.tobytes()).decode("ascii")
+
+
+def item_times(cols: dict[str, Any]) -> list[tuple[float, float]]:
+    """``(compute start, compute end)`` of every item of a status's columns, in seconds
+    (empty if the status has none: an infrastructure failure)."""
+    text = cols.get("t_marks")
+    if text is not None:
+        marks = array.array("d", base64.b64decode(text))
+        if sys.byteorder != "little":
+            marks.byteswap()
+        return list(itertools.pairwise(marks))
+    t0, t1 = cols.get("t0_us") or [], cols.get("t1_us") or []
+    base = cols.get("base") or 0.0
+    return [(base + a / 1e6, base + b / 1e6) for a, b in zip(t0, t1)]
+
+
+def item_time(cols: dict[str, Any], k: int) -> tuple[float, float] | None:
+    """``(compute start, compute end)`` of the ``k``-th item of a status's columns, decoding
+    only its two marks; None if the status has no times for it."""
+    text = cols.get("t_marks")
+    if text is not None:
+        raw = base64.b64decode(text)
+        if not 0 <= k < len(raw) // 8 - 1:
+            return None
+        start, end = struct.unpack_from("<2d", raw, 8 * k)
+        return start, end
+    t0, t1 = cols.get("t0_us"), cols.get("t1_us")
+    if not t0 or not t1 or not 0 <= k < min(len(t0), len(t1)):
+        return None
+    base = cols.get("base") or 0.0
+    return base + t0[k] / 1e6, base + t1[k] / 1e6
+
+
+def encode_item_sizes(sizes: array.array[int]) -> dict[str, Any]:
+    """An event's item boundaries: ``{"sizes": base64 of little-endian uint32s}``, one per
+    item (no JSON number per item: the host encodes and the worker decodes them in C), or
+    ``{"offsets": [0, ...]}`` if an item is too big for 32 bits."""
+    try:
+        packed = array.array("I", sizes)
+    except OverflowError:
+        return {"offsets": list(itertools.accumulate(sizes, initial=0))}
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return {"sizes": base64.b64encode(packed.tobytes()).decode("ascii")}
+
+
+def item_offsets(data: dict[str, Any]) -> list[int]:
+    """The item offsets (from 0, one more than items) of an event's data, either form."""
+    text = data.get("sizes")
+    if text is None:
+        return list(data["offsets"])
+    sizes = array.array("I", base64.b64decode(text))
+    if sys.byteorder != "little":
+        sizes.byteswap()
+    return list(itertools.accumulate(sizes, initial=0))
 
 
 def item_errors(status: dict[str, Any]) -> dict[int, dict[str, Any]]:

@@ -8,6 +8,7 @@ role (on Lambda) or the local filesystem.
 """
 from __future__ import annotations
 
+import array
 import base64
 import contextlib
 import io
@@ -98,25 +99,32 @@ def _picklable_exception(exc: BaseException, record: dict[str, Any]) -> Any:
 
 
 class _Tee(io.TextIOBase):
-    """Captures a task's prints while keeping them visible in the worker's log."""
+    """Captures a task's prints, item by item, while keeping them visible in the worker's
+    log. The item printing is the one whose outcome comes next (``first`` + how many
+    outcomes there are), so the item loop does no per-item work for stdout; an item's
+    buffer becomes a plain string once the next item prints."""
 
-    def __init__(self, stream: TextIO | None, live: _LiveStdout | None = None):
-        self.buf = io.StringIO()
+    def __init__(self, stream: TextIO | None, outcomes: list[Outcome], first: int,
+                 live: _LiveStdout | None = None):
+        self.texts: dict[int, str] = {}  # item -> what it printed (items before ``_item``)
+        self._item = first               # the item ``_buf`` holds the prints of
+        self._buf = io.StringIO()
         self.stream = stream
+        self.outcomes = outcomes
+        self.first = first
         self.live = live
-        self.item = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, s: str) -> int:
-        if self.buf.tell() < protocol.STDOUT_LIMIT:
-            live = self.live
-            if live is None:
-                self.buf.write(s)
-            else:
-                with live.lock:
-                    self.buf.write(s)
+        live = self.live
+        if live is None:
+            self._capture(s)
+        else:
+            with live.lock:
+                kept = self._capture(s)
+            if kept:
                 live.printed()
         if self.stream is not None:
             try:
@@ -125,12 +133,31 @@ class _Tee(io.TextIOBase):
                 pass
         return len(s)
 
+    def _capture(self, s: str) -> bool:
+        item = self.first + len(self.outcomes)
+        if item != self._item:  # a later item prints: the earlier one's text is final
+            if self._buf.tell():
+                self.texts[self._item] = self._buf.getvalue()
+            self._item, self._buf = item, io.StringIO()
+        if self._buf.tell() >= protocol.STDOUT_LIMIT:
+            return False
+        self._buf.write(s)
+        return True
+
     def flush(self) -> None:
         if self.stream is not None:
             try:
                 self.stream.flush()
             except Exception:
                 pass
+
+    def captured(self) -> dict[str, str]:
+        """What each item printed (those that printed), for the status's "stdout"."""
+        out = {str(i): text for i, text in self.texts.items()}
+        current = self._buf.getvalue()
+        if current:
+            out[str(self._item)] = current
+        return out
 
 
 class _LiveStdout:
@@ -139,10 +166,8 @@ class _LiveStdout:
     writes nothing). Each flush is a new sealed object (``protocol.live_stdout_key``)
     holding the whole text so far of every item whose text changed since the last one."""
 
-    def __init__(self, storage: Storage, event: dict[str, Any], key: bytes,
-                 stdout: dict[str, str], interval: float):
+    def __init__(self, storage: Storage, event: dict[str, Any], key: bytes, interval: float):
         self.storage, self.event, self.key = storage, event, key
-        self.stdout = stdout
         self.interval = interval
         self.lock = threading.Lock()
         self.tee: _Tee | None = None
@@ -169,10 +194,7 @@ class _LiveStdout:
             self._timer = None
             if self._closed or self.tee is None:
                 return
-            texts = dict(self.stdout)
-            current = self.tee.buf.getvalue()
-            if current:  # the item running now (earlier ones are in ``stdout``)
-                texts[str(self.tee.item)] = current
+            texts = self.tee.captured()
             changed = {i: t for i, t in texts.items() if len(t) != self._sent.get(i)}
             if not changed:
                 return
@@ -217,7 +239,7 @@ def _load_inputs(storage: Storage, event: dict[str, Any]) -> list[memoryview]:
             integrity.check_content(view[a - first:b - first], digest,
                                     f"bytes {a}-{b} of {data['key']}")
         view = view[data["start"] - first:data["stop"] - first]
-    offs = data["offsets"]
+    offs = protocol.item_offsets(data)
     return [view[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
 
 
@@ -269,8 +291,7 @@ def handler(event: dict[str, Any], context: Any = None, *,
             raise setup_error
         if _cancelled(storage, prefix, job_id, worker_start, event.get("cancel_check_ttl")):
             return {"task": tid, "state": "cancelled"}
-        with largevalues.reading_from(storage, prefix):  # large globals it names
-            fn = _load_function(storage, event["function_key"])
+        fn = _load_function(storage, event["function_key"], prefix)
         inputs = _load_reduce_inputs(storage, event) if "reduce" in event else _load_inputs(storage, event)
     except BaseException as exc:  # noqa: B902 - any setup failure must end the task now
         return _write_status(storage, event, key, _setup_failure_status(event, exc, stats),
@@ -279,12 +300,17 @@ def handler(event: dict[str, Any], context: Any = None, *,
     first = protocol.task_range(tid)[0]
     _context.set_task(event)  # ObjectStorage() in the task: this job's storage
     _context.take_reads()  # from zero: what this invocation's task reads
+    outcomes: list[Outcome] | None = None
     try:
         with _job_deadline(event, context, worker_start), \
                 _WATCH.watching(storage, protocol.cancel_key(prefix, job_id)):
             outcomes, items = _run_items(fn, inputs, first, tid, event, storage, key)
     except _Cancelled:  # its job was cancelled while it ran: no results, no status
         return {"task": tid, "state": "cancelled"}
+    except _JobDeadline:
+        if outcomes is None:  # it passed before the items' loop could catch it (a setup that
+            # took the invocation's time): every item ends as a timeout, in a status as usual
+            outcomes, items = _run_items(_deadline_passed, inputs, first, tid, event)
     finally:  # a handler run in the host's own process (tests, tools) leaves no task behind
         _context.set_task(None)
         sharedbuffers.forget_maps()
@@ -321,14 +347,15 @@ def _cancelled(storage: Storage, prefix: str, job_id: str, now: float, ttl: floa
     return False
 
 
-def _load_function(storage: Storage, fkey: str) -> Callable[..., Any]:
+def _load_function(storage: Storage, fkey: str, prefix: str) -> Callable[..., Any]:
     fn = _functions.get(fkey)
     if fn is None:
         import cloudpickle
 
         blob = storage.get(fkey)
         integrity.check_content(blob, protocol.function_digest(fkey), f"the function blob {fkey}")
-        fn = _functions[fkey] = cloudpickle.loads(blob)
+        with largevalues.reading_from(storage, prefix):  # large globals it names
+            fn = _functions[fkey] = cloudpickle.loads(blob)
     return fn
 
 
@@ -417,8 +444,9 @@ class _CancelWatch:
         self._thread: threading.Thread | None = None
         self._main_ident: int | None = None
 
-    @contextlib.contextmanager
-    def watching(self, storage: Storage, cancel_key: str) -> Iterator[None]:
+    def watching(self, storage: Storage, cancel_key: str) -> _CancelWatch:
+        """Watch the job of the invocation that runs inside ``with`` (the watch itself is
+        the context manager: no object made per invocation)."""
         self.generation += 1
         self.cancelled = False
         self.checked = time.time()  # the handler looked at its start
@@ -432,10 +460,13 @@ class _CancelWatch:
             # must find this (harmless) handler, not the default action (death).
             signal.signal(signal.SIGUSR1, self._raise)
             self._main_ident = threading.get_ident()
-        try:
-            yield
-        finally:
-            self.current = None
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.current = None
 
     def _raise(self, signum: int, frame: Any) -> None:
         if self.cancelled and self.current is not None:
@@ -477,8 +508,11 @@ class _JobDeadline(BaseException):
     """The job's own timeout, shorter than the runtime's, has passed (see _job_deadline)."""
 
 
-@contextlib.contextmanager
-def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterator[None]:
+_NO_DEADLINE = contextlib.nullcontext()
+
+
+def _job_deadline(event: dict[str, Any], context: Any,
+                  started: float) -> contextlib.AbstractContextManager[Any]:
     """Stop the task at the job's timeout when it is shorter than what the runtime allows
     (Lambda: a per-job timeout under the function's Timeout): the items not finished
     then end as timeouts in this invocation's status, instead of running on and billing."""
@@ -493,9 +527,17 @@ def _job_deadline(event: dict[str, Any], context: Any, started: float) -> Iterat
     elif limit and left is not None and limit + 1.0 < left and main:
         stop_at = started + limit
     else:
-        yield
-        return
+        return _NO_DEADLINE  # the runtime's own timeout is the job's (local workers)
+    return _timer_until(stop_at)
 
+
+def _deadline_passed(*args: Any, **kwargs: Any) -> None:
+    raise _JobDeadline()
+
+
+@contextlib.contextmanager
+def _timer_until(stop_at: float) -> Iterator[None]:
+    """Raise _JobDeadline in the main thread at ``stop_at`` (SIGALRM)."""
     def expire(signum: int, frame: Any) -> None:
         raise _JobDeadline()
 
@@ -514,59 +556,58 @@ def _run_items(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
     """Run the task's items in order: their (ok, value) outcomes and the status's
     item columns (see ``protocol.item_columns``).
 
-    Kept lean: a batch of tiny items spends most of its time here, so the
-    per-item work is a few attribute reads, two clock reads and an unpickle."""
+    Kept lean: a batch of tiny items spends most of its time here, so the per-item
+    work is an unpickle, the call, one clock read (an item ends when the next starts)
+    and two flag checks; stdout is attributed by the capture itself (``_Tee``)."""
     outcomes: list[Outcome] = []
     errors: dict[str, dict[str, Any]] = {}
     flops: dict[str, float] = {}
-    stdout: dict[str, str] = {}
-    t0_us: list[int] = []
-    t1_us: list[int] = []
     live = None
     if event.get("live_stdout") and storage is not None and key is not None:
-        live = _LiveStdout(storage, event, key, stdout, float(event["live_stdout"]))
-    tee = _Tee(sys.stdout, live)  # one capture for the batch, emptied after each item
+        live = _LiveStdout(storage, event, key, float(event["live_stdout"]))
+    tee = _Tee(sys.stdout, outcomes, first, live)  # one capture for the batch
     if live is not None:
         live.tee = tee
-    base = time.time()
+    marks = array.array("d", [time.time()])  # item k ran from marks[k] to marks[k + 1]
     try:
-        _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, stdout, t0_us, t1_us, tee, base)
+        _run_batch(fn, inputs, first, tid, event, outcomes, errors, flops, marks, tee)
     except _JobDeadline:
         # The item running then and the rest end as timeouts; the status still gets written.
-        now = int((time.time() - base) * 1e6)
+        now = time.time()
         for j in range(len(outcomes), len(inputs)):
             tmo = TaskTimeoutError(f"item {first + j} did not finish within the job's "
                                    f"timeout of {event.get('timeout'):g} s", tid)
             errors[str(first + j)] = dict(_error_record(tmo), kind="timeout")
             outcomes.append((False, tmo))
-        for col in (t0_us, t1_us):
-            del col[len(outcomes):]
-            col.extend([now] * (len(outcomes) - len(col)))
+        del marks[len(outcomes) + 1:]
+        marks.extend([now] * (len(outcomes) + 1 - len(marks)))
     finally:
         if live is not None:
             live.close()
-    return outcomes, {"base": base, "t0_us": t0_us, "t1_us": t1_us,
-                      "errors": errors, "flops": flops, "stdout": stdout}
+    return outcomes, {"t_marks": protocol.encode_marks(marks), "errors": errors,
+                      "flops": flops, "stdout": tee.captured()}
 
 
 def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid: str,
                event: dict[str, Any], outcomes: list[Outcome], errors: dict[str, dict[str, Any]],
-               flops: dict[str, float], stdout: dict[str, str], t0_us: list[int],
-               t1_us: list[int], tee: _Tee, base: float) -> None:
-    buf = tee.buf
+               flops: dict[str, float], marks: array.array[float], tee: _Tee) -> None:
     reported = _context._flops
     reported[0] = 0
-    clock, loads = time.time, sharedbuffers.loads  # pickle.loads, out-of-band buffers mapped
+    clock, mark, done = time.time, marks.append, outcomes.append
+    # Plain pickle.loads first; an input naming out-of-band buffers fails it with an
+    # UnpicklingError and is loaded again with them mapped (sharedbuffers.loads).
+    loads, oob_loads, unpickling_error = pickle.loads, sharedbuffers.loads, pickle.UnpicklingError
     watch = _WATCH
     with contextlib.redirect_stdout(tee):
-        for k, raw in enumerate(inputs):
+        for raw in inputs:
             if watch.cancelled:
                 raise _Cancelled()
-            tee.item = first + k  # whose prints the buffer holds (live stdout)
-            t0 = clock()
             try:
-                args, kwargs = loads(raw)
-                outcomes.append((True, fn(*args, **kwargs)))
+                try:
+                    args, kwargs = loads(raw)
+                except unpickling_error:
+                    args, kwargs = oob_loads(raw)
+                done((True, fn(*args, **kwargs)))
             except (_JobDeadline, _Cancelled):
                 raise  # ends the batch: see _run_items and handler
             except MemoryError as exc:
@@ -574,26 +615,17 @@ def _run_batch(fn: Callable[..., Any], inputs: list[memoryview], first: int, tid
                 oom = OutOfMemoryError(f"task exceeded the memory limit of {limit} MB" if limit
                                        else "task ran out of memory", tid)
                 oom.__cause__ = exc
-                errors[str(first + k)] = dict(_error_record(oom), kind="oom")
-                outcomes.append((False, oom))
+                errors[str(first + len(outcomes))] = dict(_error_record(oom), kind="oom")
+                done((False, oom))
             except BaseException as exc:  # the user's exception, whatever it is
                 if isinstance(exc, (SystemExit, KeyboardInterrupt)) and not isinstance(exc, Exception):
                     exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
-                rec = errors[str(first + k)] = _error_record(exc)
-                outcomes.append((False, _picklable_exception(exc, rec)))
-            t0_us.append(int((t0 - base) * 1e6))
-            t1_us.append(int((clock() - base) * 1e6))
+                rec = errors[str(first + len(outcomes))] = _error_record(exc)
+                done((False, _picklable_exception(exc, rec)))
+            mark(clock())
             if reported[0]:
-                flops[str(first + k)] = reported[0]
+                flops[str(first + len(outcomes) - 1)] = reported[0]
                 reported[0] = 0
-            if buf.tell():
-                if tee.live is None:
-                    stdout[str(first + k)] = buf.getvalue()
-                    buf = tee.buf = io.StringIO()
-                else:
-                    with tee.live.lock:
-                        stdout[str(first + k)] = buf.getvalue()
-                        buf = tee.buf = io.StringIO()
 
 
 def _dump_outcomes(outcomes: list[Outcome], errors: dict[str, dict[str, Any]], first: int,

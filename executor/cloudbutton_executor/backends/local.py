@@ -64,6 +64,12 @@ def _shutdown_all() -> None:
         pool.shutdown(kill_running=True)
 
 
+# How long a warm worker trusts that the job it last found not cancelled still is not: no
+# longer than the host takes to look at the marker itself (dispatch.CANCEL_CHECK_INTERVAL_S)
+# and end the job's running tasks by killing their workers. At thousands of tasks a second
+# it saves all but one look (a stat) in hundreds.
+CANCEL_CHECK_TTL_S = 0.5
+
 WORKER_ENV = "CLOUDBUTTON_WORKER_ENV"  # comma-separated names of host variables workers get
 
 
@@ -290,15 +296,19 @@ class LocalBackend(Backend):
             listener.on_start(event)
         except Exception:  # a listener bug must not kill the slot
             log.exception("local backend slot %d: the listener failed on a started event", slot)
+        # A warm worker may trust its last look at the job's cancel marker for a moment (as
+        # on Lambda): the host itself drops a cancelled job's events and kills its running
+        # workers, so the look per task (a stat) only guards that short window.
+        sent = dict(event, cancel_check_ttl=CANCEL_CHECK_TTL_S)
         try:
-            proc.send(event)
+            proc.send(sent)
         except (BrokenPipeError, OSError):
             proc.kill()
             proc = _new_process(self._env, self._cwd)
             with self._cond:
                 self._running[slot] = (event, proc)
             try:
-                proc.send(event)
+                proc.send(sent)
             except (BrokenPipeError, OSError):
                 pass  # a fresh process that cannot take one event: recv() reports it
         return proc, True
