@@ -248,6 +248,7 @@ def test_a_rerun_finds_an_item_another_job_has_cached_meanwhile(ex, tmp_path):
     assert again.wait(60) and again.item_state(0) == "cached"
     assert job.result(timeout=60) == [101, 102]
     assert job.item_state(0) == "done"
+    assert job.item_cache_info(0)["rerun"] is True and job.item_cache_info(1) is None
 
 
 def test_waiting_with_a_timeout_gives_up_in_time(ex):
@@ -270,3 +271,31 @@ def test_live_stdout_reads_on_from_a_position(ex):
     everything = job.live_stdout()
     assert job.live_stdout(len(everything)) == []
     assert job.live_stdout(1) == everything[1:]
+
+
+def test_rerun_refusals_say_why_in_full(ex):
+    job = ex.map(slow, [1])
+    with pytest.raises(RuntimeError) as running:
+        job.rerun_failed()
+    assert str(running.value) == (f"job {job.job_id} is still running: re-run its failed items "
+                                  "once it has ended")
+    job.executor = None
+    with pytest.raises(RuntimeError) as orphan:
+        job.rerun_failed()
+    assert str(orphan.value) == (
+        f"job {job.job_id} has no executor of this process (shut down, or the job was started "
+        "elsewhere): attach it first (Executor.attach)")
+    job.cancel()
+
+
+def pair(a, b=0):
+    return a + b
+
+
+def test_an_items_input_is_shown_as_its_call(ex):
+    job = ex.map(pair, [(1, 2), {"a": 3, "b": 4}, "x" * 8])
+    job.wait(60)
+    assert job.item_input_repr(0) == "1, 2"
+    assert job.item_input_repr(1) == "a=3, b=4"
+    assert job.item_input_repr(2, limit=10) == "'xxxxxxxx'"  # exactly the limit: whole
+    assert job.item_input_repr(2, limit=9) == "'xxxxxxx…"
