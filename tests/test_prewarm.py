@@ -1,5 +1,5 @@
-"""The pre-warmed local worker: a runtime process started ahead of need (when a pool ends,
-or when the notebook extension loads) that the next pool's first task runs on. It has run
+"""The pre-warmed local worker: a runtime process started ahead of need (``prewarm``, which
+the notebook extension calls when it loads) that the next pool's first task runs on. It has run
 nothing before (its first invocation is a cold start of a fresh process), it serves only
 a pool of its own environment, and it never outlives its host."""
 from __future__ import annotations
@@ -48,37 +48,49 @@ def _spare(within: float = 30) -> RuntimeProcess:
     raise AssertionError("no pre-warmed worker was started")
 
 
+# A pool size no other test leaves held (the magics' tests keep a pool of 2 for the
+# session): a pool that is still up serves a new executor with its warm workers.
+W = 3
+
+
 @pytest.fixture(autouse=True)
 def no_spare_before_or_after():
     local._discard_spare()
+    assert not [key for key in local._pools if key[0] == W]
     yield
     local._discard_spare()
 
 
-def test_the_next_pool_starts_on_the_pre_warmed_worker_whose_first_run_is_cold(storage):
-    with Executor(workers=2, storage=storage) as ex:
-        used = set(ex.map(os.getpid, [(), ()]).result())
-    spare = _spare()
-    assert spare.pid not in used  # a worker that has run tasks is never kept
-    assert psutil.Process(spare.pid).ppid() == os.getpid()
-    # Two workers: the one still starting must not take the task from the ready spare
-    # (whichever slot took the spare). Each pool that ends leaves a new spare behind.
+def test_a_pool_after_prewarm_starts_on_the_pre_warmed_worker_whose_first_run_is_cold(storage):
+    used: set[int] = set()
+    # The other workers, still starting, must not take the task from the ready spare
+    # (whichever slot took the spare).
     for _ in range(12):
-        with Executor(workers=2, storage=storage) as ex:
+        local.prewarm(W)
+        spare = _spare()
+        assert spare.pid not in used  # a worker that has run tasks is never kept
+        assert psutil.Process(spare.pid).ppid() == os.getpid()
+        with Executor(workers=W, storage=storage) as ex:
             job = ex.map(os.getpid, [()])
             assert job.result() == [spare.pid]
             assert job[0].stats["cold_start"] is True  # fresh: module state never used
         used.add(spare.pid)
-        spare = _spare()
-        assert spare.pid not in used
+        assert local._spare is None  # taken, and a shut-down pool leaves none behind
+
+
+def test_without_prewarm_a_pool_leaves_no_worker_behind(storage):
+    with Executor(workers=W, storage=storage) as ex:
+        ex.map(os.getpid, [(), ()]).result()
+    time.sleep(0.3)
+    assert local._spare is None and local._spare_wanted is None
 
 
 def test_a_pre_warmed_worker_of_another_environment_is_killed_not_used(storage, monkeypatch):
-    local.prewarm(2)
+    local.prewarm(W)
     spare = _spare()
     monkeypatch.setenv(local.WORKER_ENV, "PREWARM_PROBE")
     monkeypatch.setenv("PREWARM_PROBE", "new")  # as new credentials would be
-    with Executor(workers=2, storage=storage) as ex:
+    with Executor(workers=W, storage=storage) as ex:
         (pid, seen), = ex.map(lambda: (os.getpid(), os.environ.get("PREWARM_PROBE")), [()]).result()
     assert seen == "new" and pid != spare.pid
     assert _wait_gone(spare.pid), "the unusable pre-warmed worker was left running"
@@ -88,7 +100,7 @@ def test_the_pre_warmed_worker_outlives_the_thread_that_asked_for_it(storage):
     # A worker dies with the thread that started it (PR_SET_PDEATHSIG): a spare asked for
     # by a short-lived thread (a job's listener releasing the pool) must not.
     def ask():
-        local.prewarm(2)
+        local.prewarm(W)
         _spare()  # ready: it has set up its death signal by now
 
     asker = threading.Thread(target=ask)
@@ -97,17 +109,17 @@ def test_the_pre_warmed_worker_outlives_the_thread_that_asked_for_it(storage):
     time.sleep(0.3)
     spare = _spare()
     assert not _gone(spare.pid)
-    with Executor(workers=2, storage=storage) as ex:
+    with Executor(workers=W, storage=storage) as ex:
         assert ex.map(lambda x: (os.getpid(), x * 2), [21]).result() == [(spare.pid, 42)]
 
 
 def test_prewarm_is_a_no_op_when_the_same_one_waits(storage):
-    local.prewarm(2)
+    local.prewarm(W)
     first = _spare()
-    local.prewarm(2)
+    local.prewarm(W)
     time.sleep(0.3)
     assert _spare() is first and not _gone(first.pid)
-    local.prewarm(1)  # another pool's size: another environment (its BLAS threads)
+    local.prewarm(1)  # another pool's size: another environment (its BLAS threads: 2 here)
     assert _wait_gone(first.pid)
     assert _spare().pid != first.pid
 
@@ -122,6 +134,7 @@ def test_the_pre_warmed_worker_ends_with_its_host(tmp_path, how):
 
         with Executor(workers=2, storage=LocalStorage({str(tmp_path / 'storage')!r})) as ex:
             ex.map(os.getpid, [()]).result()
+        local.prewarm(2)
         while local._spare is None:
             time.sleep(0.02)
         assert local._spare[1].wait_ready(30)
@@ -176,8 +189,10 @@ def test_loading_the_extension_pre_warms_the_first_cells_worker(tmp_path, monkey
 
     from cloudbutton_magic import load_ipython_extension
 
+    config = tmp_path / "config.yaml"
+    config.write_text(f"workers: {W}\n")
     monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
-    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(tmp_path / "no-config.yaml"))
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(config))
     shell = InteractiveShell.instance()
     saved = dict(shell.user_ns)
     try:

@@ -65,11 +65,12 @@ def _shutdown_all() -> None:
     _discard_spare()
 
 
-# A pre-warmed worker: at most one runtime process per host, started ahead of need (when a
-# pool ends, or by ``prewarm``), that has paid for its interpreter and imports and waits
-# for its first event. The next pool (or a slot replacing a killed worker) with the same
-# environment and directory takes it instead of waiting for a fresh one. It has run
-# nothing, so its first invocation is still a cold start of a fresh process.
+# A pre-warmed worker: at most one runtime process per host, started ahead of need by
+# ``prewarm`` (the notebook extension calls it when it loads), that has paid for its
+# interpreter and imports and waits for its first event. The next pool (or a slot
+# replacing a killed worker) with the same environment and directory takes it instead of
+# waiting for a fresh one. It has run nothing, so its first invocation is still a cold
+# start of a fresh process. Only on request: a shut-down executor leaves nothing running.
 _spare: tuple[tuple[Any, ...], RuntimeProcess] | None = None
 _spare_wanted: tuple[dict[str, str], str] | None = None
 _spare_cond = threading.Condition()
@@ -96,7 +97,7 @@ def _take_spare(env: dict[str, str], cwd: str) -> RuntimeProcess | None:
 def _make_spare(env: dict[str, str], cwd: str) -> None:
     """Have the pre-warmed worker for ``env`` and ``cwd`` started, unless it waits already.
     One long-lived thread starts them: a worker dies with the thread that started it
-    (``PR_SET_PDEATHSIG``), and a spare outlives the pool or caller that asked for it."""
+    (``PR_SET_PDEATHSIG``), and a spare outlives the caller that asked for it."""
     global _spare_wanted, _spawner
     with _spare_cond:
         if _spare is not None and _spare[0] == _process_key(env, cwd):
@@ -139,9 +140,10 @@ def _discard_spare() -> None:
 
 
 def prewarm(workers: int | None = None) -> None:
-    """Start a pre-warmed worker for the local pool of ``workers`` (default: one per CPU),
-    so that pool's first result does not wait for an interpreter to start and import.
-    Called when the notebook extension loads; a no-op if one is waiting already."""
+    """Start a pre-warmed worker for the next local pool of ``workers`` (default: one per
+    CPU), so its first result does not wait for an interpreter to start and import. The
+    notebook extension calls it when it loads; a no-op if one is waiting already. The
+    worker and one idle thread stay until a pool takes the worker or the process ends."""
     workers = int(workers or os.cpu_count() or 1)
     env = _worker_env(workers)
     _make_spare(env, _worker_cwd(env))
@@ -311,9 +313,6 @@ class LocalBackend(Backend):
             if _pools.get(self._key) is self:
                 del _pools[self._key]
         self.shutdown(wait=wait)
-        # The next executor's pool (the notebook's next cell, a re-run) should not wait
-        # for an interpreter to start: leave it a pre-warmed worker.
-        _make_spare(self._env, self._cwd)
 
     def shutdown(self, wait: bool = False, kill_running: bool = False) -> None:
         """Take no more events: queued ones end as lost, running ones finish (or are killed,
