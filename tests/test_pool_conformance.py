@@ -63,12 +63,22 @@ def _done_future(state, result=None, exception=None):
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
+def shared_pool(tmp_path_factory):
     from cloudbutton_executor.storage import LocalStorage
 
     p = CloudPoolExecutor(max_workers=2, storage=LocalStorage(str(tmp_path_factory.mktemp("pool"))))
     yield p
     p.shutdown(wait=True)
+
+
+@pytest.fixture
+def pool(shared_pool):
+    """The module's pool of 2. Calls a test leaves running (a sleep it waited for only
+    briefly) are cancelled after it: in another order they would hold both workers while
+    the next test's calls wait out its timeout."""
+    yield shared_pool
+    for job in list(shared_pool.executor._jobs):
+        job.cancel()
 
 
 @pytest.fixture
@@ -314,6 +324,28 @@ def test_cancel_futures():
     cancelled = [f for f in fs if f.cancelled()]
     assert len(cancelled) >= 10
     assert all(f.done() for f in fs)  # with wait=True every future has ended
+
+
+@pytest.mark.parametrize("how", ["shutdown", "ctrl-c"])
+def test_cancel_futures_cancels_every_call_not_yet_started(tmp_path, how):
+    """Only the calls the 2 workers had started end as "cancelled while running"; a worker
+    freed by one job's cancel must not start the next job's queued call first. Ctrl-C
+    while waiting cancels the same way (``interrupt.cancel_jobs``)."""
+    from cloudbutton_executor.interrupt import cancel_jobs
+    from cloudbutton_executor.storage import LocalStorage
+
+    p = CloudPoolExecutor(max_workers=2, storage=LocalStorage(str(tmp_path / "storage")))
+    fs = [p.submit(time.sleep, 2) for _ in range(20)]  # submitted well within one call
+    if how == "shutdown":
+        p.shutdown(cancel_futures=True)
+    else:
+        assert cancel_jobs(p.executor._jobs) is not None
+        p.shutdown(wait=True)
+    started = [f for f in fs if not f.cancelled()]
+    assert len(started) <= 2, f"{len(started)} of 20 calls were started"
+    for f in started:
+        with pytest.raises(cf.CancelledError, match="was cancelled"):
+            f.result(timeout=0)
 
 
 def _fresh_interpreter(body: str, tmp_path) -> dict:

@@ -190,7 +190,9 @@ class Executor:
         self._closed = True
         jobs = list(self._jobs)
         if cancel_futures:
-            for job in jobs:
+            # Newest first: a cancel kills the job's running workers, and a worker freed
+            # that way would start the next queued job's task before its own cancel came.
+            for job in reversed(jobs):
                 job.cancel()
         if wait:
             for job in jobs:

@@ -46,7 +46,7 @@ def summary(jobs: Iterable[Any]) -> str:
 def cancel_jobs(jobs: Iterable[Any]) -> JobCancelled | None:
     """Cancel the unfinished ``jobs``; the JobCancelled to raise, or None if all had ended."""
     hit = [j for j in jobs if not j.done()]
-    for job in hit:
+    for job in reversed(hit):  # newest first: see Executor.shutdown
         job.cancel()
     if not hit:
         return None

@@ -5,7 +5,8 @@ on it with the invocation's memory limit and a fresh scratch dir as its /tmp,
 write the handler's response. The parent enforces the timeout by killing the
 process, so a runaway task can never hang the job.
 
-Wire format (both directions): 4-byte big-endian length, then JSON.
+Wire format (both directions): 4-byte big-endian length, then JSON. A runtime's first
+frame is empty: it is ready (interpreter up, handler imported) and waits for events.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class RuntimeProcess:
         os.set_blocking(self.out_fd, False)  # recv reads first, and waits only if nothing came
         self._buf = b""
         self.doomed = False  # killed by a cancel: never to be handed another event
+        self.ready = False  # its empty first frame came: started and imported
         self.peak_rss_mb = 0.0  # the most resident memory seen while it ran an event
 
     @property
@@ -68,6 +70,10 @@ class RuntimeProcess:
         while True:
             if len(self._buf) >= header.size:
                 (n,) = header.unpack_from(self._buf)
+                if n == 0:  # the runtime's "ready": no response
+                    self._buf = self._buf[header.size:]
+                    self.ready = True
+                    continue
                 if len(self._buf) >= header.size + n:
                     body = self._buf[header.size:header.size + n]
                     self._buf = self._buf[header.size + n:]
@@ -88,6 +94,32 @@ class RuntimeProcess:
             if not chunk:
                 return None
             self._buf += chunk
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the runtime has started and imported; False if
+        it died first or is still starting. Before its first event only: a runtime answers
+        nothing else until it has an event."""
+        deadline = time.time() + timeout
+        while not self.ready:
+            if len(self._buf) >= _HEADER.size:
+                if _HEADER.unpack_from(self._buf)[0] != 0:
+                    return False  # not a runtime of this protocol: recv will tell
+                self._buf = self._buf[_HEADER.size:]
+                self.ready = True
+                break
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return False
+            if not select.select([self.out_fd], [], [], remaining)[0]:
+                return False
+            try:
+                chunk = os.read(self.out_fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return False  # died while starting: the next recv says how
+            self._buf += chunk
+        return True
 
     def kill(self) -> int:
         try:
@@ -234,6 +266,7 @@ def main() -> None:
 
     from .worker import handler
 
+    replies.write(_HEADER.pack(0))  # ready: the supervisor may now prefer this process
     home = os.getcwd()
     # Not tempfile.gettempdir(): it probes by writing, and with a full /tmp it would end this
     # process before any event (a vague crash) or fall back to another directory. A scratch

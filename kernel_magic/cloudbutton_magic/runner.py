@@ -108,6 +108,19 @@ class CloudRunner:
             source = "session" if key in self.overrides else "default"
             print(f"{key:<10} = {current[key]!s:<10} ({source})")
 
+    def prewarm(self) -> None:
+        """Start a local worker for the first ``%%cloud`` cell ahead of it (the extension
+        loads seconds before that cell runs). Nothing for Lambda, nor for a config that
+        does not parse: the cell itself will say what is wrong."""
+        try:
+            settings = self.settings()
+        except UsageError:
+            return
+        if settings["backend"] == "local":
+            from cloudbutton_executor.backends.local import prewarm
+
+            prewarm(settings["workers"])
+
     def executor(self, settings: dict) -> Executor:
         key = (settings["backend"], settings["workers"])
         ex = self._executors.get(key)

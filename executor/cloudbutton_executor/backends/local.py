@@ -62,6 +62,91 @@ def _shutdown_all() -> None:
     # The interpreter is exiting: running tasks cannot report to anyone any more.
     for pool in list(_pools.values()):
         pool.shutdown(kill_running=True)
+    _discard_spare()
+
+
+# A pre-warmed worker: at most one runtime process per host, started ahead of need by
+# ``prewarm`` (the notebook extension calls it when it loads), that has paid for its
+# interpreter and imports and waits for its first event. The next pool (or a slot
+# replacing a killed worker) with the same environment and directory takes it instead of
+# waiting for a fresh one. It has run nothing, so its first invocation is still a cold
+# start of a fresh process. Only on request: a shut-down executor leaves nothing running.
+_spare: tuple[tuple[Any, ...], RuntimeProcess] | None = None
+_spare_wanted: tuple[dict[str, str], str] | None = None
+_spare_cond = threading.Condition()
+_spawner: threading.Thread | None = None
+
+
+def _process_key(env: dict[str, str], cwd: str) -> tuple[Any, ...]:
+    return (tuple(sorted(env.items())), cwd)
+
+
+def _take_spare(env: dict[str, str], cwd: str) -> RuntimeProcess | None:
+    global _spare
+    with _spare_cond:
+        spare, _spare = _spare, None
+    if spare is None:
+        return None
+    key, proc = spare
+    if key == _process_key(env, cwd) and proc.popen.poll() is None:
+        return proc
+    proc.kill()  # another environment (new credentials, paths) or dead: of no use
+    return None
+
+
+def _make_spare(env: dict[str, str], cwd: str) -> None:
+    """Have the pre-warmed worker for ``env`` and ``cwd`` started, unless it waits already.
+    One long-lived thread starts them: a worker dies with the thread that started it
+    (``PR_SET_PDEATHSIG``), and a spare outlives the caller that asked for it."""
+    global _spare_wanted, _spawner
+    with _spare_cond:
+        if _spare is not None and _spare[0] == _process_key(env, cwd):
+            return
+        _spare_wanted = (env, cwd)
+        if _spawner is None:
+            _spawner = start_thread(_spawn_spares, name="cloudbutton-local-prewarm")
+        _spare_cond.notify()
+
+
+def _spawn_spares() -> None:
+    global _spare, _spare_wanted
+    while True:
+        with _spare_cond:
+            while _spare_wanted is None:
+                _spare_cond.wait()
+            (env, cwd), _spare_wanted = _spare_wanted, None
+            if _spare is not None and _spare[0] == _process_key(env, cwd):
+                continue
+            old, _spare = _spare, None
+        if old is not None:
+            old[1].kill()
+        try:
+            proc = _new_process(env, cwd, spare=False)
+        except OSError:
+            log.warning("could not start a pre-warmed local worker", exc_info=True)
+            continue
+        with _spare_cond:
+            old, _spare = _spare, (_process_key(env, cwd), proc)
+        if old is not None:
+            old[1].kill()
+
+
+def _discard_spare() -> None:
+    global _spare, _spare_wanted
+    with _spare_cond:
+        spare, _spare, _spare_wanted = _spare, None, None
+    if spare is not None:
+        spare[1].kill()
+
+
+def prewarm(workers: int | None = None) -> None:
+    """Start a pre-warmed worker for the next local pool of ``workers`` (default: one per
+    CPU), so its first result does not wait for an interpreter to start and import. The
+    notebook extension calls it when it loads; a no-op if one is waiting already. The
+    worker and one idle thread stay until a pool takes the worker or the process ends."""
+    workers = int(workers or os.cpu_count() or 1)
+    env = _worker_env(workers)
+    _make_spare(env, _worker_cwd(env))
 
 
 # How long a warm worker trusts that the job it last found not cancelled still is not: no
@@ -69,6 +154,9 @@ def _shutdown_all() -> None:
 # and end the job's running tasks by killing their workers. At thousands of tasks a second
 # it saves all but one look (a stat) in hundreds.
 CANCEL_CHECK_TTL_S = 0.5
+
+# How long an idle slot lets its starting worker get ready before taking events anyway.
+_READY_WAIT_S = 10.0
 
 WORKER_ENV = "CLOUDBUTTON_WORKER_ENV"  # comma-separated names of host variables workers get
 
@@ -112,7 +200,18 @@ def _worker_log() -> IO[bytes]:
     return _log_file
 
 
-def _new_process(env: dict[str, str], cwd: str) -> RuntimeProcess:
+def _worker_cwd(env: dict[str, str]) -> str:
+    cwd = env.get("HOME") or "/"
+    return cwd if os.path.isdir(cwd) else "/"
+
+
+def _new_process(env: dict[str, str], cwd: str, spare: bool = True) -> RuntimeProcess:
+    """A runtime process for ``env`` and ``cwd``: the pre-warmed one if it fits (``spare``),
+    else a new one."""
+    if spare:
+        proc = _take_spare(env, cwd)
+        if proc is not None:
+            return proc
     return RuntimeProcess([sys.executable, "-s", "-c",
                            "from cloudbutton_executor.local_runtime import main; main()"],
                           env=env, cwd=cwd, stderr=_worker_log())
@@ -140,9 +239,7 @@ class LocalBackend(Backend):
         self._claimed: dict[int, Event] = {}  # slot -> event
         self._withdrawn: set[int] = set()     # slots whose claimed event must not be sent
         self._env = env or _worker_env(workers)
-        self._cwd = self._env.get("HOME") or "/"
-        if not os.path.isdir(self._cwd):
-            self._cwd = "/"
+        self._cwd = _worker_cwd(self._env)
         self._key: tuple[Any, ...] = ()  # its key in the process-wide _pools
         self._holds = 0  # executors holding it (see get_local_backend)
         self._threads = [start_thread(self._slot, i, name=f"cloudbutton-local-{i}")
@@ -325,6 +422,10 @@ class LocalBackend(Backend):
         sent: tuple[Event, InvocationListener, float] | None = None  # written to proc already
         while True:
             if sent is None:
+                if proc is not None and not proc.ready:
+                    # An event goes to a started worker first (a pre-warmed one, a warm
+                    # one): taken by one still starting, it would wait for it.
+                    proc.wait_ready(timeout=_READY_WAIT_S)
                 item = self._next(slot, block=True)
                 if item is None:
                     if self.closed:

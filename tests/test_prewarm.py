@@ -1,0 +1,223 @@
+"""The pre-warmed local worker: a runtime process started ahead of need (``prewarm``, which
+the notebook extension calls when it loads) that the next pool's first task runs on. It has run
+nothing before (its first invocation is a cold start of a fresh process), it serves only
+a pool of its own environment, and it never outlives its host."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+from cloudbutton_executor import Executor
+from cloudbutton_executor.backends import local
+from cloudbutton_executor.local_runtime import RuntimeProcess
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(pid: int, within: float = 10) -> bool:
+    end = time.time() + within
+    while not _gone(pid) and time.time() < end:
+        time.sleep(0.05)
+    return _gone(pid)
+
+
+def _spare(within: float = 30) -> RuntimeProcess:
+    """The pre-warmed worker once the spawner thread has started it and it is ready
+    (while starting, it has no advantage over a pool's fresh workers)."""
+    end = time.time() + within
+    while time.time() < end:
+        with local._spare_cond:
+            spare = local._spare
+        if spare is not None:
+            assert spare[1].wait_ready(30)
+            return spare[1]
+        time.sleep(0.02)
+    raise AssertionError("no pre-warmed worker was started")
+
+
+# A pool size no other test leaves held (the magics' tests keep a pool of 2 for the
+# session): a pool that is still up serves a new executor with its warm workers.
+W = 3
+
+
+@pytest.fixture(autouse=True)
+def no_spare_before_or_after():
+    local._discard_spare()
+    assert not [key for key in local._pools if key[0] == W]
+    yield
+    local._discard_spare()
+
+
+def test_a_pool_after_prewarm_starts_on_the_pre_warmed_worker_whose_first_run_is_cold(storage):
+    used: set[int] = set()
+    # The other workers, still starting, must not take the task from the ready spare
+    # (whichever slot took the spare).
+    for _ in range(12):
+        local.prewarm(W)
+        spare = _spare()
+        assert spare.pid not in used  # a worker that has run tasks is never kept
+        assert psutil.Process(spare.pid).ppid() == os.getpid()
+        with Executor(workers=W, storage=storage) as ex:
+            job = ex.map(os.getpid, [()])
+            assert job.result() == [spare.pid]
+            assert job[0].stats["cold_start"] is True  # fresh: module state never used
+        used.add(spare.pid)
+        assert local._spare is None  # taken, and a shut-down pool leaves none behind
+
+
+def test_without_prewarm_a_pool_leaves_no_worker_behind(storage):
+    with Executor(workers=W, storage=storage) as ex:
+        ex.map(os.getpid, [(), ()]).result()
+    time.sleep(0.3)
+    assert local._spare is None and local._spare_wanted is None
+
+
+def test_a_pre_warmed_worker_of_another_environment_is_killed_not_used(storage, monkeypatch):
+    local.prewarm(W)
+    spare = _spare()
+    monkeypatch.setenv(local.WORKER_ENV, "PREWARM_PROBE")
+    monkeypatch.setenv("PREWARM_PROBE", "new")  # as new credentials would be
+    with Executor(workers=W, storage=storage) as ex:
+        (pid, seen), = ex.map(lambda: (os.getpid(), os.environ.get("PREWARM_PROBE")), [()]).result()
+    assert seen == "new" and pid != spare.pid
+    assert _wait_gone(spare.pid), "the unusable pre-warmed worker was left running"
+
+
+def test_the_pre_warmed_worker_outlives_the_thread_that_asked_for_it(storage):
+    # A worker dies with the thread that started it (PR_SET_PDEATHSIG): a spare asked for
+    # by a short-lived thread (a job's listener releasing the pool) must not.
+    def ask():
+        local.prewarm(W)
+        _spare()  # ready: it has set up its death signal by now
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    asker.join()
+    time.sleep(0.3)
+    spare = _spare()
+    assert not _gone(spare.pid)
+    with Executor(workers=W, storage=storage) as ex:
+        assert ex.map(lambda x: (os.getpid(), x * 2), [21]).result() == [(spare.pid, 42)]
+
+
+def test_prewarm_is_a_no_op_when_the_same_one_waits(storage):
+    local.prewarm(W)
+    first = _spare()
+    local.prewarm(W)
+    time.sleep(0.3)
+    assert _spare() is first and not _gone(first.pid)
+    local.prewarm(1)  # another pool's size: another environment (its BLAS threads: 2 here)
+    assert _wait_gone(first.pid)
+    assert _spare().pid != first.pid
+
+
+@pytest.mark.parametrize("how", ["exits", "is killed"])
+def test_the_pre_warmed_worker_ends_with_its_host(tmp_path, how):
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from cloudbutton_executor import Executor
+        from cloudbutton_executor.backends import local
+        from cloudbutton_executor.storage import LocalStorage
+
+        with Executor(workers=2, storage=LocalStorage({str(tmp_path / 'storage')!r})) as ex:
+            ex.map(os.getpid, [()]).result()
+        local.prewarm(2)
+        while local._spare is None:
+            time.sleep(0.02)
+        assert local._spare[1].wait_ready(30)
+        print(local._spare[1].pid, flush=True)
+        if {how == 'is killed'}:
+            time.sleep(60)
+    """)
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        spare = int(host.stdout.readline())
+        assert psutil.Process(spare).ppid() == host.pid
+        if how == "is killed":
+            host.send_signal(signal.SIGKILL)
+        host.wait(30)
+    finally:
+        host.kill()
+        host.wait()
+    assert _wait_gone(spare), f"the pre-warmed worker outlived its host, which {how}"
+
+
+def test_wait_ready_says_whether_the_runtime_started(tmp_path):
+    runtime = RuntimeProcess([sys.executable, "-s", "-c",
+                              "from cloudbutton_executor.local_runtime import main; main()"],
+                             env={**os.environ, "CLOUDBUTTON_WORKER": "local"},
+                             cwd=str(tmp_path), stderr=None)
+    try:
+        assert not runtime.ready
+        assert runtime.wait_ready(30) and runtime.ready
+        assert runtime.wait_ready(0)  # once ready, always: no read, no wait
+    finally:
+        runtime.close()
+    assert runtime.popen.returncode == 0  # its stdin closed: it ended by itself
+
+    broken = RuntimeProcess([sys.executable, "-c", "import sys; sys.exit(3)"],
+                            env=dict(os.environ), cwd=str(tmp_path), stderr=None)
+    assert broken.wait_ready(30) is False and not broken.ready
+    assert broken.recv(time.time() + 30) is None  # the supervisor then reports how it died
+    assert broken.kill() == 3
+
+    silent = RuntimeProcess([sys.executable, "-c", "import time; time.sleep(30)"],
+                            env=dict(os.environ), cwd=str(tmp_path), stderr=None)
+    try:
+        t = time.time()
+        assert silent.wait_ready(0.3) is False
+        assert 0.25 < time.time() - t < 5
+    finally:
+        silent.kill()
+
+
+def test_loading_the_extension_pre_warms_the_first_cells_worker(tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from cloudbutton_magic import load_ipython_extension
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"workers: {W}\n")
+    monkeypatch.setenv("CLOUDBUTTON_STORAGE_DIR", str(tmp_path / "storage"))
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(config))
+    shell = InteractiveShell.instance()
+    saved = dict(shell.user_ns)
+    try:
+        load_ipython_extension(shell)
+        spare = _spare()
+        shell.run_cell_magic("cloud", "map [0] -o pids", "import os\nos.getpid()")
+        assert shell.user_ns["pids"] == [spare.pid]
+    finally:
+        runner = shell.magics_manager.registry["CloudMagics"].runner
+        for ex in runner._executors.values():
+            ex.shutdown(wait=True)
+        shell.user_ns.clear()
+        shell.user_ns.update(saved)
+
+
+def test_loading_the_extension_for_lambda_starts_no_local_worker(tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from cloudbutton_magic import load_ipython_extension
+
+    config = tmp_path / "config.yaml"
+    config.write_text("backend: lambda\n")
+    monkeypatch.setenv("CLOUDBUTTON_CONFIG", str(config))
+    shell = InteractiveShell.instance()
+    load_ipython_extension(shell)
+    assert shell.magics_manager.registry["CloudMagics"].runner.settings()["backend"] == "lambda"
+    time.sleep(0.3)
+    assert local._spare is None and local._spare_wanted is None
