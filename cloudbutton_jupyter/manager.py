@@ -186,10 +186,8 @@ class CloudManager:
         except Exception as err:  # no module, no credentials, bad config: show why
             out["error"] = f"{type(err).__name__}: {err}"
             return out
-        if not isinstance(status, dict):
-            status = {"message": str(status)}
+        # The backend's own status (it always says "ok"), over the panel's settings.
         out.update({k: v for k, v in status.items() if v is not None or k not in out})
-        out.setdefault("ok", bool(status.get("deployed")) and not status.get("error"))
         out["backend"] = "lambda"
         return out
 
