@@ -80,7 +80,7 @@ def dgemm(seed, n=2048, loops=3):
 #   map(fn, items, cs) run fn over items, chunksize 1 or "auto"; returns results
 #   close()            shut the pool down, as its user would
 #   forget()           close(), and drop whatever the process keeps for a next pool
-#   prewarm()          start what the peer can start ahead of a pool (ours: a worker)
+#   prewarm()          start what the peer can start ahead of a pool (ours: its workers)
 def peer_cloudbutton():
     from cloudbutton_executor import Executor
     from cloudbutton_executor.backends import local as local_backend
@@ -105,12 +105,12 @@ def peer_cloudbutton():
                 raise RuntimeError("the local pool outlived its last executor")
 
         def prewarm(self):
-            # What `%load_ext cloudbutton_magic` does: one worker started ahead of need.
+            # What `%load_ext cloudbutton_magic` does: the pool's workers started ahead.
             local_backend.prewarm()
 
         def forget(self):
             self.close()
-            local_backend._discard_spare()
+            local_backend._discard_spares()
 
     return Peer()
 
@@ -313,7 +313,7 @@ def measure(peer_name, args, rec):
     # 1. Cold start to first result: a fresh pool, then a 1-task map; shutting the
     #    previous pool down is not timed. "cold_first": nothing started ahead, as for
     #    the first pool of a fresh process; "cold": after the peer's prewarm() (ours:
-    #    one worker started, as `%load_ext` does), given the moment a user takes to
+    #    the pool's workers started, as `%load_ext` does), given the moment a user takes to
     #    write the first cell.
     def cold(prewarm):
         peer.forget()

@@ -1,7 +1,8 @@
-"""The pre-warmed local worker: a runtime process started ahead of need (``prewarm``, which
-the notebook extension calls when it loads) that the next pool's first task runs on. It has run
-nothing before (its first invocation is a cold start of a fresh process), it serves only
-a pool of its own environment, and it never outlives its host."""
+"""Pre-warmed local workers: runtime processes started ahead of need (``prewarm``, which the
+notebook extension calls when it loads), one per worker of the pool to come, that the
+pool's first tasks run on. They have run nothing before (each one's first invocation is a
+cold start of a fresh process), serve only a pool of their own environment, and never
+outlive their host."""
 from __future__ import annotations
 
 import os
@@ -34,18 +35,23 @@ def _wait_gone(pid: int, within: float = 10) -> bool:
     return _gone(pid)
 
 
-def _spare(within: float = 30) -> RuntimeProcess:
-    """The pre-warmed worker once the spawner thread has started it and it is ready
-    (while starting, it has no advantage over a pool's fresh workers)."""
+def _spares(n: int = 1, within: float = 30) -> list[RuntimeProcess]:
+    """The first ``n`` pre-warmed workers, once the spawner thread has started them and
+    they are ready (while starting, one has no advantage over a pool's fresh workers)."""
     end = time.time() + within
     while time.time() < end:
         with local._spare_cond:
-            spare = local._spare
-        if spare is not None:
-            assert spare[1].wait_ready(30)
-            return spare[1]
+            spares = list(local._spares)
+        if len(spares) >= n:
+            for proc in spares[:n]:
+                assert proc.wait_ready(30)
+            return spares[:n]
         time.sleep(0.02)
-    raise AssertionError("no pre-warmed worker was started")
+    raise AssertionError(f"fewer than {n} pre-warmed workers were started")
+
+
+def _spare() -> RuntimeProcess:
+    return _spares(1)[0]
 
 
 # A pool size no other test leaves held (the magics' tests keep a pool of 2 for the
@@ -55,34 +61,48 @@ W = 3
 
 @pytest.fixture(autouse=True)
 def no_spare_before_or_after():
-    local._discard_spare()
+    local._discard_spares()
     assert not [key for key in local._pools if key[0] == W]
     yield
-    local._discard_spare()
+    local._discard_spares()
 
 
-def test_a_pool_after_prewarm_starts_on_the_pre_warmed_worker_whose_first_run_is_cold(storage):
+def test_a_pool_after_prewarm_runs_on_its_pre_warmed_workers_whose_first_runs_are_cold(storage):
+    local.prewarm(W)
+    spares = {p.pid for p in _spares(W)}
+    assert all(psutil.Process(pid).ppid() == os.getpid() for pid in spares)
+    with Executor(workers=W, storage=storage) as ex:
+        # Each worker holds its task a moment, so each of the W takes one.
+        job = ex.map(lambda _: (time.sleep(0.5), os.getpid())[1], range(W))
+        assert set(job.result()) == spares
+        assert [f.stats["cold_start"] for f in job] == [True] * W  # module state never used
+    assert local._spares == []  # taken, and a shut-down pool leaves none behind
+
+
+def test_a_task_goes_to_a_started_worker_before_one_still_starting(storage):
     used: set[int] = set()
-    # The other workers, still starting, must not take the task from the ready spare
-    # (whichever slot took the spare).
+    # One pre-warmed worker and W - 1 starting in the pool: the starting ones must not
+    # take the task from the ready one (whichever slot took it).
     for _ in range(12):
         local.prewarm(W)
-        spare = _spare()
-        assert spare.pid not in used  # a worker that has run tasks is never kept
-        assert psutil.Process(spare.pid).ppid() == os.getpid()
+        ready, *others = _spares(W)
+        with local._spare_cond:
+            local._spares[:] = [ready]
+        for proc in others:
+            proc.kill()
+        assert ready.pid not in used  # a worker that has run tasks is never kept
         with Executor(workers=W, storage=storage) as ex:
             job = ex.map(os.getpid, [()])
-            assert job.result() == [spare.pid]
-            assert job[0].stats["cold_start"] is True  # fresh: module state never used
-        used.add(spare.pid)
-        assert local._spare is None  # taken, and a shut-down pool leaves none behind
+            assert job.result() == [ready.pid]
+            assert job[0].stats["cold_start"] is True
+        used.add(ready.pid)
 
 
 def test_without_prewarm_a_pool_leaves_no_worker_behind(storage):
     with Executor(workers=W, storage=storage) as ex:
         ex.map(os.getpid, [(), ()]).result()
     time.sleep(0.3)
-    assert local._spare is None and local._spare_wanted is None
+    assert local._spares == [] and local._spares_wanted is None
 
 
 def test_a_pre_warmed_worker_of_another_environment_is_killed_not_used(storage, monkeypatch):
@@ -113,15 +133,17 @@ def test_the_pre_warmed_worker_outlives_the_thread_that_asked_for_it(storage):
         assert ex.map(lambda x: (os.getpid(), x * 2), [21]).result() == [(spare.pid, 42)]
 
 
-def test_prewarm_is_a_no_op_when_the_same_one_waits(storage):
+def test_prewarm_starts_only_what_is_missing_and_drops_another_environments(storage):
     local.prewarm(W)
-    first = _spare()
+    first = _spares(W)
     local.prewarm(W)
     time.sleep(0.3)
-    assert _spare() is first and not _gone(first.pid)
+    assert local._spares == first and not any(_gone(p.pid) for p in first)
     local.prewarm(1)  # another pool's size: another environment (its BLAS threads: 2 here)
-    assert _wait_gone(first.pid)
-    assert _spare().pid != first.pid
+    assert all(_wait_gone(p.pid) for p in first)
+    (one,) = _spares(1)
+    time.sleep(0.3)
+    assert local._spares == [one] and one.pid not in {p.pid for p in first}
 
 
 @pytest.mark.parametrize("how", ["exits", "is killed"])
@@ -135,24 +157,24 @@ def test_the_pre_warmed_worker_ends_with_its_host(tmp_path, how):
         with Executor(workers=2, storage=LocalStorage({str(tmp_path / 'storage')!r})) as ex:
             ex.map(os.getpid, [()]).result()
         local.prewarm(2)
-        while local._spare is None:
+        while len(local._spares) < 2:
             time.sleep(0.02)
-        assert local._spare[1].wait_ready(30)
-        print(local._spare[1].pid, flush=True)
+        assert all(p.wait_ready(30) for p in local._spares)
+        print(" ".join(str(p.pid) for p in local._spares), flush=True)
         if {how == 'is killed'}:
             time.sleep(60)
     """)
     host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        spare = int(host.stdout.readline())
-        assert psutil.Process(spare).ppid() == host.pid
+        spares = [int(pid) for pid in host.stdout.readline().split()]
+        assert [psutil.Process(pid).ppid() for pid in spares] == [host.pid] * 2
         if how == "is killed":
             host.send_signal(signal.SIGKILL)
         host.wait(30)
     finally:
         host.kill()
         host.wait()
-    assert _wait_gone(spare), f"the pre-warmed worker outlived its host, which {how}"
+    assert all(_wait_gone(pid) for pid in spares), f"pre-warmed workers outlived their host, which {how}"
 
 
 def test_wait_ready_says_whether_the_runtime_started(tmp_path):
@@ -197,9 +219,9 @@ def test_loading_the_extension_pre_warms_the_first_cells_worker(tmp_path, monkey
     saved = dict(shell.user_ns)
     try:
         load_ipython_extension(shell)
-        spare = _spare()
-        shell.run_cell_magic("cloud", "map [0] -o pids", "import os\nos.getpid()")
-        assert shell.user_ns["pids"] == [spare.pid]
+        spares = {p.pid for p in _spares(W)}
+        shell.run_cell_magic("cloud", "map range(3) -o pids", "import os, time\ntime.sleep(0.5)\nos.getpid()")
+        assert set(shell.user_ns["pids"]) == spares
     finally:
         runner = shell.magics_manager.registry["CloudMagics"].runner
         for ex in runner._executors.values():
@@ -220,4 +242,4 @@ def test_loading_the_extension_for_lambda_starts_no_local_worker(tmp_path, monke
     load_ipython_extension(shell)
     assert shell.magics_manager.registry["CloudMagics"].runner.settings()["backend"] == "lambda"
     time.sleep(0.3)
-    assert local._spare is None and local._spare_wanted is None
+    assert local._spares == [] and local._spares_wanted is None

@@ -62,17 +62,18 @@ def _shutdown_all() -> None:
     # The interpreter is exiting: running tasks cannot report to anyone any more.
     for pool in list(_pools.values()):
         pool.shutdown(kill_running=True)
-    _discard_spare()
+    _discard_spares()
 
 
-# A pre-warmed worker: at most one runtime process per host, started ahead of need by
-# ``prewarm`` (the notebook extension calls it when it loads), that has paid for its
-# interpreter and imports and waits for its first event. The next pool (or a slot
-# replacing a killed worker) with the same environment and directory takes it instead of
-# waiting for a fresh one. It has run nothing, so its first invocation is still a cold
-# start of a fresh process. Only on request: a shut-down executor leaves nothing running.
-_spare: tuple[tuple[Any, ...], RuntimeProcess] | None = None
-_spare_wanted: tuple[dict[str, str], str] | None = None
+# Pre-warmed workers: runtime processes started ahead of need by ``prewarm`` (the notebook
+# extension calls it when it loads), one per worker of the pool to come, that have paid
+# for their interpreter and imports and wait for their first event. A pool (or a slot
+# replacing a killed worker) with the same environment and directory takes them instead of
+# waiting for fresh ones. They have run nothing, so each one's first invocation is still a
+# cold start of a fresh process. Only on request: a shut-down executor leaves nothing running.
+_spares: list[RuntimeProcess] = []
+_spares_key: tuple[Any, ...] | None = None  # the environment and directory they were made for
+_spares_wanted: tuple[dict[str, str], str, int] | None = None
 _spare_cond = threading.Condition()
 _spawner: threading.Thread | None = None
 
@@ -82,71 +83,84 @@ def _process_key(env: dict[str, str], cwd: str) -> tuple[Any, ...]:
 
 
 def _take_spare(env: dict[str, str], cwd: str) -> RuntimeProcess | None:
-    global _spare
+    """A pre-warmed worker for ``env`` and ``cwd``, or None. Those made for another
+    environment (new credentials, paths) are of no use: they are killed."""
+    useless: list[RuntimeProcess] = []
+    proc = None
     with _spare_cond:
-        spare, _spare = _spare, None
-    if spare is None:
-        return None
-    key, proc = spare
-    if key == _process_key(env, cwd) and proc.popen.poll() is None:
-        return proc
-    proc.kill()  # another environment (new credentials, paths) or dead: of no use
-    return None
+        if _spares and _spares_key != _process_key(env, cwd):
+            useless, _spares[:] = list(_spares), []
+        while _spares and proc is None:
+            proc = _spares.pop(0)
+            if proc.popen.poll() is not None:
+                useless.append(proc)
+                proc = None
+    for p in useless:
+        p.kill()
+    return proc
 
 
-def _make_spare(env: dict[str, str], cwd: str) -> None:
-    """Have the pre-warmed worker for ``env`` and ``cwd`` started, unless it waits already.
-    One long-lived thread starts them: a worker dies with the thread that started it
-    (``PR_SET_PDEATHSIG``), and a spare outlives the caller that asked for it."""
-    global _spare_wanted, _spawner
+def _make_spares(env: dict[str, str], cwd: str, count: int) -> None:
+    """Have ``count`` pre-warmed workers for ``env`` and ``cwd`` started, less those that
+    wait already. One long-lived thread starts them: a worker dies with the thread that
+    started it (``PR_SET_PDEATHSIG``), and they outlive the caller that asked for them."""
+    global _spares_wanted, _spawner
     with _spare_cond:
-        if _spare is not None and _spare[0] == _process_key(env, cwd):
+        if _spares_key == _process_key(env, cwd) and len(_spares) >= count:
             return
-        _spare_wanted = (env, cwd)
+        _spares_wanted = (env, cwd, count)
         if _spawner is None:
             _spawner = start_thread(_spawn_spares, name="cloudbutton-local-prewarm")
         _spare_cond.notify()
 
 
 def _spawn_spares() -> None:
-    global _spare, _spare_wanted
+    global _spares_key, _spares_wanted
     while True:
         with _spare_cond:
-            while _spare_wanted is None:
+            while _spares_wanted is None:
                 _spare_cond.wait()
-            (env, cwd), _spare_wanted = _spare_wanted, None
-            if _spare is not None and _spare[0] == _process_key(env, cwd):
-                continue
-            old, _spare = _spare, None
-        if old is not None:
-            old[1].kill()
-        try:
-            proc = _new_process(env, cwd, spare=False)
-        except OSError:
-            log.warning("could not start a pre-warmed local worker", exc_info=True)
-            continue
-        with _spare_cond:
-            old, _spare = _spare, (_process_key(env, cwd), proc)
-        if old is not None:
-            old[1].kill()
+            env, cwd, count = _spares_wanted
+            _spares_wanted = None
+            key = _process_key(env, cwd)
+            useless: list[RuntimeProcess] = []
+            if _spares_key != key:
+                useless, _spares[:] = list(_spares), []
+                _spares_key = key
+            missing = count - len(_spares)
+        for p in useless:
+            p.kill()
+        for _ in range(missing):
+            try:
+                proc = _new_process(env, cwd, spare=False)
+            except OSError:
+                log.warning("could not start a pre-warmed local worker", exc_info=True)
+                break
+            with _spare_cond:
+                if _spares_key == key and _spares_wanted is None:
+                    _spares.append(proc)  # takeable at once, while the next one starts
+                    continue
+            proc.kill()  # asked for another environment, or discarded, meanwhile
+            break
 
 
-def _discard_spare() -> None:
-    global _spare, _spare_wanted
+def _discard_spares() -> None:
+    global _spares_wanted
     with _spare_cond:
-        spare, _spare, _spare_wanted = _spare, None, None
-    if spare is not None:
-        spare[1].kill()
+        useless, _spares[:], _spares_wanted = list(_spares), [], None
+    for p in useless:
+        p.kill()
 
 
 def prewarm(workers: int | None = None) -> None:
-    """Start a pre-warmed worker for the next local pool of ``workers`` (default: one per
-    CPU), so its first result does not wait for an interpreter to start and import. The
-    notebook extension calls it when it loads; a no-op if one is waiting already. The
-    worker and one idle thread stay until a pool takes the worker or the process ends."""
+    """Start the workers of the next local pool of ``workers`` (default: one per CPU)
+    ahead of it, so its first results do not wait for interpreters to start and import.
+    The notebook extension calls it when it loads; what waits already is not started
+    again. The workers and one idle thread stay until a pool takes the workers or the
+    process ends."""
     workers = int(workers or os.cpu_count() or 1)
     env = _worker_env(workers)
-    _make_spare(env, _worker_cwd(env))
+    _make_spares(env, _worker_cwd(env), workers)
 
 
 # How long a warm worker trusts that the job it last found not cancelled still is not: no
