@@ -109,7 +109,7 @@ class CloudRunner:
             print(f"{key:<10} = {current[key]!s:<10} ({source})")
 
     def prewarm(self) -> None:
-        """Start a local worker for the first ``%%cloud`` cell ahead of it (the extension
+        """Start the local workers of the first ``%%cloud`` cell ahead of it (the extension
         loads seconds before that cell runs). Nothing for Lambda, nor for a config that
         does not parse: the cell itself will say what is wrong."""
         try:
