@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -104,6 +106,32 @@ def stage(where: Path, tests: list[str], staged_files: list[Path],
     (where / "pyproject.toml").write_text("\n".join(toml) + "\n")
 
 
+def selection_hash(tests: list[str]) -> str:
+    """mutmut's fingerprint of a test selection (``Config.config_fingerprint``)."""
+    return hashlib.sha256(repr(tuple(tests)).encode()).hexdigest()[:12]
+
+
+def keep_results_for_added_tests(where: Path, tests: list[str]) -> None:
+    """mutmut forgets every result of a run whose test selection changed. A selection that
+    only adds tests to the one the results were made with can only detect more: a mutant
+    killed stays killed (its test is still there), so the results are kept, and mutmut
+    runs the stats of the new tests only; the survivors meet them with --retest-survivors.
+    The selections a group was run with are kept beside its results, by fingerprint."""
+    known_file, stats_file = where / "selections.json", where / "mutants" / "mutmut-stats.json"
+    known = json.loads(known_file.read_text()) if known_file.is_file() else {}
+    known[selection_hash(tests)] = tests
+    if stats_file.is_file():
+        stats = json.loads(stats_file.read_text())
+        fingerprint = stats.get("config_fingerprint") or {}
+        old = known.get(fingerprint.get("test_selection"))
+        if old is not None and old != tests and set(old) <= set(tests):
+            print(f"mutate: {len(set(tests) - set(old))} test file(s) added to the group: "
+                  "its results are kept", flush=True)
+            fingerprint["test_selection"] = selection_hash(tests)
+            stats_file.write_text(json.dumps(stats))
+    known_file.write_text(json.dumps(known, indent=1))
+
+
 def results(where: Path) -> dict[str, str]:
     mutmut = Path(sys.executable).with_name("mutmut")
     out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=where, check=True,
@@ -140,6 +168,7 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     if args.fresh:
         shutil.rmtree(where / "mutants", ignore_errors=True)
     stage(where, tests, sorted({s for _, s, _ in specs}), args.pytest_arg)
+    keep_results_for_added_tests(where, tests)
     hits = where / "hits"
     shutil.rmtree(hits, ignore_errors=True)
     hits.mkdir()
