@@ -1,0 +1,223 @@
+"""Who ends a job's tasks, and when: crash reports read from storage, cancel (this host's
+marker, or one written elsewhere first), a followed job's deadline, and a take-over of a
+job whose host stopped. Dispatcher tests with a fake clock and an in-process worker (see
+test_dispatch): nothing here sleeps."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from cloudbutton_executor import (
+    InfrastructureError,
+    LostInvocationError,
+    WorkerDiedError,
+    cache,
+    integrity,
+    protocol,
+    records,
+)
+from cloudbutton_executor.dispatch import JobSpec
+from cloudbutton_executor.job import new_job
+from cloudbutton_executor.storage import LocalStorage, NotFound
+from test_dispatch import (
+    PREFIX,
+    FakeBackend,
+    FakeClock,
+    following,
+    lambda_like,
+    start_job,
+    stored_status,
+)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def crash_report(storage, job, tid, n, *, sealed_with=None, **doc):
+    """A supervisor's crash report of attempt ``n`` of ``tid``, sealed with ``sealed_with``
+    (the job's key unless given); ``doc`` replaces or adds fields (None drops one)."""
+    ckey = protocol.crash_key(PREFIX, job.job_id, tid, n)
+    body = {"v": 3, "job_id": job.job_id, "task": tid, "attempt": n, "kind": "died",
+            "message": f"task {tid}: worker process was killed by SIGKILL"}
+    body.update(doc)
+    body = {k: v for k, v in body.items() if v is not None}
+    storage.put(ckey, integrity.seal(sealed_with or job.dispatcher.key, protocol.object_name(PREFIX, ckey),
+                                     body))
+    return ckey
+
+
+def dispatch_messages(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "cloudbutton.dispatch"]
+
+
+# Crash reports ------------------------------------------------------------------------------
+def test_a_crash_report_retries_its_task_and_one_without_kind_or_message_ends_it(storage, clock):
+    """A report names how the attempt ended; one that says nothing still ends the retry it
+    is about, as a plain infrastructure error "the worker crashed"."""
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1], retries=1)
+    tid = be.sent[0]["task"]
+    crash_report(storage, job, tid, 0)
+    job.dispatcher.tick()
+    assert [e["attempt"] for e in be.sent] == [0, 1] and job.retried == 1 and not job.done()
+    crash_report(storage, job, tid, 1, kind=None, message=None)
+    job.dispatcher.tick()
+    assert job.monitor_error is None and job.done() and len(be.sent) == 2
+    err = job[0].exception(timeout=0)
+    assert type(err) is InfrastructureError and str(err) == "the worker crashed"
+    assert job[0].attempts == 2 and stored_status(storage, job, tid)["attempt"] == 1
+
+
+def test_a_foreign_crash_report_is_logged_once_and_leaves_its_task_running(storage, clock, caplog):
+    """A report sealed for another attempt (or another job) is not the task's: it is logged
+    by name, once (not at every poll), and the task's own deadline still ends it."""
+    caplog.set_level(logging.INFO, logger="cloudbutton.dispatch")
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1, 2], retries=1)
+    first, second = be.sent
+    # Sealed for its key with the job's key, but it speaks of another attempt of the task.
+    mixed = crash_report(storage, job, first["task"], 0, attempt=1)
+    # Sealed with a key that is not the job's.
+    forged = crash_report(storage, job, second["task"], 0, sealed_with=b"o" * 32)
+    for _ in range(3):
+        job.dispatcher.tick()
+    assert len(be.sent) == 2 and job.retried == 0
+    assert [job.item_state(i) for i in range(2)] == ["queued", "queued"]
+    assert job.monitor_error is None
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        f"job {job.job_id}: the crash report {mixed} is a foreign object",
+        f"job {job.job_id}: the crash report {protocol.object_name(PREFIX, forged)} is a "
+        "tampered or foreign object: its seal does not verify with this job's key",
+    ]
+
+
+def test_a_crash_report_of_a_task_the_dead_host_sent_is_acted_on_by_the_new_host(storage, clock):
+    """Where events outlive their host (Lambda), a task the dead host sent is not sent
+    again at a take-over; its crash report, stored meanwhile, retries it at once."""
+    job = start_job(storage, lambda_like(), clock, [1, 2], retries=1)
+    first, second = job.dispatcher.backend.sent
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record says both tasks are in flight; then it stopped
+    crash_report(storage, job, first["task"], 0)
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    be2 = lambda_like()
+    other = following(storage, clock, job, be2)
+    assert other.dispatcher.check_owner(clock(), force=True)
+    assert [(e["task"], e["attempt"]) for e in be2.sent] == [(first["task"], 1)]
+    crash_report(storage, other, first["task"], 1, message="killed by SIGKILL again")
+    other.dispatcher.tick()
+    err = other[0].exception(timeout=0)
+    assert type(err) is WorkerDiedError and str(err) == "killed by SIGKILL again"
+    assert other.monitor_error is None and other.item_state(1) == "queued"
+
+
+# Cancel -------------------------------------------------------------------------------------
+def cancel_key(job):
+    return protocol.cancel_key(PREFIX, job.job_id)
+
+
+def test_cancel_stores_the_executors_marker_at_the_hosts_time_once(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2, 3])
+    be.run(be.sent[0])
+    clock.advance(5)
+    assert job.cancel() == 2  # the items that had not ended
+    assert json.loads(storage.get(cancel_key(job))) == {
+        "v": protocol.PROTOCOL_VERSION, "by": "executor", "at": clock()}
+    assert job.cancelled_at == clock() and be.cancelled == [job.job_id]
+    clock.advance(5)
+    assert job.cancel() == 0 and job.cancelled_at == clock() - 5 and be.cancelled == [job.job_id]
+
+
+def test_cancelling_a_finished_job_stores_no_marker_and_stops_nothing(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1])
+    be.run(be.sent[0])
+    assert job.cancel() == 0
+    assert not job.cancelled and job.cancelled_at is None and be.cancelled == []
+    with pytest.raises(NotFound):
+        storage.get(cancel_key(job))
+
+
+@pytest.mark.parametrize("marker, at", [
+    (protocol.cancel_marker(by="jupyter-panel", at=1_700_000_000.25), 1_700_000_000.25),
+    (json.dumps({"by": "cli", "at": 1_700_000_000}).encode(), 1_700_000_000.0),
+    # No time the host can use: it ends the job when it cancels.
+    (b"cancelled from the panel", None),  # an older version's marker: free text
+    (json.dumps({"by": "cli", "at": True}).encode(), None),
+    (json.dumps({"by": "cli", "at": "1700000000"}).encode(), None),
+])
+def test_a_job_cancelled_elsewhere_first_ends_at_the_time_their_marker_states(storage, clock,
+                                                                               marker, at):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    storage.put_if_absent(cancel_key(job), marker)
+    clock.advance(5)
+    assert job.cancel() == 2 and be.cancelled == [job.job_id]
+    assert job.cancelled_at == (clock() if at is None else at)
+    assert storage.get(cancel_key(job)) == marker  # first write wins: theirs stays
+
+
+class UnreadableMarkers(LocalStorage):
+    """A storage whose cancel markers exist but cannot be read back (a transient error)."""
+
+    def get(self, key, start=None, stop=None):
+        if key.endswith("/cancel"):
+            raise OSError("connection reset by peer")
+        return super().get(key, start, stop)
+
+
+def test_a_marker_written_elsewhere_that_cannot_be_read_still_cancels_at_the_hosts_time(
+        tmp_path, clock, caplog):
+    storage = UnreadableMarkers(str(tmp_path / "storage"))
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    storage.put_if_absent(cancel_key(job), protocol.cancel_marker(by="jupyter-panel", at=1.0))
+    clock.advance(5)
+    assert job.cancel() == 2 and job.cancelled_at == clock() and be.cancelled == [job.job_id]
+    assert dispatch_messages(caplog) == [
+        f"job {job.job_id}: cannot read its cancel marker: connection reset by peer"]
+
+
+def test_cancel_writes_what_the_job_computed_to_the_result_cache_at_once(storage, clock,
+                                                                        monkeypatch):
+    """The cache writer batches its entries (at most one per FLUSH_S): a cancel writes what
+    finished at once, so a re-run finds it."""
+    monkeypatch.setattr(cache, "FLUSH_S", 3600.0)
+    be = FakeBackend()
+    identity = "f" * 64
+    job = start_job(storage, be, clock, [1, 2, 3], cache=True, identity=identity)
+    job.dispatcher.use_cache()  # no hits: only its writer (the executor calls it before start)
+    writer = job.dispatcher.cache_writer
+    be.run(be.sent[0])
+    assert writer.written == 0  # batched
+    assert job.cancel() == 2
+    assert job.monitor_error is None and writer.written == 1
+    hits = cache.ResultCache(storage, PREFIX, identity).lookup(writer.keys)
+    assert {i: h.value for i, h in hits.items()} == {0: 1}
+
+
+# A followed job's deadline --------------------------------------------------------------
+def test_items_of_a_followed_job_left_at_its_deadline_end_lost_with_their_range(storage, clock):
+    be = FakeBackend()
+    started = start_job(storage, be, clock, [1, 2, 3, 4])
+    be.run(be.sent[0])
+    be.run(be.sent[1])  # items 2 and 3 were never run
+    manifest = json.loads(storage.get(protocol.manifest_key(PREFIX, started.job_id)))
+    follower = new_job(JobSpec.from_manifest(manifest, PREFIX), FakeBackend(), storage, None, clock)
+    follower.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
+    clock.t = protocol.lost_deadline(manifest) + 0.1
+    follower.dispatcher.tick()
+    assert follower.done() and follower.results(timeout=0)[:2] == [1, 4]
+    for i in (2, 3):
+        err = follower[i].exception(timeout=0)
+        assert type(err) is LostInvocationError and str(err) == (
+            f"items 2..3 of job {started.job_id} have no result and their deadline passed")
+        assert follower[i].attempts == 1
+    status = stored_status(storage, follower, protocol.task_id(2, 4, 4))
+    assert status["attempt"] == 0 and status["written_by"] == "host"
