@@ -4,8 +4,10 @@ job whose host stopped. Dispatcher tests with a fake clock and an in-process wor
 test_dispatch): nothing here sleeps."""
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import time
 
 import pytest
 
@@ -28,6 +30,7 @@ from test_dispatch import (
     following,
     lambda_like,
     start_job,
+    stored_record,
     stored_status,
 )
 
@@ -221,3 +224,100 @@ def test_items_of_a_followed_job_left_at_its_deadline_end_lost_with_their_range(
         assert follower[i].attempts == 1
     status = stored_status(storage, follower, protocol.task_id(2, 4, 4))
     assert status["attempt"] == 0 and status["written_by"] == "host"
+
+
+# Taking a job over ---------------------------------------------------------------------------
+class CountingGets(LocalStorage):
+    """Counts the GETs of each key (what a follower costs while its job's host runs)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gets = collections.Counter()
+
+    def get(self, key, start=None, stop=None):
+        self.gets[key] += 1
+        return super().get(key, start, stop)
+
+
+def test_a_follower_reads_the_dispatch_record_every_half_heartbeat_while_its_host_lives(
+        tmp_path, clock):
+    storage = CountingGets(str(tmp_path / "storage"))
+    job = start_job(storage, FakeBackend(), clock, [1, 2])
+    other = following(storage, clock, job)
+    rkey = protocol.dispatch_key(PREFIX, job.job_id)
+    reads = []
+    t0 = clock()
+    for t in (0.0, protocol.HEARTBEAT_S / 2 - 0.01, protocol.HEARTBEAT_S / 2,
+              protocol.HEARTBEAT_S - 0.01, protocol.HEARTBEAT_S):
+        clock.t = t0 + t
+        other.dispatcher.tick()
+        reads.append(storage.gets[rkey])
+    assert reads == [1, 1, 2, 2, 3] and other.monitor_error is None
+    assert other.dispatcher.check_owner(clock()) is False  # not yet due: nothing read
+    assert storage.gets[rkey] == 3
+    # Its host is alive (this process, a fresh record): no take-over, even when forced.
+    assert other.dispatcher.check_owner(clock(), force=True) is False
+    assert storage.gets[rkey] == 4 and other.dispatcher.following
+    assert other.dispatcher.backend.sent == [] and stored_record(storage, job)["epoch"] == 0
+
+
+def test_a_job_whose_host_died_before_its_first_record_is_taken_over_once_stale(storage, clock,
+                                                                                caplog):
+    """A host that stored the manifest and inputs, then died before its dispatch record:
+    the job is taken over DISPATCH_STALE_S after it was created, from item 0, at epoch 0."""
+    caplog.set_level(logging.INFO, logger="cloudbutton.dispatch")
+    job = start_job(storage, FakeBackend(), clock, [1, 2, 3])
+    storage.delete(protocol.dispatch_key(PREFIX, job.job_id))  # as if never written
+    created = job.dispatcher.spec.created
+    be2 = FakeBackend()
+    other = following(storage, clock, job, be2)
+    clock.t = created + protocol.DISPATCH_STALE_S - 0.01  # its host may be about to write it
+    assert other.dispatcher.check_owner(clock(), force=True) is False
+    assert be2.sent == [] and other.dispatcher.following
+    clock.t = created + protocol.DISPATCH_STALE_S
+    assert other.dispatcher.check_owner(clock(), force=True) is True
+    stopped = time.strftime("%H:%M:%S", time.localtime(0))
+    assert dispatch_messages(caplog) == [
+        f"job {job.job_id}: resumed from a host that stopped at {stopped} (0 tasks in flight, "
+        "items 0.. never sent)"]
+    assert stored_record(storage, other)["epoch"] == 0
+    assert storage.exists(protocol.owner_key(PREFIX, job.job_id, 0))
+    assert [e["task"] for e in be2.sent] == [protocol.task_id(i, i + 1, 3) for i in range(3)]
+    for e in list(be2.sent):
+        be2.run(e)
+    assert other.result(timeout=0) == [1, 4, 9]
+
+
+def test_a_finished_job_whose_host_stopped_is_not_taken_over(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1])
+    be.run(be.sent[0])
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job)
+    assert other.done()
+    assert other.dispatcher.check_owner(clock(), force=True) is False
+    assert stored_record(storage, job)["epoch"] == 0
+    assert not storage.exists(protocol.owner_key(PREFIX, job.job_id, 1))
+
+
+def total(results):
+    return sum(results)
+
+
+def test_a_reduce_job_whose_host_stopped_is_taken_over_and_reduces(storage, clock):
+    """A reduce job stores no inputs of its own (its task reads the map job's results):
+    the host that takes it over sends its task as it is."""
+    be = FakeBackend()
+    mapped = start_job(storage, be, clock, [1, 2, 3])
+    for e in list(be.sent):
+        be.run(e)
+    reduce = {"job_id": mapped.job_id, "tasks": mapped.task_ids()}
+    job = start_job(storage, FakeBackend(), clock, [None], fn=total, reduce=reduce)
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    be2 = FakeBackend()
+    other = following(storage, clock, job, be2)
+    assert other.dispatcher.check_owner(clock(), force=True) is True
+    (event,) = be2.sent
+    assert event["reduce"]["job_id"] == mapped.job_id
+    be2.run(event)
+    assert other.result(timeout=0) == [14]
