@@ -321,3 +321,22 @@ def test_a_reduce_job_whose_host_stopped_is_taken_over_and_reduces(storage, cloc
     assert event["reduce"]["job_id"] == mapped.job_id
     be2.run(event)
     assert other.result(timeout=0) == [14]
+
+
+def test_a_take_over_follows_every_task_in_flight_after_one_that_ended(storage, clock):
+    """The record lists its tasks in item order; one whose status was stored after the
+    record is skipped, and the tasks after it are still the new host's to collect."""
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1, 2, 3], timeout=100.0)
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record: three tasks in flight; then it stopped
+    be.run(be.sent[0])
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    be2 = lambda_like()
+    other = following(storage, clock, job, be2)
+    assert other.dispatcher.check_owner(clock(), force=True)
+    assert be2.sent == []  # Lambda's events outlive their host: none is sent again
+    for e in be.sent[1:]:  # the dead host's invocations end
+        be.run(e)
+    other.dispatcher.tick()
+    assert other.result(timeout=0) == [1, 4, 9] and other.monitor_error is None
