@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -205,6 +206,18 @@ def test_cancel_writes_what_the_job_computed_to_the_result_cache_at_once(storage
     assert {i: h.value for i, h in hits.items()} == {0: 1}
 
 
+def test_a_job_cancelled_before_it_is_followed_is_cancelled_at_once_keeping_what_ended(
+        storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2, 3])
+    be.run(be.sent[0])
+    storage.put_if_absent(cancel_key(job), protocol.cancel_marker(by="jupyter-panel",
+                                                                  at=clock() - 1))
+    other = following(storage, clock, job)  # no tick yet
+    assert other.cancelled and other.done() and other.cancelled_at == clock() - 1
+    assert other.results(timeout=0)[0] == 1 and other.counts()["cancelled"] == 2
+
+
 # A followed job's deadline --------------------------------------------------------------
 def test_items_of_a_followed_job_left_at_its_deadline_end_lost_with_their_range(storage, clock):
     be = FakeBackend()
@@ -340,3 +353,127 @@ def test_a_take_over_follows_every_task_in_flight_after_one_that_ended(storage, 
         be.run(e)
     other.dispatcher.tick()
     assert other.result(timeout=0) == [1, 4, 9] and other.monitor_error is None
+
+
+# Live stdout --------------------------------------------------------------------------------
+def live_stdout(storage, job, tid, n, k, items, *, sealed_with=None, **doc):
+    """The ``k``-th live stdout flush of attempt ``n`` of ``tid``, as its worker stores it;
+    ``doc`` replaces fields."""
+    key = protocol.live_stdout_key(PREFIX, job.job_id, tid, n, k)
+    body = {"job_id": job.job_id, "task": tid, "attempt": n, "seq": k, "items": items, **doc}
+    storage.put(key, integrity.seal(sealed_with or job.dispatcher.key,
+                                    protocol.object_name(PREFIX, key), body))
+    return key
+
+
+def test_what_running_tasks_print_reaches_the_host_once_each_in_flush_order(tmp_path, clock):
+    """On a backend that reports each end itself, the host lists only its running tasks'
+    keys; each flush is read once, in order, and only its task's items count."""
+    storage = CountingGets(str(tmp_path / "storage"))
+    be = FakeBackend(live_stdout_s=1.0)
+    job = start_job(storage, be, clock, [1, 2, 3, 4], chunksize=2)
+    first, second = be.sent
+    t1, t2 = first["task"], second["task"]
+    be.listener.on_start(first)
+    k1 = live_stdout(storage, job, t1, 0, 1, {"0": "a\n"})
+    k2 = live_stdout(storage, job, t1, 0, 2, {"0": "a\nb\n", "1": "c\n", "2": "not its item\n",
+                                              "x": "not an item\n"})
+    k3 = live_stdout(storage, job, t2, 0, 1, {"2": "d\n"})
+    job.dispatcher.tick()
+    assert job.live_stdout() == [(0, "a\n"), (0, "b\n"), (1, "c\n")]
+    assert storage.gets[k3] == 0  # a task not started prints nothing: not listed
+    be.listener.on_start(second)
+    job.dispatcher.tick()
+    job.dispatcher.tick()
+    assert job.live_stdout(3) == [(2, "d\n")]
+    assert [storage.gets[k] for k in (k1, k2, k3)] == [1, 1, 1]
+    be.run(first)  # ended: its status has all it printed, its keys are not listed again
+    k4 = live_stdout(storage, job, t1, 0, 3, {"0": "a\nb\ne\n"})
+    job.dispatcher.tick()
+    assert storage.gets[k4] == 0 and job.live_stdout(4) == []
+    assert job.monitor_error is None
+
+
+def test_a_live_stdout_object_not_of_its_task_attempt_and_flush_is_logged_and_not_shown(
+        storage, clock, caplog):
+    be = FakeBackend(live_stdout_s=1.0)
+    job = start_job(storage, be, clock, [1])
+    (event,) = be.sent
+    tid = event["task"]
+    be.listener.on_start(event)
+    foreign = [live_stdout(storage, job, tid, 0, 1, {"0": "x\n"}, task="000001-000002"),
+               live_stdout(storage, job, tid, 0, 2, {"0": "x\n"}, attempt=1),
+               live_stdout(storage, job, tid, 0, 3, {"0": "x\n"}, seq=4)]
+    forged = live_stdout(storage, job, tid, 0, 5, {"0": "x\n"}, sealed_with=b"o" * 32)
+    job.dispatcher.tick()
+    assert job.live_stdout() == [] and job.monitor_error is None
+    assert dispatch_messages(caplog) == [
+        *(f"job {job.job_id}: the live stdout {k} is a foreign object" for k in foreign),
+        f"job {job.job_id}: the live stdout {protocol.object_name(PREFIX, forged)} is a "
+        "tampered or foreign object: its seal does not verify with this job's key"]
+
+
+def test_a_silent_task_seen_printing_gets_no_lost_backup(storage, clock):
+    """Where events may be lost (Lambda), a task silent past the lost time is sent again,
+    unless its live stdout shows it runs."""
+    be = lambda_like(live_stdout_s=1.0)
+    job = start_job(storage, be, clock, [1, 2, 3], timeout=100.0)
+    for e in be.sent:
+        be.listener.on_accepted(e, clock())
+    be.run(be.sent[0])
+    job.dispatcher.tick()  # a latency to compare with
+    live_stdout(storage, job, be.sent[1]["task"], 0, 1, {"1": "working\n"})
+    clock.advance(31.0)
+    job.dispatcher.tick()
+    assert [(e["task"], e.get("backup")) for e in be.sent[3:]] == [(be.sent[2]["task"], "lost")]
+    assert job.live_stdout() == [(1, "working\n")]
+
+
+# The dispatch record ------------------------------------------------------------------------
+def test_the_dispatch_record_states_what_is_in_flight_and_until_when(storage, clock):
+    """What a host that takes over, the panel and the CLI read: each task in flight with
+    its attempt, retries and redeliveries used and when it was sent, and the deadline of
+    the last of them (``lost_deadline``)."""
+    be = FakeBackend(deadline_grace_s=5.0)
+    t0 = clock()
+    job = start_job(storage, be, clock, [1, 2, 3], timeout=10.0, retries=1)
+    record = stored_record(storage, job)  # written before anything was sent
+    assert (record["open"], record["next_item"], record["deadline"]) == ([], 0, t0)
+    first, second, third = be.sent
+    clock.advance(3)
+    be.listener.on_failure(first, WorkerDiedError("killed by SIGKILL", first["task"]))
+    be.run(third)
+    clock.advance(records.RECORD_INTERVAL_S)
+    job.dispatcher.tick()
+    record = stored_record(storage, job)
+    record.pop("mac")
+    owner = record.pop("owner")
+    assert owner["pid"] == os.getpid()
+    assert record == {
+        "v": protocol.PROTOCOL_VERSION, "job_id": job.job_id, "epoch": 0,
+        "updated": clock(), "next_item": 3, "n_items": 3,
+        "open": [[0, 1, 1, round(t0 + 3, 3), 1, 1, 0], [1, 2, 1, round(t0, 3), 0, 0, 0]],
+        "deadline": t0 + 3 + 10.0 + 5.0}
+
+
+def test_without_a_host_deadline_the_record_deadline_is_the_timeout(storage, clock):
+    be = FakeBackend(max_inflight=1)  # the backend ends its invocations itself: no grace
+    job = start_job(storage, be, clock, [1, 2], timeout=7.0)
+    clock.advance(protocol.HEARTBEAT_S)
+    job.dispatcher.tick()
+    assert stored_record(storage, job)["deadline"] == be.sent[0]["host_submit"] + 7.0
+
+
+def test_the_record_is_rewritten_after_changes_and_at_every_heartbeat(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2, 3])
+    t0 = clock()  # the record at start; the tasks sent after it made it stale
+    updates = []
+    for t in (records.RECORD_INTERVAL_S - 0.01, records.RECORD_INTERVAL_S,
+              protocol.HEARTBEAT_S + records.RECORD_INTERVAL_S - 0.01,
+              protocol.HEARTBEAT_S + records.RECORD_INTERVAL_S):
+        clock.t = t0 + t
+        job.dispatcher.tick()
+        updates.append(stored_record(storage, job)["updated"] - t0)
+    assert updates == pytest.approx([0.0, records.RECORD_INTERVAL_S, records.RECORD_INTERVAL_S,
+                                     protocol.HEARTBEAT_S + records.RECORD_INTERVAL_S])
