@@ -17,6 +17,7 @@ from cloudbutton_executor import (
     LostInvocationError,
     WorkerDiedError,
     cache,
+    dispatch,
     integrity,
     protocol,
     records,
@@ -28,6 +29,7 @@ from test_dispatch import (
     PREFIX,
     FakeBackend,
     FakeClock,
+    FlakyStorage,
     following,
     lambda_like,
     start_job,
@@ -218,6 +220,35 @@ def test_a_job_cancelled_before_it_is_followed_is_cancelled_at_once_keeping_what
     assert other.results(timeout=0)[0] == 1 and other.counts()["cancelled"] == 2
 
 
+def test_a_cancel_marker_written_elsewhere_is_looked_for_every_half_second(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    t0 = clock()
+    job.dispatcher.tick()  # none yet
+    storage.put_if_absent(cancel_key(job), protocol.cancel_marker(by="jupyter-panel", at=t0))
+    clock.t = t0 + dispatch.CANCEL_CHECK_INTERVAL_S - 0.01
+    job.dispatcher.tick()
+    assert not job.cancelled
+    clock.t = t0 + dispatch.CANCEL_CHECK_INTERVAL_S
+    job.dispatcher.tick()
+    assert job.cancelled and job.cancelled_at == t0 and be.cancelled == [job.job_id]
+
+
+def test_an_error_of_a_tick_is_recorded_and_logged_and_the_next_tick_goes_on(tmp_path, clock,
+                                                                             caplog):
+    storage = FlakyStorage(str(tmp_path / "flaky"))
+    be = lambda_like()
+    job = start_job(storage, be, clock, [7])
+    be.run(be.sent[0])
+    storage.fail_next = True
+    job.dispatcher.tick()
+    err = job.monitor_error
+    assert type(err) is OSError and str(err) == "the disk hiccuped" and not job.done()
+    assert dispatch_messages(caplog) == [f"job {job.job_id}: OSError: the disk hiccuped"]
+    job.dispatcher.tick()
+    assert job.result(timeout=0) == [49]
+
+
 # A followed job's deadline --------------------------------------------------------------
 def test_items_of_a_followed_job_left_at_its_deadline_end_lost_with_their_range(storage, clock):
     be = FakeBackend()
@@ -258,6 +289,8 @@ def test_a_follower_reads_the_dispatch_record_every_half_heartbeat_while_its_hos
     job = start_job(storage, FakeBackend(), clock, [1, 2])
     other = following(storage, clock, job)
     rkey = protocol.dispatch_key(PREFIX, job.job_id)
+    uncounted = LocalStorage(str(tmp_path / "storage"))
+    record = uncounted.get(rkey)
     reads = []
     t0 = clock()
     for t in (0.0, protocol.HEARTBEAT_S / 2 - 0.01, protocol.HEARTBEAT_S / 2,
@@ -271,7 +304,8 @@ def test_a_follower_reads_the_dispatch_record_every_half_heartbeat_while_its_hos
     # Its host is alive (this process, a fresh record): no take-over, even when forced.
     assert other.dispatcher.check_owner(clock(), force=True) is False
     assert storage.gets[rkey] == 4 and other.dispatcher.following
-    assert other.dispatcher.backend.sent == [] and stored_record(storage, job)["epoch"] == 0
+    assert other.dispatcher.backend.sent == []
+    assert uncounted.get(rkey) == record  # the host's: a follower never writes it
 
 
 def test_a_job_whose_host_died_before_its_first_record_is_taken_over_once_stale(storage, clock,
@@ -477,3 +511,23 @@ def test_the_record_is_rewritten_after_changes_and_at_every_heartbeat(storage, c
         updates.append(stored_record(storage, job)["updated"] - t0)
     assert updates == pytest.approx([0.0, records.RECORD_INTERVAL_S, records.RECORD_INTERVAL_S,
                                      protocol.HEARTBEAT_S + records.RECORD_INTERVAL_S])
+
+
+def test_the_record_counts_the_redeliveries_of_a_task_presumed_lost(storage, clock):
+    """A host that takes over must not send a lost event again more often than the
+    backend's budget allows: the record carries how many were sent."""
+    be = lambda_like()
+    job = start_job(storage, be, clock, [1, 2], timeout=100.0)
+    first, second = be.sent
+    for e in (first, second):
+        be.listener.on_accepted(e, clock())
+    be.run(first)
+    job.dispatcher.tick()  # a latency to compare with
+    clock.advance(31.0)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert (backup["task"], backup["backup"]) == (second["task"], "lost")
+    clock.advance(records.RECORD_INTERVAL_S)
+    job.dispatcher.tick()
+    assert records.in_flight(stored_record(storage, job)) == [
+        records.Sent(second["task"], round(backup["host_submit"], 3), 1, 0, 1)]
