@@ -1,0 +1,311 @@
+"""What the dispatcher sends and spends, checked value by value with a fake clock.
+
+The budget's worst case and estimates (the figures that decide whether a job is held
+back to a probe or stopped), the timings a finished job leaves, the inputs and function
+a job attached from storage reads back, the result cache's hits, retries, redeliveries
+and backups as their events and counts show them, and the log line of a monitoring
+error. The backend is ``test_dispatch``'s in-process double; nothing here sleeps.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+
+import pytest
+
+from cloudbutton_executor import (
+    IntegrityError,
+    LostInvocationError,
+    WorkerDiedError,
+    accounting,
+    cache,
+    protocol,
+    serialize,
+    spending,
+)
+from cloudbutton_executor.dispatch import JobSpec
+from cloudbutton_executor.job import new_job
+from test_dispatch import (
+    PREFIX,
+    FakeBackend,
+    FakeClock,
+    FlakyStorage,
+    square,
+    start_job,
+    stored_status,
+)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def submit(storage, be, clock, items, *, memory_mb=1024, use_cache=False, chunksize=1,
+           timeout=10.0, **spec_options):
+    """``start_job`` with a memory size of choice, and the cache looked up before the start
+    (as ``Executor.map`` does for ``cache=True``)."""
+    blob = serialize.dumps(square)
+    fkey = protocol.function_key(PREFIX, serialize.digest(blob))
+    storage.put(fkey, blob)
+    spec = JobSpec(job_id=protocol.new_job_id(), prefix=PREFIX, function_key=fkey,
+                   function_name="square", n_items=len(items), chunksize=chunksize,
+                   timeout=timeout, retries=0, memory_mb=memory_mb, created=clock(),
+                   **spec_options)
+    job = new_job(spec, be, storage, serialize.dumps_scalar_calls(list(items)), clock)
+    if use_cache:
+        job.dispatcher.use_cache()
+    job.dispatcher.start()
+    return job
+
+
+def drain(be):
+    """Run every event sent, including those sent while running the others."""
+    k = 0
+    while k < len(be.sent):
+        be.run(be.sent[k])
+        k += 1
+
+
+def identity_of(n):
+    return f"{n:064x}"
+
+
+# The budget: worst case, estimates, timings ----------------------------------------------
+def worst_usd(n_items, size, timeout, cap, memory_mb, architecture):
+    """Every invocation of the job running to its timeout (capped), at its memory."""
+    n = -(-n_items // size)
+    return accounting.cost(accounting.Usage(tasks=n, invocations=n,
+                                            run_s=n * min(timeout * size, cap)),
+                           memory_mb=memory_mb, architecture=architecture)["cost_usd"]
+
+
+@pytest.mark.parametrize("chunksize, size", [(3, 3), ("auto", 1)])
+@pytest.mark.parametrize("margin, probed", [(1.0001, False), (0.9999, True)])
+def test_the_worst_case_that_spares_a_probe_counts_every_invocation_at_its_capped_timeout(
+        storage, clock, chunksize, size, margin, probed):
+    # 31 items (not a multiple of 3), 2 GB on arm64, a 25 s cap under 3 x 10 s: a budget a
+    # hair above the worst case sends at once, a hair below holds the job to a probe.
+    be = FakeBackend(architecture="arm64", concurrency=10, max_timeout_s=25.0)
+    budget = worst_usd(31, size, 10.0, 25.0, 2048, "arm64") * margin
+    job = submit(storage, be, clock, list(range(31)), memory_mb=2048, chunksize=chunksize,
+                 budget_usd=budget)
+    sent = sum(protocol.task_range(e["task"])[1] - protocol.task_range(e["task"])[0]
+               for e in be.sent)
+    if probed:  # a probe of PROBE_INVOCATIONS invocations (one of 3 items at chunksize 3)
+        assert sent == (3 if chunksize == 3 else spending.PROBE_INVOCATIONS)
+    else:
+        assert sent == (31 if chunksize == 3 else 20)  # "auto": a window of 2 x concurrency
+    assert job.spending["estimate"] is None and not job.stop_reason
+
+
+def test_earlier_runs_give_the_estimate_of_every_open_item(storage, clock):
+    ident = identity_of(11)
+    usage = accounting.Usage(tasks=4, invocations=5, run_s=40.0, init_s=2.0,
+                             requests={"GET": 8, "PUT": 4})
+    cache.write_timings(storage, PREFIX, ident, usage, 12, 7.5)
+    be = FakeBackend(architecture="arm64", concurrency=4)
+    job = submit(storage, be, clock, list(range(30)), memory_mb=2048, chunksize=3,
+                 identity=ident, budget_usd=10.0)
+    # 30 items at 3 an invocation: 10 invocations, 3 waves of 4 at 7.5 s each.
+    assert job.spending["estimate"] == {
+        "invocations": 10, "items": 30, "seconds": 3 * 7.5, "source": "earlier runs",
+        "usd": accounting.cost(accounting.scaled(usage, 30 / 12), memory_mb=2048,
+                               architecture="arm64")["cost_usd"]}
+    assert len(be.sent) == 10  # the estimate is within the budget: no probe
+
+
+def test_the_first_three_tasks_make_the_estimate_and_only_a_finished_job_leaves_timings(
+        storage, clock):
+    ident = identity_of(12)
+    be = FakeBackend(concurrency=100)  # not billed: no probe, every task sent at once
+    job = submit(storage, be, clock, list(range(10)), identity=ident, budget_usd=10.0)
+    assert len(be.sent) == 10
+    for e in be.sent[:2]:
+        be.run(e)
+    assert job.spending["estimate"] is None
+    be.run(be.sent[2])
+    est = job.spending["estimate"]
+    assert est["source"] == "first tasks" and (est["invocations"], est["items"]) == (10, 10)
+    # Timings describe a whole run: none while the job still runs.
+    assert cache.read_timings(storage, PREFIX, ident) is None
+    for e in be.sent[3:]:
+        be.run(e)
+    usage, items, wall = cache.read_timings(storage, PREFIX, ident)
+    assert job.done() and items == 10 and usage.tasks == 10 and usage.invocations == 10
+    walls = []
+    for e in be.sent:
+        st = stored_status(storage, job, e["task"])["stats"]
+        walls.append(st["result_stored"] - st["host_submit"])
+    assert wall == statistics.median(walls) > 0
+    assert job.spending["estimate"]["source"] == "first tasks"  # made once
+
+
+def test_a_budget_stop_counts_the_items_the_cache_served_among_those_with_results(
+        storage, clock, caplog):
+    ident = identity_of(13)
+    be = FakeBackend(concurrency=100)
+    first = submit(storage, be, clock, list(range(5)), identity=ident, cache=True,
+                   use_cache=True)
+    drain(be)
+    assert first.result(timeout=0) == [0, 1, 4, 9, 16]
+    caplog.set_level(logging.WARNING, logger="cloudbutton.dispatch")
+    be2 = FakeBackend(concurrency=100)
+    job = submit(storage, be2, clock, list(range(40)), identity=ident, cache=True,
+                 use_cache=True, budget_usd=1e-12)
+    assert job.counts()["cached"] == 5 and len(be2.sent) == 35
+    be2.run(be2.sent[0])  # any cost passes this budget: stopped after one task
+    # 1 computed + 5 from the cache have results.
+    assert job.cancelled and job.stop_reason == (
+        "stopped by its budget: it has spent < $0.0001, over its budget of < $0.0001; "
+        "6 of 40 items have results, every one kept")
+    assert f"job {job.job_id} {job.stop_reason}" in caplog.messages
+
+
+# Inputs and function read back ------------------------------------------------------------
+def test_a_job_attached_from_storage_reads_each_items_call_from_its_stored_inputs(
+        storage, clock):
+    job = start_job(storage, FakeBackend(), clock, [10, "eleven", 12, "thirteen"])
+    sender = job.dispatcher.item_payloads([2, 1])
+    attached = new_job(job.spec, FakeBackend(), storage, None, clock)
+    # Middle items, out of order: each call's own bytes, exactly as the sender has them.
+    assert attached.dispatcher.item_payloads([2, 1]) == sender
+    assert [serialize.loads(p) for p in sender] == [((12,), {}), (("eleven",), {})]
+    assert attached.item_input_repr(3) == "'thirteen'"
+
+
+def test_a_job_the_cache_served_whole_stored_no_inputs_to_read_back(storage, clock):
+    ident = identity_of(14)
+    be = FakeBackend()
+    drain_first = submit(storage, be, clock, [1, 2], identity=ident, cache=True, use_cache=True)
+    drain(be)
+    assert drain_first.done()
+    be2 = FakeBackend()
+    job = submit(storage, be2, clock, [1, 2], identity=ident, cache=True, use_cache=True)
+    assert be2.sent == [] and job.counts()["cached"] == 2
+    attached = new_job(job.spec, FakeBackend(), storage, None, clock)
+    with pytest.raises(RuntimeError) as err:
+        attached.dispatcher.item_payloads([0])
+    assert str(err.value) == f"job {job.job_id} stored no inputs"
+    assert attached.item_input_repr(0) == (f"<not available: RuntimeError: job {job.job_id} "
+                                           "stored no inputs>")
+
+
+def test_the_function_is_read_back_only_if_it_matches_its_content_address(storage, clock):
+    job = start_job(storage, FakeBackend(), clock, [1])
+    blob = serialize.dumps(square)
+    assert job.dispatcher.function_blob() == blob
+    # Other bytes under the function's name (a tampered object): refused by name.
+    storage.put(job.spec.function_key, blob + b".")
+    with pytest.raises(IntegrityError) as err:
+        job.dispatcher.function_blob()
+    assert str(err.value) == (f"the function blob {job.spec.function_key} does not match "
+                              "its name")
+
+
+# Sending again: redeliveries, backups, retries ------------------------------------------
+def test_each_redelivery_of_a_lost_event_spends_one_of_the_backends_budget(storage, clock):
+    be = FakeBackend(redeliveries=2)
+    job = start_job(storage, be, clock, [5])
+    tid = be.sent[0]["task"]
+    for n in (1, 2):
+        be.listener.on_lost(be.sent[-1], LostInvocationError(f"lost ({n})", tid))
+        assert [e["attempt"] for e in be.sent] == list(range(n + 1)) and not job.done()
+    be.listener.on_lost(be.sent[-1], LostInvocationError("lost (3)", tid))
+    (err,) = job.results(timeout=0)
+    assert len(be.sent) == 3 and isinstance(err, LostInvocationError) and str(err) == "lost (3)"
+
+
+def test_a_task_only_accepted_is_slow_from_its_acceptance_and_gets_a_backup(storage, clock):
+    # A backend that reports acceptance but no start (Lambda): the straggler's start is
+    # when its first attempt was accepted.
+    be = FakeBackend(reports_accepted=True)
+    job = start_job(storage, be, clock, list(range(12)))
+    for e in be.sent:
+        be.listener.on_accepted(e, clock())
+    straggler = be.sent[7]
+    for e in be.sent:
+        if e is not straggler:
+            be.run(e)
+    clock.advance(60)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert len(be.sent) == 13 and backup["task"] == straggler["task"]
+    assert backup["backup"] == "slow" and backup["attempt"] == 1
+
+
+
+def test_the_retry_of_a_failed_backup_is_a_plain_retry(storage, clock):
+    # Both attempts of a backed-up task fail: the retry is sent as a retry, not a backup
+    # (the local backend puts a backup ahead of its queue), and no second backup is noted.
+    be = FakeBackend()
+    job = start_job(storage, be, clock, list(range(12)), retries=1)
+    for e in be.sent:
+        be.listener.on_start(e)
+    straggler = be.sent[4]
+    for e in be.sent:
+        if e is not straggler:
+            be.run(e)
+    clock.advance(60)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert backup["backup"] == "slow" and backup["attempt"] == 1
+    tid = straggler["task"]
+    be.listener.on_failure(straggler, WorkerDiedError("died (0)", tid))
+    be.listener.on_failure(backup, WorkerDiedError("died (1)", tid))
+    retry = be.sent[-1]
+    assert len(be.sent) == 14 and retry["task"] == tid and retry["attempt"] == 2
+    assert "backup" not in retry and job.backups_sent == 1 and len(job[4].backups) == 1
+    be.run(retry)
+    assert job.result(timeout=0)[4] == 16
+
+
+def test_a_retry_not_yet_accepted_has_no_deadline_from_the_failed_attempts_acceptance(
+        storage, clock):
+    be = FakeBackend(deadline_grace_s=5.0, reports_accepted=True)
+    job = start_job(storage, be, clock, [3], retries=1, timeout=10.0)
+    first = be.sent[0]
+    t0 = clock()
+    be.listener.on_accepted(first, t0)
+    clock.advance(8.0)
+    be.listener.on_failure(first, WorkerDiedError("died", first["task"]))
+    retry = be.sent[-1]
+    assert retry["attempt"] == 1
+    clock.t = t0 + 30.0  # past the first acceptance + timeout + grace: the retry waits
+    job.dispatcher.tick()
+    assert not job.done()
+    be.listener.on_accepted(retry, clock())
+    clock.advance(15.1)  # its own deadline, from its own acceptance
+    job.dispatcher.tick()
+    (err,) = job.results(timeout=0)
+    assert isinstance(err, LostInvocationError) and str(err).endswith("timeout of 10 s + 5 s")
+
+
+def test_the_cache_lookup_says_how_many_hits_and_how_long_it_took(storage, clock):
+    ident = identity_of(15)
+    be = FakeBackend()
+    submit(storage, be, clock, [1, 2, 3], identity=ident, cache=True, use_cache=True)
+    drain(be)
+    job = submit(storage, FakeBackend(), clock, [2, 3, 4, 5], identity=ident, cache=True,
+                 use_cache=True)
+    # The widget draws the cached items' bar over ``lookup_s``.
+    lookup = job.dispatcher.cache_lookup
+    assert sorted(lookup) == ["hits", "lookup_s"] and lookup["hits"] == 2
+    assert isinstance(lookup["lookup_s"], float) and 0 < lookup["lookup_s"] < 10
+    assert [job.item_state(i) for i in range(4)] == ["cached", "cached", "queued", "queued"]
+
+# A monitoring error ------------------------------------------------------------------------
+def test_a_monitoring_error_is_kept_and_logged_with_its_job_type_message_and_traceback(
+        tmp_path, clock, caplog):
+    caplog.set_level(logging.ERROR, logger="cloudbutton.dispatch")
+    storage = FlakyStorage(str(tmp_path / "flaky"))
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [7])
+    storage.fail_next = True
+    be.sent[0].pop("reply_status")  # the host reads the status from storage
+    be.run(be.sent[0])
+    err = job.monitor_error
+    assert isinstance(err, OSError) and str(err) == "the disk hiccuped"
+    (rec,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert rec.getMessage() == f"job {job.job_id}: OSError: the disk hiccuped"
+    assert rec.exc_info == (OSError, err, err.__traceback__) and err.__traceback__ is not None
