@@ -8,12 +8,14 @@ error. The backend is ``test_dispatch``'s in-process double; nothing here sleeps
 """
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 
 import pytest
 
 from cloudbutton_executor import (
+    __version__,
     IntegrityError,
     LostInvocationError,
     WorkerDiedError,
@@ -70,6 +72,43 @@ def drain(be):
 def identity_of(n):
     return f"{n:064x}"
 
+
+
+# The manifest ---------------------------------------------------------------------------------
+def test_a_manifest_states_every_setting_and_gives_the_same_spec_back(clock):
+    spec = JobSpec(job_id="20260101-000000000-abcdef", prefix="cb", function_key="cb/fn/xyz",
+                   function_name="f", n_items=7, chunksize="auto", timeout=2.5, retries=3,
+                   memory_mb=2048, created=1_700_000_000.25, label="In[3]",
+                   reduce={"job_id": "j0", "tasks": ["t"]}, batch_target_s=4.0, backups=False,
+                   cache=True, identity="ab" * 32, budget_usd=0.5, rerun_of="j0")
+    manifest = spec.manifest("lambda", "arm64")
+    assert manifest == {
+        "v": protocol.PROTOCOL_VERSION, "job_id": spec.job_id, "created": 1_700_000_000.25,
+        "backend": "lambda", "architecture": "arm64", "function": "f",
+        "function_key": "cb/fn/xyz", "label": "In[3]", "n_items": 7, "chunksize": "auto",
+        "timeout": 2.5, "memory_mb": 2048, "retries": 3, "executor_version": __version__,
+        "reduce": {"job_id": "j0", "tasks": ["t"]}, "batch_target_s": 4.0, "backups": False,
+        "cache": True, "identity": "ab" * 32, "budget_usd": 0.5, "rerun_of": "j0"}
+    # As stored (JSON) and read back by a host that attaches: the same spec, its prefix
+    # the reader's.
+    assert JobSpec.from_manifest(json.loads(json.dumps(manifest)), "cb") == spec
+
+
+def test_a_manifest_of_an_older_version_reads_with_the_defaults_of_its_missing_settings():
+    manifest = {"job_id": "20250101-000000000-abcdef", "function_key": "p/fn/k",
+                "function": "g", "n_items": 4.0, "chunksize": 2, "timeout": 10,
+                "memory_mb": 512.0, "created": 1_600_000_000}
+    spec = JobSpec.from_manifest(manifest, "p")
+    assert spec == JobSpec(job_id="20250101-000000000-abcdef", prefix="p",
+                           function_key="p/fn/k", function_name="g", n_items=4, chunksize=2,
+                           timeout=10.0, retries=0, memory_mb=512, created=1_600_000_000.0)
+    assert (spec.backups, spec.cache, spec.label, spec.budget_usd) == (True, False, None, None)
+    # Numbers as the types the dispatcher computes with.
+    assert [type(v) for v in (spec.n_items, spec.timeout, spec.retries, spec.memory_mb,
+                              spec.created)] == [int, float, int, int, float]
+    # A manifest that says null for retries (none allowed) and for backups (off).
+    assert JobSpec.from_manifest(dict(manifest, retries=None, backups=None), "p").retries == 0
+    assert JobSpec.from_manifest(dict(manifest, backups=None), "p").backups is False
 
 # The budget: worst case, estimates, timings ----------------------------------------------
 def worst_usd(n_items, size, timeout, cap, memory_mb, architecture):
