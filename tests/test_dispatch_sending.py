@@ -15,12 +15,14 @@ import statistics
 import pytest
 
 from cloudbutton_executor import (
+    InfrastructureError,
     __version__,
     IntegrityError,
     LostInvocationError,
     WorkerDiedError,
     accounting,
     cache,
+    integrity,
     protocol,
     serialize,
     spending,
@@ -332,6 +334,62 @@ def test_the_cache_lookup_says_how_many_hits_and_how_long_it_took(storage, clock
     assert sorted(lookup) == ["hits", "lookup_s"] and lookup["hits"] == 2
     assert isinstance(lookup["lookup_s"], float) and 0 < lookup["lookup_s"] < 10
     assert [job.item_state(i) for i in range(4)] == ["cached", "cached", "queued", "queued"]
+
+
+def test_events_the_backend_refuses_end_with_its_reason_and_one_log_line(storage, clock, caplog):
+    caplog.set_level(logging.WARNING, logger="cloudbutton.dispatch")
+    be = FakeBackend()
+    be.refuse = RuntimeError("the backend has been shut down")
+    job = start_job(storage, be, clock, [1, 2])
+    tids = [protocol.task_id(i, i + 1, 2) for i in range(2)]
+    errs = job.results(timeout=0)
+    assert [type(e) for e in errs] == [InfrastructureError] * 2
+    assert [str(e) for e in errs] == [
+        f"task {tid}: the fake backend could not take it: the backend has been shut down"
+        for tid in tids]
+    assert [stored_status(storage, job, tid)["infra"]["message"] for tid in tids] == \
+        [str(e) for e in errs]
+    assert caplog.messages == [f"job {job.job_id}: the fake backend refused 2 events: "
+                               "the backend has been shut down"]
+
+
+def test_a_retry_starting_does_not_restart_its_tasks_slow_clock(storage, clock):
+    # Slowness is measured from the task's first start: a retry of a slow task is as late.
+    be = FakeBackend()
+    job = start_job(storage, be, clock, list(range(12)), retries=1)
+    straggler = be.sent[6]
+    t0 = clock()
+    be.listener.on_start(straggler)
+    for e in be.sent:
+        if e is not straggler:
+            be.run(e)
+    limit = job.dispatcher._slow_limit()
+    clock.advance(0.6 * limit)
+    be.listener.on_failure(straggler, WorkerDiedError("died", straggler["task"]))
+    retry = be.sent[-1]
+    be.listener.on_start(retry)
+    assert job.item_state(6) == "running" and job.item_stats(6)["host_start_seen"] == t0
+    clock.advance(0.6 * limit)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert backup["task"] == straggler["task"] and backup["backup"] == "slow"
+    assert backup["attempt"] == 2 and len(be.sent) == 14
+
+
+def test_what_a_started_task_printed_is_read_on_a_backend_that_reports_each_end(storage, clock):
+    be = FakeBackend(live_stdout_s=1.0)
+    job = start_job(storage, be, clock, [1, 2])
+    first, second = be.sent
+    be.listener.on_start(first)
+    for event, text in ((first, "one\n"), (second, "two\n")):
+        key = protocol.live_stdout_key(PREFIX, job.job_id, event["task"], 0, 1)
+        a = protocol.task_range(event["task"])[0]
+        storage.put(key, integrity.seal(job.dispatcher.key, protocol.object_name(PREFIX, key),
+                                        {"task": event["task"], "attempt": 0, "seq": 1,
+                                         "items": {str(a): text}}))
+    job.dispatcher.tick()
+    # Only the started task's directory is listed: the queued one printed nothing yet.
+    assert job.live_stdout() == [(0, "one\n")]
 
 # A monitoring error ------------------------------------------------------------------------
 def test_a_monitoring_error_is_kept_and_logged_with_its_job_type_message_and_traceback(
