@@ -8,6 +8,7 @@ error. The backend is ``test_dispatch``'s in-process double; nothing here sleeps
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import statistics
@@ -45,18 +46,20 @@ def clock():
     return FakeClock()
 
 
-def submit(storage, be, clock, items, *, memory_mb=1024, use_cache=False, chunksize=1,
-           timeout=10.0, **spec_options):
-    """``start_job`` with a memory size of choice, and the cache looked up before the start
-    (as ``Executor.map`` does for ``cache=True``)."""
-    blob = serialize.dumps(square)
+def submit(storage, be, clock, items, *, fn=square, payloads=None, memory_mb=1024,
+           use_cache=False, chunksize=1, timeout=10.0, **spec_options):
+    """``start_job`` with a memory size and payloads of choice, and the cache looked up
+    before the start (as ``Executor.map`` does for ``cache=True``)."""
+    blob = serialize.dumps(fn)
     fkey = protocol.function_key(PREFIX, serialize.digest(blob))
     storage.put(fkey, blob)
     spec = JobSpec(job_id=protocol.new_job_id(), prefix=PREFIX, function_key=fkey,
-                   function_name="square", n_items=len(items), chunksize=chunksize,
+                   function_name=fn.__name__, n_items=len(items), chunksize=chunksize,
                    timeout=timeout, retries=0, memory_mb=memory_mb, created=clock(),
                    **spec_options)
-    job = new_job(spec, be, storage, serialize.dumps_scalar_calls(list(items)), clock)
+    if payloads is None:
+        payloads = serialize.dumps_scalar_calls(list(items))
+    job = new_job(spec, be, storage, payloads, clock)
     if use_cache:
         job.dispatcher.use_cache()
     job.dispatcher.start()
@@ -111,6 +114,50 @@ def test_a_manifest_of_an_older_version_reads_with_the_defaults_of_its_missing_s
     # A manifest that says null for retries (none allowed) and for backups (off).
     assert JobSpec.from_manifest(dict(manifest, retries=None, backups=None), "p").retries == 0
     assert JobSpec.from_manifest(dict(manifest, backups=None), "p").backups is False
+
+
+# Events ----------------------------------------------------------------------------------------
+def test_an_event_carries_its_items_inline_up_to_the_limit_then_by_reference(storage, clock):
+    items = ["a" * 40, "b" * 41]
+    size = len(serialize.dumps_scalar_calls(items[:1])[0])
+    # Half the payload limit may go inline: exactly the first item's size.
+    be = FakeBackend(payload_limit_bytes=2 * size, live_stdout_s=1.5, max_timeout_s=25.0)
+    job = submit(storage, be, clock, items, fn=len, timeout=20.0)
+    inline, by_ref = be.sent
+    common = {"v": protocol.PROTOCOL_VERSION, "job_id": job.job_id, "prefix": PREFIX,
+              "storage": storage.describe(), "function_key": job.spec.function_key,
+              "host_submit": clock(), "attempt": 0, "timeout": 20.0, "memory_mb": 1024,
+              "auth": job.dispatcher.key.hex(), "live_stdout": 1.5, "reply_status": True}
+    inputs = job.dispatcher.inputs
+    assert inline == dict(common, task=protocol.task_id(0, 1, 2), data={
+        "inline": base64.b64encode(serialize.join(job.dispatcher.item_payloads([0]))).decode(),
+        **protocol.encode_item_sizes(inputs.sizes[0:1])})
+    data_key = protocol.data_key(PREFIX, job.job_id)
+    stored = storage.get(data_key)
+    assert by_ref == dict(common, task=protocol.task_id(1, 2, 2), data={
+        "key": data_key, "start": size, "stop": size + size + 1,
+        "blocks": [[0, len(stored), integrity.sha256(stored)]],
+        **protocol.encode_item_sizes(inputs.sizes[1:2])})
+    for e in be.sent:
+        be.run(e)
+    assert job.result(timeout=0) == [40, 41]  # the worker read each way
+
+
+def test_a_reduce_event_carries_the_map_jobs_tasks_and_key_and_no_items(storage, clock):
+    be = FakeBackend()
+    mapped = start_job(storage, be, clock, [1, 2, 3])
+    for e in list(be.sent):
+        be.run(e)
+    tasks = mapped.task_ids()
+    be2 = FakeBackend()
+    job = submit(storage, be2, clock, [None], fn=sum, payloads=[b""],
+                 reduce={"job_id": mapped.job_id, "tasks": tasks})
+    (event,) = be2.sent
+    assert event["data"] == {"offsets": [0, 0], "inline": ""}
+    assert event["reduce"] == {"job_id": mapped.job_id, "tasks": tasks,
+                               "auth": integrity.job_key(mapped.job_id).hex()}
+    be2.run(event)
+    assert job.result(timeout=0) == [1 + 4 + 9]
 
 # The budget: worst case, estimates, timings ----------------------------------------------
 def worst_usd(n_items, size, timeout, cap, memory_mb, architecture):
