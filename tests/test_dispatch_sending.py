@@ -159,6 +159,31 @@ def test_a_reduce_event_carries_the_map_jobs_tasks_and_key_and_no_items(storage,
     be2.run(event)
     assert job.result(timeout=0) == [1 + 4 + 9]
 
+
+def test_start_stores_the_manifest_with_the_inputs_index_and_nothing_about_a_cache(
+        storage, clock):
+    be = FakeBackend(architecture="arm64")
+    job = start_job(storage, be, clock, [1, 2, 3])
+    stored = job.dispatcher.read_manifest()
+    data = stored.pop("data")
+    assert stored == job.spec.manifest("fake", "arm64")  # no "cached" runs: none were served
+    index = storage.get(protocol.data_index_key(PREFIX, job.job_id))
+    assert data == {"bytes": len(storage.get(protocol.data_key(PREFIX, job.job_id))), "n": 3,
+                    "index_sha256": integrity.sha256(index)}
+    # Not cancelled, not attached (a job this host sends), no error: falsy is not enough.
+    assert job.cancelled is False and job.cancelled_at is None and job.attached is False
+
+
+def test_auto_batches_keep_twice_the_concurrency_in_flight_and_two_at_the_least(storage, clock):
+    one = FakeBackend(concurrency=1)
+    start_job(storage, one, clock, list(range(50)), chunksize="auto")
+    three = FakeBackend(concurrency=3)
+    start_job(storage, three, clock, list(range(50)), chunksize="auto")
+    # No timing yet: one item an invocation.
+    assert [len(one.sent), len(three.sent)] == [2, 6]
+    assert all(protocol.task_range(e["task"])[1] - protocol.task_range(e["task"])[0] == 1
+               for e in one.sent + three.sent)
+
 # The budget: worst case, estimates, timings ----------------------------------------------
 def worst_usd(n_items, size, timeout, cap, memory_mb, architecture):
     """Every invocation of the job running to its timeout (capped), at its memory."""
@@ -437,6 +462,34 @@ def test_what_a_started_task_printed_is_read_on_a_backend_that_reports_each_end(
     job.dispatcher.tick()
     # Only the started task's directory is listed: the queued one printed nothing yet.
     assert job.live_stdout() == [(0, "one\n")]
+
+
+# What comes back ---------------------------------------------------------------------------
+def test_a_status_the_worker_replied_with_costs_the_host_no_read(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    be.run(be.sent[0])  # the response carries the status its worker stored
+    assert job.stats["requests"]["host"] == {"PUT": 4}  # manifest, inputs, record, marker-free
+    second = dict(be.sent[1])
+    second.pop("reply_status")  # a response without it: the host reads the stored status
+    be.run(second)
+    assert job.stats["requests"]["host"] == {"PUT": 4, "GET": 1}
+    assert job.result(timeout=0) == [1, 4]
+
+
+def test_a_worker_that_found_the_job_cancelled_leaves_nothing_to_collect(storage, clock):
+    # Cancelled elsewhere (the panel): the worker stores nothing, and the host, not yet
+    # cancelled, neither reads a status nor records an error; its next tick cancels.
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    storage.put_if_absent(protocol.cancel_key(PREFIX, job.job_id),
+                          protocol.cancel_marker(by="panel", at=clock(), reason=None))
+    assert be.run(be.sent[0]) == {"task": be.sent[0]["task"], "state": "cancelled"}
+    assert job.monitor_error is None and not job.cancelled and job.item_state(0) == "running"
+    assert job.stats["requests"]["host"] == {"PUT": 4}
+    job.dispatcher.tick()
+    assert job.cancelled and [type(r).__name__ for r in job.results(timeout=0)] == \
+        ["CancelledError"] * 2
 
 # A monitoring error ------------------------------------------------------------------------
 def test_a_monitoring_error_is_kept_and_logged_with_its_job_type_message_and_traceback(
