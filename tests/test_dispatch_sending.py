@@ -184,6 +184,37 @@ def test_auto_batches_keep_twice_the_concurrency_in_flight_and_two_at_the_least(
     assert all(protocol.task_range(e["task"])[1] - protocol.task_range(e["task"])[0] == 1
                for e in one.sent + three.sent)
 
+
+def test_stored_inputs_are_hashed_in_blocks_that_end_on_task_boundaries(storage, clock):
+    # Three items of ~100 KB a task, by reference: each task's items are one block (on
+    # item boundaries a task would read and check two blocks, one shared with the next).
+    be = FakeBackend()
+    job = submit(storage, be, clock, ["x" * 100_000] * 6, fn=len, chunksize=3)
+    stored = storage.get(protocol.data_key(PREFIX, job.job_id))
+    half = len(stored) // 2
+    assert [e["data"]["blocks"] for e in be.sent] == [
+        [[0, half, integrity.sha256(stored[:half])]],
+        [[half, len(stored), integrity.sha256(stored[half:])]]]
+    for e in be.sent:
+        be.run(e)
+    assert job.result(timeout=0) == [100_000] * 6
+
+
+def test_a_job_the_cache_served_in_part_stores_its_inputs_and_says_which_runs_were_served(
+        storage, clock):
+    ident = identity_of(16)
+    be = FakeBackend()
+    submit(storage, be, clock, [2, 3, 5], identity=ident, cache=True, use_cache=True)
+    drain(be)
+    # Items 1..3 cached: the first item alone is computed, from the stored inputs.
+    be2 = FakeBackend()
+    job = submit(storage, be2, clock, [7, 2, 3, 5], identity=ident, cache=True,
+                 use_cache=True)
+    assert job.dispatcher.read_manifest()["cached"] == [[1, 4]]
+    assert [protocol.task_range(e["task"]) for e in be2.sent] == [(0, 1)]
+    drain(be2)
+    assert job.result(timeout=0) == [49, 4, 9, 25]
+
 # The budget: worst case, estimates, timings ----------------------------------------------
 def worst_usd(n_items, size, timeout, cap, memory_mb, architecture):
     """Every invocation of the job running to its timeout (capped), at its memory."""
