@@ -236,11 +236,23 @@ def test_the_worst_case_that_spares_a_probe_counts_every_invocation_at_its_cappe
                  budget_usd=budget)
     sent = sum(protocol.task_range(e["task"])[1] - protocol.task_range(e["task"])[0]
                for e in be.sent)
-    if probed:  # a probe of PROBE_INVOCATIONS invocations (one of 3 items at chunksize 3)
-        assert sent == (3 if chunksize == 3 else spending.PROBE_INVOCATIONS)
+    if probed:  # a probe of PROBE_INVOCATIONS invocations
+        assert len(be.sent) == spending.PROBE_INVOCATIONS and sent == spending.PROBE_INVOCATIONS * size
     else:
         assert sent == (31 if chunksize == 3 else 20)  # "auto": a window of 2 x concurrency
     assert job.spending["estimate"] is None and not job.stop_reason
+
+
+def test_a_probe_of_batched_items_runs_three_invocations_then_the_rest_goes(storage, clock):
+    # The estimate needs PROBE_INVOCATIONS tasks: a probe of 3 items at chunksize 3 (one
+    # invocation) gave none, and the job waited for ever.
+    be = FakeBackend(architecture="x86_64", concurrency=10)
+    job = start_job(storage, be, clock, list(range(40)), chunksize=3, budget_usd=0.005)
+    assert [protocol.task_range(e["task"]) for e in be.sent] == [(0, 3), (3, 6), (6, 9)]
+    drain(be)
+    est = job.spending["estimate"]
+    assert est["source"] == "probe" and (est["invocations"], est["items"]) == (14, 40)
+    assert len(be.sent) == 14 and job.result(timeout=0) == [x * x for x in range(40)]
 
 
 def test_earlier_runs_give_the_estimate_of_every_open_item(storage, clock):
