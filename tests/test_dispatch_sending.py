@@ -215,6 +215,20 @@ def test_a_job_the_cache_served_in_part_stores_its_inputs_and_says_which_runs_we
     drain(be2)
     assert job.result(timeout=0) == [49, 4, 9, 25]
 
+
+def test_a_task_never_covers_an_item_the_cache_served(storage, clock):
+    ident = identity_of(17)
+    be = FakeBackend()
+    submit(storage, be, clock, [2, 3], identity=ident, cache=True, use_cache=True)
+    drain(be)
+    # Items 0 and 2 cached: at chunksize 2 the open items 1 and 3 are tasks of one item.
+    be2 = FakeBackend()
+    job = submit(storage, be2, clock, [2, 7, 3, 8], identity=ident, cache=True,
+                 use_cache=True, chunksize=2)
+    drain(be2)
+    assert [protocol.task_range(e["task"]) for e in be2.sent] == [(1, 2), (3, 4)]
+    assert job.result(timeout=0) == [4, 49, 9, 64] and job.counts()["cached"] == 2
+
 # The budget: worst case, estimates, timings ----------------------------------------------
 def worst_usd(n_items, size, timeout, cap, memory_mb, architecture):
     """Every invocation of the job running to its timeout (capped), at its memory."""
