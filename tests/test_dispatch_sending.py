@@ -28,6 +28,7 @@ from cloudbutton_executor import (
     serialize,
     spending,
 )
+from cloudbutton_executor import dispatch
 from cloudbutton_executor.dispatch import JobSpec
 from cloudbutton_executor.job import new_job
 from test_dispatch import (
@@ -403,6 +404,45 @@ def test_a_task_only_accepted_is_slow_from_its_acceptance_and_gets_a_backup(stor
     assert len(be.sent) == 13 and backup["task"] == straggler["task"]
     assert backup["backup"] == "slow" and backup["attempt"] == 1
 
+
+
+@pytest.mark.parametrize("n, chunksize, done, backed_up", [
+    (16, 1, 6, False),  # 6 done of 2 running + 8 unplanned tasks: not half
+    (16, 1, 8, True),   # 8 of 16: half
+    (10, 1, 5, True),   # 5 of 10: the smallest job with backups, half done
+    (32, 2, 8, True),   # 8 of 16 tasks of 2 items (12 unplanned items are 6 tasks)
+])
+def test_tasks_not_yet_planned_count_toward_the_job_size_for_backups(storage, clock, n,
+                                                                    chunksize, done, backed_up):
+    # Two in flight at once (a capped backend): the rest is planned as tasks end, and the
+    # rule counts it at the size of the tasks so far.
+    be = FakeBackend(max_inflight=2)
+    job = start_job(storage, be, clock, list(range(n)), chunksize=chunksize)
+    straggler = be.sent[0]
+    be.listener.on_start(straggler)
+    for k in range(1, done + 1):
+        be.run(be.sent[k])  # each end sends the next task
+    assert len(be.sent) == done + 2
+    clock.advance(60)
+    job.dispatcher.tick()
+    assert (len(be.sent) == done + 3) is backed_up
+    if backed_up:
+        assert be.sent[-1]["task"] == straggler["task"] and be.sent[-1]["backup"] == "slow"
+
+
+def test_the_slow_limit_is_three_times_the_median_per_item_time_and_half_a_second_more(
+        storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, list(range(24)), chunksize=2)
+    for e in be.sent[1:]:
+        be.run(e)
+    per_item = []
+    for e in be.sent[1:]:
+        st = stored_status(storage, job, e["task"])["stats"]
+        per_item.append((st["result_stored"] - st["worker_start"]) / 2)
+    median = sorted(per_item)[len(per_item) // 2]  # the 6th of 11
+    assert job.dispatcher._slow_limit() == max(dispatch.BACKUP_SLOW_FACTOR * median,
+                                               median + dispatch.BACKUP_MIN_EXTRA_S)
 
 
 def test_the_retry_of_a_failed_backup_is_a_plain_retry(storage, clock):
