@@ -25,8 +25,10 @@ from cloudbutton_executor import (
     cache,
     integrity,
     protocol,
+    records,
     serialize,
     spending,
+    worker,
 )
 from cloudbutton_executor import dispatch
 from cloudbutton_executor.dispatch import JobSpec
@@ -36,6 +38,7 @@ from test_dispatch import (
     FakeBackend,
     FakeClock,
     FlakyStorage,
+    following,
     square,
     start_job,
     stored_status,
@@ -443,6 +446,26 @@ def test_the_slow_limit_is_three_times_the_median_per_item_time_and_half_a_secon
     median = sorted(per_item)[len(per_item) // 2]  # the 6th of 11
     assert job.dispatcher._slow_limit() == max(dispatch.BACKUP_SLOW_FACTOR * median,
                                                median + dispatch.BACKUP_MIN_EXTRA_S)
+
+
+def test_a_take_over_with_its_window_full_of_inherited_tasks_sends_nothing_more(storage, clock):
+    # Lambda-like: events outlive their host, at most 2 in flight. The host dies with 2
+    # sent; the one taking over sends the third item only once one of those has ended.
+    limits = dict(max_inflight=2, calls_back=False, deadline_grace_s=5.0, lost_after_s=30.0,
+                  reports_accepted=True)
+    be = FakeBackend(**limits)
+    job = start_job(storage, be, clock, [1, 2, 3, 4], timeout=100.0)
+    assert len(be.sent) == 2
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # the record now says: two in flight
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    be2 = FakeBackend(**limits)
+    other = following(storage, clock, job, be2)
+    assert other.dispatcher.check_owner(clock(), force=True)
+    assert be2.sent == []
+    worker.handler(be.sent[0])  # an inherited task stores its status
+    other.dispatcher.tick()
+    assert [protocol.task_range(e["task"]) for e in be2.sent] == [(2, 3)]
 
 
 def test_the_retry_of_a_failed_backup_is_a_plain_retry(storage, clock):
