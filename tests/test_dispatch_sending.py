@@ -517,7 +517,7 @@ def test_a_retry_not_yet_accepted_has_no_deadline_from_the_failed_attempts_accep
 def test_the_cache_lookup_says_how_many_hits_and_how_long_it_took(storage, clock):
     ident = identity_of(15)
     be = FakeBackend()
-    submit(storage, be, clock, [1, 2, 3], identity=ident, cache=True, use_cache=True)
+    first = submit(storage, be, clock, [1, 2, 3], identity=ident, cache=True, use_cache=True)
     drain(be)
     job = submit(storage, FakeBackend(), clock, [2, 3, 4, 5], identity=ident, cache=True,
                  use_cache=True)
@@ -526,6 +526,8 @@ def test_the_cache_lookup_says_how_many_hits_and_how_long_it_took(storage, clock
     assert sorted(lookup) == ["hits", "lookup_s"] and lookup["hits"] == 2
     assert isinstance(lookup["lookup_s"], float) and 0 < lookup["lookup_s"] < 10
     assert [job.item_state(i) for i in range(4)] == ["cached", "cached", "queued", "queued"]
+    # Each hit names the job that computed it.
+    assert [job.item_cache_info(i)["job_id"] for i in range(2)] == [first.job_id] * 2
 
 
 def test_events_the_backend_refuses_end_with_its_reason_and_one_log_line(storage, clock, caplog):
