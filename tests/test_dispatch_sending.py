@@ -33,6 +33,8 @@ from cloudbutton_executor import (
 from cloudbutton_executor import dispatch
 from cloudbutton_executor.dispatch import JobSpec
 from cloudbutton_executor.job import new_job
+from test_backups import run_all_but
+from test_budget import drain, identity_of
 from test_dispatch import (
     PREFIX,
     FakeBackend,
@@ -68,18 +70,6 @@ def submit(storage, be, clock, items, *, fn=square, payloads=None, memory_mb=102
         job.dispatcher.use_cache()
     job.dispatcher.start()
     return job
-
-
-def drain(be):
-    """Run every event sent, including those sent while running the others."""
-    k = 0
-    while k < len(be.sent):
-        be.run(be.sent[k])
-        k += 1
-
-
-def identity_of(n):
-    return f"{n:064x}"
 
 
 
@@ -398,9 +388,7 @@ def test_a_task_only_accepted_is_slow_from_its_acceptance_and_gets_a_backup(stor
     for e in be.sent:
         be.listener.on_accepted(e, clock())
     straggler = be.sent[7]
-    for e in be.sent:
-        if e is not straggler:
-            be.run(e)
+    run_all_but(be, straggler["task"])
     clock.advance(60)
     job.dispatcher.tick()
     backup = be.sent[-1]
@@ -476,9 +464,7 @@ def test_the_retry_of_a_failed_backup_is_a_plain_retry(storage, clock):
     for e in be.sent:
         be.listener.on_start(e)
     straggler = be.sent[4]
-    for e in be.sent:
-        if e is not straggler:
-            be.run(e)
+    run_all_but(be, straggler["task"])
     clock.advance(60)
     job.dispatcher.tick()
     backup = be.sent[-1]
@@ -554,9 +540,7 @@ def test_a_retry_starting_does_not_restart_its_tasks_slow_clock(storage, clock):
     straggler = be.sent[6]
     t0 = clock()
     be.listener.on_start(straggler)
-    for e in be.sent:
-        if e is not straggler:
-            be.run(e)
+    run_all_but(be, straggler["task"])
     limit = job.dispatcher._slow_limit()
     clock.advance(0.6 * limit)
     be.listener.on_failure(straggler, WorkerDiedError("died", straggler["task"]))
