@@ -554,17 +554,21 @@ def test_a_retry_starting_does_not_restart_its_tasks_slow_clock(storage, clock):
     assert backup["attempt"] == 2 and len(be.sent) == 14
 
 
+def put_live_stdout(storage, job, event, texts):
+    """What ``event``'s worker printed so far, as its worker stores it (sealed)."""
+    key = protocol.live_stdout_key(PREFIX, job.job_id, event["task"], event["attempt"], 1)
+    storage.put(key, integrity.seal(job.dispatcher.key, protocol.object_name(PREFIX, key),
+                                    {"task": event["task"], "attempt": event["attempt"],
+                                     "seq": 1, "items": texts}))
+
+
 def test_what_a_started_task_printed_is_read_on_a_backend_that_reports_each_end(storage, clock):
     be = FakeBackend(live_stdout_s=1.0)
     job = start_job(storage, be, clock, [1, 2])
     first, second = be.sent
     be.listener.on_start(first)
-    for event, text in ((first, "one\n"), (second, "two\n")):
-        key = protocol.live_stdout_key(PREFIX, job.job_id, event["task"], 0, 1)
-        a = protocol.task_range(event["task"])[0]
-        storage.put(key, integrity.seal(job.dispatcher.key, protocol.object_name(PREFIX, key),
-                                        {"task": event["task"], "attempt": 0, "seq": 1,
-                                         "items": {str(a): text}}))
+    put_live_stdout(storage, job, first, {"0": "one\n"})
+    put_live_stdout(storage, job, second, {"1": "two\n"})
     job.dispatcher.tick()
     # Only the started task's directory is listed: the queued one printed nothing yet.
     assert job.live_stdout() == [(0, "one\n")]
@@ -596,6 +600,47 @@ def test_a_worker_that_found_the_job_cancelled_leaves_nothing_to_collect(storage
     job.dispatcher.tick()
     assert job.cancelled and [type(r).__name__ for r in job.results(timeout=0)] == \
         ["CancelledError"] * 2
+
+
+def test_statuses_found_by_one_poll_are_read_once_each_and_stamped_when_seen(storage, clock):
+    be = FakeBackend(calls_back=False, live_stdout_s=1.0)
+    job = start_job(storage, be, clock, [1, 2, 3])
+    for e in be.sent[1:]:
+        worker.handler(e)
+    put_live_stdout(storage, job, be.sent[0], {"0": "one\n"})
+    clock.advance(0.6)  # a cancel check, not yet a record
+    job.dispatcher.tick()
+    # The cancel marker looked for, one listing, two statuses fetched at once (one GET
+    # each) and the live stdout of the task still running.
+    assert job.stats["requests"]["host"] == {"PUT": 4, "HEAD": 1, "LIST": 1, "GET": 3}
+    assert [job.item_stats(i)["host_seen"] for i in (1, 2)] == [clock()] * 2
+    assert job.live_stdout() == [(0, "one\n")] and job.item_state(0) == "queued"
+    clock.advance(0.6)  # a cancel check, not yet a record
+    job.dispatcher.tick()  # the statuses collected are not read again
+    assert job.stats["requests"]["host"] == {"PUT": 4, "HEAD": 2, "LIST": 2, "GET": 3}
+    worker.handler(be.sent[0])
+    job.dispatcher.tick()
+    assert job.result(timeout=0) == [1, 4, 9]
+
+
+def test_a_follower_reads_each_stored_status_once_however_often_it_polls(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2, 3])
+    for e in be.sent[:2]:
+        be.run(e)
+    put_live_stdout(storage, job, be.sent[2], {"2": "three\n"})  # not a status
+    other = following(storage, clock, job)
+    counts = dict(other.dispatcher.storage.counts)
+    # Following: one look for a cancel marker, one listing, the two statuses stored.
+    assert other.results(timeout=0)[:2] == [1, 4]
+    assert counts == {"HEAD": 1, "LIST": 1, "GET": 2}
+    for _ in range(3):
+        other.dispatcher.poll_storage()
+    # Three more listings, no status read again.
+    assert dict(other.dispatcher.storage.counts) == dict(counts, LIST=counts["LIST"] + 3)
+    be.run(be.sent[2])
+    other.dispatcher.poll_storage()
+    assert other.result(timeout=0) == [1, 4, 9] and other.monitor_error is None
 
 # A monitoring error ------------------------------------------------------------------------
 def test_a_monitoring_error_is_kept_and_logged_with_its_job_type_message_and_traceback(
