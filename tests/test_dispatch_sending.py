@@ -456,6 +456,46 @@ def test_a_take_over_with_its_window_full_of_inherited_tasks_sends_nothing_more(
     assert [protocol.task_range(e["task"]) for e in be2.sent] == [(2, 3)]
 
 
+def test_each_backup_is_counted_and_noted_with_when_it_was_sent(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, list(range(12)))
+    for e in be.sent:
+        be.listener.on_start(e)
+    slow = {be.sent[3]["task"], be.sent[8]["task"]}
+    for e in list(be.sent):
+        if e["task"] not in slow:
+            be.run(e)
+    clock.advance(60)
+    job.dispatcher.tick()
+    backups = be.sent[12:]
+    assert sorted(e["task"] for e in backups) == sorted(slow)
+    assert job.backups_sent == 2 and job.stats["backups"] == 2
+    for e in backups:
+        i = protocol.task_range(e["task"])[0]
+        assert job[i].backups == [{"at": e["host_submit"], "reason": "slow", "attempt": 1}]
+
+
+def test_a_task_sent_again_after_a_take_over_ends_at_its_own_deadline_as_this_hosts(
+        storage, clock):
+    # Local workers die with their host: the one taking over sends their tasks again at
+    # once. Silent past the new attempt's deadline, it is lost like any of this host's.
+    limits = dict(deadline_grace_s=5.0)
+    be = FakeBackend(**limits)
+    job = start_job(storage, be, clock, [1], timeout=10.0)
+    clock.advance(records.RECORD_INTERVAL_S + 0.5)
+    job.dispatcher.tick()  # its record: the task in flight
+    clock.advance(protocol.DISPATCH_STALE_S + 1)
+    other = following(storage, clock, job, FakeBackend(**limits))
+    assert other.dispatcher.check_owner(clock(), force=True)
+    (again,) = other.dispatcher.backend.sent
+    assert again["attempt"] == 1
+    clock.advance(15.1)
+    other.dispatcher.tick()
+    (err,) = other.results(timeout=0)
+    assert type(err) is LostInvocationError and str(err) == (
+        f"task {again['task']} produced no result within its timeout of 10 s + 5 s")
+
+
 def test_the_retry_of_a_failed_backup_is_a_plain_retry(storage, clock):
     # Both attempts of a backed-up task fail: the retry is sent as a retry, not a backup
     # (the local backend puts a backup ahead of its queue), and no second backup is noted.
