@@ -41,6 +41,7 @@ from test_dispatch import (
     FakeClock,
     FlakyStorage,
     following,
+    forge_status,
     square,
     start_job,
     stored_status,
@@ -681,6 +682,20 @@ def test_a_follower_reads_each_stored_status_once_however_often_it_polls(storage
     be.run(be.sent[2])
     other.dispatcher.poll_storage()
     assert other.result(timeout=0) == [1, 4, 9] and other.monitor_error is None
+
+
+def test_a_follower_ends_a_task_whose_stored_status_it_refuses(storage, clock):
+    # A task this host never sent (it follows the job): the refusal ends its items all the
+    # same, and nothing is left to collect again.
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    forge_status(storage, job, be.sent[0]["task"])
+    be.run(be.sent[1])
+    other = following(storage, clock, job)
+    err = other[0].exception(timeout=0)
+    assert isinstance(err, IntegrityError) and other.item_state(0) == "failed"
+    assert other[0].error_info["message"] == str(err) and "tampered or foreign" in str(err)
+    assert other.results(timeout=0)[1] == 4 and other.done() and other.monitor_error is None
 
 # A monitoring error ------------------------------------------------------------------------
 def test_a_monitoring_error_is_kept_and_logged_with_its_job_type_message_and_traceback(
