@@ -20,6 +20,7 @@ from cloudbutton_executor import (
     __version__,
     IntegrityError,
     LostInvocationError,
+    TaskTimeoutError,
     WorkerDiedError,
     accounting,
     cache,
@@ -457,7 +458,8 @@ def test_a_take_over_with_its_window_full_of_inherited_tasks_sends_nothing_more(
     assert [protocol.task_range(e["task"]) for e in be2.sent] == [(2, 3)]
 
 
-def test_each_backup_is_counted_and_noted_with_when_it_was_sent(storage, clock):
+def test_each_backup_is_counted_noted_with_when_it_was_sent_and_logged(storage, clock, caplog):
+    caplog.set_level(logging.INFO, logger="cloudbutton.dispatch")
     be = FakeBackend()
     job = start_job(storage, be, clock, list(range(12)))
     for e in be.sent:
@@ -471,6 +473,8 @@ def test_each_backup_is_counted_and_noted_with_when_it_was_sent(storage, clock):
     backups = be.sent[12:]
     assert sorted(e["task"] for e in backups) == sorted(slow)
     assert job.backups_sent == 2 and job.stats["backups"] == 2
+    assert caplog.messages[-1] == (f"job {job.job_id}: backup invocations for "
+                                   f"{backups[0]['task']} (slow), {backups[1]['task']} (slow)")
     for e in backups:
         i = protocol.task_range(e["task"])[0]
         assert job[i].backups == [{"at": e["host_submit"], "reason": "slow", "attempt": 1}]
@@ -495,6 +499,69 @@ def test_a_task_sent_again_after_a_take_over_ends_at_its_own_deadline_as_this_ho
     (err,) = other.results(timeout=0)
     assert type(err) is LostInvocationError and str(err) == (
         f"task {again['task']} produced no result within its timeout of 10 s + 5 s")
+
+
+@pytest.mark.parametrize("timeout, latencies, quiet_until, backup_at", [
+    # Presumed lost after min(30 s + 2 x the 90th percentile latency (the second of three
+    # here), (timeout + grace) / (redeliveries + 1)), at least 30 s.
+    (1000.0, [10, 20, 30], 69.0, 71.0),  # 30 + 2 x 20 = 70 s
+    (100.0, [10], 35.0, 40.0),           # min(50, 120 / 3 = 40) s, at 40 s exactly
+    (10.0, [10], 20.0, 30.0),            # min(50, max(30, 30 / 3)) = 30 s
+])
+def test_a_silent_event_is_presumed_lost_after_the_latency_or_its_share_of_the_deadline(
+        storage, clock, timeout, latencies, quiet_until, backup_at):
+    be = FakeBackend(lost_after_s=30.0, deadline_grace_s=20.0, redeliveries=2,
+                     reports_accepted=True)
+    job = start_job(storage, be, clock, list(range(len(latencies) + 1)), timeout=timeout)
+    *ran, silent = be.sent
+    for e, late in zip(ran, latencies, strict=True):
+        # Stored ``late`` seconds after it was sent (as the worker's stats say).
+        be.run(dict(e, host_submit=e["host_submit"] - late))
+    t0 = clock()
+    be.listener.on_accepted(silent, t0)
+    clock.t = t0 + quiet_until
+    job.dispatcher.tick()
+    assert len(be.sent) == len(latencies) + 1
+    clock.t = t0 + backup_at
+    job.dispatcher.tick()
+    assert len(be.sent) == len(latencies) + 2 and be.sent[-1]["backup"] == "lost"
+
+
+def test_a_backup_sent_at_the_first_look_keeps_the_deadline_of_the_first_acceptance(
+        storage, clock):
+    be = FakeBackend(lost_after_s=30.0, deadline_grace_s=20.0, redeliveries=2,
+                     reports_accepted=True)
+    job = start_job(storage, be, clock, [1, 2], timeout=100.0)
+    first, silent = be.sent
+    be.run(first)
+    t0 = clock()
+    be.listener.on_accepted(silent, t0)
+    clock.t = t0 + 45.0  # no tick since the acceptance: the first look sends a backup
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert backup["backup"] == "lost"
+    be.listener.on_accepted(backup, clock())
+    clock.t = t0 + 120.01  # timeout + grace after the first acceptance, not the backup's
+    job.dispatcher.tick()
+    assert isinstance(job[1].exception(timeout=0), TaskTimeoutError)
+
+
+def test_slowness_is_per_item_and_every_task_in_flight_is_looked_at(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, list(range(24)), chunksize=2)
+    unstarted, straggler = be.sent[0], be.sent[5]  # the first never starts
+    be.listener.on_start(straggler)
+    for e in be.sent[1:]:
+        if e is not straggler:
+            be.run(e)
+    limit = job.dispatcher._slow_limit()
+    clock.advance(1.5 * limit)  # 0.75 x the limit per item
+    job.dispatcher.tick()
+    assert len(be.sent) == 12
+    clock.advance(1.0 * limit)  # 1.25 x
+    job.dispatcher.tick()
+    assert len(be.sent) == 13 and be.sent[-1]["task"] == straggler["task"]
+    assert unstarted["task"] not in [e["task"] for e in be.sent[12:]]
 
 
 def test_the_retry_of_a_failed_backup_is_a_plain_retry(storage, clock):
