@@ -170,6 +170,16 @@ def test_start_stores_the_manifest_with_the_inputs_index_and_nothing_about_a_cac
     assert job.cancelled is False and job.cancelled_at is None and job.attached is False
 
 
+def test_an_item_sent_shows_when_it_was_sent_before_any_status_comes(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    t0 = clock()
+    assert [job.item_stats(i) for i in range(2)] == [{"host_submit": t0}] * 2
+    clock.advance(3.0)
+    be.listener.on_start(be.sent[1])
+    assert job.item_stats(1) == {"host_submit": t0, "host_start_seen": t0 + 3.0}
+
+
 def test_auto_batches_keep_twice_the_concurrency_in_flight_and_two_at_the_least(storage, clock):
     one = FakeBackend(concurrency=1)
     start_job(storage, one, clock, list(range(50)), chunksize="auto")
