@@ -732,6 +732,7 @@ def test_statuses_found_by_one_poll_are_read_once_each_and_stamped_when_seen(sto
     # each) and the live stdout of the task still running.
     assert job.stats["requests"]["host"] == {"PUT": 4, "HEAD": 1, "LIST": 1, "GET": 3}
     assert [job.item_stats(i)["host_seen"] for i in (1, 2)] == [clock()] * 2
+    assert [job.item_stats(i)["host_fetched"] for i in (1, 2)] == [clock()] * 2
     assert job.live_stdout() == [(0, "one\n")] and job.item_state(0) == "queued"
     clock.advance(0.6)  # a cancel check, not yet a record
     job.dispatcher.tick()  # the statuses collected are not read again
@@ -773,6 +774,67 @@ def test_a_follower_ends_a_task_whose_stored_status_it_refuses(storage, clock):
     assert isinstance(err, IntegrityError) and other.item_state(0) == "failed"
     assert other[0].error_info["message"] == str(err) and "tampered or foreign" in str(err)
     assert other.results(timeout=0)[1] == 4 and other.done() and other.monitor_error is None
+
+
+def three_fails(x):
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def big(n):
+    return "x" * n
+
+
+@pytest.mark.parametrize("winner, gap, losers_s", [(1, 5.0, 65.0), (0, 0.5, 0.5)])
+def test_the_loser_of_a_backup_race_is_billed_until_the_host_saw_the_winner(
+        storage, clock, winner, gap, losers_s):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, list(range(12)))
+    straggler = be.sent[2]
+    be.listener.on_start(straggler)
+    run_all_but(be, straggler["task"])
+    clock.advance(60)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert backup["attempt"] == 1
+    clock.advance(gap)
+    be.run(backup if winner else straggler)
+    stats, billed_after_first = job.outcomes.task_record(straggler["task"])
+    # Two invocations billed; the loser ran from its own send to the winner's arrival (the
+    # original was sent 60 s before the backup).
+    assert stored_status(storage, job, straggler["task"])["attempt"] == winner
+    assert billed_after_first == 1 and stats["backup_s"] == pytest.approx(losers_s, abs=1e-6)
+
+
+def test_a_second_notice_of_a_collected_task_reads_and_applies_nothing(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    first = be.sent[0]
+    be.run(first)
+    requests = dict(job.stats["requests"]["host"])
+    be.listener.on_done(first, {"state": "done"})  # late or repeated: already applied
+    assert job.stats["requests"]["host"] == requests and job[0].attempts == 1
+
+
+def test_the_cache_keeps_the_results_of_a_task_but_not_its_failed_items(storage, clock):
+    ident = identity_of(18)
+    be = FakeBackend()
+    first = submit(storage, be, clock, [2, 3], fn=three_fails, identity=ident, cache=True,
+                   use_cache=True, chunksize=2)
+    drain(be)
+    assert first.results(timeout=0)[0] == 2 and first.item_state(1) == "failed"
+    be2 = FakeBackend()
+    job = submit(storage, be2, clock, [2, 3], fn=three_fails, identity=ident, cache=True,
+                 use_cache=True, chunksize=2)
+    assert [job.item_state(i) for i in range(2)] == ["cached", "queued"]
+
+
+def test_a_result_too_big_for_its_status_is_read_from_its_own_object(storage, clock):
+    be = FakeBackend()
+    job = submit(storage, be, clock, [300_000], fn=big)
+    drain(be)
+    assert job.result(timeout=0) == ["x" * 300_000]
 
 # A monitoring error ------------------------------------------------------------------------
 def test_a_monitoring_error_is_kept_and_logged_with_its_job_type_message_and_traceback(
