@@ -235,6 +235,18 @@ def test_a_task_never_covers_an_item_the_cache_served(storage, clock):
     assert [protocol.task_range(e["task"]) for e in be2.sent] == [(1, 2), (3, 4)]
     assert job.result(timeout=0) == [4, 49, 9, 64] and job.counts()["cached"] == 2
 
+
+def test_auto_batches_grow_from_what_ran_and_a_failed_task_teaches_nothing(storage, clock):
+    be = FakeBackend(concurrency=1)
+    job = start_job(storage, be, clock, list(range(50)), chunksize="auto")
+    first, second = be.sent
+    be.run(first)  # microseconds an item: the next batch is 8 times larger (the most)
+    assert protocol.task_range(be.sent[-1]["task"]) == (2, 10)
+    # A failure the host stores has no compute time: the sizes do not change.
+    be.listener.on_failure(second, WorkerDiedError("died", second["task"]))
+    assert job.item_state(1) == "failed" and job.monitor_error is None
+    assert protocol.task_range(be.sent[-1]["task"]) == (10, 18)
+
 # The budget: worst case, estimates, timings ----------------------------------------------
 def worst_usd(n_items, size, timeout, cap, memory_mb, architecture):
     """Every invocation of the job running to its timeout (capped), at its memory."""
