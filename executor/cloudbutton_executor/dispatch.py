@@ -448,10 +448,11 @@ class Dispatcher:
             return []
         spending = self.spending
         if spending is not None and (spending.stopped or spending.probing):
-            # A probe runs alone: the rest waits for the estimate it gives.
+            # A probe (PROBE_INVOCATIONS invocations) runs alone: the rest waits for the
+            # estimate it gives, which needs that many tasks.
             if spending.stopped or self._next_item > 0:
                 return []
-            remaining = min(remaining, spending.invocations_for(1) * PROBE_INVOCATIONS
+            remaining = min(remaining, int(self.spec.chunksize) * PROBE_INVOCATIONS
                             if self._batcher is None else PROBE_INVOCATIONS)
         if self._batcher is None:
             size = int(self.spec.chunksize)
