@@ -9,13 +9,19 @@ stored status is read back and compared exactly. Nothing sleeps.
 """
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 import sys
+import threading
+import time
+import types
 
 import cloudpickle
 import pytest
 
-from cloudbutton_executor import IntegrityError, RemoteError, protocol, worker
+from cloudbutton_executor import (IntegrityError, RemoteError, integrity, local_runtime, protocol,
+                                  worker)
 from cloudbutton_executor.errors import OutOfMemoryError
 from test_dispatch import PREFIX, FakeBackend, FakeClock, start_job, stored_status
 
@@ -33,6 +39,78 @@ def one_task(storage, clock, items, **options):
     job = start_job(storage, be, clock, items, chunksize=len(items), **options)
     (event,) = be.sent
     return job, event
+
+
+# A task that ran ----------------------------------------------------------------------
+def chatty(x):
+    from cloudbutton_executor import context, report_flops
+
+    print(f"item {x}")
+    if x == 1:
+        context.count_read(1000, 0.1234567)  # as ObjectStorage counts what a task reads
+    report_flops(10 * x if x != 2 else 0)  # item 2 reports none
+    return x + 1
+
+
+def test_a_done_status_holds_the_items_columns_the_results_and_the_invocations_stats(
+        storage, clock, monkeypatch):
+    monkeypatch.setattr(worker, "_peak_mem_mb", lambda: 123.456)
+    monkeypatch.setattr(worker, "_functions", {})  # a container that has not loaded it yet
+    job, event = one_task(storage, clock, [1, 2, 3], fn=chatty)
+    event = dict(event, attempt=2, runtime={"cold": True, "init_s": 0.25})
+    response = worker.handler(event, types.SimpleNamespace(aws_request_id="req-7"))
+    skey = protocol.status_key(PREFIX, job.job_id, event["task"])
+    # A host that hears back gets the very object stored, to verify as it would a read.
+    assert response == {"task": event["task"], "state": "done", "written": True,
+                        "sealed": storage.get(skey).decode("ascii")}
+    status = stored_status(storage, job, event["task"])
+    assert worker.read_results(storage, PREFIX, job.job_id, status) == [
+        (True, 2), (True, 3), (True, 4)]
+    stats, items = status.pop("stats"), status.pop("items")
+    status.pop("mac"), status.pop("result")
+    assert status == {"v": protocol.PROTOCOL_VERSION, "job_id": job.job_id, "task": event["task"],
+                      "state": "done", "attempt": 2}
+    spans = protocol.item_times(items)
+    marks = [start for start, _ in spans] + [spans[-1][1]]
+    assert {k: v for k, v in items.items() if k != "t_marks"} == {
+        "errors": {}, "flops": {"0": 10, "2": 30},
+        "stdout": {"0": "item 1\n", "1": "item 2\n", "2": "item 3\n"}}
+    timed = ("worker_start", "setup_done", "compute_done", "result_stored")
+    assert {k: v for k, v in stats.items() if k not in timed} == {
+        "host_submit": event["host_submit"], "cold_start": True, "init_s": 0.25,
+        "runtime_start": worker._PROCESS_START, "request_id": "req-7", "pid": os.getpid(),
+        "read_bytes": 1000, "read_s": 0.123457, "peak_mem_mb": 123.5,
+        # the cancel marker's HEAD, the function's GET and the status's own PUT
+        "requests": {"HEAD": 1, "GET": 1, "PUT": 1}}
+    # In order: the start, the setup, each item (one mark between two), compute, the PUT.
+    times = [stats["worker_start"], stats["setup_done"], *marks, stats["compute_done"],
+             stats["result_stored"]]
+    assert times == sorted(times) and len(marks) == 4
+
+
+@pytest.mark.parametrize("runtime, cold, init_s", [
+    ({"cold": False, "init_s": 0.25}, False, None),  # a warm container bills no INIT
+    ({"cold": True, "init_s": None}, True, None),    # a supervisor that could not tell
+])
+def test_the_supervisors_cold_start_and_init_time_are_the_invocations(
+        storage, clock, runtime, cold, init_s):
+    job, event = one_task(storage, clock, [1])
+    worker.handler(dict(event, runtime=runtime))
+    stats = stored_status(storage, job, event["task"])["stats"]
+    assert (stats["cold_start"], stats.get("init_s", "none")) == (cold, init_s or "none")
+
+
+def test_without_a_supervisor_only_the_processs_first_invocation_is_cold(
+        storage, clock, monkeypatch):
+    monkeypatch.setattr(worker, "_invocations", 0)  # a fresh worker process
+    monkeypatch.setattr(worker, "_INIT_DURATION_S", 0.5)
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [1, 2])
+    for event in be.sent:
+        worker.handler(event)
+    first, second = (stored_status(storage, job, e["task"])["stats"] for e in be.sent)
+    assert (first["cold_start"], first["init_s"]) == (True, 0.5)
+    assert (second["cold_start"], "init_s" in second) == (False, False)
 
 
 # Setup failures -----------------------------------------------------------------------
@@ -181,6 +259,81 @@ def test_an_items_traceback_shows_the_users_frames_only(storage, clock):
     assert lines[0] == "Traceback (most recent call last):" and tb.endswith("\nValueError: bad 3\n")
 
 
+def runs_out_of_memory(x):
+    if x:
+        raise MemoryError()
+    return x
+
+
+@pytest.mark.parametrize("memory_mb, message", [
+    (1024, "task exceeded the memory limit of 1024 MB"),
+    (None, "task ran out of memory"),  # a worker given no limit
+])
+def test_an_item_out_of_memory_is_recorded_as_such_naming_the_limit(storage, clock, memory_mb,
+                                                                   message):
+    job, event = one_task(storage, clock, [0, 1], fn=runs_out_of_memory)
+    worker.handler(dict(event, memory_mb=memory_mb))
+    status = stored_status(storage, job, event["task"])
+    record = protocol.item_errors(status)[1]  # the second item's, not the first's
+    assert (record["type"], record["kind"], record["message"]) == ("OutOfMemoryError", "oom",
+                                                                   message)
+    # Its cause, the MemoryError the user's code raised, is in the traceback.
+    assert "in runs_out_of_memory" in record["traceback"]
+    assert "The above exception was the direct cause" in record["traceback"]
+    _, (ok, err) = worker.read_results(storage, PREFIX, job.job_id, status)
+    assert ok is False and type(err) is OutOfMemoryError and str(err) == message
+    assert err.task_id == event["task"]
+
+
+class _Halt(BaseException):
+    """Not an Exception, nor SystemExit or KeyboardInterrupt."""
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot travel")
+
+
+def stops(x):
+    if x == 1:
+        sys.exit(3)
+    if x == 2:
+        raise _Halt("halted")
+    raise _Unpicklable("stuck here")
+
+
+def test_an_items_exit_halt_or_unpicklable_exception_fails_that_item_only(storage, clock):
+    job, event = one_task(storage, clock, [1, 2, 3], fn=stops)
+    worker.handler(event)
+    status = stored_status(storage, job, event["task"])
+    errors = protocol.item_errors(status)
+    assert {i: (r["type"], r["message"]) for i, r in errors.items()} == {
+        0: ("RuntimeError", "task raised SystemExit(3)"),  # an exit ends the item, not the worker
+        1: ("_Halt", "halted"), 2: ("_Unpicklable", "stuck here")}
+    (_, exit_), (_, halt), (_, stuck) = worker.read_results(storage, PREFIX, job.job_id, status)
+    assert type(exit_) is RuntimeError and str(exit_) == "task raised SystemExit(3)"
+    assert type(halt) is _Halt and str(halt) == "halted"
+    # What cannot travel back travels as its type, message and traceback.
+    assert type(stuck) is RemoteError and (stuck.type_name, stuck.message) == ("_Unpicklable",
+                                                                              "stuck here")
+    assert stuck.remote_traceback == errors[2]["traceback"] and "in stops" in errors[2]["traceback"]
+
+
+def add(x, y=0):
+    return x + y
+
+
+def test_an_items_keyword_arguments_reach_the_function(storage, clock):
+    job, event = one_task(storage, clock, [1])
+    call = pickle.dumps(((1,), {"y": 10}))  # add(1, y=10), as the host pickles a call
+    event["data"] = {"inline": base64.b64encode(call).decode(),
+                     **protocol.encode_item_sizes([len(call)])}
+    event["function_key"] = one_task(storage, clock, [1], fn=add)[1]["function_key"]
+    worker.handler(event)
+    status = stored_status(storage, job, event["task"])
+    assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, 11)]
+
+
 # Results stored as objects ------------------------------------------------------------
 def block(x):
     return bytes([x]) * (x * 50_000)  # 50 kB inline; 100 kB goes to its own object
@@ -190,7 +343,9 @@ def test_a_result_too_large_to_travel_inline_is_read_back_from_its_object(storag
     job, event = one_task(storage, clock, [2], fn=block)
     worker.handler(event)
     status = stored_status(storage, job, event["task"])
-    assert set(status["result"]) == {"key", "bytes", "sha256"}
+    rkey = protocol.result_key(PREFIX, job.job_id, event["task"])
+    blob = storage.get(rkey)  # named in the sealed status by its size and digest
+    assert status["result"] == {"key": rkey, "bytes": len(blob), "sha256": integrity.sha256(blob)}
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, b"\x02" * 100_000)]
 
 
@@ -262,3 +417,66 @@ def test_a_tasks_stdout_says_it_is_writable(storage, clock):
     worker.handler(event)
     status = stored_status(storage, job, event["task"])
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, True)]
+
+
+# A cancelled task that does not stop ---------------------------------------------------
+class WatchClock:
+    """``time`` for the watch under test: its own thread's clock moves only when it sleeps
+    (``then(t, f)`` calls ``f`` once the clock reaches ``t``); any other thread (a watch
+    thread left by an earlier test) gets the real clock."""
+
+    def __init__(self):
+        self.t, self.thread, self.sleeps, self.events = 1000.0, threading.get_ident(), [], []
+
+    def time(self):
+        return self.t if threading.get_ident() == self.thread else time.time()
+
+    def sleep(self, s):
+        if threading.get_ident() != self.thread:
+            return time.sleep(s)
+        self.sleeps.append(s)
+        self.t += s
+        for when, f in list(self.events):
+            if self.t >= when:
+                self.events.remove((when, f))
+                f()
+
+    def then(self, at, f):
+        self.events.append((self.t + at, f))
+
+
+@pytest.fixture
+def stopping(monkeypatch):
+    """A watch of a running invocation whose job was just found cancelled, its clock, and
+    the exit codes it ended its process with (none: it did not)."""
+    fake, exits = WatchClock(), []
+    monkeypatch.setattr(worker, "time", fake)
+    monkeypatch.setattr(worker, "os", types.SimpleNamespace(_exit=exits.append))
+    watch = worker._CancelWatch()
+    watch.generation, watch.current, watch.cancelled = 7, ("storage", "key"), True
+    return watch, fake, exits
+
+
+def test_a_task_still_running_after_the_grace_ends_its_process_saying_why(stopping, capsys):
+    watch, fake, exits = stopping
+    watch._stop(7)
+    assert exits == [local_runtime.CANCELLED_EXIT_CODE]
+    assert capsys.readouterr().err == ("cloudbutton: the job was cancelled and the task did not "
+                                       "stop: ending the worker process\n")
+    assert fake.t == pytest.approx(1000.0 + worker.CANCEL_GRACE_S, abs=0.06)
+
+
+def test_a_task_that_stops_late_in_the_grace_keeps_its_process(stopping, capsys):
+    watch, fake, exits = stopping
+    # 0.1 s before the grace ends: the watch looks often enough to see it.
+    fake.then(worker.CANCEL_GRACE_S - 0.1, lambda: setattr(watch, "current", None))
+    watch._stop(7)
+    assert exits == [] and capsys.readouterr().err == ""
+
+
+def test_a_task_replaced_by_the_next_invocation_keeps_its_process(stopping):
+    watch, fake, exits = stopping
+    # The cancelled invocation ended and the next one already runs (its own generation).
+    fake.then(0.5, lambda: setattr(watch, "generation", 8))
+    watch._stop(7)
+    assert exits == []
