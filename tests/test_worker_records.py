@@ -113,6 +113,59 @@ def test_without_a_supervisor_only_the_processs_first_invocation_is_cold(
     assert (second["cold_start"], "init_s" in second) == (False, False)
 
 
+# Live stdout --------------------------------------------------------------------------
+class LaterTimer:
+    """``threading.Timer`` that runs when the task says (``run_pending``), not on a thread."""
+
+    def __init__(self, pending, delay, function):
+        self.pending, self.delay, self.function = pending, delay, function
+
+    def start(self):
+        self.pending.append(self)
+
+    def cancel(self):
+        if self in self.pending:
+            self.pending.remove(self)
+
+
+def prints_then_flushes(x):
+    # Through the worker's module: this function travels by value, its globals as copies.
+    from cloudbutton_executor import worker
+
+    print(f"line {x}")
+    pending = worker.threading.pending  # the interval has passed: its flush runs now
+    while pending:
+        pending.pop(0).function()
+    return x
+
+
+def test_live_stdout_stores_each_items_new_text_once_per_flush_while_the_task_runs(
+        storage, clock, monkeypatch):
+    timers = []
+    fake = types.ModuleType("threading")
+    fake.__dict__.update(vars(threading))
+    fake.pending = []
+    fake.Timer = lambda delay, fn: timers.append(LaterTimer(fake.pending, delay, fn)) or timers[-1]
+    monkeypatch.setattr(worker, "threading", fake)
+    job, event = one_task(storage, clock, [1, 2], fn=prints_then_flushes)
+    event = dict(event, live_stdout=0.5, attempt=1)
+    worker.handler(event)
+    tid, key = event["task"], bytes.fromhex(event["auth"])
+    names = sorted(k for k in storage.list(protocol.tasks_prefix(PREFIX, job.job_id))
+                   if "/stdout-" in k)
+    assert names == [protocol.live_stdout_key(PREFIX, job.job_id, tid, 1, seq) for seq in (1, 2)]
+    docs = [integrity.open_sealed(key, protocol.object_name(PREFIX, n), storage.get(n), "stdout")
+            for n in names]
+    # Each flush holds only the items whose text changed since the one before.
+    assert docs == [
+        {"job_id": job.job_id, "task": tid, "attempt": 1, "seq": 1, "items": {"0": "line 1\n"}},
+        {"job_id": job.job_id, "task": tid, "attempt": 1, "seq": 2, "items": {"1": "line 2\n"}}]
+    # One timer per flush (not per write): the first at once, the next an interval later.
+    assert [t.delay for t in timers] == [0.0, pytest.approx(0.5, abs=0.2)]
+    status = stored_status(storage, job, tid)
+    assert protocol.item_stdout(status) == {0: "line 1\n", 1: "line 2\n"}
+
+
 # Setup failures -----------------------------------------------------------------------
 class _DiskTrouble(OSError):
     pass
@@ -480,3 +533,41 @@ def test_a_task_replaced_by_the_next_invocation_keeps_its_process(stopping):
     fake.then(0.5, lambda: setattr(watch, "generation", 8))
     watch._stop(7)
     assert exits == []
+
+
+# The job's own deadline ---------------------------------------------------------------
+class Remaining:
+    """A runtime context (Lambda's) that has ``ms`` milliseconds left."""
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def get_remaining_time_in_millis(self):
+        return self.ms
+
+
+@pytest.mark.parametrize("event, context, stop_at", [
+    ({"timeout": 10}, None, None),                        # local workers: the runtime's own
+    ({"timeout": 10}, Remaining(60_000), 1010.0),         # shorter than the runtime's: armed
+    ({"timeout": 58.95}, Remaining(60_000), 1058.95),     # more than a second under it
+    ({"timeout": 59}, Remaining(60_000), None),           # not: the runtime stops it in time
+    ({"timeout": 10, "stop_at": 1005.0}, None, 1005.0),   # the supervisor's stop comes first
+    ({"timeout": 10, "stop_at": 1020.0}, None, 1010.0),   # the job's timeout comes first
+    ({"stop_at": 1020.0}, Remaining(60_000), 1020.0),     # no timeout of its own
+])
+def test_the_job_deadline_is_armed_only_when_it_comes_before_the_runtimes(
+        monkeypatch, event, context, stop_at):
+    monkeypatch.setattr(worker, "_timer_until", lambda at: ("timer", at))
+    got = worker._job_deadline(event, context, 1000.0)
+    assert got == (("timer", pytest.approx(stop_at)) if stop_at else worker._NO_DEADLINE)
+
+
+def test_the_job_deadline_is_not_armed_outside_the_main_thread(monkeypatch):
+    # SIGALRM reaches only the main thread: a handler run elsewhere keeps the runtime's.
+    monkeypatch.setattr(worker, "_timer_until", lambda at: ("timer", at))
+    got = []
+    thread = threading.Thread(target=lambda: got.append(worker._job_deadline(
+        {"timeout": 10, "stop_at": 1005.0}, Remaining(60_000), 1000.0)))
+    thread.start()
+    thread.join()
+    assert got == [worker._NO_DEADLINE]
