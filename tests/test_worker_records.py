@@ -22,7 +22,7 @@ import pytest
 
 from cloudbutton_executor import (IntegrityError, RemoteError, integrity, local_runtime, protocol,
                                   worker)
-from cloudbutton_executor.errors import OutOfMemoryError
+from cloudbutton_executor.errors import OutOfMemoryError, TaskTimeoutError
 from test_dispatch import PREFIX, FakeBackend, FakeClock, start_job, stored_status
 
 PYTHON = "%d.%d.%d" % sys.version_info[:3]
@@ -162,8 +162,37 @@ def test_live_stdout_stores_each_items_new_text_once_per_flush_while_the_task_ru
         {"job_id": job.job_id, "task": tid, "attempt": 1, "seq": 2, "items": {"1": "line 2\n"}}]
     # One timer per flush (not per write): the first at once, the next an interval later.
     assert [t.delay for t in timers] == [0.0, pytest.approx(0.5, abs=0.2)]
+    assert all(t.daemon is True for t in timers)  # none keeps a worker process from exiting
     status = stored_status(storage, job, tid)
     assert protocol.item_stdout(status) == {0: "line 1\n", 1: "line 2\n"}
+
+
+class Printed:
+    """The capture a live stdout reads: item 0 printed ``text``."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def captured(self):
+        return {"0": self.text}
+
+
+def test_live_stdout_stores_nothing_once_closed_not_even_a_flush_already_due(
+        storage, clock, monkeypatch):
+    timers = []
+    fake = types.ModuleType("threading")
+    fake.__dict__.update(vars(threading))
+    fake.Timer = lambda delay, fn: timers.append(LaterTimer([], delay, fn)) or timers[-1]
+    monkeypatch.setattr(worker, "threading", fake)
+    job, event = one_task(storage, clock, [1])
+    live = worker._LiveStdout(storage, event, bytes.fromhex(event["auth"]), 0.5)
+    live.tee = Printed("late line\n")
+    live.printed()
+    live.close()  # the task ended: its status carries the text
+    live.flush()  # a timer that fired as it closed
+    live.printed()  # and a print after the end asks for no flush
+    assert len(timers) == 1
+    assert storage.list(protocol.tasks_prefix(PREFIX, job.job_id)) == []
 
 
 # Setup failures -----------------------------------------------------------------------
@@ -385,6 +414,56 @@ def test_an_items_keyword_arguments_reach_the_function(storage, clock):
     worker.handler(event)
     status = stored_status(storage, job, event["task"])
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, 11)]
+
+
+def hits_the_deadline(x):
+    from cloudbutton_executor import worker
+
+    if x == 3:  # what the job's timer raises in the main thread while this item runs
+        raise worker._JobDeadline()
+    return x
+
+
+def test_at_the_jobs_deadline_the_running_item_and_the_rest_end_as_timeouts(storage, clock):
+    be = FakeBackend()
+    job = start_job(storage, be, clock, list(range(5)), fn=hits_the_deadline, chunksize=3)
+    event = be.sent[1]  # items 3 and 4: the task does not start at item 0
+    worker.handler(event)
+    status = stored_status(storage, job, event["task"])
+    assert status["state"] == "error"
+    limit = f"{event['timeout']:g}"
+    messages = {i: f"item {i} did not finish within the job's timeout of {limit} s" for i in (3, 4)}
+    errors = protocol.item_errors(status)
+    assert {i: (r["type"], r["kind"], r["message"]) for i, r in errors.items()} == {
+        i: ("TaskTimeoutError", "timeout", m) for i, m in messages.items()}
+    outcomes = worker.read_results(storage, PREFIX, job.job_id, status)
+    assert [(type(e), str(e), e.task_id) for _, e in outcomes] == [
+        (TaskTimeoutError, messages[i], event["task"]) for i in (3, 4)]
+    # The running item ends at the deadline, and the next one starts and ends there.
+    (start, end), (start2, end2) = protocol.item_times(protocol.item_columns(status))
+    assert start <= end == start2 == end2
+
+
+def test_at_the_jobs_deadline_the_items_done_keep_their_results_and_times(storage, clock):
+    job, event = one_task(storage, clock, [1, 2, 3, 4], fn=hits_the_deadline)
+    worker.handler(event)
+    status = stored_status(storage, job, event["task"])
+    outcomes = worker.read_results(storage, PREFIX, job.job_id, status)
+    assert outcomes[:2] == [(True, 1), (True, 2)] and sorted(protocol.item_errors(status)) == [2, 3]
+    # One span per item, each starting where the one before ended; the last, never started,
+    # is an instant at the deadline.
+    spans = protocol.item_times(protocol.item_columns(status))
+    assert [a for a, _ in spans[1:]] == [b for _, b in spans[:-1]]
+    assert len(spans) == 4 and spans[3][0] == spans[3][1]
+
+
+def test_an_event_without_a_valid_job_key_is_refused_and_writes_nothing(storage, clock):
+    job, event = one_task(storage, clock, [1])
+    for auth in (None, "not hex"):
+        assert worker.handler(dict(event, auth=auth)) == {
+            "task": event["task"], "state": "refused",
+            "error": "the event carries no valid job key"}
+    assert storage.list(protocol.tasks_prefix(PREFIX, job.job_id)) == []
 
 
 # Results stored as objects ------------------------------------------------------------
