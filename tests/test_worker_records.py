@@ -53,12 +53,14 @@ def chatty(x):
 
 
 def test_a_done_status_holds_the_items_columns_the_results_and_the_invocations_stats(
-        storage, clock, monkeypatch):
+        storage, clock, monkeypatch, capsys):
     monkeypatch.setattr(worker, "_peak_mem_mb", lambda: 123.456)
     monkeypatch.setattr(worker, "_functions", {})  # a container that has not loaded it yet
     job, event = one_task(storage, clock, [1, 2, 3], fn=chatty)
     event = dict(event, attempt=2, runtime={"cold": True, "init_s": 0.25})
     response = worker.handler(event, types.SimpleNamespace(aws_request_id="req-7"))
+    # The prints stay visible in the worker's own stdout (its log) as well.
+    assert capsys.readouterr().out == "item 1\nitem 2\nitem 3\n"
     skey = protocol.status_key(PREFIX, job.job_id, event["task"])
     # A host that hears back gets the very object stored, to verify as it would a read.
     assert response == {"task": event["task"], "state": "done", "written": True,
@@ -167,6 +169,19 @@ def test_live_stdout_stores_each_items_new_text_once_per_flush_while_the_task_ru
     assert protocol.item_stdout(status) == {0: "line 1\n", 1: "line 2\n"}
 
 
+def fills_its_stdout(x):
+    print("x" * (protocol.STDOUT_LIMIT - 1))  # with its newline: exactly the limit
+    print("more")
+    return x
+
+
+def test_an_items_captured_stdout_stops_at_the_limit(storage, clock):
+    job, event = one_task(storage, clock, [1, 2], fn=fills_its_stdout)
+    worker.handler(event)
+    text = "x" * (protocol.STDOUT_LIMIT - 1) + "\n"
+    assert protocol.item_stdout(stored_status(storage, job, event["task"])) == {0: text, 1: text}
+
+
 class Printed:
     """The capture a live stdout reads: item 0 printed ``text``."""
 
@@ -259,6 +274,27 @@ def test_an_integrity_failure_at_setup_is_stored_as_such_not_as_the_workers_setu
         "IntegrityError", "integrity",
         f"task {event['task']} could not start: the function blob does not match")
     assert "missing_module" not in infra
+
+
+def test_a_tampered_function_blob_fails_the_task_at_setup_naming_it(storage, clock, monkeypatch):
+    monkeypatch.setattr(worker, "_functions", {})  # not loaded by an earlier test
+    job, event = one_task(storage, clock, [1])
+    fkey = event["function_key"]
+    storage.put(fkey, storage.get(fkey) + b" ")
+    worker.handler(event)
+    infra = stored_status(storage, job, event["task"])["infra"]
+    assert (infra["type"], infra["kind"]) == ("IntegrityError", "integrity")
+    assert infra["message"] == (
+        f"task {event['task']} could not start: the function blob {fkey} is a tampered or "
+        f"foreign object: its content does not match its sha256 {protocol.function_digest(fkey)[:16]}…")
+
+
+def test_a_task_of_a_cancelled_job_does_not_run_and_writes_nothing(storage, clock):
+    job, event = one_task(storage, clock, [1])
+    storage.put_if_absent(protocol.cancel_key(PREFIX, job.job_id),
+                          protocol.cancel_marker(by="jupyter-panel", at=clock()))
+    assert worker.handler(event) == {"task": event["task"], "state": "cancelled"}
+    assert storage.list(protocol.tasks_prefix(PREFIX, job.job_id)) == []
 
 
 def test_a_worker_that_cannot_import_cloudpickle_says_so_in_its_setup_failure(
