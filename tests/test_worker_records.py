@@ -502,6 +502,60 @@ def test_an_event_without_a_valid_job_key_is_refused_and_writes_nothing(storage,
     assert storage.list(protocol.tasks_prefix(PREFIX, job.job_id)) == []
 
 
+# Inputs read from storage ------------------------------------------------------------
+def head_and_size(x):
+    return x[0], len(x)
+
+
+def stored_inputs(storage, clock):
+    """A job of 7 items of 40 kB, one per task, too large for its events: each task reads
+    its item from the job's data object, whose blocks (6 items, then 1) the event names."""
+    be = FakeBackend(payload_limit_bytes=2000)
+    job = start_job(storage, be, clock, [c * 40_000 for c in "abcdefg"], fn=head_and_size)
+    assert all("key" in e["data"] for e in be.sent)
+    return job, be.sent
+
+
+def test_a_task_reads_its_own_items_from_the_verified_blocks_of_the_data_object(storage, clock):
+    job, events = stored_inputs(storage, clock)
+    assert [len(e["data"]["blocks"]) for e in events] == [1] * 7
+    for event, c in zip(events, "abcdefg"):  # the first and last of a block, and one alone
+        worker.handler(event)
+        status = stored_status(storage, job, event["task"])
+        assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, (c, 40_000))]
+
+
+@pytest.mark.parametrize("blocks", [
+    lambda b: [],                         # no block at all
+    lambda b: [[b[0] + 40_025, *b[1:]]],  # the block starts after the task's first byte
+    lambda b: [[b[0], 80_047, b[2]]],     # the block ends before the task's last byte
+])
+def test_an_event_whose_blocks_do_not_cover_its_items_is_refused_at_setup(storage, clock, blocks):
+    job, events = stored_inputs(storage, clock)
+    event = events[1]  # its item starts inside the first block
+    event["data"]["blocks"] = blocks(event["data"]["blocks"][0])
+    worker.handler(event)
+    infra = stored_status(storage, job, event["task"])["infra"]
+    tid = event["task"]
+    assert (infra["type"], infra["message"]) == (
+        "IntegrityError", f"task {tid} could not start: the event of task {tid} reads inputs "
+                          "it cannot verify")
+
+
+def test_a_tampered_data_block_fails_the_task_at_setup_naming_its_bytes(storage, clock):
+    job, events = stored_inputs(storage, clock)
+    event = events[6]
+    key, (a, b, digest) = event["data"]["key"], event["data"]["blocks"][0]
+    data = bytearray(storage.get(key))
+    data[a + 100] ^= 1
+    storage.put(key, bytes(data))
+    worker.handler(event)
+    infra = stored_status(storage, job, event["task"])["infra"]
+    assert infra["message"] == (
+        f"task {event['task']} could not start: bytes {a}-{b} of {key} is a tampered or "
+        f"foreign object: its content does not match its sha256 {digest[:16]}…")
+
+
 # Results stored as objects ------------------------------------------------------------
 def block(x):
     return bytes([x]) * (x * 50_000)  # 50 kB inline; 100 kB goes to its own object
