@@ -493,6 +493,57 @@ def test_at_the_jobs_deadline_the_items_done_keep_their_results_and_times(storag
     assert len(spans) == 4 and spans[3][0] == spans[3][1]
 
 
+def deadline_before_the_loop(*args):
+    raise worker._JobDeadline()  # the job's timer, fired while the handler still set up
+
+
+def test_a_deadline_before_the_first_item_ends_every_item_as_a_timeout(storage, clock,
+                                                                       monkeypatch):
+    job, event = one_task(storage, clock, [1, 2], fn=hits_the_deadline)
+    monkeypatch.setattr(worker._WATCH, "watching", deadline_before_the_loop)
+    assert worker.handler(event)["state"] == "error"
+    status = stored_status(storage, job, event["task"])
+    limit = f"{event['timeout']:g}"
+    assert {i: r["message"] for i, r in protocol.item_errors(status).items()} == {
+        i: f"item {i} did not finish within the job's timeout of {limit} s" for i in (0, 1)}
+
+
+def cancelled_while_running(x):
+    from cloudbutton_executor import worker
+
+    raise worker._Cancelled()  # what the cancel watch's signal raises in the running item
+
+
+def test_a_task_cancelled_while_it_runs_writes_nothing(storage, clock):
+    job, event = one_task(storage, clock, [1], fn=cancelled_while_running)
+    assert worker.handler(event) == {"task": event["task"], "state": "cancelled"}
+    assert storage.list(protocol.tasks_prefix(PREFIX, job.job_id)) == []
+
+
+def what_the_task_sees(x):
+    from cloudbutton_executor import context, worker
+
+    watched_storage, cancel_key = worker._WATCH.current
+    return context.current_task()["job_id"], watched_storage.describe(), cancel_key
+
+
+def test_a_running_task_knows_its_job_and_the_watch_its_cancel_marker(storage, clock,
+                                                                     monkeypatch):
+    from cloudbutton_executor import context
+
+    armed = []
+    monkeypatch.setattr(worker, "_timer_until", lambda at: armed.append(at) or worker._NO_DEADLINE)
+    job, event = one_task(storage, clock, [1], fn=what_the_task_sees)
+    # Lambda's context: 60 s left, the job's timeout of 10 s comes first.
+    worker.handler(dict(event, timeout=10.0), Remaining(60_000))
+    status = stored_status(storage, job, event["task"])
+    # ObjectStorage() in the task reads this job's storage; the watch looks for its marker.
+    assert worker.read_results(storage, PREFIX, job.job_id, status) == [
+        (True, (job.job_id, storage.describe(), protocol.cancel_key(PREFIX, job.job_id)))]
+    assert armed == [pytest.approx(status["stats"]["worker_start"] + 10.0)]
+    assert context.current_task() is None  # the host's own process keeps no task
+
+
 def test_an_event_without_a_valid_job_key_is_refused_and_writes_nothing(storage, clock):
     job, event = one_task(storage, clock, [1])
     for auth in (None, "not hex"):
