@@ -622,6 +622,25 @@ def test_a_result_too_large_to_travel_inline_is_read_back_from_its_object(storag
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, b"\x02" * 100_000)]
 
 
+def zeros(n):
+    return bytes(n)
+
+
+def test_results_travel_inline_up_to_the_limit_exactly(storage, clock):
+    def pickled_size(n):  # what the worker pickles: the task's outcomes
+        return len(pickle.dumps([(True, bytes(n))], protocol=pickle.HIGHEST_PROTOCOL))
+
+    n = next(n for n in range(protocol.INLINE_RESULT_BYTES - 100, protocol.INLINE_RESULT_BYTES)
+             if pickled_size(n) == protocol.INLINE_RESULT_BYTES)
+    be = FakeBackend()
+    job = start_job(storage, be, clock, [n, n + 1], fn=zeros)
+    for e in be.sent:
+        worker.handler(e)
+    at_limit, past_it = (stored_status(storage, job, e["task"])["result"] for e in be.sent)
+    assert set(at_limit) == {"inline"} and set(past_it) == {"key", "bytes", "sha256"}
+    assert past_it["bytes"] == protocol.INLINE_RESULT_BYTES + 1
+
+
 # Reduce tasks -------------------------------------------------------------------------
 def lengths(values):
     return [(v[0], len(v)) for v in values]
