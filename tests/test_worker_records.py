@@ -65,6 +65,8 @@ def test_a_done_status_holds_the_items_columns_the_results_and_the_invocations_s
     # A host that hears back gets the very object stored, to verify as it would a read.
     assert response == {"task": event["task"], "state": "done", "written": True,
                         "sealed": storage.get(skey).decode("ascii")}
+    # A second delivery stores nothing and has nothing to send back.
+    assert worker.handler(event) == {"task": event["task"], "state": "done", "written": False}
     status = stored_status(storage, job, event["task"])
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [
         (True, 2), (True, 3), (True, 4)]
@@ -105,6 +107,7 @@ def test_the_supervisors_cold_start_and_init_time_are_the_invocations(
 def test_without_a_supervisor_only_the_processs_first_invocation_is_cold(
         storage, clock, monkeypatch):
     monkeypatch.setattr(worker, "_invocations", 0)  # a fresh worker process
+    monkeypatch.setattr(worker, "_functions", {})
     monkeypatch.setattr(worker, "_INIT_DURATION_S", 0.5)
     be = FakeBackend()
     job = start_job(storage, be, clock, [1, 2])
@@ -113,6 +116,9 @@ def test_without_a_supervisor_only_the_processs_first_invocation_is_cold(
     first, second = (stored_status(storage, job, e["task"])["stats"] for e in be.sent)
     assert (first["cold_start"], first["init_s"]) == (True, 0.5)
     assert (second["cold_start"], "init_s" in second) == (False, False)
+    # Each counts its own requests; the warm one has the function loaded already.
+    assert (first["requests"], second["requests"]) == ({"HEAD": 1, "GET": 1, "PUT": 1},
+                                                       {"HEAD": 1, "PUT": 1})
 
 
 # Live stdout --------------------------------------------------------------------------
@@ -619,6 +625,7 @@ def test_a_result_too_large_to_travel_inline_is_read_back_from_its_object(storag
     rkey = protocol.result_key(PREFIX, job.job_id, event["task"])
     blob = storage.get(rkey)  # named in the sealed status by its size and digest
     assert status["result"] == {"key": rkey, "bytes": len(blob), "sha256": integrity.sha256(blob)}
+    assert status["stats"]["requests"]["PUT"] == 2  # the result's and the status's own
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, b"\x02" * 100_000)]
 
 
