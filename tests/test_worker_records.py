@@ -92,6 +92,18 @@ def test_a_done_status_holds_the_items_columns_the_results_and_the_invocations_s
     assert times == sorted(times) and len(marks) == 4
 
 
+def peak_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux's /proc")
+def test_the_peak_memory_is_the_processs_high_water_mark_in_mb():
+    before = peak_kb()
+    peak_mb = worker._peak_mem_mb()
+    assert before <= peak_mb * 1024 <= peak_kb()
+
+
 @pytest.mark.parametrize("runtime, cold, init_s", [
     ({"cold": False, "init_s": 0.25}, False, None),  # a warm container bills no INIT
     ({"cold": True, "init_s": None}, True, None),    # a supervisor that could not tell
@@ -580,6 +592,21 @@ def test_a_task_reads_its_own_items_from_the_verified_blocks_of_the_data_object(
         worker.handler(event)
         status = stored_status(storage, job, event["task"])
         assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, (c, 40_000))]
+
+
+def test_a_task_across_two_blocks_checks_each_and_reads_its_items(storage, clock):
+    # Batches sized as they run ("auto") need not end where blocks do: items 11 and 12,
+    # the last of the second block and the first of the third, both past the first.
+    be = FakeBackend(payload_limit_bytes=2000)
+    items = [chr(ord("a") + k) * 40_000 for k in range(18)]
+    job = start_job(storage, be, clock, items, fn=head_and_size)
+    tid = protocol.task_id(11, 13, len(items))
+    event = job.dispatcher.event(tid, 11, 13)
+    assert len(event["data"]["blocks"]) == 2 and event["data"]["blocks"][0][0] > 0
+    worker.handler(event)
+    status = stored_status(storage, job, tid)
+    assert worker.read_results(storage, PREFIX, job.job_id, status) == [
+        (True, ("l", 40_000)), (True, ("m", 40_000))]
 
 
 @pytest.mark.parametrize("blocks", [
