@@ -99,9 +99,8 @@ def peak_kb():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux's /proc")
 def test_the_peak_memory_is_the_processs_high_water_mark_in_mb():
-    before = peak_kb()
-    peak_mb = worker._peak_mem_mb()
-    assert before <= peak_mb * 1024 <= peak_kb()
+    # getrusage's and /proc's counts of it differ by a few pages: in MB, within 2 %.
+    assert worker._peak_mem_mb() == pytest.approx(peak_kb() / 1024, rel=0.02)
 
 
 @pytest.mark.parametrize("runtime, cold, init_s", [
