@@ -559,6 +559,7 @@ def test_a_running_task_knows_its_job_and_the_watch_its_cancel_marker(storage, c
         (True, (job.job_id, storage.describe(), protocol.cancel_key(PREFIX, job.job_id)))]
     assert armed == [pytest.approx(status["stats"]["worker_start"] + 10.0)]
     assert context.current_task() is None  # the host's own process keeps no task
+    assert worker._WATCH.current is None  # and the watch follows no invocation
 
 
 def test_an_event_without_a_valid_job_key_is_refused_and_writes_nothing(storage, clock):
@@ -843,3 +844,83 @@ def test_the_job_deadline_is_not_armed_outside_the_main_thread(monkeypatch):
     thread.start()
     thread.join()
     assert got == [worker._NO_DEADLINE]
+
+
+class _Enough(BaseException):
+    """Ends the watch loop under test after the sleeps it was given."""
+
+
+def enough():
+    raise _Enough()
+
+
+class MarkerStorage:
+    """Answers the watch's HEADs of the cancel marker, recording when each was asked."""
+
+    def __init__(self, clock, answers):
+        self.clock, self.answers, self.asked = clock, list(answers), []
+
+    def exists(self, key):
+        self.asked.append((key, self.clock.t - 1000.0))
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer() if callable(answer) else answer
+
+
+def watch_for(fake, storage, sleeps, monkeypatch):
+    """Run the watch loop of invocation 3 (started at the clock's start) for ``sleeps``
+    sleeps: (the watch, the generations it stopped)."""
+    watch, stopped = worker._CancelWatch(), []
+    watch.generation, watch.current, watch.checked = 3, (storage, "the-marker"), fake.t
+    monkeypatch.setattr(watch, "_stop", stopped.append)
+    fake.then(worker.CANCEL_WATCH_S / 4 * sleeps - 1e-6, enough)  # in its last sleep
+    with pytest.raises(_Enough):
+        watch._run()
+    return watch, stopped
+
+
+def test_the_watch_looks_for_the_marker_every_few_seconds_and_stops_the_invocation(monkeypatch):
+    fake = WatchClock()
+    monkeypatch.setattr(worker, "time", fake)
+    storage = MarkerStorage(fake, [False, True])
+    watch, stopped = watch_for(fake, storage, 9, monkeypatch)
+    # None for the first CANCEL_WATCH_S (the handler looked at its start), then one each.
+    assert storage.asked == [("the-marker", pytest.approx(worker.CANCEL_WATCH_S * k))
+                             for k in (1, 2)]
+    assert watch.cancelled is True and stopped == [3]
+
+
+def test_the_watch_tries_again_after_storage_trouble(monkeypatch):
+    fake = WatchClock()
+    monkeypatch.setattr(worker, "time", fake)
+    storage = MarkerStorage(fake, [OSError("throttled"), True])
+    watch, stopped = watch_for(fake, storage, 9, monkeypatch)
+    assert [t for _, t in storage.asked] == [pytest.approx(worker.CANCEL_WATCH_S * k)
+                                             for k in (1, 2)]
+    assert stopped == [3]
+
+
+def test_the_watch_does_not_stop_an_invocation_that_ended_while_it_looked(monkeypatch):
+    fake = WatchClock()
+    monkeypatch.setattr(worker, "time", fake)
+    holder = {}
+    storage = MarkerStorage(fake, [lambda: setattr(holder["watch"], "generation", 4) or True])
+    watch, stopped = worker._CancelWatch(), []
+    holder["watch"] = watch
+    watch.generation, watch.current, watch.checked = 3, (storage, "the-marker"), fake.t
+    monkeypatch.setattr(watch, "_stop", stopped.append)
+    fake.then(worker.CANCEL_WATCH_S * 1.5, enough)
+    with pytest.raises(_Enough):
+        watch._run()
+    assert len(storage.asked) == 1 and stopped == [] and watch.cancelled is False
+
+
+def test_an_idle_watch_looks_for_nothing(monkeypatch):
+    fake = WatchClock()
+    monkeypatch.setattr(worker, "time", fake)
+    watch = worker._CancelWatch()  # no invocation runs
+    fake.then(worker.CANCEL_WATCH_S * 3, enough)
+    with pytest.raises(_Enough):
+        watch._run()
+    assert watch.cancelled is False
