@@ -1,11 +1,13 @@
-"""What the worker handler stores, field by field: the status of a task whose setup
-failed, the error records of items whose results cannot be pickled, the traceback of a
-user's exception, a reduce task's inputs read from another job's statuses, and results
-too large to travel inline.
+"""What the worker handler stores and answers, field by field: a done status (its item
+columns, results and stats), the status of a task whose setup failed, the error records
+of items that raised, ran out of memory, hit the job's deadline or returned what cannot
+be pickled, live stdout, inputs read and verified from storage, a reduce task's inputs
+read from another job's statuses; and the cancel watch and job deadline behind them.
 
 The handler runs in-process (``worker.handler(event)``) on events a real dispatcher
 made for a FakeBackend (see test_dispatch), against a LocalStorage in tmp_path; the
-stored status is read back and compared exactly. Nothing sleeps.
+stored status is read back and compared exactly. Nothing sleeps: timers, the watch's
+clock and the job's deadline are fakes the test moves or fires.
 """
 from __future__ import annotations
 
@@ -134,7 +136,7 @@ def test_without_a_supervisor_only_the_processs_first_invocation_is_cold(
 
 # Live stdout --------------------------------------------------------------------------
 class LaterTimer:
-    """``threading.Timer`` that runs when the task says (``run_pending``), not on a thread."""
+    """``threading.Timer`` whose function runs when the test or task says, on no thread."""
 
     def __init__(self, pending, delay, function):
         self.pending, self.delay, self.function = pending, delay, function
@@ -145,6 +147,17 @@ class LaterTimer:
     def cancel(self):
         if self in self.pending:
             self.pending.remove(self)
+
+
+def later_timers(monkeypatch):
+    """The worker's ``threading`` with LaterTimer for Timer: the timers made, in order."""
+    timers = []
+    fake = types.ModuleType("threading")
+    fake.__dict__.update(vars(threading))
+    fake.pending = []  # started, not run yet
+    fake.Timer = lambda delay, fn: timers.append(LaterTimer(fake.pending, delay, fn)) or timers[-1]
+    monkeypatch.setattr(worker, "threading", fake)
+    return timers
 
 
 def prints_then_flushes(x):
@@ -160,12 +173,7 @@ def prints_then_flushes(x):
 
 def test_live_stdout_stores_each_items_new_text_once_per_flush_while_the_task_runs(
         storage, clock, monkeypatch):
-    timers = []
-    fake = types.ModuleType("threading")
-    fake.__dict__.update(vars(threading))
-    fake.pending = []
-    fake.Timer = lambda delay, fn: timers.append(LaterTimer(fake.pending, delay, fn)) or timers[-1]
-    monkeypatch.setattr(worker, "threading", fake)
+    timers = later_timers(monkeypatch)
     job, event = one_task(storage, clock, [1, 2], fn=prints_then_flushes)
     event = dict(event, live_stdout=0.5, attempt=1)
     worker.handler(event)
@@ -211,11 +219,7 @@ class Printed:
 
 def test_live_stdout_stores_nothing_once_closed_not_even_a_flush_already_due(
         storage, clock, monkeypatch):
-    timers = []
-    fake = types.ModuleType("threading")
-    fake.__dict__.update(vars(threading))
-    fake.Timer = lambda delay, fn: timers.append(LaterTimer([], delay, fn)) or timers[-1]
-    monkeypatch.setattr(worker, "threading", fake)
+    timers = later_timers(monkeypatch)
     job, event = one_task(storage, clock, [1])
     live = worker._LiveStdout(storage, event, bytes.fromhex(event["auth"]), 0.5)
     live.tee = Printed("late line\n")
