@@ -25,6 +25,7 @@ import pytest
 from cloudbutton_executor import (IntegrityError, RemoteError, integrity, local_runtime, protocol,
                                   worker)
 from cloudbutton_executor.errors import OutOfMemoryError, TaskTimeoutError
+from cloudbutton_executor.storage import LocalStorage
 from test_dispatch import PREFIX, FakeBackend, FakeClock, start_job, stored_status
 
 PYTHON = "%d.%d.%d" % sys.version_info[:3]
@@ -598,7 +599,21 @@ def test_a_task_reads_its_own_items_from_the_verified_blocks_of_the_data_object(
         assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, (c, 40_000))]
 
 
-def test_a_task_across_two_blocks_checks_each_and_reads_its_items(storage, clock):
+def ranges_read(storage, monkeypatch):
+    """The (key, start, stop) of every GET the worker makes of ``storage`` from now on."""
+    reads = []
+
+    class Recording(LocalStorage):
+        def get(self, key, start=None, stop=None):
+            reads.append((key, start, stop))
+            return super().get(key, start, stop)
+
+    monkeypatch.setitem(worker._storages, tuple(sorted(storage.describe().items())),
+                        Recording(storage.describe()["root"]))
+    return reads
+
+
+def test_a_task_across_two_blocks_checks_each_and_reads_its_items(storage, clock, monkeypatch):
     # Batches sized as they run ("auto") need not end where blocks do: items 11 and 12,
     # the last of the second block and the first of the third, both past the first.
     be = FakeBackend(payload_limit_bytes=2000)
@@ -606,11 +621,16 @@ def test_a_task_across_two_blocks_checks_each_and_reads_its_items(storage, clock
     job = start_job(storage, be, clock, items, fn=head_and_size)
     tid = protocol.task_id(11, 13, len(items))
     event = job.dispatcher.event(tid, 11, 13)
-    assert len(event["data"]["blocks"]) == 2 and event["data"]["blocks"][0][0] > 0
+    blocks = event["data"]["blocks"]
+    assert len(blocks) == 2 and blocks[0][0] > 0
+    reads = ranges_read(storage, monkeypatch)
     worker.handler(event)
     status = stored_status(storage, job, tid)
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [
         (True, ("l", 40_000)), (True, ("m", 40_000))]
+    # One ranged GET of the two blocks, not of the whole object (S3 bills what it sends).
+    assert [r for r in reads if r[0] == event["data"]["key"]] == [
+        (event["data"]["key"], blocks[0][0], blocks[1][1])]
 
 
 @pytest.mark.parametrize("blocks", [
