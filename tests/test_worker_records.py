@@ -23,7 +23,7 @@ import cloudpickle
 import pytest
 
 from cloudbutton_executor import (IntegrityError, RemoteError, integrity, local_runtime, protocol,
-                                  worker)
+                                  serialize, sharedbuffers, worker)
 from cloudbutton_executor.errors import OutOfMemoryError, TaskTimeoutError
 from cloudbutton_executor.storage import LocalStorage
 from test_dispatch import PREFIX, FakeBackend, FakeClock, start_job, stored_status
@@ -459,6 +459,12 @@ def test_an_items_exit_halt_or_unpicklable_exception_fails_that_item_only(storag
     assert stuck.remote_traceback == errors[2]["traceback"] and "in stops" in errors[2]["traceback"]
 
 
+def with_inline_inputs(event, *calls):
+    """``event`` carrying these pickled calls as its items, inline."""
+    return dict(event, data={"inline": base64.b64encode(b"".join(calls)).decode(),
+                             **protocol.encode_item_sizes([len(c) for c in calls])})
+
+
 def add(x, y=0):
     return x + y
 
@@ -466,10 +472,8 @@ def add(x, y=0):
 def test_an_items_keyword_arguments_reach_the_function(storage, clock):
     job, event = one_task(storage, clock, [1])
     call = pickle.dumps(((1,), {"y": 10}))  # add(1, y=10), as the host pickles a call
-    event["data"] = {"inline": base64.b64encode(call).decode(),
-                     **protocol.encode_item_sizes([len(call)])}
     event["function_key"] = one_task(storage, clock, [1], fn=add)[1]["function_key"]
-    worker.handler(event)
+    worker.handler(with_inline_inputs(event, call))
     status = stored_status(storage, job, event["task"])
     assert worker.read_results(storage, PREFIX, job.job_id, status) == [(True, 11)]
 
@@ -631,6 +635,23 @@ def test_a_task_across_two_blocks_checks_each_and_reads_its_items(storage, clock
     # One ranged GET of the two blocks, not of the whole object (S3 bills what it sends).
     assert [r for r in reads if r[0] == event["data"]["key"]] == [
         (event["data"]["key"], blocks[0][0], blocks[1][1])]
+
+
+@pytest.mark.skipif(not sharedbuffers.available(), reason="needs memfd_create")
+def test_an_input_held_out_of_band_by_the_host_is_mapped_and_read(storage, clock):
+    # A local job's large bytes stay in the host's memory file; the item's pickle names it.
+    buffers = sharedbuffers.HostBuffers()
+    try:
+        with sharedbuffers.collecting(buffers):
+            call = serialize._dump(((b"z" * sharedbuffers.THRESHOLD,), {}))
+        assert buffers.count == 1 and len(call) < 1000
+        job, event = one_task(storage, clock, [b""], fn=head_and_size)
+        worker.handler(with_inline_inputs(event, call))
+    finally:
+        buffers.close()
+    status = stored_status(storage, job, event["task"])
+    assert worker.read_results(storage, PREFIX, job.job_id, status) == [
+        (True, (ord("z"), sharedbuffers.THRESHOLD))]
 
 
 @pytest.mark.parametrize("blocks", [
