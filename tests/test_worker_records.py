@@ -532,6 +532,9 @@ def test_a_deadline_before_the_first_item_ends_every_item_as_a_timeout(storage, 
     limit = f"{event['timeout']:g}"
     assert {i: r["message"] for i, r in protocol.item_errors(status).items()} == {
         i: f"item {i} did not finish within the job's timeout of {limit} s" for i in (0, 1)}
+    outcomes = worker.read_results(storage, PREFIX, job.job_id, status)
+    assert [(ok, type(e), e.task_id) for ok, e in outcomes] == [
+        (False, TaskTimeoutError, event["task"])] * 2
 
 
 def cancelled_while_running(x):
@@ -969,3 +972,66 @@ def test_an_idle_watch_looks_for_nothing(monkeypatch):
     with pytest.raises(_Enough):
         watch._run()
     assert watch.cancelled is False
+
+
+class WatchThread:
+    """``threading.Thread`` for the watch under test: made and started, never run."""
+
+    def __init__(self, target, daemon, name):
+        self.target, self.daemon, self.name, self.alive = target, daemon, name, False
+
+    def start(self):
+        self.alive = True
+
+    def is_alive(self):
+        return self.alive
+
+
+def test_watching_an_invocation_starts_one_watch_thread_and_installs_its_signal(
+        monkeypatch, storage):
+    import signal
+
+    threads = []
+    fake = types.ModuleType("threading")
+    fake.__dict__.update(vars(threading))
+    fake.Thread = lambda **kw: threads.append(WatchThread(**kw)) or threads[-1]
+    monkeypatch.setattr(worker, "threading", fake)
+    previous = signal.getsignal(signal.SIGUSR1)
+    watch = worker._CancelWatch()
+    try:
+        watch.cancelled = True  # left by the invocation before
+        assert watch.watching(storage, "the-marker") is watch
+        assert (watch.generation, watch.cancelled, watch.current) == (1, False,
+                                                                      (storage, "the-marker"))
+        # The watch thread and, from the main thread, the signal that stops a long item.
+        assert [(t.target, t.daemon, t.name, t.alive) for t in threads] == [
+            (watch._run, True, "cloudbutton-cancel-watch", True)]
+        assert signal.getsignal(signal.SIGUSR1) == watch._raise
+        assert watch._main_ident == threading.get_ident()
+        with watch:
+            pass
+        assert watch.current is None
+        watch.watching(storage, "the-marker")  # the next invocation: the same thread
+        assert len(threads) == 1 and watch.generation == 2
+        threads[0].alive = False  # a thread that died is replaced
+        watch.watching(storage, "the-marker")
+        assert len(threads) == 2 and threads[1].alive
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_watching_from_another_thread_installs_no_signal(monkeypatch, storage):
+    import signal
+
+    fake = types.ModuleType("threading")
+    fake.__dict__.update(vars(threading))
+    fake.Thread = WatchThread
+    monkeypatch.setattr(worker, "threading", fake)
+    previous = signal.getsignal(signal.SIGUSR1)
+    watch = worker._CancelWatch()
+    got = []  # only the main thread may install a signal handler: this one must not try
+    runner = threading.Thread(target=lambda: got.append(watch.watching(storage, "the-marker")))
+    runner.start()
+    runner.join()
+    assert got == [watch] and watch.current == (storage, "the-marker")
+    assert watch._main_ident is None and signal.getsignal(signal.SIGUSR1) == previous
