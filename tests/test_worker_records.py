@@ -208,6 +208,27 @@ def test_an_items_captured_stdout_stops_at_the_limit(storage, clock):
     assert protocol.item_stdout(stored_status(storage, job, event["task"])) == {0: text, 1: text}
 
 
+class WorkerLog:
+    """The worker's own stdout: counts its flushes."""
+
+    def __init__(self):
+        self.text, self.flushes = "", 0
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        self.flushes += 1
+
+
+def test_a_tasks_flush_reaches_the_workers_own_stdout():
+    # print(..., flush=True) in the task: the line is in the worker's log at once.
+    log = WorkerLog()
+    tee = worker._Tee(log, [], 0)
+    print("now", file=tee, flush=True)
+    assert (log.text, log.flushes, tee.captured()) == ("now\n", 1, {"0": "now\n"})
+
+
 class Printed:
     """The capture a live stdout reads: item 0 printed ``text``."""
 
