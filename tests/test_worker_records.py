@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from cloudbutton_executor.errors import OutOfMemoryError, TaskTimeoutError
 from cloudbutton_executor.storage import LocalStorage
 from test_dispatch import PREFIX, FakeBackend, FakeClock, start_job, stored_status
 
-PYTHON = "%d.%d.%d" % sys.version_info[:3]
+PYTHON = ".".join(map(str, sys.version_info[:3]))
 
 
 @pytest.fixture
@@ -869,6 +870,19 @@ def test_a_task_that_stops_late_in_the_grace_keeps_its_process(stopping, capsys)
     assert exits == [] and capsys.readouterr().err == ""
 
 
+def test_stopping_a_cancelled_invocation_signals_the_thread_that_runs_it(stopping):
+    watch, fake, exits = stopping
+    got = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    try:
+        watch._main_ident = threading.get_ident()  # the invocation runs in this thread
+        fake.then(0.1, lambda: setattr(watch, "current", None))  # and stops when told
+        watch._stop(7)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert got == [signal.SIGUSR1] and exits == []
+
+
 def test_a_task_replaced_by_the_next_invocation_keeps_its_process(stopping):
     watch, fake, exits = stopping
     # The cancelled invocation ended and the next one already runs (its own generation).
@@ -1021,7 +1035,9 @@ def test_watching_an_invocation_starts_one_watch_thread_and_installs_its_signal(
     watch = worker._CancelWatch()
     try:
         watch.cancelled = True  # left by the invocation before
+        before = time.time()
         assert watch.watching(storage, "the-marker") is watch
+        assert before <= watch.checked <= time.time()  # the handler looked at its start
         assert (watch.generation, watch.cancelled, watch.current) == (1, False,
                                                                       (storage, "the-marker"))
         # The watch thread and, from the main thread, the signal that stops a long item.
@@ -1056,3 +1072,42 @@ def test_watching_from_another_thread_installs_no_signal(monkeypatch, storage):
     runner.join()
     assert got == [watch] and watch.current == (storage, "the-marker")
     assert watch._main_ident is None and signal.getsignal(signal.SIGUSR1) == previous
+
+
+# What an item's exception becomes ------------------------------------------------------
+class _TwoArgs(Exception):  # plain unpickling would call __init__ with one argument
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def test_an_exception_whose_init_differs_from_its_args_travels_by_its_state():
+    """Not as a RemoteError: the host gets the exception itself, its args and attributes."""
+    exc = _TwoArgs(7, "seven")
+    back = cloudpickle.loads(cloudpickle.dumps(
+        worker._picklable_exception(exc, worker._error_record(exc))))
+    assert type(back) is _TwoArgs and back.args == ("7: seven",) and back.code == 7
+
+
+def test_an_error_record_keeps_the_messages_first_2000_characters_and_the_tracebacks_last_20000():
+    try:
+        raise ValueError("x" * 30_000 + "TAIL")
+    except ValueError as exc:
+        record = worker._error_record(exc)
+    assert record["message"] == "x" * 2000
+    assert len(record["traceback"]) == 20_000 and record["traceback"].endswith("xTAIL\n")
+
+
+def test_a_stored_result_without_its_sha256_or_not_matching_it_is_refused_naming_it(storage):
+    rkey = protocol.result_key(PREFIX, "job-1", "000000-000001")
+    storage.put(rkey, b"outcomes")
+    status = {"task": "000000-000001", "result": {"key": rkey}}
+    with pytest.raises(IntegrityError) as unnamed:
+        worker.read_result_blob(storage, PREFIX, "job-1", status)
+    assert str(unnamed.value) == f"the status of {rkey} names no sha256 for it"
+    status["result"]["sha256"] = integrity.sha256(b"other outcomes")
+    with pytest.raises(IntegrityError) as foreign:
+        worker.read_result_blob(storage, PREFIX, "job-1", status)
+    assert str(foreign.value).startswith(f"the result {rkey} is a tampered or foreign object")
+    status["result"]["sha256"] = integrity.sha256(b"outcomes")
+    assert worker.read_result_blob(storage, PREFIX, "job-1", status) == b"outcomes"

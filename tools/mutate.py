@@ -185,11 +185,14 @@ def run_group(name: str, modules: list[str], tests: list[str], args: argparse.Na
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(where / "mutants" / "src"),
                                                       env.get("PYTHONPATH")]))
     patterns = [pat for _, _, pats in specs for pat in pats]
-    if (args.retest_survivors or args.untried) and (where / "mutants").is_dir():
+    if (args.retest_survivors or args.untried or args.retest_timeouts) and (where / "mutants").is_dir():
         # mutmut keeps a result until its function changes; new tests need this.
         # --untried continues a stopped run without testing its survivors again yet.
         wanted = ({"not checked"} if args.untried
-                  else {"survived", "no tests", "not checked", "suspicious"})
+                  else {"survived", "no tests", "not checked", "suspicious"}
+                  if args.retest_survivors else set())
+        if args.retest_timeouts:  # a run on a loaded machine may time out where nothing hangs
+            wanted |= {"timeout", "not checked"}
         again = sorted(k for k, v in results(where).items()
                        if v in wanted
                        and any(fnmatch.fnmatchcase(k, pat) for pat in patterns))
@@ -244,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--retest-survivors", action="store_true",
                    help="test again the mutants that survived, were suspicious or were not tried "
                    "(after adding tests)")
+    p.add_argument("--retest-timeouts", action="store_true",
+                   help="test again the mutants that timed out (and those not tried), on a "
+                   "machine less loaded than the run that timed them out")
     p.add_argument("--untried", action="store_true",
                    help="test only the mutants not tried yet (a stopped run continued)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
