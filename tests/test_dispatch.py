@@ -466,9 +466,7 @@ def test_a_followed_job_collects_stored_statuses_and_ends_the_rest_as_lost(stora
     started = start_job(storage, be, clock, [1, 2, 3, 4])
     be.run(be.sent[0])
     be.run(be.sent[2])  # items 1 and 3 were never run
-    manifest = json.loads(storage.get(protocol.manifest_key(PREFIX, started.job_id)))
-    follower = new_job(JobSpec.from_manifest(manifest, PREFIX), FakeBackend(), storage, None, clock)
-    follower.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
+    follower, manifest = following_an_older_version(storage, clock, started)
     assert follower.item_state(0) == "done" and follower.item_state(2) == "done"
     assert protocol.lost_deadline(manifest) == manifest["created"] + 10.0 * 4 + 60
     clock.t = protocol.lost_deadline(manifest)  # exactly at the deadline: not yet lost
@@ -569,6 +567,15 @@ def test_a_forged_status_ends_its_task_with_an_integrity_error_and_nothing_else(
 # Taking over a job whose host stopped ------------------------------------------------------
 def stored_record(storage, job):
     return json.loads(storage.get(protocol.dispatch_key(PREFIX, job.job_id)))
+
+
+def following_an_older_version(storage, clock, job):
+    """Another host attaches to ``job`` as to a job of an older version (which cannot be
+    taken over): what is missing at its deadline ends lost. (The follower, the manifest.)"""
+    manifest = json.loads(storage.get(protocol.manifest_key(PREFIX, job.job_id)))
+    other = new_job(JobSpec.from_manifest(manifest, PREFIX), FakeBackend(), storage, None, clock)
+    other.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
+    return other, manifest
 
 
 def following(storage, clock, job, backend=None):

@@ -22,8 +22,6 @@ from cloudbutton_executor import (
     protocol,
     records,
 )
-from cloudbutton_executor.dispatch import JobSpec
-from cloudbutton_executor.job import new_job
 from cloudbutton_executor.storage import LocalStorage, NotFound
 from test_dispatch import (
     PREFIX,
@@ -31,6 +29,7 @@ from test_dispatch import (
     FakeClock,
     FlakyStorage,
     following,
+    following_an_older_version,
     lambda_like,
     start_job,
     stored_record,
@@ -256,9 +255,7 @@ def test_items_of_a_followed_job_left_at_its_deadline_end_lost_with_their_range(
     started = start_job(storage, be, clock, [1, 2, 3, 4])
     be.run(be.sent[0])
     be.run(be.sent[1])  # items 2 and 3 were never run
-    manifest = json.loads(storage.get(protocol.manifest_key(PREFIX, started.job_id)))
-    follower = new_job(JobSpec.from_manifest(manifest, PREFIX), FakeBackend(), storage, None, clock)
-    follower.dispatcher.follow(deadline=protocol.lost_deadline(manifest))
+    follower, manifest = following_an_older_version(storage, clock, started)
     clock.t = protocol.lost_deadline(manifest) + 0.1
     follower.dispatcher.tick()
     assert follower.done() and follower.results(timeout=0)[:2] == [1, 4]
