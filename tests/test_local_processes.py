@@ -3,6 +3,9 @@ a timed-out worker is gone, a crashing task runs exactly ``retries + 1`` times, 
 cancelled job leaves no worker running its tasks and writes nothing more to storage."""
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import psutil
@@ -44,6 +47,38 @@ def test_timed_out_worker_process_is_gone(ex, tmp_path):
         job[0].result(timeout=20)
     # The host kills the worker before it reports the timeout.
     assert gone(pid), f"worker {pid} still runs the timed-out task"
+
+
+def test_a_worker_running_a_task_dies_with_its_host(tmp_path):
+    # Nothing of the host is left to stop it: only the death signal the worker asked for
+    # at its start (PR_SET_PDEATHSIG) ends the task, instead of its running on unseen.
+    pids = tmp_path / "pids"
+    script = textwrap.dedent(f"""
+        import os, time
+        from cloudbutton_executor import Executor
+        from cloudbutton_executor.storage import LocalStorage
+
+        def stuck(_):
+            with open({str(pids)!r}, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+            time.sleep(120)
+
+        with Executor(workers=1, storage=LocalStorage({str(tmp_path / 'storage')!r})) as ex:
+            ex.map(stuck, [0]).result()
+    """)
+    host = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        (pid,) = map(int, wait_for_lines(pids, 1, timeout=60))
+        assert psutil.Process(pid).ppid() == host.pid
+        host.send_signal(signal.SIGKILL)
+        host.wait(30)
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.time() + 10
+    while not gone(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert gone(pid), f"worker {pid} still runs its task after its host was killed"
 
 
 def _crash_always(path, how):

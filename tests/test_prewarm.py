@@ -161,15 +161,18 @@ def test_the_pre_warmed_worker_ends_with_its_host(tmp_path, how):
             time.sleep(0.02)
         assert all(p.wait_ready(30) for p in local._spares)
         print(" ".join(str(p.pid) for p in local._spares), flush=True)
-        if {how == 'is killed'}:
-            time.sleep(60)
+        sys.stdin.readline()  # held until the test has seen whose children the spares are
     """)
-    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    host = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
         spares = [int(pid) for pid in host.stdout.readline().split()]
         assert [psutil.Process(pid).ppid() for pid in spares] == [host.pid] * 2
         if how == "is killed":
             host.send_signal(signal.SIGKILL)
+        else:
+            host.stdin.write("\n")
+            host.stdin.flush()
         host.wait(30)
     finally:
         host.kill()
