@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cloudbutton_executor import Executor, WorkerDiedError, accounting, dispatch
+from cloudbutton_executor import Executor, InfrastructureError, WorkerDiedError, accounting, dispatch
 from test_dispatch import FakeBackend, FakeClock, start_job, stored_status
 
 
@@ -149,6 +149,28 @@ def test_lost_and_slow_backups_are_one_mechanism(storage, clock):
     assert len(be.sent) == 11 and job.backups_sent == 1
     be.run(be.sent[-1])
     assert job.result(timeout=0)[9] == 81
+
+
+def test_a_task_whose_first_event_was_never_accepted_still_gets_a_slow_backup(storage, clock):
+    """Lambda throttled the first event until the backend gave up (a failure the job
+    retries): the retry's acceptance starts the task's slow clock."""
+    be = StoppingBackend(reports_accepted=True)
+    job = start_job(storage, be, clock, list(range(12)), retries=1)
+    throttled = be.sent[5]
+    for e in be.sent:
+        if e is not throttled:
+            be.listener.on_accepted(e, clock())
+    be.listener.on_failure(throttled, InfrastructureError("Lambda kept throttling", throttled["task"]))
+    retry = be.event(throttled["task"], attempt=1)
+    be.listener.on_accepted(retry, clock())
+    run_all_but(be, throttled["task"])
+    clock.advance(job.dispatcher._slow_limit() * 1.1)
+    job.dispatcher.tick()
+    backup = be.sent[-1]
+    assert backup["task"] == throttled["task"] and backup["backup"] == "slow"
+    assert backup["attempt"] == 2
+    be.run(backup)
+    assert job.result(timeout=0)[5] == 25
 
 
 # A real straggler on real worker processes ------------------------------------------------

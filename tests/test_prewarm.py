@@ -5,6 +5,8 @@ cold start of a fresh process), serve only a pool of their own environment, and 
 outlive their host."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -246,3 +248,53 @@ def test_loading_the_extension_for_lambda_starts_no_local_worker(tmp_path, monke
     assert shell.magics_manager.registry["CloudMagics"].runner.settings()["backend"] == "lambda"
     time.sleep(0.3)
     assert local._spares == [] and local._spares_wanted is None
+
+
+def test_a_forked_child_has_its_own_pool_and_leaves_the_parents_workers_alone(tmp_path):
+    # After a fork (multiprocessing's default start method on Linux) the parent's pool
+    # has no slot threads in the child: taking it would hang the child's job, and the
+    # child's exit would kill the parent's workers.
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        from cloudbutton_executor import Executor
+        from cloudbutton_executor.backends import local
+        from cloudbutton_executor.storage import LocalStorage
+
+        def pid(_):
+            return os.getpid()
+
+        def double(x):
+            return 2 * x
+
+        ex = Executor(workers=2, storage=LocalStorage({str(tmp_path / 'storage')!r}))
+        before = ex.map(pid, range(4)).result(timeout=60)
+        local.prewarm(2)
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            kid = Executor(workers=2, storage=LocalStorage({str(tmp_path / 'storage')!r}))
+            os.write(w, json.dumps(kid.map(double, range(3)).result(timeout=20)).encode())
+            kid.shutdown()
+            sys.exit(0)  # an ordinary exit: the module's exit handlers run in the child
+        os.close(w)
+        _, status = os.waitpid(child, 0)
+        doubled = os.read(r, 1000).decode()
+        after = ex.map(pid, range(4)).result(timeout=60)
+        ex.shutdown()
+        print(json.dumps({{"child": doubled, "status": status, "before": sorted(set(before)),
+                           "after": sorted(set(after))}}))
+    """)
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = host.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = "", "the forked child's job hung (it took the parent's pool)"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(host.pid, signal.SIGKILL)  # the host and a child that hung
+        host.wait()
+    assert host.returncode == 0, stderr[-3000:]
+    seen = json.loads(stdout.strip().splitlines()[-1])
+    assert seen["status"] == 0 and json.loads(seen["child"]) == [0, 2, 4], (seen, stderr[-3000:])
+    assert seen["after"] == seen["before"], "the child's exit killed the parent's warm workers"

@@ -566,8 +566,9 @@ class Dispatcher:
         with self._lock:
             if self._inflight.get(event["task"]) is event:
                 self._accepted[event["task"]] = at
-            if not event.get("attempt"):
-                self._first_start.setdefault(event["task"], at)
+            # The slow clock starts at the first attempt accepted: a retry of an event that
+            # was throttled until the backend gave up starts it, or the task gets no backup.
+            self._first_start.setdefault(event["task"], at)
 
     def on_throttled(self, event: Event, retry_after: float | None) -> None:
         with self._lock:

@@ -78,6 +78,22 @@ _spare_cond = threading.Condition()
 _spawner: threading.Thread | None = None
 
 
+def _forget_after_fork() -> None:
+    """In a child forked from the host (``multiprocessing``'s fork, ``os.fork``): the pools,
+    spares and spawner are the parent's. Their threads did not survive the fork, so a pool
+    taken here would never run an event, and at exit the child would kill the parent's
+    workers. The child starts with none; the parent's processes are left alone."""
+    global _pools_lock, _spare_cond, _spawner, _spares_key, _spares_wanted
+    _pools.clear()
+    _pools_lock = threading.Lock()  # another thread may have held them at the fork
+    _spare_cond = threading.Condition()
+    _spares.clear()
+    _spawner = _spares_key = _spares_wanted = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _process_key(env: dict[str, str], cwd: str) -> tuple[Any, ...]:
     return (tuple(sorted(env.items())), cwd)
 
