@@ -297,4 +297,5 @@ def test_a_forked_child_has_its_own_pool_and_leaves_the_parents_workers_alone(tm
     assert host.returncode == 0, stderr[-3000:]
     seen = json.loads(stdout.strip().splitlines()[-1])
     assert seen["status"] == 0 and json.loads(seen["child"]) == [0, 2, 4], (seen, stderr[-3000:])
-    assert seen["after"] == seen["before"], "the child's exit killed the parent's warm workers"
+    # Both would have been killed: the parent's next tasks would run on fresh workers only.
+    assert set(seen["after"]) <= set(seen["before"]), "the child's exit killed the parent's workers"
