@@ -22,6 +22,14 @@ def gone(pid: int) -> bool:
         return True
 
 
+def wait_gone(pid: int, within: float = 10) -> bool:
+    """Whether the process is gone within ``within`` seconds."""
+    end = time.time() + within
+    while not gone(pid) and time.time() < end:
+        time.sleep(0.05)
+    return gone(pid)
+
+
 def wait_for_lines(path, n, timeout=20.0) -> list[str]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -75,10 +83,7 @@ def test_a_worker_running_a_task_dies_with_its_host(tmp_path):
     finally:
         host.kill()
         host.wait()
-    deadline = time.time() + 10
-    while not gone(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    assert gone(pid), f"worker {pid} still runs its task after its host was killed"
+    assert wait_gone(pid), f"worker {pid} still runs its task after its host was killed"
 
 
 def _crash_always(path, how):

@@ -21,20 +21,7 @@ import pytest
 from cloudbutton_executor import Executor
 from cloudbutton_executor.backends import local
 from cloudbutton_executor.local_runtime import RuntimeProcess
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _wait_gone(pid: int, within: float = 10) -> bool:
-    end = time.time() + within
-    while not _gone(pid) and time.time() < end:
-        time.sleep(0.05)
-    return _gone(pid)
+from test_local_processes import gone, wait_gone
 
 
 def _spares(n: int = 1, within: float = 30) -> list[RuntimeProcess]:
@@ -115,7 +102,7 @@ def test_a_pre_warmed_worker_of_another_environment_is_killed_not_used(storage, 
     with Executor(workers=W, storage=storage) as ex:
         (pid, seen), = ex.map(lambda: (os.getpid(), os.environ.get("PREWARM_PROBE")), [()]).result()
     assert seen == "new" and pid != spare.pid
-    assert _wait_gone(spare.pid), "the unusable pre-warmed worker was left running"
+    assert wait_gone(spare.pid), "the unusable pre-warmed worker was left running"
 
 
 def test_the_pre_warmed_worker_outlives_the_thread_that_asked_for_it(storage):
@@ -130,7 +117,7 @@ def test_the_pre_warmed_worker_outlives_the_thread_that_asked_for_it(storage):
     asker.join()
     time.sleep(0.3)
     spare = _spare()
-    assert not _gone(spare.pid)
+    assert not gone(spare.pid)
     with Executor(workers=W, storage=storage) as ex:
         assert ex.map(lambda x: (os.getpid(), x * 2), [21]).result() == [(spare.pid, 42)]
 
@@ -140,9 +127,9 @@ def test_prewarm_starts_only_what_is_missing_and_drops_another_environments(stor
     first = _spares(W)
     local.prewarm(W)
     time.sleep(0.3)
-    assert local._spares == first and not any(_gone(p.pid) for p in first)
+    assert local._spares == first and not any(gone(p.pid) for p in first)
     local.prewarm(1)  # another pool's size: another environment (its BLAS threads: 2 here)
-    assert all(_wait_gone(p.pid) for p in first)
+    assert all(wait_gone(p.pid) for p in first)
     (one,) = _spares(1)
     time.sleep(0.3)
     assert local._spares == [one] and one.pid not in {p.pid for p in first}
@@ -179,7 +166,7 @@ def test_the_pre_warmed_worker_ends_with_its_host(tmp_path, how):
     finally:
         host.kill()
         host.wait()
-    assert all(_wait_gone(pid) for pid in spares), f"pre-warmed workers outlived their host, which {how}"
+    assert all(wait_gone(pid) for pid in spares), f"pre-warmed workers outlived their host, which {how}"
 
 
 def test_wait_ready_says_whether_the_runtime_started(tmp_path):
